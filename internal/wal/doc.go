@@ -1,0 +1,44 @@
+// Package wal is resilmail's append-only record log for hot paths: the
+// queue's envelopes and bodies, journals. Concurrent writers share fsyncs
+// (group commit) instead of skipping them.
+//
+// # Guarantees
+//
+// A record passed to [Log.Append] is durable once a later [Log.Sync] (or
+// [Log.AppendSync]) returns nil. A crash at any instant loses no synced
+// record, and replay after a crash never shows a record that is only partly
+// written. Records are replayed in the order they were appended.
+//
+// Sync is a group commit: while one caller's fsync runs, others append and
+// then wait; the next fsync covers all of them. No timer delays a commit.
+// A failed write or fsync is never retried (the kernel may have dropped the
+// dirty pages): the Log becomes failed, every pending and later Sync returns
+// the error, and the caller must reopen it, which replays what did reach the
+// disk.
+//
+// # On-disk format (version 1)
+//
+// A log is a folder of segment files named by a 16-digit hexadecimal
+// sequence number, "0000000000000001.wal", ... Each segment starts with a
+// 32-byte header: the magic "RMWAL\n", the log format version (uint16), the
+// caller's kind (up to 16 bytes, NUL-padded) and the caller's format version
+// (uint16), and a CRC-32C of the preceding bytes. Records follow, each as:
+//
+//	length  uint32  payload length
+//	hcrc    uint32  CRC-32C of the 4 length bytes
+//	crc     uint32  CRC-32C of the payload
+//	payload [length]byte
+//
+// All integers are big-endian. The header CRC lets Open find the next record
+// after a damaged one without trusting a damaged length.
+//
+// A segment is sealed (fsynced, never written again) before the next one is
+// created, so only the last segment can end in a torn write. Open truncates a
+// torn tail of the last segment silently (those records were never synced).
+// A damaged region followed by valid records is corruption, not a torn
+// write: Open skips it, reports it through Options.Logger and [Stats], and
+// keeps every valid record after it.
+//
+// Open refuses a segment whose log version or kind it does not know, and a
+// caller version newer than the caller supports.
+package wal

@@ -1,0 +1,745 @@
+package wal
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/resilmail/resilmail/internal/durable"
+)
+
+// Version is the log format version this package writes and reads.
+const Version = 1
+
+const (
+	magic         = "RMWAL\n"
+	segHeaderSize = 32
+	recHeaderSize = 12
+	maxKindLen    = 16
+	// MaxRecord is the largest payload a record may carry.
+	MaxRecord = 1 << 30
+	segSuffix = ".wal"
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// Errors returned by the log.
+var (
+	// ErrClosed is returned by operations on a closed Log.
+	ErrClosed = errors.New("wal: log closed")
+	// ErrFailed wraps the write or fsync error that made the log unusable.
+	ErrFailed = errors.New("wal: log failed")
+	// ErrFormat is returned by Open for a segment of an unknown format.
+	ErrFormat = errors.New("wal: unknown format")
+	// ErrTooLarge is returned by Append for a record over MaxRecord bytes.
+	ErrTooLarge = errors.New("wal: record too large")
+	// ErrCorrupt is returned by ReadAt for a record that fails its CRC.
+	ErrCorrupt = errors.New("wal: corrupt record")
+)
+
+// Pos is the position of a record: its segment and the offset of its header.
+type Pos struct {
+	Seg uint64
+	Off int64
+}
+
+func (p Pos) String() string { return fmt.Sprintf("%016x%s@%d", p.Seg, segSuffix, p.Off) }
+
+// A File is the part of *os.File the log uses; tests inject failures by
+// wrapping it.
+type File interface {
+	io.ReaderAt
+	io.WriterAt
+	Sync() error
+	Truncate(size int64) error
+	Close() error
+}
+
+// Options configure a Log. The zero value gives working defaults except
+// Kind, which is required.
+type Options struct {
+	// Kind names what the log holds, e.g. "queue"; at most 16 bytes. Open
+	// refuses segments of another kind.
+	Kind string
+	// Version is the caller's format version written in new segments. Open
+	// refuses segments with a higher version. Zero means 1.
+	Version uint16
+	// SegmentSize is the size after which a new segment is started. Zero
+	// means 64 MiB.
+	SegmentSize int64
+	// BufferSize is how many appended bytes are kept in memory before they
+	// are written to the file without waiting for a Sync. Zero means 1 MiB.
+	BufferSize int
+	// OpenFile opens segment files; nil means os.OpenFile. Tests use it to
+	// inject failures.
+	OpenFile func(name string, flag int, perm os.FileMode) (File, error)
+	// Logger receives reports of torn tails and corruption; nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Stats are counters of a Log.
+type Stats struct {
+	Appends        uint64 // records appended since Open
+	Syncs          uint64 // fsyncs of segment files since Open
+	Segments       int    // segment files now
+	Bytes          int64  // bytes in all segments
+	TornBytes      int64  // bytes truncated from a torn tail at Open
+	CorruptRegions int    // damaged regions skipped at Open
+	CorruptBytes   int64  // bytes in them
+}
+
+type segment struct {
+	seq  uint64
+	size int64
+	f    File // nil until opened for reading (sealed) or writing (last)
+}
+
+// Log is an append-only record log. It is safe for concurrent use.
+type Log struct {
+	dir  string
+	opts Options
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	cond      *sync.Cond
+	segs      []*segment // ascending; the last one is being written
+	cur       *segment
+	written   int64  // bytes of cur on file (excluding buf)
+	buf       []byte // appended, not yet written, belongs to cur after written
+	spare     []byte
+	appendSeq uint64 // records appended
+	syncedSeq uint64 // records durable
+	syncing   bool
+	err       error // sticky failure
+	closed    bool
+	stats     Stats
+}
+
+// Open opens or creates the log in dir, calls replay for every valid record
+// in order, and returns the Log ready for appending after the last record.
+// rec is valid only during the call. If replay returns an error, Open stops
+// and returns it. Open truncates a torn tail and skips corrupt regions as the
+// package documentation describes.
+func Open(dir string, opts Options, replay func(pos Pos, rec []byte) error) (*Log, error) {
+	if opts.Kind == "" || len(opts.Kind) > maxKindLen {
+		return nil, fmt.Errorf("wal: kind %q must have 1 to %d bytes", opts.Kind, maxKindLen)
+	}
+	if opts.Version == 0 {
+		opts.Version = 1
+	}
+	if opts.SegmentSize <= 0 {
+		opts.SegmentSize = 64 << 20
+	}
+	if opts.BufferSize <= 0 {
+		opts.BufferSize = 1 << 20
+	}
+	if opts.OpenFile == nil {
+		opts.OpenFile = func(name string, flag int, perm os.FileMode) (File, error) {
+			return os.OpenFile(name, flag, perm)
+		}
+	}
+	l := &Log{dir: dir, opts: opts, log: opts.Logger}
+	if l.log == nil {
+		l.log = slog.Default()
+	}
+	l.cond = sync.NewCond(&l.mu)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("wal: %w", err)
+	}
+	seqs, err := listSegments(dir)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			l.closeFiles()
+		}
+	}()
+	for i, seq := range seqs {
+		last := i == len(seqs)-1
+		seg, err := l.replaySegment(seq, last, replay)
+		if err != nil {
+			return nil, err
+		}
+		if seg == nil { // an empty last segment with a torn header: removed
+			continue
+		}
+		l.segs = append(l.segs, seg)
+		l.stats.Bytes += seg.size
+	}
+	if len(l.segs) == 0 {
+		next := uint64(1)
+		if len(seqs) > 0 {
+			next = seqs[len(seqs)-1] + 1
+		}
+		if err := l.createSegment(next); err != nil {
+			return nil, err
+		}
+	} else {
+		l.cur = l.segs[len(l.segs)-1]
+		l.written = l.cur.size
+		if l.cur.f == nil {
+			// The segment after it had a torn header and was removed.
+			f, err := l.opts.OpenFile(l.segPath(l.cur.seq), os.O_RDWR, 0)
+			if err != nil {
+				return nil, fmt.Errorf("wal: %w", err)
+			}
+			l.cur.f = f
+		}
+	}
+	l.stats.Segments = len(l.segs)
+	ok = true
+	return l, nil
+}
+
+func listSegments(dir string) ([]uint64, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("wal: %w", err)
+	}
+	var seqs []uint64
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasSuffix(name, segSuffix) || len(name) != 16+len(segSuffix) {
+			continue
+		}
+		seq, err := strconv.ParseUint(strings.TrimSuffix(name, segSuffix), 16, 64)
+		if err != nil || seq == 0 {
+			continue
+		}
+		seqs = append(seqs, seq)
+	}
+	sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+	return seqs, nil
+}
+
+func (l *Log) segPath(seq uint64) string {
+	return filepath.Join(l.dir, fmt.Sprintf("%016x%s", seq, segSuffix))
+}
+
+func (l *Log) header() []byte {
+	h := make([]byte, segHeaderSize)
+	copy(h, magic)
+	binary.BigEndian.PutUint16(h[6:], Version)
+	copy(h[8:8+maxKindLen], l.opts.Kind)
+	binary.BigEndian.PutUint16(h[24:], l.opts.Version)
+	binary.BigEndian.PutUint32(h[28:], crc32.Checksum(h[:28], crcTable))
+	return h
+}
+
+// checkHeader validates a segment header. It returns errTornHeader for a
+// header that is incomplete or fails its CRC.
+func (l *Log) checkHeader(h []byte, name string) error {
+	if len(h) < segHeaderSize || binary.BigEndian.Uint32(h[28:]) != crc32.Checksum(h[:28], crcTable) {
+		return errTornHeader
+	}
+	if string(h[:6]) != magic {
+		return fmt.Errorf("%w: %s is not a resilmail log segment", ErrFormat, name)
+	}
+	if v := binary.BigEndian.Uint16(h[6:]); v != Version {
+		return fmt.Errorf("%w: %s has log format version %d; this build reads version %d", ErrFormat, name, v, Version)
+	}
+	kind := strings.TrimRight(string(h[8:8+maxKindLen]), "\x00")
+	if kind != l.opts.Kind {
+		return fmt.Errorf("%w: %s holds %q records, not %q", ErrFormat, name, kind, l.opts.Kind)
+	}
+	if v := binary.BigEndian.Uint16(h[24:]); v > l.opts.Version || v == 0 {
+		return fmt.Errorf("%w: %s has %s format version %d; this build reads up to version %d", ErrFormat, name, kind, v, l.opts.Version)
+	}
+	return nil
+}
+
+var errTornHeader = errors.New("torn segment header")
+
+func (l *Log) replaySegment(seq uint64, last bool, replay func(Pos, []byte) error) (*segment, error) {
+	path := l.segPath(seq)
+	flag := os.O_RDONLY
+	if last {
+		flag = os.O_RDWR
+	}
+	f, err := l.opts.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("wal: %w", err)
+	}
+	data, err := readAll(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("wal: read %s: %w", path, err)
+	}
+	if err := l.checkHeader(data, path); err != nil {
+		if errors.Is(err, errTornHeader) && last && !hasValidRecord(data, segHeaderSize) {
+			// Crash while creating the segment: nothing in it was synced.
+			f.Close()
+			l.log.Warn("wal: removing segment with torn header", "segment", path, "bytes", len(data))
+			l.stats.TornBytes += int64(len(data))
+			if err := os.Remove(path); err != nil {
+				return nil, fmt.Errorf("wal: %w", err)
+			}
+			return nil, durable.SyncDir(l.dir)
+		}
+		f.Close()
+		if errors.Is(err, errTornHeader) {
+			return nil, fmt.Errorf("%w: %s has a damaged header", ErrFormat, path)
+		}
+		return nil, err
+	}
+	off := int64(segHeaderSize)
+	end := int64(len(data))
+	for off < end {
+		n, ok := parseRecord(data[off:])
+		if ok {
+			if err := replay(Pos{Seg: seq, Off: off}, data[off+recHeaderSize:off+recHeaderSize+n]); err != nil {
+				f.Close()
+				return nil, err
+			}
+			off += recHeaderSize + n
+			continue
+		}
+		next := resync(data, off+1)
+		if next < 0 {
+			// Nothing valid follows: a torn tail.
+			torn := end - off
+			if !last {
+				l.stats.CorruptRegions++
+				l.stats.CorruptBytes += torn
+				l.log.Error("wal: damaged end of sealed segment", "segment", path, "offset", off, "bytes", torn)
+				break
+			}
+			l.log.Warn("wal: truncating torn tail", "segment", path, "offset", off, "bytes", torn)
+			l.stats.TornBytes += torn
+			if err := f.Truncate(off); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("wal: truncate %s: %w", path, err)
+			}
+			if err := f.Sync(); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("wal: sync %s: %w", path, err)
+			}
+			end = off
+			break
+		}
+		l.stats.CorruptRegions++
+		l.stats.CorruptBytes += next - off
+		l.log.Error("wal: skipping corrupt region", "segment", path, "offset", off, "bytes", next-off)
+		off = next
+	}
+	seg := &segment{seq: seq, size: end}
+	if last {
+		seg.f = f
+	} else {
+		f.Close()
+	}
+	return seg, nil
+}
+
+func readAll(f File) ([]byte, error) {
+	var data []byte
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		n, err := f.ReadAt(buf, off)
+		data = append(data, buf[:n]...)
+		off += int64(n)
+		if err == io.EOF {
+			return data, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// parseRecord reports whether b starts with a complete, valid record, and
+// its payload length.
+func parseRecord(b []byte) (int64, bool) {
+	if len(b) < recHeaderSize {
+		return 0, false
+	}
+	if crc32.Checksum(b[0:4], crcTable) != binary.BigEndian.Uint32(b[4:8]) {
+		return 0, false
+	}
+	n := int64(binary.BigEndian.Uint32(b[0:4]))
+	if n > MaxRecord || int64(len(b)) < recHeaderSize+n {
+		return 0, false
+	}
+	if crc32.Checksum(b[recHeaderSize:recHeaderSize+n], crcTable) != binary.BigEndian.Uint32(b[8:12]) {
+		return 0, false
+	}
+	return n, true
+}
+
+// resync returns the offset of the first valid record at or after from, or
+// -1.
+func resync(data []byte, from int64) int64 {
+	for off := from; off+recHeaderSize <= int64(len(data)); off++ {
+		if crc32.Checksum(data[off:off+4], crcTable) != binary.BigEndian.Uint32(data[off+4:off+8]) {
+			continue
+		}
+		if _, ok := parseRecord(data[off:]); ok {
+			return off
+		}
+	}
+	return -1
+}
+
+func hasValidRecord(data []byte, from int64) bool {
+	return int64(len(data)) > from && resync(data, from) >= 0
+}
+
+func (l *Log) createSegment(seq uint64) error {
+	path := l.segPath(seq)
+	f, err := l.opts.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("wal: create segment: %w", err)
+	}
+	h := l.header()
+	if _, err := f.WriteAt(h, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("wal: create segment: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("wal: create segment: %w", err)
+	}
+	if err := durable.SyncDir(l.dir); err != nil {
+		f.Close()
+		return err
+	}
+	seg := &segment{seq: seq, size: int64(len(h)), f: f}
+	l.segs = append(l.segs, seg)
+	l.cur = seg
+	l.written = seg.size
+	l.stats.Bytes += seg.size
+	l.stats.Segments = len(l.segs)
+	return nil
+}
+
+// Append adds rec to the log and returns its position. The record is durable
+// only once a Sync that started after Append returned has returned nil.
+func (l *Log) Append(rec []byte) (Pos, error) {
+	if len(rec) > MaxRecord {
+		return Pos{}, ErrTooLarge
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.usableLocked(); err != nil {
+		return Pos{}, err
+	}
+	size := int64(recHeaderSize + len(rec))
+	if l.cur.size > segHeaderSize && l.cur.size+size > l.opts.SegmentSize {
+		if err := l.rollLocked(); err != nil {
+			return Pos{}, err
+		}
+	}
+	pos := Pos{Seg: l.cur.seq, Off: l.cur.size}
+	var h [recHeaderSize]byte
+	binary.BigEndian.PutUint32(h[0:4], uint32(len(rec)))
+	binary.BigEndian.PutUint32(h[4:8], crc32.Checksum(h[0:4], crcTable))
+	binary.BigEndian.PutUint32(h[8:12], crc32.Checksum(rec, crcTable))
+	l.buf = append(l.buf, h[:]...)
+	l.buf = append(l.buf, rec...)
+	l.cur.size += size
+	l.stats.Bytes += size
+	l.appendSeq++
+	l.stats.Appends++
+	if len(l.buf) >= l.opts.BufferSize && !l.syncing {
+		if err := l.flushLocked(); err != nil {
+			return Pos{}, err
+		}
+	}
+	return pos, nil
+}
+
+func (l *Log) usableLocked() error {
+	if l.closed {
+		return ErrClosed
+	}
+	return l.err
+}
+
+func (l *Log) failLocked(err error) error {
+	if l.err == nil {
+		l.err = fmt.Errorf("%w: %w", ErrFailed, err)
+		l.log.Error("wal: log failed; reopen to recover", "dir", l.dir, "err", err)
+	}
+	return l.err
+}
+
+// flushLocked writes buf to the current segment. Callers ensure no Sync
+// leader is writing concurrently.
+func (l *Log) flushLocked() error {
+	if len(l.buf) == 0 {
+		return nil
+	}
+	if _, err := l.cur.f.WriteAt(l.buf, l.written); err != nil {
+		return l.failLocked(err)
+	}
+	l.written += int64(len(l.buf))
+	l.buf = l.buf[:0]
+	return nil
+}
+
+// rollLocked seals the current segment (written and fsynced) and starts the
+// next one.
+func (l *Log) rollLocked() error {
+	for l.syncing {
+		l.cond.Wait()
+	}
+	if err := l.usableLocked(); err != nil {
+		return err
+	}
+	if err := l.flushLocked(); err != nil {
+		return err
+	}
+	if err := l.cur.f.Sync(); err != nil {
+		return l.failLocked(err)
+	}
+	l.stats.Syncs++
+	l.syncedSeq = l.appendSeq
+	l.cond.Broadcast()
+	if err := l.createSegment(l.cur.seq + 1); err != nil {
+		return l.failLocked(err)
+	}
+	return nil
+}
+
+// Sync makes every record appended before the call durable. Concurrent
+// callers share fsyncs.
+func (l *Log) Sync() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	target := l.appendSeq
+	for l.syncedSeq < target {
+		if l.err != nil {
+			return l.err
+		}
+		if l.syncing {
+			l.cond.Wait()
+			continue
+		}
+		if l.closed {
+			return ErrClosed
+		}
+		// Lead a commit of everything appended so far.
+		l.syncing = true
+		buf, f, off, upto := l.buf, l.cur.f, l.written, l.appendSeq
+		l.buf = l.spare[:0]
+		l.written += int64(len(buf))
+		l.mu.Unlock()
+		var err error
+		if len(buf) > 0 {
+			_, err = f.WriteAt(buf, off)
+		}
+		if err == nil {
+			err = f.Sync()
+		}
+		l.mu.Lock()
+		l.syncing = false
+		l.spare = buf[:0]
+		l.stats.Syncs++
+		if err != nil {
+			l.failLocked(err)
+		} else if upto > l.syncedSeq {
+			l.syncedSeq = upto
+		}
+		l.cond.Broadcast()
+	}
+	return nil
+}
+
+// AppendSync appends rec and waits until it is durable.
+func (l *Log) AppendSync(rec []byte) (Pos, error) {
+	pos, err := l.Append(rec)
+	if err != nil {
+		return pos, err
+	}
+	return pos, l.Sync()
+}
+
+// ReadAt reads the record at pos, written by this Log or found by Open, and
+// verifies its CRC. A record not yet synced is flushed first.
+func (l *Log) ReadAt(pos Pos) ([]byte, error) {
+	l.mu.Lock()
+	f, err := l.readerLocked(pos)
+	l.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	var h [recHeaderSize]byte
+	if _, err := f.ReadAt(h[:], pos.Off); err != nil {
+		return nil, fmt.Errorf("%w at %s: %w", ErrCorrupt, pos, err)
+	}
+	if crc32.Checksum(h[0:4], crcTable) != binary.BigEndian.Uint32(h[4:8]) {
+		return nil, fmt.Errorf("%w at %s: bad header", ErrCorrupt, pos)
+	}
+	n := binary.BigEndian.Uint32(h[0:4])
+	if n > MaxRecord {
+		return nil, fmt.Errorf("%w at %s: bad length", ErrCorrupt, pos)
+	}
+	rec := make([]byte, n)
+	if _, err := f.ReadAt(rec, pos.Off+recHeaderSize); err != nil {
+		return nil, fmt.Errorf("%w at %s: %w", ErrCorrupt, pos, err)
+	}
+	if crc32.Checksum(rec, crcTable) != binary.BigEndian.Uint32(h[8:12]) {
+		return nil, fmt.Errorf("%w at %s: checksum mismatch", ErrCorrupt, pos)
+	}
+	return rec, nil
+}
+
+func (l *Log) readerLocked(pos Pos) (File, error) {
+	if l.closed {
+		return nil, ErrClosed
+	}
+	for _, s := range l.segs {
+		if s.seq != pos.Seg {
+			continue
+		}
+		if pos.Off < segHeaderSize || pos.Off >= s.size {
+			return nil, fmt.Errorf("wal: no record at %s", pos)
+		}
+		if s == l.cur {
+			// A Sync leader may be writing the bytes at pos right now.
+			for l.syncing {
+				l.cond.Wait()
+			}
+			if pos.Off >= l.written {
+				if err := l.usableLocked(); err != nil {
+					return nil, err
+				}
+				if err := l.flushLocked(); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if s.f == nil {
+			f, err := l.opts.OpenFile(l.segPath(s.seq), os.O_RDONLY, 0)
+			if err != nil {
+				return nil, fmt.Errorf("wal: %w", err)
+			}
+			s.f = f
+		}
+		return s.f, nil
+	}
+	return nil, fmt.Errorf("wal: no segment for %s", pos)
+}
+
+// Segments returns the sequence numbers of the segments, oldest first; the
+// last one is being written.
+func (l *Log) Segments() []uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	seqs := make([]uint64, len(l.segs))
+	for i, s := range l.segs {
+		seqs[i] = s.seq
+	}
+	return seqs
+}
+
+// SegmentSize returns the current size in bytes of segment seq, or 0.
+func (l *Log) SegmentSize(seq uint64) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range l.segs {
+		if s.seq == seq {
+			return s.size
+		}
+	}
+	return 0
+}
+
+// Roll seals the segment being written and starts a new one, so that the
+// sealed one can later be removed.
+func (l *Log) Roll() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.usableLocked(); err != nil {
+		return err
+	}
+	if l.cur.size == segHeaderSize {
+		return nil
+	}
+	return l.rollLocked()
+}
+
+// RemoveBefore deletes the sealed segments whose sequence number is below
+// seq. The caller must have made durable elsewhere (rewritten) every record
+// in them that it still needs.
+func (l *Log) RemoveBefore(seq uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.usableLocked(); err != nil {
+		return err
+	}
+	removed := false
+	for len(l.segs) > 1 && l.segs[0].seq < seq {
+		s := l.segs[0]
+		if s.f != nil {
+			s.f.Close()
+		}
+		if err := os.Remove(l.segPath(s.seq)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("wal: %w", err)
+		}
+		l.stats.Bytes -= s.size
+		l.segs = l.segs[1:]
+		removed = true
+	}
+	l.stats.Segments = len(l.segs)
+	if removed {
+		return durable.SyncDir(l.dir)
+	}
+	return nil
+}
+
+// Stats returns the log's counters.
+func (l *Log) Stats() Stats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stats
+}
+
+// Err returns the error that made the log fail, or nil.
+func (l *Log) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// Close syncs what was appended and closes the files. It is idempotent.
+func (l *Log) Close() error {
+	err := l.Sync()
+	if errors.Is(err, ErrClosed) {
+		err = nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.syncing {
+		l.cond.Wait()
+	}
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	l.cond.Broadcast()
+	l.closeFiles()
+	return err
+}
+
+func (l *Log) closeFiles() {
+	for _, s := range l.segs {
+		if s.f != nil {
+			s.f.Close()
+			s.f = nil
+		}
+	}
+}
