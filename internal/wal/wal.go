@@ -85,6 +85,11 @@ type Options struct {
 	// Logger receives reports of torn tails and corruption; nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// Damaged, if set, is called during Open with every region it skips:
+	// a torn tail (torn true; truncated after the call) or a corrupt region
+	// followed by valid records. data is valid only during the call. Callers
+	// use it to move the bytes aside instead of losing them.
+	Damaged func(pos Pos, data []byte, torn bool)
 }
 
 // Stats are counters of a Log.
@@ -310,6 +315,9 @@ func (l *Log) replaySegment(seq uint64, last bool, replay func(Pos, []byte) erro
 		if next < 0 {
 			// Nothing valid follows: a torn tail.
 			torn := end - off
+			if l.opts.Damaged != nil {
+				l.opts.Damaged(Pos{Seg: seq, Off: off}, data[off:end], last)
+			}
 			if !last {
 				l.stats.CorruptRegions++
 				l.stats.CorruptBytes += torn
@@ -332,6 +340,9 @@ func (l *Log) replaySegment(seq uint64, last bool, replay func(Pos, []byte) erro
 		l.stats.CorruptRegions++
 		l.stats.CorruptBytes += next - off
 		l.log.Error("wal: skipping corrupt region", "segment", path, "offset", off, "bytes", next-off)
+		if l.opts.Damaged != nil {
+			l.opts.Damaged(Pos{Seg: seq, Off: off}, data[off:next], false)
+		}
 		off = next
 	}
 	seg := &segment{seq: seq, size: end}
@@ -568,7 +579,9 @@ func (l *Log) AppendSync(rec []byte) (Pos, error) {
 }
 
 // ReadAt reads the record at pos, written by this Log or found by Open, and
-// verifies its CRC. A record not yet synced is flushed first.
+// verifies its CRC. A record not yet synced is flushed first. When the
+// payload fails its CRC, ReadAt returns it anyway with an error wrapping
+// ErrCorrupt, so that the caller can move the damaged bytes aside.
 func (l *Log) ReadAt(pos Pos) ([]byte, error) {
 	l.mu.Lock()
 	f, err := l.readerLocked(pos)
@@ -592,7 +605,7 @@ func (l *Log) ReadAt(pos Pos) ([]byte, error) {
 		return nil, fmt.Errorf("%w at %s: %w", ErrCorrupt, pos, err)
 	}
 	if crc32.Checksum(rec, crcTable) != binary.BigEndian.Uint32(h[8:12]) {
-		return nil, fmt.Errorf("%w at %s: checksum mismatch", ErrCorrupt, pos)
+		return rec, fmt.Errorf("%w at %s: checksum mismatch", ErrCorrupt, pos)
 	}
 	return rec, nil
 }

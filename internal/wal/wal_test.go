@@ -165,14 +165,21 @@ func TestCorruptRegionSkipped(t *testing.T) {
 	data[positions[2].Off+12+3] ^= 0xff
 	require.NoError(t, os.WriteFile(path, data, 0o644))
 
-	l2, got := open(t, dir, wal.Options{})
+	var damaged []wal.Pos
+	l2, got := open(t, dir, wal.Options{Damaged: func(pos wal.Pos, data []byte, torn bool) {
+		assert.False(t, torn)
+		assert.Contains(t, string(data), "rd 2 with some payload")
+		damaged = append(damaged, pos)
+	}})
+	assert.Equal(t, []wal.Pos{positions[2]}, damaged, "the damaged region is handed to the caller")
 	assert.Equal(t, []string{"record 0 with some payload", "record 1 with some payload", "record 3 with some payload", "record 4 with some payload"}, payloads(got),
 		"records after a damaged one are kept")
 	st := l2.Stats()
 	assert.Equal(t, 1, st.CorruptRegions)
 	assert.Zero(t, st.TornBytes)
-	_, err = l2.ReadAt(positions[2])
+	raw, err := l2.ReadAt(positions[2])
 	assert.ErrorIs(t, err, wal.ErrCorrupt, "reading the damaged record reports it")
+	assert.Contains(t, string(raw), "rd 2 with some payload", "and returns the damaged bytes to move aside")
 }
 
 func TestFormatChecks(t *testing.T) {

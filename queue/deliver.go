@@ -1,0 +1,565 @@
+package queue
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/resilmail/resilmail"
+)
+
+// msgHeap orders scheduled messages by their next attempt.
+type msgHeap []*message
+
+func (h msgHeap) Len() int           { return len(h) }
+func (h msgHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h msgHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx = i
+	h[j].heapIdx = j
+}
+func (h *msgHeap) Push(x any) {
+	m := x.(*message)
+	m.heapIdx = len(*h)
+	*h = append(*h, m)
+}
+func (h *msgHeap) Pop() any {
+	old := *h
+	m := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	m.heapIdx = -1
+	return m
+}
+
+// scheduleLocked puts m on the schedule at m.next if it has something to
+// deliver and nothing stops it.
+func (q *Queue) scheduleLocked(m *message) {
+	deliverable := !m.removed && !m.inRound && !m.notifing && !m.rec.Held && !m.rec.Corrupt && m.synced == nil && m.doom == "" &&
+		(m.hasPending() || m.owesFailureNotice())
+	switch {
+	case deliverable && m.heapIdx >= 0:
+		heap.Fix(&q.sched, m.heapIdx)
+	case deliverable:
+		heap.Push(&q.sched, m)
+	case m.heapIdx >= 0:
+		heap.Remove(&q.sched, m.heapIdx)
+	}
+}
+
+func (m *message) owesFailureNotice() bool {
+	for _, r := range m.rec.Rcpts {
+		if r.State == Failed && !r.Notified {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *message) hasPending() bool {
+	for _, r := range m.rec.Rcpts {
+		if r.State == Pending {
+			return true
+		}
+	}
+	return false
+}
+
+// dest is the delivery state of one destination: concurrency and the
+// slow-down after failures that every message for it obeys.
+type dest struct {
+	key      string
+	active   int
+	window   int // current concurrency limit; 1 after a failure, doubling
+	failures int // consecutive destination failures
+	paused   time.Time
+	waiting  []*job
+}
+
+// round is one delivery attempt of one message: a job per destination.
+type round struct {
+	m         *message
+	pending   int // jobs not finished
+	attempted bool
+	next      time.Time // retry time for temporary failures
+	deferTo   time.Time // earliest time for jobs deferred by a paused destination
+}
+
+type job struct {
+	r     *round
+	num   uint32
+	rcpts []int
+	d     *dest
+}
+
+// Run delivers queued messages until ctx is cancelled or the queue is
+// closed. It owns every goroutine it starts and returns after they exit, nil
+// on cancellation. Deliveries in flight see ctx cancelled.
+func (q *Queue) Run(ctx context.Context) error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return ErrClosed
+	}
+	if q.running {
+		q.mu.Unlock()
+		return ErrRunning
+	}
+	q.running = true
+	ctx, cancel := context.WithCancel(ctx)
+	q.stop = cancel
+	q.runDone = make(chan struct{})
+	q.mu.Unlock()
+	defer func() {
+		cancel()
+		q.wg.Wait()
+		q.mu.Lock()
+		q.running = false
+		close(q.runDone)
+		q.mu.Unlock()
+	}()
+
+	q.wg.Add(1)
+	go func() {
+		defer q.wg.Done()
+		q.compactor(ctx)
+	}()
+	select {
+	case q.compactCh <- struct{}{}:
+	default:
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		q.mu.Lock()
+		wait := q.dispatchLocked(ctx)
+		q.mu.Unlock()
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-q.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// dispatchLocked starts the rounds that are due and returns how long to
+// sleep before the next one.
+func (q *Queue) dispatchLocked(ctx context.Context) time.Duration {
+	now := q.opts.Now()
+	for q.sched.Len() > 0 && q.active < q.opts.MaxDeliveries && q.wal.Err() == nil {
+		m := q.sched[0]
+		if m.next.After(now) {
+			return m.next.Sub(now)
+		}
+		heap.Pop(&q.sched)
+		q.startRoundLocked(ctx, m, now)
+	}
+	if q.sched.Len() > 0 && q.active < q.opts.MaxDeliveries && q.wal.Err() == nil {
+		return max(q.sched[0].next.Sub(now), 0)
+	}
+	return time.Hour
+}
+
+func (q *Queue) startRoundLocked(ctx context.Context, m *message, now time.Time) {
+	m.inRound = true
+	r := &round{m: m}
+	groups := map[string][]int{}
+	var keys []string
+	for i, rc := range m.rec.Rcpts {
+		if rc.State != Pending {
+			continue
+		}
+		k := q.opts.Destination(m.rec.Env.To[i].Addr)
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], i)
+	}
+	r.pending = len(keys)
+	for _, k := range keys {
+		q.offerLocked(ctx, &job{r: r, rcpts: groups[k], d: q.destLocked(k)}, now)
+	}
+	if r.pending == 0 {
+		q.finishRoundLocked(r)
+	}
+}
+
+func (q *Queue) destLocked(key string) *dest {
+	d := q.dests[key]
+	if d == nil {
+		d = &dest{key: key, window: q.opts.MaxPerDestination}
+		q.dests[key] = d
+	}
+	return d
+}
+
+// offerLocked starts j, parks it until its destination has a free slot, or
+// defers it while the destination is slowed down.
+func (q *Queue) offerLocked(ctx context.Context, j *job, now time.Time) {
+	d := j.d
+	switch {
+	case now.Before(d.paused):
+		q.deferJobLocked(j, d.paused)
+	case d.active >= d.window:
+		d.waiting = append(d.waiting, j)
+	default:
+		q.startJobLocked(ctx, j, now)
+	}
+}
+
+// deferJobLocked ends j without an attempt: it is not counted as one.
+func (q *Queue) deferJobLocked(j *job, until time.Time) {
+	r := j.r
+	if r.deferTo.IsZero() || until.Before(r.deferTo) {
+		r.deferTo = until
+	}
+	q.counters.throttled++
+	r.pending--
+	if r.pending == 0 {
+		q.finishRoundLocked(r)
+	}
+}
+
+// startJobLocked commits the attempt (so that a crash during it still backs
+// off and is known to have happened) and runs it.
+func (q *Queue) startJobLocked(ctx context.Context, j *job, now time.Time) {
+	r, m := j.r, j.r.m
+	u := &updRec{ID: m.id()}
+	if !r.attempted {
+		r.attempted = true
+		u.Attempts = m.rec.Attempts + 1
+		r.next = now.Add(q.opts.Retry.jittered(u.Attempts, q.rnd))
+	} else {
+		u.Attempts = m.rec.Attempts
+	}
+	u.Next = r.next.UnixNano()
+	j.num = m.rec.JobSeq + 1
+	u.Start = &jobRec{Job: j.num, Rcpts: j.rcpts, Dest: j.d.key, At: now.UnixNano()}
+	if err := q.appendLocked(m, u); err != nil {
+		q.log.Error("queue: cannot record attempt; not delivering", "msg_id", m.id(), "err", err)
+		q.deferJobLocked(j, now.Add(time.Minute))
+		return
+	}
+	j.d.active++
+	q.active++
+	q.wg.Add(1)
+	go q.runJob(ctx, j)
+}
+
+func (q *Queue) runJob(ctx context.Context, j *job) {
+	defer q.wg.Done()
+	m := j.r.m
+	env := m.rec.Env // immutable after enqueue
+	env.To = make([]resilmail.Recipient, len(j.rcpts))
+	for k, i := range j.rcpts {
+		env.To[k] = m.rec.Env.To[i]
+	}
+	var err error
+	if err = q.wal.Sync(); err != nil {
+		// The attempt is not durable: do not deliver.
+		err = &resilmail.DeliveryError{Command: "queue", Message: "queue storage failed", Err: err}
+	} else if body, berr := q.body(m); berr != nil {
+		var ce *resilmail.CorruptError
+		if errors.As(berr, &ce) {
+			q.quarantineCorrupt(m, berr)
+		}
+		err = &resilmail.DeliveryError{Command: "queue", Message: "cannot read message from the queue", Err: berr}
+	} else {
+		start := time.Now()
+		err = q.d.Deliver(ctx, env, bytesReader(body))
+		q.log.Debug("queue: delivery attempt", "msg_id", m.id(), "dest", j.d.key, "rcpts", len(env.To), "took", time.Since(start), "err", err)
+	}
+	q.finishJob(ctx, j, env, err)
+}
+
+// finishJob records the outcome of one attempt, per recipient.
+func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, err error) {
+	now := q.opts.Now()
+	m := j.r.m
+	addrs := env.Recipients()
+	out := resilmail.Outcomes(addrs, err)
+	var events []Event
+
+	q.mu.Lock()
+	u := &updRec{ID: m.id(), End: &j.num}
+	h := &attemptRec{At: now.UnixNano(), Dest: j.d.key}
+	anyAccepted, anyPermanent := false, false
+	for k, i := range j.rcpts {
+		rc := m.rec.Rcpts[i]
+		de := out[addrs[k]]
+		ev := Event{ID: m.id(), Rcpt: addrs[k], Time: now}
+		switch {
+		case de == nil:
+			rc = rcptRec{State: Delivered, Host: j.d.key, Reply: "delivered"}
+			anyAccepted = true
+			q.counters.delivered++
+			ev.Kind = EventDelivered
+		case de.MaybeDelivered:
+			rc = rcptRec{State: MaybeDelivered, Reply: de.Reply(), Host: de.Host}
+			switch q.opts.MaybeDelivered {
+			case MaybeHold:
+				u.Held = ptr(true)
+			case MaybeRetry:
+				rc.State = Pending
+			case MaybeAssumeDelivered:
+				rc.State = Delivered
+			}
+			anyAccepted = true
+			q.counters.maybeDelivered++
+			ev.Kind, ev.Host, ev.Err = EventMaybeDelivered, de.Host, de
+			q.log.Warn("queue: maybe delivered: reply lost after the message was sent",
+				"msg_id", m.id(), "rcpt", addrs[k], "host", de.Host, "err", de, "policy", q.opts.MaybeDelivered.String())
+		case de.Permanent:
+			rc = rcptRec{State: Failed, Reply: de.Reply(), Host: de.Host, Code: statusCode(de), Perm: true}
+			rc.Notified = !q.wantsFailureNotice(m, i)
+			anyPermanent = true
+			q.counters.failed++
+			ev.Kind, ev.Host, ev.Err = EventFailed, de.Host, de
+			q.log.Info("queue: delivery failed permanently", "msg_id", m.id(), "rcpt", addrs[k], "host", de.Host, "err", de)
+		default:
+			rc = rcptRec{State: Pending, Reply: de.Reply(), Host: de.Host, Code: statusCode(de)}
+			q.counters.deferred++
+			ev.Kind, ev.Host, ev.Err = EventDeferred, de.Host, de
+			q.log.Info("queue: delivery deferred", "msg_id", m.id(), "rcpt", addrs[k], "host", de.Host,
+				"attempt", m.rec.Attempts, "retry_in", j.r.next.Sub(now).Round(time.Second), "err", de)
+		}
+		u.Rcpts = append(u.Rcpts, rcptChange{I: i, rcptRec: rc})
+		h.Results = append(h.Results, i)
+		h.States = append(h.States, uint8(rc.State))
+		h.Replies = append(h.Replies, rc.Reply)
+		events = append(events, ev)
+	}
+	u.History = h
+	if aerr := q.appendLocked(m, u); aerr != nil {
+		q.log.Error("queue: cannot record delivery result", "msg_id", m.id(), "err", aerr)
+	}
+
+	// Feedback to the destination: a refused connection, a 421 or a
+	// timeout before anything was accepted slows it down for every message.
+	d := j.d
+	d.active--
+	q.active--
+	if !anyAccepted && !anyPermanent && ctx.Err() == nil && destinationFailure(err) {
+		d.failures++
+		d.window = 1
+		pause := min(10*time.Second<<min(d.failures-1, 10), 5*time.Minute)
+		d.paused = now.Add(pause)
+		q.log.Warn("queue: destination slowed down", "dest", d.key, "failures", d.failures, "pause", pause, "err", err)
+	} else if anyAccepted || anyPermanent {
+		d.failures = 0
+		d.paused = time.Time{}
+		d.window = min(d.window*2, q.opts.MaxPerDestination)
+	}
+	for len(d.waiting) > 0 && (d.active < d.window || now.Before(d.paused)) {
+		next := d.waiting[0]
+		d.waiting = d.waiting[1:]
+		q.offerLocked(ctx, next, now)
+	}
+	if len(d.waiting) == 0 && d.active == 0 && d.failures == 0 {
+		delete(q.dests, d.key)
+	}
+	j.r.pending--
+	if j.r.pending == 0 {
+		q.finishRoundLocked(j.r)
+	}
+	q.mu.Unlock()
+	q.poke()
+	for _, ev := range events {
+		q.event(ev)
+	}
+}
+
+// destinationFailure reports whether err says the destination itself is
+// unwell (no connection, 421, a timeout) rather than one recipient.
+func destinationFailure(err error) bool {
+	if err == nil {
+		return false
+	}
+	var general *resilmail.DeliveryError
+	var walk func(error) bool
+	walk = func(e error) bool {
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			if _, isDE := e.(*resilmail.DeliveryError); !isDE {
+				for _, s := range j.Unwrap() {
+					if walk(s) {
+						return true
+					}
+				}
+				return false
+			}
+		}
+		var de *resilmail.DeliveryError
+		if errors.As(e, &de) {
+			if de.Recipient == "" {
+				general = de
+				return true
+			}
+			return false
+		}
+		return true // not a DeliveryError: a dial or I/O failure
+	}
+	if !walk(err) {
+		return false
+	}
+	if general == nil {
+		return true
+	}
+	return !general.Permanent && !general.MaybeDelivered && general.Command != "queue"
+}
+
+// statusCode returns the RFC 3463 code for a DSN.
+func statusCode(de *resilmail.DeliveryError) string {
+	if de.EnhancedCode != "" {
+		return de.EnhancedCode
+	}
+	switch {
+	case de.Permanent:
+		return "5.0.0"
+	case de.Command == "connect":
+		return "4.4.1"
+	default:
+		return "4.0.0"
+	}
+}
+
+// finishRoundLocked ends a round: expiry, the next attempt, notifications,
+// removal.
+func (q *Queue) finishRoundLocked(r *round) {
+	m := r.m
+	m.inRound = false
+	switch {
+	case r.attempted && !r.deferTo.IsZero():
+		m.next = r.next
+		if r.deferTo.Before(m.next) {
+			m.next = r.deferTo
+		}
+	case r.attempted:
+		m.next = r.next
+	case !r.deferTo.IsZero():
+		m.next = r.deferTo
+	}
+	now := q.opts.Now()
+	if m.doom == "" && m.hasPending() && now.Sub(time.Unix(0, m.rec.Created)) >= q.opts.Retry.Lifetime && !m.rec.Held {
+		q.expireLocked(m, now)
+	}
+	q.afterRoundLocked(m)
+}
+
+// expireLocked fails every pending recipient of a message that has been
+// queued for longer than its lifetime.
+func (q *Queue) expireLocked(m *message, now time.Time) {
+	u := &updRec{ID: m.id()}
+	for i, rc := range m.rec.Rcpts {
+		if rc.State != Pending {
+			continue
+		}
+		reply := "message expired after " + q.opts.Retry.Lifetime.String() + " in the queue"
+		if rc.Reply != "" {
+			reply += "; last error: " + rc.Reply
+		}
+		code := "4.4.7"
+		nrc := rcptRec{State: Failed, Reply: reply, Host: rc.Host, Code: code}
+		nrc.Notified = !q.wantsFailureNotice(m, i)
+		u.Rcpts = append(u.Rcpts, rcptChange{I: i, rcptRec: nrc})
+		q.counters.expired++
+		q.log.Warn("queue: message expired", "msg_id", m.id(), "rcpt", m.rec.Env.To[i].Addr, "err", rc.Reply)
+	}
+	if err := q.appendLocked(m, u); err != nil {
+		q.log.Error("queue: recording expiry", "msg_id", m.id(), "err", err)
+	}
+}
+
+// afterRoundLocked sends the notifications a message needs, then removes it
+// if it is done or schedules it again. Notifications are enqueued without
+// the lock, in a goroutine the queue waits for.
+func (q *Queue) afterRoundLocked(m *message) {
+	if m.removed || m.notifing {
+		return
+	}
+	now := q.opts.Now()
+	if q.needsNotifyLocked(m, now) {
+		m.notifing = true
+		q.wg.Add(1)
+		go func() {
+			defer q.wg.Done()
+			q.notify(m)
+			q.mu.Lock()
+			m.notifing = false
+			q.finalizeLocked(m)
+			q.mu.Unlock()
+			q.poke()
+		}()
+		return
+	}
+	q.finalizeLocked(m)
+}
+
+// finalizeLocked removes a finished or doomed message, or schedules it.
+func (q *Queue) finalizeLocked(m *message) {
+	if m.removed || m.inRound || m.notifing {
+		return
+	}
+	switch {
+	case m.doom != "" && m.doom != "bounced":
+		q.removeLocked(m, m.doom)
+	case q.doneLocked(m):
+		q.removeLocked(m, "done")
+	default:
+		q.scheduleLocked(m)
+	}
+}
+
+// doneLocked reports whether nothing remains to do for m.
+func (q *Queue) doneLocked(m *message) bool {
+	if len(m.rec.Jobs) > 0 || m.rec.Corrupt {
+		return false
+	}
+	for _, rc := range m.rec.Rcpts {
+		switch {
+		case rc.State == Pending, rc.State == MaybeDelivered:
+			return false
+		case rc.State == Failed && !rc.Notified:
+			return false
+		}
+	}
+	return true
+}
+
+func (q *Queue) removeLocked(m *message, why string) {
+	now := q.opts.Now()
+	u := &updRec{ID: m.id(), Removed: why, At: now.UnixNano()}
+	if err := q.appendLocked(m, u); err != nil {
+		q.log.Error("queue: recording removal", "msg_id", m.id(), "err", err)
+		return
+	}
+	q.log.Debug("queue: message removed", "msg_id", m.id(), "why", why)
+	ev := Event{Kind: EventRemoved, ID: m.id(), Time: now}
+	go q.event(ev)
+}
+
+// wantsFailureNotice reports whether the sender of m asked to hear about a
+// failure of recipient i.
+func (q *Queue) wantsFailureNotice(m *message, i int) bool {
+	return m.rec.Env.From != "" && m.rec.Env.To[i].Notify.Has(resilmail.NotifyFailure)
+}
+
+// needsNotifyLocked reports whether m owes its sender a failure notice or a
+// delay warning now.
+func (q *Queue) needsNotifyLocked(m *message, now time.Time) bool {
+	return m.owesFailureNotice() || q.delayWarningDueLocked(m, now)
+}
+
+func (q *Queue) delayWarningDueLocked(m *message, now time.Time) bool {
+	warnings := q.opts.Retry.DelayWarnings
+	if m.rec.Warned >= len(warnings) || m.rec.Env.From == "" || m.rec.Held {
+		return false
+	}
+	if now.Sub(time.Unix(0, m.rec.Created)) < warnings[m.rec.Warned] {
+		return false
+	}
+	return slices.ContainsFunc(m.rec.Env.To, func(r resilmail.Recipient) bool { return r.Notify.Has(resilmail.NotifyDelay) }) && m.hasPending()
+}

@@ -1,0 +1,58 @@
+// Package queue is a durable store-and-forward mail queue that a Go mail
+// server embeds, for inbound relay (towards its mail store) and outbound
+// delivery (towards the Internet).
+//
+// # Guarantees
+//
+//   - Durability: [Queue.Enqueue] returns nil only once the message and its
+//     envelope are on stable storage (fsynced). Concurrent enqueues share
+//     fsyncs (group commit); none is skipped. A crash or kill -9 at any
+//     instant loses no message Enqueue acknowledged.
+//   - Idempotency: the envelope id is the key. Enqueueing an id that is
+//     queued, or that left the queue within Options.DedupWindow, is a no-op.
+//   - Integrity: every body is stored with its SHA-256 and a CRC, and both
+//     are checked whenever it is read. A body that fails is moved aside into
+//     the folder "corrupt", reported (log, [Stats], [Hooks]) and never
+//     delivered; the rest of the queue carries on.
+//   - Attempts are committed before they start: a crash during an attempt
+//     still backs off, and the interrupted recipients are treated as maybe
+//     delivered ([MaybeDeliveredPolicy]) rather than silently sent again.
+//   - Per-recipient state: each recipient is pending, delivered, failed or
+//     maybe-delivered; only pending ones are tried again.
+//   - Notifications: permanent failures and expiry produce an RFC 3464
+//     delivery status notification to the sender, honouring the DSN
+//     parameters NOTIFY, RET, ENVID and ORCPT (RFC 3461); so do delay
+//     warnings. Nothing is ever sent to the null reverse-path.
+//
+// # Delivery
+//
+// [Queue.Run] delivers through a [resilmail.Deliverer], which reports an
+// outcome per recipient ([resilmail.Outcomes]). Recipients of one message are
+// grouped by Options.Destination (the next-hop host when known, else the
+// domain), and each group is one delivery. At most Options.MaxDeliveries run
+// at once, and at most Options.MaxPerDestination per destination. A
+// destination that refuses connections, answers 421 or times out is slowed
+// down for every message: its concurrency drops to one and it is paused for
+// 10 s, doubling to 5 min while it keeps failing; deliveries put off this way
+// are not counted as attempts.
+//
+// Temporary failures are retried per Options.Retry: by default after 5
+// minutes, doubling up to about 67 minutes, with 10% jitter, for 5 days.
+//
+// # Storage (format version 1)
+//
+// The queue keeps one folder: a record log in "log" (see internal/wal: CRC
+// per record, torn tail truncated on open, group commit), a "LOCK" file that
+// keeps a second process out, and "corrupt" for damaged data moved aside.
+// A message is one record holding its state as JSON and its body; state
+// changes are small update records appended after it. Memory holds an index
+// entry per message (envelope and state), never the bodies. The oldest log
+// segment is compacted in the background by restating its live messages at
+// the end of the log. Open refuses a log written by a newer format version.
+//
+// # Goroutines
+//
+// Open starts none. Run starts the dispatcher's helpers (one goroutine per
+// delivery in flight, a compactor) and returns after all of them have
+// exited. Close stops Run and waits.
+package queue

@@ -1,0 +1,643 @@
+package queue
+
+import (
+	"bytes"
+	"container/heap"
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/durable"
+	"github.com/resilmail/resilmail/internal/wal"
+)
+
+// maxHistory bounds the attempts kept per message for Inspect.
+const maxHistory = 10
+
+// Queue is a durable store-and-forward mail queue. Create it with [Open],
+// deliver with [Queue.Run], stop with [Queue.Close]. All methods are safe for
+// concurrent use.
+type Queue struct {
+	dir    string
+	d      resilmail.Deliverer
+	opts   Options
+	log    *slog.Logger
+	wal    *wal.Log
+	unlock func() error
+
+	// compactMu keeps a log segment from being removed while a body is read
+	// from it: readers hold it shared, removal exclusively.
+	compactMu sync.RWMutex
+
+	mu        sync.Mutex
+	msgs      map[string]*message
+	dedup     map[string]tomb
+	dedupFIFO []string
+	sched     msgHeap
+	dests     map[string]*dest
+	bytes     int64
+	active    int // jobs in flight
+	counters  counters
+	running   bool
+	closed    bool
+	rnd       *mrand.Rand
+	freeAt    time.Time // when free space was last checked
+	freeLow   bool
+	wake      chan struct{}
+	stop      context.CancelFunc
+	runDone   chan struct{}
+	wg        sync.WaitGroup // jobs and notifications
+	compactCh chan struct{}
+	curSeg    uint64 // the log segment last appended to
+	salvaged  []msgRec // envelopes of damaged message records, from Open
+}
+
+type tomb struct {
+	at  int64 // unix nanoseconds
+	seg uint64
+}
+
+// message is the in-memory index entry of a queued message. Its body stays
+// on disk.
+type message struct {
+	rec      msgRec
+	pos      wal.Pos // the record holding the body
+	size     int64
+	synced   chan struct{} // closed once the message record is durable (nil: durable)
+	syncErr  error
+	heapIdx  int // -1 when not scheduled
+	inRound  bool
+	next     time.Time
+	doom     string // an admin asked to remove ("deleted") or bounce ("bounced") it
+	removed  bool
+	notifing bool // a notification is being sent
+}
+
+func (m *message) id() string { return m.rec.Env.ID }
+
+// Open opens the queue stored in dir, creating it if needed, and restores
+// every message that was acknowledged before the last stop or crash with its
+// state. Attempts that a crash interrupted are resolved by
+// Options.MaybeDelivered. Open takes an exclusive lock on dir: a second Open
+// of the same folder, in this process or another, fails until Close.
+//
+// Messages are delivered through d once [Queue.Run] is called.
+func Open(dir string, d resilmail.Deliverer, opts *Options) (*Queue, error) {
+	if d == nil {
+		return nil, errors.New("queue: nil Deliverer")
+	}
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	unlock, err := durable.Lock(dir)
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	q := &Queue{
+		dir: dir, d: d, opts: o, log: o.Logger, unlock: unlock,
+		msgs:      make(map[string]*message),
+		dedup:     make(map[string]tomb),
+		dests:     make(map[string]*dest),
+		rnd:       mrand.New(mrand.NewPCG(mrand.Uint64(), mrand.Uint64())),
+		wake:      make(chan struct{}, 1),
+		compactCh: make(chan struct{}, 1),
+	}
+	start := time.Now()
+	l, err := wal.Open(filepath.Join(dir, "log"), wal.Options{
+		Kind: "queue", Version: formatVersion, SegmentSize: o.SegmentSize, Logger: o.Logger,
+		Damaged: q.damaged,
+	}, q.replay)
+	if err != nil {
+		unlock()
+		return nil, fmt.Errorf("queue: open %s: %w", dir, err)
+	}
+	q.wal = l
+	if err := q.recover(); err != nil {
+		l.Close()
+		unlock()
+		return nil, err
+	}
+	st := l.Stats()
+	q.log.Info("queue opened", "dir", dir, "messages", len(q.msgs), "segments", st.Segments,
+		"corrupt_regions", st.CorruptRegions, "bad_records", q.counters.badRecords, "took", time.Since(start))
+	return q, nil
+}
+
+// damaged moves a region of the log that Open skipped into the folder
+// "corrupt", and salvages what it can: a message record whose envelope is
+// still readable is kept in the queue as corrupt, so the operator sees whose
+// mail was damaged. A torn tail (never acknowledged) is only moved aside.
+func (q *Queue) damaged(pos wal.Pos, data []byte, torn bool) {
+	kind := "damaged"
+	if torn {
+		kind = "torn"
+	}
+	dir := filepath.Join(q.dir, "corrupt")
+	name := filepath.Join(dir, fmt.Sprintf("%016x-%d.%s", pos.Seg, pos.Off, kind))
+	err := os.MkdirAll(dir, 0o750)
+	if err == nil {
+		err = durable.WriteFile(durable.OS, name, data, 0o640)
+	}
+	q.counters.damagedBytes += uint64(len(data))
+	q.log.Warn("queue: log region skipped at open and moved aside", "pos", pos.String(), "bytes", len(data), "torn", torn, "copy", name, "err", err)
+	if torn || len(data) < 12 {
+		return
+	}
+	typ, meta, _, derr := decode(data[12:])
+	if derr != nil || typ != recMessage {
+		return
+	}
+	var m msgRec
+	if json.Unmarshal(meta, &m) != nil || resilmail.CheckID(m.Env.ID) != nil || len(m.Rcpts) != len(m.Env.To) {
+		return
+	}
+	m.Corrupt = true
+	m.Jobs = nil
+	q.salvaged = append(q.salvaged, m)
+}
+
+// replay applies one record found by the log at Open.
+func (q *Queue) replay(pos wal.Pos, rec []byte) error {
+	v, body, err := decodeRecord(rec)
+	if err != nil {
+		q.counters.badRecords++
+		q.log.Error("queue: skipping unreadable record", "pos", pos.String(), "err", err)
+		return nil
+	}
+	switch r := v.(type) {
+	case *msgRec:
+		m := q.msgs[r.Env.ID]
+		if m == nil {
+			m = &message{heapIdx: -1}
+			q.msgs[r.Env.ID] = m
+		} else {
+			q.bytes -= m.size
+		}
+		m.rec = *r
+		m.pos = pos
+		m.size = int64(len(body))
+		q.bytes += m.size
+		delete(q.dedup, r.Env.ID)
+	case *updRec:
+		if m := q.msgs[r.ID]; m != nil {
+			q.applyLocked(m, r, pos.Seg)
+		} else if r.Removed != "" {
+			q.rememberLocked(r.ID, r.At, pos.Seg)
+		}
+	case *tombRec:
+		if q.msgs[r.ID] == nil {
+			q.rememberLocked(r.ID, r.At, pos.Seg)
+		}
+	}
+	return nil
+}
+
+// applyLocked applies an update to a message in memory. The live path and
+// replay share it, so that memory after a restart equals memory before.
+func (q *Queue) applyLocked(m *message, u *updRec, seg uint64) {
+	r := &m.rec
+	if u.Start != nil {
+		r.Jobs = append(r.Jobs, *u.Start)
+		r.JobSeq = max(r.JobSeq, u.Start.Job)
+		r.Attempts = u.Attempts
+	}
+	if u.Next != 0 {
+		r.Next = u.Next
+	}
+	if u.End != nil {
+		for i, j := range r.Jobs {
+			if j.Job == *u.End {
+				r.Jobs = append(r.Jobs[:i:i], r.Jobs[i+1:]...)
+				break
+			}
+		}
+	}
+	for _, c := range u.Rcpts {
+		if c.I >= 0 && c.I < len(r.Rcpts) {
+			r.Rcpts[c.I] = c.rcptRec
+		}
+	}
+	if u.History != nil {
+		r.History = append(r.History, *u.History)
+		if len(r.History) > maxHistory {
+			r.History = append(r.History[:0:0], r.History[len(r.History)-maxHistory:]...)
+		}
+	}
+	if u.Held != nil {
+		r.Held = *u.Held
+	}
+	if u.Warned > r.Warned {
+		r.Warned = u.Warned
+	}
+	if u.Corrupt {
+		r.Corrupt = true
+	}
+	if u.Removed != "" {
+		delete(q.msgs, r.Env.ID)
+		q.bytes -= m.size
+		m.removed = true
+		if m.heapIdx >= 0 {
+			heap.Remove(&q.sched, m.heapIdx)
+		}
+		q.rememberLocked(r.Env.ID, u.At, seg)
+	}
+}
+
+// rememberLocked records a finished id for deduplication.
+func (q *Queue) rememberLocked(id string, at int64, seg uint64) {
+	if q.opts.DedupWindow < 0 {
+		return
+	}
+	if _, ok := q.dedup[id]; !ok {
+		q.dedupFIFO = append(q.dedupFIFO, id)
+	}
+	q.dedup[id] = tomb{at: at, seg: seg}
+	q.expireDedupLocked(q.opts.Now())
+}
+
+func (q *Queue) expireDedupLocked(now time.Time) {
+	cutoff := now.Add(-q.opts.DedupWindow).UnixNano()
+	n := 0
+	for n < len(q.dedupFIFO) {
+		id := q.dedupFIFO[n]
+		t, ok := q.dedup[id]
+		if ok && t.at >= cutoff && len(q.dedup) <= q.opts.DedupMax {
+			break
+		}
+		if ok {
+			delete(q.dedup, id)
+		}
+		n++
+	}
+	if n > 0 {
+		q.dedupFIFO = q.dedupFIFO[n:]
+		if cap(q.dedupFIFO) > 2*len(q.dedupFIFO)+1024 {
+			q.dedupFIFO = append([]string(nil), q.dedupFIFO...)
+		}
+	}
+}
+
+// recover resolves attempts a crash interrupted, finishes what a crash left
+// half done and schedules every message.
+func (q *Queue) recover() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.opts.Now()
+	for _, r := range q.salvaged {
+		if q.msgs[r.Env.ID] != nil {
+			continue // a later record restated it: the damage hit an old copy
+		}
+		if _, gone := q.dedup[r.Env.ID]; gone {
+			continue
+		}
+		rec, err := encode(recMessage, &r, nil)
+		if err != nil {
+			return err
+		}
+		pos, err := q.wal.Append(rec)
+		if err != nil {
+			return storageErr(err)
+		}
+		q.msgs[r.Env.ID] = &message{rec: r, pos: pos, heapIdx: -1}
+		q.counters.corrupt++
+		q.log.Error("queue: message damaged on disk; kept as corrupt for the operator", "msg_id", r.Env.ID, "from", r.Env.From, "rcpts", len(r.Env.To))
+	}
+	q.salvaged = nil
+	for _, m := range q.msgs {
+		if len(m.rec.Jobs) == 0 {
+			continue
+		}
+		for _, j := range append([]jobRec(nil), m.rec.Jobs...) {
+			u := &updRec{ID: m.id(), End: &j.Job}
+			for _, i := range j.Rcpts {
+				rc := m.rec.Rcpts[i]
+				if rc.State != Pending {
+					continue
+				}
+				rc.Reply = "attempt interrupted by a crash; the message may have been delivered"
+				rc.Host = j.Dest
+				switch q.opts.MaybeDelivered {
+				case MaybeHold:
+					rc.State = MaybeDelivered
+					u.Held = ptr(true)
+				case MaybeAssumeDelivered:
+					rc.State = Delivered
+				}
+				u.Rcpts = append(u.Rcpts, rcptChange{I: i, rcptRec: rc})
+				q.counters.maybeDelivered++
+				q.log.Warn("queue: attempt interrupted by a crash: maybe delivered",
+					"msg_id", m.id(), "rcpt", m.rec.Env.To[i].Addr, "host", j.Dest, "policy", q.opts.MaybeDelivered.String())
+			}
+			if err := q.appendLocked(m, u); err != nil {
+				return err
+			}
+		}
+	}
+	for _, m := range q.msgs {
+		m.next = time.Unix(0, m.rec.Next)
+		if m.next.Before(now) {
+			m.next = now
+		}
+		q.scheduleLocked(m)
+	}
+	if err := q.wal.Sync(); err != nil {
+		return storageErr(err)
+	}
+	// Notifications and removals a crash may have cut short.
+	for _, m := range q.msgs {
+		if q.needsNotifyLocked(m, now) || q.doneLocked(m) {
+			q.afterRoundLocked(m)
+		}
+	}
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func (p MaybeDeliveredPolicy) String() string {
+	switch p {
+	case MaybeHold:
+		return "hold"
+	case MaybeRetry:
+		return "retry"
+	case MaybeAssumeDelivered:
+		return "assume-delivered"
+	}
+	return fmt.Sprintf("MaybeDeliveredPolicy(%d)", int(p))
+}
+
+// appendLocked writes an update to the log and applies it in memory. The
+// update is durable after the next wal Sync.
+func (q *Queue) appendLocked(m *message, u *updRec) error {
+	rec, err := encode(recUpdate, u, nil)
+	if err != nil {
+		return err
+	}
+	pos, err := q.wal.Append(rec)
+	if err != nil {
+		return storageErr(err)
+	}
+	q.applyLocked(m, u, pos.Seg)
+	q.noteAppendLocked(pos)
+	return nil
+}
+
+// NewID returns a new random envelope id: 26 characters of base32.
+func NewID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])
+}
+
+// Enqueue stores a message for delivery and returns its id. When Enqueue
+// returns nil, the message and its envelope are on stable storage: a crash
+// or kill -9 from then on loses neither. Concurrent calls share fsyncs.
+//
+// When env.ID is empty a new id is assigned ([NewID]). Enqueueing an id that
+// is queued, or was delivered, bounced or deleted within DedupWindow, is a
+// no-op that returns nil: a caller that retries after losing the reply never
+// causes a second delivery.
+//
+// Enqueue reads body to EOF. It returns [ErrInvalid] or [ErrTooLarge]
+// (permanent), [ErrFull] (temporary: admission control), [ErrStorage]
+// (temporary) or [ErrClosed].
+func (q *Queue) Enqueue(ctx context.Context, env resilmail.Envelope, body io.Reader) (string, error) {
+	return q.enqueue(ctx, env, body, false)
+}
+
+// enqueue is Enqueue; internal notifications skip the size limits of
+// admission control (the message they report on is leaving the queue).
+func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Reader, internal bool) (string, error) {
+	env = env.Clone()
+	if env.ID == "" {
+		env.ID = NewID()
+	}
+	if err := env.Validate(); err != nil {
+		return env.ID, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	data, err := io.ReadAll(io.LimitReader(body, q.opts.MaxMessageSize+1))
+	if err != nil {
+		return env.ID, fmt.Errorf("queue: reading message: %w", err)
+	}
+	if int64(len(data)) > q.opts.MaxMessageSize {
+		return env.ID, fmt.Errorf("%w: over %d bytes", ErrTooLarge, q.opts.MaxMessageSize)
+	}
+	if env.Size == 0 {
+		env.Size = int64(len(data))
+	}
+	now := q.opts.Now()
+	m := &message{heapIdx: -1, size: int64(len(data)), synced: make(chan struct{})}
+	m.rec = msgRec{Env: env, Created: now.UnixNano(), Digest: resilmail.DigestOf(data), Rcpts: make([]rcptRec, len(env.To)), Next: now.UnixNano()}
+	rec, err := encode(recMessage, &m.rec, data)
+	if err != nil {
+		return env.ID, err
+	}
+	for {
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return env.ID, ErrClosed
+		}
+		if old := q.msgs[env.ID]; old != nil {
+			wait := old.synced
+			q.mu.Unlock()
+			if wait == nil {
+				return q.duplicate(env.ID)
+			}
+			select {
+			case <-wait:
+				continue // look again: the first enqueue may have failed
+			case <-ctx.Done():
+				return env.ID, ctx.Err()
+			}
+		}
+		if _, ok := q.dedup[env.ID]; ok {
+			q.mu.Unlock()
+			return q.duplicate(env.ID)
+		}
+		break
+	}
+	if err := q.admitLocked(int64(len(data)), now, internal); err != nil {
+		q.mu.Unlock()
+		return env.ID, err
+	}
+	pos, err := q.wal.Append(rec)
+	if err != nil {
+		q.mu.Unlock()
+		return env.ID, storageErr(err)
+	}
+	m.pos = pos
+	q.msgs[env.ID] = m
+	q.bytes += m.size
+	q.mu.Unlock()
+
+	err = q.wal.Sync()
+
+	q.mu.Lock()
+	wait := m.synced
+	m.synced = nil
+	if err != nil {
+		m.syncErr = err
+		if q.msgs[env.ID] == m {
+			delete(q.msgs, env.ID)
+			q.bytes -= m.size
+		}
+		q.mu.Unlock()
+		close(wait)
+		return env.ID, storageErr(err)
+	}
+	q.counters.enqueued++
+	m.next = now
+	q.scheduleLocked(m)
+	q.noteAppendLocked(pos)
+	q.mu.Unlock()
+	close(wait)
+	q.poke()
+	q.log.Debug("queue: enqueued", "msg_id", env.ID, "from", env.From, "rcpts", len(env.To), "size", len(data))
+	q.event(Event{Kind: EventEnqueued, ID: env.ID, Time: now})
+	return env.ID, nil
+}
+
+func (q *Queue) duplicate(id string) (string, error) {
+	q.mu.Lock()
+	q.counters.duplicates++
+	q.mu.Unlock()
+	q.log.Info("queue: duplicate enqueue ignored", "msg_id", id)
+	return id, nil
+}
+
+// admitLocked applies admission control.
+func (q *Queue) admitLocked(size int64, now time.Time, internal bool) error {
+	if err := q.wal.Err(); err != nil {
+		return storageErr(err)
+	}
+	if internal {
+		size = 0
+	}
+	if q.opts.MaxMessages > 0 && len(q.msgs) >= q.opts.MaxMessages && !internal {
+		q.counters.refused++
+		return fmt.Errorf("%w: %d messages queued", ErrFull, len(q.msgs))
+	}
+	if q.opts.MaxBytes > 0 && q.bytes+size > q.opts.MaxBytes && !internal {
+		q.counters.refused++
+		return fmt.Errorf("%w: %d bytes queued", ErrFull, q.bytes)
+	}
+	if q.opts.MinFreeBytes > 0 {
+		if now.Sub(q.freeAt) > time.Second || now.Before(q.freeAt) {
+			free, err := durable.FreeSpace(q.dir)
+			q.freeAt = now
+			q.freeLow = err == nil && free < uint64(q.opts.MinFreeBytes)+uint64(size)
+		}
+		if q.freeLow {
+			q.counters.refused++
+			return fmt.Errorf("%w: less than %d bytes free on disk", ErrFull, q.opts.MinFreeBytes)
+		}
+	}
+	return nil
+}
+
+// body reads a message's body and verifies its digest.
+func (q *Queue) body(m *message) ([]byte, error) {
+	q.compactMu.RLock()
+	defer q.compactMu.RUnlock()
+	q.mu.Lock()
+	pos, want := m.pos, m.rec.Digest
+	q.mu.Unlock()
+	rec, err := q.wal.ReadAt(pos)
+	if err != nil {
+		if errors.Is(err, wal.ErrCorrupt) {
+			return nil, &resilmail.CorruptError{Want: want, Where: err.Error()}
+		}
+		return nil, storageErr(err)
+	}
+	_, _, body, err := decode(rec)
+	if err != nil {
+		return nil, &resilmail.CorruptError{Want: want, Where: pos.String()}
+	}
+	if got := resilmail.DigestOf(body); got != want {
+		return nil, &resilmail.CorruptError{Want: want, Got: got, Where: pos.String()}
+	}
+	return body, nil
+}
+
+// quarantineCorrupt moves the damaged bytes of a message aside, marks the
+// message corrupt (kept and listed, never delivered) and reports it.
+func (q *Queue) quarantineCorrupt(m *message, cause error) {
+	q.compactMu.RLock()
+	q.mu.Lock()
+	pos := m.pos
+	q.mu.Unlock()
+	raw, _ := q.wal.ReadAt(pos) // may fail: then what the log holds is lost
+	q.compactMu.RUnlock()
+	dir := filepath.Join(q.dir, "corrupt")
+	name := filepath.Join(dir, m.id())
+	werr := os.MkdirAll(dir, 0o750)
+	if werr == nil && raw != nil {
+		werr = durable.WriteFile(durable.OS, name, raw, 0o640)
+	}
+	q.log.Error("queue: message body is corrupt; moved aside, not delivered",
+		"msg_id", m.id(), "pos", pos.String(), "err", cause, "copy", name, "copy_err", werr)
+	q.mu.Lock()
+	q.counters.corrupt++
+	if !m.removed {
+		if err := q.appendLocked(m, &updRec{ID: m.id(), Corrupt: true}); err != nil {
+			q.log.Error("queue: recording corruption", "msg_id", m.id(), "err", err)
+		}
+	}
+	q.mu.Unlock()
+	q.event(Event{Kind: EventCorrupt, ID: m.id(), Err: cause, Time: q.opts.Now()})
+}
+
+func (q *Queue) event(e Event) {
+	if q.opts.Hooks.Event != nil {
+		q.opts.Hooks.Event(e)
+	}
+}
+
+func (q *Queue) poke() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close stops delivery (as if Run's context were cancelled), waits for
+// deliveries in flight to return, syncs and closes the log, and releases the
+// folder lock. It is idempotent.
+func (q *Queue) Close() error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil
+	}
+	q.closed = true
+	stop, done := q.stop, q.runDone
+	q.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+	q.wg.Wait()
+	err := q.wal.Close()
+	if uerr := q.unlock(); err == nil {
+		err = uerr
+	}
+	return err
+}
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

@@ -1,0 +1,535 @@
+package queue_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/dsn"
+	"github.com/resilmail/resilmail/queue"
+)
+
+// sink is a scripted Deliverer that records what it receives.
+type sink struct {
+	mu     sync.Mutex
+	got    map[string][]string // rcpt -> message ids
+	bodies map[string]string   // id -> body
+	calls  int
+	answer func(env resilmail.Envelope, call int) error
+	seen   chan resilmail.Envelope
+}
+
+func newSink(answer func(env resilmail.Envelope, call int) error) *sink {
+	return &sink{got: map[string][]string{}, bodies: map[string]string{}, answer: answer, seen: make(chan resilmail.Envelope, 1000)}
+}
+
+func (s *sink) Deliver(ctx context.Context, env resilmail.Envelope, body io.Reader) error {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.calls++
+	call := s.calls
+	s.mu.Unlock()
+	var derr error
+	if s.answer != nil {
+		derr = s.answer(env, call)
+	}
+	out := resilmail.Outcomes(env.Recipients(), derr)
+	s.mu.Lock()
+	for r, de := range out {
+		if de == nil || de.MaybeDelivered {
+			s.got[r] = append(s.got[r], env.ID)
+		}
+	}
+	s.bodies[env.ID] = string(b)
+	s.mu.Unlock()
+	s.seen <- env
+	return derr
+}
+
+func (s *sink) delivered(rcpt string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.got[rcpt]...)
+}
+
+func envelope(id string, rcpts ...string) resilmail.Envelope {
+	env := resilmail.Envelope{ID: id, From: "sender@example.net"}
+	for _, r := range rcpts {
+		env.To = append(env.To, resilmail.Recipient{Addr: r})
+	}
+	return env
+}
+
+func body(s string) io.Reader {
+	return strings.NewReader("From: sender@example.net\r\nSubject: " + s + "\r\nMessage-ID: <" + s + "@example.net>\r\n\r\n" + s + "\r\n")
+}
+
+func quietOpts() *queue.Options {
+	return &queue.Options{Logger: discardLogger(), MinFreeBytes: -1}
+}
+
+func open(t *testing.T, dir string, d resilmail.Deliverer, opts *queue.Options) *queue.Queue {
+	t.Helper()
+	if opts == nil {
+		opts = quietOpts()
+	}
+	q, err := queue.Open(dir, d, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	return q
+}
+
+func run(t *testing.T, q *queue.Queue) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestEnqueueDeliver(t *testing.T) {
+	s := newSink(nil)
+	q := open(t, t.TempDir(), s, nil)
+	run(t, q)
+	id, err := q.Enqueue(context.Background(), envelope("", "a@example.org", "b@example.com"), body("hello"))
+	require.NoError(t, err)
+	require.NotEmpty(t, id)
+	waitFor(t, "delivery", func() bool { return len(s.delivered("a@example.org")) == 1 && len(s.delivered("b@example.com")) == 1 })
+	waitFor(t, "removal", func() bool { return len(q.List(queue.Filter{})) == 0 })
+	assert.Contains(t, s.bodies[id], "Subject: hello")
+	st := q.Stats()
+	assert.Equal(t, uint64(1), st.Enqueued)
+	assert.Equal(t, uint64(2), st.Delivered)
+	assert.Positive(t, st.Fsyncs)
+}
+
+func TestRestartKeepsMessages(t *testing.T) {
+	dir := t.TempDir()
+	q, err := queue.Open(dir, newSink(nil), quietOpts())
+	require.NoError(t, err)
+	for i := 0; i < 20; i++ {
+		_, err := q.Enqueue(context.Background(), envelope(fmt.Sprint("m", i), "a@example.org"), body(fmt.Sprint("msg", i)))
+		require.NoError(t, err)
+	}
+	_, err = queue.Open(dir, newSink(nil), quietOpts())
+	require.Error(t, err, "a second Open of the same folder is refused")
+	require.NoError(t, q.Close())
+
+	s := newSink(nil)
+	q2 := open(t, dir, s, nil)
+	assert.Len(t, q2.List(queue.Filter{}), 20)
+	run(t, q2)
+	waitFor(t, "all delivered", func() bool { return len(s.delivered("a@example.org")) == 20 })
+	for i := 0; i < 20; i++ {
+		assert.Contains(t, s.bodies[fmt.Sprint("m", i)], fmt.Sprint("msg", i))
+	}
+}
+
+func TestDuplicateEnqueueIsNoop(t *testing.T) {
+	s := newSink(nil)
+	dir := t.TempDir()
+	q := open(t, dir, s, nil)
+	env := envelope("release-42", "a@example.org")
+	_, err := q.Enqueue(context.Background(), env, body("one"))
+	require.NoError(t, err)
+	_, err = q.Enqueue(context.Background(), env, body("two"))
+	require.NoError(t, err, "a queued id is a no-op")
+	assert.Len(t, q.List(queue.Filter{}), 1)
+	run(t, q)
+	waitFor(t, "delivery", func() bool { return len(q.List(queue.Filter{})) == 0 })
+	_, err = q.Enqueue(context.Background(), env, body("three"))
+	require.NoError(t, err, "a recently delivered id is a no-op")
+	assert.Equal(t, uint64(2), q.Stats().Duplicates)
+	require.NoError(t, q.Close())
+
+	// The memory of delivered ids survives a restart.
+	q2 := open(t, dir, s, nil)
+	run(t, q2)
+	_, err = q2.Enqueue(context.Background(), env, body("four"))
+	require.NoError(t, err)
+	assert.Empty(t, q2.List(queue.Filter{}))
+	assert.Equal(t, []string{"release-42"}, s.delivered("a@example.org"), "delivered exactly once")
+	assert.NotContains(t, s.bodies["release-42"], "three")
+}
+
+func TestConcurrentDuplicatesDeliverOnce(t *testing.T) {
+	s := newSink(nil)
+	q := open(t, t.TempDir(), s, nil)
+	run(t, q)
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := q.Enqueue(context.Background(), envelope("same", "a@example.org"), body("x"))
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	waitFor(t, "delivery", func() bool { return len(q.List(queue.Filter{})) == 0 })
+	assert.Equal(t, []string{"same"}, s.delivered("a@example.org"))
+}
+
+func TestPartialFailureRetriesOnlyPending(t *testing.T) {
+	s := newSink(func(env resilmail.Envelope, call int) error {
+		if call == 1 {
+			return errors.Join(
+				&resilmail.DeliveryError{Recipient: "b@example.org", Code: 451, EnhancedCode: "4.2.0", Message: "mailbox busy"},
+				&resilmail.DeliveryError{Recipient: "c@example.org", Code: 550, EnhancedCode: "5.1.1", Message: "no such user", Permanent: true},
+			)
+		}
+		return nil
+	})
+	clock := newClock()
+	opts := quietOpts()
+	opts.Now = clock.Now
+	opts.Retry.Jitter = -1
+	q := open(t, t.TempDir(), s, opts)
+	run(t, q)
+	_, err := q.Enqueue(context.Background(), envelope("m1", "a@example.org", "b@example.org", "c@example.org"), body("p"))
+	require.NoError(t, err)
+	<-s.seen
+	// The bounce for c goes to the sender; b waits for its retry.
+	waitFor(t, "bounce", func() bool { return len(s.delivered("sender@example.net")) == 1 })
+	in, err := q.Inspect("m1")
+	require.NoError(t, err)
+	assert.Equal(t, queue.StateDeferred, in.State)
+	assert.Equal(t, queue.Delivered, in.Recipients[0].State)
+	assert.Equal(t, queue.Pending, in.Recipients[1].State)
+	assert.Equal(t, "451 4.2.0 mailbox busy", in.Recipients[1].Reply)
+	assert.Equal(t, queue.Failed, in.Recipients[2].State)
+	require.Len(t, in.History, 1)
+	assert.Equal(t, clock.Now().Add(5*time.Minute), in.NextAttempt, "first retry after 5 minutes")
+
+	clock.Advance(5 * time.Minute)
+	_, err = q.Retry(queue.Filter{IDs: []string{"m1"}})
+	require.NoError(t, err)
+	var second resilmail.Envelope
+	for second.ID != "m1" {
+		second = <-s.seen
+	}
+	assert.Equal(t, []string{"b@example.org"}, second.Recipients(), "only the pending recipient is retried")
+	waitFor(t, "m1 done", func() bool { _, err := q.Inspect("m1"); return errors.Is(err, queue.ErrNotFound) })
+	assert.Equal(t, []string{"m1"}, s.delivered("a@example.org"))
+	assert.Equal(t, []string{"m1"}, s.delivered("b@example.org"))
+}
+
+func TestBounceContent(t *testing.T) {
+	s := newSink(func(env resilmail.Envelope, call int) error {
+		if env.From == "" {
+			return nil // deliver the bounce
+		}
+		return &resilmail.DeliveryError{Recipient: "u@example.org", Host: "mx.example.org", Code: 550, EnhancedCode: "5.1.1", Message: "no such user", Permanent: true}
+	})
+	q := open(t, t.TempDir(), s, nil)
+	run(t, q)
+	env := envelope("orig", "u@example.org")
+	env.EnvID = "env-123"
+	env.Return = resilmail.ReturnFull
+	env.To[0].ORCPT = "rfc822;U@example.org"
+	_, err := q.Enqueue(context.Background(), env, body("bounce-me"))
+	require.NoError(t, err)
+	waitFor(t, "bounce delivered", func() bool { return len(s.delivered("sender@example.net")) == 1 })
+	bid := s.delivered("sender@example.net")[0]
+	p, err := dsn.Parse(strings.NewReader(s.bodies[bid]))
+	require.NoError(t, err)
+	assert.Equal(t, "sender@example.net", p.To)
+	assert.Equal(t, "env-123", p.Report.OriginalEnvelopeID)
+	require.Len(t, p.Report.Recipients, 1)
+	r := p.Report.Recipients[0]
+	assert.Equal(t, dsn.Failed, r.Action)
+	assert.Equal(t, "5.1.1", r.Status)
+	assert.Equal(t, "u@example.org", r.FinalRecipient)
+	assert.Equal(t, "rfc822;U@example.org", r.OriginalRecipient)
+	assert.Equal(t, "mx.example.org", r.RemoteMTA)
+	assert.Contains(t, r.DiagnosticCode, "550 5.1.1 no such user")
+	assert.False(t, p.HeadersOnly, "RET=FULL returns the whole message")
+	assert.Contains(t, string(p.Original), "bounce-me\r\n")
+	waitFor(t, "queue empty", func() bool { return len(q.List(queue.Filter{})) == 0 })
+}
+
+func TestNoBounceToNullSenderOrNotifyNever(t *testing.T) {
+	fail := func(env resilmail.Envelope, call int) error {
+		return &resilmail.DeliveryError{Code: 550, Message: "no", Permanent: true}
+	}
+	s := newSink(fail)
+	q := open(t, t.TempDir(), s, nil)
+	run(t, q)
+	null := envelope("from-null", "u@example.org")
+	null.From = ""
+	_, err := q.Enqueue(context.Background(), null, body("n"))
+	require.NoError(t, err)
+	never := envelope("never", "u@example.org")
+	never.To[0].Notify = resilmail.NotifyNever
+	_, err = q.Enqueue(context.Background(), never, body("n"))
+	require.NoError(t, err)
+	waitFor(t, "queue empty", func() bool { return len(q.List(queue.Filter{})) == 0 })
+	st := q.Stats()
+	assert.Equal(t, uint64(2), st.Failed)
+	assert.Zero(t, st.Notifications, "no bounce loops, NOTIFY=NEVER honoured")
+}
+
+func TestExpiryAndDelayWarning(t *testing.T) {
+	clock := newClock()
+	s := newSink(func(env resilmail.Envelope, call int) error {
+		if env.From == "" {
+			return nil
+		}
+		return &resilmail.DeliveryError{Command: "connect", Message: "connection refused"}
+	})
+	opts := quietOpts()
+	opts.Now = clock.Now
+	opts.Retry = queue.RetryPolicy{Lifetime: 10 * time.Hour, DelayWarnings: []time.Duration{4 * time.Hour}, Jitter: -1}
+	q := open(t, t.TempDir(), s, opts)
+	run(t, q)
+	env := envelope("slow", "u@example.org")
+	env.To[0].Notify = resilmail.NotifyFailure | resilmail.NotifyDelay
+	_, err := q.Enqueue(context.Background(), env, body("s"))
+	require.NoError(t, err)
+	<-s.seen
+	for k, step := range []time.Duration{5 * time.Hour, 6 * time.Hour} {
+		waitFor(t, "retry scheduled", func() bool { in, err := q.Inspect("slow"); return err == nil && !in.NextAttempt.IsZero() })
+		clock.Advance(step)
+		n, err := q.Retry(queue.Filter{IDs: []string{"slow"}})
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+		waitFor(t, "attempt", func() bool {
+			in, err := q.Inspect("slow")
+			return err != nil || (in.Attempts == k+2 && in.State == queue.StateDeferred)
+		})
+	}
+	waitFor(t, "two notices", func() bool { return len(s.delivered("sender@example.net")) == 2 })
+	var actions []dsn.Action
+	for _, id := range s.delivered("sender@example.net") {
+		p, err := dsn.Parse(strings.NewReader(s.bodies[id]))
+		require.NoError(t, err)
+		actions = append(actions, p.Report.Recipients[0].Action)
+		if p.Report.Recipients[0].Action == dsn.Failed {
+			assert.Equal(t, "4.4.7", p.Report.Recipients[0].Status, "expiry is reported as 4.4.7")
+		}
+	}
+	assert.ElementsMatch(t, []dsn.Action{dsn.Delayed, dsn.Failed}, actions)
+	waitFor(t, "queue empty", func() bool { return len(q.List(queue.Filter{})) == 0 })
+	assert.Equal(t, uint64(1), q.Stats().Expired)
+}
+
+func TestMaybeDeliveredIsHeldNotResent(t *testing.T) {
+	s := newSink(func(env resilmail.Envelope, call int) error {
+		if call == 1 {
+			return &resilmail.DeliveryError{Command: "end of data", Message: "timeout after final dot", MaybeDelivered: true}
+		}
+		return nil
+	})
+	q := open(t, t.TempDir(), s, nil)
+	run(t, q)
+	_, err := q.Enqueue(context.Background(), envelope("maybe", "u@example.org"), body("m"))
+	require.NoError(t, err)
+	<-s.seen
+	waitFor(t, "held", func() bool { return len(q.List(queue.Filter{State: queue.StateMaybeDelivered})) == 1 })
+	assert.Equal(t, uint64(1), q.Stats().MaybeDelivered)
+	select {
+	case env := <-s.seen:
+		t.Fatalf("maybe-delivered message was sent again: %v", env.ID)
+	case <-time.After(100 * time.Millisecond):
+	}
+	n, err := q.Release(queue.Filter{State: queue.StateMaybeDelivered})
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	<-s.seen
+	waitFor(t, "done", func() bool { return len(q.List(queue.Filter{})) == 0 })
+}
+
+func TestAdmin(t *testing.T) {
+	block := make(chan struct{})
+	s := newSink(func(env resilmail.Envelope, call int) error {
+		if env.From == "" {
+			return nil
+		}
+		<-block
+		return &resilmail.DeliveryError{Code: 451, Message: "later"}
+	})
+	q := open(t, t.TempDir(), s, nil)
+	ctx := context.Background()
+	for i, r := range []string{"a@one.example", "b@two.example", "c@two.example"} {
+		_, err := q.Enqueue(ctx, envelope(fmt.Sprint("m", i), r), body("x"))
+		require.NoError(t, err)
+	}
+	assert.Len(t, q.List(queue.Filter{Domain: "two.example"}), 2)
+	assert.Len(t, q.List(queue.Filter{Recipient: "A@one.example"}), 1)
+	assert.Len(t, q.List(queue.Filter{Sender: "sender@example.net", State: queue.StateQueued}), 3)
+	assert.Empty(t, q.List(queue.Filter{OlderThan: time.Hour}))
+
+	n, err := q.Hold(queue.Filter{Domain: "two.example"})
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+	assert.Len(t, q.List(queue.Filter{State: queue.StateHeld}), 2)
+	n, err = q.Delete(queue.Filter{IDs: []string{"m2"}})
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	n, err = q.Bounce(queue.Filter{IDs: []string{"m1"}}, "test bounce")
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	close(block)
+	run(t, q)
+	waitFor(t, "bounce of m1", func() bool { return len(s.delivered("sender@example.net")) == 1 })
+	_, err = q.Inspect("m2")
+	assert.ErrorIs(t, err, queue.ErrNotFound)
+	assert.Empty(t, s.delivered("b@two.example"), "a bounced message is not delivered")
+	assert.Empty(t, s.delivered("c@two.example"), "a deleted message is not delivered")
+}
+
+func TestAdmissionControl(t *testing.T) {
+	opts := quietOpts()
+	opts.MaxMessages = 2
+	opts.MaxMessageSize = 1000
+	q := open(t, t.TempDir(), newSink(nil), opts)
+	ctx := context.Background()
+	for i := 0; i < 2; i++ {
+		_, err := q.Enqueue(ctx, envelope(fmt.Sprint("m", i), "a@example.org"), body("x"))
+		require.NoError(t, err)
+	}
+	_, err := q.Enqueue(ctx, envelope("m2", "a@example.org"), body("x"))
+	assert.ErrorIs(t, err, queue.ErrFull)
+	_, err = q.Enqueue(ctx, envelope("big", "a@example.org"), bytes.NewReader(make([]byte, 2000)))
+	assert.ErrorIs(t, err, queue.ErrTooLarge)
+	_, err = q.Enqueue(ctx, envelope("bad id/..", "a@example.org"), body("x"))
+	assert.ErrorIs(t, err, queue.ErrInvalid)
+	assert.Equal(t, uint64(1), q.Stats().Refused)
+}
+
+func TestDestinationLimitsAndSlowDown(t *testing.T) {
+	var mu sync.Mutex
+	inflight := map[string]int{}
+	peak := map[string]int{}
+	release := make(chan struct{})
+	s := newSink(func(env resilmail.Envelope, call int) error {
+		dom := resilmail.Domain(env.To[0].Addr)
+		if dom == "dead.example" {
+			return &resilmail.DeliveryError{Host: "mx.dead.example", Command: "connect", Message: "connection refused"}
+		}
+		mu.Lock()
+		inflight[dom]++
+		peak[dom] = max(peak[dom], inflight[dom])
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		inflight[dom]--
+		mu.Unlock()
+		return nil
+	})
+	opts := quietOpts()
+	opts.MaxPerDestination = 2
+	q := open(t, t.TempDir(), s, opts)
+	ctx := context.Background()
+	for i := 0; i < 6; i++ {
+		_, err := q.Enqueue(ctx, envelope(fmt.Sprint("slow", i), fmt.Sprintf("u%d@busy.example", i)), body("x"))
+		require.NoError(t, err)
+	}
+	for i := 0; i < 5; i++ {
+		_, err := q.Enqueue(ctx, envelope(fmt.Sprint("dead", i), fmt.Sprintf("u%d@dead.example", i)), body("x"))
+		require.NoError(t, err)
+	}
+	run(t, q)
+	waitFor(t, "throttling", func() bool { return q.Stats().Throttled >= 1 })
+	close(release)
+	waitFor(t, "busy delivered", func() bool { return len(q.List(queue.Filter{Domain: "busy.example"})) == 0 })
+	mu.Lock()
+	assert.Equal(t, 2, peak["busy.example"], "per-destination limit")
+	mu.Unlock()
+	st := q.Stats()
+	assert.Less(t, st.Deferred, uint64(5), "a dead destination is not tried for every message")
+	for _, in := range q.List(queue.Filter{Domain: "dead.example"}) {
+		assert.LessOrEqual(t, in.Attempts, 1)
+	}
+}
+
+func TestCorruptBodyMovedAside(t *testing.T) {
+	dir := t.TempDir()
+	q, err := queue.Open(dir, newSink(nil), quietOpts())
+	require.NoError(t, err)
+	_, err = q.Enqueue(context.Background(), envelope("bad", "a@example.org"), body("BADBODY-unique-marker"))
+	require.NoError(t, err)
+	_, err = q.Enqueue(context.Background(), envelope("good", "a@example.org"), body("good-body"))
+	require.NoError(t, err)
+	require.NoError(t, q.Close())
+	segs, _ := filepath.Glob(filepath.Join(dir, "log", "*.wal"))
+	require.Len(t, segs, 1)
+	data, err := os.ReadFile(segs[0])
+	require.NoError(t, err)
+	i := bytes.Index(data, []byte("BADBODY-unique-marker"))
+	require.Positive(t, i)
+	data[i] = 'X'
+	require.NoError(t, os.WriteFile(segs[0], data, 0o644))
+
+	s := newSink(nil)
+	q2 := open(t, dir, s, nil)
+	run(t, q2)
+	waitFor(t, "good delivered", func() bool { return len(s.delivered("a@example.org")) == 1 })
+	assert.Equal(t, []string{"good"}, s.delivered("a@example.org"), "a corrupt body is never delivered and does not block the others")
+	st := q2.Stats()
+	assert.Equal(t, 1, st.CorruptRegions, "the damage is reported")
+	moved, _ := filepath.Glob(filepath.Join(dir, "corrupt", "*"))
+	assert.NotEmpty(t, moved, "the damaged bytes are moved aside")
+	bad := q2.List(queue.Filter{State: queue.StateCorrupt})
+	require.Len(t, bad, 1, "the damaged message stays listed for the operator")
+	assert.Equal(t, "bad", bad[0].ID)
+	assert.Equal(t, "sender@example.net", bad[0].Envelope.From)
+	require.NoError(t, q2.Close())
+
+	// The salvaged entry survives another restart, and the damaged region is
+	// not reported twice.
+	q3 := open(t, dir, newSink(nil), nil)
+	assert.Len(t, q3.List(queue.Filter{State: queue.StateCorrupt}), 1)
+}
+
+func TestCorruptBodyFoundWhileRunning(t *testing.T) {
+	dir := t.TempDir()
+	s := newSink(nil)
+	q := open(t, dir, s, nil)
+	_, err := q.Enqueue(context.Background(), envelope("rot", "a@example.org"), body("ROTTING-marker"))
+	require.NoError(t, err)
+	segs, _ := filepath.Glob(filepath.Join(dir, "log", "*.wal"))
+	f, err := os.OpenFile(segs[0], os.O_RDWR, 0)
+	require.NoError(t, err)
+	data, err := os.ReadFile(segs[0])
+	require.NoError(t, err)
+	i := bytes.Index(data, []byte("ROTTING-marker"))
+	_, err = f.WriteAt([]byte("X"), int64(i))
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	run(t, q)
+	waitFor(t, "corrupt found", func() bool { return q.Stats().Corrupt == 1 })
+	assert.Empty(t, s.delivered("a@example.org"), "never delivered")
+	assert.Len(t, q.List(queue.Filter{State: queue.StateCorrupt}), 1)
+	moved, _ := filepath.Glob(filepath.Join(dir, "corrupt", "rot"))
+	assert.Len(t, moved, 1)
+}
