@@ -346,7 +346,8 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 	if !anyAccepted && !anyPermanent && ctx.Err() == nil && destinationFailure(err) {
 		d.failures++
 		d.window = 1
-		pause := min(10*time.Second<<min(d.failures-1, 10), 5*time.Minute)
+		first := min(10*time.Second, q.opts.Retry.MinBackoff)
+		pause := min(first<<min(d.failures-1, 10), 5*time.Minute, q.opts.Retry.MaxBackoff)
 		d.paused = now.Add(pause)
 		q.log.Warn("queue: destination slowed down", "dest", d.key, "failures", d.failures, "pause", pause, "err", err)
 	} else if anyAccepted || anyPermanent {

@@ -33,8 +33,8 @@
 // at once, and at most Options.MaxPerDestination per destination. A
 // destination that refuses connections, answers 421 or times out is slowed
 // down for every message: its concurrency drops to one and it is paused for
-// 10 s, doubling to 5 min while it keeps failing; deliveries put off this way
-// are not counted as attempts.
+// 10 s (or the first retry interval, if shorter), doubling to 5 min while it
+// keeps failing; deliveries put off this way are not counted as attempts.
 //
 // Temporary failures are retried per Options.Retry: by default after 5
 // minutes, doubling up to about 67 minutes, with 10% jitter, for 5 days.

@@ -59,7 +59,7 @@ type Queue struct {
 	runDone   chan struct{}
 	wg        sync.WaitGroup // jobs and notifications
 	compactCh chan struct{}
-	curSeg    uint64 // the log segment last appended to
+	curSeg    uint64   // the log segment last appended to
 	salvaged  []msgRec // envelopes of damaged message records, from Open
 }
 

@@ -1,0 +1,147 @@
+// Package smtpin is the SMTP (and LMTP) front end that puts received mail
+// into a queue: a go-smtp Backend whose DATA answers 250 only once the
+// message is on stable storage, with the DSN, SIZE, 8BITMIME and SMTPUTF8
+// parameters carried into the envelope.
+package smtpin
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/queue"
+)
+
+// An Enqueuer stores a message durably; *queue.Queue is one.
+type Enqueuer interface {
+	Enqueue(ctx context.Context, env resilmail.Envelope, body io.Reader) (string, error)
+}
+
+// Backend is a go-smtp Backend that enqueues every message it receives.
+type Backend struct {
+	// Queue receives the messages.
+	Queue Enqueuer
+	// Accept, if set, decides per recipient; a non-nil error is returned to
+	// the client as the RCPT reply (use *smtp.SMTPError for the code).
+	Accept func(ctx context.Context, rcpt string) error
+	// Logger receives a line per message; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// NewSession implements smtp.Backend.
+func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	log := b.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &session{b: b, log: log, remote: c.Conn().RemoteAddr().String()}, nil
+}
+
+type session struct {
+	b      *Backend
+	log    *slog.Logger
+	remote string
+	env    resilmail.Envelope
+}
+
+func (s *session) Reset() { s.env = resilmail.Envelope{} }
+
+func (s *session) Logout() error { return nil }
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	s.env = resilmail.Envelope{From: from}
+	if from != "" {
+		if err := resilmail.CheckAddress(from); err != nil {
+			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "bad sender address"}
+		}
+	}
+	if opts != nil {
+		s.env.Size = opts.Size
+		s.env.SMTPUTF8 = opts.UTF8
+		s.env.EnvID = opts.EnvelopeID
+		switch opts.Body {
+		case smtp.Body8BitMIME:
+			s.env.Body = resilmail.Body8BitMIME
+		case smtp.BodyBinaryMIME:
+			s.env.Body = resilmail.BodyBinaryMIME
+		}
+		switch opts.Return {
+		case smtp.DSNReturnFull:
+			s.env.Return = resilmail.ReturnFull
+		case smtp.DSNReturnHeaders:
+			s.env.Return = resilmail.ReturnHeaders
+		}
+	}
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if err := resilmail.CheckAddress(to); err != nil {
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "bad recipient address"}
+	}
+	for _, r := range s.env.To {
+		if strings.EqualFold(r.Addr, to) {
+			return nil // a repeated RCPT is accepted once
+		}
+	}
+	if s.b.Accept != nil {
+		if err := s.b.Accept(context.Background(), to); err != nil {
+			return err
+		}
+	}
+	r := resilmail.Recipient{Addr: to}
+	if opts != nil {
+		for _, n := range opts.Notify {
+			switch n {
+			case smtp.DSNNotifyNever:
+				r.Notify |= resilmail.NotifyNever
+			case smtp.DSNNotifySuccess:
+				r.Notify |= resilmail.NotifySuccess
+			case smtp.DSNNotifyFailure:
+				r.Notify |= resilmail.NotifyFailure
+			case smtp.DSNNotifyDelayed:
+				r.Notify |= resilmail.NotifyDelay
+			}
+		}
+		if opts.OriginalRecipient != "" {
+			typ := string(opts.OriginalRecipientType)
+			if typ == "" {
+				typ = "rfc822"
+			}
+			r.ORCPT = typ + ";" + opts.OriginalRecipient
+		}
+	}
+	s.env.To = append(s.env.To, r)
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	env := s.env
+	env.ID = queue.NewID()
+	id, err := s.b.Queue.Enqueue(context.Background(), env, r)
+	if err != nil {
+		s.log.Warn("smtp: message refused", "msg_id", id, "remote", s.remote, "from", env.From, "err", err)
+		return replyFor(err)
+	}
+	s.log.Info("smtp: message queued", "msg_id", id, "remote", s.remote, "from", env.From, "rcpts", len(env.To))
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
+}
+
+// replyFor maps a queue error to the SMTP reply the client should see.
+func replyFor(err error) error {
+	switch {
+	case errors.Is(err, queue.ErrTooLarge):
+		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message too large"}
+	case errors.Is(err, queue.ErrInvalid):
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "invalid message envelope"}
+	case errors.Is(err, queue.ErrFull):
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "queue full, try again later"}
+	default:
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure storing the message, try again later"}
+	}
+}
