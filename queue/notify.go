@@ -151,6 +151,9 @@ func (q *Queue) sendDSN(id string, env resilmail.Envelope, rcpts []rcptRec, idx 
 		return err
 	}
 	denv := resilmail.Envelope{ID: id, To: []resilmail.Recipient{{Addr: env.From, Notify: resilmail.NotifyNever}}, SMTPUTF8: env.SMTPUTF8}
+	if bytes.IndexFunc(buf.Bytes(), func(r rune) bool { return r >= 0x80 }) >= 0 {
+		denv.Body = resilmail.Body8BitMIME // a global report (RFC 6533) or an 8-bit original
+	}
 	_, err := q.enqueue(context.Background(), denv, &buf, true)
 	if err == nil {
 		q.mu.Lock()

@@ -2,6 +2,7 @@ package dsn
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -229,7 +230,7 @@ func (p *prepared) newBoundary() string {
 		var r [16]byte
 		_, _ = rand.Read(r[:])
 		b := "dsn=_" + hex.EncodeToString(r[:])
-		if !strings.Contains(p.text, b) && !strings.Contains(string(p.original), b) {
+		if !strings.Contains(p.text, b) && !bytes.Contains(p.original, []byte(b)) {
 			return b
 		}
 	}

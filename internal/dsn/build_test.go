@@ -284,7 +284,9 @@ func TestBuildErrors(t *testing.T) {
 			m.Report.Recipients[0].DiagnosticType = "x y"
 			m.Report.Recipients[0].DiagnosticCode = "z"
 		}, "not an atom"},
-		{"date out of range", func(m *Message) { m.Report.Recipients[0].LastAttemptDate = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }, "out of range"},
+		{"date out of range", func(m *Message) {
+			m.Report.Recipients[0].LastAttemptDate = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+		}, "out of range"},
 		{"second recipient", func(m *Message) { m.Report.Recipients = append(m.Report.Recipients, RecipientStatus{}) }, "recipient 2"},
 	}
 	for _, tt := range tests {

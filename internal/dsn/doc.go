@@ -10,7 +10,9 @@
 //
 // # Format
 //
-// A notification written by Build looks like this (lines end in CRLF):
+// A notification written by Build looks like this (abridged: each part also
+// has a Content-Description and a Content-Transfer-Encoding; lines end in
+// CRLF):
 //
 //	Date: Tue, 02 Jan 2024 10:00:00 +0000
 //	From: Mail Delivery System <MAILER-DAEMON@relay.example.org>
