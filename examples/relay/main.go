@@ -1,0 +1,141 @@
+// Command relay is a durable SMTP relay: a go-smtp server in front of a
+// resilmail queue that delivers everything to one next hop over SMTP (or
+// LMTP). It answers 250 only once a message is on stable storage, and keeps
+// retrying the next hop until it takes the message.
+//
+//	go run ./examples/relay -listen 127.0.0.1:2525 -next 127.0.0.1:25
+//
+// Without -queue the queue lives in a new temporary folder, removed on exit.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/resilmail/resilmail/internal/smtpin"
+	"github.com/resilmail/resilmail/queue"
+	"github.com/resilmail/resilmail/smtpout"
+)
+
+type config struct {
+	listen      string
+	next        string
+	lmtp        bool
+	dir         string
+	hostname    string
+	concurrency int
+	maxSize     int64
+	retryMin    time.Duration
+	verbose     bool
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.listen, "listen", "127.0.0.1:2525", "SMTP listen address")
+	flag.StringVar(&c.next, "next", "127.0.0.1:25", "next hop host:port that receives every message")
+	flag.BoolVar(&c.lmtp, "lmtp", false, "speak LMTP to the next hop")
+	flag.StringVar(&c.dir, "queue", "", "queue folder (default: a new temporary folder, removed on exit)")
+	flag.StringVar(&c.hostname, "hostname", "", "name of this relay in EHLO and notifications (default: the host name)")
+	flag.IntVar(&c.concurrency, "concurrency", 20, "deliveries in flight to the next hop")
+	flag.Int64Var(&c.maxSize, "max-size", 32<<20, "largest message accepted, in bytes")
+	flag.DurationVar(&c.retryMin, "retry", 0, "first retry delay after a temporary failure (default 5m, doubling to 67m)")
+	flag.BoolVar(&c.verbose, "v", false, "log every message")
+	flag.Parse()
+
+	level := slog.LevelInfo
+	if !c.verbose {
+		level = slog.LevelWarn
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c, log, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		os.Exit(1)
+	}
+}
+
+// run serves until ctx is done. ready, if not nil, receives the listening
+// address.
+func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr) error {
+	if c.dir == "" {
+		dir, err := os.MkdirTemp("", "resilmail-relay-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		c.dir = dir
+	}
+	out, err := smtpout.New(&smtpout.Options{Addr: c.next, LMTP: c.lmtp, LocalName: c.hostname, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	next := c.next
+	q, err := queue.Open(c.dir, out, &queue.Options{
+		Destination:       func(string) string { return next },
+		MaxPerDestination: c.concurrency,
+		MaxDeliveries:     c.concurrency,
+		MaxMessageSize:    c.maxSize,
+		Hostname:          c.hostname,
+		Logger:            log,
+		Retry:             queue.RetryPolicy{MinBackoff: c.retryMin},
+	})
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+
+	srv := smtp.NewServer(&smtpin.Backend{Queue: q, Logger: log})
+	srv.Addr = c.listen
+	srv.Domain = c.hostname
+	if srv.Domain == "" {
+		srv.Domain = "localhost"
+	}
+	srv.MaxMessageBytes = c.maxSize
+	srv.MaxRecipients = 1000
+	srv.ReadTimeout = 5 * time.Minute
+	srv.WriteTimeout = 5 * time.Minute
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.EnableBINARYMIME = false
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return err
+	}
+	log.Warn("relay: listening", "addr", ln.Addr().String(), "next", c.next, "queue", c.dir, "queued", len(q.List(queue.Filter{})))
+	if ready != nil {
+		ready <- ln.Addr()
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return q.Run(gctx) })
+	g.Go(func() error {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) && gctx.Err() == nil {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		return nil
+	})
+	err = g.Wait()
+	st := q.Stats()
+	log.Warn("relay: stopped", "enqueued", st.Enqueued, "delivered", st.Delivered, "deferred", st.Deferred, "queued", st.Messages)
+	return err
+}

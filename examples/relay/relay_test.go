@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// smtpSink runs Postfix's smtp-sink on a free loopback port and counts the
+// messages it accepted.
+type smtpSink struct {
+	addr  string
+	count atomic.Int64
+	cmd   *exec.Cmd
+}
+
+func freePort(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+var mesgRe = regexp.MustCompile(`mesg=(\d+)`)
+
+func startSink(t testing.TB) *smtpSink { return startSinkAt(t, freePort(t)) }
+
+func startSinkAt(t testing.TB, addr string) *smtpSink {
+	s := &smtpSink{addr: addr}
+	s.cmd = exec.Command("/usr/sbin/smtp-sink", "-u", "nobody", "-c", s.addr, "1024")
+	out, err := s.cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, s.cmd.Start(), "smtp-sink comes with the postfix package (.ci/run installs it)")
+	t.Cleanup(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
+			for i, b := range data {
+				if b == '\r' || b == '\n' {
+					return i + 1, data[:i], nil
+				}
+			}
+			if atEOF && len(data) > 0 {
+				return len(data), data, nil
+			}
+			return 0, nil, nil
+		})
+		for sc.Scan() {
+			if m := mesgRe.FindSubmatch(sc.Bytes()); m != nil {
+				n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+				s.count.Store(n)
+			}
+		}
+	}()
+	waitDial(t, s.addr)
+	return s
+}
+
+func waitDial(t testing.TB, addr string) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never listened: %v", addr, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// startRelay runs the relay in this process.
+func startRelay(t testing.TB, next, dir string) string {
+	return startRelayWith(t, config{next: next, dir: dir})
+}
+
+func startRelayWith(t testing.TB, c config) string {
+	c.listen = "127.0.0.1:0"
+	c.hostname = "relay.test"
+	if c.concurrency == 0 {
+		c.concurrency = 20
+	}
+	if c.maxSize == 0 {
+		c.maxSize = 10 << 20
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	go func() {
+		done <- run(ctx, c, log, ready)
+	}()
+	var addr net.Addr
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("relay did not start: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	return addr.String()
+}
+
+func waitCount(t testing.TB, s *smtpSink, want int64) {
+	deadline := time.Now().Add(60 * time.Second)
+	for s.count.Load() < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("smtp-sink received %d messages, want %d", s.count.Load(), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRelayEndToEndWithRealPeers(t *testing.T) {
+	sink := startSink(t)
+	relay := startRelay(t, sink.addr, t.TempDir())
+	host, port, _ := net.SplitHostPort(relay)
+
+	// swaks, with DSN parameters, and one refused transaction.
+	for i := 0; i < 3; i++ {
+		out, err := exec.Command("swaks", "--server", host, "--port", port,
+			"--from", "sender@example.net", "--to", fmt.Sprintf("rcpt%d@example.com", i),
+			"--header", "Subject: swaks test", "--body", "hello from swaks").CombinedOutput()
+		require.NoError(t, err, "swaks: %s", out)
+		require.Regexp(t, `250 2\.0\.0 OK: queued as \S+`, string(out))
+	}
+	out, err := exec.Command("swaks", "--server", host, "--port", port,
+		"--from", "sender@example.net", "--to", "nobody").CombinedOutput()
+	require.Error(t, err, "a bad recipient is refused: %s", out)
+	require.Regexp(t, `<\*\* 5\d\d `, string(out), "refused with a permanent reply")
+	waitCount(t, sink, 3)
+
+	// Postfix's smtp-source: 5 sessions, 200 messages of 4 KiB.
+	out, err = exec.Command("/usr/sbin/smtp-source", "-s", "5", "-m", "200", "-l", "4096",
+		"-f", "sender@example.net", "-t", "rcpt@example.com", relay).CombinedOutput()
+	require.NoError(t, err, "smtp-source: %s", out)
+	waitCount(t, sink, 203)
+}
+
+func TestRelayQueuesWhileNextHopIsDown(t *testing.T) {
+	// Story 1: the mail server is down; the relay keeps accepting and
+	// delivers everything when it returns.
+	next := freePort(t)
+	relay := startRelayWith(t, config{next: next, dir: t.TempDir(), retryMin: 100 * time.Millisecond})
+	out, err := exec.Command("/usr/sbin/smtp-source", "-s", "2", "-m", "20", "-l", "1024",
+		"-f", "sender@example.net", "-t", "rcpt@example.com", relay).CombinedOutput()
+	require.NoError(t, err, "accepted while the next hop is down: %s", out)
+	sink := startSinkAt(t, next)
+	waitCount(t, sink, 20)
+}

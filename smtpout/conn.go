@@ -1,0 +1,365 @@
+package smtpout
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/resilmail/resilmail"
+)
+
+// A conn is one SMTP or LMTP session with a next hop. It is owned by one
+// delivery at a time, or idle in the pool (then only its timer field is
+// touched, under Deliverer.mu).
+type conn struct {
+	key  string // pool key: the address in lower case
+	host string // host part of the address, for DeliveryError.Host
+
+	raw  net.Conn      // the TCP connection; closing it interrupts any I/O
+	wire *wire         // raw, watched
+	top  net.Conn      // what the client speaks over: wire, or TLS over it
+	br   *bufio.Reader // reads top before STARTTLS; the client reads through it
+	c    *smtp.Client
+	tls  bool
+
+	msgs    int  // transactions started on this connection
+	rehello bool // RSET was sent: go-smtp says EHLO again before MAIL
+
+	unguard func() bool // see guard
+	timer   *time.Timer // idle expiry, guarded by Deliverer.mu
+}
+
+// A wire is the raw connection, watching the final flush of a message:
+// between watch and the next read, a failed write means that the final "."
+// did not leave, so no server can have the whole message. (A read may
+// write too, a TLS KeyUpdate; such a failure does not count.)
+type wire struct {
+	net.Conn
+	watching bool
+	lost     bool
+}
+
+func (w *wire) watch() { w.watching, w.lost = true, false }
+
+func (w *wire) Read(p []byte) (int, error) {
+	w.watching = false
+	return w.Conn.Read(p)
+}
+
+func (w *wire) Write(p []byte) (int, error) {
+	n, err := w.Conn.Write(p)
+	if err != nil && w.watching {
+		w.lost = true
+	}
+	return n, err
+}
+
+// greeted is a connection whose first line reads as a 220 greeting, for a
+// go-smtp client that must not read one: the greeting was read here (to
+// tell a refusing greeting from a refused EHLO), or the session has none
+// because STARTTLS upgraded it (RFC 3207 §4.2).
+type greeted struct {
+	net.Conn
+	r io.Reader
+}
+
+func (g *greeted) Read(p []byte) (int, error) { return g.r.Read(p) }
+
+func newGreeted(c net.Conn, r io.Reader) *greeted {
+	return &greeted{Conn: c, r: io.MultiReader(strings.NewReader("220 greeted\r\n"), r)}
+}
+
+// guard makes the cancellation of ctx close the connection, which
+// interrupts whatever I/O is in flight: go-smtp's client takes no context.
+// unguard undoes it and reports whether the connection is still open; once
+// it returns, the closing (if any) is over.
+func (cn *conn) guard(ctx context.Context) {
+	done := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		cn.raw.Close()
+		close(done)
+	})
+	cn.unguard = func() bool {
+		if stop() {
+			return true
+		}
+		<-done
+		return false
+	}
+}
+
+// arm sets the client's timeouts for the next command, capped by the
+// deadline of ctx.
+func (d *Deliverer) arm(ctx context.Context, cn *conn) {
+	cn.c.CommandTimeout = capTimeout(ctx, d.opts.CommandTimeout)
+	cn.c.SubmissionTimeout = capTimeout(ctx, d.opts.DataTimeout)
+}
+
+func capTimeout(ctx context.Context, t time.Duration) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		if left <= 0 {
+			return time.Nanosecond
+		}
+		if left < t {
+			return left
+		}
+	}
+	return t
+}
+
+// close drops the connection without QUIT. The TCP connection is closed
+// first, so that TLS does not wait to send its close_notify.
+func (cn *conn) close() {
+	cn.raw.Close()
+	if cn.c != nil {
+		cn.c.Close()
+	}
+}
+
+// quit ends the session politely, waiting a short time for the reply.
+func (d *Deliverer) quit(cn *conn) {
+	cn.c.CommandTimeout = min(d.opts.CommandTimeout, maxQuitTimeout)
+	if err := cn.c.Quit(); err != nil {
+		d.log.Debug("smtpout: QUIT failed", "host", cn.host, "err", err)
+	}
+	cn.close()
+}
+
+func (d *Deliverer) newClient(c net.Conn) *smtp.Client {
+	if d.opts.LMTP {
+		return smtp.NewClientLMTP(c)
+	}
+	return smtp.NewClient(c)
+}
+
+// errTLSFallback is returned by open when an opportunistic TLS handshake
+// failed: the caller retries in plain text on a new connection.
+var errTLSFallback = errors.New("smtpout: TLS handshake failed")
+
+// dialSession opens a ready session: connected, greeted, EHLO said, TLS
+// as the mode wants, authenticated if configured, guarded by ctx.
+func (d *Deliverer) dialSession(ctx context.Context, key, addr, host string) (*conn, error) {
+	cn, err := d.open(ctx, key, addr, host, d.opts.TLS != TLSNone)
+	var de *resilmail.DeliveryError
+	if errors.As(err, &de) && errors.Is(de.Err, errTLSFallback) {
+		d.log.Warn("smtpout: TLS handshake failed, retrying in plain text", "host", host, "err", de.Message)
+		cn, err = d.open(ctx, key, addr, host, false)
+	}
+	return cn, err
+}
+
+func (d *Deliverer) open(ctx context.Context, key, addr, host string, tryTLS bool) (_ *conn, err error) {
+	dctx, cancel := context.WithTimeout(ctx, d.opts.DialTimeout)
+	raw, err := d.opts.Dial(dctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		return nil, failure(ctx, host, cmdConnect, err)
+	}
+	cn := &conn{key: key, host: host, raw: raw, wire: &wire{Conn: raw}}
+	cn.top = cn.wire
+	cn.guard(ctx)
+	defer func() {
+		if err != nil {
+			cn.unguard()
+			cn.close()
+		}
+	}()
+
+	if d.opts.TLS == TLSImplicit {
+		tc := tls.Client(cn.wire, d.opts.tlsConfig(host))
+		hctx, cancel := context.WithTimeout(ctx, d.opts.DialTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			return nil, failure(ctx, host, cmdConnect, err)
+		}
+		cn.top, cn.tls = tc, true
+	}
+	if err := d.greeting(ctx, cn); err != nil {
+		return nil, err
+	}
+	if err := d.hello(ctx, cn); err != nil {
+		return nil, err
+	}
+	if tryTLS && d.opts.TLS != TLSImplicit {
+		if err := d.startTLS(ctx, cn); err != nil {
+			return nil, err
+		}
+	}
+	if d.opts.Auth != nil {
+		if err := d.auth(ctx, cn); err != nil {
+			return nil, err
+		}
+	}
+	d.log.Debug("smtpout: connected", "host", host, "addr", addr, "tls", cn.tls)
+	return cn, nil
+}
+
+// greeting reads the server's greeting (RFC 5321 §4.3.1) and starts the
+// client. A server that refuses to talk (554) is treated as unavailable,
+// not as a verdict on the message, like Postfix's smtp_skip_5xx_greeting.
+func (d *Deliverer) greeting(ctx context.Context, cn *conn) error {
+	cn.top.SetReadDeadline(time.Now().Add(capTimeout(ctx, d.opts.CommandTimeout)))
+	cn.br = bufio.NewReader(cn.top)
+	code, msg, err := textproto.NewReader(cn.br).ReadResponse(220)
+	cn.top.SetReadDeadline(time.Time{})
+	if err != nil {
+		var te *textproto.Error
+		if errors.As(err, &te) {
+			err = parseReply(code, msg)
+		}
+		de := failure(ctx, cn.host, cmdGreeting, err)
+		de.Permanent = false
+		return de
+	}
+	cn.c = d.newClient(newGreeted(cn.top, cn.br))
+	return nil
+}
+
+// hello says EHLO (or LHLO).
+func (d *Deliverer) hello(ctx context.Context, cn *conn) error {
+	d.arm(ctx, cn)
+	err := cn.c.Hello(d.opts.LocalName)
+	if err == nil {
+		return nil
+	}
+	cmd := "EHLO"
+	if d.opts.LMTP {
+		cmd = "LHLO"
+	}
+	return failure(ctx, cn.host, cmd, err)
+}
+
+// startTLS upgrades the session with STARTTLS (RFC 3207) if the server
+// offers it and the mode wants it.
+//
+// go-smtp exports STARTTLS only as NewClientStartTLS, which says EHLO as
+// "localhost" before TLS. Instead, the session starts with go-smtp's client
+// (EHLO with LocalName, extensions), this sends STARTTLS and reads its reply
+// on the connection itself (nothing else is in flight), runs the handshake,
+// and a new client continues over TLS behind a synthetic greeting. Plain
+// text the server may have sent after its 220 is discarded (RFC 3207 §6).
+// A server without STARTTLS costs nothing extra.
+func (d *Deliverer) startTLS(ctx context.Context, cn *conn) error {
+	required := d.opts.TLS == TLSRequired
+	if ok, _ := cn.c.Extension("STARTTLS"); !ok {
+		if required {
+			return &resilmail.DeliveryError{Host: cn.host, Command: cmdSTARTTLS,
+				Message: "TLS is required and the server does not offer STARTTLS"}
+		}
+		return nil
+	}
+
+	cn.top.SetDeadline(time.Now().Add(capTimeout(ctx, d.opts.CommandTimeout)))
+	_, err := io.WriteString(cn.top, "STARTTLS\r\n")
+	if err == nil {
+		var code int
+		var msg string
+		code, msg, err = textproto.NewReader(cn.br).ReadResponse(220)
+		var te *textproto.Error
+		if errors.As(err, &te) {
+			// Refused. The session is as it was before STARTTLS (RFC 3207
+			// §4): opportunistic goes on in plain text.
+			se := parseReply(code, msg)
+			if required {
+				de := failure(ctx, cn.host, cmdSTARTTLS, se)
+				de.Permanent = false
+				return de
+			}
+			cn.top.SetDeadline(time.Time{})
+			d.log.Info("smtpout: STARTTLS refused, going on in plain text", "host", cn.host, "err", se)
+			return nil
+		}
+	}
+	if err != nil {
+		return failure(ctx, cn.host, cmdSTARTTLS, err)
+	}
+
+	tc := tls.Client(cn.wire, d.opts.tlsConfig(cn.host))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		if !required && doneCause(ctx) == nil {
+			return &resilmail.DeliveryError{Host: cn.host, Command: cmdSTARTTLS,
+				Message: err.Error(), Err: errors.Join(errTLSFallback, err)}
+		}
+		return failure(ctx, cn.host, cmdSTARTTLS, err)
+	}
+	tc.SetDeadline(time.Time{})
+	cn.top, cn.tls = tc, true
+	cn.br = nil
+	cn.c = d.newClient(newGreeted(tc, tc))
+	return d.hello(ctx, cn)
+}
+
+// parseReply makes an SMTPError of a reply read outside go-smtp.
+func parseReply(code int, msg string) *smtp.SMTPError {
+	se := &smtp.SMTPError{Code: code, Message: msg}
+	enh, rest, ok := strings.Cut(msg, " ")
+	if !ok {
+		return se
+	}
+	var ec smtp.EnhancedCode
+	parts := strings.Split(enh, ".")
+	if len(parts) != 3 {
+		return se
+	}
+	for i, p := range parts {
+		n := 0
+		if p == "" || len(p) > 3 {
+			return se
+		}
+		for _, r := range p {
+			if r < '0' || r > '9' {
+				return se
+			}
+			n = n*10 + int(r-'0')
+		}
+		ec[i] = n
+	}
+	se.EnhancedCode, se.Message = ec, rest
+	return se
+}
+
+// auth authenticates with the SASL client Options.Auth gives. Every failure
+// is temporary, like Postfix's smtp_sasl_auth_soft_bounce: a refused
+// password is the sender's configuration to fix, not a reason to bounce.
+func (d *Deliverer) auth(ctx context.Context, cn *conn) error {
+	sc, err := d.opts.Auth(cn.host)
+	if err != nil {
+		return &resilmail.DeliveryError{Host: cn.host, Command: cmdAuth, Message: err.Error(), Err: err}
+	}
+	if sc == nil {
+		return nil
+	}
+	if !cn.tls && !isLoopback(cn.host) {
+		return &resilmail.DeliveryError{Host: cn.host, Command: cmdAuth,
+			Message: "refusing to send credentials without TLS"}
+	}
+	if ok, _ := cn.c.Extension("AUTH"); !ok {
+		return &resilmail.DeliveryError{Host: cn.host, Command: cmdAuth,
+			Message: "the server does not offer AUTH"}
+	}
+	d.arm(ctx, cn)
+	if err := cn.c.Auth(sc); err != nil {
+		de := failure(ctx, cn.host, cmdAuth, err)
+		de.Permanent = false
+		return de
+	}
+	return nil
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
