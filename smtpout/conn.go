@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"time"
 
@@ -299,28 +300,20 @@ func (d *Deliverer) startTLS(ctx context.Context, cn *conn) error {
 	return d.hello(ctx, cn)
 }
 
-// parseReply makes an SMTPError of a reply read outside go-smtp.
+// parseReply makes an SMTPError of a reply read outside go-smtp, with its
+// enhanced status code (RFC 2034) if the text starts with one.
 func parseReply(code int, msg string) *smtp.SMTPError {
 	se := &smtp.SMTPError{Code: code, Message: msg}
-	enh, rest, ok := strings.Cut(msg, " ")
-	if !ok {
-		return se
-	}
-	var ec smtp.EnhancedCode
+	enh, rest, _ := strings.Cut(msg, " ")
 	parts := strings.Split(enh, ".")
 	if len(parts) != 3 {
 		return se
 	}
+	var ec smtp.EnhancedCode
 	for i, p := range parts {
-		n := 0
-		if p == "" || len(p) > 3 {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > 999 {
 			return se
-		}
-		for _, r := range p {
-			if r < '0' || r > '9' {
-				return se
-			}
-			n = n*10 + int(r-'0')
 		}
 		ec[i] = n
 	}

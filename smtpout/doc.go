@@ -55,7 +55,10 @@
 //	                            recipients")
 //	all RCPT refused            as above; no DATA is sent
 //	DATA 4xx / 5xx              all accepted                   no / yes   DATA
-//	body write fails            all accepted                   no         DATA
+//	body write fails, body      all accepted                   no         DATA
+//	  read fails (no "." sent)
+//	write of the final "."      all accepted                   no         end of data
+//	  fails
 //	final reply 4xx / 5xx       all accepted                   no / yes   end of data
 //	LMTP reply per recipient    that recipient                 no / yes   end of data
 //	no reply after "."          each accepted one, maybe       no         end of data
@@ -63,8 +66,9 @@
 //	421 at any step             all not yet refused; the       no         that step
 //	                            session is dropped
 //
-// "All" is a DeliveryError without a recipient; the other rows name their
-// recipient. Code and EnhancedCode come from the reply when there was one;
+// "All" and "all accepted" are one DeliveryError without a recipient: it
+// applies to every recipient that no other error names. The other rows
+// name their recipient. Code and EnhancedCode come from the reply when there was one;
 // refusals decided here have Code 0 and the enhanced code shown.
 //
 // # Sessions and TLS

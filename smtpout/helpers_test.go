@@ -286,6 +286,8 @@ type rawScript struct {
 	greeting  string      // default "220 raw.test ESMTP"
 	ehlo      []string    // extensions announced
 	ehloReply string      // a refusal of EHLO, instead of the extensions
+	// resetOnData resets the connection right after "354".
+	resetOnData bool
 	// afterDot answers the end of a message; false closes the connection.
 	// Nil answers "250 2.0.0 ok".
 	afterDot func(tp *textproto.Conn, rcpts []string) bool
@@ -366,6 +368,10 @@ func serveRaw(c net.Conn, sc rawScript) {
 			tp.PrintfLine("250 2.1.5 ok")
 		case "DATA":
 			tp.PrintfLine("354 go ahead")
+			if sc.resetOnData {
+				c.(*net.TCPConn).SetLinger(0)
+				return
+			}
 			if _, err := tp.ReadDotBytes(); err != nil {
 				return
 			}

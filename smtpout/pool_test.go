@@ -165,3 +165,37 @@ func TestClose(t *testing.T) {
 	assert.ErrorIs(t, err, smtpout.ErrClosed)
 	assert.Equal(t, 1, srv1.ln.accepted())
 }
+
+func TestConcurrentDeliveries(t *testing.T) {
+	be := newBackend()
+	be.rcpt = func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "bad") {
+			return reply(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
+		}
+		return nil
+	}
+	srv := startServer(t, be, nil, nil)
+	d := newDeliverer(t, smtpout.Options{Addr: srv.addr, MaxIdle: 4, MaxPerConn: 7})
+	const workers, each = 8, 10
+	errs := make(chan error, workers*each)
+	for w := range workers {
+		go func() {
+			for i := range each {
+				env := envelope("a@example.com")
+				if (w+i)%3 == 0 {
+					env = envelope("bad@example.com", "a@example.com")
+				}
+				errs <- d.Deliver(context.Background(), env, body())
+			}
+		}()
+	}
+	for range workers * each {
+		err := <-errs
+		for _, de := range deliveryErrors(err) {
+			assert.Equal(t, "bad@example.com", de.Recipient, "%v", err)
+		}
+	}
+	assert.Len(t, be.messages(), workers*each)
+	require.NoError(t, d.Close())
+	requireNoLeak(t)
+}

@@ -21,6 +21,7 @@ type Deliverer struct {
 	log  *slog.Logger
 
 	timers sync.WaitGroup // idle timers that may still run
+	bufs   sync.Pool      // *[]byte, for copying bodies
 
 	mu     sync.Mutex
 	closed bool
@@ -56,11 +57,10 @@ func (d *Deliverer) Deliver(ctx context.Context, env resilmail.Envelope, body io
 // the package documentation describes. It reads body to EOF unless it
 // returns an error, and returns promptly when ctx is done.
 func (d *Deliverer) DeliverTo(ctx context.Context, addr string, env resilmail.Envelope, body io.Reader) error {
-	h, _, err := net.SplitHostPort(addr)
+	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return fmt.Errorf("smtpout: address %q: %w", addr, err)
 	}
-	host := h
 	if len(env.To) == 0 {
 		return errors.New("smtpout: envelope has no recipient")
 	}

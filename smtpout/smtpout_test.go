@@ -356,6 +356,26 @@ func TestClassification(t *testing.T) {
 			general: true,
 		},
 		{
+			name: "STARTTLS refused, opportunistic",
+			server: func(t *testing.T, _ *backend) string {
+				return startRaw(t, rawScript{ehlo: []string{"STARTTLS", "8BITMIME"}})
+			},
+			env:  func() resilmail.Envelope { return envelope("a@example.com") },
+			want: map[string]outcome{"a@example.com": delivered},
+		},
+		{
+			name: "STARTTLS refused, required",
+			server: func(t *testing.T, _ *backend) string {
+				return startRaw(t, rawScript{ehlo: []string{"STARTTLS", "8BITMIME"}})
+			},
+			opts: smtpout.Options{TLS: smtpout.TLSRequired},
+			env:  func() resilmail.Envelope { return envelope("a@example.com") },
+			want: map[string]outcome{
+				"a@example.com": {command: "STARTTLS", code: 502, enhanced: "5.5.1"},
+			},
+			general: true,
+		},
+		{
 			name: "EHLO refused",
 			server: func(t *testing.T, be *backend) string {
 				return startRaw(t, rawScript{ehloReply: "550 5.7.1 bad name"})
@@ -594,6 +614,31 @@ func TestContext(t *testing.T) {
 		assert.ErrorIs(t, err, context.Canceled)
 		assert.Zero(t, srv.ln.accepted())
 	})
+}
+
+// TestResetBeforeFinalDot: a connection reset before the final "." could
+// leave is a plain temporary failure, not a maybe-delivered one.
+func TestResetBeforeFinalDot(t *testing.T) {
+	addr := startRaw(t, rawScript{ehlo: []string{"8BITMIME"}, resetOnData: true})
+	d := newDeliverer(t, smtpout.Options{Addr: addr})
+	notSent := 0
+	for range 5 {
+		env := envelope("a@example.com")
+		err := d.Deliver(context.Background(), env, body())
+		de := resilmail.Outcomes(env.Recipients(), err)["a@example.com"]
+		require.NotNil(t, de)
+		assert.False(t, de.Permanent, "%v", de)
+		if de.MaybeDelivered {
+			// The reset arrived after the "." left: the server could
+			// have had the message.
+			assert.Equal(t, "end of data", de.Command)
+		} else {
+			assert.Contains(t, []string{"DATA", "end of data"}, de.Command, "%v", de)
+			notSent++
+		}
+	}
+	// On loopback the reset is there before the "." is written.
+	assert.NotZero(t, notSent)
 }
 
 // endless is a message that never ends.

@@ -185,7 +185,14 @@ func (d *Deliverer) send(ctx context.Context, cn *conn, tx *txn, body io.Reader,
 		return r
 	}
 	br := &bodyReader{r: body}
-	if _, err := io.Copy(&deadlineWriter{ctx: ctx, d: d, cn: cn, w: w}, br); err != nil {
+	buf, _ := d.bufs.Get().(*[]byte)
+	if buf == nil {
+		b := make([]byte, 32<<10)
+		buf = &b
+	}
+	_, err = io.CopyBuffer(&deadlineWriter{ctx: ctx, d: d, cn: cn, w: w}, br, *buf)
+	d.bufs.Put(buf)
+	if err != nil {
 		// The final "." must not be sent: the server would take a
 		// truncated message. The session cannot go on.
 		de := failure(ctx, host, cmdData, err)
@@ -264,7 +271,7 @@ func isReply(err error) bool {
 }
 
 // bodyReader remembers a read error, to tell it from a write error, and
-// hides the reader's WriteTo, so that io.Copy does the writing.
+// hides the reader's WriteTo, so that io.CopyBuffer does the writing.
 type bodyReader struct {
 	r   io.Reader
 	err error
