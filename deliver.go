@@ -135,25 +135,12 @@ func (e *DeliveryError) Reply() string {
 	return s
 }
 
-// Outcomes decodes the error a [Deliverer] returned for recipients into one
-// outcome per recipient: nil for delivered, or the *DeliveryError that says
-// why not. An error that is not a DeliveryError becomes a temporary
-// DeliveryError wrapping it. The result has one entry per address in
-// recipients, matched case-insensitively.
-func Outcomes(recipients []string, err error) map[string]*DeliveryError {
-	out := make(map[string]*DeliveryError, len(recipients))
-	for _, r := range recipients {
-		out[r] = nil
-	}
-	if err == nil {
-		return out
-	}
-	index := make(map[string]string, len(recipients))
-	for _, r := range recipients {
-		index[strings.ToLower(r)] = r
-	}
-	var general error
-	named := make(map[string]bool)
+// SplitErrors separates the error a [Deliverer] returned into the
+// DeliveryErrors that name a recipient and the first error that applies to
+// every recipient not named (a DeliveryError without a Recipient, or any
+// other error), nil if there is none. It walks trees built with
+// [errors.Join]. [Outcomes] is built on it.
+func SplitErrors(err error) (named []*DeliveryError, general error) {
 	var walk func(error)
 	walk = func(e error) {
 		if e == nil {
@@ -169,19 +156,50 @@ func Outcomes(recipients []string, err error) map[string]*DeliveryError {
 		}
 		var de *DeliveryError
 		if errors.As(e, &de) && de.Recipient != "" {
-			if r, ok := index[strings.ToLower(de.Recipient)]; ok {
-				c := *de
-				c.Recipient = r
-				out[r] = &c
-				named[r] = true
-				return
-			}
+			named = append(named, de)
+			return
 		}
 		if general == nil {
 			general = e
 		}
 	}
 	walk(err)
+	return named, general
+}
+
+// Outcomes decodes the error a [Deliverer] returned for recipients into one
+// outcome per recipient: nil for delivered, or the *DeliveryError that says
+// why not. An error that is not a DeliveryError becomes a temporary
+// DeliveryError wrapping it. A DeliveryError naming an address that is not
+// among recipients applies to all of them. The result has one entry per
+// address in recipients, matched case-insensitively.
+func Outcomes(recipients []string, err error) map[string]*DeliveryError {
+	out := make(map[string]*DeliveryError, len(recipients))
+	for _, r := range recipients {
+		out[r] = nil
+	}
+	if err == nil {
+		return out
+	}
+	index := make(map[string]string, len(recipients))
+	for _, r := range recipients {
+		index[strings.ToLower(r)] = r
+	}
+	namedErrs, general := SplitErrors(err)
+	named := make(map[string]bool)
+	for _, de := range namedErrs {
+		r, ok := index[strings.ToLower(de.Recipient)]
+		if !ok {
+			if general == nil {
+				general = de
+			}
+			continue
+		}
+		c := *de
+		c.Recipient = r
+		out[r] = &c
+		named[r] = true
+	}
 	if general == nil {
 		return out
 	}

@@ -50,6 +50,13 @@ func TestOutcomes(t *testing.T) {
 			}
 		})
 	}
+	named, gen := resilmail.SplitErrors(errors.Join(perm, general, upper))
+	assert.Equal(t, []*resilmail.DeliveryError{perm, upper}, named)
+	assert.Same(t, general, gen)
+	named, gen = resilmail.SplitErrors(perm)
+	assert.Len(t, named, 1)
+	assert.Nil(t, gen, "per-recipient errors only: no general error")
+
 	got := resilmail.Outcomes(rcpts, plain)
 	assert.True(t, got["c@example.org"].Temporary(), "an unknown error must be temporary")
 	assert.ErrorIs(t, got["c@example.org"], plain)

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
 	"errors"
@@ -270,7 +271,7 @@ func (q *Queue) runJob(ctx context.Context, j *job) {
 		err = &resilmail.DeliveryError{Command: "queue", Message: "cannot read message from the queue", Err: berr}
 	} else {
 		start := time.Now()
-		err = q.d.Deliver(ctx, env, bytesReader(body))
+		err = q.d.Deliver(ctx, env, bytes.NewReader(body))
 		q.log.Debug("queue: delivery attempt", "msg_id", m.id(), "dest", j.d.key, "rcpts", len(env.To), "took", time.Since(start), "err", err)
 	}
 	q.finishJob(ctx, j, env, err)
@@ -375,41 +376,19 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 }
 
 // destinationFailure reports whether err says the destination itself is
-// unwell (no connection, 421, a timeout) rather than one recipient.
+// unwell (no connection, 421, a timeout) rather than one recipient: an error
+// that applies to every recipient and is neither permanent, nor
+// maybe-delivered, nor the queue's own.
 func destinationFailure(err error) bool {
-	if err == nil {
-		return false
-	}
-	var general *resilmail.DeliveryError
-	var walk func(error) bool
-	walk = func(e error) bool {
-		if j, ok := e.(interface{ Unwrap() []error }); ok {
-			if _, isDE := e.(*resilmail.DeliveryError); !isDE {
-				for _, s := range j.Unwrap() {
-					if walk(s) {
-						return true
-					}
-				}
-				return false
-			}
-		}
-		var de *resilmail.DeliveryError
-		if errors.As(e, &de) {
-			if de.Recipient == "" {
-				general = de
-				return true
-			}
-			return false
-		}
-		return true // not a DeliveryError: a dial or I/O failure
-	}
-	if !walk(err) {
-		return false
-	}
+	_, general := resilmail.SplitErrors(err)
 	if general == nil {
-		return true
+		return false
 	}
-	return !general.Permanent && !general.MaybeDelivered && general.Command != "queue"
+	var de *resilmail.DeliveryError
+	if !errors.As(general, &de) {
+		return true // a dial or I/O failure
+	}
+	return !de.Permanent && !de.MaybeDelivered && de.Command != "queue"
 }
 
 // statusCode returns the RFC 3463 code for a DSN.

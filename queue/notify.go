@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"strconv"
 	"time"
 
 	"github.com/resilmail/resilmail"
@@ -53,7 +54,7 @@ func (q *Queue) notify(m *message) {
 			}
 		}
 		if len(report) > 0 {
-			id := derivedID(env.ID, "f"+itoa(failed[0]))
+			id := derivedID(env.ID, "f"+strconv.Itoa(failed[0]))
 			err = q.sendDSN(id, env, rcpts, report, dsn.Failed, created, now, original)
 		}
 		if err != nil {
@@ -82,7 +83,7 @@ func (q *Queue) notify(m *message) {
 				report = append(report, i)
 			}
 		}
-		id := derivedID(env.ID, "d"+itoa(warned))
+		id := derivedID(env.ID, "d"+strconv.Itoa(warned))
 		if err := q.sendDSN(id, env, rcpts, report, dsn.Delayed, created, now, original); err != nil {
 			ok = false
 			q.log.Error("queue: cannot enqueue delay warning; will retry", "msg_id", env.ID, "err", err)
@@ -177,18 +178,4 @@ func derivedID(id, tag string) string {
 	}
 	h := sha256.Sum256([]byte(id))
 	return hex.EncodeToString(h[:16]) + "." + tag
-}
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var b [20]byte
-	i := len(b)
-	for n > 0 {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	return string(b[i:])
 }

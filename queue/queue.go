@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"bytes"
 	"container/heap"
 	"context"
 	"crypto/rand"
@@ -639,5 +638,3 @@ func (q *Queue) Close() error {
 	}
 	return err
 }
-
-func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

@@ -533,3 +533,51 @@ func TestCorruptBodyFoundWhileRunning(t *testing.T) {
 	moved, _ := filepath.Glob(filepath.Join(dir, "corrupt", "rot"))
 	assert.Len(t, moved, 1)
 }
+
+func TestCompactionKeepsLiveMessagesAndDedup(t *testing.T) {
+	dir := t.TempDir()
+	s := newSink(nil)
+	opts := quietOpts()
+	opts.SegmentSize = 32 << 10
+	q := open(t, dir, s, opts)
+	ctx := context.Background()
+	pad := strings.Repeat("p", 2048)
+	// Held messages sit in the oldest segments and must be carried forward.
+	for i := 0; i < 5; i++ {
+		_, err := q.Enqueue(ctx, envelope(fmt.Sprint("held", i), "u@held.example"), body(fmt.Sprint("held-body-", i, pad)))
+		require.NoError(t, err)
+	}
+	_, err := q.Hold(queue.Filter{Domain: "held.example"})
+	require.NoError(t, err)
+	run(t, q)
+	for i := 0; i < 200; i++ {
+		_, err := q.Enqueue(ctx, envelope(fmt.Sprint("d", i), "u@example.org"), body(fmt.Sprint("d", i, pad)))
+		require.NoError(t, err)
+	}
+	waitFor(t, "deliveries", func() bool { return len(s.delivered("u@example.org")) == 200 })
+	waitFor(t, "compaction", func() bool {
+		st := q.Stats()
+		return st.Compactions >= 5 && st.Rewritten >= 5
+	})
+	st := q.Stats()
+	assert.Less(t, st.DiskBytes, int64(200*2048), "compaction frees the space of delivered mail")
+	require.NoError(t, q.Close())
+
+	s2 := newSink(nil)
+	q2 := open(t, dir, s2, opts)
+	held := q2.List(queue.Filter{State: queue.StateHeld})
+	require.Len(t, held, 5, "held messages survive compaction and restart")
+	for i := 0; i < 200; i += 20 {
+		_, err := q2.Enqueue(ctx, envelope(fmt.Sprint("d", i), "u@example.org"), body("again"))
+		require.NoError(t, err)
+	}
+	assert.Equal(t, uint64(10), q2.Stats().Duplicates, "delivered ids are remembered through compaction")
+	run(t, q2)
+	_, err = q2.Release(queue.Filter{State: queue.StateHeld})
+	require.NoError(t, err)
+	waitFor(t, "held delivered", func() bool { return len(s2.delivered("u@held.example")) == 5 })
+	for i := 0; i < 5; i++ {
+		assert.Contains(t, s2.bodies[fmt.Sprint("held", i)], fmt.Sprint("held-body-", i), "bodies copied forward intact")
+	}
+	assert.Empty(t, s2.delivered("u@example.org"), "nothing delivered twice")
+}
