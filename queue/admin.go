@@ -264,11 +264,22 @@ func (q *Queue) Release(f Filter) (int, error) {
 }
 
 // Retry schedules the selected messages that are waiting for a retry for an
-// attempt now. Held messages stay held.
+// attempt now. Held messages stay held. The operator's word also lifts the
+// slow-down of their destinations (as Postfix's flush forgets dead
+// destinations): a destination that fails again is slowed down again.
 func (q *Queue) Retry(f Filter) (int, error) {
 	return q.each(f, func(m *message, now time.Time) (bool, error) {
 		if m.heapIdx < 0 {
 			return false, nil
+		}
+		for i, rc := range m.rec.Rcpts {
+			if rc.State != Pending {
+				continue
+			}
+			if d := q.dests[q.opts.Destination(m.rec.Env.To[i].Addr)]; d != nil && now.Before(d.paused) {
+				d.paused = time.Time{}
+				q.log.Info("queue: destination slow-down lifted by retry", "dest", d.key)
+			}
 		}
 		m.next = now
 		q.scheduleLocked(m)

@@ -243,6 +243,36 @@ func TestPartialFailureRetriesOnlyPending(t *testing.T) {
 	assert.Equal(t, []string{"m1"}, s.delivered("b@example.org"))
 }
 
+func TestRetryNowWithoutWaiting(t *testing.T) {
+	clock := newClock()
+	s := newSink(func(env resilmail.Envelope, call int) error {
+		if call == 1 {
+			return &resilmail.DeliveryError{Code: 451, EnhancedCode: "4.2.0", Message: "busy"}
+		}
+		return nil
+	})
+	opts := quietOpts()
+	opts.Now = clock.Now
+	opts.Retry.Jitter = -1
+	q := open(t, t.TempDir(), s, opts)
+	run(t, q)
+	_, err := q.Enqueue(context.Background(), envelope("r1", "a@example.org"), body("r"))
+	require.NoError(t, err)
+	<-s.seen
+	waitFor(t, "retry scheduled", func() bool { in, err := q.Inspect("r1"); return err == nil && !in.NextAttempt.IsZero() })
+	n, err := q.Retry(queue.Filter{IDs: []string{"r1", "unknown"}})
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "one scheduled message moved to now")
+	select {
+	case env := <-s.seen:
+		assert.Equal(t, "r1", env.ID)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Retry did not start an attempt before the retry time (clock never moved)")
+	}
+	waitFor(t, "r1 done", func() bool { _, err := q.Inspect("r1"); return errors.Is(err, queue.ErrNotFound) })
+	assert.Equal(t, []string{"r1"}, s.delivered("a@example.org"))
+}
+
 func TestBounceContent(t *testing.T) {
 	s := newSink(func(env resilmail.Envelope, call int) error {
 		if env.From == "" {
@@ -319,9 +349,12 @@ func TestExpiryAndDelayWarning(t *testing.T) {
 	for k, step := range []time.Duration{5 * time.Hour, 6 * time.Hour} {
 		waitFor(t, "retry scheduled", func() bool { in, err := q.Inspect("slow"); return err == nil && !in.NextAttempt.IsZero() })
 		clock.Advance(step)
+		// The scheduler may see the message due on its own before Retry
+		// runs (the clock has moved past its next attempt); either way
+		// exactly one more attempt follows.
 		n, err := q.Retry(queue.Filter{IDs: []string{"slow"}})
 		require.NoError(t, err)
-		require.Equal(t, 1, n)
+		require.LessOrEqual(t, n, 1)
 		waitFor(t, "attempt", func() bool {
 			in, err := q.Inspect("slow")
 			return err != nil || (in.Attempts == k+2 && in.State == queue.StateDeferred)
