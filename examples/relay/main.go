@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -37,6 +38,7 @@ type config struct {
 	concurrency int
 	maxSize     int64
 	retryMin    time.Duration
+	httpAddr    string
 	verbose     bool
 }
 
@@ -50,6 +52,7 @@ func main() {
 	flag.IntVar(&c.concurrency, "concurrency", 20, "deliveries in flight to the next hop")
 	flag.Int64Var(&c.maxSize, "max-size", 32<<20, "largest message accepted, in bytes")
 	flag.DurationVar(&c.retryMin, "retry", 0, "first retry delay after a temporary failure (default 5m, doubling to 67m)")
+	flag.StringVar(&c.httpAddr, "http", "", "serve /metrics and /debug/pprof/ on this address (default: off)")
 	flag.BoolVar(&c.verbose, "v", false, "log every message")
 	flag.Parse()
 
@@ -77,7 +80,8 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		defer os.RemoveAll(dir)
 		c.dir = dir
 	}
-	out, err := smtpout.New(&smtpout.Options{Addr: c.next, LMTP: c.lmtp, LocalName: c.hostname, Logger: log})
+	// Keep a session per delivery slot: the next hop is one host.
+	out, err := smtpout.New(&smtpout.Options{Addr: c.next, LMTP: c.lmtp, LocalName: c.hostname, MaxIdle: c.concurrency, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -127,11 +131,30 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		}
 		return nil
 	})
+	var hsrv *http.Server
+	if c.httpAddr != "" {
+		hln, err := net.Listen("tcp", c.httpAddr)
+		if err != nil {
+			srv.Close()
+			return err
+		}
+		log.Warn("relay: metrics and profiles", "url", "http://"+hln.Addr().String()+"/metrics")
+		hsrv = &http.Server{Handler: httpHandler(q), ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			if err := hsrv.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
+		if hsrv != nil {
+			hsrv.Shutdown(sctx)
+		}
 		return nil
 	})
 	err = g.Wait()

@@ -7,13 +7,16 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os/exec"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -151,6 +154,35 @@ func TestRelayEndToEndWithRealPeers(t *testing.T) {
 		"-f", "sender@example.net", "-t", "rcpt@example.com", relay).CombinedOutput()
 	require.NoError(t, err, "smtp-source: %s", out)
 	waitCount(t, sink, 203)
+}
+
+func TestRelayExportsQueueMetrics(t *testing.T) {
+	sink := startSink(t)
+	web := freePort(t)
+	relay := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web})
+	out, err := exec.Command("/usr/sbin/smtp-source", "-s", "2", "-m", "30", "-l", "1024",
+		"-f", "sender@example.net", "-t", "rcpt@example.com", relay).CombinedOutput()
+	require.NoError(t, err, "smtp-source: %s", out)
+	waitCount(t, sink, 30)
+	var body string
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(body, "resilmail_queue_delivered_total 30\n") {
+		require.True(t, time.Now().Before(deadline), "metrics never showed 30 deliveries:\n%s", body)
+		resp, err := http.Get("http://" + web + "/metrics")
+		require.NoError(t, err)
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		body = string(b)
+		time.Sleep(20 * time.Millisecond)
+	}
+	assert.Contains(t, body, "resilmail_queue_enqueued_total 30\n")
+	assert.Contains(t, body, `resilmail_queue_messages{state="held"} 0`)
+	assert.Regexp(t, `resilmail_queue_fsyncs_total [1-9]\d*\n`, body)
+	resp, err := http.Get("http://" + web + "/debug/pprof/goroutine?debug=1")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "the profiler answers")
 }
 
 func TestRelayQueuesWhileNextHopIsDown(t *testing.T) {
