@@ -21,8 +21,11 @@ import (
 // delivery at a time, or idle in the pool (then only its timer field is
 // touched, under Deliverer.mu).
 type conn struct {
-	key  string // pool key: the address in lower case
-	host string // host part of the address, for DeliveryError.Host
+	key        string  // pool key: see Target.key
+	host       string  // host part of the address, for DeliveryError.Host
+	mode       TLSMode // the session's TLS mode
+	serverName string  // name the server's certificate is checked against
+	verify     bool    // see Target.Verify
 
 	raw  net.Conn      // the TCP connection; closing it interrupts any I/O
 	wire *wire         // raw, watched
@@ -148,24 +151,24 @@ var errTLSFallback = errors.New("smtpout: TLS handshake failed")
 
 // dialSession opens a ready session: connected, greeted, EHLO said, TLS
 // as the mode wants, authenticated if configured, guarded by ctx.
-func (d *Deliverer) dialSession(ctx context.Context, key, addr, host string) (*conn, error) {
-	cn, err := d.open(ctx, key, addr, host, d.opts.TLS != TLSNone)
+func (d *Deliverer) dialSession(ctx context.Context, t *Target, host string) (*conn, error) {
+	cn, err := d.open(ctx, t, host, t.TLS != TLSNone)
 	var de *resilmail.DeliveryError
 	if errors.As(err, &de) && errors.Is(de.Err, errTLSFallback) {
 		d.log.Warn("smtpout: TLS handshake failed, retrying in plain text", "host", host, "err", de.Message)
-		cn, err = d.open(ctx, key, addr, host, false)
+		cn, err = d.open(ctx, t, host, false)
 	}
 	return cn, err
 }
 
-func (d *Deliverer) open(ctx context.Context, key, addr, host string, tryTLS bool) (_ *conn, err error) {
+func (d *Deliverer) open(ctx context.Context, t *Target, host string, tryTLS bool) (_ *conn, err error) {
 	dctx, cancel := context.WithTimeout(ctx, d.opts.DialTimeout)
-	raw, err := d.opts.Dial(dctx, "tcp", addr)
+	raw, err := d.opts.Dial(dctx, "tcp", t.Addr)
 	cancel()
 	if err != nil {
 		return nil, failure(ctx, host, cmdConnect, err)
 	}
-	cn := &conn{key: key, host: host, raw: raw, wire: &wire{Conn: raw}}
+	cn := &conn{key: t.key(), host: host, mode: t.TLS, serverName: t.serverName(host), verify: t.Verify, raw: raw, wire: &wire{Conn: raw}}
 	cn.top = cn.wire
 	cn.guard(ctx)
 	defer func() {
@@ -175,8 +178,8 @@ func (d *Deliverer) open(ctx context.Context, key, addr, host string, tryTLS boo
 		}
 	}()
 
-	if d.opts.TLS == TLSImplicit {
-		tc := tls.Client(cn.wire, d.opts.tlsConfig(host))
+	if cn.mode == TLSImplicit {
+		tc := tls.Client(cn.wire, d.opts.tlsConfig(cn.mode, cn.serverName, cn.verify))
 		hctx, cancel := context.WithTimeout(ctx, d.opts.DialTimeout)
 		err := tc.HandshakeContext(hctx)
 		cancel()
@@ -191,7 +194,7 @@ func (d *Deliverer) open(ctx context.Context, key, addr, host string, tryTLS boo
 	if err := d.hello(ctx, cn); err != nil {
 		return nil, err
 	}
-	if tryTLS && d.opts.TLS != TLSImplicit {
+	if tryTLS && cn.mode != TLSImplicit {
 		if err := d.startTLS(ctx, cn); err != nil {
 			return nil, err
 		}
@@ -201,7 +204,7 @@ func (d *Deliverer) open(ctx context.Context, key, addr, host string, tryTLS boo
 			return nil, err
 		}
 	}
-	d.log.Debug("smtpout: connected", "host", host, "addr", addr, "tls", cn.tls)
+	d.log.Debug("smtpout: connected", "host", host, "addr", t.Addr, "tls", cn.tls)
 	return cn, nil
 }
 
@@ -251,7 +254,7 @@ func (d *Deliverer) hello(ctx context.Context, cn *conn) error {
 // text the server may have sent after its 220 is discarded (RFC 3207 §6).
 // A server without STARTTLS costs nothing extra.
 func (d *Deliverer) startTLS(ctx context.Context, cn *conn) error {
-	required := d.opts.TLS == TLSRequired
+	required := cn.mode == TLSRequired
 	if ok, _ := cn.c.Extension("STARTTLS"); !ok {
 		if required {
 			return &resilmail.DeliveryError{Host: cn.host, Command: cmdSTARTTLS,
@@ -285,7 +288,7 @@ func (d *Deliverer) startTLS(ctx context.Context, cn *conn) error {
 		return failure(ctx, cn.host, cmdSTARTTLS, err)
 	}
 
-	tc := tls.Client(cn.wire, d.opts.tlsConfig(cn.host))
+	tc := tls.Client(cn.wire, d.opts.tlsConfig(cn.mode, cn.serverName, cn.verify))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		if !required && doneCause(ctx) == nil {
 			return &resilmail.DeliveryError{Host: cn.host, Command: cmdSTARTTLS,

@@ -198,13 +198,15 @@ func (o *Options) withDefaults() (Options, error) {
 	return c, nil
 }
 
-// tlsConfig returns the TLS configuration for a session with host.
-func (o *Options) tlsConfig(host string) *tls.Config {
+// tlsConfig returns the TLS configuration for a session in mode with
+// serverName; verify insists on a certificate valid for it whatever
+// Options.TLSConfig says.
+func (o *Options) tlsConfig(mode TLSMode, serverName string, verify bool) *tls.Config {
 	var cfg *tls.Config
 	switch {
 	case o.TLSConfig != nil:
 		cfg = o.TLSConfig.Clone()
-	case o.TLS == TLSOpportunistic:
+	case mode == TLSOpportunistic && !verify:
 		// Opportunistic TLS (RFC 7435) is unauthenticated: an active
 		// attacker can strip STARTTLS anyway, and falling back to plain
 		// text for a self-signed certificate would protect nobody.
@@ -212,8 +214,11 @@ func (o *Options) tlsConfig(host string) *tls.Config {
 	default:
 		cfg = &tls.Config{}
 	}
-	if cfg.ServerName == "" {
-		cfg.ServerName = host
+	if cfg.ServerName == "" || verify {
+		cfg.ServerName = serverName
+	}
+	if verify {
+		cfg.InsecureSkipVerify = false
 	}
 	return cfg
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -57,10 +58,48 @@ func (d *Deliverer) Deliver(ctx context.Context, env resilmail.Envelope, body io
 // the package documentation describes. It reads body to EOF unless it
 // returns an error, and returns promptly when ctx is done.
 func (d *Deliverer) DeliverTo(ctx context.Context, addr string, env resilmail.Envelope, body io.Reader) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("smtpout: address %q: %w", addr, err)
+	return d.DeliverTarget(ctx, Target{Addr: addr, TLS: d.opts.TLS}, env, body)
+}
+
+// Target is where and how [Deliverer.DeliverTarget] sends a message, when
+// that differs from one next hop to another (MX hosts dialled by address,
+// TLS required by MTA-STS for some domains only).
+type Target struct {
+	// Addr is the address to dial, "host:port".
+	Addr string
+	// ServerName is the name the server's certificate must be valid for
+	// when TLS is verified, and the name in DeliveryError.Host. Empty
+	// means the host part of Addr.
+	ServerName string
+	// TLS is the session's TLS mode; Options.TLSConfig, if set, still
+	// supplies roots and client certificates.
+	TLS TLSMode
+	// Verify insists that the certificate be valid for ServerName even if
+	// Options.TLSConfig skips verification (an MTA-STS policy in enforce
+	// mode, a domain configured to require TLS).
+	Verify bool
+}
+
+// key is the pool key: sessions are reused only for the same address,
+// server name and TLS mode.
+func (t *Target) key() string {
+	return strings.ToLower(t.Addr) + "|" + strings.ToLower(t.ServerName) + "|" + strconv.Itoa(int(t.TLS)) + "|" + strconv.FormatBool(t.Verify)
+}
+
+func (t *Target) serverName(host string) string {
+	if t.ServerName != "" {
+		return t.ServerName
 	}
+	return host
+}
+
+// DeliverTarget sends the message as [Deliverer.DeliverTo] does, to t.
+func (d *Deliverer) DeliverTarget(ctx context.Context, t Target, env resilmail.Envelope, body io.Reader) error {
+	host, _, err := net.SplitHostPort(t.Addr)
+	if err != nil {
+		return fmt.Errorf("smtpout: address %q: %w", t.Addr, err)
+	}
+	host = t.serverName(host)
 	if len(env.To) == 0 {
 		return errors.New("smtpout: envelope has no recipient")
 	}
@@ -77,7 +116,7 @@ func (d *Deliverer) DeliverTo(ctx context.Context, addr string, env resilmail.En
 		d.logOutcome(&env, host, err)
 		return err
 	}
-	key := strings.ToLower(addr)
+	key := t.key()
 
 	for try := 0; ; try++ {
 		var cn *conn
@@ -88,7 +127,7 @@ func (d *Deliverer) DeliverTo(ctx context.Context, addr string, env resilmail.En
 		if reused {
 			cn.guard(ctx)
 		} else {
-			cn, err = d.dialSession(ctx, key, addr, host)
+			cn, err = d.dialSession(ctx, &t, host)
 			if err != nil {
 				err = errors.Join(append(errs, err)...)
 				d.logOutcome(&env, host, err)

@@ -141,3 +141,34 @@ func TestAuth(t *testing.T) {
 		})
 	}
 }
+
+func TestDeliverTargetVerifiesPerDestination(t *testing.T) {
+	serverTLS, roots := newCert(t) // valid for mx.test, localhost and 127.0.0.1
+	srv := startServer(t, newBackend(), func(s *smtp.Server) { s.TLSConfig = serverTLS }, nil)
+	// The deliverer's own configuration trusts the test roots but, like
+	// opportunistic TLS, does not check names.
+	d := newDeliverer(t, smtpout.Options{TLSConfig: &tls.Config{RootCAs: roots, InsecureSkipVerify: true}})
+	ctx := context.Background()
+
+	// Dialled by address, verified against the MX name: accepted.
+	env := envelope("a@example.com")
+	err := d.DeliverTarget(ctx, smtpout.Target{Addr: srv.addr, ServerName: "mx.test", TLS: smtpout.TLSRequired, Verify: true}, env, body())
+	require.NoError(t, err)
+	msgs := srv.be.messages()
+	require.Len(t, msgs, 1)
+	assert.True(t, msgs[0].TLS)
+
+	// A name the certificate does not cover: refused before MAIL, as a
+	// temporary failure, in spite of the deliverer's InsecureSkipVerify.
+	env = envelope("b@example.com")
+	err = d.DeliverTarget(ctx, smtpout.Target{Addr: srv.addr, ServerName: "mx.other.test", TLS: smtpout.TLSRequired, Verify: true}, env, body())
+	checkOutcomes(t, env, "mx.other.test", err, map[string]outcome{"b@example.com": {command: "STARTTLS"}})
+	var herr x509.HostnameError
+	assert.ErrorAs(t, err, &herr)
+	assert.Len(t, srv.be.messages(), 1, "nothing sent to a host that failed verification")
+
+	// Without Verify the same target is opportunistic as configured.
+	env = envelope("c@example.com")
+	require.NoError(t, d.DeliverTarget(ctx, smtpout.Target{Addr: srv.addr, ServerName: "mx.other.test"}, env, body()))
+	assert.Len(t, srv.be.messages(), 2)
+}
