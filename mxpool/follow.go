@@ -1,0 +1,538 @@
+package mxpool
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/durable"
+)
+
+// ErrFollowerClosed is returned by [Follower.Run] when the Follower is
+// closed before Run starts.
+var ErrFollowerClosed = errors.New("mxpool: follower closed")
+
+// ErrPolicyConflict is reported (in FollowerStatus.LastError and the log)
+// when the publisher answers that this follower holds a version it never
+// made: the publisher lost its folder, or two publishers serve one pool.
+// The follower keeps its policy; an operator must act (see
+// [OpenPublisher]).
+var ErrPolicyConflict = errors.New("mxpool: publisher and follower disagree on the policy history")
+
+// FollowerOptions configure a [Follower]. The zero value, or nil, gives the
+// defaults.
+type FollowerOptions struct {
+	// Logger receives a line for each version applied and each failed
+	// exchange; nil means slog.Default().
+	Logger *slog.Logger
+	// HTTPClient talks to the publisher; set its Transport's
+	// TLSClientConfig for TLS and client certificates. Its Timeout, if
+	// set, must exceed PollWait. Nil means a client of the Follower's own
+	// (a clone of http.DefaultTransport).
+	HTTPClient *http.Client
+	// Name identifies this follower to the publisher (PublisherStatus);
+	// empty means its address.
+	Name string
+	// PollWait is how long each long poll may wait for a change; zero means
+	// 30 seconds.
+	PollWait time.Duration
+	// RequestTimeout bounds a request beyond PollWait; zero means 15
+	// seconds.
+	RequestTimeout time.Duration
+	// StaleAfter is how long the follower may go without hearing from the
+	// publisher before its answers turn cautious (see [Follower.Check]);
+	// zero means 2 minutes. It must exceed PollWait.
+	StaleAfter time.Duration
+	// MinBackoff and MaxBackoff bound the jittered, doubling wait between
+	// failed exchanges; zero means 250 ms and 30 s.
+	MinBackoff, MaxBackoff time.Duration
+	// MaxSnapshotBytes caps a response's size; zero means 64 MiB.
+	MaxSnapshotBytes int64
+	// PublicKey, when not nil, makes the follower require the publisher's
+	// ed25519 signature (PublisherOptions.SigningKey) on every snapshot, as
+	// well as the MAC.
+	PublicKey ed25519.PublicKey
+	// OnApply, when not nil, is called when each version is put in use
+	// (before it is stored), from Run's goroutine; it must not block.
+	OnApply func(version uint64)
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// FollowerStatus describes a [Follower] at one instant.
+type FollowerStatus struct {
+	// Publisher is the publisher's URL.
+	Publisher string
+	// Version and Digest identify the policy in use; zero when none.
+	Version uint64
+	Digest  resilmail.Digest
+	// AppliedAt is when that policy was applied, or stored if it was
+	// loaded from disk at start.
+	AppliedAt time.Time
+	// LastHeard is the last time the publisher answered with a valid
+	// policy or "no change". After a restart it starts as the time the
+	// stored copy was written, the last time it is known to have heard.
+	LastHeard time.Time
+	// Stale is true when LastHeard is older than StaleAfter (or unknown):
+	// Check then defers what it would reject for being unknown.
+	Stale bool
+	// LastError is the error of the last failed exchange or store, cleared
+	// by the next success; LastErrorAt is its time.
+	LastError   error
+	LastErrorAt time.Time
+	// Applied counts the versions applied, Deltas those applied from a
+	// delta, Errors the failed exchanges.
+	Applied, Deltas, Errors uint64
+}
+
+// Follower keeps a node on its pool's policy: it long-polls the
+// [Publisher], verifies and applies each new version atomically, stores it
+// in its folder, and answers recipient checks from the version it runs.
+//
+// Guarantees: a Follower only ever runs a policy whose MAC (and signature,
+// if configured) and digest verify, with a version above the one before;
+// anything else is refused with a logged error and the last good policy
+// stays in use. Each version applied is put in use at once, in one atomic
+// step, then stored durably (snapshot.json, the full snapshot, fsynced)
+// before the follower asks for the next one; it is loaded at the next
+// start, so a node restarted without network answers at once. A crash
+// between use and store restarts the node on the previous version, which
+// it then brings up to date; a failed store is logged and reported in
+// Status, and the version stays in use.
+// Adding an MX to a pool is starting a Follower with the publisher's URL
+// and the pool's secret.
+type Follower struct {
+	base   *url.URL
+	secret []byte
+	token  string
+	dir    string
+	opts   FollowerOptions
+	log    *slog.Logger
+	client *http.Client
+	owned  *http.Transport // the client's transport when the Follower made it
+	unlock func() error
+
+	cur       atomic.Pointer[Snapshot]
+	lastHeard atomic.Int64 // unix nanoseconds; 0: never
+
+	mu        sync.Mutex
+	appliedAt time.Time
+	lastErr   error
+	lastErrAt time.Time
+	applied   uint64
+	deltas    uint64
+	errs      uint64
+	running   bool
+	closed    bool
+	cancel    context.CancelFunc
+	runDone   chan struct{}
+}
+
+// OpenFollower prepares a follower of the publisher at publisherURL (the
+// URL its Publisher is served at, http or https), authenticating with the
+// pool's secret, keeping its copy in the folder dir (created if needed and
+// locked against a second Follower). It loads the stored copy, if any, so
+// that Check answers from it at once; call Run to follow the publisher.
+//
+// A stored copy of an unknown format is refused with an error wrapping
+// ErrPolicyFormat (a newer build wrote it). A stored copy that does not
+// verify (tampered, truncated, another secret) is renamed aside to
+// snapshot.json.bad-<time>, logged and reported in Status; the follower
+// then starts without a policy and fetches the full snapshot.
+func OpenFollower(publisherURL string, secret []byte, dir string, opts *FollowerOptions) (*Follower, error) {
+	if len(secret) < polMinSecret {
+		return nil, fmt.Errorf("mxpool: secret shorter than %d bytes", polMinSecret)
+	}
+	u, err := url.Parse(publisherURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("mxpool: publisher URL %q is not an http or https URL", publisherURL)
+	}
+	f := &Follower{base: u, secret: bytes.Clone(secret), token: polToken(secret), dir: dir}
+	if opts != nil {
+		f.opts = *opts
+	}
+	o := &f.opts
+	if f.log = o.Logger; f.log == nil {
+		f.log = slog.Default()
+	}
+	if o.PollWait <= 0 {
+		o.PollWait = 30 * time.Second
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = 15 * time.Second
+	}
+	if o.StaleAfter <= 0 {
+		o.StaleAfter = 2 * time.Minute
+	}
+	if o.StaleAfter <= o.PollWait {
+		return nil, fmt.Errorf("mxpool: StaleAfter %v must exceed PollWait %v", o.StaleAfter, o.PollWait)
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 250 * time.Millisecond
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 30 * time.Second
+	}
+	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
+	if o.MaxSnapshotBytes <= 0 {
+		o.MaxSnapshotBytes = 64 << 20
+	}
+	if o.PublicKey != nil && len(o.PublicKey) != ed25519.PublicKeySize {
+		return nil, errors.New("mxpool: PublicKey is not an ed25519 public key")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if f.client = o.HTTPClient; f.client == nil {
+		f.owned = http.DefaultTransport.(*http.Transport).Clone()
+		f.client = &http.Client{Transport: f.owned}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("mxpool: follower folder: %w", err)
+	}
+	unlock, err := durable.Lock(dir)
+	if err != nil {
+		return nil, err
+	}
+	f.unlock = unlock
+	if err := f.folLoad(); err != nil {
+		unlock()
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *Follower) folLoad() error {
+	path := filepath.Join(f.dir, polSnapshotFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("mxpool: %w", err)
+	}
+	snap, err := DecodeSnapshot(data, f.secret, f.opts.PublicKey)
+	if errors.Is(err, ErrPolicyFormat) {
+		f.log.Error("mxpool: stored policy of an unknown format", "path", path, "err", err)
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err != nil {
+		aside := fmt.Sprintf("%s.bad-%d", path, f.opts.Now().UnixNano())
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return fmt.Errorf("mxpool: stored policy refused (%v) and not renamed aside: %w", err, rerr)
+		}
+		if serr := durable.SyncDir(f.dir); serr != nil {
+			return serr
+		}
+		f.log.Error("mxpool: stored policy refused, renamed aside; waiting for the publisher", "path", path, "aside", aside, "err", err)
+		f.folFailed(fmt.Errorf("stored policy refused: %w", err))
+		return nil
+	}
+	f.cur.Store(snap)
+	if st, err := os.Stat(path); err == nil {
+		f.appliedAt = st.ModTime()
+		f.lastHeard.Store(st.ModTime().UnixNano())
+	}
+	f.log.Info("mxpool: stored policy loaded", "version", snap.Version, "digest", snap.Digest.String())
+	return nil
+}
+
+// Snapshot returns the snapshot in use, or nil when there is none yet. It
+// must not be modified.
+func (f *Follower) Snapshot() *Snapshot { return f.cur.Load() }
+
+// Check answers for rcpt with the policy in use; see [Policy.Check]. When
+// the follower is stale (it has not heard from the publisher for longer
+// than StaleAfter, or not at all since it started without a recent stored
+// copy), an unknown recipient gets 450 4.1.1 and an unknown domain 450
+// 4.7.1 instead of 550: the publisher may have added them since, and a
+// stale secondary must never bounce good mail. Known recipients are still
+// accepted and bad syntax still rejected. Without any policy, every
+// recipient gets 451 4.3.0.
+func (f *Follower) Check(rcpt string) Verdict {
+	s := f.cur.Load()
+	if s == nil {
+		return polCheck(nil, rcpt, 0, true)
+	}
+	return polCheck(s.Policy, rcpt, s.Version, f.folStale(f.opts.Now()))
+}
+
+var _ Checker = (*Follower)(nil)
+
+func (f *Follower) folStale(now time.Time) bool {
+	h := f.lastHeard.Load()
+	return h == 0 || now.Sub(time.Unix(0, h)) > f.opts.StaleAfter
+}
+
+// Status returns the follower's current state.
+func (f *Follower) Status() FollowerStatus {
+	st := FollowerStatus{Publisher: f.base.Redacted()}
+	if s := f.cur.Load(); s != nil {
+		st.Version, st.Digest = s.Version, s.Digest
+	}
+	if h := f.lastHeard.Load(); h != 0 {
+		st.LastHeard = time.Unix(0, h)
+	}
+	st.Stale = f.folStale(f.opts.Now())
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st.AppliedAt, st.LastError, st.LastErrorAt = f.appliedAt, f.lastErr, f.lastErrAt
+	st.Applied, st.Deltas, st.Errors = f.applied, f.deltas, f.errs
+	return st
+}
+
+// Run follows the publisher until ctx is cancelled or the Follower is
+// closed, then returns nil. It long-polls for newer versions, applies and
+// stores each one, and after a failed exchange waits a jittered, doubling
+// delay between MinBackoff and MaxBackoff. It starts no goroutine that
+// outlives it. Only one Run may be active at a time.
+func (f *Follower) Run(ctx context.Context) error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return ErrFollowerClosed
+	}
+	if f.running {
+		f.mu.Unlock()
+		return errors.New("mxpool: follower already running")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	f.running, f.cancel, f.runDone = true, cancel, make(chan struct{})
+	f.mu.Unlock()
+	defer func() {
+		cancel()
+		if f.owned != nil {
+			f.owned.CloseIdleConnections()
+		}
+		f.mu.Lock()
+		f.running = false
+		close(f.runDone)
+		f.mu.Unlock()
+	}()
+
+	full := false // the next request asks for the full snapshot
+	failures := 0
+	for ctx.Err() == nil {
+		start := time.Now()
+		status, err := f.folPoll(ctx, full)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			f.folFailed(err)
+			f.log.Warn("mxpool: policy exchange failed", "publisher", f.base.Redacted(), "err", err)
+			if !full && (errors.Is(err, ErrPolicyDelta) || errors.Is(err, ErrPolicyDigest)) {
+				// The delta did not produce the publisher's policy:
+				// fetch the whole snapshot right away.
+				full = true
+				continue
+			}
+			failures++
+			d := f.opts.MinBackoff
+			for i := 1; i < failures && d < f.opts.MaxBackoff; i++ {
+				d *= 2
+			}
+			d = min(d, f.opts.MaxBackoff)
+			if !f.folSleep(ctx, d/2+rand.N(d/2+1)) {
+				return nil
+			}
+			continue
+		}
+		failures, full = 0, false
+		if status == http.StatusNotModified {
+			// A publisher that answers at once instead of waiting
+			// must not make this loop spin.
+			if el := time.Since(start); el < f.opts.MinBackoff && !f.folSleep(ctx, f.opts.MinBackoff-el) {
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
+func (f *Follower) folSleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (f *Follower) folFailed(err error) {
+	f.mu.Lock()
+	f.lastErr, f.lastErrAt = err, f.opts.Now()
+	f.errs++
+	f.mu.Unlock()
+}
+
+// folPoll makes one request and applies its answer. It returns the HTTP
+// status of a successful exchange.
+func (f *Follower) folPoll(ctx context.Context, full bool) (int, error) {
+	cur := f.cur.Load()
+	u := *f.base
+	q := u.Query()
+	q.Set("wait", f.opts.PollWait.String())
+	if cur != nil && !full {
+		q.Set("since", strconv.FormatUint(cur.Version, 10))
+		q.Set("have", cur.Digest.String())
+	} else {
+		q.Set("since", "0")
+	}
+	if f.opts.Name != "" {
+		q.Set("node", f.opts.Name)
+	}
+	u.RawQuery = q.Encode()
+	ctx, cancel := context.WithTimeout(ctx, f.opts.PollWait+f.opts.RequestTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+f.token)
+	req.Header.Set("User-Agent", "resilmail-mxpool-follower")
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, f.opts.MaxSnapshotBytes+1))
+	if err != nil {
+		return 0, fmt.Errorf("mxpool: reading the policy: %w", err)
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotModified:
+		f.folHeard()
+		return resp.StatusCode, nil
+	case http.StatusConflict:
+		return 0, fmt.Errorf("%w: %s", ErrPolicyConflict, bytes.TrimSpace(body[:min(len(body), 512)]))
+	default:
+		return 0, fmt.Errorf("mxpool: publisher answered %s", resp.Status)
+	}
+	if int64(len(body)) > f.opts.MaxSnapshotBytes {
+		return 0, fmt.Errorf("%w: response larger than %d bytes", ErrPolicyMalformed, f.opts.MaxSnapshotBytes)
+	}
+	return resp.StatusCode, f.folApply(cur, body)
+}
+
+// folApply verifies and applies a snapshot or delta received while cur was
+// in use.
+func (f *Follower) folApply(cur *Snapshot, body []byte) error {
+	w, err := polDecodeWire(body)
+	if err != nil {
+		return err
+	}
+	var next *Snapshot
+	delta := false
+	switch w.Kind {
+	case polKindSnapshot:
+		next, err = polSnapshotFromWire(w, f.secret, f.opts.PublicKey)
+		if err != nil {
+			return err
+		}
+		if cur != nil {
+			switch {
+			case next.Version < cur.Version:
+				return fmt.Errorf("%w: received version %d, running %d", ErrPolicyVersion, next.Version, cur.Version)
+			case next.Version == cur.Version && next.Digest != cur.Digest:
+				return fmt.Errorf("%w: version %d received with digest %s, running it with %s", ErrPolicyConflict, next.Version, next.Digest, cur.Digest)
+			case next.Version == cur.Version:
+				f.folHeard()
+				return nil
+			}
+		}
+	case polKindDelta:
+		d, err := polDeltaFromWire(w)
+		if err != nil {
+			return err
+		}
+		if next, err = polApplyDelta(cur, d, f.secret, f.opts.PublicKey); err != nil {
+			return err
+		}
+		body, delta = nil, true
+	default:
+		return fmt.Errorf("%w: kind %q", ErrPolicyMalformed, w.Kind)
+	}
+	// Use it at once, then store it: the store's fsync is not on the
+	// propagation path, and a crash in between only restarts the node on
+	// the previous version, which it then brings up to date.
+	now := f.opts.Now()
+	f.cur.Store(next)
+	f.folHeard()
+	f.mu.Lock()
+	f.appliedAt = now
+	f.applied++
+	if delta {
+		f.deltas++
+	}
+	f.lastErr = nil
+	f.mu.Unlock()
+	if f.opts.OnApply != nil {
+		f.opts.OnApply(next.Version)
+	}
+	var from uint64
+	if cur != nil {
+		from = cur.Version
+	}
+	f.log.Info("mxpool: policy applied", "version", next.Version, "from", from, "delta", delta, "digest", next.Digest.String())
+	if body == nil {
+		body, err = next.Encode()
+	}
+	if err == nil {
+		err = durable.WriteFile(durable.OS, filepath.Join(f.dir, polSnapshotFile), body, 0o600)
+	}
+	if err != nil {
+		f.log.Error("mxpool: policy in use but not stored", "version", next.Version, "err", err)
+		f.folFailed(fmt.Errorf("store policy version %d: %w", next.Version, err))
+	}
+	return nil
+}
+
+func (f *Follower) folHeard() {
+	f.lastHeard.Store(f.opts.Now().UnixNano())
+	f.mu.Lock()
+	f.lastErr = nil
+	f.mu.Unlock()
+}
+
+// Close stops Run, if it is running, waits for it to return, and releases
+// the folder. Check keeps answering from the last policy. Close is
+// idempotent.
+func (f *Follower) Close() error {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return nil
+	}
+	f.closed = true
+	running, done := f.running, f.runDone
+	if running {
+		f.cancel()
+	}
+	f.mu.Unlock()
+	if running {
+		<-done
+	}
+	if f.owned != nil {
+		f.owned.CloseIdleConnections()
+	}
+	return f.unlock()
+}
