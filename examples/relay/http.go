@@ -8,10 +8,14 @@ import (
 	"github.com/resilmail/resilmail/queue"
 )
 
-// httpHandler serves the relay's operator endpoints: /metrics (the queue's
-// counters and gauges for Prometheus) and /debug/pprof/ (Go's profiler).
-func httpHandler(q *queue.Queue) http.Handler {
+// httpHandler serves the relay's endpoints: /metrics (the queue's counters
+// and gauges for Prometheus), /debug/pprof/ (Go's profiler) and, on the
+// node that publishes the pool's policy, /policy.
+func httpHandler(q *queue.Queue, policy http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	if policy != nil {
+		mux.Handle("/policy", policy)
+	}
 	mux.Handle("GET /metrics", metrics.Handler(func(m *metrics.Writer) { writeQueueMetrics(m, q.Stats()) }))
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)

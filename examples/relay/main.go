@@ -6,6 +6,16 @@
 //	go run ./examples/relay -listen 127.0.0.1:2525 -next 127.0.0.1:25
 //
 // Without -queue the queue lives in a new temporary folder, removed on exit.
+//
+// Several relays form an MX pool that accepts and rejects exactly the same
+// recipients: one publishes the pool's policy from a JSON file, the others
+// follow it (adding an MX is starting one more follower):
+//
+//	relay -listen :25 -http :8025 -policy pool.json -secret "$SECRET"
+//	relay -listen :25 -follow http://mx1:8025/policy -secret "$SECRET"
+//
+// pool.json holds the domains and their recipients (local parts), e.g.
+// {"domains": {"example.org": {"recipients": ["alice", "bob"]}}}.
 package main
 
 import (
@@ -39,6 +49,9 @@ type config struct {
 	maxSize     int64
 	retryMin    time.Duration
 	httpAddr    string
+	policyFile  string
+	follow      string
+	secret      string
 	verbose     bool
 }
 
@@ -53,6 +66,9 @@ func main() {
 	flag.Int64Var(&c.maxSize, "max-size", 32<<20, "largest message accepted, in bytes")
 	flag.DurationVar(&c.retryMin, "retry", 0, "first retry delay after a temporary failure (default 5m, doubling to 67m)")
 	flag.StringVar(&c.httpAddr, "http", "", "serve /metrics and /debug/pprof/ on this address (default: off)")
+	flag.StringVar(&c.policyFile, "policy", "", "publish the MX pool's policy from this JSON file (reloaded when it changes) at /policy on -http")
+	flag.StringVar(&c.follow, "follow", "", "follow the pool's policy published at this URL (e.g. http://mx1:8025/policy)")
+	flag.StringVar(&c.secret, "secret", "", "the pool's shared secret (default: $RESILMAIL_POOL_SECRET)")
 	flag.BoolVar(&c.verbose, "v", false, "log every message")
 	flag.Parse()
 
@@ -101,7 +117,18 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	}
 	defer q.Close()
 
-	srv := smtp.NewServer(&smtpin.Backend{Queue: q, Logger: log})
+	pl, err := openPool(c, log)
+	if err != nil {
+		return err
+	}
+	if pl.close != nil {
+		defer pl.close()
+	}
+	be := &smtpin.Backend{Queue: q, Logger: log}
+	if pl.check != nil {
+		be.Accept = accept(pl.check)
+	}
+	srv := smtp.NewServer(be)
 	srv.Addr = c.listen
 	srv.Domain = c.hostname
 	if srv.Domain == "" {
@@ -125,6 +152,9 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return q.Run(gctx) })
+	if pl.run != nil {
+		g.Go(func() error { return pl.run(gctx) })
+	}
 	g.Go(func() error {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) && gctx.Err() == nil {
 			return err
@@ -139,7 +169,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 			return err
 		}
 		log.Warn("relay: metrics and profiles", "url", "http://"+hln.Addr().String()+"/metrics")
-		hsrv = &http.Server{Handler: httpHandler(q), ReadHeaderTimeout: 10 * time.Second}
+		hsrv = &http.Server{Handler: httpHandler(q, pl.handler), ReadHeaderTimeout: 10 * time.Second}
 		g.Go(func() error {
 			if err := hsrv.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return err

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -195,4 +197,64 @@ func TestRelayQueuesWhileNextHopIsDown(t *testing.T) {
 	require.NoError(t, err, "accepted while the next hop is down: %s", out)
 	sink := startSinkAt(t, next)
 	waitCount(t, sink, 20)
+}
+
+// swaksTo sends one message to rcpt through the relay at addr and returns
+// swaks's transcript and whether the relay accepted it.
+func swaksTo(t *testing.T, addr, rcpt string) (string, bool) {
+	host, port, _ := net.SplitHostPort(addr)
+	out, err := exec.Command("swaks", "--server", host, "--port", port,
+		"--from", "sender@example.net", "--to", rcpt, "--body", "pool test").CombinedOutput()
+	return string(out), err == nil
+}
+
+func TestRelaysShareThePoolPolicy(t *testing.T) {
+	// Story 8: adding an MX is starting a follower with the publisher's
+	// address and secret; it then rejects exactly what the primary does,
+	// and a change on the primary reaches it at once.
+	const secret = "correct horse battery staple"
+	sink := startSink(t)
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	write := func(recipients string) {
+		require.NoError(t, os.WriteFile(policy, []byte(`{"domains": {"example.org": {"recipients": [`+recipients+`]}}}`), 0o644))
+	}
+	write(`"alice"`)
+	web := freePort(t)
+	primary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web, policyFile: policy, secret: secret})
+	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", secret: secret})
+
+	for _, mx := range []string{primary, secondary} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			out, ok := swaksTo(t, mx, "alice@example.org")
+			if ok {
+				break
+			}
+			require.True(t, time.Now().Before(deadline), "%s never accepted a valid recipient: %s", mx, out)
+			time.Sleep(50 * time.Millisecond)
+		}
+		out, ok := swaksTo(t, mx, "bob@example.org")
+		assert.False(t, ok, "unknown recipient accepted by %s", mx)
+		assert.Regexp(t, `<\*\* 550 5\.1\.1 `, out, "unknown recipient refused with 550 5.1.1 by %s", mx)
+		out, ok = swaksTo(t, mx, "someone@elsewhere.example")
+		assert.False(t, ok, "other domains are not relayed by %s", mx)
+		assert.Regexp(t, `<\*\* 550 `, out)
+	}
+
+	// bob is added on the primary: the secondary follows within seconds.
+	write(`"alice", "bob"`)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, ok := swaksTo(t, secondary, "bob@example.org"); ok {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the secondary never learnt the new recipient")
+		time.Sleep(50 * time.Millisecond)
+	}
+	// A broken policy file keeps the last good policy in force.
+	require.NoError(t, os.WriteFile(policy, []byte(`{"domains": `), 0o644))
+	time.Sleep(600 * time.Millisecond)
+	_, ok := swaksTo(t, primary, "bob@example.org")
+	assert.True(t, ok, "a bad policy file does not take the pool down")
+	waitCount(t, sink, 4)
 }

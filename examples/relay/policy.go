@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/resilmail/resilmail/mxpool"
+)
+
+// pool is this relay's part in the MX pool's shared policy: the publisher
+// (-policy FILE) or a follower (-follow URL), or nothing (every recipient
+// accepted).
+type pool struct {
+	check   mxpool.Checker // nil: accept everything
+	handler http.Handler   // the publisher's, served at /policy
+	run     func(ctx context.Context) error
+	close   func() error
+}
+
+// openPool opens the publisher or follower that c asks for, keeping its
+// state under the queue folder.
+func openPool(c config, log *slog.Logger) (*pool, error) {
+	if c.policyFile == "" && c.follow == "" {
+		return &pool{}, nil
+	}
+	if c.policyFile != "" && c.follow != "" {
+		return nil, errors.New("-policy and -follow exclude each other: one node publishes, the others follow")
+	}
+	secret := []byte(c.secret)
+	if len(secret) == 0 {
+		secret = []byte(os.Getenv("RESILMAIL_POOL_SECRET"))
+	}
+	if len(secret) == 0 {
+		return nil, errors.New("the pool's policy needs -secret (or RESILMAIL_POOL_SECRET)")
+	}
+	if c.follow != "" {
+		f, err := mxpool.OpenFollower(c.follow, secret, filepath.Join(c.dir, "policy-follower"), &mxpool.FollowerOptions{Logger: log, Name: c.hostname})
+		if err != nil {
+			return nil, err
+		}
+		return &pool{check: f, run: f.Run, close: f.Close}, nil
+	}
+	if c.httpAddr == "" {
+		return nil, errors.New("-policy publishes the policy on the -http address: set -http")
+	}
+	p, err := mxpool.OpenPublisher(filepath.Join(c.dir, "policy-publisher"), secret, &mxpool.PublisherOptions{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	w := &policyWatcher{file: c.policyFile, pub: p, log: log}
+	if err := w.load(context.Background()); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return &pool{check: p, handler: p, run: w.run, close: p.Close}, nil
+}
+
+// policyWatcher publishes the policy file whenever it changes. A file that
+// does not parse is logged and the last good policy stays in force.
+type policyWatcher struct {
+	file string
+	pub  *mxpool.Publisher
+	log  *slog.Logger
+	last []byte
+}
+
+func (w *policyWatcher) load(ctx context.Context) error {
+	data, err := os.ReadFile(w.file)
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(data, w.last) {
+		return nil
+	}
+	var pol mxpool.Policy
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&pol); err != nil {
+		return fmt.Errorf("policy file %s: %w", w.file, err)
+	}
+	v, err := w.pub.Publish(ctx, &pol)
+	if err != nil {
+		return fmt.Errorf("policy file %s: %w", w.file, err)
+	}
+	w.last = data
+	w.log.Warn("relay: pool policy published", "file", w.file, "version", v, "domains", len(pol.Domains))
+	return nil
+}
+
+func (w *policyWatcher) run(ctx context.Context) error {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	var lastErr string
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := w.load(ctx); err != nil && ctx.Err() == nil {
+			if err.Error() != lastErr {
+				w.log.Error("relay: policy file not published; the last good policy stays in force", "err", err)
+			}
+			lastErr = err.Error()
+			continue
+		}
+		lastErr = ""
+	}
+}
+
+// accept turns the pool's verdict into the RCPT reply.
+func accept(check mxpool.Checker) func(ctx context.Context, rcpt string) error {
+	return func(ctx context.Context, rcpt string) error {
+		v := check.Check(rcpt)
+		if v.Action == mxpool.ActionAccept {
+			return nil
+		}
+		return &smtp.SMTPError{Code: v.Code, EnhancedCode: enhanced(v.EnhancedCode), Message: v.Reason}
+	}
+}
+
+func enhanced(s string) smtp.EnhancedCode {
+	var e smtp.EnhancedCode
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 {
+		return smtp.NoEnhancedCode
+	}
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return smtp.NoEnhancedCode
+		}
+		e[i] = n
+	}
+	return e
+}
