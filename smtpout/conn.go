@@ -2,6 +2,7 @@ package smtpout
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -29,16 +30,27 @@ type conn struct {
 
 	raw  net.Conn      // the TCP connection; closing it interrupts any I/O
 	wire *wire         // raw, watched
-	top  net.Conn      // what the client speaks over: wire, or TLS over it
-	br   *bufio.Reader // reads top before STARTTLS; the client reads through it
-	c    *smtp.Client
+	top  net.Conn      // what the session speaks over: wire, or TLS over it
+	br   *bufio.Reader // reads top; every read goes through it, the client's too
+	tr   *textproto.Reader
+	c    *smtp.Client // says EHLO, AUTH and QUIT; reads through br
 	tls  bool
+	ext  extensions // what the last EHLO (LHLO) offered
 
-	msgs    int  // transactions started on this connection
-	rehello bool // RSET was sent: go-smtp says EHLO again before MAIL
+	msgs int // transactions started on this connection
 
 	unguard func() bool // see guard
 	timer   *time.Timer // idle expiry, guarded by Deliverer.mu
+}
+
+// extensions is what the server offered, as far as the transaction cares.
+type extensions struct {
+	pipelining bool // PIPELINING (RFC 2920)
+	eightBit   bool // 8BITMIME
+	smtpUTF8   bool // SMTPUTF8
+	dsn        bool // DSN
+	size       bool // SIZE, with or without a limit
+	sizeLimit  int  // SIZE's limit; 0 if none
 }
 
 // A wire is the raw connection, watching the final flush of a message:
@@ -213,8 +225,8 @@ func (d *Deliverer) open(ctx context.Context, t *Target, host string, tryTLS boo
 // not as a verdict on the message, like Postfix's smtp_skip_5xx_greeting.
 func (d *Deliverer) greeting(ctx context.Context, cn *conn) error {
 	cn.top.SetReadDeadline(time.Now().Add(capTimeout(ctx, d.opts.CommandTimeout)))
-	cn.br = bufio.NewReader(cn.top)
-	code, msg, err := textproto.NewReader(cn.br).ReadResponse(220)
+	cn.setReader(cn.top)
+	code, msg, err := cn.tr.ReadResponse(220)
 	cn.top.SetReadDeadline(time.Time{})
 	if err != nil {
 		var te *textproto.Error
@@ -229,11 +241,54 @@ func (d *Deliverer) greeting(ctx context.Context, cn *conn) error {
 	return nil
 }
 
+// setReader makes r, through a new buffer, what every reply is read from:
+// smtpout's own reads and, behind it, go-smtp's client's. One buffer for
+// both means that no reply can be left in a buffer the other does not see.
+func (cn *conn) setReader(r io.Reader) {
+	cn.br = bufio.NewReader(&lineLimitReader{r: r})
+	cn.tr = textproto.NewReader(cn.br)
+}
+
+// maxLine bounds the length of a reply line, twice RFC 5321's 512
+// (§4.5.3.1.5) as go-smtp's client does, so that a server cannot make a
+// reply grow without end.
+const maxLine = 2000
+
+var errLineTooLong = errors.New("smtpout: reply line too long")
+
+// lineLimitReader fails once a line, from one newline to the next, has
+// grown past maxLine bytes across reads. (A line within one read is bounded
+// by the read buffer.)
+type lineLimitReader struct {
+	r   io.Reader
+	cur int // bytes since the last newline
+}
+
+func (l *lineLimitReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if i := bytes.LastIndexByte(p[:n], '\n'); i >= 0 {
+		l.cur = n - i - 1
+	} else {
+		l.cur += n
+	}
+	if l.cur > maxLine && err == nil {
+		err = errLineTooLong
+	}
+	return n, err
+}
+
 // hello says EHLO (or LHLO).
 func (d *Deliverer) hello(ctx context.Context, cn *conn) error {
 	d.arm(ctx, cn)
 	err := cn.c.Hello(d.opts.LocalName)
 	if err == nil {
+		cn.ext = extensions{}
+		cn.ext.pipelining, _ = cn.c.Extension("PIPELINING")
+		cn.ext.eightBit, _ = cn.c.Extension("8BITMIME")
+		cn.ext.smtpUTF8, _ = cn.c.Extension("SMTPUTF8")
+		cn.ext.dsn, _ = cn.c.Extension("DSN")
+		cn.ext.size, _ = cn.c.Extension("SIZE")
+		cn.ext.sizeLimit, _ = cn.c.MaxMessageSize()
 		return nil
 	}
 	cmd := "EHLO"
@@ -268,7 +323,7 @@ func (d *Deliverer) startTLS(ctx context.Context, cn *conn) error {
 	if err == nil {
 		var code int
 		var msg string
-		code, msg, err = textproto.NewReader(cn.br).ReadResponse(220)
+		code, msg, err = cn.tr.ReadResponse(220)
 		var te *textproto.Error
 		if errors.As(err, &te) {
 			// Refused. The session is as it was before STARTTLS (RFC 3207
@@ -298,16 +353,20 @@ func (d *Deliverer) startTLS(ctx context.Context, cn *conn) error {
 	}
 	tc.SetDeadline(time.Time{})
 	cn.top, cn.tls = tc, true
-	cn.br = nil
-	cn.c = d.newClient(newGreeted(tc, tc))
+	cn.setReader(tc)
+	cn.c = d.newClient(newGreeted(tc, cn.br))
 	return d.hello(ctx, cn)
 }
 
 // parseReply makes an SMTPError of a reply read outside go-smtp, with its
-// enhanced status code (RFC 2034) if the text starts with one.
+// enhanced status code (RFC 2034) if the text starts with one, removed from
+// every line as go-smtp's client does.
 func parseReply(code int, msg string) *smtp.SMTPError {
 	se := &smtp.SMTPError{Code: code, Message: msg}
-	enh, rest, _ := strings.Cut(msg, " ")
+	enh, rest, ok := strings.Cut(msg, " ")
+	if !ok {
+		return se
+	}
 	parts := strings.Split(enh, ".")
 	if len(parts) != 3 {
 		return se
@@ -320,7 +379,7 @@ func parseReply(code int, msg string) *smtp.SMTPError {
 		}
 		ec[i] = n
 	}
-	se.EnhancedCode, se.Message = ec, rest
+	se.EnhancedCode, se.Message = ec, strings.ReplaceAll(rest, "\n"+enh+" ", "\n")
 	return se
 }
 

@@ -1,6 +1,7 @@
 // Package smtpout is resilmail's outbound SMTP and LMTP [resilmail.Deliverer]:
-// it hands a message to one next hop, over go-smtp's client, and says per
-// recipient what became of it.
+// it hands a message to one next hop and says per recipient what became of
+// it. go-smtp's client says EHLO, AUTH and QUIT; the mail transaction itself
+// is written and read here, pipelined when the server allows.
 //
 // A [Deliverer] sends to the fixed address of [Options].Addr with
 // [Deliverer.Deliver] (a smart host, the LMTP server of the mail store), or
@@ -29,6 +30,10 @@
 //   - Deliver returns promptly when its context is done: the connection is
 //     closed under any I/O in flight (go-smtp's client takes no context), and
 //     each reply timeout is capped by the context's deadline.
+//   - The message leaves as given but for dot-stuffing (RFC 5321 §4.5.2):
+//     a line starting with "." gets another, and a message that does not
+//     end with CRLF gets one before the final ".". As net/textproto's
+//     DotWriter, which go-smtp used, did, a bare LF is sent as CRLF.
 //   - The body is never logged, nor are credentials. Log lines carry msg_id
 //     (the envelope's ID), rcpt, host and err.
 //
@@ -53,7 +58,9 @@
 //	RCPT TO 552                 that recipient (RFC 5321       no         RCPT TO
 //	                            §4.5.3.1.10: "too many
 //	                            recipients")
-//	all RCPT refused            as above; no DATA is sent
+//	all RCPT refused            as above; no message is sent
+//	                            (pipelined, DATA is, and its
+//	                            refusal is expected)
 //	DATA 4xx / 5xx              all accepted                   no / yes   DATA
 //	body write fails, body      all accepted                   no         DATA
 //	  read fails (no "." sent)
@@ -65,6 +72,11 @@
 //	                            delivered
 //	421 at any step             all not yet refused; the       no         that step
 //	                            session is dropped
+//	I/O error, timeout or       all not yet refused            no         the first
+//	  cancellation before the                                             command of
+//	  final "."                                                           the group
+//	                                                                      without a
+//	                                                                      reply
 //
 // "All" and "all accepted" are one DeliveryError without a recipient: it
 // applies to every recipient that no other error names. The other rows
@@ -87,14 +99,46 @@
 //
 // Credentials (Options.Auth) are sent only over TLS or to a loopback host.
 //
+// # Pipelining
+//
+// When the server offers PIPELINING (RFC 2920), and always over LMTP (RFC
+// 2033 §4.2 requires it), MAIL FROM, every RCPT TO and DATA leave in one
+// write, and their replies are read in order: a transaction costs two
+// round trips (the group, then the message) instead of three plus one per
+// recipient. More than 100 recipients go in groups of 100, their replies
+// read between groups, so that neither side can fill the other's buffers
+// and block (RFC 2920 §3.2); DATA is always the last command of a group.
+//
+// A refused MAIL FROM is the general failure, as without pipelining; the
+// refusals of the RCPTs and DATA sent with it are read and dropped, and
+// the session goes on. When every RCPT is refused, the server refuses DATA
+// too (RFC 2920 §3.1): no message is sent, and RSET makes the session
+// clean for the next transaction. A server that accepts DATA all the same
+// gets no "." (that would deliver an empty message) but a dropped
+// connection. A 421 or a lost connection anywhere in the group drops the
+// session; since the replies of a group are read in order, an I/O failure
+// or a timeout is reported at the first command whose reply did not come,
+// which may be MAIL FROM while the server is busy with a RCPT.
+//
+// The message is then written, dot-stuffed, through a 64 KiB buffer that
+// leaves only when full and, with the final ".", at the end: a message
+// that fits leaves in one write. The final write is watched: if it fails,
+// the message cannot have arrived whole and the failure is temporary; once
+// it has left, a lost reply is maybe-delivered.
+//
+// Without PIPELINING every command waits for its reply, as before, and
+// the message leaves the same way.
+//
 // # Connection reuse
 //
 // After a transaction a session goes back to a per-address pool of at most
-// MaxIdle idle sessions, directly after a success, after RSET otherwise. A
+// MaxIdle idle sessions, directly after a success or a refused MAIL FROM,
+// after RSET otherwise (RSET needs no new EHLO). A
 // session is QUIT once it has been idle for IdleTimeout, once it has carried
 // MaxPerConn transactions, after a 421, and by Close. A pooled session that
-// turns out dead (an I/O error or 421 before anything of the message was
-// sent) is dropped and the delivery retried once on a new connection.
+// turns out dead (an I/O error other than a timeout, or a 421, before the
+// reply to MAIL FROM) is dropped and the delivery retried once on a new
+// connection.
 //
 // # Goroutines
 //
@@ -110,12 +154,16 @@
 // (RFC 1870), BODY=8BITMIME when the server offers 8BITMIME (RFC 6152),
 // SMTPUTF8 when the envelope says so or an address is not ASCII (RFC 6531),
 // and RET and ENVID when the server offers DSN (RFC 3461); RCPT TO carries
-// NOTIFY and ORCPT then. ORCPT is taken in decoded form, "rfc822;addr" or
+// NOTIFY and ORCPT then. They are written byte for byte as go-smtp's client
+// (v0.25) writes them, ENVID and rfc822 ORCPT as xtext, utf-8 ORCPT as
+// utf-8-addr-unitext to a server that offers SMTPUTF8 and as
+// utf-8-addr-xtext otherwise (RFC 6533 §3). ORCPT is taken in decoded form, "rfc822;addr" or
 // "utf-8;addr" (RFC 6533); an rfc822 address that is not ASCII travels as
 // utf-8. A parameter the server could not parse (ENVID that is not
-// printable ASCII, ORCPT of another type) is left out, not failed on.
+// printable ASCII, RET of another value, ORCPT of another type) is left
+// out, not failed on.
 //
-// RFCs: 5321 (SMTP), 2033 (LMTP), 3207 (STARTTLS), 8314 (implicit TLS),
+// RFCs: 5321 (SMTP), 2033 (LMTP), 2920 (PIPELINING), 3207 (STARTTLS), 8314 (implicit TLS),
 // 4954 (AUTH), 1870 (SIZE), 6152 (8BITMIME), 6531 (SMTPUTF8), 3461 and
 // 6533 (DSN), 3463 and 2034 (enhanced status codes), 7435 (opportunistic
 // security).

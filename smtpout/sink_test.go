@@ -17,9 +17,12 @@ import (
 	"github.com/resilmail/resilmail/smtpout"
 )
 
-// TestSMTPSink delivers to Postfix's smtp-sink, a real SMTP server that
-// accepts and discards mail. CI installs it; a missing binary fails.
-func TestSMTPSink(t *testing.T) {
+// startSink runs Postfix's smtp-sink, a real SMTP server that accepts and
+// discards mail (it offers PIPELINING unless told -p), with extra flags,
+// and returns its address and its counters: -c writes "sess=.. quit=..
+// mesg=N", separated by \r. CI installs it; a missing binary fails.
+func startSink(t testing.TB, flags ...string) (string, <-chan string) {
+	t.Helper()
 	const bin = "/usr/sbin/smtp-sink"
 	_, err := exec.LookPath(bin)
 	require.NoError(t, err, "smtp-sink comes with Debian's postfix package")
@@ -29,7 +32,8 @@ func TestSMTPSink(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 
-	cmd := exec.Command(bin, "-u", "nobody", "-c", addr, "100")
+	args := append(append([]string{"-u", "nobody", "-c"}, flags...), addr, "100")
+	cmd := exec.Command(bin, args...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	var stderr bytes.Buffer
@@ -42,8 +46,7 @@ func TestSMTPSink(t *testing.T) {
 			t.Logf("smtp-sink stderr: %s", stderr.String())
 		}
 	})
-	// -c writes counters, "sess=.. quit=.. mesg=N", separated by \r.
-	counters := make(chan string, 100)
+	counters := make(chan string, 1000)
 	go func() {
 		defer close(counters)
 		sc := bufio.NewScanner(stdout)
@@ -57,7 +60,10 @@ func TestSMTPSink(t *testing.T) {
 			return 0, nil, nil
 		})
 		for sc.Scan() {
-			counters <- sc.Text()
+			select {
+			case counters <- sc.Text():
+			default: // nobody is reading: a benchmark
+			}
 		}
 	}()
 
@@ -72,7 +78,30 @@ func TestSMTPSink(t *testing.T) {
 		require.True(t, time.Now().Before(deadline), "smtp-sink does not listen: %v", err)
 		<-time.After(10 * time.Millisecond)
 	}
+	return addr, counters
+}
 
+// waitCount waits until smtp-sink has counted n messages.
+func waitCount(t *testing.T, counters <-chan string, n int) {
+	t.Helper()
+	want := fmt.Sprintf("mesg=%d", n)
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case c, ok := <-counters:
+			require.True(t, ok, "smtp-sink exited")
+			if strings.HasSuffix(c, want) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("smtp-sink did not count %d messages", n)
+		}
+	}
+}
+
+// TestSMTPSink delivers to smtp-sink with DSN parameters.
+func TestSMTPSink(t *testing.T) {
+	addr, counters := startSink(t)
 	d := newDeliverer(t, smtpout.Options{Addr: addr, LocalName: "client.example.net"})
 	const n = 5
 	for i := range n {
@@ -84,19 +113,39 @@ func TestSMTPSink(t *testing.T) {
 		env.Size = int64(len(testBody))
 		require.NoError(t, d.Deliver(context.Background(), env, strings.NewReader(testBody)))
 	}
+	waitCount(t, counters, n)
+	require.NoError(t, d.Close())
+}
 
-	want := fmt.Sprintf("mesg=%d", n)
-	timeout := time.After(10 * time.Second)
-	for {
-		select {
-		case c, ok := <-counters:
-			require.True(t, ok, "smtp-sink exited")
-			if strings.HasSuffix(c, want) {
-				require.NoError(t, d.Close())
-				return
+// TestSMTPSinkPool delivers 200 messages of two recipients to smtp-sink
+// from 8 goroutines over a pool of 4 sessions, pipelined and (with -p) one
+// command at a time, and checks that smtp-sink counted every one.
+func TestSMTPSinkPool(t *testing.T) {
+	for _, flags := range [][]string{nil, {"-p"}} { // -p: no PIPELINING
+		t.Run(fmt.Sprint("flags", flags), func(t *testing.T) {
+			addr, counters := startSink(t, flags...)
+			d := newDeliverer(t, smtpout.Options{Addr: addr, LocalName: "client.example.net", MaxIdle: 4, MaxPerConn: 60})
+			const workers, n = 8, 200
+			jobs := make(chan int)
+			errs := make(chan error, n)
+			for range workers {
+				go func() {
+					for i := range jobs {
+						env := envelope("a@example.com", fmt.Sprintf("r%d@example.org", i))
+						env.Size = int64(len(testBody))
+						errs <- d.Deliver(context.Background(), env, strings.NewReader(testBody))
+					}
+				}()
 			}
-		case <-timeout:
-			t.Fatalf("smtp-sink did not count %d messages", n)
-		}
+			for i := range n {
+				jobs <- i
+			}
+			close(jobs)
+			for range n {
+				require.NoError(t, <-errs)
+			}
+			waitCount(t, counters, n)
+			require.NoError(t, d.Close())
+		})
 	}
 }

@@ -21,8 +21,10 @@ type Deliverer struct {
 	opts Options // with defaults
 	log  *slog.Logger
 
+	noPipelining bool // for tests: one command at a time over SMTP
+
 	timers sync.WaitGroup // idle timers that may still run
-	bufs   sync.Pool      // *[]byte, for copying bodies
+	bufs   sync.Pool      // *xferBufs
 
 	mu     sync.Mutex
 	closed bool
@@ -161,14 +163,12 @@ func (d *Deliverer) release(ctx context.Context, cn *conn, keep, clean bool) {
 		return
 	}
 	if !clean {
-		d.arm(ctx, cn)
-		if err := cn.c.Reset(); err != nil {
+		if err := d.rset(ctx, cn); err != nil {
 			d.log.Debug("smtpout: RSET failed", "host", cn.host, "err", err)
 			cn.unguard()
 			cn.close()
 			return
 		}
-		cn.rehello = true
 	}
 	if !cn.unguard() {
 		cn.close()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/textproto"
 	"strings"
 	"time"
 
@@ -14,13 +16,22 @@ import (
 )
 
 // A txn is a mail transaction ready to be sent: the envelope checked and
-// translated into go-smtp's parameters.
+// its parameters translated; how they are written depends on what the
+// server offers (see mailLine and rcptLine).
 type txn struct {
-	env      *resilmail.Envelope
-	utf8     bool // the message needs SMTPUTF8
-	mail     smtp.MailOptions
-	rcpts    []string // the recipients worth a RCPT, in order
-	rcptOpts []*smtp.RcptOptions
+	env   *resilmail.Envelope
+	utf8  bool // the message needs SMTPUTF8
+	ret   string
+	envID string // printable ASCII, or empty
+	rcpts []rcptParams
+}
+
+// rcptParams is a recipient worth a RCPT, with its DSN parameters.
+type rcptParams struct {
+	addr      string
+	notify    string // "SUCCESS,FAILURE", "NEVER", or empty
+	orcptType smtp.DSNAddressType
+	orcpt     string // decoded; empty for none
 }
 
 // prepare checks what can be checked before connecting. It returns the
@@ -37,12 +48,14 @@ func (d *Deliverer) prepare(host string, env *resilmail.Envelope) (*txn, []error
 		}
 	}
 	tx := &txn{env: env, utf8: env.SMTPUTF8 || !isASCII(env.From)}
-	tx.mail = smtp.MailOptions{
-		Size:   max(env.Size, 0),
-		Return: smtp.DSNReturn(env.Return),
+	switch env.Return {
+	case "", resilmail.ReturnFull, resilmail.ReturnHeaders:
+		tx.ret = string(env.Return)
+	default:
+		d.log.Debug("smtpout: unknown RET value, not sent", "msg_id", env.ID)
 	}
 	if isPrintableASCII(env.EnvID) {
-		tx.mail.EnvelopeID = env.EnvID
+		tx.envID = env.EnvID
 	} else {
 		d.log.Debug("smtpout: ENVID is not printable ASCII, not sent", "msg_id", env.ID)
 	}
@@ -55,23 +68,21 @@ func (d *Deliverer) prepare(host string, env *resilmail.Envelope) (*txn, []error
 		if !isASCII(r.Addr) {
 			tx.utf8 = true
 		}
-		tx.rcpts = append(tx.rcpts, r.Addr)
-		tx.rcptOpts = append(tx.rcptOpts, d.rcptOptions(env, r))
+		tx.rcpts = append(tx.rcpts, d.rcptParams(env, r))
 	}
 	if len(tx.rcpts) == 0 {
 		return nil, errs
 	}
-	tx.mail.UTF8 = tx.utf8
 	return tx, errs
 }
 
-// rcptOptions translates a recipient's DSN parameters (RFC 3461 §4.1,
-// §4.2). go-smtp sends them only to servers that offer DSN.
-func (d *Deliverer) rcptOptions(env *resilmail.Envelope, r resilmail.Recipient) *smtp.RcptOptions {
-	var o smtp.RcptOptions
+// rcptParams translates a recipient's DSN parameters (RFC 3461 §4.1,
+// §4.2). They are sent only to servers that offer DSN.
+func (d *Deliverer) rcptParams(env *resilmail.Envelope, r resilmail.Recipient) rcptParams {
+	p := rcptParams{addr: r.Addr}
 	switch {
 	case r.Notify&resilmail.NotifyNever != 0:
-		o.Notify = []smtp.DSNNotify{smtp.DSNNotifyNever}
+		p.notify = string(smtp.DSNNotifyNever)
 	default:
 		for _, k := range []struct {
 			bit resilmail.Notify
@@ -82,7 +93,10 @@ func (d *Deliverer) rcptOptions(env *resilmail.Envelope, r resilmail.Recipient) 
 			{resilmail.NotifyDelay, smtp.DSNNotifyDelayed},
 		} {
 			if r.Notify&k.bit != 0 {
-				o.Notify = append(o.Notify, k.kw)
+				if p.notify != "" {
+					p.notify += ","
+				}
+				p.notify += string(k.kw)
 			}
 		}
 	}
@@ -92,15 +106,15 @@ func (d *Deliverer) rcptOptions(env *resilmail.Envelope, r resilmail.Recipient) 
 		case !ok || addr == "":
 			d.log.Debug("smtpout: malformed ORCPT, not sent", "msg_id", env.ID, "rcpt", r.Addr)
 		case strings.EqualFold(typ, "rfc822") && isPrintableASCII(addr):
-			o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeRFC822, addr
+			p.orcptType, p.orcpt = smtp.DSNAddressTypeRFC822, addr
 		case strings.EqualFold(typ, "rfc822"), strings.EqualFold(typ, "utf-8"):
 			// RFC 6533 §3: a non-ASCII address travels as utf-8-addr.
-			o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeUTF8, addr
+			p.orcptType, p.orcpt = smtp.DSNAddressTypeUTF8, addr
 		default:
 			d.log.Debug("smtpout: ORCPT address type not supported, not sent", "msg_id", env.ID, "rcpt", r.Addr)
 		}
 	}
-	return &o
+	return p
 }
 
 // A result is what one transaction on one session came to.
@@ -115,28 +129,34 @@ type result struct {
 	dead bool
 }
 
+// pipelineWindow bounds the commands written before their replies are
+// read, so that neither side can block writing while the other does (RFC
+// 2920 §3.2: the client must not deadlock on a full window). A recipient
+// list longer than that goes out in several groups; DATA ends the last.
+const pipelineWindow = 100
+
 // send runs one mail transaction on cn.
+//
+// With PIPELINING (always with LMTP, RFC 2033 §4.2) MAIL FROM, the RCPTs
+// and DATA leave in one write and their replies are read in order (RFC
+// 2920 §3.1); without it, one command at a time. The message then leaves,
+// dot-stuffed, through a buffer of bodyBufSize bytes with the final ".":
+// as a rule, in one write.
 func (d *Deliverer) send(ctx context.Context, cn *conn, tx *txn, body io.Reader, reused bool) result {
 	host := cn.host
 	general := func(err error, cmd string, keep, clean bool) result {
 		return result{errs: []error{failure(ctx, host, cmd, err)}, keep: keep && !sessionLost(err), clean: clean}
-	}
-	if cn.rehello {
-		if err := d.hello(ctx, cn); err != nil {
-			return result{errs: []error{err}, dead: reused && sessionLost(err)}
-		}
-		cn.rehello = false
 	}
 
 	// Refusals that retrying cannot fix: the server cannot carry this
 	// message, whatever it would answer.
 	env := tx.env
 	var refused *resilmail.DeliveryError
-	if ok, _ := cn.c.Extension("SMTPUTF8"); tx.utf8 && !ok {
+	if tx.utf8 && !cn.ext.smtpUTF8 {
 		refused = refusal(host, cmdMail, "5.6.7", "the message needs SMTPUTF8 and the server does not offer it")
-	} else if ok, _ := cn.c.Extension("8BITMIME"); env.Body == resilmail.Body8BitMIME && !ok {
+	} else if env.Body == resilmail.Body8BitMIME && !cn.ext.eightBit {
 		refused = refusal(host, cmdMail, "5.6.3", "the message has an 8-bit body and the server does not offer 8BITMIME")
-	} else if limit, ok := cn.c.MaxMessageSize(); ok && limit > 0 && env.Size > int64(limit) {
+	} else if limit := cn.ext.sizeLimit; limit > 0 && env.Size > int64(limit) {
 		refused = refusal(host, cmdMail, "5.3.4",
 			fmt.Sprintf("message size %d exceeds the server's limit of %d", env.Size, limit))
 	}
@@ -144,71 +164,125 @@ func (d *Deliverer) send(ctx context.Context, cn *conn, tx *txn, body io.Reader,
 		return result{errs: []error{refused}, keep: true, clean: true}
 	}
 
-	cn.msgs++
-	d.arm(ctx, cn)
-	if err := cn.c.Mail(env.From, &tx.mail); err != nil {
-		r := general(err, cmdMail, true, true)
-		r.dead = reused && sessionLost(err)
-		return r
-	}
+	bufs := d.getBufs()
+	defer d.bufs.Put(bufs)
+	o := &out{buf: bufs.w[:0], d: d, ctx: ctx, cn: cn}
 
+	cn.msgs++
+	window := 1
+	if (cn.ext.pipelining && !d.noPipelining) || d.opts.LMTP {
+		window = pipelineWindow
+	}
+	n := len(tx.rcpts)
+	// Commands are numbered 0 (MAIL FROM), 1..n (RCPT TO), n+1 (DATA);
+	// replies up to next-1 have been read.
+	next := 0
 	var errs []error
-	var accepted []string
-	for i, rcpt := range tx.rcpts {
-		d.arm(ctx, cn)
-		err := cn.c.Rcpt(rcpt, tx.rcptOpts[i])
-		if err == nil {
-			accepted = append(accepted, rcpt)
+	accepted := make([]string, 0, n)
+	for k := 0; k <= n+1; k++ {
+		switch {
+		case k == 0:
+			o.mailLine(tx)
+		case k <= n:
+			o.rcptLine(&tx.rcpts[k-1])
+		default:
+			if next == k && len(accepted) == 0 {
+				// One at a time, and every RCPT was refused: no DATA.
+				return result{errs: errs, keep: true}
+			}
+			o.writeString("DATA\r\n")
+		}
+		if k <= n && k+1-next < window {
 			continue
 		}
-		if sessionLost(err) {
-			// Every recipient not refused yet fails with the session.
-			return result{errs: append(errs, failure(ctx, host, cmdRcpt, err))}
+		if err := o.flush(); err != nil {
+			// Nothing of the group can be known to have arrived: the
+			// first command without a reply fails, with the session.
+			r := general(err, stepCommand(next, n), false, false)
+			r.errs = append(errs, r.errs...)
+			r.dead = reused && next == 0 && !isTimeout(err)
+			return r
 		}
-		de := forRecipient(failure(ctx, host, cmdRcpt, err), rcpt)
-		if de.Code == 552 {
-			// RFC 5321 §4.5.3.1.10: "too many recipients" was 552 in
-			// RFC 821; clients treat it as temporary.
-			de.Permanent = false
+		for ; next <= k; next++ {
+			switch {
+			case next == 0:
+				err := d.readReply(ctx, cn, 250, d.opts.CommandTimeout)
+				if err == nil {
+					continue
+				}
+				if sessionLost(err) {
+					// Pipelined, a reply not read is that of MAIL FROM,
+					// whichever command the server is busy with.
+					r := general(err, cmdMail, false, false)
+					r.dead = reused && !isTimeout(err)
+					return r
+				}
+				// The replies to what was sent with MAIL FROM are
+				// refusals too (RFC 2920 §3.1); read them, so that the
+				// session can go on.
+				keep := d.drain(ctx, cn, k-next, k == n+1)
+				return general(err, cmdMail, keep, true)
+			case next <= n:
+				rcpt := tx.rcpts[next-1].addr
+				err := d.readReply(ctx, cn, 25, d.opts.CommandTimeout)
+				if err == nil {
+					accepted = append(accepted, rcpt)
+					continue
+				}
+				if sessionLost(err) {
+					// Every recipient not refused yet fails with the
+					// session.
+					return result{errs: append(errs, failure(ctx, host, cmdRcpt, err))}
+				}
+				de := forRecipient(failure(ctx, host, cmdRcpt, err), rcpt)
+				if de.Code == 552 {
+					// RFC 5321 §4.5.3.1.10: "too many recipients" was
+					// 552 in RFC 821; clients treat it as temporary.
+					de.Permanent = false
+				}
+				errs = append(errs, de)
+			default:
+				err := d.readReply(ctx, cn, 354, d.opts.CommandTimeout)
+				if len(accepted) == 0 {
+					// Pipelined, and every RCPT was refused: the server
+					// refuses DATA (RFC 2920 §3.1). A server that wants
+					// the message anyway gets no "." but a dropped
+					// connection.
+					return result{errs: errs, keep: err != nil && !sessionLost(err)}
+				}
+				if err != nil {
+					r := general(err, cmdData, true, false)
+					r.errs = append(errs, r.errs...)
+					return r
+				}
+			}
 		}
-		errs = append(errs, de)
-	}
-	if len(accepted) == 0 {
-		return result{errs: errs, keep: true}
 	}
 
-	d.arm(ctx, cn)
-	w, err := cn.c.Data()
-	if err != nil {
-		r := general(err, cmdData, true, false)
-		r.errs = append(errs, r.errs...)
-		return r
-	}
-	br := &bodyReader{r: body}
-	buf, _ := d.bufs.Get().(*[]byte)
-	if buf == nil {
-		b := make([]byte, 32<<10)
-		buf = &b
-	}
-	_, err = io.CopyBuffer(&deadlineWriter{ctx: ctx, d: d, cn: cn, w: w}, br, *buf)
-	d.bufs.Put(buf)
-	if err != nil {
+	if err := copyBody(o, body, bufs.r[:]); err != nil {
 		// The final "." must not be sent: the server would take a
 		// truncated message. The session cannot go on.
+		var re *readError
 		de := failure(ctx, host, cmdData, err)
-		if br.err != nil {
+		if errors.As(err, &re) {
 			de = &resilmail.DeliveryError{Host: host, Command: cmdData,
-				Message: "reading the message: " + br.err.Error(), Err: br.err}
+				Message: "reading the message: " + re.err.Error(), Err: re.err}
 		}
 		return result{errs: append(errs, de)}
 	}
 
-	d.setWriteDeadline(ctx, cn)
 	cn.wire.watch()
-	if d.opts.LMTP {
-		return d.endLMTP(ctx, cn, w, accepted, errs)
+	if err := o.flush(); err != nil || cn.wire.lost {
+		// The final "." did not leave: no server can have the message.
+		if err == nil {
+			err = errors.New("smtpout: write of the final \".\" failed")
+		}
+		return result{errs: append(errs, failure(ctx, host, cmdEndOfData, err))}
 	}
-	_, err = w.CloseWithResponse()
+	if d.opts.LMTP {
+		return d.endLMTP(ctx, cn, accepted, errs)
+	}
+	err := d.readReply(ctx, cn, 250, d.opts.DataTimeout)
 	switch {
 	case err == nil:
 		return result{errs: errs, keep: true, clean: true}
@@ -217,9 +291,6 @@ func (d *Deliverer) send(ctx context.Context, cn *conn, tx *txn, body io.Reader,
 		r := general(err, cmdEndOfData, true, true)
 		r.errs = append(errs, r.errs...)
 		return r
-	case cn.wire.lost:
-		// The final "." did not leave: no server can have the message.
-		return result{errs: append(errs, failure(ctx, host, cmdEndOfData, err))}
 	}
 	for _, rcpt := range accepted {
 		errs = append(errs, maybeDelivered(ctx, host, rcpt, err))
@@ -227,34 +298,75 @@ func (d *Deliverer) send(ctx context.Context, cn *conn, tx *txn, body io.Reader,
 	return result{errs: errs}
 }
 
-// endLMTP ends the message and reads one reply per accepted recipient
-// (RFC 2033 §4.2).
-func (d *Deliverer) endLMTP(ctx context.Context, cn *conn, w *smtp.DataCommand, accepted []string, errs []error) result {
-	resps, err := w.CloseWithLMTPResponse()
-	if err == nil {
-		return result{errs: errs, keep: true, clean: true}
+// stepCommand names command k of a transaction with n recipients.
+func stepCommand(k, n int) string {
+	switch {
+	case k == 0:
+		return cmdMail
+	case k <= n:
+		return cmdRcpt
 	}
-	var replies smtp.LMTPDataError
-	errors.As(err, &replies)
-	// Without a failure besides the replies, every reply was read.
-	_, complete := err.(smtp.LMTPDataError)
-	keep := complete
-	for _, rcpt := range accepted {
-		if _, ok := resps[rcpt]; ok {
+	return cmdData
+}
+
+// drain reads the replies to m commands sent after a refused MAIL FROM,
+// the last of them DATA if withData, and reports whether the session can
+// go on: every reply read, none of them 421, and DATA refused.
+func (d *Deliverer) drain(ctx context.Context, cn *conn, m int, withData bool) bool {
+	for i := range m {
+		expect := 25
+		if withData && i == m-1 {
+			expect = 354
+		}
+		err := d.readReply(ctx, cn, expect, d.opts.CommandTimeout)
+		if (err == nil && expect == 354) || (err != nil && sessionLost(err)) {
+			return false
+		}
+	}
+	return true
+}
+
+// readReply reads one reply, waiting at most timeout (capped by ctx): nil
+// if its code is expect (see [textproto.Reader.ReadResponse]), an
+// *smtp.SMTPError if it is another, an I/O or protocol error otherwise.
+func (d *Deliverer) readReply(ctx context.Context, cn *conn, expect int, timeout time.Duration) error {
+	cn.top.SetReadDeadline(time.Now().Add(capTimeout(ctx, timeout)))
+	code, msg, err := cn.tr.ReadResponse(expect)
+	if _, ok := err.(*textproto.Error); ok {
+		return parseReply(code, msg)
+	}
+	return err
+}
+
+// rset aborts the transaction (RFC 5321 §4.1.1.5) on the session's own
+// reader and writer: go-smtp's Reset would make its client say EHLO again.
+func (d *Deliverer) rset(ctx context.Context, cn *conn) error {
+	d.setWriteDeadline(ctx, cn)
+	if _, err := io.WriteString(cn.top, "RSET\r\n"); err != nil {
+		return err
+	}
+	return d.readReply(ctx, cn, 250, d.opts.CommandTimeout)
+}
+
+// endLMTP reads one reply per accepted recipient (RFC 2033 §4.2).
+func (d *Deliverer) endLMTP(ctx context.Context, cn *conn, accepted []string, errs []error) result {
+	keep := true
+	for i, rcpt := range accepted {
+		err := d.readReply(ctx, cn, 250, d.opts.DataTimeout)
+		if err == nil {
 			continue
 		}
-		if se, ok := replies[rcpt]; ok {
+		if se, ok := asReply(err); ok {
 			errs = append(errs, forRecipient(replyError(cn.host, cmdEndOfData, se), rcpt))
 			if se.Code == 421 {
 				keep = false
 			}
 			continue
 		}
-		if cn.wire.lost {
-			errs = append(errs, forRecipient(failure(ctx, cn.host, cmdEndOfData, err), rcpt))
-		} else {
+		for _, rcpt := range accepted[i:] {
 			errs = append(errs, maybeDelivered(ctx, cn.host, rcpt, err))
 		}
+		return result{errs: errs}
 	}
 	return result{errs: errs, keep: keep, clean: true}
 }
@@ -265,38 +377,16 @@ func maybeDelivered(ctx context.Context, host, rcpt string, err error) error {
 	return de
 }
 
+// isTimeout reports whether err is a timeout: a slow server, not a
+// pooled session found dead.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 func isReply(err error) bool {
 	_, ok := asReply(err)
 	return ok
-}
-
-// bodyReader remembers a read error, to tell it from a write error, and
-// hides the reader's WriteTo, so that io.CopyBuffer does the writing.
-type bodyReader struct {
-	r   io.Reader
-	err error
-}
-
-func (b *bodyReader) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	if err != nil && err != io.EOF {
-		b.err = err
-	}
-	return n, err
-}
-
-// deadlineWriter bounds each write of the message: go-smtp sets no
-// deadline between DATA and the final ".".
-type deadlineWriter struct {
-	ctx context.Context
-	d   *Deliverer
-	cn  *conn
-	w   io.Writer
-}
-
-func (dw *deadlineWriter) Write(p []byte) (int, error) {
-	dw.d.setWriteDeadline(dw.ctx, dw.cn)
-	return dw.w.Write(p)
 }
 
 func (d *Deliverer) setWriteDeadline(ctx context.Context, cn *conn) {
