@@ -200,32 +200,10 @@ func dnsTestSilent(t testing.TB) string {
 	return pc.LocalAddr().String()
 }
 
-// dnsTestClock is a clock the test moves.
-type dnsTestClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newDNSTestClock() *dnsTestClock {
-	return &dnsTestClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *dnsTestClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *dnsTestClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // dnsTestResolver returns a resolver asking servers once each. Its timeout
 // is long enough for a loaded machine: tests that wait for a timeout set
 // their own.
-func dnsTestResolver(t testing.TB, clock *dnsTestClock, servers ...string) *DNSResolver {
+func dnsTestResolver(t testing.TB, clock *testClock, servers ...string) *DNSResolver {
 	t.Helper()
 	opts := &DNSOptions{Servers: servers, Timeout: 2 * time.Second, Attempts: 1}
 	if clock != nil {
@@ -414,7 +392,7 @@ func TestDNSResolverCache(t *testing.T) {
 		"capped.example.org. 86400 IN A 192.0.2.1",
 		"zero.example.org. 0 IN A 192.0.2.1",
 	)
-	clock := newDNSTestClock()
+	clock := newTestClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	r, err := NewDNSResolver(&DNSOptions{Servers: []string{srv.addr}, Timeout: time.Second, Now: clock.Now, MaxTTL: time.Hour})
 	require.NoError(t, err)
 	ctx := dnsTestCtx(t)
@@ -467,7 +445,7 @@ func TestDNSResolverNegativeCache(t *testing.T) {
 				srv.add(t, dnsTestSOA)
 				want = 30 * time.Second // SOA MINIMUM, smaller than its TTL
 			}
-			clock := newDNSTestClock()
+			clock := newTestClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 			r, err := NewDNSResolver(&DNSOptions{Servers: []string{srv.addr}, Timeout: time.Second, Now: clock.Now, NegativeTTL: 10 * time.Second})
 			require.NoError(t, err)
 			ctx := dnsTestCtx(t)

@@ -13,25 +13,12 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// polClock is a clock that moves only when told.
-type polClock struct{ ns atomic.Int64 }
-
-func polNewClock(at time.Time) *polClock {
-	c := &polClock{}
-	c.ns.Store(at.UnixNano())
-	return c
-}
-
-func (c *polClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *polClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // folOpen opens a follower with short test timings; the test closes it.
 func folOpen(t testing.TB, url, dir string, opts *FollowerOptions) *Follower {
@@ -189,8 +176,11 @@ func TestFollowerParity(t *testing.T) {
 		func(q *Policy) error { return q.SetAlias("sales@example.org", "erin@elsewhere.test") },
 	}
 	for _, edit := range edits {
-		_, err := p.Update(ctx, edit)
+		v, err := p.Update(ctx, edit)
 		require.NoError(t, err)
+		// One version at a time: a follower that polls after several
+		// updates rightly gets them as one delta.
+		folWait(t, f, v)
 	}
 	want := p.Snapshot()
 	folWait(t, f, want.Version)
@@ -386,7 +376,7 @@ func TestFollowerStoredCopyWithoutNetwork(t *testing.T) {
 	srv.Close()
 	st, err := os.Stat(filepath.Join(dir, polSnapshotFile))
 	require.NoError(t, err)
-	clock := polNewClock(st.ModTime().Add(30 * time.Second))
+	clock := newTestClock(st.ModTime().Add(30 * time.Second))
 	f = folOpen(t, url, dir, &FollowerOptions{Now: clock.Now})
 	assert.Equal(t, uint64(2), f.Status().Version, "the stored copy is loaded at open")
 	assert.Equal(t, ActionAccept, f.Check("dan@example.org").Action)
@@ -446,7 +436,7 @@ func TestFollowerStaleness(t *testing.T) {
 	srv := pubServe(t, p)
 	_, err := p.Publish(ctx, polTestPolicy())
 	require.NoError(t, err)
-	clock := polNewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	clock := newTestClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	// A long poll longer than the test, so that only an Update is heard.
 	f := folOpen(t, srv.URL, t.TempDir(), &FollowerOptions{Now: clock.Now, PollWait: 30 * time.Second, StaleAfter: time.Minute})
 	folRun(t, f)

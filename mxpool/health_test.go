@@ -13,25 +13,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-type healthClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *healthClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *healthClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
-func newTestHealth() (*Health, *healthClock) {
-	c := &healthClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+func newTestHealth() (*Health, *testClock) {
+	c := newTestClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	return NewHealth(&HealthOptions{Failures: 2, MinBackoff: 30 * time.Second, MaxBackoff: 2 * time.Minute, Now: c.Now, Logger: discardLogger()}), c
 }
 

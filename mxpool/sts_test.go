@@ -100,28 +100,6 @@ func (r *stsFakeResolver) setTempFail(domain string, on bool) {
 	}
 }
 
-// stsClock is a settable clock.
-type stsClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newSTSClock() *stsClock {
-	return &stsClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *stsClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *stsClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // stsCA is a throw-away certificate authority.
 type stsCA struct {
 	cert *x509.Certificate
@@ -297,7 +275,7 @@ func stsTestLogger(t testing.TB) *slog.Logger {
 // stsEnv is a resolver, clock, CA and policy server wired to an MTASTS.
 type stsEnv struct {
 	res   *stsFakeResolver
-	clock *stsClock
+	clock *testClock
 	ca    *stsCA
 	srv   *stsServer
 	opts  STSOptions
@@ -305,7 +283,7 @@ type stsEnv struct {
 
 func newSTSEnv(t testing.TB, domains ...string) *stsEnv {
 	t.Helper()
-	e := &stsEnv{res: newSTSFakeResolver(), clock: newSTSClock(), ca: newSTSCA(t)}
+	e := &stsEnv{res: newSTSFakeResolver(), clock: newTestClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)), ca: newSTSCA(t)}
 	e.srv = newSTSServer(t, e.ca, domains...)
 	e.opts = STSOptions{
 		HTTPClient:   e.srv.client(t, e.ca.pool),
