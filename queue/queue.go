@@ -419,6 +419,19 @@ func (q *Queue) Enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 	return q.enqueue(ctx, env, body, false)
 }
 
+// Deliver makes the queue a [resilmail.Deliverer]: it enqueues the message
+// under env.ID (so a repeated hand-off is a no-op) and returns nil once it
+// is on stable storage. A message the queue can never take (ErrInvalid,
+// ErrTooLarge) is a permanent *resilmail.DeliveryError; anything else is
+// temporary.
+func (q *Queue) Deliver(ctx context.Context, env resilmail.Envelope, body io.Reader) error {
+	_, err := q.Enqueue(ctx, env, body)
+	if errors.Is(err, ErrInvalid) || errors.Is(err, ErrTooLarge) {
+		return &resilmail.DeliveryError{Command: "enqueue", Code: 554, EnhancedCode: "5.3.4", Message: err.Error(), Permanent: true, Err: err}
+	}
+	return err
+}
+
 // enqueue is Enqueue; internal notifications skip the size limits of
 // admission control (the message they report on is leaving the queue).
 func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Reader, internal bool) (string, error) {

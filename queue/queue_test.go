@@ -181,6 +181,31 @@ func TestDuplicateEnqueueIsNoop(t *testing.T) {
 	assert.NotContains(t, s.bodies["release-42"], "three")
 }
 
+func TestQueueIsADeliverer(t *testing.T) {
+	opts := quietOpts()
+	opts.MaxMessageSize = 100
+	var d resilmail.Deliverer = open(t, t.TempDir(), newSink(nil), opts)
+	q := d.(*queue.Queue)
+	ctx := context.Background()
+	require.NoError(t, d.Deliver(ctx, envelope("handed-1", "a@example.org"), body("x")))
+	require.NoError(t, d.Deliver(ctx, envelope("handed-1", "a@example.org"), body("x")), "a repeated hand-off is a no-op")
+	assert.Len(t, q.List(queue.Filter{}), 1)
+
+	err := d.Deliver(ctx, envelope("handed-2", "a@example.org"), strings.NewReader(strings.Repeat("x", 200)))
+	var de *resilmail.DeliveryError
+	require.ErrorAs(t, err, &de, "a message the queue can never take fails for good")
+	assert.True(t, de.Permanent)
+	assert.ErrorIs(t, err, queue.ErrTooLarge)
+	err = d.Deliver(ctx, resilmail.Envelope{ID: "handed-3", From: "a@example.org"}, body("x"))
+	require.ErrorAs(t, err, &de, "no recipients")
+	assert.True(t, de.Permanent)
+
+	require.NoError(t, q.Close())
+	err = d.Deliver(ctx, envelope("handed-4", "a@example.org"), body("x"))
+	require.ErrorIs(t, err, queue.ErrClosed)
+	assert.False(t, errors.As(err, &de), "a closed queue is a temporary failure")
+}
+
 func TestConcurrentDuplicatesDeliverOnce(t *testing.T) {
 	s := newSink(nil)
 	q := open(t, t.TempDir(), s, nil)
