@@ -47,6 +47,10 @@ func (sc Scope) Allows(addr string) bool {
 	return slices.Contains(sc.Domains, strings.ToLower(resilmail.Domain(addr)))
 }
 
+// admin reports whether sc is an administrator's: everything, or at least
+// one whole domain.
+func (sc Scope) admin() bool { return sc.All || len(sc.Domains) > 0 }
+
 // normal returns sc with lower-cased, sorted, deduplicated lists.
 func (sc Scope) normal() Scope {
 	low := func(in []string) []string {

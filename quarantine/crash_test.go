@@ -26,22 +26,13 @@ import (
 
 const crashChildEnv = "RESILMAIL_QUARANTINE_CRASH_CHILD"
 
-// queueDeliverer releases into a real queue, which treats a repeated
-// envelope id as a no-op: the other half of exactly-once release.
-func queueDeliverer(q *queue.Queue) resilmail.Deliverer {
-	return resilmail.DelivererFunc(func(ctx context.Context, env resilmail.Envelope, body io.Reader) error {
-		_, err := q.Enqueue(ctx, env, body)
-		return err
-	})
-}
-
 func openCrashPair(t testing.TB, dir string) (*quarantine.Store, *queue.Queue) {
 	discard := slog.New(slog.DiscardHandler)
 	q, err := queue.Open(filepath.Join(dir, "q"), resilmail.DelivererFunc(func(context.Context, resilmail.Envelope, io.Reader) error {
 		return &resilmail.DeliveryError{Code: 451, Message: "not in this test"}
 	}), &queue.Options{Logger: discard})
 	require.NoError(t, err)
-	s, err := quarantine.Open(filepath.Join(dir, "store"), testAuth(), &quarantine.Options{Logger: discard, Deliverer: queueDeliverer(q)})
+	s, err := quarantine.Open(filepath.Join(dir, "store"), testAuth(), &quarantine.Options{Logger: discard, Deliverer: q})
 	require.NoError(t, err)
 	return s, q
 }

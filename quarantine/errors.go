@@ -17,8 +17,9 @@ var (
 	// ErrConflict is returned when an entry id arrives again with different
 	// content (another digest).
 	ErrConflict = errors.New("quarantine: entry id already used for another message")
-	// ErrNoBody is returned when an entry has no stored body (a reject
-	// recorded before DATA) and a body was asked for.
+	// ErrNoBody is returned when a body is asked for and the entry has
+	// none: a reject recorded before DATA, or an entry no recipient holds
+	// any more (its body went with the last release, deletion or expiry).
 	ErrNoBody = errors.New("quarantine: entry has no body")
 	// ErrCorrupt is returned (wrapping a *resilmail.CorruptError) when a
 	// stored body does not match its digest. The body is never served.

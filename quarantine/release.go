@@ -38,7 +38,8 @@ var ErrNoDeliverer = errors.New("quarantine: no Deliverer to release through")
 //   - A recipient that is already releasing or released is left alone, so a
 //     second request, concurrent or not, delivers nothing.
 //
-// Recipients outside the scope are ErrForbidden; an entry without a body is
+// Recipients outside the scope are ErrForbidden, and so is a virus entry
+// for a caller who is not an administrator; an entry without a body is
 // ErrNoBody. Every change is written to the entry's audit trail.
 func (s *Store) Release(ctx context.Context, who, id string, rcpts []string) (Result, error) {
 	sc, err := s.scope(ctx, who)
@@ -47,6 +48,12 @@ func (s *Store) Release(ctx context.Context, who, id string, rcpts []string) (Re
 	}
 	return s.releaseAs(ctx, who, sc, id, rcpts)
 }
+
+// selfReleasable reports whether a recipient may release an entry of kind
+// k to themselves (by the API or a release link). A virus verdict is not
+// second-guessed by the person it was aimed at: only an administrator (a
+// scope with a domain or everything) releases it.
+func selfReleasable(k Kind) bool { return k != KindVirus }
 
 // releaseAs is Release on behalf of actor (a user, or a release link) with
 // the scope sc already decided.
@@ -71,6 +78,9 @@ func (s *Store) releaseAs(ctx context.Context, actor string, sc Scope, id string
 		changed, releaseID = nil, ""
 		if e, err = s.loadLocked(tx, id); err != nil {
 			return err
+		}
+		if !selfReleasable(e.Reason.Kind) && !sc.admin() {
+			return fmt.Errorf("%w: %s is a %s entry; only an administrator releases it", ErrForbidden, id, e.Reason.Kind)
 		}
 		idx, err := targets(&e, sc, rcpts, Held)
 		if err != nil {
@@ -296,6 +306,9 @@ func (s *Store) Delete(ctx context.Context, who, id string, rcpts []string) (Res
 		changed = nil
 		if e, err = s.loadLocked(tx, id); err != nil {
 			return err
+		}
+		if !selfReleasable(e.Reason.Kind) && !sc.admin() {
+			return fmt.Errorf("%w: %s is a %s entry; only an administrator releases it", ErrForbidden, id, e.Reason.Kind)
 		}
 		idx, err := targets(&e, sc, rcpts, Held)
 		if err != nil || len(idx) == 0 {

@@ -445,13 +445,27 @@ func (s *Store) get(sc Scope, id string) (Entry, error) {
 // Body returns the body of entry id, verified against its digest, if who
 // may see the entry. A corrupt body is never returned: the error wraps
 // ErrCorrupt.
+//
+// An entry whose body was never stored (a reject before DATA), or that no
+// recipient holds any more (released, deleted or expired for all of them,
+// so the body went with its last holder), is ErrNoBody.
 func (s *Store) Body(ctx context.Context, who, id string) ([]byte, error) {
-	e, err := s.Get(ctx, who, id)
+	sc, err := s.scope(ctx, who)
 	if err != nil {
 		return nil, err
 	}
+	e, err := s.get(Scope{All: true}, id)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := redact(e, sc); !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
 	if !e.HasBody() {
 		return nil, fmt.Errorf("%w: %s", ErrNoBody, id)
+	}
+	if !live(&e) {
+		return nil, fmt.Errorf("%w: %s is no longer held by any recipient", ErrNoBody, id)
 	}
 	return s.readBody(e.Digest, e.ID)
 }

@@ -354,6 +354,27 @@ func TestReleaseOnlyBlockedRecipientsExactlyOnce(t *testing.T) {
 	assert.Len(t, mine, 2, "alice sees only the trail about her")
 }
 
+func TestVirusIsReleasedByAnAdministratorOnly(t *testing.T) {
+	ctx := context.Background()
+	rec := &recorder{}
+	s := openTestStore(t, t.TempDir(), &quarantine.Options{Deliverer: rec})
+	e := testEntry("v1", t0, "x@bad.example", "alice@example.org")
+	e.Reason = quarantine.Reason{Kind: quarantine.KindVirus, Virus: "EICAR-Test-File"}
+	put(t, s, e, testBody("invoice"))
+
+	_, err := s.Release(ctx, "alice@example.org", "v1", nil)
+	require.ErrorIs(t, err, quarantine.ErrForbidden, "the recipient does not release a virus")
+	assert.Empty(t, rec.deliveries())
+	got, err := s.Get(ctx, "alice@example.org", "v1")
+	require.NoError(t, err)
+	assert.Equal(t, quarantine.Held, got.Recipients[0].Status)
+
+	r, err := s.Release(ctx, "postmaster", "v1", nil)
+	require.NoError(t, err, "the domain's administrator may")
+	assert.Equal(t, []string{"alice@example.org"}, r.Changed)
+	assert.Len(t, rec.deliveries(), 1)
+}
+
 func TestReleaseFailures(t *testing.T) {
 	ctx := context.Background()
 	var mu sync.Mutex
