@@ -40,6 +40,33 @@
 // Listings ([Store.List]) are newest first, by recipient, domain, sender,
 // kind, status and time range, with stable cursors.
 //
+// # From every MX to the centre
+//
+// An edge MX keeps what it rejects in an [Outbox] ([OpenOutbox]): [Outbox.Add]
+// returns nil only once the entry is on stable storage, so the MX answers
+// 5xx after it and 4xx after an error (the sender then tries again and
+// nothing is lost). A [Shipper] ([NewShipper]) posts the outbox in batches
+// (the RMQBATCH wire format, [BatchWriter], [BatchReader]) to the centre's
+// [Store.IngestHandler], authenticated by a token derived from the pool's
+// secret ([ShipToken]) or by TLS client certificates, retrying with backoff
+// while the centre is down. An entry leaves the outbox only once the
+// centre acknowledged storing it; ingestion is idempotent by entry id and
+// digest, so a batch sent again stores nothing twice.
+//
+// # Access
+//
+// [NewHandler] serves a JSON API (list, search, preview, audit, release,
+// delete) and plain HTML pages (no script, no remote content) behind the
+// Authorizer. [Store.Preview] parses a body into what is safe to show:
+// headers, text parts, attachment names and sizes ([ParsePreview]). A
+// [Reporter] ([NewReporter]) sends each recipient the entries held for them
+// since their last report, with signed, expiring release links
+// ([ReleaseToken]): a link authorises releasing that one entry to that one
+// recipient, opening it shows a confirmation page, and only a POST
+// releases, because mail scanners open every link. A virus is listed but
+// never self-released: only an administrator (a scope with a domain or
+// everything) releases it.
+//
 // # Storage (format version 1)
 //
 // The folder holds "index.db", a bbolt database with the entries and their
@@ -51,6 +78,8 @@
 //
 // # Goroutines
 //
-// Open starts none. [Store.Run] expires and finishes releases until its
-// context is cancelled. Close releases the folder.
+// Open and OpenOutbox start none. [Store.Run] expires and finishes releases
+// until its context is cancelled, [Shipper.Run] ships until its context is
+// cancelled; [Reporter.Send] sends the reports due when called (for
+// example from a daily timer). Close releases the folder.
 package quarantine
