@@ -10,11 +10,15 @@ import (
 
 // httpHandler serves the relay's endpoints: /metrics (the queue's counters
 // and gauges for Prometheus), /debug/pprof/ (Go's profiler) and, on the
-// node that publishes the pool's policy, /policy.
-func httpHandler(q *queue.Queue, policy http.Handler) http.Handler {
+// node that publishes the pool's policy, /policy, and on the node that
+// keeps the pool's quarantine, /quarantine/.
+func httpHandler(q *queue.Queue, policy, quarantine http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	if policy != nil {
 		mux.Handle("/policy", policy)
+	}
+	if quarantine != nil {
+		mux.Handle("/quarantine/", quarantine)
 	}
 	mux.Handle("GET /metrics", metrics.Handler(func(m *metrics.Writer) { writeQueueMetrics(m, q.Stats()) }))
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)

@@ -16,6 +16,15 @@
 //
 // pool.json holds the domains and their recipients (local parts), e.g.
 // {"domains": {"example.org": {"recipients": ["alice", "bob"]}}}.
+//
+// What the pool refuses is kept in one quarantine: each MX records a
+// refused recipient before it answers 5xx (and answers 451 if it cannot),
+// and ships the record to the node that keeps the quarantine, which serves
+// it to the administrator (user "admin", the pool's secret as password) at
+// /quarantine/ on its -http address:
+//
+//	relay ... -policy pool.json -quarantine /var/lib/quarantine
+//	relay ... -follow http://mx1:8025/policy -quarantine-ship http://mx1:8025/quarantine/ingest
 package main
 
 import (
@@ -53,6 +62,9 @@ type config struct {
 	follow      string
 	secret      string
 	verbose     bool
+
+	quarantine     string
+	quarantineShip string
 }
 
 func main() {
@@ -69,6 +81,8 @@ func main() {
 	flag.StringVar(&c.policyFile, "policy", "", "publish the MX pool's policy from this JSON file (reloaded when it changes) at /policy on -http")
 	flag.StringVar(&c.follow, "follow", "", "follow the pool's policy published at this URL (e.g. http://mx1:8025/policy)")
 	flag.StringVar(&c.secret, "secret", "", "the pool's shared secret (default: $RESILMAIL_POOL_SECRET)")
+	flag.StringVar(&c.quarantine, "quarantine", "", "keep the pool's quarantine in this folder: this relay's rejects, and the other MXs' shipped to /quarantine/ingest on -http; pages for the administrator at /quarantine/")
+	flag.StringVar(&c.quarantineShip, "quarantine-ship", "", "ship what this relay rejects to the quarantine at this URL (e.g. http://mx1:8025/quarantine/ingest)")
 	flag.BoolVar(&c.verbose, "v", false, "log every message")
 	flag.Parse()
 
@@ -124,7 +138,14 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	if pl.close != nil {
 		defer pl.close()
 	}
-	be := &smtpin.Backend{Queue: q, Logger: log}
+	qn, err := openQuarantine(c, q, log)
+	if err != nil {
+		return err
+	}
+	if qn.close != nil {
+		defer qn.close()
+	}
+	be := &smtpin.Backend{Queue: q, Logger: log, Rejected: qn.record}
 	if pl.check != nil {
 		be.Accept = accept(pl.check)
 	}
@@ -155,6 +176,9 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	if pl.run != nil {
 		g.Go(func() error { return pl.run(gctx) })
 	}
+	if qn.run != nil {
+		g.Go(func() error { return qn.run(gctx) })
+	}
 	g.Go(func() error {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) && gctx.Err() == nil {
 			return err
@@ -169,7 +193,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 			return err
 		}
 		log.Warn("relay: metrics and profiles", "url", "http://"+hln.Addr().String()+"/metrics")
-		hsrv = &http.Server{Handler: httpHandler(q, pl.handler), ReadHeaderTimeout: 10 * time.Second}
+		hsrv = &http.Server{Handler: httpHandler(q, pl.handler, qn.handler), ReadHeaderTimeout: 10 * time.Second}
 		g.Go(func() error {
 			if err := hsrv.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return err

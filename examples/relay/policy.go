@@ -38,12 +38,9 @@ func openPool(c config, log *slog.Logger) (*pool, error) {
 	if c.policyFile != "" && c.follow != "" {
 		return nil, errors.New("-policy and -follow exclude each other: one node publishes, the others follow")
 	}
-	secret := []byte(c.secret)
-	if len(secret) == 0 {
-		secret = []byte(os.Getenv("RESILMAIL_POOL_SECRET"))
-	}
-	if len(secret) == 0 {
-		return nil, errors.New("the pool's policy needs -secret (or RESILMAIL_POOL_SECRET)")
+	secret, err := poolSecret(c)
+	if err != nil {
+		return nil, fmt.Errorf("the pool's policy: %w", err)
 	}
 	if c.follow != "" {
 		f, err := mxpool.OpenFollower(c.follow, secret, filepath.Join(c.dir, "policy-follower"), &mxpool.FollowerOptions{Logger: log, Name: c.hostname})
@@ -65,6 +62,18 @@ func openPool(c config, log *slog.Logger) (*pool, error) {
 		return nil, err
 	}
 	return &pool{check: p, handler: p, run: w.run, close: p.Close}, nil
+}
+
+// poolSecret is the pool's shared secret: -secret, or RESILMAIL_POOL_SECRET.
+func poolSecret(c config) ([]byte, error) {
+	secret := []byte(c.secret)
+	if len(secret) == 0 {
+		secret = []byte(os.Getenv("RESILMAIL_POOL_SECRET"))
+	}
+	if len(secret) == 0 {
+		return nil, errors.New("needs -secret (or RESILMAIL_POOL_SECRET)")
+	}
+	return secret, nil
 }
 
 // policyWatcher publishes the policy file whenever it changes. A file that

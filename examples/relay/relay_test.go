@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/quarantine"
 )
 
 // smtpSink runs Postfix's smtp-sink on a free loopback port and counts the
@@ -257,4 +260,84 @@ func TestRelaysShareThePoolPolicy(t *testing.T) {
 	_, ok := swaksTo(t, primary, "bob@example.org")
 	assert.True(t, ok, "a bad policy file does not take the pool down")
 	waitCount(t, sink, 4)
+}
+
+// quarantined lists the pool's quarantine as its administrator sees it
+// through the pages' JSON API.
+func quarantined(t *testing.T, web, secret string) []quarantine.Entry {
+	t.Helper()
+	req, err := http.NewRequest("GET", "http://"+web+"/quarantine/api/entries", nil)
+	require.NoError(t, err)
+	req.SetBasicAuth("admin", secret)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var page struct {
+		Entries []quarantine.Entry `json:"entries"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&page))
+	return page.Entries
+}
+
+func TestRejectsReachThePoolQuarantine(t *testing.T) {
+	// Folklore: any mail a secondary rejects makes its way to the
+	// quarantine. Here within seconds, not ten minutes.
+	const secret = "correct horse battery staple"
+	sink := startSink(t)
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	require.NoError(t, os.WriteFile(policy, []byte(`{"domains": {"example.org": {"recipients": ["alice"]}}}`), 0o644))
+	web := freePort(t)
+	primary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web, policyFile: policy, secret: secret,
+		quarantine: t.TempDir()})
+	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", secret: secret,
+		quarantineShip: "http://" + web + "/quarantine/ingest"})
+
+	// The pages refuse strangers.
+	resp, err := http.Get("http://" + web + "/quarantine/api/entries")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+
+	out, ok := swaksTo(t, primary, "carol@example.org")
+	require.False(t, ok)
+	require.Contains(t, out, "<** 550 5.1.1")
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, ok = swaksTo(t, secondary, "bob@example.org")
+		if !ok && strings.Contains(out, "<** 550 5.1.1") {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the secondary never refused bob: %s", out)
+		time.Sleep(50 * time.Millisecond)
+	}
+	shipped := time.Now()
+	var got []quarantine.Entry
+	for {
+		got = quarantined(t, web, secret)
+		if len(got) == 2 {
+			break
+		}
+		require.True(t, time.Since(shipped) < 5*time.Second, "the quarantine has %d entries, want 2", len(got))
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("the secondary's reject reached the quarantine in %v", time.Since(shipped).Round(time.Millisecond))
+	byRcpt := map[string]quarantine.Entry{}
+	for _, e := range got {
+		require.Len(t, e.Recipients, 1)
+		byRcpt[e.Recipients[0].Addr] = e
+	}
+	for _, rcpt := range []string{"bob@example.org", "carol@example.org"} {
+		e, ok := byRcpt[rcpt]
+		require.True(t, ok, "no entry for %s", rcpt)
+		assert.Equal(t, quarantine.KindRecipient, e.Reason.Kind)
+		assert.Regexp(t, `^550 5\.1\.1 `, e.Reason.Reply)
+		assert.Equal(t, "sender@example.net", e.Envelope.From)
+		assert.Equal(t, "127.0.0.1", e.ClientAddr)
+		assert.NotEmpty(t, e.HELO, "swaks's HELO")
+		assert.Equal(t, "relay.test", e.Node)
+		assert.Equal(t, quarantine.Held, e.Recipients[0].Status)
+		assert.False(t, e.HasBody(), "refused at RCPT: no body")
+	}
 }

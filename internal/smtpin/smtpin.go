@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 
 	"github.com/emersion/go-smtp"
@@ -29,8 +30,23 @@ type Backend struct {
 	// Accept, if set, decides per recipient; a non-nil error is returned to
 	// the client as the RCPT reply (use *smtp.SMTPError for the code).
 	Accept func(ctx context.Context, rcpt string) error
+	// Rejected, if set, records a recipient that Accept refused with a
+	// permanent (5xx) reply, before the client sees the reply: the edge's
+	// quarantine outbox. When it fails, the client gets 451 instead, so it
+	// tries again and nothing is lost.
+	Rejected func(ctx context.Context, r Rejection) error
 	// Logger receives a line per message; nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// A Rejection is one recipient refused at RCPT: who sent it, from where,
+// and the reply the client is about to get.
+type Rejection struct {
+	From       string
+	Rcpt       string
+	ClientAddr string
+	HELO       string
+	Reply      *smtp.SMTPError
 }
 
 // NewSession implements smtp.Backend.
@@ -39,12 +55,13 @@ func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &session{b: b, log: log, remote: c.Conn().RemoteAddr().String()}, nil
+	return &session{b: b, log: log, conn: c, remote: c.Conn().RemoteAddr().String()}, nil
 }
 
 type session struct {
 	b      *Backend
 	log    *slog.Logger
+	conn   *smtp.Conn
 	remote string
 	env    resilmail.Envelope
 }
@@ -91,7 +108,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	if s.b.Accept != nil {
 		if err := s.b.Accept(context.Background(), to); err != nil {
-			return err
+			return s.rejected(to, err)
 		}
 	}
 	r := resilmail.Recipient{Addr: to}
@@ -118,6 +135,23 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	s.env.To = append(s.env.To, r)
 	return nil
+}
+
+// rejected records a permanent refusal through Backend.Rejected and returns
+// the reply for the client: the refusal, or 451 when it could not be
+// recorded.
+func (s *session) rejected(to string, err error) error {
+	var se *smtp.SMTPError
+	if s.b.Rejected == nil || !errors.As(err, &se) || se.Code < 500 {
+		return err
+	}
+	host, _, _ := net.SplitHostPort(s.remote)
+	rec := Rejection{From: s.env.From, Rcpt: to, ClientAddr: host, HELO: s.conn.Hostname(), Reply: se}
+	if rerr := s.b.Rejected(context.Background(), rec); rerr != nil {
+		s.log.Error("smtp: cannot record a rejected recipient, answering 451", "remote", s.remote, "from", s.env.From, "rcpt", to, "err", rerr)
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure, try again later"}
+	}
+	return err
 }
 
 func (s *session) Data(r io.Reader) error {
