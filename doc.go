@@ -1,7 +1,9 @@
 // Package resilmail holds the vocabulary that resilmail's packages share:
 // the [Envelope] of a message, the [Deliverer] that hands a message to its
-// next hop, the [DeliveryError] that says per recipient why it could not, and
-// the [Digest] that names a message body.
+// next hop, the [DeliveryError] that says per recipient why it could not, the
+// [Digest] that names a message body, and the mailbox [Change] (stamped with
+// the [Epoch] of the primary that made it) that the store's journal,
+// replication, backup and failover exchange.
 //
 // The packages below it are the building blocks of a mail system that loses
 // no acknowledged message:

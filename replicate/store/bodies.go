@@ -1,0 +1,422 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/durable"
+)
+
+func (s *Store) bodyPath(d resilmail.Digest) string {
+	h := d.String()
+	return filepath.Join(s.dir, bodiesDir, h[:2], h)
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+// Read reads from r.r, failing once r.ctx is done.
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
+
+// storeBody reads a body to EOF, hashes it and makes it durable as the file
+// named by its digest (unless that file is already there), then returns its
+// digest and size with a reservation that keeps the file from being removed
+// until release. When want is set, a body with another digest is refused as
+// corrupt and not stored.
+func (s *Store) storeBody(ctx context.Context, r io.Reader, want *resilmail.Digest) (resilmail.Digest, int64, error) {
+	var d resilmail.Digest
+	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), "body-*")
+	if err != nil {
+		return d, 0, storageErr(err)
+	}
+	tmp := f.Name()
+	defer func() {
+		f.Close()
+		os.Remove(tmp) // gone already when renamed into place
+	}()
+	h := sha256.New()
+	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(ctxReader{ctx, r}, s.opts.MaxMessageSize+1), make([]byte, 64<<10))
+	if err != nil {
+		if ctx.Err() != nil {
+			return d, 0, fmt.Errorf("store: %w", ctx.Err())
+		}
+		if errors.Is(err, ErrCorrupt) {
+			return d, 0, err
+		}
+		return d, 0, fmt.Errorf("store: reading body: %w", err)
+	}
+	if n > s.opts.MaxMessageSize {
+		return d, 0, fmt.Errorf("%w: over %d bytes", ErrTooLarge, s.opts.MaxMessageSize)
+	}
+	h.Sum(d[:0])
+	if want != nil && d != *want {
+		s.mu.Lock()
+		s.c.corruptReceived++
+		s.mu.Unlock()
+		return d, 0, fmt.Errorf("%w: %w", ErrCorrupt, &resilmail.CorruptError{Want: *want, Got: d, Where: "received body"})
+	}
+
+	s.mu.Lock()
+	if err := s.usableLocked(); err != nil {
+		s.mu.Unlock()
+		return d, 0, err
+	}
+	if bw := s.inflight[d]; bw != nil {
+		// Another writer is storing the same body: share its file.
+		bw.n++
+		s.mu.Unlock()
+		select {
+		case <-bw.ready:
+		case <-ctx.Done():
+			s.release(d)
+			return d, 0, fmt.Errorf("store: %w", ctx.Err())
+		}
+		if bw.err != nil {
+			s.release(d)
+			return d, 0, bw.err
+		}
+		return d, n, nil
+	}
+	bw := &bodyWrite{n: 1, ready: make(chan struct{})}
+	s.inflight[d] = bw
+	_, wasCorrupt := s.corrupt[d]
+	exists := s.refs[d] > 0 && !wasCorrupt
+	s.mu.Unlock()
+
+	path := s.bodyPath(d)
+	if exists {
+		// A referenced body was made durable before the change that
+		// references it; check it is still there.
+		if fi, err := os.Stat(path); err != nil || fi.Size() != n {
+			exists = false
+		}
+	}
+	var werr error
+	if !exists {
+		werr = f.Sync()
+		if werr == nil {
+			werr = f.Close()
+		}
+		if werr == nil {
+			werr = os.Rename(tmp, path)
+		}
+		if werr == nil {
+			werr = durable.SyncDir(filepath.Dir(path))
+		}
+		if werr != nil {
+			werr = storageErr(werr)
+		}
+	}
+	s.mu.Lock()
+	if !exists {
+		s.c.bodyWrites++
+		s.c.bodyFsyncs += 2
+	} else {
+		s.c.bodyShared++
+	}
+	bw.err = werr
+	close(bw.ready)
+	if werr == nil && wasCorrupt {
+		s.clearCorruptLocked(d, "repaired by a good copy")
+	}
+	s.mu.Unlock()
+	if werr != nil {
+		s.release(d)
+		return d, 0, werr
+	}
+	return d, n, nil
+}
+
+// pinLocked takes a reservation on a body that is stored and referenced,
+// so that it stays while a change that references it is being applied.
+func (s *Store) pinLocked(d resilmail.Digest) {
+	bw := s.inflight[d]
+	if bw == nil {
+		bw = &bodyWrite{ready: make(chan struct{})}
+		close(bw.ready)
+		s.inflight[d] = bw
+	}
+	bw.n++
+}
+
+// release drops a reservation taken by storeBody or pinLocked; the file goes when
+// nothing references it.
+func (s *Store) release(d resilmail.Digest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	bw := s.inflight[d]
+	if bw == nil {
+		return
+	}
+	bw.n--
+	if bw.n > 0 {
+		return
+	}
+	delete(s.inflight, d)
+	if _, pending := s.pendingUnlink[d]; s.refs[d] == 0 && !pending {
+		os.Remove(s.bodyPath(d))
+	}
+}
+
+// Body returns the body named d, which a message of the store references,
+// after checking that it hashes to d. It never returns bytes that do not:
+// a body that is missing, unreadable or different is moved aside into the
+// folder "corrupt", marked so that it is not served again until a good copy
+// is stored (by Append or Apply of the same content), reported in the log
+// and [Stats], and returned as an error wrapping both [ErrCorrupt] and a
+// *resilmail.CorruptError. A digest no message references gives
+// [ErrNotFound].
+func (s *Store) Body(ctx context.Context, d resilmail.Digest) ([]byte, error) {
+	if err := s.begin(ctx); err != nil {
+		return nil, err
+	}
+	defer s.ops.Done()
+	if err := s.checkServable(d); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(s.bodyPath(d))
+	if err == nil {
+		if got := resilmail.DigestOf(b); got == d {
+			s.mu.Lock()
+			s.c.bodyReads++
+			s.mu.Unlock()
+			return b, nil
+		}
+	}
+	return s.markCorrupt(d, fmt.Sprintf("read: %v", err))
+}
+
+// checkServable refuses a digest that is not referenced or is marked
+// corrupt.
+func (s *Store) checkServable(d resilmail.Digest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if s.refs[d] == 0 {
+		return fmt.Errorf("%w: body %s", ErrNotFound, d)
+	}
+	if _, bad := s.corrupt[d]; bad {
+		return corruptErr(d, resilmail.Digest{}, "body "+d.String()+" is marked corrupt")
+	}
+	return nil
+}
+
+func corruptErr(want, got resilmail.Digest, where string) error {
+	return fmt.Errorf("%w: %w", ErrCorrupt, &resilmail.CorruptError{Want: want, Got: got, Where: where})
+}
+
+// markCorrupt handles a body that failed its check: under the lock it reads
+// the file again (a good copy may have replaced it meanwhile, and then
+// those bytes are returned), and otherwise moves it aside and marks the
+// digest corrupt.
+func (s *Store) markCorrupt(d resilmail.Digest, why string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refs[d] == 0 {
+		return nil, fmt.Errorf("%w: body %s", ErrNotFound, d) // expunged meanwhile
+	}
+	if _, bad := s.corrupt[d]; bad {
+		return nil, corruptErr(d, resilmail.Digest{}, "body "+d.String()+" is marked corrupt")
+	}
+	path := s.bodyPath(d)
+	if s.inflight[d] != nil {
+		// A good copy is being stored right now: refuse this read, but
+		// leave the file to the writer.
+		return nil, corruptErr(d, resilmail.Digest{}, path+": "+why)
+	}
+	var got resilmail.Digest
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if got = resilmail.DigestOf(b); got == d {
+			return b, nil
+		}
+		why = "content does not match its digest"
+	}
+	aside := filepath.Join(s.dir, corruptDir, fmt.Sprintf("body-%s-%d", d, time.Now().UnixNano()))
+	merr := os.MkdirAll(filepath.Dir(aside), 0o750)
+	if merr == nil {
+		if merr = os.Rename(path, aside); merr == nil {
+			merr = durable.SyncDir(filepath.Dir(path))
+		} else if errors.Is(merr, os.ErrNotExist) {
+			merr, aside = nil, ""
+		}
+	}
+	s.corrupt[d] = struct{}{}
+	s.c.corruptFound++
+	if _, err := s.wal.Append(encodeCorrupt(d, true)); err != nil {
+		s.log.Error("store: recording a corrupt body", "digest", d.String(), "err", err)
+	}
+	s.log.Error("store: body is corrupt; it will not be served or shipped until a good copy is stored",
+		"digest", d.String(), "got", got.String(), "why", why, "moved_to", aside, "move_err", merr)
+	return nil, corruptErr(d, got, path+": "+why)
+}
+
+// clearCorruptLocked forgets that d was corrupt, once a good copy is in
+// place.
+func (s *Store) clearCorruptLocked(d resilmail.Digest, why string) {
+	if _, bad := s.corrupt[d]; !bad {
+		return
+	}
+	delete(s.corrupt, d)
+	s.c.repaired++
+	if _, err := s.wal.Append(encodeCorrupt(d, false)); err != nil {
+		s.log.Error("store: recording a repaired body", "digest", d.String(), "err", err)
+	}
+	s.log.Info("store: corrupt body repaired", "digest", d.String(), "why", why)
+}
+
+// Header returns the start of the body named d up to and including the
+// blank line that ends the header section, reading at most max bytes (zero
+// means 64 KiB). It is a partial read for IMAP and does not verify the
+// digest (the background [Store.Scrub] covers partial reads); a body marked
+// corrupt is refused with [ErrCorrupt].
+func (s *Store) Header(ctx context.Context, d resilmail.Digest, max int) ([]byte, error) {
+	if err := s.begin(ctx); err != nil {
+		return nil, err
+	}
+	defer s.ops.Done()
+	if max <= 0 {
+		max = 64 << 10
+	}
+	if err := s.checkServable(d); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(s.bodyPath(d))
+	if err != nil {
+		_, err = s.markCorrupt(d, fmt.Sprintf("open: %v", err))
+		return nil, err
+	}
+	defer f.Close()
+	buf := make([]byte, max)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("store: reading header: %w", err)
+	}
+	buf = buf[:n]
+	if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
+		return buf[:i+4], nil
+	}
+	if i := bytes.Index(buf, []byte("\n\n")); i >= 0 {
+		return buf[:i+2], nil
+	}
+	return buf, nil
+}
+
+// A ScrubReport says what one [Store.Scrub] found.
+type ScrubReport struct {
+	Checked int                // bodies re-hashed
+	Bytes   int64              // bytes read
+	Corrupt []resilmail.Digest // bodies found missing or different (now marked)
+	Healed  int                // bodies marked corrupt that are good again
+	Orphans int                // unreferenced body files removed
+}
+
+// Scrub re-hashes every stored body, as partial reads (Header) do not, and
+// reports and marks the ones that are missing or do not match their
+// digest: they are never served or shipped afterwards. It also removes body
+// files that no message references (left by a crash). It returns early,
+// with what it found so far, when ctx is done.
+func (s *Store) Scrub(ctx context.Context) (ScrubReport, error) {
+	var rep ScrubReport
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return rep, ErrClosed
+	}
+	digests := make([]resilmail.Digest, 0, len(s.refs))
+	for d := range s.refs {
+		digests = append(digests, d)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(digests, func(a, b resilmail.Digest) int { return bytes.Compare(a[:], b[:]) })
+	for _, d := range digests {
+		if err := ctx.Err(); err != nil {
+			return rep, fmt.Errorf("store: %w", err)
+		}
+		s.mu.Lock()
+		_, marked := s.corrupt[d]
+		referenced := s.refs[d] > 0
+		s.mu.Unlock()
+		if !referenced {
+			continue
+		}
+		rep.Checked++
+		b, err := os.ReadFile(s.bodyPath(d))
+		rep.Bytes += int64(len(b))
+		if err == nil && resilmail.DigestOf(b) == d {
+			if marked {
+				s.mu.Lock()
+				s.clearCorruptLocked(d, "scrub found a good copy")
+				s.mu.Unlock()
+				rep.Healed++
+			}
+			continue
+		}
+		if marked {
+			rep.Corrupt = append(rep.Corrupt, d)
+			continue
+		}
+		if _, err := s.markCorrupt(d, fmt.Sprintf("scrub: %v", err)); err != nil && errors.Is(err, ErrCorrupt) {
+			rep.Corrupt = append(rep.Corrupt, d)
+		}
+	}
+	orphans, err := s.removeOrphans(ctx)
+	rep.Orphans = orphans
+	s.mu.Lock()
+	s.c.scrubs++
+	s.c.scrubbed += uint64(rep.Checked)
+	s.c.lastScrub = time.Now()
+	s.mu.Unlock()
+	s.log.Info("store: scrub done", "checked", rep.Checked, "bytes", rep.Bytes, "corrupt", len(rep.Corrupt), "healed", rep.Healed, "orphans", rep.Orphans)
+	return rep, err
+}
+
+// removeOrphans removes body files that nothing references, is storing, or
+// may still need (a removal not yet durable).
+func (s *Store) removeOrphans(ctx context.Context) (int, error) {
+	n := 0
+	for i := 0; i < 256; i++ {
+		if err := ctx.Err(); err != nil {
+			return n, fmt.Errorf("store: %w", err)
+		}
+		dir := filepath.Join(s.dir, bodiesDir, fmt.Sprintf("%02x", i))
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return n, storageErr(err)
+		}
+		for _, e := range entries {
+			d, err := resilmail.ParseDigest(e.Name())
+			if err != nil {
+				continue
+			}
+			s.mu.Lock()
+			_, pending := s.pendingUnlink[d]
+			if s.refs[d] == 0 && s.inflight[d] == nil && !pending && !s.closed {
+				if os.Remove(filepath.Join(dir, e.Name())) == nil {
+					n++
+					s.c.bodiesRemoved++
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,140 @@
+package store_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+func bodyPath(dir string, d resilmail.Digest) string {
+	h := d.String()
+	return filepath.Join(dir, "bodies", h[:2], h)
+}
+
+func flipByte(t *testing.T, path string, at int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	b[at] ^= 0x20
+	require.NoError(t, os.WriteFile(path, b, 0o640))
+}
+
+func TestCorruptBody(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newStore(t)
+	_, err := s.CreateMailbox(ctx, "alice", "Archive")
+	require.NoError(t, err)
+	content := msg("precious", strings.Repeat("p", 500))
+	appendMsg(t, s, "alice", "INBOX", content)
+	_, err = s.Copy(ctx, "alice", "INBOX", resilmail.NewUIDSet(1), "Archive")
+	require.NoError(t, err)
+	d := resilmail.DigestOf([]byte(content))
+	flipByte(t, bodyPath(dir, d), 100)
+
+	_, err = s.Body(ctx, d)
+	require.ErrorIs(t, err, store.ErrCorrupt)
+	var ce *resilmail.CorruptError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, d, ce.Want)
+	assert.NotEqual(t, d, ce.Got)
+	assert.NotEmpty(t, ce.Where)
+
+	// Marked: never served again, by any path.
+	_, err = s.Body(ctx, d)
+	assert.ErrorIs(t, err, store.ErrCorrupt)
+	_, err = s.Header(ctx, d, 0)
+	assert.ErrorIs(t, err, store.ErrCorrupt)
+	for _, mb := range []string{"INBOX", "Archive"} {
+		msgs, err := s.Fetch(ctx, "alice", mb, store.Query{})
+		require.NoError(t, err)
+		assert.True(t, msgs[0].Corrupt, mb)
+	}
+	aside, err := filepath.Glob(filepath.Join(dir, "corrupt", "body-"+d.String()+"-*"))
+	require.NoError(t, err)
+	assert.Len(t, aside, 1, "the damaged file is kept aside, not deleted")
+	st := s.Stats()
+	assert.Equal(t, 1, st.CorruptBodies)
+	assert.Equal(t, uint64(1), st.CorruptFound)
+
+	// Never shipped: a replica pulling from this store gets the error.
+	replica := open(t, t.TempDir(), nil)
+	changes, err := s.Changes(ctx, 0, 100)
+	require.NoError(t, err)
+	err = replica.Apply(ctx, changes, bodyFrom(s))
+	assert.ErrorIs(t, err, store.ErrCorrupt)
+
+	// The mark survives a restart.
+	require.NoError(t, s.Close())
+	s = open(t, dir, nil)
+	_, err = s.Body(ctx, d)
+	assert.ErrorIs(t, err, store.ErrCorrupt)
+
+	// A good copy repairs it (as a replica's copy would).
+	appendMsg(t, s, "alice", "INBOX", content)
+	b, err := s.Body(ctx, d)
+	require.NoError(t, err)
+	assert.Equal(t, content, string(b))
+	msgs, err := s.Fetch(ctx, "alice", "Archive", store.Query{})
+	require.NoError(t, err)
+	assert.False(t, msgs[0].Corrupt)
+	assert.Equal(t, uint64(1), s.Stats().Repaired)
+	assert.Zero(t, s.Stats().CorruptBodies)
+}
+
+func TestScrub(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newStore(t)
+	var digests []resilmail.Digest
+	for i := 0; i < 5; i++ {
+		content := msg("s", strings.Repeat("s", i+1))
+		appendMsg(t, s, "alice", "INBOX", content)
+		digests = append(digests, resilmail.DigestOf([]byte(content)))
+	}
+	rep, err := s.Scrub(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, store.ScrubReport{Checked: 5, Bytes: rep.Bytes}, rep)
+
+	flipByte(t, bodyPath(dir, digests[1]), 3)
+	require.NoError(t, os.Remove(bodyPath(dir, digests[3])))
+	stray := resilmail.DigestOf([]byte("left by a crash"))
+	require.NoError(t, os.WriteFile(bodyPath(dir, stray), []byte("left by a crash"), 0o640))
+
+	rep, err = s.Scrub(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 5, rep.Checked)
+	assert.ElementsMatch(t, []resilmail.Digest{digests[1], digests[3]}, rep.Corrupt)
+	assert.Equal(t, 1, rep.Orphans)
+	_, err = os.Stat(bodyPath(dir, stray))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	for _, d := range rep.Corrupt {
+		_, err := s.Body(ctx, d)
+		assert.ErrorIs(t, err, store.ErrCorrupt)
+	}
+	_, err = s.Body(ctx, digests[0])
+	assert.NoError(t, err)
+
+	// An operator restores a good file: the next scrub heals the mark.
+	require.NoError(t, os.WriteFile(bodyPath(dir, digests[3]), []byte(msg("s", "ssss")), 0o640))
+	rep, err = s.Scrub(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, rep.Healed)
+	assert.Equal(t, []resilmail.Digest{digests[1]}, rep.Corrupt)
+	_, err = s.Body(ctx, digests[3])
+	assert.NoError(t, err)
+	st := s.Stats()
+	assert.Equal(t, uint64(3), st.Scrubs)
+	assert.Equal(t, 1, st.CorruptBodies)
+
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err = s.Scrub(cctx)
+	assert.ErrorIs(t, err, context.Canceled)
+}

@@ -1,0 +1,98 @@
+// Package store is resilmail's reference mailbox store: users, mailboxes
+// and messages with the metadata IMAP needs (UID, UIDVALIDITY, UIDNEXT,
+// flags and keywords, internal date, size, RFC 7162 mod-sequences), kept
+// durable with the discipline of the queue, and a numbered change journal
+// that replication and incremental backup read.
+//
+// # Guarantees
+//
+//   - Durability: every write (Append, Copy, Move, Expunge, flag changes,
+//     mailbox and user changes, SetEpoch, Apply) returns nil only once it is
+//     on stable storage: a body is written to its own file and fsynced
+//     (with its folder) before the journal record that references it, and
+//     the record is fsynced before the call returns. Concurrent writers
+//     share the journal's fsyncs (group commit); none is skipped. A crash
+//     or kill -9 at any instant loses no acknowledged write.
+//   - Atomicity: the changes one call makes (a MOVE's appends and expunge,
+//     a rename of a mailbox and its children, a user and its INBOX) are one
+//     journal record: after a crash all of them are there or none.
+//   - No reader sees what a crash could undo: reads (Fetch, MailboxStatus,
+//     ListMailboxes, Changes, ...) return only once everything they may
+//     have seen is durable, so an IMAP client never sees a UID that a crash
+//     would take back. UIDs are never reused: UIDNEXT only grows, and a
+//     mailbox created again gets a larger UIDVALIDITY.
+//   - Integrity: a body is named by its SHA-256. Every full read ([Store.Body],
+//     and so everything replication or backup ships) re-hashes it; a body
+//     that does not match, or is missing, is moved aside into the folder
+//     "corrupt", marked, reported, and never served until a good copy of the
+//     same content is stored again (by Append or Apply), which repairs it.
+//     Partial reads ([Store.Header]) are covered by [Store.Scrub], which
+//     re-hashes every body in the background ([Store.Run]).
+//   - Names: user and mailbox names are validated ([ValidateUser],
+//     [ValidateMailbox]): UTF-8, no control characters, no "." or ".."
+//     component, no empty component, length limits. Nothing on disk is
+//     named after them.
+//
+// # The change journal
+//
+// Every mutation is one or more [resilmail.Change] values, numbered from 1
+// (the position, Change.Seq) and stamped with the store's epoch and clock.
+// [Store.Changes] returns the durable changes after a position, whole
+// batches at a time, and [Store.Wait] blocks until there are new ones: that
+// is the source of replication and incremental backup. [Store.Compact]
+// writes a checkpoint of the whole index and removes journal segments that
+// hold only changes in the checkpoint and more than Options.KeepChanges
+// behind the newest; a reader behind that gets [ErrTooFarBehind] and must
+// fall back to a full comparison ([Status.Digest], [Store.RangeDigest]).
+//
+// # Epochs and replicas
+//
+// The store's epoch ([Store.Epoch]) is the highest it has seen; it only
+// grows. [Store.SetEpoch] raises it durably (a promotion does so before the
+// new primary writes). [Store.Apply] applies changes from a primary
+// idempotently, keeping the primary's UIDs, UIDVALIDITY, mailbox ids,
+// mod-sequences and epochs, fetches the bodies it lacks through a
+// [BodyFunc] and verifies them, refuses a change with a lower epoch than
+// it has seen ([ErrFenced]) and one that contradicts its state
+// ([ErrConflict]). A replica numbers the changes in its own journal and
+// remembers the primary's position per user ([Store.UpstreamPosition]).
+// [Store.SetReadOnly] refuses local writes on a replica.
+//
+// # Mailbox digests
+//
+// Every mailbox keeps a [SetDigest]: the XOR of a 128-bit hash per message
+// over its UID, mod-sequence, body digest, size, internal date and flags,
+// updated in O(1) by every change. Equal status and digest on two stores
+// mean equal mailboxes; [Store.RangeDigest] narrows a difference down to UID
+// ranges.
+//
+// # Storage (format version 1)
+//
+// A store is one folder:
+//
+//	VERSION           "resilmail-store 1\n"; Open refuses another version
+//	LOCK              keeps a second process out (flock)
+//	journal/          the change journal: internal/wal segments of kind
+//	                  "rstore" (length and CRC-32C per record, torn tail
+//	                  truncated at Open); records are described in record.go
+//	checkpoint        the index at one position (checksummed; see
+//	                  checkpoint.go), written atomically
+//	bodies/xx/<hex>   one file per distinct body, named by the hex SHA-256,
+//	                  in 256 folders by its first byte; shared by every
+//	                  message with that content and removed once the last
+//	                  one is expunged (after the expunge is durable)
+//	tmp/              bodies being written; emptied at Open
+//	corrupt/          damaged journal regions and bodies moved aside
+//
+// Open loads the checkpoint and replays the journal after it; changes
+// missing in the middle of the journal make Open fail with [ErrCorrupt]
+// (Options.Salvage opens anyway). The index lives in memory (about 150
+// bytes per message), so Open reads it all; this is the reference store,
+// sized for tens of thousands of mailboxes on one node.
+//
+// # Goroutines
+//
+// Open starts none. [Store.Run] does the background work (checkpoints,
+// scrubs) in the caller's goroutine until its context is done. Close
+// refuses new calls, waits for those in progress, and wakes [Store.Wait].
+package store

@@ -1,0 +1,73 @@
+package store
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Options configure a Store. A nil *Options or the zero value gives working
+// defaults; each field says what its zero value means.
+type Options struct {
+	// Logger receives reports of recovery, corruption and compaction; nil
+	// means slog.Default(). Bodies are never logged.
+	Logger *slog.Logger
+	// Now is the clock that stamps changes; nil means time.Now.
+	Now func() time.Time
+	// MaxMessageSize is the largest body Append and Apply accept; zero
+	// means 64 MiB.
+	MaxMessageSize int64
+	// SegmentSize is the size of a journal segment file; zero means
+	// 16 MiB. Compaction removes whole segments.
+	SegmentSize int64
+	// KeepChanges is how many changes compaction keeps in the journal
+	// behind the newest, so that replicas and backups that are at most
+	// that far behind can resume from it; zero means 100 000. Older
+	// positions get ErrTooFarBehind.
+	KeepChanges uint64
+	// CheckpointEvery is how many changes [Store.Run] lets pass before it
+	// writes a checkpoint and compacts the journal; zero means 50 000.
+	CheckpointEvery uint64
+	// ScrubInterval is how often [Store.Run] re-hashes every stored body;
+	// zero means 24 hours, negative means never.
+	ScrubInterval time.Duration
+	// FetchParallelism is how many bodies Apply fetches and stores at
+	// once; zero means 8.
+	FetchParallelism int
+	// Salvage lets Open continue past a damaged journal (changes missing
+	// in the middle) instead of refusing to open. What follows the damage
+	// is applied where it still makes sense; the store should then be
+	// compared with a replica.
+	Salvage bool
+}
+
+func (o *Options) withDefaults() Options {
+	var r Options
+	if o != nil {
+		r = *o
+	}
+	if r.Logger == nil {
+		r.Logger = slog.Default()
+	}
+	if r.Now == nil {
+		r.Now = time.Now
+	}
+	if r.MaxMessageSize <= 0 {
+		r.MaxMessageSize = 64 << 20
+	}
+	if r.SegmentSize <= 0 {
+		r.SegmentSize = 16 << 20
+	}
+	if r.KeepChanges == 0 {
+		r.KeepChanges = 100_000
+	}
+	if r.CheckpointEvery == 0 {
+		r.CheckpointEvery = 50_000
+	}
+	if r.FetchParallelism <= 0 {
+		r.FetchParallelism = 8
+	}
+	if r.ScrubInterval == 0 {
+		r.ScrubInterval = 24 * time.Hour
+	}
+	return r
+}
