@@ -3,6 +3,8 @@ package store
 import (
 	"errors"
 	"fmt"
+
+	"github.com/resilmail/resilmail/replicate"
 )
 
 var (
@@ -10,7 +12,8 @@ var (
 	ErrClosed = errors.New("store: closed")
 	// ErrNotFound is returned for a user, mailbox, message or body that
 	// does not exist.
-	ErrNotFound = errors.New("store: not found")
+	// It is replicate.ErrNotFound.
+	ErrNotFound = replicate.ErrNotFound
 	// ErrExists is returned when creating a user or mailbox, or renaming a
 	// mailbox, onto a name that is taken.
 	ErrExists = errors.New("store: already exists")
@@ -25,22 +28,26 @@ var (
 	ErrTooLarge = errors.New("store: message too large")
 	// ErrFenced is returned when a write carries an epoch lower than the
 	// highest the store has seen: the writer is an old primary.
-	ErrFenced = errors.New("store: fenced by a newer epoch")
+	// It is replicate.ErrFenced.
+	ErrFenced = replicate.ErrFenced
 	// ErrReadOnly is returned by local writes while the store is read-only
 	// (a replica; see [Store.SetReadOnly]).
 	ErrReadOnly = errors.New("store: read-only")
 	// ErrTooFarBehind is returned by Changes for a position older than the
 	// oldest change the journal still holds; the reader must fall back to a
 	// full comparison.
-	ErrTooFarBehind = errors.New("store: position no longer in the journal")
+	// It is replicate.ErrTooFarBehind.
+	ErrTooFarBehind = replicate.ErrTooFarBehind
 	// ErrPosition is returned by Changes for a position beyond the end of
 	// the journal: the reader followed another history (another primary).
-	ErrPosition = errors.New("store: position beyond the end of the journal")
+	// It is replicate.ErrPosition.
+	ErrPosition = replicate.ErrPosition
 	// ErrConflict is returned by Apply for a change that contradicts the
 	// store's state (same UID with another body, a mailbox name held by
 	// another mailbox id, another UIDVALIDITY): replication must fall back
 	// to a full comparison of the mailbox.
-	ErrConflict = errors.New("store: change conflicts with the store's state")
+	// It is replicate.ErrConflict.
+	ErrConflict = replicate.ErrConflict
 	// ErrCorrupt wraps a *resilmail.CorruptError for a body that does not
 	// match its digest (or is missing); such a body is never served or
 	// shipped. It also reports damaged index files at Open.

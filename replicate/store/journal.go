@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"sort"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/wal"
+	"github.com/resilmail/resilmail/replicate"
 )
 
 // Epoch returns the highest epoch the store has seen; its local changes
@@ -188,7 +188,7 @@ func (s *Store) Wait(ctx context.Context, after uint64) (uint64, error) {
 // expunged at once, as the source's later expunge will. Any other error
 // stops Apply. Apply calls it from up to Options.FetchParallelism
 // goroutines at once.
-type BodyFunc func(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error)
+type BodyFunc = replicate.BodyFunc
 
 // UpstreamPosition returns the position, in the journal of the primary it
 // follows, of the last change Apply applied for user ("" for changes with

@@ -15,6 +15,7 @@ import (
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/durable"
 	"github.com/resilmail/resilmail/internal/wal"
+	"github.com/resilmail/resilmail/replicate"
 )
 
 // formatVersion is the store's on-disk format version: the VERSION file,
@@ -707,3 +708,9 @@ func (s *Store) begin(ctx context.Context) error {
 	s.ops.Add(1)
 	return nil
 }
+
+// The store is a replication source and target.
+var (
+	_ replicate.Source = (*Store)(nil)
+	_ replicate.Target = (*Store)(nil)
+)
