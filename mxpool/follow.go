@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/bearer"
 	"github.com/resilmail/resilmail/internal/durable"
 )
 
@@ -406,7 +407,7 @@ func (f *Follower) folPoll(ctx context.Context, full bool) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	req.Header.Set("Authorization", "Bearer "+f.token)
+	req.Header.Set("Authorization", bearer.Header(f.token))
 	req.Header.Set("User-Agent", "resilmail-mxpool-follower")
 	resp, err := f.client.Do(req)
 	if err != nil {

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -24,6 +22,7 @@ import (
 	"time"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/bearer"
 	"github.com/resilmail/resilmail/internal/durable"
 )
 
@@ -148,7 +147,7 @@ type FollowerSeen struct {
 type Publisher struct {
 	dir    string
 	secret []byte
-	token  []byte
+	token  string
 	opts   PublisherOptions
 	log    *slog.Logger
 	unlock func() error
@@ -217,7 +216,7 @@ func OpenPublisher(dir string, secret []byte, opts *PublisherOptions) (*Publishe
 	p := &Publisher{
 		dir:     dir,
 		secret:  bytes.Clone(secret),
-		token:   []byte(polToken(secret)),
+		token:   polToken(secret),
 		sem:     make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
@@ -552,9 +551,7 @@ func (p *Publisher) Close() error {
 // polToken returns the bearer token that followers present: the hex HMAC
 // of a fixed string under the pool's secret.
 func polToken(secret []byte) string {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte("resilmail/mxpool http token 1"))
-	return hex.EncodeToString(m.Sum(nil))
+	return bearer.Token(secret, "resilmail/mxpool http token 1")
 }
 
 // ServeHTTP serves the policy to followers; see [Publisher] for the
@@ -644,10 +641,7 @@ func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // pubAuthorized applies the AuthMode to r.
 func (p *Publisher) pubAuthorized(r *http.Request) (bool, string) {
 	cert := r.TLS != nil && len(r.TLS.VerifiedChains) > 0
-	tok := false
-	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		tok = hmac.Equal([]byte(strings.TrimSpace(h[7:])), p.token)
-	}
+	tok := bearer.Check(r, p.token) == nil
 	switch p.opts.Auth {
 	case AuthClientCert:
 		return cert, "no verified client certificate"

@@ -2,7 +2,6 @@ package quarantine
 
 import (
 	"context"
-	"crypto/hmac"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +9,8 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+
+	"github.com/resilmail/resilmail/internal/bearer"
 )
 
 // IngestVersion is the version of the ingest response ([IngestResponse]).
@@ -109,7 +110,7 @@ type ingestHandler struct {
 	p     batchPutter
 	opts  IngestOptions
 	log   *slog.Logger
-	token []byte
+	token string
 	lim   BatchLimits
 }
 
@@ -123,7 +124,7 @@ func newIngestHandler(p batchPutter, maxBody int64, opts *IngestOptions) *ingest
 		h.log = slog.Default()
 	}
 	if len(h.opts.Secret) > 0 {
-		h.token = []byte(ShipToken(h.opts.Secret))
+		h.token = ShipToken(h.opts.Secret)
 	}
 	if h.opts.MaxBodySize > 0 {
 		maxBody = h.opts.MaxBodySize
@@ -237,17 +238,10 @@ func (h *ingestHandler) authenticate(r *http.Request) error {
 	if h.opts.Authenticate != nil {
 		return h.opts.Authenticate(r)
 	}
-	if h.token == nil {
+	if h.token == "" {
 		return errors.New("no Secret or Authenticate configured: every request is refused")
 	}
-	a := r.Header.Get("Authorization")
-	if len(a) <= 7 || !strings.EqualFold(a[:7], "bearer ") {
-		return errors.New("no bearer token")
-	}
-	if !hmac.Equal([]byte(strings.TrimSpace(a[7:])), h.token) {
-		return errors.New("wrong bearer token")
-	}
-	return nil
+	return bearer.Check(r, h.token)
 }
 
 // badBatch answers a batch that cannot be read.

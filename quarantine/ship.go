@@ -3,9 +3,7 @@ package quarantine
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -18,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/resilmail/resilmail/internal/bearer"
 )
 
 // ShipToken returns the bearer token an edge presents to the centre's
@@ -25,9 +25,7 @@ import (
 // the shared secret, so that the secret itself never travels. The label
 // differs from other services', so a token is good for shipping only.
 func ShipToken(secret []byte) string {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte("resilmail/quarantine ship token 1"))
-	return hex.EncodeToString(m.Sum(nil))
+	return bearer.Token(secret, "resilmail/quarantine ship token 1")
 }
 
 // ShipperOptions configure a [Shipper]. The zero value, or nil, gives the
@@ -178,7 +176,7 @@ func NewShipper(o *Outbox, centreURL string, opts *ShipperOptions) (*Shipper, er
 	}
 	s := &Shipper{o: o, url: u.String(), opts: so, log: so.Logger}
 	if len(so.Secret) > 0 {
-		s.auth = "Bearer " + ShipToken(so.Secret)
+		s.auth = bearer.Header(ShipToken(so.Secret))
 	}
 	return s, nil
 }
