@@ -1,0 +1,164 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// ComparerOptions configure a [Comparer]. A nil pointer or the zero value
+// gives working defaults; each field says what its zero value means.
+type ComparerOptions struct {
+	// Interval is the time between the end of one run and the start of
+	// the next; zero means one hour.
+	Interval time.Duration
+	// ReportOnly makes runs compare and report without repairing.
+	ReportOnly bool
+	// Compare and Repair configure each run's [Compare] and [Repair]; nil
+	// means their defaults (with this Logger and Now).
+	Compare *CompareOptions
+	Repair  *RepairOptions
+	// Logger receives a line per run; nil means slog.Default().
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// ComparerStats describe a [Comparer]'s runs.
+type ComparerStats struct {
+	Runs        int           // runs finished, with or without error
+	LastRun     time.Time     // when the last run started
+	LastRunTook time.Duration // how long it took
+	LastError   string        // the last run's error, "" if none
+	// Differences found, Repaired (changes applied) and Held (removals
+	// left for confirmation) by the last run.
+	Differences, Repaired, Held int
+	// TotalDifferences and TotalRepaired add up every run's.
+	TotalDifferences, TotalRepaired int
+	// LastHeld lists the last run's held removals, to confirm.
+	LastHeld []HeldRemoval
+}
+
+// A Comparer compares a replica with its primary on demand ([Comparer.RunOnce])
+// or every Interval ([Comparer.Run]) and repairs what differs, unless
+// ReportOnly. It is safe for concurrent use; runs do not overlap.
+type Comparer struct {
+	primary Inventory
+	body    BodyFunc
+	replica RepairTarget
+	opts    ComparerOptions
+
+	run sync.Mutex // one run at a time
+
+	mu    sync.Mutex
+	stats ComparerStats
+}
+
+// NewComparer returns a Comparer of replica with primary that fetches the
+// bodies repairs need through body. It starts nothing.
+func NewComparer(primary Inventory, body BodyFunc, replica RepairTarget, opts *ComparerOptions) (*Comparer, error) {
+	var o ComparerOptions
+	if opts != nil {
+		o = *opts
+	}
+	if primary == nil || replica == nil {
+		return nil, errors.New("replicate: NewComparer needs a primary and a replica")
+	}
+	if o.Interval < 0 {
+		return nil, errors.New("replicate: negative comparison interval")
+	}
+	if o.Interval == 0 {
+		o.Interval = time.Hour
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	co, ro := CompareOptions{}, RepairOptions{}
+	if o.Compare != nil {
+		co = *o.Compare
+	}
+	if o.Repair != nil {
+		ro = *o.Repair
+	}
+	if co.Logger == nil {
+		co.Logger = o.Logger
+	}
+	if ro.Logger == nil {
+		ro.Logger = o.Logger
+	}
+	if co.Now == nil {
+		co.Now = o.Now
+	}
+	if ro.Now == nil {
+		ro.Now = o.Now
+	}
+	o.Compare, o.Repair = &co, &ro
+	return &Comparer{primary: primary, body: body, replica: replica, opts: o}, nil
+}
+
+// RunOnce compares now and, unless ReportOnly, repairs. confirmed are held
+// removals the operator confirms for this run (added to
+// RepairOptions.Confirmed).
+func (c *Comparer) RunOnce(ctx context.Context, confirmed ...HeldRemoval) (*Report, RepairResult, error) {
+	c.run.Lock()
+	defer c.run.Unlock()
+	start := c.opts.Now()
+	rep, err := Compare(ctx, c.primary, c.replica, c.opts.Compare)
+	var res RepairResult
+	if err == nil && !rep.Equal() && !c.opts.ReportOnly {
+		ro := *c.opts.Repair
+		ro.Confirmed = append(append([]HeldRemoval(nil), ro.Confirmed...), confirmed...)
+		res, err = Repair(ctx, rep, c.primary, c.body, c.replica, &ro)
+	}
+	took := c.opts.Now().Sub(start)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := &c.stats
+	s.Runs++
+	s.LastRun, s.LastRunTook, s.LastError = start, took, ""
+	if err != nil {
+		s.LastError = err.Error()
+	}
+	s.Differences, s.Repaired, s.Held, s.LastHeld = 0, res.Changes, len(res.Held), res.Held
+	if rep != nil {
+		s.Differences = rep.Differences()
+	}
+	s.TotalDifferences += s.Differences
+	s.TotalRepaired += s.Repaired
+	c.opts.Logger.Info("replicate: comparison run", "differences", s.Differences, "repaired", s.Repaired, "held", s.Held,
+		"report_only", c.opts.ReportOnly, "duration", took, "err", err)
+	return rep, res, err
+}
+
+// Run runs a comparison at once and then Interval after the end of each,
+// until ctx is done; it returns nil then. A run's error is logged and kept
+// in Stats, and the next run happens as planned.
+func (c *Comparer) Run(ctx context.Context) error {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if _, _, err := c.RunOnce(ctx); err != nil && ctx.Err() == nil {
+			c.opts.Logger.Warn("replicate: comparison run failed", "err", err)
+		}
+		t.Reset(c.opts.Interval)
+	}
+}
+
+// Stats returns what the runs did so far.
+func (c *Comparer) Stats() ComparerStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.stats
+	s.LastHeld = append([]HeldRemoval(nil), s.LastHeld...)
+	return s
+}

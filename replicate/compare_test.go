@@ -1,0 +1,143 @@
+package replicate_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+// divergent returns a primary and a replica (and the replica's folder)
+// that differ in every way Compare knows, and the digest of the body that
+// is damaged on the replica.
+func divergent(t *testing.T) (primary, replica *store.Store, replicaDir string, corrupt resilmail.Digest) {
+	t.Helper()
+	ctx := context.Background()
+	primary = openStore(t, t.TempDir())
+	replicaDir = t.TempDir()
+	replica = openStore(t, replicaDir)
+	for _, u := range []string{"alice", "bob", "carol"} {
+		require.NoError(t, primary.CreateUser(ctx, u))
+		addN(t, primary, u, "INBOX", 10)
+	}
+	for _, mb := range []struct{ user, name string }{{"bob", "Work"}, {"carol", "Lists"}, {"carol", "Drafts"}, {"bob", "A"}, {"bob", "B"}} {
+		_, err := primary.CreateMailbox(ctx, mb.user, mb.name)
+		require.NoError(t, err)
+		addN(t, primary, mb.user, mb.name, 5)
+	}
+	unique := add(t, primary, "carol", "INBOX", msgText("unique", "only here"))
+	require.NoError(t, primary.Subscribe(ctx, "alice", "INBOX"))
+	replicateAll(t, primary, replica, 0)
+	requireSame(t, primary, replica)
+
+	// The primary moves on without the replica.
+	require.NoError(t, primary.CreateUser(ctx, "dave"))
+	addN(t, primary, "dave", "INBOX", 2)
+	require.NoError(t, primary.Subscribe(ctx, "dave", "INBOX"))
+	_, err := primary.CreateMailbox(ctx, "alice", "Archive")
+	require.NoError(t, err)
+	addN(t, primary, "alice", "Archive", 2)
+	require.NoError(t, primary.Subscribe(ctx, "alice", "Archive"))
+	add(t, primary, "alice", "INBOX", msgText("new", "missing on the replica"))
+	_, err = primary.AddFlags(ctx, "alice", "INBOX", resilmail.NewUIDSet(1), []string{`\Flagged`})
+	require.NoError(t, err)
+	_, err = primary.Expunge(ctx, "bob", "INBOX", resilmail.NewUIDSet(2))
+	require.NoError(t, err)
+	require.NoError(t, primary.RenameMailbox(ctx, "bob", "Work", "Projects"))
+	// A swap: A becomes B and B becomes A.
+	require.NoError(t, primary.RenameMailbox(ctx, "bob", "A", "tmp"))
+	require.NoError(t, primary.RenameMailbox(ctx, "bob", "B", "A"))
+	require.NoError(t, primary.RenameMailbox(ctx, "bob", "tmp", "B"))
+
+	// The replica diverges on its own.
+	require.NoError(t, replica.CreateUser(ctx, "eve"))
+	addN(t, replica, "eve", "INBOX", 3)
+	_, err = replica.CreateMailbox(ctx, "alice", "Junk")
+	require.NoError(t, err)
+	add(t, replica, "alice", "Junk", msgText("junk", "extra"))
+	require.NoError(t, replica.Subscribe(ctx, "alice", "Junk"))
+	add(t, replica, "carol", "Drafts", msgText("split", "brain")) // ahead of the primary's UIDNEXT
+	// carol/Lists becomes another incarnation with the same id.
+	lists, err := replica.MailboxStatus(ctx, "carol", "Lists")
+	require.NoError(t, err)
+	ep := replica.Epoch()
+	require.NoError(t, replica.Apply(ctx, []resilmail.Change{
+		{Epoch: ep, Kind: resilmail.ChangeMailboxDelete, User: "carol", Mailbox: "Lists", MailboxID: lists.ID},
+		{Epoch: ep, Kind: resilmail.ChangeMailboxCreate, User: "carol", Mailbox: "Lists", MailboxID: lists.ID, UIDValidity: lists.UIDValidity + 7, ModSeq: 1},
+	}, nil))
+	add(t, replica, "carol", "Lists", msgText("other", "incarnation"))
+	// The replica's copy of a body is damaged; a scrub finds it.
+	msgs, err := replica.Fetch(ctx, "carol", "INBOX", store.Query{UIDs: resilmail.NewUIDSet(unique)})
+	require.NoError(t, err)
+	require.Len(t, msgs, 1)
+	corrupt = msgs[0].Digest
+	flipBody(t, replicaDir, corrupt)
+	rep, err := replica.Scrub(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []resilmail.Digest{corrupt}, rep.Corrupt)
+	return primary, replica, replicaDir, corrupt
+}
+
+func TestCompareAndRepairEveryDivergence(t *testing.T) {
+	ctx := context.Background()
+	primary, replica, _, corrupt := divergent(t)
+	opts := &replicate.CompareOptions{Logger: quietLogger(), LeafSize: 2}
+	rep, err := replicate.Compare(ctx, primary, replica, opts)
+	require.NoError(t, err)
+	assert.Equal(t, `user alice: subscription "Archive" missing
+user alice: subscription "Junk" extra
+user dave: missing
+user dave: subscription "INBOX" missing
+user eve: extra (3 messages)
+alice/Archive: missing (2 messages)
+alice/INBOX: UID 1 flags differ
+alice/INBOX: UID 11 missing
+alice/Junk: extra (1 messages)
+bob/A: named "B" on the replica
+bob/B: named "A" on the replica
+bob/INBOX: UID 2 extra
+bob/Projects: named "Work" on the replica
+carol/Drafts: UID 6 extra
+carol/INBOX: UID 11 body corrupt on the replica
+carol/Lists: UIDVALIDITY `+uidValidity(t, replica, "carol", "Lists")+`, the primary's `+uidValidity(t, primary, "carol", "Lists")+`
+dave/INBOX: missing (2 messages)
+`, rep.String())
+	assert.Equal(t, 17, rep.Differences())
+	assert.False(t, rep.Equal())
+	assert.Equal(t, 4, rep.Users) // alice, bob, carol, dave on the primary
+
+	res, err := replicate.Repair(ctx, rep, primary, replicate.BodiesFrom(primary), replica, &replicate.RepairOptions{Logger: quietLogger()})
+	require.NoError(t, err)
+	assert.Empty(t, res.Held)
+	assert.Equal(t, 1, res.UsersCreated)
+	assert.Equal(t, 1, res.UsersDeleted)
+	assert.Equal(t, 3, res.MailboxesRenamed)
+	assert.Equal(t, 2, res.MailboxesReplaced) // carol/Lists (UIDVALIDITY), carol/Drafts (ahead)
+	assert.Equal(t, 2, res.MailboxesCreated)  // alice/Archive, dave/INBOX
+	assert.Equal(t, 1, res.MailboxesDeleted)  // alice/Junk
+	assert.Equal(t, 1, res.Expunged)
+	assert.Equal(t, 1, res.FlagsSet)
+	assert.Equal(t, 1, res.BodiesRestored)
+
+	requireSame(t, primary, replica)
+	again, err := replicate.Compare(ctx, primary, replica, opts)
+	require.NoError(t, err)
+	assert.True(t, again.Equal(), again.String())
+	assert.Zero(t, again.DigestCalls)
+	assert.Zero(t, again.Listed)
+	b, err := replica.Body(ctx, corrupt)
+	require.NoError(t, err, "the damaged body is restored from the primary")
+	assert.Equal(t, corrupt, resilmail.DigestOf(b))
+}
+
+func uidValidity(t *testing.T, s *store.Store, user, name string) string {
+	st, err := s.MailboxStatus(context.Background(), user, name)
+	require.NoError(t, err)
+	return strconv.FormatUint(uint64(st.UIDValidity), 10)
+}

@@ -1,0 +1,125 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/resilmail/resilmail"
+)
+
+// Defaults of [ExpungeGuardOptions].
+const (
+	// DefaultGuardShare is the share of a mailbox one expunge may remove
+	// before the guard holds it: 50 %.
+	DefaultGuardShare = 0.5
+	// DefaultGuardMinMessages is the smallest mailbox the guard watches
+	// and the smallest mailbox or user delete it holds: 20 messages.
+	DefaultGuardMinMessages = 20
+)
+
+// ExpungeGuardOptions configure [NewExpungeGuard]. A nil pointer or the
+// zero value gives the defaults; each field says what its zero value means.
+type ExpungeGuardOptions struct {
+	// MaxShare is the share of a mailbox's messages one expunge may
+	// remove; more is held. Zero means DefaultGuardShare (0.5).
+	MaxShare float64
+	// MinMessages: an expunge is held only in a mailbox of at least this
+	// many messages, and a mailbox or user delete only when it removes at
+	// least this many. Zero means DefaultGuardMinMessages (20).
+	MinMessages int
+	// FailOpen lets a change through when the replica's inventory cannot
+	// be read; by default (false) such a destructive change is held.
+	FailOpen bool
+	// Logger receives a warning per held change; nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// NewExpungeGuard returns a function the replica calls with every change
+// before applying it; it says hold (with a reason for the log and the
+// operator) for a logical disaster about to be copied blindly:
+//
+//   - an expunge of more than MaxShare (default 50 %) of a mailbox holding
+//     at least MinMessages (default 20) messages;
+//   - a mailbox delete removing at least MinMessages messages;
+//   - a user delete removing at least MinMessages messages in all.
+//
+// Every other change passes, as does a destructive change of a user or
+// mailbox the replica does not have (it removes nothing). The guard reads
+// replica's state, so it must be called before the change is applied. It
+// is safe for concurrent use.
+func NewExpungeGuard(replica Inventory, opts *ExpungeGuardOptions) func(ctx context.Context, c resilmail.Change) (hold bool, reason string) {
+	var o ExpungeGuardOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.MaxShare <= 0 {
+		o.MaxShare = DefaultGuardShare
+	}
+	if o.MinMessages <= 0 {
+		o.MinMessages = DefaultGuardMinMessages
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	verdict := func(ctx context.Context, c *resilmail.Change) (bool, string, error) {
+		switch c.Kind {
+		case resilmail.ChangeExpunge, resilmail.ChangeMailboxDelete, resilmail.ChangeUserDelete:
+		default:
+			return false, "", nil
+		}
+		list, err := replica.Mailboxes(ctx, c.User)
+		if errors.Is(err, ErrNotFound) {
+			return false, "", nil
+		}
+		if err != nil {
+			return false, "", err
+		}
+		if c.Kind == resilmail.ChangeUserDelete {
+			n := 0
+			for i := range list {
+				n += list[i].Messages
+			}
+			if n >= o.MinMessages {
+				return true, fmt.Sprintf("user delete of %q removes %d messages (%d mailboxes)", c.User, n, len(list)), nil
+			}
+			return false, "", nil
+		}
+		var mb *MailboxState
+		for i := range list {
+			if list[i].ID == c.MailboxID {
+				mb = &list[i]
+			}
+		}
+		if mb == nil {
+			return false, "", nil
+		}
+		if c.Kind == resilmail.ChangeMailboxDelete {
+			if mb.Messages >= o.MinMessages {
+				return true, fmt.Sprintf("mailbox delete of %s/%s removes %d messages", c.User, mb.Name, mb.Messages), nil
+			}
+			return false, "", nil
+		}
+		removed := int(min(c.UIDs.Len(), uint64(mb.Messages)))
+		if mass(removed, mb.Messages, o.MaxShare, o.MinMessages) {
+			return true, fmt.Sprintf("expunge of %d of the %d messages of %s/%s (more than %.0f %%)", removed, mb.Messages, c.User, mb.Name, 100*o.MaxShare), nil
+		}
+		return false, "", nil
+	}
+	return func(ctx context.Context, c resilmail.Change) (bool, string) {
+		hold, reason, err := verdict(ctx, &c)
+		if err != nil {
+			if o.FailOpen {
+				o.Logger.Warn("replicate: guard cannot read the replica; letting the change through", "change", c.String(), "err", err)
+				return false, ""
+			}
+			hold, reason = true, fmt.Sprintf("cannot read the replica's state to check a %s: %v", c.Kind, err)
+		}
+		if hold {
+			o.Logger.Warn("replicate: guard holds a destructive change", "change", c.String(), "user", c.User, "reason", reason)
+		}
+		return hold, reason
+	}
+}

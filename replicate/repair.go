@@ -1,0 +1,624 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/resilmail/resilmail"
+)
+
+// RepairOptions configure [Repair]. A nil *RepairOptions or the zero value
+// gives working defaults; each field says what its zero value means.
+type RepairOptions struct {
+	// MaxRemoveShare is the share of a mailbox's (or, for a user delete,
+	// a user's) messages that repair removes without confirmation; a
+	// removal of more is held. Zero means 0.5; 1 or more holds nothing.
+	MaxRemoveShare float64
+	// MinHeldMessages is the smallest removal that can be held: removals
+	// from a mailbox (or user) with fewer messages are never held. Zero
+	// means 20.
+	MinHeldMessages int
+	// Confirmed are held removals the operator confirmed (from an
+	// earlier RepairResult.Held). A confirmation matches the same kind,
+	// user and mailbox id, and covers a removal of at most as many
+	// messages as it states.
+	Confirmed []HeldRemoval
+	// BatchSize is how many changes one Target.Apply call carries; zero
+	// means 1000.
+	BatchSize int
+	// Epoch stamps the repair's changes; zero means the replica's
+	// Target.Epoch() (so that the replica never fences its own repair).
+	Epoch resilmail.Epoch
+	// Logger receives a line per repaired mailbox and per held removal;
+	// nil means slog.Default().
+	Logger *slog.Logger
+	// Now is the clock that stamps changes; nil means time.Now.
+	Now func() time.Time
+}
+
+func (o *RepairOptions) withDefaults() RepairOptions {
+	var r RepairOptions
+	if o != nil {
+		r = *o
+	}
+	if r.MaxRemoveShare <= 0 {
+		r.MaxRemoveShare = 0.5
+	}
+	if r.MinHeldMessages <= 0 {
+		r.MinHeldMessages = 20
+	}
+	if r.BatchSize <= 0 {
+		r.BatchSize = 1000
+	}
+	if r.Logger == nil {
+		r.Logger = slog.Default()
+	}
+	if r.Now == nil {
+		r.Now = time.Now
+	}
+	return r
+}
+
+// A HeldKind says what a held removal would have done.
+type HeldKind string
+
+// The kinds of [HeldRemoval].
+const (
+	HeldUserDelete    HeldKind = "user-delete"    // delete an extra user
+	HeldMailboxDelete HeldKind = "mailbox-delete" // delete an extra mailbox
+	HeldExpunge       HeldKind = "expunge"        // expunge extra messages
+	// HeldReplace: replace the replica's mailbox by the primary's (another
+	// UIDVALIDITY, or differences Apply cannot patch), losing Messages of
+	// its messages.
+	HeldReplace HeldKind = "replace"
+)
+
+// A HeldRemoval is a removal that [Repair] left alone because it takes more
+// than RepairOptions.MaxRemoveShare of a mailbox or user: a logical
+// disaster on the primary (a client deleting everything) must not be
+// copied blindly. Pass it back in RepairOptions.Confirmed to carry it out.
+type HeldRemoval struct {
+	Kind      HeldKind            `json:"kind"`
+	User      string              `json:"user"`
+	MailboxID resilmail.MailboxID `json:"mailbox_id,omitzero"` // zero for a user
+	Mailbox   string              `json:"mailbox,omitempty"`   // the replica's name
+	Messages  int                 `json:"messages"`            // messages it removes
+	Of        int                 `json:"of"`                  // messages the mailbox or user holds
+}
+
+func (h HeldRemoval) covers(x HeldRemoval) bool {
+	return h.Kind == x.Kind && h.User == x.User && h.MailboxID == x.MailboxID && x.Messages <= h.Messages
+}
+
+// RepairResult counts what [Repair] did.
+type RepairResult struct {
+	UsersCreated, UsersDeleted          int
+	MailboxesCreated, MailboxesDeleted  int
+	MailboxesRenamed, MailboxesReplaced int
+	Appended, Expunged, FlagsSet        int // messages
+	BodiesRestored                      int // damaged bodies stored again
+	Subscriptions                       int // subscriptions added or removed
+	Changes                             int // changes applied
+	// Held are the removals left alone (see [HeldRemoval]).
+	Held []HeldRemoval
+	// Unrepairable are differences repair cannot remove, such as a body
+	// damaged on the primary.
+	Unrepairable []string
+}
+
+// A RepairTarget is the replica [Repair] reads and writes.
+type RepairTarget interface {
+	Inventory
+	Target
+}
+
+// placeholderDigest names no body: an append of it that the BodyFunc
+// reports as not found makes a Target record the UID as used and the
+// message as expunged at once, which is how repair raises a mailbox's
+// UIDNEXT to the primary's.
+var placeholderDigest = resilmail.Digest(sha256.Sum256([]byte("resilmail-repair-uidnext-placeholder")))
+
+// Repair removes the differences of report from replica: it builds
+// changes with Seq zero (applied by content, not as journal entries) from
+// the primary's state and applies them with replica's Target.Apply, which
+// fetches the bodies it lacks through body and verifies them.
+//
+// Per user, in order: a missing user is created, an extra one deleted;
+// subscriptions are added and removed; extra mailboxes are deleted;
+// renamed ones renamed (through a temporary name when names are swapped);
+// missing ones created with the primary's id and UIDVALIDITY and filled
+// with the primary's UIDs, flags, dates and mod-sequences; changed ones
+// patched: extra messages expunged, missing ones appended, flags set,
+// damaged bodies stored again.
+//
+// A mailbox whose UIDVALIDITY differs, or whose difference a Target cannot
+// patch (a body that differs under one UID, a missing UID below the
+// replica's UIDNEXT, a replica ahead of the primary's UIDNEXT or
+// HIGHESTMODSEQ), is replaced from the primary: deleted and created again
+// with the primary's id, UIDVALIDITY and messages. Unlike Cyrus, which
+// renumbers both sides' messages after a split brain, resilmail has one
+// writer, the primary: what only the replica has is lost. Every
+// replacement is logged at warning level with what it removes, and is a
+// removal subject to holding.
+//
+// Removals of more than RepairOptions.MaxRemoveShare of a mailbox (or
+// user) with at least MinHeldMessages messages are held: left alone and
+// returned in RepairResult.Held until the operator confirms them. Repair
+// carries on past a mailbox it cannot repair and returns the errors
+// joined; the report should then be made again.
+func Repair(ctx context.Context, report *Report, primary Inventory, body BodyFunc, replica RepairTarget, opts *RepairOptions) (RepairResult, error) {
+	o := opts.withDefaults()
+	rp := &repairer{p: primary, r: replica, opts: o, log: o.Logger}
+	rp.epoch = o.Epoch
+	if rp.epoch == 0 {
+		rp.epoch = replica.Epoch()
+	}
+	rp.body = func(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error) {
+		if d == placeholderDigest {
+			return nil, fmt.Errorf("%w: placeholder", ErrNotFound)
+		}
+		if body == nil {
+			return nil, fmt.Errorf("replicate: repair needs body %s and has no BodyFunc", d)
+		}
+		return body(ctx, d)
+	}
+	byUser := make(map[string][]*MailboxDiff)
+	var users []string
+	for i := range report.MailboxDiffs {
+		d := &report.MailboxDiffs[i]
+		if byUser[d.User] == nil {
+			users = append(users, d.User)
+		}
+		byUser[d.User] = append(byUser[d.User], d)
+	}
+	var errs []error
+	for i := range report.UserDiffs {
+		ud := &report.UserDiffs[i]
+		if err := rp.userLevel(ctx, ud); err != nil {
+			errs = append(errs, fmt.Errorf("replicate: repair user %q: %w", ud.User, err))
+		}
+	}
+	for _, u := range users {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		errs = append(errs, rp.mailboxes(ctx, u, byUser[u]))
+	}
+	err := errors.Join(errs...)
+	o.Logger.Info("replicate: repair done", "changes", rp.res.Changes, "appended", rp.res.Appended, "expunged", rp.res.Expunged,
+		"flags", rp.res.FlagsSet, "mailboxes_created", rp.res.MailboxesCreated, "mailboxes_deleted", rp.res.MailboxesDeleted,
+		"mailboxes_replaced", rp.res.MailboxesReplaced, "held", len(rp.res.Held), "err", err)
+	return rp.res, err
+}
+
+type repairer struct {
+	p     Inventory
+	r     RepairTarget
+	body  BodyFunc
+	opts  RepairOptions
+	log   *slog.Logger
+	epoch resilmail.Epoch
+	res   RepairResult
+}
+
+// mass reports whether removing removed of total messages is a mass
+// removal: more than share of them, from at least min.
+func mass(removed, total int, share float64, least int) bool {
+	return removed > 0 && total >= least && float64(removed) > share*float64(total)
+}
+
+// hold reports whether h must be held, and records it if so.
+func (rp *repairer) hold(h HeldRemoval) bool {
+	if !mass(h.Messages, h.Of, rp.opts.MaxRemoveShare, rp.opts.MinHeldMessages) {
+		return false
+	}
+	for _, c := range rp.opts.Confirmed {
+		if c.covers(h) {
+			rp.log.Warn("replicate: repair: confirmed removal", "kind", h.Kind, "user", h.User, "mailbox", h.Mailbox, "messages", h.Messages, "of", h.Of)
+			return false
+		}
+	}
+	rp.log.Warn("replicate: repair: removal held until confirmed", "kind", h.Kind, "user", h.User, "mailbox", h.Mailbox, "messages", h.Messages, "of", h.Of)
+	rp.res.Held = append(rp.res.Held, h)
+	return true
+}
+
+func (rp *repairer) change(kind resilmail.ChangeKind, user string) resilmail.Change {
+	return resilmail.Change{Epoch: rp.epoch, Kind: kind, Time: rp.opts.Now().UTC(), User: user}
+}
+
+// apply applies changes in batches.
+func (rp *repairer) apply(ctx context.Context, changes []resilmail.Change) error {
+	for len(changes) > 0 {
+		n := min(len(changes), rp.opts.BatchSize)
+		if err := rp.r.Apply(ctx, changes[:n], rp.body); err != nil {
+			return err
+		}
+		rp.res.Changes += n
+		changes = changes[n:]
+	}
+	return nil
+}
+
+func (rp *repairer) userLevel(ctx context.Context, ud *UserDiff) error {
+	var cs []resilmail.Change
+	switch {
+	case ud.Extra:
+		if rp.hold(HeldRemoval{Kind: HeldUserDelete, User: ud.User, Messages: ud.Messages, Of: ud.Messages}) {
+			return nil
+		}
+		if err := rp.apply(ctx, []resilmail.Change{rp.change(resilmail.ChangeUserDelete, ud.User)}); err != nil {
+			return err
+		}
+		rp.res.UsersDeleted++
+		rp.log.Info("replicate: repair: deleted extra user", "user", ud.User, "messages", ud.Messages)
+		return nil
+	case ud.Missing:
+		cs = append(cs, rp.change(resilmail.ChangeUserCreate, ud.User))
+	}
+	for _, s := range ud.MissingSubscriptions {
+		c := rp.change(resilmail.ChangeSubscribe, ud.User)
+		c.Mailbox = s
+		cs = append(cs, c)
+	}
+	for _, s := range ud.ExtraSubscriptions {
+		c := rp.change(resilmail.ChangeUnsubscribe, ud.User)
+		c.Mailbox = s
+		cs = append(cs, c)
+	}
+	if err := rp.apply(ctx, cs); err != nil {
+		return err
+	}
+	if ud.Missing {
+		rp.res.UsersCreated++
+	}
+	rp.res.Subscriptions += len(ud.MissingSubscriptions) + len(ud.ExtraSubscriptions)
+	return nil
+}
+
+// plan is what repair does to one changed mailbox.
+type plan struct {
+	d       *MailboxDiff
+	replace bool
+	why     string
+	lost    int // messages a replacement or expunge removes
+}
+
+func (rp *repairer) mailboxes(ctx context.Context, user string, diffs []*MailboxDiff) error {
+	var errs []error
+	fail := func(d *MailboxDiff, err error) {
+		rp.log.Error("replicate: repair of mailbox failed", "user", user, "mailbox", d.Name(), "mailbox_id", d.ID.String(), "err", err)
+		errs = append(errs, fmt.Errorf("replicate: repair %s/%s: %w", user, d.Name(), err))
+	}
+	// Decide, then delete what goes: extra mailboxes and the replica's
+	// copies of the ones replaced.
+	var plans []*plan
+	names := make(map[string]resilmail.MailboxID) // the replica's names now
+	for _, d := range diffs {
+		if d.Replica != nil {
+			names[d.Replica.Name] = d.ID
+		}
+	}
+	for _, d := range diffs {
+		switch d.Kind {
+		case MailboxExtra:
+			if rp.hold(HeldRemoval{Kind: HeldMailboxDelete, User: user, MailboxID: d.ID, Mailbox: d.Replica.Name, Messages: d.Replica.Messages, Of: d.Replica.Messages}) {
+				continue
+			}
+			c := rp.change(resilmail.ChangeMailboxDelete, user)
+			c.Mailbox, c.MailboxID = d.Replica.Name, d.ID
+			if err := rp.apply(ctx, []resilmail.Change{c}); err != nil {
+				fail(d, err)
+				continue
+			}
+			delete(names, d.Replica.Name)
+			rp.res.MailboxesDeleted++
+			rp.log.Info("replicate: repair: deleted extra mailbox", "user", user, "mailbox", d.Replica.Name, "messages", d.Replica.Messages)
+		case MailboxMissing:
+			plans = append(plans, &plan{d: d})
+		case MailboxChanged:
+			pl := rp.planChanged(d)
+			if pl.replace {
+				if rp.hold(HeldRemoval{Kind: HeldReplace, User: user, MailboxID: d.ID, Mailbox: d.Replica.Name, Messages: pl.lost, Of: d.Replica.Messages}) {
+					continue
+				}
+				rp.log.Warn("replicate: repair: replacing the replica's mailbox by the primary's (the primary wins)",
+					"user", user, "mailbox", d.Replica.Name, "mailbox_id", d.ID.String(), "why", pl.why, "messages_lost", pl.lost,
+					"uidvalidity", d.Replica.UIDValidity, "primary_uidvalidity", d.Primary.UIDValidity)
+				c := rp.change(resilmail.ChangeMailboxDelete, user)
+				c.Mailbox, c.MailboxID = d.Replica.Name, d.ID
+				if err := rp.apply(ctx, []resilmail.Change{c}); err != nil {
+					fail(d, err)
+					continue
+				}
+				delete(names, d.Replica.Name)
+			}
+			plans = append(plans, pl)
+		}
+	}
+	// Rename, through a temporary name when the new name is taken (a swap).
+	var second []*plan
+	for _, pl := range plans {
+		d := pl.d
+		if pl.replace || d.Kind != MailboxChanged || !d.Renamed {
+			continue
+		}
+		to := d.Primary.Name
+		if holder, taken := names[to]; taken && holder != d.ID {
+			to = "resilmail-repair-" + d.ID.String()
+			second = append(second, pl)
+		}
+		if err := rp.rename(ctx, user, d, d.Replica.Name, to); err != nil {
+			fail(d, err)
+			pl.d = nil
+			continue
+		}
+		delete(names, d.Replica.Name)
+		names[to] = d.ID
+	}
+	for _, pl := range second {
+		if pl.d == nil {
+			continue
+		}
+		if err := rp.rename(ctx, user, pl.d, "resilmail-repair-"+pl.d.ID.String(), pl.d.Primary.Name); err != nil {
+			fail(pl.d, err)
+			pl.d = nil
+		}
+	}
+	// Create, replace and patch.
+	for _, pl := range plans {
+		if pl.d == nil {
+			continue
+		}
+		var err error
+		if pl.d.Kind == MailboxMissing || pl.replace {
+			err = rp.fill(ctx, user, pl.d)
+		} else {
+			err = rp.patch(ctx, user, pl)
+		}
+		if err != nil {
+			fail(pl.d, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (rp *repairer) rename(ctx context.Context, user string, d *MailboxDiff, from, to string) error {
+	c := rp.change(resilmail.ChangeMailboxRename, user)
+	c.Mailbox, c.NewName, c.MailboxID = from, to, d.ID
+	if err := rp.apply(ctx, []resilmail.Change{c}); err != nil {
+		return err
+	}
+	if to == d.Primary.Name {
+		rp.res.MailboxesRenamed++
+		rp.log.Info("replicate: repair: renamed mailbox", "user", user, "from", d.Replica.Name, "to", to)
+	}
+	return nil
+}
+
+// planChanged decides whether a changed mailbox can be patched or must be
+// replaced.
+func (rp *repairer) planChanged(d *MailboxDiff) *plan {
+	pl := &plan{d: d}
+	p, r := d.Primary, d.Replica
+	for _, m := range d.Messages {
+		switch m.Kind {
+		case MessageExtra, MessageBodyDiffers:
+			pl.lost++
+		}
+	}
+	switch {
+	case d.UIDValidityDiffers:
+		pl.replace, pl.why = true, "UIDVALIDITY differs"
+		// Another incarnation: every message goes (those with the same
+		// body come back under the primary's UIDs).
+		pl.lost = r.Messages
+	case r.UIDNext > p.UIDNext:
+		pl.replace, pl.why = true, "the replica is ahead of the primary's UIDNEXT"
+	case r.HighestModSeq > p.HighestModSeq:
+		pl.replace, pl.why = true, "the replica is ahead of the primary's HIGHESTMODSEQ"
+	}
+	if pl.replace {
+		return pl
+	}
+	for _, m := range d.Messages {
+		switch m.Kind {
+		case MessageBodyDiffers:
+			pl.replace, pl.why = true, fmt.Sprintf("UID %d names another body", m.UID)
+		case MessageMissing:
+			if m.UID < r.UIDNext {
+				pl.replace, pl.why = true, fmt.Sprintf("UID %d is missing below the replica's UIDNEXT", m.UID)
+			}
+		case MessageMetaDiffers:
+			a, b := m.Primary, m.Replica
+			if b.ModSeq >= a.ModSeq || a.Size != b.Size || !a.InternalDate.Equal(b.InternalDate) {
+				pl.replace, pl.why = true, fmt.Sprintf("UID %d: the replica's metadata is not older than the primary's", m.UID)
+			}
+		}
+		if pl.replace {
+			return pl
+		}
+	}
+	return pl
+}
+
+func (rp *repairer) appendChange(user string, p *MailboxState, m *MessageState) resilmail.Change {
+	c := rp.change(resilmail.ChangeAppend, user)
+	c.Mailbox, c.MailboxID, c.UIDValidity = p.Name, p.ID, p.UIDValidity
+	c.UID, c.Digest, c.Size, c.InternalDate, c.Flags, c.ModSeq = m.UID, m.Digest, m.Size, m.InternalDate, m.Flags, m.ModSeq
+	return c
+}
+
+// tail returns the changes that raise the replica's UIDNEXT (from next)
+// and HIGHESTMODSEQ (from highest) to the primary's.
+func (rp *repairer) tail(user string, p *MailboxState, next uint32, highest uint64) []resilmail.Change {
+	var cs []resilmail.Change
+	if p.UIDNext > next && p.UIDNext-1 >= 1 && p.UIDNext-1 < math.MaxUint32 {
+		c := rp.appendChange(user, p, &MessageState{UID: p.UIDNext - 1, Digest: placeholderDigest, ModSeq: p.HighestModSeq})
+		cs = append(cs, c)
+		highest = max(highest, p.HighestModSeq)
+	}
+	if p.HighestModSeq > highest && p.UIDNext >= 1 {
+		c := rp.change(resilmail.ChangeExpunge, user)
+		c.Mailbox, c.MailboxID, c.UIDValidity = p.Name, p.ID, p.UIDValidity
+		c.UIDs, c.ModSeq = resilmail.NewUIDSet(p.UIDNext), p.HighestModSeq // no such message: raises HIGHESTMODSEQ only
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// fill creates a mailbox with the primary's id and UIDVALIDITY and copies
+// every message of the primary into it.
+func (rp *repairer) fill(ctx context.Context, user string, d *MailboxDiff) error {
+	p := d.Primary
+	c := rp.change(resilmail.ChangeMailboxCreate, user)
+	c.Mailbox, c.MailboxID, c.UIDValidity, c.ModSeq = p.Name, p.ID, p.UIDValidity, 1
+	cs := []resilmail.Change{c}
+	next, highest := uint32(1), uint64(1)
+	lo := uint32(1)
+	appended := 0
+	for {
+		page, err := rp.p.MessageRange(ctx, user, p.ID, lo, math.MaxUint32, listPage)
+		if err != nil {
+			return fmt.Errorf("listing the primary's messages: %w", err)
+		}
+		for i := range page {
+			m := &page[i]
+			if m.UID < lo || m.Corrupt {
+				if m.Corrupt {
+					rp.unrepairable(user, p.Name, m.UID)
+				}
+				continue
+			}
+			cs = append(cs, rp.appendChange(user, p, m))
+			next, highest = m.UID+1, max(highest, m.ModSeq)
+			lo = m.UID + 1
+			appended++
+		}
+		if len(cs) >= rp.opts.BatchSize {
+			if err := rp.apply(ctx, cs); err != nil {
+				return err
+			}
+			cs = cs[:0]
+		}
+		if len(page) < listPage || lo == 0 {
+			break
+		}
+	}
+	cs = append(cs, rp.tail(user, p, next, highest)...)
+	if err := rp.apply(ctx, cs); err != nil {
+		return err
+	}
+	rp.res.Appended += appended
+	if d.Kind == MailboxMissing {
+		rp.res.MailboxesCreated++
+		rp.log.Info("replicate: repair: created missing mailbox", "user", user, "mailbox", p.Name, "messages", appended)
+	} else {
+		rp.res.MailboxesReplaced++
+	}
+	return nil
+}
+
+func (rp *repairer) unrepairable(user, mailbox string, uid uint32) {
+	rp.log.Error("replicate: repair: the primary's body is damaged; restore it from a replica or a backup",
+		"user", user, "mailbox", mailbox, "uid", uid)
+	rp.res.Unrepairable = append(rp.res.Unrepairable, fmt.Sprintf("%s/%s: UID %d: body corrupt on the primary", user, mailbox, uid))
+}
+
+// patch removes the message differences of a mailbox that needs no
+// replacement.
+func (rp *repairer) patch(ctx context.Context, user string, pl *plan) error {
+	d := pl.d
+	p, r := d.Primary, d.Replica
+	var (
+		extra    resilmail.UIDSet
+		cs       []resilmail.Change
+		appended int
+		flags    int
+		bodies   int
+	)
+	for _, m := range d.Messages {
+		if m.Kind == MessageExtra {
+			extra = extra.Add(m.UID)
+		}
+	}
+	expunge := !extra.IsEmpty() && !rp.hold(HeldRemoval{Kind: HeldExpunge, User: user, MailboxID: d.ID, Mailbox: p.Name, Messages: int(extra.Len()), Of: r.Messages})
+	if expunge {
+		c := rp.change(resilmail.ChangeExpunge, user)
+		c.Mailbox, c.MailboxID, c.UIDValidity = p.Name, p.ID, p.UIDValidity
+		c.UIDs, c.ModSeq = extra, p.HighestModSeq
+		cs = append(cs, c)
+	}
+	next, highest := r.UIDNext, r.HighestModSeq
+	if expunge {
+		highest = max(highest, p.HighestModSeq)
+	}
+	for _, m := range d.Messages {
+		switch m.Kind {
+		case MessageMissing:
+			if m.Primary.Corrupt {
+				rp.unrepairable(user, p.Name, m.UID)
+				continue
+			}
+			cs = append(cs, rp.appendChange(user, p, m.Primary))
+			next, highest = max(next, m.UID+1), max(highest, m.Primary.ModSeq)
+			appended++
+		case MessageMetaDiffers:
+			c := rp.change(resilmail.ChangeFlags, user)
+			c.Mailbox, c.MailboxID, c.UIDValidity = p.Name, p.ID, p.UIDValidity
+			c.UIDs, c.FlagOp, c.Flags, c.ModSeq = resilmail.NewUIDSet(m.UID), resilmail.FlagsSet, m.Primary.Flags, m.Primary.ModSeq
+			cs = append(cs, c)
+			highest = max(highest, m.Primary.ModSeq)
+			flags++
+		case MessageCorrupt:
+			// The same UID and body: the Target skips the message but
+			// stores the body again, which repairs it.
+			cs = append(cs, rp.appendChange(user, p, m.Replica))
+			bodies++
+		case MessagePrimaryCorrupt:
+			rp.unrepairable(user, p.Name, m.UID)
+		}
+	}
+	if expunge || extra.IsEmpty() {
+		cs = append(cs, rp.tail(user, p, next, highest)...)
+	}
+	if err := rp.apply(ctx, cs); err != nil {
+		return err
+	}
+	if expunge {
+		rp.res.Expunged += int(extra.Len())
+	}
+	rp.res.Appended += appended
+	rp.res.FlagsSet += flags
+	rp.res.BodiesRestored += bodies
+	if len(cs) > 0 {
+		rp.log.Info("replicate: repair: patched mailbox", "user", user, "mailbox", p.Name, "appended", appended,
+			"expunged", map[bool]int{true: int(extra.Len())}[expunge], "flags", flags, "bodies", bodies)
+	}
+	return nil
+}
+
+// A BodyReader returns verified bodies, as [Source.Body] does.
+type BodyReader interface {
+	Body(ctx context.Context, d resilmail.Digest) ([]byte, error)
+}
+
+// BodiesFrom returns a BodyFunc that reads bodies from src (a [Source] such
+// as the primary's store), for [Repair] and Target.Apply.
+func BodiesFrom(src BodyReader) BodyFunc {
+	return func(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error) {
+		b, err := src.Body(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+}
