@@ -12,7 +12,10 @@ import (
 // on every read and every action, with the caller's name as the HTTP handler
 // (or the program) authenticated it. It is safe for concurrent use.
 //
-// An error denies access; it is reported to the caller as ErrForbidden.
+// An error wrapping ErrForbidden denies access (an unknown caller). Any
+// other error means the Authorizer could not decide (its directory is
+// down): access is denied for now and the caller told to try again later,
+// as ErrUnavailable (HTTP 503), not that it is forbidden.
 type Authorizer interface {
 	Scope(ctx context.Context, who string) (Scope, error)
 }

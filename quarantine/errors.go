@@ -28,6 +28,9 @@ var (
 	ErrTooLarge = errors.New("quarantine: message too large")
 	// ErrClosed is returned by a Store, Outbox or Shipper after Close.
 	ErrClosed = errors.New("quarantine: closed")
+	// ErrUnavailable is returned when the Authorizer could not decide (for
+	// example its directory is down): nothing is shown or done; try again.
+	ErrUnavailable = errors.New("quarantine: access cannot be decided now")
 	// ErrBadToken is returned for a release link that is forged, expired
 	// or damaged.
 	ErrBadToken = errors.New("quarantine: bad or expired release link")

@@ -240,7 +240,7 @@ func status(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, ErrTooLarge), errors.As(err, &mbe):
 		return http.StatusRequestEntityTooLarge
-	case errors.Is(err, ErrClosed), errors.Is(err, ErrNoDeliverer),
+	case errors.Is(err, ErrClosed), errors.Is(err, ErrNoDeliverer), errors.Is(err, ErrUnavailable),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
 	}

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -655,4 +656,29 @@ func TestHandlerAfterClose(t *testing.T) {
 	require.NoError(t, f.s.Close())
 	assert.Equal(t, http.StatusServiceUnavailable, request(h, "GET", "/api/entries", "alice@example.org", "").Code)
 	assert.Equal(t, http.StatusServiceUnavailable, request(h, "GET", "/release/"+tok, "", "").Code)
+}
+
+func TestAuthorizerOutageIsUnavailableNotForbidden(t *testing.T) {
+	var down atomic.Bool
+	auth := AuthorizerFunc(func(ctx context.Context, who string) (Scope, error) {
+		if down.Load() {
+			return Scope{}, errors.New("directory server unreachable")
+		}
+		return accessAuthorizer().Scope(ctx, who)
+	})
+	s, err := Open(t.TempDir(), auth, &Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	defer s.Close()
+	h, err := NewHandler(s, &HandlerOptions{Authenticate: headerAuth, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+
+	require.Equal(t, http.StatusOK, request(h, "GET", "/api/entries", "alice@example.org", "").Code)
+	down.Store(true)
+	_, err = s.List(context.Background(), "alice@example.org", Query{})
+	require.ErrorIs(t, err, ErrUnavailable)
+	assert.NotErrorIs(t, err, ErrForbidden)
+	w := request(h, "GET", "/api/entries", "alice@example.org", "")
+	assert.Equal(t, http.StatusServiceUnavailable, w.Code, "the user may try again; nothing is forbidden")
+	down.Store(false)
+	assert.Equal(t, http.StatusOK, request(h, "GET", "/api/entries", "alice@example.org", "").Code)
 }

@@ -480,7 +480,8 @@ func (s *Store) scope(ctx context.Context, who string) (Scope, error) {
 		if errors.Is(err, ErrForbidden) {
 			return Scope{}, err
 		}
-		return Scope{}, fmt.Errorf("%w: %s: %v", ErrForbidden, who, err)
+		s.log.Warn("quarantine: the Authorizer could not decide", "who", who, "err", err)
+		return Scope{}, fmt.Errorf("%w: %s: %v", ErrUnavailable, who, err)
 	}
 	return sc.normal(), nil
 }
