@@ -73,8 +73,9 @@
 // indexes (see index.go), "bodies/" with one file per body named by its
 // SHA-256 in 16 sub-folders, and a LOCK file that keeps a second process
 // out. Bodies are written to a temporary file, fsynced, renamed and their
-// folder fsynced before the index that refers to them commits. Open refuses
-// an index of another format version.
+// folder fsynced before the index that refers to them commits; a crash in
+// between leaves a file no entry refers to, which [Store.Run] removes when
+// it starts. Open refuses an index of another format version.
 //
 // # Goroutines
 //

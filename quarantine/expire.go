@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -186,11 +187,18 @@ func removeIfExists(path string) error {
 }
 
 // Run expires entries every Options.ExpireEvery and finishes releases left
-// in flight (at once on start, after a crash, and then on every round). It
+// in flight (at once on start, after a crash, and then on every round). On
+// start it also removes the body files a crash left behind: written, but
+// never referenced because the index transaction did not commit. It
 // returns nil when ctx is cancelled.
 func (s *Store) Run(ctx context.Context) error {
 	t := time.NewTicker(s.opts.ExpireEvery)
 	defer t.Stop()
+	if n, err := s.sweepOrphans(ctx); err != nil && ctx.Err() == nil {
+		s.log.Error("quarantine: sweeping unreferenced body files failed", "err", err)
+	} else if n > 0 {
+		s.log.Warn("quarantine: removed body files no entry refers to (left by a crash)", "files", n)
+	}
 	for {
 		s.retryReleases(ctx)
 		if _, err := s.Expire(ctx); err != nil && ctx.Err() == nil {
@@ -202,4 +210,67 @@ func (s *Store) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// sweepOrphans removes, folder by folder, the body files the index does not
+// reference and temporary files left by a crash. A folder is swept under
+// bodyMu held exclusively, so no body being stored is taken for an orphan.
+func (s *Store) sweepOrphans(ctx context.Context) (int, error) {
+	root := filepath.Join(s.dir, "bodies")
+	dirs, err := os.ReadDir(root)
+	if err != nil {
+		return 0, err
+	}
+	removed := 0
+	for _, d := range dirs {
+		if !d.IsDir() {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return removed, err
+		}
+		n, err := s.sweepFolder(filepath.Join(root, d.Name()))
+		removed += n
+		if err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
+}
+
+func (s *Store) sweepFolder(dir string) (int, error) {
+	s.bodyMu.Lock()
+	defer s.bodyMu.Unlock()
+	files, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	var orphans []string
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		refs := tx.Bucket(bBodies)
+		for _, f := range files {
+			name := f.Name()
+			if strings.HasPrefix(name, ".tmp-") {
+				orphans = append(orphans, name)
+				continue
+			}
+			d, err := resilmail.ParseDigest(name)
+			if err != nil {
+				continue // not ours: left alone
+			}
+			if refs.Get(d[:]) == nil {
+				orphans = append(orphans, name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, name := range orphans {
+		if err := removeIfExists(filepath.Join(dir, name)); err != nil {
+			return 0, err
+		}
+	}
+	return len(orphans), nil
 }

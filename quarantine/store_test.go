@@ -498,3 +498,36 @@ func TestReopenKeepsEverything(t *testing.T) {
 	assert.Equal(t, testBody("k1"), string(b))
 	assert.EqualValues(t, 1, s.Stats().Entries)
 }
+
+func TestRunSweepsBodyFilesACrashLeft(t *testing.T) {
+	dir := t.TempDir()
+	s := openTestStore(t, dir, &quarantine.Options{ExpireEvery: time.Hour})
+	put(t, s, testEntry("kept", t0, "x@bad.example", "alice@example.org"), testBody("kept"))
+
+	// What a crash between writing bodies and committing the index leaves:
+	// a renamed body nobody refers to and a temporary file.
+	orphan := resilmail.DigestOf([]byte("never committed"))
+	h := orphan.String()
+	orphanPath := filepath.Join(dir, "bodies", h[:1], h)
+	require.NoError(t, os.MkdirAll(filepath.Dir(orphanPath), 0o750))
+	require.NoError(t, os.WriteFile(orphanPath, []byte("never committed"), 0o640))
+	tmpPath := filepath.Join(dir, "bodies", h[:1], ".tmp-123")
+	require.NoError(t, os.WriteFile(tmpPath, []byte("half"), 0o640))
+	stranger := filepath.Join(dir, "bodies", h[:1], "README")
+	require.NoError(t, os.WriteFile(stranger, []byte("not ours"), 0o640))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	require.Eventually(t, func() bool {
+		_, e1 := os.Stat(orphanPath)
+		_, e2 := os.Stat(tmpPath)
+		return os.IsNotExist(e1) && os.IsNotExist(e2)
+	}, 5*time.Second, 10*time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	assert.FileExists(t, stranger, "a file that is not a body is left alone")
+	body, err := s.Body(context.Background(), "admin", "kept")
+	require.NoError(t, err, "a referenced body stays")
+	assert.Equal(t, testBody("kept"), string(body))
+}
