@@ -37,6 +37,8 @@ import (
 type system interface {
 	// start runs both and returns the primary's LMTP address.
 	start(ctx context.Context, dir string) (string, error)
+	// rcpt is the LMTP recipient of the benchmark's user.
+	rcpt() string
 	// seen calls found with the number of every message now on the
 	// replica that it did not report before (see message).
 	seen(found func(n int)) error
@@ -48,7 +50,7 @@ func main() {
 	duration := flag.Duration("duration", 20*time.Second, "how long to deliver at each rate")
 	size := flag.Int("size", 10<<10, "message size in bytes (each message adds its number)")
 	conns := flag.Int("conns", 8, "LMTP connections")
-	systems := flag.String("systems", "dovecot", "systems to measure, comma separated: dovecot")
+	systems := flag.String("systems", "dovecot", "systems to measure, comma separated: dovecot, cyrus")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -85,6 +87,8 @@ func newSystem(name string) (system, error) {
 	switch name {
 	case "dovecot":
 		return &dovecot{}, nil
+	case "cyrus":
+		return &cyrus{}, nil
 	}
 	return nil, fmt.Errorf("unknown system %q", name)
 }
@@ -159,7 +163,7 @@ func measure(ctx context.Context, name string, rate int, d time.Duration, size, 
 			}
 			defer c.Close()
 			for i := range jobs {
-				if err := c.SendMail("sender@example.net", []string{"bench@example.org"}, strings.NewReader(message(i, size))); err != nil {
+				if err := c.SendMail("sender@example.net", []string{sys.rcpt()}, strings.NewReader(message(i, size))); err != nil {
 					errOnce.Do(func() { sendErr = fmt.Errorf("message %d: %w", i, err) })
 					continue
 				}
@@ -404,6 +408,8 @@ plugin {
 	}
 	return conf
 }
+
+func (d *dovecot) rcpt() string { return "bench@example.org" }
 
 func (d *dovecot) seen(found func(n int)) error {
 	for _, sub := range []string{"new", "cur"} {
