@@ -34,7 +34,7 @@ func (c *cyrus) rcpt() string { return "bench" }
 func (c *cyrus) start(ctx context.Context, dir string) (string, error) {
 	for _, prog := range []string{"master", "lmtpd", "sync_client", "sync_server"} {
 		if _, err := os.Stat(filepath.Join(cyrusBin, prog)); err != nil {
-			return "", errors.New("Cyrus is not installed (apt-get install cyrus-imapd cyrus-replication sasl2-bin)")
+			return "", errors.New("cyrus is not installed (apt-get install cyrus-imapd cyrus-replication sasl2-bin)")
 		}
 	}
 	ports := make([]int, 5)

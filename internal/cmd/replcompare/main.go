@@ -2,15 +2,17 @@
 // machine: LMTP deliveries of 10 KiB to one user on a primary at a steady
 // rate, and the time until each message is on the replica (lag p50, p99,
 // max), for Dovecot's replicator (dsync over TCP; Debian's dovecot-core and
-// dovecot-lmtpd, run as two private instances on loopback) and, as the
-// replicate package lands, for resilmail.
+// dovecot-lmtpd), Cyrus IMAP's rolling replication at its defaults
+// (sync_log, sync_client -r, sync_server; Debian's cyrus-imapd,
+// cyrus-replication and sasl2-bin) and, as the replicate package lands,
+// resilmail. Each runs as two private instances on loopback.
 //
-//	sudo go run ./internal/cmd/replcompare -rates 50,200,500 -duration 20s
+//	sudo go run ./internal/cmd/replcompare -systems dovecot,cyrus -rates 50,200,500 -duration 20s
 //
 // It needs root (Dovecot drops to the vmail user, which it creates if
-// missing) and leaves the system's own Dovecot alone. Each message has its
-// own size (10 KiB plus its number), which names it on the replica: Dovecot
-// writes the size into maildir file names (",S=").
+// missing; Cyrus to its cyrus user) and leaves the system's own servers
+// alone. Each message names itself in its Message-ID, which the tool reads
+// back from the replica's files as they appear.
 package main
 
 import (
