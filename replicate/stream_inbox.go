@@ -1,0 +1,96 @@
+package replicate
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/wal"
+)
+
+// The replica's inbox is a wal.Log of records, each a type byte and data:
+//
+//	'c' change      resilmail.Change binary
+//	'b' body        32-byte digest, then the body
+//	'p' position    uvarint: every change up to it was received
+//	'r' resync      uvarint: a full sync brought the target up to it;
+//	                earlier changes of the inbox are moot
+//	'k' confirm     uvarint seq, then the user: a held change confirmed
+const (
+	inboxKind    = "replica-inbox"
+	inboxVersion = 1
+
+	recChange   = 'c'
+	recBody     = 'b'
+	recPosition = 'p'
+	recResync   = 'r'
+	recConfirm  = 'k'
+)
+
+// inboxState is what replaying an inbox finds.
+type inboxState struct {
+	received  uint64
+	changes   []inboxChange
+	bodies    map[resilmail.Digest]wal.Pos
+	confirmed map[string]uint64
+}
+
+type inboxChange struct {
+	c   resilmail.Change
+	seg uint64 // segment of its record
+}
+
+func openInbox(dir string, segSize int64, log *slog.Logger) (*wal.Log, *inboxState, error) {
+	st := &inboxState{bodies: make(map[resilmail.Digest]wal.Pos), confirmed: make(map[string]uint64)}
+	l, err := wal.Open(dir, wal.Options{Kind: inboxKind, Version: inboxVersion, SegmentSize: segSize, Logger: log},
+		func(pos wal.Pos, rec []byte) error {
+			if len(rec) == 0 {
+				return errors.New("replicate: empty inbox record")
+			}
+			data := rec[1:]
+			switch rec[0] {
+			case recChange:
+				var c resilmail.Change
+				if err := c.UnmarshalBinary(data); err != nil {
+					return fmt.Errorf("replicate: inbox record at %s: %w", pos, err)
+				}
+				st.received = max(st.received, c.Seq)
+				st.changes = append(st.changes, inboxChange{c, pos.Seg})
+			case recBody:
+				if len(data) < len(resilmail.Digest{}) {
+					return fmt.Errorf("replicate: short body record at %s", pos)
+				}
+				st.bodies[resilmail.Digest(data[:32])] = pos
+			case recPosition, recResync:
+				v, n := binary.Uvarint(data)
+				if n <= 0 {
+					return fmt.Errorf("replicate: bad position record at %s", pos)
+				}
+				if rec[0] == recResync {
+					st.changes = st.changes[:0]
+					st.received = v
+				}
+				st.received = max(st.received, v)
+			case recConfirm:
+				v, n := binary.Uvarint(data)
+				if n <= 0 {
+					return fmt.Errorf("replicate: bad confirm record at %s", pos)
+				}
+				st.confirmed[string(data[n:])] = max(st.confirmed[string(data[n:])], v)
+			default:
+				return fmt.Errorf("replicate: unknown inbox record %q at %s", rec[0], pos)
+			}
+			return nil
+		})
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, st, nil
+}
+
+func uvarintRecord(typ byte, v uint64, tail string) []byte {
+	b := binary.AppendUvarint([]byte{typ}, v)
+	return append(b, tail...)
+}

@@ -1,0 +1,647 @@
+package replicate
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/bearer"
+)
+
+// StreamPurpose labels the bearer token of the replication stream: the
+// token is HMAC-SHA256(secret, StreamPurpose).
+const StreamPurpose = "resilmail/replicate/stream 1"
+
+// StreamToken returns the bearer token the replication stream expects for
+// secret.
+func StreamToken(secret []byte) string { return bearer.Token(secret, StreamPurpose) }
+
+// heartbeatHeader tells a replica, in milliseconds, how often the stream
+// carries a heartbeat, so that it can tell a silent connection from a
+// quiet primary.
+const heartbeatHeader = "Resilmail-Heartbeat"
+
+// Defaults of [PrimaryOptions].
+const (
+	DefaultHeartbeat  = time.Second
+	DefaultAckTimeout = 2 * time.Second
+	DefaultBatch      = 256
+)
+
+// ErrNotReplicated is wrapped by the error of [Primary.Await] when the
+// replicas did not acknowledge a change in time and OnTimeout is
+// TimeoutRefuse. The error is temporary: the change is durable on the
+// primary and will reach the replicas; the caller may refuse its client's
+// command with a temporary failure and let it retry.
+var ErrNotReplicated = errors.New("replicate: change not acknowledged by the replicas in time")
+
+// An AckMode says what [Primary.Await] waits for.
+type AckMode int
+
+// The acknowledgement modes.
+const (
+	// AckAsync: Await returns at once; replicas catch up on their own.
+	AckAsync AckMode = iota
+	// AckOne: Await returns once any replica has acknowledged the
+	// position.
+	AckOne
+	// AckAll: Await returns once every replica named in
+	// PrimaryOptions.Replicas has acknowledged the position.
+	AckAll
+)
+
+// String returns "async", "one" or "all".
+func (m AckMode) String() string {
+	switch m {
+	case AckAsync:
+		return "async"
+	case AckOne:
+		return "one"
+	case AckAll:
+		return "all"
+	}
+	return "AckMode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// A TimeoutPolicy says what [Primary.Await] does when the acknowledgements
+// it waits for do not come within AckTimeout.
+type TimeoutPolicy int
+
+// The timeout policies.
+const (
+	// TimeoutRefuse: Await returns an error wrapping ErrNotReplicated.
+	TimeoutRefuse TimeoutPolicy = iota
+	// TimeoutAccept: Await returns nil; the event is logged and counted
+	// in PrimaryStats.AcceptedUnreplicated.
+	TimeoutAccept
+)
+
+// PrimaryOptions configure [NewPrimary]. Either Secret or Authenticate must
+// be set; every other zero field means its default.
+type PrimaryOptions struct {
+	// Secret is shared with the replicas: a request must carry
+	// "Authorization: Bearer " + StreamToken(Secret).
+	Secret []byte
+	// Authenticate, if set, decides instead of Secret: nil lets a request
+	// in (for example after checking r.TLS.PeerCertificates), an error
+	// refuses it with 401.
+	Authenticate func(r *http.Request) error
+	// Heartbeat is how often a stream carries a heartbeat; zero means
+	// DefaultHeartbeat (1 s).
+	Heartbeat time.Duration
+	// Batch is the most changes read from the Source at once; zero means
+	// DefaultBatch.
+	Batch int
+	// Mode is what Await waits for; zero is AckAsync.
+	Mode AckMode
+	// Replicas names the replicas AckAll waits for (required with AckAll)
+	// and that Stats lists even before they connect.
+	Replicas []string
+	// AckTimeout is how long Await waits; zero means DefaultAckTimeout
+	// (2 s).
+	AckTimeout time.Duration
+	// OnTimeout is what Await does after AckTimeout; zero is
+	// TimeoutRefuse.
+	OnTimeout TimeoutPolicy
+	// Logger receives a line per refused request, stream error, corrupt
+	// body and accepted timeout; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// A Primary serves its Source's change journal and bodies to replicas over
+// HTTP, records their acknowledgements, and lets writers wait for them. It
+// is safe for concurrent use and starts no goroutine: the streams run in
+// the HTTP server's handlers and end with their requests.
+type Primary struct {
+	src   Source
+	opts  PrimaryOptions
+	token string
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	acked    chan struct{} // closed and replaced at every acknowledgement
+	replicas map[string]*link
+	fencedBy resilmail.Epoch // epoch of the primary that superseded this one
+	ring     [ringSize]posTime
+	ringLen  int
+	ringNext int
+	accepted uint64 // Await calls accepted after a timeout
+	refused  uint64 // Await calls refused after a timeout
+	corrupt  uint64 // corrupt bodies refused
+}
+
+const ringSize = 1 << 14
+
+type posTime struct {
+	pos uint64
+	t   time.Time
+}
+
+// link is what the primary knows of one replica.
+type link struct {
+	connected     int
+	acked         uint64
+	ackedAt       time.Time
+	lastErr       string
+	lastErrAt     time.Time
+	bytes         uint64
+	changes       uint64
+	bodies        uint64
+	corruptBodies uint64
+}
+
+// NewPrimary returns a Primary serving src.
+func NewPrimary(src Source, opts *PrimaryOptions) (*Primary, error) {
+	var o PrimaryOptions
+	if opts != nil {
+		o = *opts
+	}
+	if len(o.Secret) == 0 && o.Authenticate == nil {
+		return nil, errors.New("replicate: primary needs a Secret or an Authenticate hook")
+	}
+	if o.Mode < AckAsync || o.Mode > AckAll {
+		return nil, fmt.Errorf("replicate: unknown ack mode %d", o.Mode)
+	}
+	if o.Mode == AckAll && len(o.Replicas) == 0 {
+		return nil, errors.New("replicate: AckAll needs the names of the replicas")
+	}
+	if o.OnTimeout != TimeoutRefuse && o.OnTimeout != TimeoutAccept {
+		return nil, fmt.Errorf("replicate: unknown timeout policy %d", o.OnTimeout)
+	}
+	o.Replicas = slices.Clone(o.Replicas)
+	o.Secret = slices.Clone(o.Secret)
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = DefaultHeartbeat
+	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = DefaultAckTimeout
+	}
+	if o.Batch <= 0 {
+		o.Batch = DefaultBatch
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	p := &Primary{src: src, opts: o, token: StreamToken(o.Secret), log: o.Logger,
+		acked: make(chan struct{}), replicas: make(map[string]*link)}
+	for _, name := range o.Replicas {
+		if err := checkName("replica", name, resilmail.MaxUserLen); err != nil {
+			return nil, fmt.Errorf("replicate: %w", err)
+		}
+		p.replicas[name] = &link{}
+	}
+	return p, nil
+}
+
+// linkLocked returns the state of replica name, creating it.
+func (p *Primary) linkLocked(name string) *link {
+	l := p.replicas[name]
+	if l == nil {
+		l = &link{}
+		p.replicas[name] = l
+	}
+	return l
+}
+
+// Handler returns the HTTP API of the stream, to mount at a base URL:
+//
+//	GET  changes?after=N&replica=NAME  the stream of changes after N
+//	GET  body/{hex digest}?replica=NAME the body, verified by the Source
+//	POST ack  {"replica":..., "position":N, "epoch":E}
+//
+// Errors are {"error": "...", "code": "..."} with status 400
+// ("bad_request"), 401 ("unauthorized"), 404 ("not_found"), 409
+// ("position": the replica followed another history), 410
+// ("too_far_behind": compare in full) or 500 ("corrupt": the primary's
+// copy of a body is damaged and is never sent; "internal").
+func (p *Primary) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /changes", p.serveChanges)
+	mux.HandleFunc("GET /body/{digest}", p.serveBody)
+	mux.HandleFunc("POST /ack", p.serveAck)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var err error
+		if p.opts.Authenticate != nil {
+			err = p.opts.Authenticate(r)
+		} else {
+			err = bearer.Check(r, p.token)
+		}
+		if err != nil {
+			p.log.Warn("replicate: stream request refused", "remote", r.RemoteAddr, "path", r.URL.Path, "err", err)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "not authenticated")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (p *Primary) badRequest(w http.ResponseWriter, r *http.Request, err error) {
+	p.log.Warn("replicate: bad stream request", "remote", r.RemoteAddr, "path", r.URL.Path, "err", err)
+	writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+}
+
+func (p *Primary) noteError(name string, err error) {
+	p.mu.Lock()
+	l := p.linkLocked(name)
+	l.lastErr, l.lastErrAt = err.Error(), time.Now()
+	p.mu.Unlock()
+}
+
+// remember keeps the times of changes for the lag age.
+func (p *Primary) remember(changes []resilmail.Change) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := range changes {
+		c := &changes[i]
+		if p.ringLen > 0 && p.ring[(p.ringNext+ringSize-1)%ringSize].pos >= c.Seq {
+			continue
+		}
+		p.ring[p.ringNext] = posTime{c.Seq, c.Time}
+		p.ringNext = (p.ringNext + 1) % ringSize
+		p.ringLen = min(p.ringLen+1, ringSize)
+	}
+}
+
+func (p *Primary) serveChanges(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	name := q.Get("replica")
+	if err := checkName("replica", name, resilmail.MaxUserLen); err != nil {
+		p.badRequest(w, r, err)
+		return
+	}
+	after, err := strconv.ParseUint(q.Get("after"), 10, 64)
+	if err != nil {
+		p.badRequest(w, r, fmt.Errorf("parameter after: %w", err))
+		return
+	}
+	ctx := r.Context()
+	changes, err := p.src.Changes(ctx, after, p.opts.Batch)
+	if err != nil {
+		p.noteError(name, err)
+		switch {
+		case errors.Is(err, ErrTooFarBehind):
+			p.log.Warn("replicate: replica too far behind", "replica", name, "after", after, "err", err)
+			writeError(w, http.StatusGone, "too_far_behind", err.Error())
+		case errors.Is(err, ErrPosition):
+			p.log.Warn("replicate: replica beyond the journal", "replica", name, "after", after, "err", err)
+			writeError(w, http.StatusConflict, "position", err.Error())
+		default:
+			p.log.Error("replicate: reading changes", "replica", name, "after", after, "err", err)
+			writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		}
+		return
+	}
+	p.mu.Lock()
+	p.linkLocked(name).connected++
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.linkLocked(name).connected--
+		p.mu.Unlock()
+	}()
+	w.Header().Set(heartbeatHeader, strconv.FormatInt(p.opts.Heartbeat.Milliseconds(), 10))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	if err := p.stream(ctx, w, name, after, changes); err != nil && ctx.Err() == nil {
+		p.noteError(name, err)
+		p.log.Warn("replicate: stream ended", "replica", name, "err", err)
+	}
+}
+
+// stream writes frames until ctx is done or an error.
+func (p *Primary) stream(ctx context.Context, w http.ResponseWriter, name string, after uint64, changes []resilmail.Change) error {
+	rc := http.NewResponseController(w)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	fw, err := NewFrameWriter(bw)
+	if err != nil {
+		return err
+	}
+	var sent int64
+	flush := func(n int) error {
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		if err := rc.Flush(); err != nil {
+			return err
+		}
+		p.mu.Lock()
+		l := p.linkLocked(name)
+		l.bytes += uint64(fw.Written() - sent)
+		l.changes += uint64(n)
+		p.mu.Unlock()
+		sent = fw.Written()
+		return nil
+	}
+	var lastBeat time.Time
+	beat := func() error {
+		lastBeat = time.Now()
+		return fw.WriteHeartbeat(Heartbeat{Position: p.src.Position(), Epoch: p.src.Epoch(), Time: lastBeat})
+	}
+	if err := beat(); err != nil {
+		return err
+	}
+	for {
+		p.remember(changes)
+		for i := range changes {
+			if err := fw.WriteChange(&changes[i]); err != nil {
+				return err
+			}
+			after = changes[i].Seq
+		}
+		if len(changes) == 0 || time.Since(lastBeat) >= p.opts.Heartbeat {
+			if err := beat(); err != nil {
+				return err
+			}
+		}
+		if err := flush(len(changes)); err != nil {
+			return err
+		}
+		if len(changes) == 0 {
+			wctx, cancel := context.WithTimeout(ctx, p.opts.Heartbeat)
+			_, err := p.src.Wait(wctx, after)
+			cancel()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				fw.WriteError(err.Error())
+				flush(0)
+				return err
+			}
+		}
+		changes, err = p.src.Changes(ctx, after, p.opts.Batch)
+		if err != nil {
+			if ctx.Err() == nil {
+				fw.WriteError(err.Error())
+				flush(0)
+			}
+			return err
+		}
+	}
+}
+
+func (p *Primary) serveBody(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("replica")
+	d, err := resilmail.ParseDigest(r.PathValue("digest"))
+	if err != nil {
+		p.badRequest(w, r, err)
+		return
+	}
+	b, err := p.src.Body(r.Context(), d)
+	var ce *resilmail.CorruptError
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+		return
+	case errors.As(err, &ce):
+		p.mu.Lock()
+		p.corrupt++
+		if name != "" {
+			p.linkLocked(name).corruptBodies++
+		}
+		p.mu.Unlock()
+		p.log.Error("replicate: corrupt body not served", "replica", name, "digest", d, "err", err)
+		writeError(w, http.StatusInternalServerError, "corrupt", err.Error())
+		return
+	case err != nil:
+		p.log.Error("replicate: reading body", "replica", name, "digest", d, "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		return
+	}
+	if resilmail.DigestOf(b) != d {
+		// The Source promised a verified body: refuse it all the same.
+		p.mu.Lock()
+		p.corrupt++
+		p.mu.Unlock()
+		p.log.Error("replicate: source returned a body that does not match its digest", "replica", name, "digest", d)
+		writeError(w, http.StatusInternalServerError, "corrupt", "body does not match its digest")
+		return
+	}
+	if name != "" && checkName("replica", name, resilmail.MaxUserLen) == nil {
+		p.mu.Lock()
+		p.linkLocked(name).bodies++
+		p.linkLocked(name).bytes += uint64(len(b))
+		p.mu.Unlock()
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.Write(b)
+}
+
+// An ackRequest is the body of POST ack.
+type ackRequest struct {
+	Replica  string          `json:"replica"`
+	Position uint64          `json:"position"`
+	Epoch    resilmail.Epoch `json:"epoch"`
+}
+
+func (p *Primary) serveAck(w http.ResponseWriter, r *http.Request) {
+	var a ackRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&a); err != nil {
+		p.badRequest(w, r, fmt.Errorf("ack: %w", err))
+		return
+	}
+	if err := checkName("replica", a.Replica, resilmail.MaxUserLen); err != nil {
+		p.badRequest(w, r, err)
+		return
+	}
+	p.ack(a)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// ack records an acknowledgement and wakes the waiters.
+func (p *Primary) ack(a ackRequest) {
+	mine := p.src.Epoch()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if a.Epoch > mine && a.Epoch > p.fencedBy {
+		p.fencedBy = a.Epoch
+		p.log.Error("replicate: a replica has seen a newer epoch: this primary is fenced",
+			"replica", a.Replica, "epoch", a.Epoch, "mine", mine)
+	}
+	l := p.linkLocked(a.Replica)
+	if a.Position > l.acked {
+		l.acked = a.Position
+	}
+	l.ackedAt = time.Now()
+	close(p.acked)
+	p.acked = make(chan struct{})
+}
+
+// satisfiedLocked reports whether the acknowledgements Await waits for
+// cover pos.
+func (p *Primary) satisfiedLocked(pos uint64) bool {
+	switch p.opts.Mode {
+	case AckOne:
+		for _, l := range p.replicas {
+			if l.acked >= pos {
+				return true
+			}
+		}
+		return false
+	case AckAll:
+		for _, name := range p.opts.Replicas {
+			if p.replicas[name].acked < pos {
+				return false
+			}
+		}
+		return true
+	}
+	return true
+}
+
+// Await waits until the replicas have acknowledged position pos, as Mode
+// says, for at most AckTimeout: then, by OnTimeout, it returns an error
+// wrapping ErrNotReplicated or nil. Once a replica has acknowledged with an
+// epoch higher than the Source's, the primary is superseded and Await
+// returns an error wrapping ErrFenced, whatever the mode. It returns
+// ctx.Err() if ctx is done first.
+func (p *Primary) Await(ctx context.Context, pos uint64) error {
+	timer := time.NewTimer(p.opts.AckTimeout)
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		if p.fencedBy != 0 {
+			e := p.fencedBy
+			p.mu.Unlock()
+			return fmt.Errorf("%w: a replica has seen epoch %d, this primary has %d", ErrFenced, e, p.src.Epoch())
+		}
+		if p.opts.Mode == AckAsync || p.satisfiedLocked(pos) {
+			p.mu.Unlock()
+			return nil
+		}
+		ch := p.acked
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			p.mu.Lock()
+			if p.opts.OnTimeout == TimeoutAccept {
+				p.accepted++
+				p.mu.Unlock()
+				p.log.Warn("replicate: change accepted without acknowledgement", "position", pos,
+					"mode", p.opts.Mode, "timeout", p.opts.AckTimeout)
+				return nil
+			}
+			p.refused++
+			p.mu.Unlock()
+			return fmt.Errorf("%w: position %d, mode %s, after %v", ErrNotReplicated, pos, p.opts.Mode, p.opts.AckTimeout)
+		}
+	}
+}
+
+// PrimaryStats describe a [Primary] and its replicas.
+type PrimaryStats struct {
+	// Position and Epoch are the Source's.
+	Position uint64
+	Epoch    resilmail.Epoch
+	// FencedBy is the epoch a replica acknowledged with that is higher
+	// than Epoch: this primary was superseded; zero if not.
+	FencedBy resilmail.Epoch
+	// AcceptedUnreplicated counts Await calls that returned nil after
+	// AckTimeout (TimeoutAccept); RefusedUnreplicated those that returned
+	// ErrNotReplicated.
+	AcceptedUnreplicated, RefusedUnreplicated uint64
+	// CorruptBodies counts bodies refused because the Source's copy is
+	// damaged.
+	CorruptBodies uint64
+	// Replicas are per replica, by name.
+	Replicas []ReplicaLinkStats
+}
+
+// ReplicaLinkStats describe one replica as the primary sees it.
+type ReplicaLinkStats struct {
+	Name string
+	// Connected reports whether a stream to the replica is open.
+	Connected bool
+	// Acked is the position the replica has acknowledged as durable.
+	Acked uint64
+	// AckedAt is when it last acknowledged.
+	AckedAt time.Time
+	// LagChanges is Position - Acked; LagAge the age of the oldest change
+	// it has not acknowledged (zero when none, or unknown).
+	LagChanges uint64
+	LagAge     time.Duration
+	// LastError and LastErrorTime describe the last failed stream.
+	LastError     string
+	LastErrorTime time.Time
+	// BytesSent counts stream and body bytes; ChangesSent changes;
+	// BodiesServed bodies; CorruptBodies bodies refused as corrupt.
+	BytesSent, ChangesSent, BodiesServed, CorruptBodies uint64
+}
+
+// Stats returns the primary's counters. Computing a replica's lag age may
+// read the Source's journal when the change is older than the primary
+// remembers.
+func (p *Primary) Stats() PrimaryStats {
+	pos, ep := p.src.Position(), p.src.Epoch()
+	now := time.Now()
+	p.mu.Lock()
+	st := PrimaryStats{Position: pos, Epoch: ep, FencedBy: p.fencedBy,
+		AcceptedUnreplicated: p.accepted, RefusedUnreplicated: p.refused, CorruptBodies: p.corrupt}
+	var unknown []int
+	for name, l := range p.replicas {
+		rs := ReplicaLinkStats{Name: name, Connected: l.connected > 0, Acked: l.acked, AckedAt: l.ackedAt,
+			LastError: l.lastErr, LastErrorTime: l.lastErrAt, BytesSent: l.bytes, ChangesSent: l.changes,
+			BodiesServed: l.bodies, CorruptBodies: l.corruptBodies}
+		if pos > l.acked {
+			rs.LagChanges = pos - l.acked
+			if t, ok := p.timeAfterLocked(l.acked); ok {
+				rs.LagAge = now.Sub(t)
+			} else {
+				unknown = append(unknown, len(st.Replicas))
+			}
+		}
+		st.Replicas = append(st.Replicas, rs)
+	}
+	p.mu.Unlock()
+	for _, i := range unknown {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if c, err := p.src.Changes(ctx, st.Replicas[i].Acked, 1); err == nil && len(c) > 0 {
+			st.Replicas[i].LagAge = now.Sub(c[0].Time)
+		}
+		cancel()
+	}
+	slices.SortFunc(st.Replicas, func(a, b ReplicaLinkStats) int { return strings.Compare(a.Name, b.Name) })
+	return st
+}
+
+// timeAfterLocked returns the time of the first remembered change after
+// pos, if the ring still holds it.
+func (p *Primary) timeAfterLocked(pos uint64) (time.Time, bool) {
+	if p.ringLen == 0 {
+		return time.Time{}, false
+	}
+	oldest := (p.ringNext + ringSize - p.ringLen) % ringSize
+	if p.ring[oldest].pos > pos+1 {
+		return time.Time{}, false // evicted, or never seen
+	}
+	// Binary search the ring (ascending positions).
+	lo, hi := 0, p.ringLen
+	for lo < hi {
+		m := (lo + hi) / 2
+		if p.ring[(oldest+m)%ringSize].pos <= pos {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	if lo == p.ringLen {
+		return time.Time{}, false
+	}
+	return p.ring[(oldest+lo)%ringSize].t, true
+}

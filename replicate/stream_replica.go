@@ -1,0 +1,719 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/bearer"
+	"github.com/resilmail/resilmail/internal/wal"
+)
+
+// A BodyChecker is a Target that can say whether it already holds a body,
+// so that the replica fetches only the bodies it lacks.
+// [replicate/store.Store] implements it.
+type BodyChecker interface {
+	HasBody(d resilmail.Digest) bool
+}
+
+// Defaults of [ReplicaOptions].
+const (
+	DefaultMaxBackoff = 5 * time.Second
+	DefaultInboxSize  = 8 << 20
+)
+
+// ReplicaOptions configure [NewReplica]. Either Secret or HTTPClient (with
+// its own authentication, e.g. client certificates) must be set; every
+// other zero field means its default.
+type ReplicaOptions struct {
+	// Name identifies the replica to the primary (acknowledgements,
+	// statistics); required.
+	Name string
+	// Secret is shared with the primary: requests carry
+	// "Authorization: Bearer " + StreamToken(Secret).
+	Secret []byte
+	// HTTPClient makes the requests; nil means a client without timeout
+	// (the stream is long-lived; other requests get their own).
+	HTTPClient *http.Client
+	// ApplyDelay keeps every change in the inbox until it is this old
+	// (by the primary's clock) before applying it: a delayed replica.
+	ApplyDelay time.Duration
+	// Hold, if set, is asked about every change before it is applied; a
+	// change it holds stops its user's lane until Confirm. NewExpungeGuard
+	// returns such a function.
+	Hold func(ctx context.Context, c resilmail.Change) (hold bool, reason string)
+	// FullSync, if set, is called when the primary no longer has the
+	// position the replica needs (410) or the replica followed another
+	// history (409); it brings the target in step (a comparison and
+	// repair) and returns the primary's position the stream resumes
+	// after. Without it the replica logs the error and retries.
+	FullSync func(ctx context.Context) (resumeAfter uint64, err error)
+	// MaxBackoff caps the wait between reconnections; zero means
+	// DefaultMaxBackoff (5 s).
+	MaxBackoff time.Duration
+	// StreamTimeout drops a stream on which no frame arrived for this
+	// long (a half-open connection, a length garbled on the way that
+	// leaves the reader waiting for bytes that never come) and connects
+	// again. Zero means five heartbeats of the primary (it says how often
+	// it sends them), or 15 s if it does not say.
+	StreamTimeout time.Duration
+	// InboxSegment is the size of an inbox segment: segments whose
+	// changes are all applied are removed whole. Zero means
+	// DefaultInboxSize (8 MiB).
+	InboxSegment int64
+	// MaxFrame is the largest frame accepted; zero means DefaultMaxFrame.
+	MaxFrame int
+	// Logger receives a line per error, reconnection and held change;
+	// nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// A Replica follows a primary's stream: it keeps every change and the
+// bodies the target lacks durably in its inbox (a log in its folder),
+// acknowledges them, then applies them to its Target, in order per user
+// and different users in parallel. Create it with NewReplica, run it with
+// Run; Close stops it.
+//
+// Nothing acknowledged is lost: a change is acknowledged only once it and
+// its body are synced in the inbox, and stays there until applied; after a
+// crash, Run replays the inbox and resumes the stream after the highest
+// position it holds.
+type Replica struct {
+	t      Target
+	base   string
+	dir    string
+	opts   ReplicaOptions
+	log    *slog.Logger
+	client *http.Client
+	token  string
+
+	closeOnce sync.Once
+	stop      context.CancelFunc // set by Run
+	running   sync.WaitGroup
+
+	idle       atomic.Int64 // how long a request may go without a byte (a time.Duration)
+	mu         sync.Mutex
+	gate       chan struct{} // closed and replaced when a lane applies or holds
+	stopped    bool
+	inbox      *wal.Log
+	bodies     map[resilmail.Digest]wal.Pos
+	confirmed  map[string]uint64
+	lanes      map[string]*lane
+	laneCtx    context.Context // set by Run for the lanes' goroutines
+	laneWG     *sync.WaitGroup
+	unapplied  map[uint64]uint64 // seq → lowest inbox segment it needs
+	received   uint64
+	primaryPos uint64
+	primaryAt  time.Time
+	stats      ReplicaStats
+}
+
+// NewReplica returns a Replica that applies to t the stream of the primary
+// whose Handler is served at primaryURL, keeping its inbox in dir. It does
+// no I/O: Run opens the inbox.
+func NewReplica(t Target, primaryURL, dir string, opts *ReplicaOptions) (*Replica, error) {
+	var o ReplicaOptions
+	if opts != nil {
+		o = *opts
+	}
+	if err := checkName("replica name", o.Name, resilmail.MaxUserLen); err != nil {
+		return nil, fmt.Errorf("replicate: %w", err)
+	}
+	if len(o.Secret) == 0 && o.HTTPClient == nil {
+		return nil, errors.New("replicate: replica needs a Secret or an HTTPClient")
+	}
+	u, err := url.Parse(primaryURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, fmt.Errorf("replicate: primary URL %q is not an HTTP URL", primaryURL)
+	}
+	if dir == "" {
+		return nil, errors.New("replicate: replica needs a folder for its inbox")
+	}
+	if o.HTTPClient == nil {
+		o.HTTPClient = &http.Client{}
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = DefaultMaxBackoff
+	}
+	if o.InboxSegment <= 0 {
+		o.InboxSegment = DefaultInboxSize
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	o.Secret = slices.Clone(o.Secret)
+	return &Replica{t: t, base: strings.TrimSuffix(primaryURL, "/"), dir: dir, opts: o, log: o.Logger,
+		client: o.HTTPClient, token: StreamToken(o.Secret), gate: make(chan struct{}),
+		lanes: make(map[string]*lane), unapplied: make(map[uint64]uint64)}, nil
+}
+
+// ReplicaStats describe a [Replica].
+type ReplicaStats struct {
+	// Received is the highest position durably received (and
+	// acknowledged); Applied the highest such that every change up to it
+	// is applied.
+	Received, Applied uint64
+	// PrimaryPosition and PrimaryTime are from the last heartbeat.
+	PrimaryPosition uint64
+	PrimaryTime     time.Time
+	// Connected reports whether the stream is open.
+	Connected bool
+	// Held is how many changes wait for Confirm.
+	Held int
+	// LastError and LastErrorTime describe the last error of the stream or
+	// of an applier.
+	LastError     string
+	LastErrorTime time.Time
+	// Bytes counts stream and body bytes received; Changes the changes
+	// received; Bodies the bodies fetched.
+	Bytes, Changes, Bodies uint64
+	// Reconnects counts the streams that ended in an error.
+	Reconnects uint64
+	// CorruptBodies counts bodies refused because they did not match
+	// their digest; Fenced the streams and changes refused for an old
+	// epoch; ApplyErrors the failed Apply calls; InboxErrors failed inbox
+	// writes (each reopens the inbox).
+	CorruptBodies, Fenced, ApplyErrors, InboxErrors uint64
+}
+
+// Stats returns the replica's counters.
+func (r *Replica) Stats() ReplicaStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.stats
+	st.Received = r.received
+	st.PrimaryPosition, st.PrimaryTime = r.primaryPos, r.primaryAt
+	st.Applied = r.appliedLocked()
+	for _, l := range r.lanes {
+		if l.held != nil {
+			st.Held++
+		}
+	}
+	return st
+}
+
+func (r *Replica) appliedLocked() uint64 {
+	a := r.received
+	for seq := range r.unapplied {
+		a = min(a, seq-1)
+	}
+	return a
+}
+
+func (r *Replica) noteError(err error, counter *uint64) {
+	r.mu.Lock()
+	r.stats.LastError, r.stats.LastErrorTime = err.Error(), time.Now()
+	if counter != nil {
+		*counter++
+	}
+	r.mu.Unlock()
+}
+
+// Close stops Run and waits for it to return. It is idempotent.
+func (r *Replica) Close() error {
+	r.closeOnce.Do(func() {
+		r.mu.Lock()
+		r.stopped = true
+		stop := r.stop
+		r.mu.Unlock()
+		if stop != nil {
+			stop()
+		}
+	})
+	r.running.Wait()
+	return nil
+}
+
+// Run opens the inbox, applies what it holds, and follows the stream until
+// ctx is done or Close is called; it reconnects with a capped backoff after
+// every error. It returns nil on cancellation, after every goroutine it
+// started has ended and the inbox is closed, or an error if the inbox
+// cannot be opened.
+func (r *Replica) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r.mu.Lock()
+	if r.stopped || r.stop != nil {
+		r.mu.Unlock()
+		return errors.New("replicate: replica closed or already running")
+	}
+	r.stop = cancel
+	r.running.Add(1)
+	r.mu.Unlock()
+	defer r.running.Done()
+
+	if err := r.openInbox(true); err != nil {
+		return err
+	}
+	var lanes sync.WaitGroup
+	defer func() {
+		cancel()
+		lanes.Wait()
+		r.mu.Lock()
+		r.laneCtx, r.laneWG = nil, nil
+		if r.inbox != nil {
+			r.inbox.Close()
+			r.inbox = nil
+		}
+		r.mu.Unlock()
+	}()
+	r.startLanes(ctx, &lanes)
+
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		progressed, err := r.session(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		if progressed {
+			backoff = 50 * time.Millisecond
+		}
+		if err != nil {
+			counter := (*uint64)(nil)
+			if errors.Is(err, ErrFenced) {
+				counter = &r.stats.Fenced
+			}
+			r.noteError(err, counter)
+			r.mu.Lock()
+			r.stats.Reconnects++
+			r.mu.Unlock()
+			r.log.Warn("replicate: stream failed, reconnecting", "replica", r.opts.Name, "err", err, "backoff", backoff)
+			if errors.Is(err, ErrTooFarBehind) || errors.Is(err, ErrPosition) {
+				r.fullSync(ctx)
+			}
+			if r.inboxFailed() {
+				if err := r.openInbox(false); err != nil {
+					r.noteError(err, nil)
+					r.log.Error("replicate: reopening the inbox", "replica", r.opts.Name, "err", err)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, r.opts.MaxBackoff)
+	}
+	return nil
+}
+
+func (r *Replica) inboxFailed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.inbox == nil || r.inbox.Err() != nil
+}
+
+// openInbox opens (first) or reopens the inbox and queues the changes it
+// holds that the target has not applied.
+func (r *Replica) openInbox(first bool) error {
+	r.mu.Lock()
+	if r.inbox != nil {
+		r.inbox.Close()
+		r.inbox = nil
+	}
+	r.mu.Unlock()
+	l, st, err := openInbox(r.dir, r.opts.InboxSegment, r.log)
+	if err != nil {
+		return fmt.Errorf("replicate: opening the inbox: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inbox, r.bodies, r.confirmed = l, st.bodies, st.confirmed
+	r.received = max(r.received, st.received)
+	for _, ic := range st.changes {
+		if ic.c.Seq <= r.t.UpstreamPosition(ic.c.User) {
+			continue
+		}
+		r.enqueueLocked(ic.c, ic.seg)
+	}
+	if first {
+		r.log.Info("replicate: inbox opened", "replica", r.opts.Name, "received", r.received,
+			"pending", len(r.unapplied))
+	}
+	return nil
+}
+
+func (r *Replica) fullSync(ctx context.Context) {
+	if r.opts.FullSync == nil {
+		r.log.Error("replicate: the stream cannot resume and no FullSync is configured", "replica", r.opts.Name)
+		return
+	}
+	after, err := r.opts.FullSync(ctx)
+	if err != nil {
+		r.noteError(fmt.Errorf("full sync: %w", err), nil)
+		r.log.Error("replicate: full sync failed", "replica", r.opts.Name, "err", err)
+		return
+	}
+	r.mu.Lock()
+	inbox := r.inbox
+	r.mu.Unlock()
+	if inbox == nil {
+		return
+	}
+	if _, err := inbox.AppendSync(uvarintRecord(recResync, after, "")); err != nil {
+		r.noteError(fmt.Errorf("inbox: %w", err), &r.stats.InboxErrors)
+		return
+	}
+	r.mu.Lock()
+	r.received = after
+	r.mu.Unlock()
+	r.log.Info("replicate: full sync done", "replica", r.opts.Name, "resume_after", after)
+}
+
+func (r *Replica) request(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, r.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if len(r.opts.Secret) > 0 {
+		req.Header.Set("Authorization", bearer.Header(r.token))
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	return r.client.Do(req)
+}
+
+// statusError turns an error response into an error wrapping the
+// package's errors where one applies.
+func statusError(what string, resp *http.Response) error {
+	var e errorResponse
+	json.NewDecoder(io.LimitReader(resp.Body, 8192)).Decode(&e)
+	msg := fmt.Sprintf("replicate: %s: primary answered %s (%s: %s)", what, resp.Status, e.Code, e.Error)
+	switch {
+	case resp.StatusCode == http.StatusGone:
+		return fmt.Errorf("%w: %s", ErrTooFarBehind, msg)
+	case resp.StatusCode == http.StatusConflict:
+		return fmt.Errorf("%w: %s", ErrPosition, msg)
+	case resp.StatusCode == http.StatusNotFound:
+		return fmt.Errorf("%w: %s", ErrNotFound, msg)
+	}
+	return errors.New(msg)
+}
+
+// session follows one stream until it fails. progressed reports whether it
+// received anything.
+func (r *Replica) session(parent context.Context) (progressed bool, err error) {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	r.mu.Lock()
+	after := r.received
+	inbox := r.inbox
+	r.mu.Unlock()
+	if inbox == nil {
+		return false, errors.New("replicate: inbox not open")
+	}
+	resp, err := r.request(ctx, "GET", "/changes?after="+strconv.FormatUint(after, 10)+"&replica="+url.QueryEscape(r.opts.Name), nil)
+	if err != nil {
+		return false, fmt.Errorf("replicate: connecting to the primary: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, statusError("stream", resp)
+	}
+	r.setConnected(true)
+	defer r.setConnected(false)
+	fr := NewFrameReader(resp.Body, &FrameReaderOptions{MaxFrame: r.opts.MaxFrame})
+	silence := r.streamTimeout(resp)
+	r.idle.Store(int64(silence))
+	watchdog := time.AfterFunc(silence, cancel)
+	defer watchdog.Stop()
+	var (
+		batch    []inboxChange
+		read     int64
+		received = after
+	)
+	for {
+		watchdog.Reset(silence)
+		f, err := fr.Next()
+		watchdog.Stop()
+		if err != nil {
+			switch {
+			case err == io.EOF:
+				err = errors.New("replicate: the primary ended the stream")
+			case ctx.Err() != nil && parent.Err() == nil:
+				err = fmt.Errorf("replicate: no frame from the primary for %v; dropping the connection", silence)
+			}
+			return progressed, err
+		}
+		progressed = true
+		switch f.Type {
+		case FrameError:
+			return progressed, fmt.Errorf("replicate: the primary reports: %s", f.Error)
+		case FrameHeartbeat:
+			if mine := r.t.Epoch(); f.Heartbeat.Epoch < mine {
+				return progressed, fmt.Errorf("%w: the primary has epoch %d, this replica has seen %d", ErrFenced, f.Heartbeat.Epoch, mine)
+			}
+			r.mu.Lock()
+			r.primaryPos, r.primaryAt = f.Heartbeat.Position, f.Heartbeat.Time
+			r.mu.Unlock()
+		case FrameChange:
+			c := f.Change
+			if c.Seq <= received {
+				continue // already have it
+			}
+			if c.Epoch < r.t.Epoch() {
+				return progressed, fmt.Errorf("%w: change %d has epoch %d, this replica has seen %d", ErrFenced, c.Seq, c.Epoch, r.t.Epoch())
+			}
+			if c.Kind == resilmail.ChangeAppend {
+				if err := r.fetchBody(ctx, inbox, c.Digest, c.Size); err != nil {
+					return progressed, err
+				}
+			}
+			b, err := c.MarshalBinary()
+			if err != nil {
+				return progressed, err
+			}
+			pos, err := inbox.Append(append([]byte{recChange}, b...))
+			if err != nil {
+				r.noteError(err, &r.stats.InboxErrors)
+				return progressed, fmt.Errorf("replicate: inbox: %w", err)
+			}
+			received = c.Seq
+			batch = append(batch, inboxChange{c, pos.Seg})
+		}
+		if fr.Buffered() == 0 || len(batch) >= 1024 {
+			if err := r.commit(ctx, inbox, batch, received); err != nil {
+				return progressed, err
+			}
+			batch = batch[:0]
+			r.mu.Lock()
+			r.stats.Bytes += uint64(fr.BytesRead() - read)
+			r.mu.Unlock()
+			read = fr.BytesRead()
+		}
+	}
+}
+
+// watch returns a context for one request that is cancelled when no byte
+// of the answer arrives for as long as a stream may stay silent (a
+// connection gone half-open, a length garbled on the way), and a wrapper
+// for the answer's body that counts its bytes as signs of life.
+func (r *Replica) watch(ctx context.Context) (context.Context, func(io.ReadCloser) io.ReadCloser, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	idle := time.Duration(r.idle.Load())
+	if idle <= 0 {
+		idle = 15 * time.Second
+	}
+	t := time.AfterFunc(idle, cancel)
+	wrap := func(rc io.ReadCloser) io.ReadCloser { return &lively{rc, t, idle} }
+	return ctx, wrap, func() { t.Stop(); cancel() }
+}
+
+// lively is a body whose reads keep its request's watchdog from firing.
+type lively struct {
+	io.ReadCloser
+	t    *time.Timer
+	idle time.Duration
+}
+
+func (l *lively) Read(p []byte) (int, error) {
+	n, err := l.ReadCloser.Read(p)
+	if n > 0 {
+		l.t.Reset(l.idle)
+	}
+	return n, err
+}
+
+// streamTimeout is how long a stream may stay silent (see
+// ReplicaOptions.StreamTimeout).
+func (r *Replica) streamTimeout(resp *http.Response) time.Duration {
+	if r.opts.StreamTimeout > 0 {
+		return r.opts.StreamTimeout
+	}
+	if ms, err := strconv.ParseInt(resp.Header.Get(heartbeatHeader), 10, 64); err == nil && ms > 0 && ms <= 3_600_000 {
+		return max(5*time.Duration(ms)*time.Millisecond, 100*time.Millisecond)
+	}
+	return 15 * time.Second
+}
+
+func (r *Replica) setConnected(on bool) {
+	r.mu.Lock()
+	r.stats.Connected = on
+	r.mu.Unlock()
+}
+
+// commit makes a batch durable, queues it and acknowledges it.
+func (r *Replica) commit(ctx context.Context, inbox *wal.Log, batch []inboxChange, received uint64) error {
+	if len(batch) > 0 {
+		if err := inbox.Sync(); err != nil {
+			r.noteError(err, &r.stats.InboxErrors)
+			return fmt.Errorf("replicate: inbox: %w", err)
+		}
+		r.mu.Lock()
+		r.received = max(r.received, received)
+		r.stats.Changes += uint64(len(batch))
+		for _, ic := range batch {
+			r.enqueueLocked(ic.c, ic.seg)
+		}
+		r.mu.Unlock()
+	}
+	r.compact(inbox)
+	return r.ack(ctx)
+}
+
+// ack tells the primary the position durably received.
+func (r *Replica) ack(ctx context.Context) error {
+	r.mu.Lock()
+	a := ackRequest{Replica: r.opts.Name, Position: r.received}
+	r.mu.Unlock()
+	a.Epoch = r.t.Epoch()
+	b, _ := json.Marshal(a)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ctx, body, stop := r.watch(ctx)
+	defer stop()
+	resp, err := r.request(ctx, "POST", "/ack", bytes.NewReader(b))
+	if err != nil {
+		return fmt.Errorf("replicate: acknowledging: %w", err)
+	}
+	defer resp.Body.Close()
+	resp.Body = body(resp.Body)
+	if resp.StatusCode != http.StatusNoContent {
+		return statusError("acknowledging", resp)
+	}
+	return nil
+}
+
+// fetchBody keeps in the inbox the body d unless the target or the inbox
+// has it already. A body the primary no longer has is skipped: applying
+// the change records the message as expunged.
+func (r *Replica) fetchBody(ctx context.Context, inbox *wal.Log, d resilmail.Digest, size int64) error {
+	r.mu.Lock()
+	_, have := r.bodies[d]
+	r.mu.Unlock()
+	if have {
+		return nil
+	}
+	if bc, ok := r.t.(BodyChecker); ok && bc.HasBody(d) {
+		return nil
+	}
+	b, err := r.download(ctx, d, size)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	rec := make([]byte, 0, 1+len(d)+len(b))
+	rec = append(append(append(rec, recBody), d[:]...), b...)
+	pos, err := inbox.Append(rec)
+	if err != nil {
+		r.noteError(err, &r.stats.InboxErrors)
+		return fmt.Errorf("replicate: inbox: %w", err)
+	}
+	r.mu.Lock()
+	r.bodies[d] = pos
+	r.stats.Bodies++
+	r.stats.Bytes += uint64(len(b))
+	r.mu.Unlock()
+	return nil
+}
+
+// download fetches body d from the primary and verifies it.
+func (r *Replica) download(ctx context.Context, d resilmail.Digest, size int64) ([]byte, error) {
+	ctx, body, stop := r.watch(ctx)
+	defer stop()
+	resp, err := r.request(ctx, "GET", "/body/"+d.String()+"?replica="+url.QueryEscape(r.opts.Name), nil)
+	if err != nil {
+		return nil, fmt.Errorf("replicate: fetching body %s: %w", d, err)
+	}
+	defer resp.Body.Close()
+	resp.Body = body(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return nil, statusError("fetching body "+d.String(), resp)
+	}
+	limit := int64(wal.MaxRecord - 64)
+	if size >= 0 && size < limit {
+		limit = size + 1
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		return nil, fmt.Errorf("replicate: fetching body %s: %w", d, err)
+	}
+	if got := resilmail.DigestOf(b); got != d {
+		err := fmt.Errorf("replicate: body fetched from the primary: %w",
+			&resilmail.CorruptError{Want: d, Got: got, Where: r.base + "/body/" + d.String()})
+		r.noteError(err, &r.stats.CorruptBodies)
+		r.log.Error("replicate: refused a body that does not match its digest", "replica", r.opts.Name, "digest", d)
+		return nil, err
+	}
+	return b, nil
+}
+
+// body is the BodyFunc the lanes apply with: the inbox's copy, or the
+// primary's if the inbox has none.
+func (r *Replica) body(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error) {
+	r.mu.Lock()
+	pos, ok := r.bodies[d]
+	inbox := r.inbox
+	r.mu.Unlock()
+	if ok && inbox != nil {
+		rec, err := inbox.ReadAt(pos)
+		if err == nil && len(rec) >= 1+len(d) && resilmail.DigestOf(rec[1+len(d):]) == d {
+			return io.NopCloser(bytes.NewReader(rec[1+len(d):])), nil
+		}
+		r.log.Warn("replicate: inbox copy of a body unusable, fetching it again", "replica", r.opts.Name, "digest", d, "err", err)
+	}
+	b, err := r.download(ctx, d, -1)
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+// compact removes the inbox segments that hold only applied changes and
+// the bodies they needed, once the segment being written is full.
+func (r *Replica) compact(inbox *wal.Log) {
+	segs := inbox.Segments()
+	if len(segs) == 0 || len(segs) == 1 && inbox.SegmentSize(segs[0]) < r.opts.InboxSegment/2 {
+		return
+	}
+	r.mu.Lock()
+	cut := uint64(math.MaxUint64)
+	for _, seg := range r.unapplied {
+		cut = min(cut, seg)
+	}
+	received := r.received
+	r.mu.Unlock()
+	if cut <= segs[0] {
+		return
+	}
+	// The segment written next remembers the position, whatever is
+	// removed.
+	if err := inbox.Roll(); err != nil {
+		r.noteError(err, &r.stats.InboxErrors)
+		return
+	}
+	if _, err := inbox.AppendSync(uvarintRecord(recPosition, received, "")); err != nil {
+		r.noteError(err, &r.stats.InboxErrors)
+		return
+	}
+	segs = inbox.Segments()
+	cut = min(cut, segs[len(segs)-1])
+	if err := inbox.RemoveBefore(cut); err != nil {
+		r.noteError(err, &r.stats.InboxErrors)
+		return
+	}
+	r.mu.Lock()
+	for d, pos := range r.bodies {
+		if pos.Seg < cut {
+			delete(r.bodies, d)
+		}
+	}
+	r.mu.Unlock()
+}

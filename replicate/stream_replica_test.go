@@ -1,0 +1,271 @@
+package replicate_test
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+// startReplica runs a replica of srv's primary applying to t, until the
+// test ends or stop is called.
+func startReplica(tb testing.TB, t replicate.Target, url, dir string, opts *replicate.ReplicaOptions) (r *replicate.Replica, stop func()) {
+	tb.Helper()
+	if opts == nil {
+		opts = &replicate.ReplicaOptions{}
+	}
+	if opts.Name == "" {
+		opts.Name = "r1"
+	}
+	if opts.Secret == nil {
+		opts.Secret = streamSecret
+	}
+	if opts.Logger == nil {
+		opts.Logger = quietLogger()
+	}
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 200 * time.Millisecond
+	}
+	r, err := replicate.NewReplica(t, url, dir, opts)
+	require.NoError(tb, err)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			require.NoError(tb, r.Close())
+			require.NoError(tb, <-done)
+		})
+	}
+	tb.Cleanup(stop)
+	return r, stop
+}
+
+// waitApplied waits until the replica has applied every change up to the
+// source's position.
+func waitApplied(t testing.TB, r *replicate.Replica, src replicate.Source) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		st := r.Stats()
+		return st.Applied >= src.Position()
+	}, 10*time.Second, 5*time.Millisecond, "replica stats %+v, source at %d", r.Stats(), src.Position())
+}
+
+func TestReplicaFollowsPrimary(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	dst := openStore(t, t.TempDir())
+	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	require.NoError(t, src.CreateUser(ctx, "bob"))
+	addN(t, src, "alice", "INBOX", 5)
+	addN(t, src, "bob", "INBOX", 3)
+	_, err := src.CreateMailbox(ctx, "alice", "Archive")
+	require.NoError(t, err)
+	_, err = src.AddFlags(ctx, "alice", "INBOX", resilmail.NewUIDSet(1, 2), []string{`\Seen`, "$Work"})
+	require.NoError(t, err)
+	_, err = src.Copy(ctx, "alice", "INBOX", resilmail.NewUIDSet(3), "Archive")
+	require.NoError(t, err)
+	_, err = src.Move(ctx, "alice", "INBOX", resilmail.NewUIDSet(4), "Archive")
+	require.NoError(t, err)
+	_, err = src.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(5))
+	require.NoError(t, err)
+	require.NoError(t, src.RenameMailbox(ctx, "alice", "Archive", "Old"))
+	_, err = src.CreateMailbox(ctx, "bob", "Tmp")
+	require.NoError(t, err)
+	require.NoError(t, src.DeleteMailbox(ctx, "bob", "Tmp"))
+	require.NoError(t, src.Subscribe(ctx, "alice", "Old"))
+	require.NoError(t, src.CreateUser(ctx, "carol"))
+	require.NoError(t, src.DeleteUser(ctx, "carol"))
+
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+	for _, mb := range []string{"INBOX", "Old"} {
+		a, err := src.MailboxStatus(ctx, "alice", mb)
+		require.NoError(t, err)
+		b, err := dst.MailboxStatus(ctx, "alice", mb)
+		require.NoError(t, err)
+		assert.Equal(t, a, b, mb)
+	}
+	st := r.Stats()
+	assert.Equal(t, src.Position(), st.Received)
+	assert.Positive(t, st.Bodies)
+	assert.Positive(t, st.Bytes)
+}
+
+func TestReplicaResumesAfterRestart(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	dstDir, inbox := t.TempDir(), t.TempDir()
+	dst := openStore(t, dstDir)
+	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	addN(t, src, "alice", "INBOX", 10)
+	r, stop := startReplica(t, dst, srv.URL, inbox, &replicate.ReplicaOptions{InboxSegment: 4096})
+	waitApplied(t, r, src)
+	stop()
+	srv.CloseClientConnections()
+
+	addN(t, src, "alice", "INBOX", 10)
+	r, _ = startReplica(t, dst, srv.URL, inbox, &replicate.ReplicaOptions{InboxSegment: 4096})
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+	assert.Equal(t, src.Position(), r.Stats().Received)
+	segs, err := filepath.Glob(filepath.Join(inbox, "*.wal"))
+	require.NoError(t, err)
+	assert.LessOrEqual(t, len(segs), 2, "applied segments are removed")
+}
+
+// blockingTarget blocks the changes of one user until released.
+type blockingTarget struct {
+	*store.Store
+	user    string
+	release chan struct{}
+}
+
+func (b *blockingTarget) Apply(ctx context.Context, changes []resilmail.Change, body replicate.BodyFunc) error {
+	for _, c := range changes {
+		if c.User == b.user {
+			select {
+			case <-b.release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			break
+		}
+	}
+	return b.Store.Apply(ctx, changes, body)
+}
+
+func TestReplicaStalledUserDoesNotStallOthers(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	dst := openStore(t, t.TempDir())
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	require.NoError(t, src.CreateUser(ctx, "bob"))
+	addN(t, src, "alice", "INBOX", 3)
+	addN(t, src, "bob", "INBOX", 3)
+	bt := &blockingTarget{Store: dst, user: "alice", release: make(chan struct{})}
+	_, srv := servePrimary(t, src, nil)
+	r, _ := startReplica(t, bt, srv.URL, t.TempDir(), nil)
+	require.Eventually(t, func() bool {
+		st, err := dst.MailboxStatus(ctx, "bob", "INBOX")
+		return err == nil && st.Messages == 3
+	}, 10*time.Second, 5*time.Millisecond)
+	_, err := dst.MailboxStatus(ctx, "alice", "INBOX")
+	assert.Error(t, err, "alice is blocked")
+	assert.Less(t, r.Stats().Applied, src.Position())
+	close(bt.release)
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+}
+
+func TestReplicaNeverKeepsCorruptBody(t *testing.T) {
+	ctx := context.Background()
+	srcDir := t.TempDir()
+	src := openStore(t, srcDir)
+	dst := openStore(t, t.TempDir())
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	content := msgText("precious", "p p p p p p p p p")
+	add(t, src, "alice", "INBOX", content)
+	d := resilmail.DigestOf([]byte(content))
+	flipBody(t, srcDir, d)
+	p, srv := servePrimary(t, src, nil)
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+	require.Eventually(t, func() bool { return p.Stats().CorruptBodies > 0 && r.Stats().Reconnects > 0 },
+		10*time.Second, 5*time.Millisecond)
+	assert.Contains(t, r.Stats().LastError, "corrupt")
+	assert.False(t, dst.HasBody(d))
+	assert.Less(t, r.Stats().Received, src.Position(), "the change waits for a good body")
+}
+
+func TestReplicaBadToken(t *testing.T) {
+	src := openStore(t, t.TempDir())
+	dst := openStore(t, t.TempDir())
+	_, srv := servePrimary(t, src, nil)
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), &replicate.ReplicaOptions{Secret: []byte("wrong")})
+	require.Eventually(t, func() bool { return r.Stats().Reconnects > 0 }, 10*time.Second, 5*time.Millisecond)
+	assert.Contains(t, r.Stats().LastError, "401")
+}
+
+func TestAwaitWithReplicas(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	dst := openStore(t, t.TempDir())
+	p, srv := servePrimary(t, src, &replicate.PrimaryOptions{Mode: replicate.AckOne, AckTimeout: 5 * time.Second})
+	startReplica(t, dst, srv.URL, t.TempDir(), nil)
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	for i := range 5 {
+		add(t, src, "alice", "INBOX", msgText("m", string(rune('a'+i))))
+		pos := src.Position()
+		require.NoError(t, p.Await(ctx, pos))
+		st := p.Stats()
+		require.GreaterOrEqual(t, st.Replicas[0].Acked, pos)
+	}
+
+	// AckAll with a replica that never comes.
+	for _, policy := range []replicate.TimeoutPolicy{replicate.TimeoutRefuse, replicate.TimeoutAccept} {
+		p2, srv2 := servePrimary(t, src, &replicate.PrimaryOptions{Mode: replicate.AckAll, Replicas: []string{"r1", "dead"},
+			AckTimeout: 300 * time.Millisecond, OnTimeout: policy})
+		startReplica(t, openStore(t, t.TempDir()), srv2.URL, t.TempDir(), nil)
+		err := p2.Await(ctx, src.Position())
+		if policy == replicate.TimeoutRefuse {
+			require.ErrorIs(t, err, replicate.ErrNotReplicated)
+			assert.Equal(t, uint64(1), p2.Stats().RefusedUnreplicated)
+		} else {
+			require.NoError(t, err)
+			assert.Equal(t, uint64(1), p2.Stats().AcceptedUnreplicated)
+		}
+	}
+}
+
+func TestReplicaHoldAndConfirm(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	dst := openStore(t, t.TempDir())
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	require.NoError(t, src.CreateUser(ctx, "bob"))
+	addN(t, src, "alice", "INBOX", 3)
+	_, err := src.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(1, 2, 3))
+	require.NoError(t, err)
+	addN(t, src, "bob", "INBOX", 2)
+	_, srv := servePrimary(t, src, nil)
+	hold := func(_ context.Context, c resilmail.Change) (bool, string) {
+		return c.Kind == resilmail.ChangeExpunge, "mass expunge"
+	}
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), &replicate.ReplicaOptions{Hold: hold})
+	require.Eventually(t, func() bool { return len(r.Held()) == 1 }, 10*time.Second, 5*time.Millisecond)
+	h := r.Held()[0]
+	assert.Equal(t, "mass expunge", h.Reason)
+	require.Eventually(t, func() bool {
+		st, err := dst.MailboxStatus(ctx, "bob", "INBOX")
+		return err == nil && st.Messages == 2
+	}, 10*time.Second, 5*time.Millisecond, "bob's lane goes on")
+	assert.Less(t, dst.UpstreamPosition("alice"), h.Change.Seq, "the expunge waits")
+	assert.Error(t, r.Confirm("alice", h.Change.Seq+100))
+	require.NoError(t, r.Confirm("alice", h.Change.Seq))
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+}
+
+func TestReplicaRefusesOldEpoch(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	dst := openStore(t, t.TempDir())
+	require.NoError(t, src.SetEpoch(ctx, 1))
+	require.NoError(t, dst.SetEpoch(ctx, 5))
+	_, srv := servePrimary(t, src, nil)
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+	require.Eventually(t, func() bool { return r.Stats().Fenced > 0 }, 10*time.Second, 5*time.Millisecond)
+	assert.Contains(t, r.Stats().LastError, "fenced")
+}

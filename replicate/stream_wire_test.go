@@ -1,0 +1,180 @@
+package replicate
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail"
+)
+
+func wireChange(seq uint64) resilmail.Change {
+	return resilmail.Change{
+		Seq: seq, Epoch: 3, Kind: resilmail.ChangeAppend, Time: time.Unix(1700000000, 5).UTC(),
+		User: "alice", Mailbox: "INBOX", MailboxID: resilmail.MailboxID{1, 2, 3}, UIDValidity: 7,
+		UID: uint32(seq), Digest: resilmail.DigestOf([]byte("body")), Size: 4,
+		InternalDate: time.Unix(1700000000, 0).UTC(), Flags: []string{`\Seen`}, ModSeq: seq,
+	}
+}
+
+// wireStream returns a stream with a change, a heartbeat and an error.
+func wireStream(t testing.TB) []byte {
+	var b bytes.Buffer
+	w, err := NewFrameWriter(&b)
+	require.NoError(t, err)
+	c := wireChange(1)
+	require.NoError(t, w.WriteChange(&c))
+	require.NoError(t, w.WriteHeartbeat(Heartbeat{Position: 9, Epoch: 3, Time: time.Unix(1700000001, 0)}))
+	require.NoError(t, w.WriteError("source failed"))
+	require.Equal(t, int64(b.Len()), w.Written())
+	return b.Bytes()
+}
+
+func TestFrameRoundTrip(t *testing.T) {
+	data := wireStream(t)
+	r := NewFrameReader(bytes.NewReader(data), nil)
+	f, err := r.Next()
+	require.NoError(t, err)
+	assert.Equal(t, StreamVersion, r.Version())
+	assert.Equal(t, FrameChange, f.Type)
+	want := wireChange(1)
+	assert.Equal(t, want.String(), f.Change.String())
+	f, err = r.Next()
+	require.NoError(t, err)
+	assert.Equal(t, FrameHeartbeat, f.Type)
+	assert.Equal(t, uint64(9), f.Heartbeat.Position)
+	assert.Equal(t, resilmail.Epoch(3), f.Heartbeat.Epoch)
+	assert.True(t, f.Heartbeat.Time.Equal(time.Unix(1700000001, 0)))
+	f, err = r.Next()
+	require.NoError(t, err)
+	assert.Equal(t, "source failed", f.Error)
+	_, err = r.Next()
+	assert.Equal(t, io.EOF, err)
+	assert.Equal(t, int64(len(data)), r.BytesRead())
+}
+
+func TestFrameReaderAcceptsPreviousVersion(t *testing.T) {
+	// Version 1: heartbeats without time.
+	var b bytes.Buffer
+	b.WriteString("resilmail-stream 1\n")
+	p := binary.AppendUvarint(nil, 5)
+	p = binary.AppendUvarint(p, 2)
+	h := []byte{byte(FrameHeartbeat), 0, 0, 0, byte(len(p)), 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(h[5:], frameCRC(h[:5], p))
+	b.Write(h)
+	b.Write(p)
+	r := NewFrameReader(&b, nil)
+	f, err := r.Next()
+	require.NoError(t, err)
+	assert.Equal(t, 1, r.Version())
+	assert.Equal(t, Heartbeat{Position: 5, Epoch: 2}, f.Heartbeat)
+}
+
+func TestFrameReaderRejects(t *testing.T) {
+	good := wireStream(t)
+	hdr := len("resilmail-stream 2\n")
+	mutate := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(good)) }
+	cases := map[string]struct {
+		data []byte
+		max  int
+		want string
+	}{
+		"empty":           {data: nil, want: "no header"},
+		"other format":    {data: []byte("HTTP/1.1 200 OK\r\n"), want: "not a replication stream"},
+		"future version":  {data: []byte("resilmail-stream 3\n"), want: "unsupported stream version"},
+		"old version":     {data: []byte("resilmail-stream 0\n"), want: "unsupported stream version"},
+		"endless header":  {data: bytes.Repeat([]byte("x"), 100), want: "not a replication stream"},
+		"truncated frame": {data: good[:hdr+20], want: "truncated change frame"},
+		"truncated head":  {data: good[:hdr+4], want: "truncated frame header"},
+		"oversized":       {data: good, max: 10, want: "exceeds the limit"},
+		"flipped payload": {data: mutate(func(b []byte) []byte { b[hdr+20] ^= 1; return b }), want: "fails its CRC"},
+		"forged length": {data: mutate(func(b []byte) []byte {
+			b[hdr+4]--
+			return b
+		}), want: "fails its CRC"},
+		"forged type":  {data: mutate(func(b []byte) []byte { b[hdr] = byte(FrameError); return b }), want: "fails its CRC"},
+		"unknown type": {data: mutate(func(b []byte) []byte { b[hdr] = 9; return b }), want: "unknown frame type"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			r := NewFrameReader(bytes.NewReader(tc.data), &FrameReaderOptions{MaxFrame: tc.max})
+			var err error
+			for range 4 {
+				if _, err = r.Next(); err != nil {
+					break
+				}
+			}
+			require.Error(t, err)
+			assert.ErrorIs(t, err, ErrFrame)
+			assert.Contains(t, err.Error(), tc.want)
+			_, again := r.Next()
+			assert.Equal(t, err, again, "errors are sticky")
+		})
+	}
+}
+
+func TestFrameReaderValidCRCBadPayload(t *testing.T) {
+	var b bytes.Buffer
+	w, err := NewFrameWriter(&b)
+	require.NoError(t, err)
+	require.NoError(t, w.frame(FrameChange, func(p []byte) ([]byte, error) { return append(p, 0xff, 1, 2), nil }))
+	require.NoError(t, w.frame(FrameHeartbeat, func(p []byte) ([]byte, error) { return append(p, 1, 2, 3), nil }))
+	r := NewFrameReader(&b, nil)
+	_, err = r.Next()
+	require.ErrorIs(t, err, ErrFrame)
+	assert.Contains(t, err.Error(), "change frame")
+}
+
+func TestWriteErrorTruncates(t *testing.T) {
+	var b bytes.Buffer
+	w, err := NewFrameWriter(&b)
+	require.NoError(t, err)
+	require.NoError(t, w.WriteError(string(bytes.Repeat([]byte("é"), MaxErrorFrame))+"\xff"))
+	f, err := NewFrameReader(&b, nil).Next()
+	require.NoError(t, err)
+	assert.LessOrEqual(t, len(f.Error), MaxErrorFrame)
+}
+
+// FuzzFrameReader feeds the decoder arbitrary streams: it must never panic,
+// must end with an error (io.EOF or one wrapping ErrFrame), and every
+// frame it accepts must encode back to a frame that decodes the same.
+func FuzzFrameReader(f *testing.F) {
+	f.Add(wireStream(f))
+	f.Add([]byte("resilmail-stream 1\n"))
+	f.Add([]byte("resilmail-stream 2\n\x02\x00\x00\x00\x03\x00\x00\x00\x00\x01\x02\x03"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := NewFrameReader(bytes.NewReader(data), &FrameReaderOptions{MaxFrame: 1 << 16})
+		for {
+			fr, err := r.Next()
+			if err != nil {
+				if err != io.EOF && !errors.Is(err, ErrFrame) {
+					t.Fatalf("unexpected error %v", err)
+				}
+				return
+			}
+			var b bytes.Buffer
+			w, err := NewFrameWriter(&b)
+			require.NoError(t, err)
+			switch fr.Type {
+			case FrameChange:
+				require.NoError(t, w.WriteChange(&fr.Change))
+			case FrameHeartbeat:
+				require.NoError(t, w.WriteHeartbeat(fr.Heartbeat))
+			case FrameError:
+				require.NoError(t, w.WriteError(fr.Error))
+			}
+			again, err := NewFrameReader(&b, nil).Next()
+			require.NoError(t, err)
+			assert.Equal(t, fr.Type, again.Type)
+			assert.Equal(t, fr.Change.String(), again.Change.String())
+			assert.Equal(t, fr.Heartbeat.Position, again.Heartbeat.Position)
+			assert.Equal(t, fr.Error, again.Error)
+		}
+	})
+}
