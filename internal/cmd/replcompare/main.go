@@ -4,10 +4,12 @@
 // max), for Dovecot's replicator (dsync over TCP; Debian's dovecot-core and
 // dovecot-lmtpd), Cyrus IMAP's rolling replication at its defaults
 // (sync_log, sync_client -r, sync_server; Debian's cyrus-imapd,
-// cyrus-replication and sasl2-bin) and, as the replicate package lands,
-// resilmail. Each runs as two private instances on loopback.
+// cyrus-replication and sasl2-bin) and resilmail (the reference store
+// behind its LMTP front end, replicated by package replicate, in this
+// process; asynchronously, or with every delivery answered only once the
+// replica has it). Each runs as a private pair on loopback.
 //
-//	sudo go run ./internal/cmd/replcompare -systems dovecot,cyrus -rates 50,200,500 -duration 20s
+//	sudo go run ./internal/cmd/replcompare -rates 50,200,500 -duration 20s
 //
 // It needs root (Dovecot drops to the vmail user, which it creates if
 // missing; Cyrus to its cyrus user) and leaves the system's own servers
@@ -52,7 +54,7 @@ func main() {
 	duration := flag.Duration("duration", 20*time.Second, "how long to deliver at each rate")
 	size := flag.Int("size", 10<<10, "message size in bytes (each message adds its number)")
 	conns := flag.Int("conns", 8, "LMTP connections")
-	systems := flag.String("systems", "dovecot", "systems to measure, comma separated: dovecot, cyrus")
+	systems := flag.String("systems", "resilmail,resilmail-ack,dovecot,cyrus", "systems to measure, comma separated: resilmail (asynchronous), resilmail-ack (LMTP answered once the replica has it), dovecot, cyrus")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -91,6 +93,10 @@ func newSystem(name string) (system, error) {
 		return &dovecot{}, nil
 	case "cyrus":
 		return &cyrus{}, nil
+	case "resilmail":
+		return &resilmailPair{}, nil
+	case "resilmail-ack":
+		return &resilmailPair{ack: true}, nil
 	}
 	return nil, fmt.Errorf("unknown system %q", name)
 }
