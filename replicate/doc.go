@@ -2,9 +2,65 @@
 // primary at the level of messages and mailboxes, never files: a change
 // journal streamed to any number of replicas, applied in order per user,
 // acknowledged once durable, fenced by epochs, and a comparison that finds
-// and repairs divergence.
+// and repairs divergence. A file system that corrupts a body on one node
+// is never copied to the other.
 //
-// A [Source] (the primary's journal and bodies) and a [Target] (what a
-// replica applies to) are small interfaces; replicate/store implements
-// both.
+// A [Source] (the primary's numbered change journal and its bodies) and a
+// [Target] (what a replica applies changes to) are small interfaces; the
+// reference store, replicate/store, implements both, and a Go developer
+// can implement them over their own store.
+//
+// # The stream
+//
+// A [Primary] ([NewPrimary]) serves its Source over HTTP ([Primary.Handler];
+// HTTP/2 over TLS between machines, plain HTTP on loopback): a long-lived,
+// versioned stream of CRC-checked frames ([FrameWriter], [FrameReader]) that
+// carries each change as soon as it is durable and a heartbeat with the
+// primary's position, epoch and clock; the bodies by digest, always
+// verified, a corrupt one never sent; and the replicas' acknowledgements.
+// Requests carry a bearer token derived from a shared secret
+// ([StreamToken]) or are authenticated by client certificates.
+//
+// A [Replica] ([NewReplica]) follows a primary from the position it last
+// received. It fetches the bodies its Target lacks, verifies every digest,
+// writes the changes and bodies to its inbox (a group-committed log in its
+// folder) and only then acknowledges them; appliers then apply the inbox
+// to the Target in order per user, different users in parallel, so one
+// slow user stalls no one else. A silent, cut or corrupted connection is
+// dropped and resumed with backoff; nothing acknowledged is lost.
+//
+// Writers choose how long to wait ([Primary.Await], [AckMode]): not at all
+// (AckAsync), until one replica has the change durably (AckOne), or until
+// every named replica has it (AckAll). When the replicas do not answer in
+// time, the caller chooses to refuse with a temporary error
+// ([ErrNotReplicated]) or to accept and have the window counted and logged
+// ([TimeoutPolicy]).
+//
+// # Epochs
+//
+// Every change carries the epoch of the primary that made it. A replica
+// refuses a stream or a change with an epoch lower than the highest it has
+// seen ([ErrFenced]); a primary that learns of a higher epoch from a
+// replica's acknowledgement knows it was superseded, and Await fails with
+// ErrFenced from then on.
+//
+// # Divergence and guard rails
+//
+// Every mailbox carries a digest of its messages, flags and UIDs, kept up
+// to date on every change ([Inventory]). [Compare] compares two stores
+// cheaply (equal digests end the comparison) and bisects differing
+// mailboxes with range digests down to the exact UIDs; [Repair] brings the
+// replica in step from the primary (the primary wins), holding removals
+// larger than a configured share until an operator confirms them. A
+// [Comparer] runs comparisons on a schedule or on demand; an inventory can
+// be compared across machines ([InventoryHandler], [NewRemoteInventory]).
+// [NewExpungeGuard] makes a replica hold a mass expunge or deletion for
+// confirmation instead of copying a logical disaster blindly, and
+// ReplicaOptions.ApplyDelay keeps a replica behind on purpose.
+//
+// # Goroutines
+//
+// NewPrimary starts none: the streams run in the HTTP server's handlers.
+// [Replica.Run] runs the stream and the appliers until its context is
+// cancelled or [Replica.Close]; [Comparer.Run] compares on its schedule.
 package replicate
