@@ -204,6 +204,8 @@ func TestShipCentreDownThenUp(t *testing.T) {
 
 			c.rec.wait(t, ids, 20*time.Second)
 			ev.waitFor(t, "outbox empty", func() bool { return o.Stats().Pending == 0 })
+			// The shipper counts a batch just after the outbox forgets it.
+			ev.waitFor(t, "every entry counted", func() bool { return s.Stats().Shipped == 40 })
 			st := c.store.Stats()
 			assert.Equal(t, uint64(40), st.Stored, "every entry stored exactly once")
 			assert.Equal(t, int64(40), st.Entries)
