@@ -17,7 +17,8 @@ import (
 )
 
 // BenchmarkAppend measures durable appends of distinct 10 KiB messages
-// (body file and journal record fsynced before Append returns) by 1 and 16
+// (body and change in the journal, fsynced by its group commit, before
+// Append returns; body files fsynced only by checkpoints) by 1 and 16
 // concurrent writers.
 func BenchmarkAppend(b *testing.B) {
 	for _, writers := range []int{1, 16} {
@@ -168,7 +169,8 @@ func BenchmarkChanges(b *testing.B) {
 }
 
 // BenchmarkApply measures a replica applying appends of 10 KiB messages
-// (each body fetched, verified and fsynced) in batches of 100.
+// (each body fetched, verified and written into the journal) in batches of
+// 100.
 func BenchmarkApply(b *testing.B) {
 	ctx := context.Background()
 	primary := open(b, b.TempDir(), quietOpts())

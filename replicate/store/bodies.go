@@ -14,6 +14,7 @@ import (
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/durable"
+	"github.com/resilmail/resilmail/internal/wal"
 )
 
 func (s *Store) bodyPath(d resilmail.Digest) string {
@@ -34,43 +35,29 @@ func (r ctxReader) Read(p []byte) (int, error) {
 	return r.r.Read(p)
 }
 
-// storeBody reads a body to EOF, hashes it and makes it durable as the file
-// named by its digest (unless that file is already there), then returns its
-// digest and size with a reservation that keeps the file from being removed
-// until release. When want is set, a body with another digest is refused as
-// corrupt and not stored.
+// storeBody reads a body to EOF and hashes it; unless a good file of that
+// digest is stored already, it appends the body to the journal (a 'D'
+// record, durable with the next group commit, which is also the one that
+// makes the change referencing it durable) and writes its file without
+// fsync (see syncBodies). It returns the digest and size with a reservation
+// that keeps the file from being removed until release. When want is set, a
+// body with another digest is refused as corrupt and not stored.
 func (s *Store) storeBody(ctx context.Context, r io.Reader, want *resilmail.Digest) (resilmail.Digest, int64, error) {
 	var d resilmail.Digest
-	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), "body-*")
+	rec, err := readBodyRecord(ctx, r, s.opts.MaxMessageSize)
 	if err != nil {
-		return d, 0, storageErr(err)
+		return d, 0, err
 	}
-	tmp := f.Name()
-	defer func() {
-		f.Close()
-		os.Remove(tmp) // gone already when renamed into place
-	}()
-	h := sha256.New()
-	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(ctxReader{ctx, r}, s.opts.MaxMessageSize+1), make([]byte, 64<<10))
-	if err != nil {
-		if ctx.Err() != nil {
-			return d, 0, fmt.Errorf("store: %w", ctx.Err())
-		}
-		if errors.Is(err, ErrCorrupt) {
-			return d, 0, err
-		}
-		return d, 0, fmt.Errorf("store: reading body: %w", err)
-	}
-	if n > s.opts.MaxMessageSize {
-		return d, 0, fmt.Errorf("%w: over %d bytes", ErrTooLarge, s.opts.MaxMessageSize)
-	}
-	h.Sum(d[:0])
+	body := rec[bodyRecHeader:]
+	n := int64(len(body))
+	d = sha256.Sum256(body)
 	if want != nil && d != *want {
 		s.mu.Lock()
 		s.c.corruptReceived++
 		s.mu.Unlock()
 		return d, 0, fmt.Errorf("%w: %w", ErrCorrupt, &resilmail.CorruptError{Want: *want, Got: d, Where: "received body"})
 	}
+	copy(rec[1:bodyRecHeader], d[:])
 
 	s.mu.Lock()
 	if err := s.usableLocked(); err != nil {
@@ -78,7 +65,7 @@ func (s *Store) storeBody(ctx context.Context, r io.Reader, want *resilmail.Dige
 		return d, 0, err
 	}
 	if bw := s.inflight[d]; bw != nil {
-		// Another writer is storing the same body: share its file.
+		// Another writer is storing the same body: share its record and file.
 		bw.n++
 		s.mu.Unlock()
 		select {
@@ -101,32 +88,20 @@ func (s *Store) storeBody(ctx context.Context, r io.Reader, want *resilmail.Dige
 
 	path := s.bodyPath(d)
 	if exists {
-		// A referenced body was made durable before the change that
-		// references it; check it is still there.
+		// A referenced body is durable, in the journal or (once a
+		// checkpoint caught up) as its fsynced file; check the file is
+		// still there.
 		if fi, err := os.Stat(path); err != nil || fi.Size() != n {
 			exists = false
 		}
 	}
 	var werr error
 	if !exists {
-		werr = f.Sync()
-		if werr == nil {
-			werr = f.Close()
-		}
-		if werr == nil {
-			werr = os.Rename(tmp, path)
-		}
-		if werr == nil {
-			werr = durable.SyncDir(filepath.Dir(path))
-		}
-		if werr != nil {
-			werr = storageErr(werr)
-		}
+		werr = s.logBody(d, rec, path)
 	}
 	s.mu.Lock()
 	if !exists {
 		s.c.bodyWrites++
-		s.c.bodyFsyncs += 2
 	} else {
 		s.c.bodyShared++
 	}
@@ -141,6 +116,128 @@ func (s *Store) storeBody(ctx context.Context, r io.Reader, want *resilmail.Dige
 		return d, 0, werr
 	}
 	return d, n, nil
+}
+
+// readBodyRecord reads a body to EOF into a 'D' record whose digest is
+// left to fill in.
+func readBodyRecord(ctx context.Context, r io.Reader, maxSize int64) ([]byte, error) {
+	var buf bytes.Buffer
+	buf.Grow(bodyRecHeader + 16<<10)
+	buf.WriteByte(recBody)
+	buf.Write(make([]byte, bodyRecHeader-1))
+	n, err := buf.ReadFrom(io.LimitReader(ctxReader{ctx, r}, maxSize+1))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("store: %w", ctx.Err())
+		}
+		if errors.Is(err, ErrCorrupt) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("store: reading body: %w", err)
+	}
+	if n > maxSize || n > wal.MaxRecord-int64(bodyRecHeader) {
+		return nil, fmt.Errorf("%w: over %d bytes", ErrTooLarge, min(maxSize, wal.MaxRecord-int64(bodyRecHeader)))
+	}
+	return buf.Bytes(), nil
+}
+
+// logBody appends the 'D' record rec of body d to the journal and writes
+// the body's file at path, without fsync: the journal's next group commit
+// makes the body durable, and syncBodies makes the file durable before a
+// checkpoint removes the record. bodyMu keeps a checkpoint from choosing
+// the segments to remove between the two.
+func (s *Store) logBody(d resilmail.Digest, rec []byte, path string) error {
+	s.bodyMu.RLock()
+	defer s.bodyMu.RUnlock()
+	if _, err := s.wal.Append(rec); err != nil {
+		if errors.Is(err, wal.ErrClosed) {
+			return ErrClosed
+		}
+		if errors.Is(err, wal.ErrTooLarge) {
+			return fmt.Errorf("%w: %w", ErrTooLarge, err)
+		}
+		s.mu.Lock()
+		s.failLocked(err)
+		s.mu.Unlock()
+		return storageErr(err)
+	}
+	if err := s.writeBodyFile(path, rec[bodyRecHeader:]); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.unsynced[d] = struct{}{}
+	s.journalSince += int64(len(rec))
+	s.mu.Unlock()
+	return nil
+}
+
+// writeBodyFile writes a body's file through a temporary file and a rename,
+// so that the name never shows part of a body; it does not fsync.
+func (s *Store) writeBodyFile(path string, body []byte) error {
+	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), "body-*")
+	if err != nil {
+		return storageErr(err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return storageErr(err)
+	}
+	return nil
+}
+
+// syncBodies makes the body files written without fsync since the last
+// call durable, with one fsync per file and one per folder, so that a
+// checkpoint may then remove the journal segments that hold their bytes.
+// Files removed meanwhile (no longer referenced) are skipped. On failure
+// the digests stay to be synced by the next call.
+func (s *Store) syncBodies(ds map[resilmail.Digest]struct{}) error {
+	dirs := make(map[string]struct{})
+	var n uint64
+	fail := func(err error) error {
+		s.mu.Lock()
+		for d := range ds {
+			s.unsynced[d] = struct{}{}
+		}
+		s.c.bodyFsyncs += n
+		s.mu.Unlock()
+		return storageErr(err)
+	}
+	for d := range ds {
+		path := s.bodyPath(d)
+		f, err := os.Open(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fail(err)
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fail(err)
+		}
+		n++
+		dirs[filepath.Dir(path)] = struct{}{}
+	}
+	for dir := range dirs {
+		if err := durable.SyncDir(dir); err != nil {
+			return fail(err)
+		}
+		n++
+	}
+	s.mu.Lock()
+	s.c.bodyFsyncs += n
+	s.c.bodySyncs += uint64(len(ds))
+	s.mu.Unlock()
+	return nil
 }
 
 // pinLocked takes a reservation on a body that is stored and referenced,

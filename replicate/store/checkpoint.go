@@ -199,11 +199,14 @@ func (s *Store) decodeCheckpoint(b []byte) error {
 	return d.err
 }
 
-// Compact writes a checkpoint of the whole index and removes the journal
-// segments that hold only changes both in the checkpoint and older than
-// Options.KeepChanges behind the newest. Readers further behind than what
+// Compact writes a checkpoint of the whole index, fsyncs the body files
+// written since the last checkpoint (their bytes are in the journal until
+// then), and removes the journal segments that hold only changes both in
+// the checkpoint and older than Options.KeepChanges behind the newest (or
+// beyond Options.KeepBytes of journal). Readers further behind than what
 // remains get [ErrTooFarBehind] from Changes and fall back to a full
-// comparison. [Store.Run] calls it every Options.CheckpointEvery changes.
+// comparison. [Store.Run] calls it every Options.CheckpointEvery changes or
+// Options.CheckpointBytes of journal.
 func (s *Store) Compact(ctx context.Context) error {
 	s.ckptMu.Lock()
 	defer s.ckptMu.Unlock()
@@ -228,23 +231,22 @@ func (s *Store) Compact(ctx context.Context) error {
 		return storageErr(err)
 	}
 
+	// Choose the segments to remove, and take the bodies whose files were
+	// written since the last checkpoint: their bytes may be in those
+	// segments, so the files must be durable first. bodyMu makes sure no
+	// body is between its journal record and the unsynced set meanwhile.
+	s.bodyMu.Lock()
 	s.mu.Lock()
 	s.ckptSeq = seq
-	limit := seq
-	if s.applied > s.opts.KeepChanges {
-		limit = min(limit, s.applied-s.opts.KeepChanges)
-	} else {
-		limit = 0
-	}
-	segs := s.wal.Segments()
-	cut := segs[len(segs)-1]
-	for _, r := range s.recs {
-		if r.last > limit {
-			cut = min(cut, r.pos.Seg)
-			break
-		}
-	}
+	s.journalSince = 0
+	cut := s.compactCutLocked(seq)
+	unsynced := s.unsynced
+	s.unsynced = make(map[resilmail.Digest]struct{})
 	s.mu.Unlock()
+	s.bodyMu.Unlock()
+	if err := s.syncBodies(unsynced); err != nil {
+		return err
+	}
 
 	s.compactMu.Lock()
 	err := s.wal.RemoveBefore(cut)
@@ -261,6 +263,43 @@ func (s *Store) Compact(ctx context.Context) error {
 	if err != nil {
 		return storageErr(err)
 	}
-	s.log.Info("store: checkpoint written", "seq", seq, "bytes", len(buf), "oldest_change", oldest, "took", time.Since(start))
+	s.log.Info("store: checkpoint written", "seq", seq, "bytes", len(buf), "oldest_change", oldest,
+		"bodies_synced", len(unsynced), "took", time.Since(start))
 	return nil
+}
+
+// compactCutLocked returns the first journal segment to keep after a
+// checkpoint at seq: every change after seq must stay; of the others, the
+// last Options.KeepChanges stay for readers, unless they would take more
+// than Options.KeepBytes of journal (bodies make it large).
+func (s *Store) compactCutLocked(seq uint64) uint64 {
+	segs := s.wal.Segments()
+	last := segs[len(segs)-1]
+	need, keep := last, last // first segment with a change after seq; first in the KeepChanges window
+	window := uint64(0)
+	if s.applied > s.opts.KeepChanges {
+		window = s.applied - s.opts.KeepChanges
+	}
+	for _, r := range s.recs {
+		if r.last > seq {
+			need = min(need, r.pos.Seg)
+			break
+		}
+	}
+	for _, r := range s.recs {
+		if r.last > window {
+			keep = min(keep, r.pos.Seg)
+			break
+		}
+	}
+	// The newest segments that fit in KeepBytes (at least the last one).
+	byBytes, total := last, int64(0)
+	for i := len(segs) - 1; i >= 0; i-- {
+		total += s.wal.SegmentSize(segs[i])
+		if total > s.opts.KeepBytes && segs[i] != last {
+			break
+		}
+		byBytes = segs[i]
+	}
+	return min(need, max(keep, byBytes))
 }

@@ -138,3 +138,83 @@ func TestScrub(t *testing.T) {
 	_, err = s.Scrub(cctx)
 	assert.ErrorIs(t, err, context.Canceled)
 }
+
+// TestBodyRestoredFromJournal simulates a crash after the journal's commit
+// and before the body files reached the disk: files missing, empty or
+// damaged at Open come back intact from the journal's body records.
+func TestBodyRestoredFromJournal(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newStore(t)
+	contents := []string{
+		msg("gone", strings.Repeat("g", 700)),
+		msg("empty", strings.Repeat("e", 700)),
+		msg("flipped", strings.Repeat("f", 700)),
+		msg("fine", strings.Repeat("k", 700)),
+	}
+	var digests []resilmail.Digest
+	for _, c := range contents {
+		appendMsg(t, s, "alice", "INBOX", c)
+		digests = append(digests, resilmail.DigestOf([]byte(c)))
+	}
+	require.NoError(t, s.Close())
+
+	require.NoError(t, os.Remove(bodyPath(dir, digests[0])))
+	require.NoError(t, os.WriteFile(bodyPath(dir, digests[1]), nil, 0o640))
+	flipByte(t, bodyPath(dir, digests[2]), 50)
+
+	s = open(t, dir, nil)
+	assert.Equal(t, uint64(3), s.Stats().BodiesRestored)
+	for i, d := range digests {
+		b, err := os.ReadFile(bodyPath(dir, d))
+		require.NoError(t, err)
+		assert.Equal(t, contents[i], string(b), "file %d", i)
+		b, err = s.Body(ctx, d)
+		require.NoError(t, err)
+		assert.Equal(t, contents[i], string(b))
+	}
+	aside, err := filepath.Glob(filepath.Join(dir, "corrupt", "body-*"))
+	require.NoError(t, err)
+	assert.Len(t, aside, 2, "the empty and the flipped file are kept aside")
+	rep, err := s.Scrub(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, rep.Corrupt)
+	assert.Zero(t, s.Stats().CorruptBodies)
+
+	require.NoError(t, s.Close())
+}
+
+// TestCheckpointSyncsBodies checks that a checkpoint fsyncs the body files
+// written since the last one and then removes the journal segments that
+// held their bytes; a file damaged after that is handled as before (moved
+// aside, marked, never served).
+func TestCheckpointSyncsBodies(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := &store.Options{Logger: discardLogger(), SegmentSize: 4 << 10, KeepChanges: 1, KeepBytes: 1}
+	s := open(t, dir, opts)
+	require.NoError(t, s.CreateUser(ctx, "alice"))
+	var digests []resilmail.Digest
+	for i := 0; i < 20; i++ {
+		c := msg("m", strings.Repeat(string(rune('a'+i)), 1000))
+		appendMsg(t, s, "alice", "INBOX", c)
+		digests = append(digests, resilmail.DigestOf([]byte(c)))
+	}
+	before := s.Stats()
+	assert.Greater(t, before.JournalSegments, 5, "the journal holds the bodies")
+	assert.Zero(t, before.BodySyncs, "no body fsync on the hot path")
+	require.NoError(t, s.Compact(ctx))
+	after := s.Stats()
+	assert.Equal(t, uint64(20), after.BodySyncs)
+	assert.Less(t, after.JournalSegments, 3)
+	assert.Less(t, after.JournalBytes, before.JournalBytes/5)
+	require.NoError(t, s.Close())
+
+	flipByte(t, bodyPath(dir, digests[0]), 30)
+	s = open(t, dir, opts)
+	assert.Zero(t, s.Stats().BodiesRestored, "the journal no longer holds the body")
+	_, err := s.Body(ctx, digests[0])
+	assert.ErrorIs(t, err, store.ErrCorrupt)
+	b, err := s.Body(ctx, digests[1])
+	require.NoError(t, err)
+	assert.Equal(t, digests[1], resilmail.DigestOf(b))
+}

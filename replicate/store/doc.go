@@ -8,11 +8,19 @@
 //
 //   - Durability: every write (Append, Copy, Move, Expunge, flag changes,
 //     mailbox and user changes, SetEpoch, Apply) returns nil only once it is
-//     on stable storage: a body is written to its own file and fsynced
-//     (with its folder) before the journal record that references it, and
-//     the record is fsynced before the call returns. Concurrent writers
-//     share the journal's fsyncs (group commit); none is skipped. A crash
+//     on stable storage: a new body is written into the journal (a body
+//     record) before the record of the change that references it, and
+//     both are fsynced by the same journal fsync before the call returns.
+//     Concurrent writers share the journal's fsyncs (group commit); none
+//     is skipped, and there is no other fsync on the write path. A crash
 //     or kill -9 at any instant loses no acknowledged write.
+//   - Body files: the body is also written to its own file (not fsynced)
+//     before the change is visible, for reads. Open rewrites from the
+//     journal every referenced file that is missing or does not hash
+//     right (a crash came before it reached the disk). A checkpoint
+//     fsyncs the files written since the last one (one fsync per file,
+//     one per folder) before it removes journal segments, so a body is
+//     always durable in the journal, in its file, or both.
 //   - Atomicity: the changes one call makes (a MOVE's appends and expunge,
 //     a rename of a mailbox and its children, a user and its INBOX) are one
 //     journal record: after a crash all of them are there or none.
@@ -40,9 +48,13 @@
 // [Store.Changes] returns the durable changes after a position, whole
 // batches at a time, and [Store.Wait] blocks until there are new ones: that
 // is the source of replication and incremental backup. [Store.Compact]
-// writes a checkpoint of the whole index and removes journal segments that
-// hold only changes in the checkpoint and more than Options.KeepChanges
-// behind the newest; a reader behind that gets [ErrTooFarBehind] and must
+// writes a checkpoint of the whole index, fsyncs the body files written
+// since the last one, and removes journal segments that hold only changes
+// in the checkpoint and more than Options.KeepChanges behind the newest (or
+// beyond Options.KeepBytes of journal: the journal holds the bodies, so it
+// is far bigger per change than the changes alone); [Store.Run] does so
+// every Options.CheckpointEvery changes or Options.CheckpointBytes of
+// journal, whichever comes first. A reader behind that gets [ErrTooFarBehind] and must
 // fall back to a full comparison ([Status.Digest], [Store.RangeDigest]).
 //
 // # Epochs and replicas
@@ -66,25 +78,35 @@
 // mean equal mailboxes; [Store.RangeDigest] narrows a difference down to UID
 // ranges.
 //
-// # Storage (format version 1)
+// # Storage (format version 2)
 //
 // A store is one folder:
 //
-//	VERSION           "resilmail-store 1\n"; Open refuses another version
+//	VERSION           "resilmail-store 2\n"; Open refuses another version
+//	                  with [ErrFormat], version 1 (bodies fsynced on their
+//	                  own, outside the journal) included: it is not
+//	                  converted
 //	LOCK              keeps a second process out (flock)
 //	journal/          the change journal: internal/wal segments of kind
 //	                  "rstore" (length and CRC-32C per record, torn tail
-//	                  truncated at Open); records are described in record.go
+//	                  truncated at Open); records are described in record.go:
+//	                  batches of changes, and the bytes of every new body
+//	                  (until a checkpoint has fsynced its file)
 //	checkpoint        the index at one position (checksummed; see
 //	                  checkpoint.go), written atomically
 //	bodies/xx/<hex>   one file per distinct body, named by the hex SHA-256,
 //	                  in 256 folders by its first byte; shared by every
 //	                  message with that content and removed once the last
-//	                  one is expunged (after the expunge is durable)
+//	                  one is expunged (after the expunge is durable);
+//	                  written through tmp/ and a rename, fsynced only by
+//	                  the next checkpoint (the journal has the bytes until
+//	                  then), rewritten from the journal at Open if missing
+//	                  or damaged
 //	tmp/              bodies being written; emptied at Open
 //	corrupt/          damaged journal regions and bodies moved aside
 //
-// Open loads the checkpoint and replays the journal after it; changes
+// Open loads the checkpoint and replays the journal after it (restoring
+// body files from the journal's body records as said above); changes
 // missing in the middle of the journal make Open fail with [ErrCorrupt]
 // (Options.Salvage opens anyway). The index lives in memory (about 150
 // bytes per message), so Open reads it all; this is the reference store,

@@ -210,8 +210,9 @@ func (s *Store) UpstreamPosition(user string) uint64 {
 // an existing mailbox id). A change with Seq zero (a repair, not from the
 // journal) is applied by content alone. Bodies the store lacks are fetched
 // with body, verified against their digest (a mismatch is refused with
-// [ErrCorrupt] and nothing is stored) and made durable before the change
-// that references them.
+// [ErrCorrupt] and nothing is stored) and written into the journal before
+// the change that references them, as Append does, so that the journal's
+// group commit makes both durable.
 //
 // The changes of one user must be applied in the order of the primary's
 // journal (different users may be applied in parallel): a change older

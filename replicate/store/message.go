@@ -24,9 +24,12 @@ type Message struct {
 }
 
 // Append stores a message in a mailbox and returns its UID. When Append
-// returns nil the body (one file named by its SHA-256, shared with every
-// other message of the same content) and the journal record are on stable
-// storage; concurrent appends share the journal's fsyncs.
+// returns nil the body (in the journal, unless a message of the same
+// content is stored already, and as one file named by its SHA-256, shared
+// with every other message of the same content) and the journal record are
+// on stable storage; concurrent appends share the journal's fsyncs, and
+// Append does no other fsync. The whole body is held in memory while it is
+// stored.
 //
 // flags are IMAP flags and keywords (\Recent is refused); a zero
 // internalDate means now. Append reads body to EOF (at most

@@ -17,16 +17,28 @@ type Options struct {
 	// means 64 MiB.
 	MaxMessageSize int64
 	// SegmentSize is the size of a journal segment file; zero means
-	// 16 MiB. Compaction removes whole segments.
+	// 16 MiB. Compaction removes whole segments. The journal holds every
+	// new body, so a segment holds about SegmentSize/size appends; a body
+	// larger than a segment gets a segment of its own.
 	SegmentSize int64
 	// KeepChanges is how many changes compaction keeps in the journal
 	// behind the newest, so that replicas and backups that are at most
-	// that far behind can resume from it; zero means 100 000. Older
-	// positions get ErrTooFarBehind.
+	// that far behind can resume from it, within KeepBytes; zero means
+	// 100 000. Older positions get ErrTooFarBehind.
 	KeepChanges uint64
+	// KeepBytes bounds the journal that compaction keeps for readers
+	// (KeepChanges) behind the checkpoint: since bodies are in the
+	// journal, 100 000 changes may be gigabytes. Zero means 1 GiB.
+	// Changes after the checkpoint are always kept.
+	KeepBytes int64
 	// CheckpointEvery is how many changes [Store.Run] lets pass before it
 	// writes a checkpoint and compacts the journal; zero means 50 000.
 	CheckpointEvery uint64
+	// CheckpointBytes is how many journal bytes (bodies included)
+	// [Store.Run] lets be written before it writes a checkpoint, whichever
+	// of it and CheckpointEvery comes first; zero means 256 MiB. It bounds
+	// the journal Open replays and the body files a checkpoint fsyncs.
+	CheckpointBytes int64
 	// ScrubInterval is how often [Store.Run] re-hashes every stored body;
 	// zero means 24 hours, negative means never.
 	ScrubInterval time.Duration
@@ -62,6 +74,12 @@ func (o *Options) withDefaults() Options {
 	}
 	if r.CheckpointEvery == 0 {
 		r.CheckpointEvery = 50_000
+	}
+	if r.KeepBytes <= 0 {
+		r.KeepBytes = 1 << 30
+	}
+	if r.CheckpointBytes <= 0 {
+		r.CheckpointBytes = 256 << 20
 	}
 	if r.FetchParallelism <= 0 {
 		r.FetchParallelism = 8

@@ -15,13 +15,32 @@ import (
 //	    count uvarint, then per change: upstream uvarint (the primary's
 //	    position of a change applied from it, 0 for a local change),
 //	    length uvarint, resilmail.Change binary encoding
+//	'D' a body: digest (32 bytes), then the body's bytes to the end of the
+//	    record. It is appended before the first 'B' record that references
+//	    the body (a body already stored is not written again), so that the
+//	    group-committed fsync that makes the batch durable makes the body
+//	    durable too. Open rewrites the body's file from it when the file is
+//	    missing or does not hash to the digest.
 //	'K' a body marked corrupt (1) or repaired (0): flag byte, digest
 //	'O' the store was opened: Unix nanoseconds varint
 const (
 	recBatch   = 'B'
+	recBody    = 'D'
 	recCorrupt = 'K'
 	recOpen    = 'O'
 )
+
+// bodyRecHeader is the size of a 'D' record before the body's bytes.
+const bodyRecHeader = 1 + len(resilmail.Digest{})
+
+// decodeBody decodes a 'D' record; body aliases rec.
+func decodeBody(rec []byte) (d resilmail.Digest, body []byte, err error) {
+	if len(rec) < bodyRecHeader || rec[0] != recBody {
+		return d, nil, fmt.Errorf("%w: body record of %d bytes", errBadRecord, len(rec))
+	}
+	copy(d[:], rec[1:bodyRecHeader])
+	return d, rec[bodyRecHeader:], nil
+}
 
 // maxBatch bounds the changes one record may hold.
 const maxBatch = 1 << 20

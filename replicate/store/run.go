@@ -8,7 +8,8 @@ import (
 
 // Run does the store's background work until ctx is done: it writes a
 // checkpoint and compacts the journal every Options.CheckpointEvery
-// changes, and scrubs every body every Options.ScrubInterval. It returns
+// changes or Options.CheckpointBytes of journal (fsyncing the body files
+// written since the last one), and scrubs every body every Options.ScrubInterval. It returns
 // nil when ctx is done, [ErrClosed] when the store is closed, and owns no
 // goroutine once it has returned. The store works without it, only its
 // journal grows and partial reads go unchecked.
@@ -21,12 +22,12 @@ func (s *Store) Run(ctx context.Context) error {
 	}
 	for {
 		s.mu.Lock()
-		pos, ckpt, closed, advanced := s.applied, s.ckptSeq, s.closed, s.durableCh
+		pos, ckpt, closed, advanced, since := s.applied, s.ckptSeq, s.closed, s.durableCh, s.journalSince
 		s.mu.Unlock()
 		if closed {
 			return ErrClosed
 		}
-		if pos-ckpt >= s.opts.CheckpointEvery {
+		if pos-ckpt >= s.opts.CheckpointEvery || since >= s.opts.CheckpointBytes {
 			if err := s.Compact(ctx); err != nil {
 				if ctx.Err() != nil {
 					return nil

@@ -6,6 +6,7 @@ type counters struct {
 	changes, badRecords, missingChanges       uint64
 	bodyWrites, bodyShared, bodyFsyncs        uint64
 	bodyReads, bodiesRemoved                  uint64
+	bodySyncs, bodiesRestored                 uint64
 	corruptFound, corruptReceived, repaired   uint64
 	scrubs, scrubbed, checkpoints             uint64
 	applied, skipped, fenced, conflicts, gone uint64
@@ -29,11 +30,13 @@ type Stats struct {
 	ReadOnly      bool   // local writes are refused
 
 	Changes         uint64 // changes written
-	Fsyncs          uint64 // fsyncs: journal, body files and their folders
+	Fsyncs          uint64 // fsyncs: journal, body files and their folders (at checkpoints)
 	JournalFsyncs   uint64 // fsyncs of the journal alone
 	JournalSegments int    // journal segment files
 	JournalBytes    int64  // bytes in them
-	BodyWrites      uint64 // body files written
+	BodyWrites      uint64 // bodies written (into the journal and as a file)
+	BodySyncs       uint64 // body files fsynced by checkpoints, off the hot path
+	BodiesRestored  uint64 // body files rewritten from the journal at Open
 	BodyShared      uint64 // appends that shared a body already stored
 	BodyReads       uint64 // verified full reads of bodies
 	BodiesRemoved   uint64 // body files removed once unreferenced
@@ -71,6 +74,7 @@ func (s *Store) Stats() Stats {
 		Changes:  s.c.changes, Fsyncs: ws.Syncs + s.c.bodyFsyncs, JournalFsyncs: ws.Syncs,
 		JournalSegments: ws.Segments, JournalBytes: ws.Bytes,
 		BodyWrites: s.c.bodyWrites, BodyShared: s.c.bodyShared, BodyReads: s.c.bodyReads, BodiesRemoved: s.c.bodiesRemoved,
+		BodySyncs: s.c.bodySyncs, BodiesRestored: s.c.bodiesRestored,
 		Checkpoints:   s.c.checkpoints,
 		CorruptBodies: len(s.corrupt), CorruptFound: s.c.corruptFound, CorruptReceived: s.c.corruptReceived, Repaired: s.c.repaired,
 		Scrubs: s.c.scrubs, Scrubbed: s.c.scrubbed, LastScrub: s.c.lastScrub,

@@ -19,12 +19,14 @@ import (
 )
 
 // formatVersion is the store's on-disk format version: the VERSION file,
-// the journal's records and the checkpoint.
-const formatVersion = 1
+// the journal's records and the checkpoint. Version 2 writes bodies into
+// the journal ('D' records); version 1 (bodies fsynced on their own) is
+// refused.
+const formatVersion = 2
 
 const (
 	versionFile = "VERSION"
-	versionText = "resilmail-store 1\n"
+	versionText = "resilmail-store 2\n"
 	journalDir  = "journal"
 	bodiesDir   = "bodies"
 	tmpDir      = "tmp"
@@ -46,6 +48,10 @@ type Store struct {
 	compactMu sync.RWMutex
 	// ckptMu serialises checkpoints.
 	ckptMu sync.Mutex
+	// bodyMu keeps a checkpoint from choosing the journal segments to
+	// remove while a body is between its journal record and its file
+	// (and the unsynced set): writers of bodies hold it shared.
+	bodyMu sync.RWMutex
 	// ops counts calls in progress, for Close to wait for.
 	ops sync.WaitGroup
 
@@ -58,8 +64,11 @@ type Store struct {
 	refs            map[resilmail.Digest]int32      // messages per body
 	inflight        map[resilmail.Digest]*bodyWrite // bodies being stored
 	corrupt         map[resilmail.Digest]struct{}
-	pendingUnlink   map[resilmail.Digest]uint64 // unreferenced since change seq
-	upstream        map[string]uint64           // primary's position applied, per user
+	pendingUnlink   map[resilmail.Digest]uint64   // unreferenced since change seq
+	unsynced        map[resilmail.Digest]struct{} // body files not fsynced yet (their bytes are in the journal)
+	journalSince    int64                         // journal bytes written since the last checkpoint
+	walBodies       map[resilmail.Digest]wal.Pos  // at Open: the last 'D' record of each body
+	upstream        map[string]uint64             // primary's position applied, per user
 	epoch           resilmail.Epoch
 	lastUIDValidity uint32
 	applied         uint64 // last change in the journal and in memory
@@ -116,6 +125,8 @@ func Open(dir string, opts *Options) (*Store, error) {
 		inflight:      make(map[resilmail.Digest]*bodyWrite),
 		corrupt:       make(map[resilmail.Digest]struct{}),
 		pendingUnlink: make(map[resilmail.Digest]uint64),
+		unsynced:      make(map[resilmail.Digest]struct{}),
+		walBodies:     make(map[resilmail.Digest]wal.Pos),
 		upstream:      make(map[string]uint64),
 		durableCh:     make(chan struct{}),
 	}
@@ -173,6 +184,59 @@ func (s *Store) open() error {
 	s.mu.Lock()
 	s.advanceLocked(s.applied)
 	s.mu.Unlock()
+	return s.restoreBodies()
+}
+
+// restoreBodies checks the file of every referenced body that the journal
+// holds (a crash may have come after the journal's commit and before the
+// file reached the disk) and rewrites it from the journal when it is
+// missing or does not hash to its digest; a damaged file is moved aside
+// first. A body marked corrupt stays marked (a good copy stored by Append
+// or Apply, or a scrub that finds the file good, clears the mark). The
+// files are left to the next checkpoint to fsync, as on the hot path.
+func (s *Store) restoreBodies() error {
+	bodies := s.walBodies
+	s.walBodies = nil
+	for d, pos := range bodies {
+		_, bad := s.corrupt[d]
+		if s.refs[d] == 0 || bad {
+			continue
+		}
+		path := s.bodyPath(d)
+		s.unsynced[d] = struct{}{}
+		b, err := os.ReadFile(path)
+		if err == nil && resilmail.DigestOf(b) == d {
+			continue
+		}
+		why := "content does not match its digest"
+		if err != nil {
+			why = err.Error()
+		}
+		rec, rerr := s.wal.ReadAt(pos)
+		var body []byte
+		var got resilmail.Digest
+		if rerr == nil {
+			got, body, rerr = decodeBody(rec)
+		}
+		if rerr == nil && (got != d || resilmail.DigestOf(body) != d) {
+			rerr = fmt.Errorf("%w: body record at %s does not hash to %s", errBadRecord, pos, d)
+		}
+		if rerr != nil {
+			s.log.Error("store: body file damaged and its journal record unreadable", "digest", d.String(), "why", why, "err", rerr)
+			continue
+		}
+		if err == nil {
+			aside := filepath.Join(s.dir, corruptDir, fmt.Sprintf("body-%s-%d", d, time.Now().UnixNano()))
+			if merr := os.MkdirAll(filepath.Dir(aside), 0o750); merr == nil {
+				os.Rename(path, aside)
+			}
+		}
+		if err := s.writeBodyFile(path, body); err != nil {
+			return err
+		}
+		s.c.bodiesRestored++
+		s.log.Warn("store: body file rewritten from the journal", "digest", d.String(), "why", why)
+	}
 	return nil
 }
 
@@ -193,6 +257,9 @@ func (s *Store) checkVersion() error {
 	}
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
+	}
+	if string(b) == "resilmail-store 1\n" {
+		return fmt.Errorf("%w: %s is format version 1 (bodies outside the journal); this build reads only version 2 and does not convert: recreate the store (for example from a replica)", ErrFormat, s.dir)
 	}
 	if string(b) != versionText {
 		return fmt.Errorf("%w: %s says %q; this build reads %q", ErrFormat, path, b, versionText)
@@ -295,6 +362,13 @@ func (s *Store) replay(pos wal.Pos, rec []byte) error {
 			}
 			s.applyLocked(&changes[i], upstream[i])
 		}
+	case recBody:
+		d, _, err := decodeBody(rec)
+		if err != nil {
+			return bad(err)
+		}
+		s.walBodies[d] = pos
+		s.journalSince += int64(len(rec))
 	case recCorrupt:
 		if len(rec) != 2+len(resilmail.Digest{}) {
 			return bad(errBadRecord)
@@ -384,6 +458,7 @@ func (s *Store) commitLocked(changes []resilmail.Change, upstream []uint64) (las
 	if err != nil {
 		return 0, fmt.Errorf("store: encoding change: %w", err)
 	}
+	s.journalSince += int64(len(rec))
 	pos, err := s.wal.Append(rec)
 	if err != nil {
 		if errors.Is(err, wal.ErrClosed) {

@@ -542,9 +542,18 @@ func TestUnknownFormatRefused(t *testing.T) {
 		dir := t.TempDir()
 		s := open(t, dir, nil)
 		require.NoError(t, s.Close())
-		require.NoError(t, os.WriteFile(filepath.Join(dir, "VERSION"), []byte("resilmail-store 2\n"), 0o644))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "VERSION"), []byte("resilmail-store 3\n"), 0o644))
 		_, err := store.Open(dir, quietOpts())
 		assert.ErrorIs(t, err, store.ErrFormat)
+	})
+	t.Run("version 1", func(t *testing.T) {
+		dir := t.TempDir()
+		s := open(t, dir, nil)
+		require.NoError(t, s.Close())
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "VERSION"), []byte("resilmail-store 1\n"), 0o644))
+		_, err := store.Open(dir, quietOpts())
+		assert.ErrorIs(t, err, store.ErrFormat)
+		assert.ErrorContains(t, err, "format version 1")
 	})
 	t.Run("no VERSION with data", func(t *testing.T) {
 		dir := t.TempDir()
@@ -563,11 +572,11 @@ func TestUnknownFormatRefused(t *testing.T) {
 		path := filepath.Join(dir, "checkpoint")
 		b, err := os.ReadFile(path)
 		require.NoError(t, err)
-		b[9] = 2 // version 2
+		b[9] = 3 // version 3
 		require.NoError(t, os.WriteFile(path, b, 0o644))
 		_, err = store.Open(dir, quietOpts())
 		assert.ErrorIs(t, err, store.ErrFormat)
-		b[9] = 1
+		b[9] = 2
 		b[20] ^= 0xff
 		require.NoError(t, os.WriteFile(path, b, 0o644))
 		_, err = store.Open(dir, quietOpts())
