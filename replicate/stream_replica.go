@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/bearer"
 	"github.com/resilmail/resilmail/internal/wal"
@@ -434,6 +436,7 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 	defer watchdog.Stop()
 	var (
 		batch    []inboxChange
+		queued   []resilmail.Change // received, not yet in the inbox
 		read     int64
 		received = after
 	)
@@ -469,24 +472,28 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 			if c.Epoch < r.t.Epoch() {
 				return progressed, fmt.Errorf("%w: change %d has epoch %d, this replica has seen %d", ErrFenced, c.Seq, c.Epoch, r.t.Epoch())
 			}
-			if c.Kind == resilmail.ChangeAppend {
-				if err := r.fetchBody(ctx, inbox, c.Digest, c.Size); err != nil {
-					return progressed, err
-				}
-			}
-			b, err := c.MarshalBinary()
-			if err != nil {
+			queued = append(queued, c)
+			received = c.Seq
+		}
+		if fr.Buffered() == 0 || len(queued) >= 1024 {
+			// The bodies first, fetched in parallel, then the changes in
+			// order: a change never precedes its body in the inbox.
+			if err := r.fetchBodies(ctx, inbox, queued); err != nil {
 				return progressed, err
 			}
-			pos, err := inbox.Append(append([]byte{recChange}, b...))
-			if err != nil {
-				r.noteError(err, &r.stats.InboxErrors)
-				return progressed, fmt.Errorf("replicate: inbox: %w", err)
+			for _, c := range queued {
+				b, err := c.MarshalBinary()
+				if err != nil {
+					return progressed, err
+				}
+				pos, err := inbox.Append(append([]byte{recChange}, b...))
+				if err != nil {
+					r.noteError(err, &r.stats.InboxErrors)
+					return progressed, fmt.Errorf("replicate: inbox: %w", err)
+				}
+				batch = append(batch, inboxChange{c, pos.Seg})
 			}
-			received = c.Seq
-			batch = append(batch, inboxChange{c, pos.Seg})
-		}
-		if fr.Buffered() == 0 || len(batch) >= 1024 {
+			queued = queued[:0]
 			if err := r.commit(ctx, inbox, batch, received); err != nil {
 				return progressed, err
 			}
@@ -587,6 +594,22 @@ func (r *Replica) ack(ctx context.Context) error {
 		return statusError("acknowledging", resp)
 	}
 	return nil
+}
+
+// fetchBodies keeps in the inbox the bodies the appends of changes name,
+// fetching up to eight at once.
+func (r *Replica) fetchBodies(ctx context.Context, inbox *wal.Log, changes []resilmail.Change) error {
+	seen := make(map[resilmail.Digest]bool)
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for _, c := range changes {
+		if c.Kind != resilmail.ChangeAppend || seen[c.Digest] {
+			continue
+		}
+		seen[c.Digest] = true
+		g.Go(func() error { return r.fetchBody(ctx, inbox, c.Digest, c.Size) })
+	}
+	return g.Wait()
 }
 
 // fetchBody keeps in the inbox the body d unless the target or the inbox
