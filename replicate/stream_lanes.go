@@ -94,11 +94,14 @@ func (r *Replica) takeLocked(l *lane, singles bool) []resilmail.Change {
 
 // blockedLocked reports whether another lane still has an earlier change
 // of a lower epoch than batch, which the target would refuse after batch
-// raised its epoch. Held lanes do not block.
+// raised its epoch. A held lane blocks too: its change was made before the
+// promotion and must still apply once confirmed. Only batches that raise
+// the epoch wait, so a held change stalls other users only across a
+// promotion.
 func (r *Replica) blockedLocked(l *lane, batch []resilmail.Change) bool {
 	e, s := batch[0].Epoch, batch[len(batch)-1].Seq
 	for _, o := range r.lanes {
-		if o != l && o.held == nil && len(o.queue) > 0 && o.queue[0].Seq < s && o.queue[0].Epoch < e {
+		if o != l && len(o.queue) > 0 && o.queue[0].Seq < s && o.queue[0].Epoch < e {
 			return true
 		}
 	}

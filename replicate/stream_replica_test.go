@@ -269,3 +269,29 @@ func TestReplicaRefusesOldEpoch(t *testing.T) {
 	require.Eventually(t, func() bool { return r.Stats().Fenced > 0 }, 10*time.Second, 5*time.Millisecond)
 	assert.Contains(t, r.Stats().LastError, "fenced")
 }
+
+// TestHeldChangeSurvivesAPromotion: a change held on the replica was
+// made under the old epoch; another user's changes after a promotion
+// (a higher epoch) must not make the store refuse it once confirmed.
+func TestHeldChangeSurvivesAPromotion(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	dst := openStore(t, t.TempDir())
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	require.NoError(t, src.CreateUser(ctx, "bob"))
+	addN(t, src, "alice", "INBOX", 3)
+	_, err := src.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(1, 2, 3))
+	require.NoError(t, err)
+	require.NoError(t, src.SetEpoch(ctx, src.Epoch()+1)) // a promotion
+	addN(t, src, "bob", "INBOX", 2)
+	_, srv := servePrimary(t, src, nil)
+	hold := func(_ context.Context, c resilmail.Change) (bool, string) {
+		return c.Kind == resilmail.ChangeExpunge, "mass expunge"
+	}
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), &replicate.ReplicaOptions{Hold: hold})
+	require.Eventually(t, func() bool { return len(r.Held()) == 1 }, 10*time.Second, 5*time.Millisecond)
+	require.NoError(t, r.Confirm("alice", r.Held()[0].Change.Seq))
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+	assert.Zero(t, r.Stats().Fenced, "nothing dropped as coming from a demoted primary")
+}
