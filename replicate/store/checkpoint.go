@@ -223,6 +223,14 @@ func (s *Store) Compact(ctx context.Context) error {
 	buf := s.encodeCheckpointLocked()
 	seq := s.applied
 	s.mu.Unlock()
+	// The files of the bodies the checkpoint refers to are made durable
+	// before it is written, so that Open need only check the bodies the
+	// journal holds after it. bodyMu makes sure every body of a change up
+	// to seq is in the unsynced set by now.
+	early, err := s.syncUnsynced()
+	if err != nil {
+		return err
+	}
 	// The checkpoint must not hold a change the journal could lose.
 	if err := s.waitDurable(seq); err != nil {
 		return err
@@ -232,9 +240,9 @@ func (s *Store) Compact(ctx context.Context) error {
 	}
 
 	// Choose the segments to remove, and take the bodies whose files were
-	// written since the last checkpoint: their bytes may be in those
-	// segments, so the files must be durable first. bodyMu makes sure no
-	// body is between its journal record and the unsynced set meanwhile.
+	// written since: their bytes may be in those segments, so the files
+	// must be durable first. bodyMu makes sure no body is between its
+	// journal record and the unsynced set meanwhile.
 	s.bodyMu.Lock()
 	s.mu.Lock()
 	s.ckptSeq = seq
@@ -247,9 +255,10 @@ func (s *Store) Compact(ctx context.Context) error {
 	if err := s.syncBodies(unsynced); err != nil {
 		return err
 	}
+	synced := early + len(unsynced)
 
 	s.compactMu.Lock()
-	err := s.wal.RemoveBefore(cut)
+	err = s.wal.RemoveBefore(cut)
 	s.mu.Lock()
 	i := 0
 	for i < len(s.recs) && s.recs[i].pos.Seg < cut {
@@ -264,8 +273,20 @@ func (s *Store) Compact(ctx context.Context) error {
 		return storageErr(err)
 	}
 	s.log.Info("store: checkpoint written", "seq", seq, "bytes", len(buf), "oldest_change", oldest,
-		"bodies_synced", len(unsynced), "took", time.Since(start))
+		"bodies_synced", synced, "took", time.Since(start))
 	return nil
+}
+
+// syncUnsynced makes durable the body files written so far and not yet
+// synced, and returns how many.
+func (s *Store) syncUnsynced() (int, error) {
+	s.bodyMu.Lock()
+	s.mu.Lock()
+	unsynced := s.unsynced
+	s.unsynced = make(map[resilmail.Digest]struct{})
+	s.mu.Unlock()
+	s.bodyMu.Unlock()
+	return len(unsynced), s.syncBodies(unsynced)
 }
 
 // compactCutLocked returns the first journal segment to keep after a

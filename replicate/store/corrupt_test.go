@@ -183,6 +183,34 @@ func TestBodyRestoredFromJournal(t *testing.T) {
 	require.NoError(t, s.Close())
 }
 
+// TestOpenChecksOnlyBodiesAfterTheCheckpoint: a checkpoint makes the body
+// files it refers to durable before it is written, so Open re-reads only
+// the bodies the journal holds after it, however much journal is kept.
+func TestOpenChecksOnlyBodiesAfterTheCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newStore(t)
+	before := msg("before", strings.Repeat("b", 700))
+	appendMsg(t, s, "alice", "INBOX", before)
+	require.NoError(t, s.Compact(ctx))
+	after := msg("after", strings.Repeat("a", 700))
+	appendMsg(t, s, "alice", "INBOX", after)
+	require.NoError(t, s.Close())
+
+	// Both files vanish (damage after the fact: the one before the
+	// checkpoint was durable).
+	require.NoError(t, os.Remove(bodyPath(dir, resilmail.DigestOf([]byte(before)))))
+	require.NoError(t, os.Remove(bodyPath(dir, resilmail.DigestOf([]byte(after)))))
+
+	s = open(t, dir, nil)
+	assert.Equal(t, uint64(1), s.Stats().BodiesRestored, "only the body after the checkpoint is looked at")
+	b, err := s.Body(ctx, resilmail.DigestOf([]byte(after)))
+	require.NoError(t, err)
+	assert.Equal(t, after, string(b))
+	_, err = s.Body(ctx, resilmail.DigestOf([]byte(before)))
+	require.ErrorIs(t, err, store.ErrCorrupt, "a file lost later is reported, not served")
+	require.NoError(t, s.Close())
+}
+
 // TestCheckpointSyncsBodies checks that a checkpoint fsyncs the body files
 // written since the last one and then removes the journal segments that
 // held their bytes; a file damaged after that is handled as before (moved

@@ -15,12 +15,14 @@
 //     is skipped, and there is no other fsync on the write path. A crash
 //     or kill -9 at any instant loses no acknowledged write.
 //   - Body files: the body is also written to its own file (not fsynced)
-//     before the change is visible, for reads. Open rewrites from the
-//     journal every referenced file that is missing or does not hash
-//     right (a crash came before it reached the disk). A checkpoint
-//     fsyncs the files written since the last one (one fsync per file,
-//     one per folder) before it removes journal segments, so a body is
-//     always durable in the journal, in its file, or both.
+//     before the change is visible, for reads. A checkpoint fsyncs the
+//     files written since the last one (one fsync per file, one per
+//     folder) before it is written and before it removes journal
+//     segments, so a body is always durable in the journal, in its file,
+//     or both. Open rewrites from the journal every referenced file
+//     written after the checkpoint that is missing or does not hash right
+//     (a crash came before it reached the disk); earlier files are not
+//     re-read, and damage to them later is found by reads and scrubs.
 //   - Atomicity: the changes one call makes (a MOVE's appends and expunge,
 //     a rename of a mailbox and its children, a user and its INBOX) are one
 //     journal record: after a crash all of them are there or none.

@@ -67,7 +67,8 @@ type Store struct {
 	pendingUnlink   map[resilmail.Digest]uint64   // unreferenced since change seq
 	unsynced        map[resilmail.Digest]struct{} // body files not fsynced yet (their bytes are in the journal)
 	journalSince    int64                         // journal bytes written since the last checkpoint
-	walBodies       map[resilmail.Digest]wal.Pos  // at Open: the last 'D' record of each body
+	walBodies       map[resilmail.Digest]wal.Pos  // at Open: the last 'D' record of each body written after the checkpoint
+	replayBodies    []resilmail.Digest            // at Open: the 'D' records since the last batch record
 	upstream        map[string]uint64             // primary's position applied, per user
 	epoch           resilmail.Epoch
 	lastUIDValidity uint32
@@ -188,15 +189,16 @@ func (s *Store) open() error {
 }
 
 // restoreBodies checks the file of every referenced body that the journal
-// holds (a crash may have come after the journal's commit and before the
-// file reached the disk) and rewrites it from the journal when it is
+// holds after the checkpoint (a crash may have come after the journal's
+// commit and before the file reached the disk; the files of earlier bodies
+// were made durable before the checkpoint was written) and rewrites it from the journal when it is
 // missing or does not hash to its digest; a damaged file is moved aside
 // first. A body marked corrupt stays marked (a good copy stored by Append
 // or Apply, or a scrub that finds the file good, clears the mark). The
 // files are left to the next checkpoint to fsync, as on the hot path.
 func (s *Store) restoreBodies() error {
 	bodies := s.walBodies
-	s.walBodies = nil
+	s.walBodies, s.replayBodies = nil, nil
 	for d, pos := range bodies {
 		_, bad := s.corrupt[d]
 		if s.refs[d] == 0 || bad {
@@ -342,6 +344,14 @@ func (s *Store) replay(pos wal.Pos, rec []byte) error {
 			return bad(err)
 		}
 		first, last := changes[0].Seq, changes[len(changes)-1].Seq
+		if last <= s.ckptSeq {
+			// The checkpoint holds this batch, and Compact made the files
+			// of its bodies durable before writing it.
+			for _, d := range s.replayBodies {
+				delete(s.walBodies, d)
+			}
+		}
+		s.replayBodies = s.replayBodies[:0]
 		if n := len(s.recs); n > 0 && first != s.recs[n-1].last+1 {
 			s.recs = s.recs[:0] // readers cannot resume across a hole
 		}
@@ -368,6 +378,7 @@ func (s *Store) replay(pos wal.Pos, rec []byte) error {
 			return bad(err)
 		}
 		s.walBodies[d] = pos
+		s.replayBodies = append(s.replayBodies, d)
 		s.journalSince += int64(len(rec))
 	case recCorrupt:
 		if len(rec) != 2+len(resilmail.Digest{}) {
