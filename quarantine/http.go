@@ -146,9 +146,9 @@ func NewHandler(s *Store, opts *HandlerOptions) (http.Handler, error) {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/entries", h.apiList)
-	mux.HandleFunc("GET /api/entries/{id}", h.apiGet)
-	mux.HandleFunc("GET /api/entries/{id}/preview", h.apiPreview)
-	mux.HandleFunc("GET /api/entries/{id}/audit", h.apiAudit)
+	mux.HandleFunc("GET /api/entries/{id}", entryAPI(h, "get", h.s.Get))
+	mux.HandleFunc("GET /api/entries/{id}/preview", entryAPI(h, "preview", h.s.Preview))
+	mux.HandleFunc("GET /api/entries/{id}/audit", entryAPI(h, "audit", h.auditJSON))
 	mux.HandleFunc("POST /api/entries/{id}/release", h.apiAction)
 	mux.HandleFunc("POST /api/entries/{id}/delete", h.apiAction)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
@@ -345,49 +345,33 @@ func (h *handler) apiList(w http.ResponseWriter, r *http.Request) {
 	h.apiError(w, r, "list", who, "", err)
 }
 
-func (h *handler) apiGet(w http.ResponseWriter, r *http.Request) {
-	who, ok := h.authenticate(w, r)
-	if !ok {
-		return
+// entryAPI serves a read of one entry (op names it in the log) as JSON.
+func entryAPI[T any](h *handler, op string, read func(ctx context.Context, who, id string) (T, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		who, ok := h.authenticate(w, r)
+		if !ok {
+			return
+		}
+		id := r.PathValue("id")
+		v, err := read(r.Context(), who, id)
+		if err != nil {
+			h.apiError(w, r, op, who, id, err)
+			return
+		}
+		h.writeJSON(w, http.StatusOK, v)
 	}
-	id := r.PathValue("id")
-	e, err := h.s.Get(r.Context(), who, id)
-	if err != nil {
-		h.apiError(w, r, "get", who, id, err)
-		return
-	}
-	h.writeJSON(w, http.StatusOK, e)
 }
 
-func (h *handler) apiPreview(w http.ResponseWriter, r *http.Request) {
-	who, ok := h.authenticate(w, r)
-	if !ok {
-		return
-	}
-	id := r.PathValue("id")
-	p, err := h.s.Preview(r.Context(), who, id)
+// auditJSON is an entry's audit trail as the API answers it.
+func (h *handler) auditJSON(ctx context.Context, who, id string) (map[string][]AuditRecord, error) {
+	recs, err := h.s.Audit(ctx, who, id)
 	if err != nil {
-		h.apiError(w, r, "preview", who, id, err)
-		return
-	}
-	h.writeJSON(w, http.StatusOK, p)
-}
-
-func (h *handler) apiAudit(w http.ResponseWriter, r *http.Request) {
-	who, ok := h.authenticate(w, r)
-	if !ok {
-		return
-	}
-	id := r.PathValue("id")
-	recs, err := h.s.Audit(r.Context(), who, id)
-	if err != nil {
-		h.apiError(w, r, "audit", who, id, err)
-		return
+		return nil, err
 	}
 	if recs == nil {
 		recs = []AuditRecord{}
 	}
-	h.writeJSON(w, http.StatusOK, map[string][]AuditRecord{"audit": recs})
+	return map[string][]AuditRecord{"audit": recs}, nil
 }
 
 // actionResult is the answer to a release or a delete.

@@ -229,21 +229,34 @@ func TestAwaitWithReplicas(t *testing.T) {
 	}
 }
 
-func TestReplicaHoldAndConfirm(t *testing.T) {
+// heldExpungeSource is a primary where alice expunges her three messages
+// and then, after a promotion if promote is set, bob gets two.
+func heldExpungeSource(t *testing.T, promote bool) *store.Store {
 	ctx := context.Background()
 	src := openStore(t, t.TempDir())
-	dst := openStore(t, t.TempDir())
 	require.NoError(t, src.CreateUser(ctx, "alice"))
 	require.NoError(t, src.CreateUser(ctx, "bob"))
 	addN(t, src, "alice", "INBOX", 3)
 	_, err := src.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(1, 2, 3))
 	require.NoError(t, err)
-	addN(t, src, "bob", "INBOX", 2)
-	_, srv := servePrimary(t, src, nil)
-	hold := func(_ context.Context, c resilmail.Change) (bool, string) {
-		return c.Kind == resilmail.ChangeExpunge, "mass expunge"
+	if promote {
+		require.NoError(t, src.SetEpoch(ctx, src.Epoch()+1))
 	}
-	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), &replicate.ReplicaOptions{Hold: hold})
+	addN(t, src, "bob", "INBOX", 2)
+	return src
+}
+
+// holdExpunges holds every expunge for confirmation.
+func holdExpunges(_ context.Context, c resilmail.Change) (bool, string) {
+	return c.Kind == resilmail.ChangeExpunge, "mass expunge"
+}
+
+func TestReplicaHoldAndConfirm(t *testing.T) {
+	ctx := context.Background()
+	src := heldExpungeSource(t, false)
+	dst := openStore(t, t.TempDir())
+	_, srv := servePrimary(t, src, nil)
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), &replicate.ReplicaOptions{Hold: holdExpunges})
 	require.Eventually(t, func() bool { return len(r.Held()) == 1 }, 10*time.Second, 5*time.Millisecond)
 	h := r.Held()[0]
 	assert.Equal(t, "mass expunge", h.Reason)
@@ -274,21 +287,10 @@ func TestReplicaRefusesOldEpoch(t *testing.T) {
 // made under the old epoch; another user's changes after a promotion
 // (a higher epoch) must not make the store refuse it once confirmed.
 func TestHeldChangeSurvivesAPromotion(t *testing.T) {
-	ctx := context.Background()
-	src := openStore(t, t.TempDir())
+	src := heldExpungeSource(t, true)
 	dst := openStore(t, t.TempDir())
-	require.NoError(t, src.CreateUser(ctx, "alice"))
-	require.NoError(t, src.CreateUser(ctx, "bob"))
-	addN(t, src, "alice", "INBOX", 3)
-	_, err := src.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(1, 2, 3))
-	require.NoError(t, err)
-	require.NoError(t, src.SetEpoch(ctx, src.Epoch()+1)) // a promotion
-	addN(t, src, "bob", "INBOX", 2)
 	_, srv := servePrimary(t, src, nil)
-	hold := func(_ context.Context, c resilmail.Change) (bool, string) {
-		return c.Kind == resilmail.ChangeExpunge, "mass expunge"
-	}
-	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), &replicate.ReplicaOptions{Hold: hold})
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), &replicate.ReplicaOptions{Hold: holdExpunges})
 	require.Eventually(t, func() bool { return len(r.Held()) == 1 }, 10*time.Second, 5*time.Millisecond)
 	require.NoError(t, r.Confirm("alice", r.Held()[0].Change.Seq))
 	waitApplied(t, r, src)

@@ -45,9 +45,7 @@ func (s *Store) CreateUser(ctx context.Context, name string) error {
 		return err
 	}
 	defer s.ops.Done()
-	s.mu.Lock()
-	if err := s.localWritableLocked(); err != nil {
-		s.mu.Unlock()
+	if err := s.lockLocal(); err != nil {
 		return err
 	}
 	if s.users[name] != nil {
@@ -80,9 +78,7 @@ func (s *Store) DeleteUser(ctx context.Context, name string) error {
 		return err
 	}
 	defer s.ops.Done()
-	s.mu.Lock()
-	if err := s.localWritableLocked(); err != nil {
-		s.mu.Unlock()
+	if err := s.lockLocal(); err != nil {
 		return err
 	}
 	if s.users[name] == nil {
@@ -124,9 +120,7 @@ func (s *Store) CreateMailbox(ctx context.Context, userName, name string) (resil
 		return resilmail.MailboxID{}, err
 	}
 	defer s.ops.Done()
-	s.mu.Lock()
-	if err := s.localWritableLocked(); err != nil {
-		s.mu.Unlock()
+	if err := s.lockLocal(); err != nil {
 		return resilmail.MailboxID{}, err
 	}
 	u := s.users[userName]
@@ -166,14 +160,8 @@ func (s *Store) RenameMailbox(ctx context.Context, userName, oldName, newName st
 		return err
 	}
 	defer s.ops.Done()
-	s.mu.Lock()
-	if err := s.localWritableLocked(); err != nil {
-		s.mu.Unlock()
-		return err
-	}
-	mb, err := s.mailboxLocked(userName, oldName)
+	mb, err := s.lockLocalMailbox(userName, oldName)
 	if err != nil {
-		s.mu.Unlock()
 		return err
 	}
 	moved := []*mailbox{mb}
@@ -216,14 +204,8 @@ func (s *Store) DeleteMailbox(ctx context.Context, userName, name string) error 
 		return err
 	}
 	defer s.ops.Done()
-	s.mu.Lock()
-	if err := s.localWritableLocked(); err != nil {
-		s.mu.Unlock()
-		return err
-	}
-	mb, err := s.mailboxLocked(userName, name)
+	mb, err := s.lockLocalMailbox(userName, name)
 	if err != nil {
-		s.mu.Unlock()
 		return err
 	}
 	c := s.changeLocked(resilmail.ChangeMailboxDelete, userName)
@@ -253,9 +235,7 @@ func (s *Store) subscribe(ctx context.Context, userName, name string, on bool) e
 		return err
 	}
 	defer s.ops.Done()
-	s.mu.Lock()
-	if err := s.localWritableLocked(); err != nil {
-		s.mu.Unlock()
+	if err := s.lockLocal(); err != nil {
 		return err
 	}
 	u := s.users[userName]

@@ -54,15 +54,10 @@ func (s *Store) Append(ctx context.Context, userName, mailboxName string, flags 
 	}
 	internalDate = internalDate.UTC().Round(0)
 	// Fail fast, before reading the body.
-	s.mu.Lock()
-	err = s.localWritableLocked()
-	if err == nil {
-		_, err = s.mailboxLocked(userName, name)
-	}
-	s.mu.Unlock()
-	if err != nil {
+	if _, err := s.lockLocalMailbox(userName, name); err != nil {
 		return 0, err
 	}
+	s.mu.Unlock()
 
 	d, size, err := s.storeBody(ctx, body, nil)
 	if err != nil {
@@ -70,14 +65,8 @@ func (s *Store) Append(ctx context.Context, userName, mailboxName string, flags 
 	}
 	defer s.release(d)
 
-	s.mu.Lock()
-	if err := s.localWritableLocked(); err != nil {
-		s.mu.Unlock()
-		return 0, err
-	}
-	mb, err := s.mailboxLocked(userName, name)
+	mb, err := s.lockLocalMailbox(userName, name)
 	if err != nil {
-		s.mu.Unlock()
 		return 0, err
 	}
 	if mb.uidNext == math.MaxUint32 {
@@ -133,14 +122,8 @@ func (s *Store) copy(ctx context.Context, userName, from string, uids resilmail.
 		return CopyResult{}, err
 	}
 	defer s.ops.Done()
-	s.mu.Lock()
-	if err := s.localWritableLocked(); err != nil {
-		s.mu.Unlock()
-		return CopyResult{}, err
-	}
-	src, err := s.mailboxLocked(userName, from)
+	src, err := s.lockLocalMailbox(userName, from)
 	if err != nil {
-		s.mu.Unlock()
 		return CopyResult{}, err
 	}
 	dst, err := s.mailboxLocked(userName, to)
@@ -197,14 +180,8 @@ func (s *Store) Expunge(ctx context.Context, userName, mailboxName string, uids 
 		return nil, err
 	}
 	defer s.ops.Done()
-	s.mu.Lock()
-	if err := s.localWritableLocked(); err != nil {
-		s.mu.Unlock()
-		return nil, err
-	}
-	mb, err := s.mailboxLocked(userName, name)
+	mb, err := s.lockLocalMailbox(userName, name)
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
 	gone := mb.present(uids)
@@ -250,14 +227,8 @@ func (s *Store) storeFlags(ctx context.Context, userName, mailboxName string, ui
 		return 0, err
 	}
 	defer s.ops.Done()
-	s.mu.Lock()
-	if err := s.localWritableLocked(); err != nil {
-		s.mu.Unlock()
-		return 0, err
-	}
-	mb, err := s.mailboxLocked(userName, name)
+	mb, err := s.lockLocalMailbox(userName, name)
 	if err != nil {
-		s.mu.Unlock()
 		return 0, err
 	}
 	var changed resilmail.UIDSet

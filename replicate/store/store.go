@@ -442,6 +442,31 @@ func (s *Store) localWritableLocked() error {
 	return nil
 }
 
+// lockLocal takes s.mu for a local write; it returns with s.mu held only
+// when the store takes local writes.
+func (s *Store) lockLocal() error {
+	s.mu.Lock()
+	if err := s.localWritableLocked(); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// lockLocalMailbox is lockLocal and the mailbox it writes to; it returns
+// with s.mu held only when both are there.
+func (s *Store) lockLocalMailbox(userName, name string) (*mailbox, error) {
+	if err := s.lockLocal(); err != nil {
+		return nil, err
+	}
+	mb, err := s.mailboxLocked(userName, name)
+	if err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	return mb, nil
+}
+
 func (s *Store) failLocked(err error) {
 	if s.failed == nil {
 		s.failed = err
