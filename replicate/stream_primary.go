@@ -37,6 +37,9 @@ const (
 	DefaultHeartbeat  = time.Second
 	DefaultAckTimeout = 2 * time.Second
 	DefaultBatch      = 256
+	// DefaultInlineBody is the largest body a version 3 stream carries
+	// ahead of its change instead of letting the replica fetch it.
+	DefaultInlineBody = 64 << 10
 )
 
 // ErrNotReplicated is wrapped by the error of [Primary.Await] when the
@@ -103,6 +106,13 @@ type PrimaryOptions struct {
 	// Batch is the most changes read from the Source at once; zero means
 	// DefaultBatch.
 	Batch int
+	// InlineBody is the largest body sent in the stream ahead of the
+	// change that appends it, saving the replica a request per body;
+	// larger ones are fetched. Zero means DefaultInlineBody (64 KiB), a
+	// negative value sends none. A stream sends each body at most once
+	// (among the last several thousand), and a replica of version 2
+	// fetches them all.
+	InlineBody int
 	// Mode is what Await waits for; zero is AckAsync.
 	Mode AckMode
 	// Replicas names the replicas AckAll waits for (required with AckAll)
@@ -190,6 +200,9 @@ func NewPrimary(src Source, opts *PrimaryOptions) (*Primary, error) {
 	if o.Batch <= 0 {
 		o.Batch = DefaultBatch
 	}
+	if o.InlineBody == 0 {
+		o.InlineBody = DefaultInlineBody
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -216,7 +229,8 @@ func (p *Primary) linkLocked(name string) *link {
 
 // Handler returns the HTTP API of the stream, to mount at a base URL:
 //
-//	GET  changes?after=N&replica=NAME  the stream of changes after N
+//	GET  changes?after=N&replica=NAME[&v=V]  the stream of changes after N,
+//	                                   in version V (3) if given, else 2
 //	GET  body/{hex digest}?replica=NAME the body, verified by the Source
 //	POST ack  {"replica":..., "position":N, "epoch":E}
 //
@@ -285,6 +299,15 @@ func (p *Primary) serveChanges(w http.ResponseWriter, r *http.Request) {
 		p.badRequest(w, r, fmt.Errorf("parameter after: %w", err))
 		return
 	}
+	version := 2
+	if v := q.Get("v"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 2 {
+			p.badRequest(w, r, fmt.Errorf("parameter v: %q is not a stream version", v))
+			return
+		}
+		version = min(n, StreamVersion)
+	}
 	ctx := r.Context()
 	changes, err := p.src.Changes(ctx, after, p.opts.Batch)
 	if err != nil {
@@ -314,21 +337,24 @@ func (p *Primary) serveChanges(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	if err := p.stream(ctx, w, name, after, changes); err != nil && ctx.Err() == nil {
+	if err := p.stream(ctx, w, name, version, after, changes); err != nil && ctx.Err() == nil {
 		p.noteError(name, err)
 		p.log.Warn("replicate: stream ended", "replica", name, "err", err)
 	}
 }
 
 // stream writes frames until ctx is done or an error.
-func (p *Primary) stream(ctx context.Context, w http.ResponseWriter, name string, after uint64, changes []resilmail.Change) error {
+func (p *Primary) stream(ctx context.Context, w http.ResponseWriter, name string, version int, after uint64, changes []resilmail.Change) error {
 	rc := http.NewResponseController(w)
 	bw := bufio.NewWriterSize(w, 64<<10)
-	fw, err := NewFrameWriter(bw)
+	fw, err := NewFrameWriterVersion(bw, version)
 	if err != nil {
 		return err
 	}
-	var sent int64
+	var (
+		sent   int64
+		inline = make(map[resilmail.Digest]struct{})
+	)
 	flush := func(n int) error {
 		if err := bw.Flush(); err != nil {
 			return err
@@ -355,12 +381,17 @@ func (p *Primary) stream(ctx context.Context, w http.ResponseWriter, name string
 	for {
 		p.remember(changes)
 		for i := range changes {
+			if err := p.inline(ctx, fw, name, &changes[i], inline); err != nil {
+				return err
+			}
 			if err := fw.WriteChange(&changes[i]); err != nil {
 				return err
 			}
 			after = changes[i].Seq
 		}
-		if len(changes) == 0 || time.Since(lastBeat) >= p.opts.Heartbeat {
+		// A version 3 stream ends every batch with a heartbeat: a replica
+		// makes what it received durable and acknowledges it there.
+		if len(changes) == 0 || fw.Version() >= 3 || time.Since(lastBeat) >= p.opts.Heartbeat {
 			if err := beat(); err != nil {
 				return err
 			}
@@ -390,6 +421,31 @@ func (p *Primary) stream(ctx context.Context, w http.ResponseWriter, name string
 			return err
 		}
 	}
+}
+
+// inline writes the body of an append ahead of it when the stream carries
+// bodies, the body is small enough and the stream has not sent it lately.
+// A body the Source cannot give is left for the replica to fetch, which
+// reports why.
+func (p *Primary) inline(ctx context.Context, fw *FrameWriter, name string, c *resilmail.Change, sent map[resilmail.Digest]struct{}) error {
+	if fw.Version() < 3 || c.Kind != resilmail.ChangeAppend || c.Size < 0 || c.Size > int64(p.opts.InlineBody) {
+		return nil
+	}
+	if _, ok := sent[c.Digest]; ok {
+		return nil
+	}
+	b, err := p.src.Body(ctx, c.Digest)
+	if err != nil || resilmail.DigestOf(b) != c.Digest {
+		return nil
+	}
+	if len(sent) >= 8192 {
+		clear(sent)
+	}
+	sent[c.Digest] = struct{}{}
+	p.mu.Lock()
+	p.linkLocked(name).bodies++
+	p.mu.Unlock()
+	return fw.WriteBody(c.Digest, b)
 }
 
 func (p *Primary) serveBody(w http.ResponseWriter, r *http.Request) {

@@ -409,9 +409,15 @@ func statusError(what string, resp *http.Response) error {
 
 // session follows one stream until it fails. progressed reports whether it
 // received anything.
+//
+// A goroutine decodes frames while the session keeps what arrived in the
+// inbox, so that the batches that arrived during one sync are kept
+// together with the next (one sync, one acknowledgement, however the
+// transport cuts the stream); another acknowledges, so that a round trip
+// to the primary does not hold up the next sync.
 func (r *Replica) session(parent context.Context) (progressed bool, err error) {
-	ctx, cancel := context.WithCancel(parent)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
 	r.mu.Lock()
 	after := r.received
 	inbox := r.inbox
@@ -419,41 +425,89 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 	if inbox == nil {
 		return false, errors.New("replicate: inbox not open")
 	}
-	resp, err := r.request(ctx, "GET", "/changes?after="+strconv.FormatUint(after, 10)+"&replica="+url.QueryEscape(r.opts.Name), nil)
+	resp, err := r.request(ctx, "GET", "/changes?after="+strconv.FormatUint(after, 10)+"&replica="+url.QueryEscape(r.opts.Name)+
+		"&v="+strconv.Itoa(StreamVersion), nil)
 	if err != nil {
 		return false, fmt.Errorf("replicate: connecting to the primary: %w", err)
 	}
-	defer resp.Body.Close()
+	var helpers sync.WaitGroup
+	defer func() {
+		cancel(nil)
+		resp.Body.Close()
+		helpers.Wait()
+	}()
 	if resp.StatusCode != http.StatusOK {
 		return false, statusError("stream", resp)
 	}
 	r.setConnected(true)
 	defer r.setConnected(false)
-	fr := NewFrameReader(resp.Body, &FrameReaderOptions{MaxFrame: r.opts.MaxFrame})
 	silence := r.streamTimeout(resp)
 	r.idle.Store(int64(silence))
-	watchdog := time.AfterFunc(silence, cancel)
-	defer watchdog.Stop()
+
+	frames := make(chan Frame, 256)
+	// fr is the reader goroutine's; the session reads only its version,
+	// set before the first frame is sent.
+	fr := NewFrameReader(resp.Body, &FrameReaderOptions{MaxFrame: r.opts.MaxFrame})
+	helpers.Go(func() {
+		defer close(frames)
+		watchdog := time.AfterFunc(silence, func() {
+			cancel(fmt.Errorf("replicate: no frame from the primary for %v; dropping the connection", silence))
+		})
+		defer watchdog.Stop()
+		for {
+			f, err := fr.Next()
+			if err != nil {
+				if err == io.EOF {
+					err = errors.New("replicate: the primary ended the stream")
+				}
+				cancel(err)
+				return
+			}
+			watchdog.Reset(silence)
+			select {
+			case frames <- f:
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
+	acks := make(chan struct{}, 1)
+	helpers.Go(func() {
+		for {
+			select {
+			case <-acks:
+				if err := r.ack(ctx); err != nil {
+					cancel(err)
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
+
 	var (
 		batch    []inboxChange
 		queued   []resilmail.Change // received, not yet in the inbox
-		read     int64
+		inline   = make(map[resilmail.Digest][]byte)
+		inlined  int   // bytes in inline
+		bytes    int64 // stream bytes not yet counted
 		received = after
 	)
 	for {
-		watchdog.Reset(silence)
-		f, err := fr.Next()
-		watchdog.Stop()
-		if err != nil {
-			switch {
-			case err == io.EOF:
-				err = errors.New("replicate: the primary ended the stream")
-			case ctx.Err() != nil && parent.Err() == nil:
-				err = fmt.Errorf("replicate: no frame from the primary for %v; dropping the connection", silence)
+		var f Frame
+		select {
+		case f = <-frames:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			if parent.Err() != nil {
+				return progressed, parent.Err()
 			}
-			return progressed, err
+			return progressed, context.Cause(ctx)
 		}
 		progressed = true
+		bytes += int64(f.Size)
 		switch f.Type {
 		case FrameError:
 			return progressed, fmt.Errorf("replicate: the primary reports: %s", f.Error)
@@ -464,6 +518,20 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 			r.mu.Lock()
 			r.primaryPos, r.primaryAt = f.Heartbeat.Position, f.Heartbeat.Time
 			r.mu.Unlock()
+		case FrameBody:
+			if resilmail.DigestOf(f.Body) != f.Digest {
+				// Left for the fetch, which refuses it again if the
+				// primary's copy is bad.
+				err := fmt.Errorf("replicate: body in the stream: %w",
+					&resilmail.CorruptError{Want: f.Digest, Got: resilmail.DigestOf(f.Body), Where: r.base + "/changes"})
+				r.noteError(err, &r.stats.CorruptBodies)
+				r.log.Error("replicate: refused a body that does not match its digest", "replica", r.opts.Name, "digest", f.Digest)
+				break
+			}
+			if _, ok := inline[f.Digest]; !ok {
+				inline[f.Digest] = f.Body
+				inlined += len(f.Body)
+			}
 		case FrameChange:
 			c := f.Change
 			if c.Seq <= received {
@@ -475,34 +543,46 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 			queued = append(queued, c)
 			received = c.Seq
 		}
-		if fr.Buffered() == 0 || len(queued) >= 1024 {
-			// The bodies first, fetched in parallel, then the changes in
-			// order: a change never precedes its body in the inbox.
-			if err := r.fetchBodies(ctx, inbox, queued); err != nil {
-				return progressed, err
-			}
-			for _, c := range queued {
-				b, err := c.MarshalBinary()
-				if err != nil {
-					return progressed, err
-				}
-				pos, err := inbox.Append(append([]byte{recChange}, b...))
-				if err != nil {
-					r.noteError(err, &r.stats.InboxErrors)
-					return progressed, fmt.Errorf("replicate: inbox: %w", err)
-				}
-				batch = append(batch, inboxChange{c, pos.Seg})
-			}
-			queued = queued[:0]
-			if err := r.commit(ctx, inbox, batch, received); err != nil {
-				return progressed, err
-			}
-			batch = batch[:0]
-			r.mu.Lock()
-			r.stats.Bytes += uint64(fr.BytesRead() - read)
-			r.mu.Unlock()
-			read = fr.BytesRead()
+		// Keep what arrived once nothing more is waiting, at the end of a
+		// batch (a version 3 stream ends each with a heartbeat; in version
+		// 2 the end is unknown), or at a bound.
+		batchEnd := len(frames) == 0 && (f.Type == FrameHeartbeat || fr.Version() < 3)
+		if !batchEnd && len(queued) < 1024 && inlined < 16<<20 {
+			continue
 		}
+		// The bodies first, those the stream did not carry fetched in
+		// parallel, then the changes in order: a change never precedes
+		// its body in the inbox.
+		if err := r.fetchBodies(ctx, inbox, queued, inline); err != nil {
+			return progressed, err
+		}
+		clear(inline)
+		inlined = 0
+		for _, c := range queued {
+			b, err := c.MarshalBinary()
+			if err != nil {
+				return progressed, err
+			}
+			pos, err := inbox.Append(append([]byte{recChange}, b...))
+			if err != nil {
+				r.noteError(err, &r.stats.InboxErrors)
+				return progressed, fmt.Errorf("replicate: inbox: %w", err)
+			}
+			batch = append(batch, inboxChange{c, pos.Seg})
+		}
+		queued = queued[:0]
+		if err := r.commit(inbox, batch, received); err != nil {
+			return progressed, err
+		}
+		batch = batch[:0]
+		select {
+		case acks <- struct{}{}:
+		default: // an acknowledgement is pending; it will carry this position
+		}
+		r.mu.Lock()
+		r.stats.Bytes += uint64(bytes)
+		r.mu.Unlock()
+		bytes = 0
 	}
 }
 
@@ -554,8 +634,8 @@ func (r *Replica) setConnected(on bool) {
 	r.mu.Unlock()
 }
 
-// commit makes a batch durable, queues it and acknowledges it.
-func (r *Replica) commit(ctx context.Context, inbox *wal.Log, batch []inboxChange, received uint64) error {
+// commit makes a batch durable and queues it.
+func (r *Replica) commit(inbox *wal.Log, batch []inboxChange, received uint64) error {
 	if len(batch) > 0 {
 		if err := inbox.Sync(); err != nil {
 			r.noteError(err, &r.stats.InboxErrors)
@@ -570,7 +650,7 @@ func (r *Replica) commit(ctx context.Context, inbox *wal.Log, batch []inboxChang
 		r.mu.Unlock()
 	}
 	r.compact(inbox)
-	return r.ack(ctx)
+	return nil
 }
 
 // ack tells the primary the position durably received.
@@ -596,9 +676,10 @@ func (r *Replica) ack(ctx context.Context) error {
 	return nil
 }
 
-// fetchBodies keeps in the inbox the bodies the appends of changes name,
-// fetching up to eight at once.
-func (r *Replica) fetchBodies(ctx context.Context, inbox *wal.Log, changes []resilmail.Change) error {
+// fetchBodies keeps in the inbox the bodies the appends of changes name:
+// those in inline (verified bodies the stream carried) at once, the others
+// fetched, up to eight at once.
+func (r *Replica) fetchBodies(ctx context.Context, inbox *wal.Log, changes []resilmail.Change, inline map[resilmail.Digest][]byte) error {
 	seen := make(map[resilmail.Digest]bool)
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
@@ -607,6 +688,13 @@ func (r *Replica) fetchBodies(ctx context.Context, inbox *wal.Log, changes []res
 			continue
 		}
 		seen[c.Digest] = true
+		if b, ok := inline[c.Digest]; ok {
+			if err := r.keepBody(inbox, c.Digest, b, false); err != nil {
+				g.Wait()
+				return err
+			}
+			continue
+		}
 		g.Go(func() error { return r.fetchBody(ctx, inbox, c.Digest, c.Size) })
 	}
 	return g.Wait()
@@ -616,13 +704,7 @@ func (r *Replica) fetchBodies(ctx context.Context, inbox *wal.Log, changes []res
 // has it already. A body the primary no longer has is skipped: applying
 // the change records the message as expunged.
 func (r *Replica) fetchBody(ctx context.Context, inbox *wal.Log, d resilmail.Digest, size int64) error {
-	r.mu.Lock()
-	_, have := r.bodies[d]
-	r.mu.Unlock()
-	if have {
-		return nil
-	}
-	if bc, ok := r.t.(BodyChecker); ok && bc.HasBody(d) {
+	if r.hasBody(d) {
 		return nil
 	}
 	b, err := r.download(ctx, d, size)
@@ -631,6 +713,28 @@ func (r *Replica) fetchBody(ctx context.Context, inbox *wal.Log, d resilmail.Dig
 	}
 	if err != nil {
 		return err
+	}
+	return r.keepBody(inbox, d, b, true)
+}
+
+// hasBody reports whether the inbox or the target holds body d.
+func (r *Replica) hasBody(d resilmail.Digest) bool {
+	r.mu.Lock()
+	_, have := r.bodies[d]
+	r.mu.Unlock()
+	if have {
+		return true
+	}
+	bc, ok := r.t.(BodyChecker)
+	return ok && bc.HasBody(d)
+}
+
+// keepBody appends verified body b of digest d to the inbox unless the
+// inbox or the target holds it already; fetched says whether its bytes
+// came outside the stream (and count apart).
+func (r *Replica) keepBody(inbox *wal.Log, d resilmail.Digest, b []byte, fetched bool) error {
+	if !fetched && r.hasBody(d) {
+		return nil
 	}
 	rec := make([]byte, 0, 1+len(d)+len(b))
 	rec = append(append(append(rec, recBody), d[:]...), b...)
@@ -642,7 +746,9 @@ func (r *Replica) fetchBody(ctx context.Context, inbox *wal.Log, d resilmail.Dig
 	r.mu.Lock()
 	r.bodies[d] = pos
 	r.stats.Bodies++
-	r.stats.Bytes += uint64(len(b))
+	if fetched {
+		r.stats.Bytes += uint64(len(b))
+	}
 	r.mu.Unlock()
 	return nil
 }

@@ -2,8 +2,12 @@ package replicate_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -296,4 +300,123 @@ func TestHeldChangeSurvivesAPromotion(t *testing.T) {
 	waitApplied(t, r, src)
 	requireSame(t, src, dst)
 	assert.Zero(t, r.Stats().Fenced, "nothing dropped as coming from a demoted primary")
+}
+
+// countBodies wraps a primary's handler, counting body requests.
+func countBodies(h http.Handler, n *atomic.Int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/body/") {
+			n.Add(1)
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func TestReplicaTakesSmallBodiesFromTheStream(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	dst := openStore(t, t.TempDir())
+	p, err := replicate.NewPrimary(src, &replicate.PrimaryOptions{Secret: streamSecret, InlineBody: 2000, Logger: quietLogger()})
+	require.NoError(t, err)
+	var fetched atomic.Int64
+	srv := httptest.NewServer(countBodies(p.Handler(), &fetched))
+	defer srv.Close()
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	small := msgText("small", "short")
+	add(t, src, "alice", "INBOX", small)
+	add(t, src, "alice", "INBOX", small) // the same body again: sent once
+	add(t, src, "alice", "INBOX", msgText("other", "also short"))
+	add(t, src, "alice", "INBOX", msgText("large", strings.Repeat("large body line\r\n", 200)))
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+	assert.Equal(t, int64(1), fetched.Load(), "only the body over InlineBody is fetched")
+	assert.Equal(t, uint64(3), r.Stats().Bodies)
+	st := p.Stats()
+	require.Len(t, st.Replicas, 1)
+	assert.Equal(t, uint64(3), st.Replicas[0].BodiesServed)
+}
+
+func TestPrimaryWritesVersion2ToAnOldReplica(t *testing.T) {
+	src := openStore(t, t.TempDir())
+	require.NoError(t, src.CreateUser(context.Background(), "alice"))
+	add(t, src, "alice", "INBOX", msgText("hi", "there"))
+	_, srv := servePrimary(t, src, nil)
+	for q, want := range map[string]string{"": "resilmail-stream 2\n", "&v=3": "resilmail-stream 3\n", "&v=9": "resilmail-stream 3\n"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp := get(t, ctx, srv.URL+"/changes?after=0&replica=old"+q, streamSecret)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		fr := replicate.NewFrameReader(resp.Body, nil)
+		var types []replicate.FrameType
+		for changes := 0; changes < 3; {
+			f, err := fr.Next()
+			require.NoError(t, err)
+			if f.Type == replicate.FrameChange {
+				changes++
+			}
+			types = append(types, f.Type)
+		}
+		assert.Equal(t, int(want[len(want)-2]-'0'), fr.Version(), q)
+		if fr.Version() == 2 {
+			assert.NotContains(t, types, replicate.FrameBody)
+		} else {
+			assert.Contains(t, types, replicate.FrameBody)
+		}
+		resp.Body.Close()
+		cancel()
+	}
+}
+
+// TestReplicaRefusesAForgedInlineBody runs a replica against a fake
+// primary whose stream carries a body that does not match its digest: the
+// replica counts and logs it, fetches the body instead, and applies the
+// good one.
+func TestReplicaRefusesAForgedInlineBody(t *testing.T) {
+	good := msgText("real", "the real body")
+	d := resilmail.DigestOf([]byte(good))
+	var id resilmail.MailboxID
+	id[0] = 7
+	changes := []resilmail.Change{
+		{Seq: 1, Epoch: 1, Kind: resilmail.ChangeUserCreate, User: "alice", Time: time.Now()},
+		{Seq: 2, Epoch: 1, Kind: resilmail.ChangeMailboxCreate, User: "alice", Mailbox: "INBOX", MailboxID: id, UIDValidity: 5, ModSeq: 1, Time: time.Now()},
+		{Seq: 3, Epoch: 1, Kind: resilmail.ChangeAppend, User: "alice", Mailbox: "INBOX", MailboxID: id, UIDValidity: 5, UID: 1,
+			Digest: d, Size: int64(len(good)), InternalDate: time.Unix(1700000000, 0).UTC(), ModSeq: 2, Time: time.Now()},
+	}
+	var fetched atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /changes", func(w http.ResponseWriter, r *http.Request) {
+		fw, err := replicate.NewFrameWriter(w)
+		if err != nil {
+			return
+		}
+		if r.URL.Query().Get("after") == "0" {
+			fw.WriteChange(&changes[0])
+			fw.WriteChange(&changes[1])
+			fw.WriteBody(d, []byte(strings.Replace(good, "real", "fake", 1)))
+			fw.WriteChange(&changes[2])
+		}
+		fw.WriteHeartbeat(replicate.Heartbeat{Position: 3, Epoch: 1, Time: time.Now()})
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
+	mux.HandleFunc("GET /body/{digest}", func(w http.ResponseWriter, r *http.Request) {
+		fetched.Add(1)
+		w.Write([]byte(good))
+	})
+	mux.HandleFunc("POST /ack", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	srv := httptest.NewServer(mux)
+	defer func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	}()
+	dst := openStore(t, t.TempDir())
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+	require.Eventually(t, func() bool { return r.Stats().Applied >= 3 }, 10*time.Second, 5*time.Millisecond, "%+v", r.Stats())
+	st := r.Stats()
+	assert.Equal(t, uint64(1), st.CorruptBodies)
+	assert.Contains(t, st.LastError, "corrupt")
+	assert.Equal(t, int64(1), fetched.Load())
+	rc, err := dst.Body(context.Background(), d)
+	require.NoError(t, err)
+	assert.Equal(t, good, string(rc))
 }

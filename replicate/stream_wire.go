@@ -17,10 +17,10 @@ import (
 // The replication stream's wire format.
 //
 // A stream starts with a header line naming the format and its version,
-// StreamMagic + " " + version + "\n", e.g. "resilmail-stream 2\n". Frames
+// StreamMagic + " " + version + "\n", e.g. "resilmail-stream 3\n". Frames
 // follow, each as
 //
-//	type    uint8   FrameChange, FrameHeartbeat or FrameError
+//	type    uint8   FrameChange, FrameHeartbeat, FrameError or FrameBody
 //	length  uint32  payload length
 //	crc     uint32  CRC-32C (Castagnoli) of type, length and payload
 //	payload [length]byte
@@ -28,14 +28,26 @@ import (
 // with integers big-endian. A change frame's payload is the change's
 // [resilmail.Change.MarshalBinary]; a heartbeat's is the primary's durable
 // position and epoch as uvarints, then (from version 2) the primary's clock
-// as int64 Unix nanoseconds; an error frame's is UTF-8 text.
+// as int64 Unix nanoseconds; an error frame's is UTF-8 text; a body frame's
+// (from version 3) is the body's SHA-256 digest followed by the body.
+//
+// A version 3 stream may carry a body frame before the change that appends
+// it, so that the replica need not fetch small bodies separately, and ends
+// every batch of changes with a heartbeat, so that the replica knows where
+// to make what it received durable and acknowledge it (in version 2, where
+// its read buffer runs empty). A primary writes version 3 only to a
+// replica that asks for it, and version 2 otherwise.
 const (
 	// StreamMagic names the format in the header line.
 	StreamMagic = "resilmail-stream"
-	// StreamVersion is the version a [FrameWriter] writes. A
-	// [FrameReader] also reads version StreamVersion-1 (whose heartbeats
-	// carry no time).
-	StreamVersion = 2
+	// StreamVersion is the version a [FrameWriter] writes by default. A
+	// [FrameReader] reads every version from MinStreamVersion to
+	// StreamVersion.
+	StreamVersion = 3
+	// MinStreamVersion is the oldest version a [FrameReader] reads:
+	// version 1's heartbeats carry no time, versions 1 and 2 have no body
+	// frames.
+	MinStreamVersion = 1
 	// DefaultMaxFrame is the largest frame payload a [FrameReader] accepts
 	// by default: 4 MiB, more than the largest valid change.
 	DefaultMaxFrame = 4 << 20
@@ -55,6 +67,9 @@ const (
 	FrameHeartbeat FrameType = 2
 	// FrameError carries the text of an error that ends the stream.
 	FrameError FrameType = 3
+	// FrameBody carries a body and its digest, ahead of the change that
+	// appends it (version 3).
+	FrameBody FrameType = 4
 )
 
 // String returns "change", "heartbeat" or "error".
@@ -66,6 +81,8 @@ func (t FrameType) String() string {
 		return "heartbeat"
 	case FrameError:
 		return "error"
+	case FrameBody:
+		return "body"
 	}
 	return "FrameType(" + strconv.Itoa(int(t)) + ")"
 }
@@ -96,6 +113,10 @@ type Frame struct {
 	Change    resilmail.Change // FrameChange
 	Heartbeat Heartbeat        // FrameHeartbeat
 	Error     string           // FrameError
+	// Digest and Body are a FrameBody's; Body is the frame's own copy,
+	// not yet verified against Digest.
+	Digest resilmail.Digest
+	Body   []byte
 	// Size is the frame's size on the wire, header included.
 	Size int
 }
@@ -105,6 +126,7 @@ type Frame struct {
 // each batch.
 type FrameWriter struct {
 	w       io.Writer
+	version int
 	buf     []byte
 	written int64
 }
@@ -112,12 +134,24 @@ type FrameWriter struct {
 // NewFrameWriter writes the header line of a version StreamVersion stream
 // to w and returns a FrameWriter for its frames.
 func NewFrameWriter(w io.Writer) (*FrameWriter, error) {
-	fw := &FrameWriter{w: w}
-	hdr := StreamMagic + " " + strconv.Itoa(StreamVersion) + "\n"
+	return NewFrameWriterVersion(w, StreamVersion)
+}
+
+// NewFrameWriterVersion is NewFrameWriter for an older reader: version is
+// 2 or StreamVersion.
+func NewFrameWriterVersion(w io.Writer, version int) (*FrameWriter, error) {
+	if version < 2 || version > StreamVersion {
+		return nil, fmt.Errorf("replicate: cannot write stream version %d", version)
+	}
+	fw := &FrameWriter{w: w, version: version}
+	hdr := StreamMagic + " " + strconv.Itoa(version) + "\n"
 	n, err := io.WriteString(w, hdr)
 	fw.written += int64(n)
 	return fw, err
 }
+
+// Version returns the version of the stream being written.
+func (w *FrameWriter) Version() int { return w.version }
 
 // Written returns the bytes written so far, header included.
 func (w *FrameWriter) Written() int64 { return w.written }
@@ -147,6 +181,17 @@ func frameCRC(hdr, payload []byte) uint32 {
 // WriteChange writes a change frame.
 func (w *FrameWriter) WriteChange(c *resilmail.Change) error {
 	return w.frame(FrameChange, c.AppendBinary)
+}
+
+// WriteBody writes a body frame; a version 2 stream has none, and a body
+// too large for a frame is an error.
+func (w *FrameWriter) WriteBody(d resilmail.Digest, body []byte) error {
+	if w.version < 3 {
+		return fmt.Errorf("replicate: a version %d stream carries no bodies", w.version)
+	}
+	return w.frame(FrameBody, func(b []byte) ([]byte, error) {
+		return append(append(b, d[:]...), body...), nil
+	})
 }
 
 // WriteHeartbeat writes a heartbeat frame.
@@ -241,8 +286,8 @@ func (r *FrameReader) header() error {
 		return frameErr("not a replication stream (header %q)", truncateUTF8(string(line), 64))
 	}
 	v, err := strconv.Atoi(string(line[len(StreamMagic)+1:]))
-	if err != nil || (v != StreamVersion && v != StreamVersion-1) {
-		return frameErr("unsupported stream version %q (want %d or %d)", line[len(StreamMagic)+1:], StreamVersion-1, StreamVersion)
+	if err != nil || v < MinStreamVersion || v > StreamVersion {
+		return frameErr("unsupported stream version %q (want %d to %d)", line[len(StreamMagic)+1:], MinStreamVersion, StreamVersion)
 	}
 	r.version = v
 	return nil
@@ -283,8 +328,8 @@ func (r *FrameReader) next() (Frame, error) {
 	}
 	t := FrameType(h[0])
 	size := binary.BigEndian.Uint32(h[1:5])
-	if t < FrameChange || t > FrameError {
-		return Frame{}, frameErr("unknown frame type %d", h[0])
+	if t < FrameChange || t > FrameBody || t == FrameBody && r.version < 3 {
+		return Frame{}, frameErr("unknown frame type %d in a version %d stream", h[0], r.version)
 	}
 	if uint64(size) > uint64(r.max) {
 		return Frame{}, frameErr("%s frame of %d bytes exceeds the limit of %d", t, size, r.max)
@@ -320,6 +365,12 @@ func (r *FrameReader) next() (Frame, error) {
 			return Frame{}, frameErr("error frame is not UTF-8 text of at most %d bytes", MaxErrorFrame)
 		}
 		f.Error = string(p)
+	case FrameBody:
+		if len(p) < len(f.Digest) {
+			return Frame{}, frameErr("body frame of %d bytes has no digest", len(p))
+		}
+		copy(f.Digest[:], p)
+		f.Body = append([]byte(nil), p[len(f.Digest):]...)
 	}
 	return f, nil
 }

@@ -78,7 +78,7 @@ func TestFrameReaderAcceptsPreviousVersion(t *testing.T) {
 
 func TestFrameReaderRejects(t *testing.T) {
 	good := wireStream(t)
-	hdr := len("resilmail-stream 2\n")
+	hdr := len("resilmail-stream 3\n")
 	mutate := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(good)) }
 	cases := map[string]struct {
 		data []byte
@@ -87,7 +87,7 @@ func TestFrameReaderRejects(t *testing.T) {
 	}{
 		"empty":           {data: nil, want: "no header"},
 		"other format":    {data: []byte("HTTP/1.1 200 OK\r\n"), want: "not a replication stream"},
-		"future version":  {data: []byte("resilmail-stream 3\n"), want: "unsupported stream version"},
+		"future version":  {data: []byte("resilmail-stream 4\n"), want: "unsupported stream version"},
 		"old version":     {data: []byte("resilmail-stream 0\n"), want: "unsupported stream version"},
 		"endless header":  {data: bytes.Repeat([]byte("x"), 100), want: "not a replication stream"},
 		"truncated frame": {data: good[:hdr+20], want: "truncated change frame"},
@@ -119,6 +119,49 @@ func TestFrameReaderRejects(t *testing.T) {
 	}
 }
 
+func TestBodyFrames(t *testing.T) {
+	body := []byte("Subject: hi\r\n\r\nhello\r\n")
+	d := resilmail.DigestOf(body)
+	var b bytes.Buffer
+	w, err := NewFrameWriter(&b)
+	require.NoError(t, err)
+	require.NoError(t, w.WriteBody(d, body))
+	require.NoError(t, w.WriteBody(d, nil)) // a frame carries any bytes; the replica verifies them
+	data := bytes.Clone(b.Bytes())
+	r := NewFrameReader(&b, nil)
+	f, err := r.Next()
+	require.NoError(t, err)
+	assert.Equal(t, FrameBody, f.Type)
+	assert.Equal(t, d, f.Digest)
+	assert.Equal(t, body, f.Body)
+	f2, err := r.Next()
+	require.NoError(t, err)
+	assert.Empty(t, f2.Body)
+	assert.Equal(t, body, f.Body, "a frame's body is its own copy")
+
+	// Version 2 has no body frames: the writer refuses them, and a reader
+	// of a version 2 stream does not accept one.
+	var v2 bytes.Buffer
+	w2, err := NewFrameWriterVersion(&v2, 2)
+	require.NoError(t, err)
+	assert.Error(t, w2.WriteBody(d, body))
+	forged := append([]byte("resilmail-stream 2\n"), data[len("resilmail-stream 3\n"):]...)
+	_, err = NewFrameReader(bytes.NewReader(forged), nil).Next()
+	require.ErrorIs(t, err, ErrFrame)
+	assert.Contains(t, err.Error(), "unknown frame type 4 in a version 2 stream")
+
+	// A body frame too short to hold a digest.
+	var short bytes.Buffer
+	w, err = NewFrameWriter(&short)
+	require.NoError(t, err)
+	require.NoError(t, w.frame(FrameBody, func(p []byte) ([]byte, error) { return append(p, 1, 2, 3), nil }))
+	_, err = NewFrameReader(&short, nil).Next()
+	require.ErrorIs(t, err, ErrFrame)
+	assert.Contains(t, err.Error(), "no digest")
+	_, err = NewFrameWriterVersion(io.Discard, 1)
+	assert.Error(t, err, "version 1 is read, never written")
+}
+
 func TestFrameReaderValidCRCBadPayload(t *testing.T) {
 	var b bytes.Buffer
 	w, err := NewFrameWriter(&b)
@@ -146,6 +189,13 @@ func TestWriteErrorTruncates(t *testing.T) {
 // frame it accepts must encode back to a frame that decodes the same.
 func FuzzFrameReader(f *testing.F) {
 	f.Add(wireStream(f))
+	var withBody bytes.Buffer
+	w, err := NewFrameWriter(&withBody)
+	require.NoError(f, err)
+	require.NoError(f, w.WriteBody(resilmail.DigestOf([]byte("body")), []byte("body")))
+	c := wireChange(2)
+	require.NoError(f, w.WriteChange(&c))
+	f.Add(withBody.Bytes())
 	f.Add([]byte("resilmail-stream 1\n"))
 	f.Add([]byte("resilmail-stream 2\n\x02\x00\x00\x00\x03\x00\x00\x00\x00\x01\x02\x03"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -168,6 +218,8 @@ func FuzzFrameReader(f *testing.F) {
 				require.NoError(t, w.WriteHeartbeat(fr.Heartbeat))
 			case FrameError:
 				require.NoError(t, w.WriteError(fr.Error))
+			case FrameBody:
+				require.NoError(t, w.WriteBody(fr.Digest, fr.Body))
 			}
 			again, err := NewFrameReader(&b, nil).Next()
 			require.NoError(t, err)
@@ -175,6 +227,8 @@ func FuzzFrameReader(f *testing.F) {
 			assert.Equal(t, fr.Change.String(), again.Change.String())
 			assert.Equal(t, fr.Heartbeat.Position, again.Heartbeat.Position)
 			assert.Equal(t, fr.Error, again.Error)
+			assert.Equal(t, fr.Digest, again.Digest)
+			assert.Equal(t, fr.Body, again.Body)
 		}
 	})
 }
