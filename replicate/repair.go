@@ -378,6 +378,15 @@ func (rp *repairer) mailboxes(ctx context.Context, user string, diffs []*Mailbox
 		if pl.d == nil {
 			continue
 		}
+		if holder, taken := names[pl.d.Primary.Name]; taken && holder != pl.d.ID && (pl.d.Kind == MailboxMissing || pl.replace) {
+			// The replica's mailbox of that name stays until its held
+			// removal is confirmed; so does the difference.
+			why := fmt.Sprintf("%s/%s not created: the replica's mailbox %s holds the name and its removal is held",
+				user, pl.d.Primary.Name, holder)
+			rp.log.Warn("replicate: repair: "+why, "user", user, "mailbox", pl.d.Primary.Name)
+			rp.res.Unrepairable = append(rp.res.Unrepairable, why)
+			continue
+		}
 		var err error
 		if pl.d.Kind == MailboxMissing || pl.replace {
 			err = rp.fill(ctx, user, pl.d)

@@ -178,6 +178,14 @@ func (r *Replica) runLane(ctx context.Context, l *lane) {
 			// Find the failing change: the ones before it are applied
 			// and will be skipped.
 			singles = true
+		case errors.Is(err, ErrConflict):
+			if r.repairConflict(ctx, l, batch[0], err) {
+				backoff = 100 * time.Millisecond
+			} else {
+				sleepCtx(ctx, backoff)
+				backoff = min(2*backoff, r.opts.MaxBackoff)
+			}
+			singles = false
 		case errors.Is(err, ErrFenced):
 			err = fmt.Errorf("replicate: dropping change %d of %q: %w", batch[0].Seq, l.user, err)
 			r.noteError(err, &r.stats.Fenced)
@@ -194,6 +202,33 @@ func (r *Replica) runLane(ctx context.Context, l *lane) {
 			backoff = min(2*backoff, r.opts.MaxBackoff)
 		}
 	}
+}
+
+// repairConflict handles change c of l that contradicts the target's
+// state: it compares l's user with the primary and repairs it, which
+// brings the user to the primary's present state (that change included),
+// then drops the change. It reports whether the lane goes on; if the
+// repair fails, the lane tries the change again later.
+func (r *Replica) repairConflict(ctx context.Context, l *lane, c resilmail.Change, cerr error) bool {
+	cerr = fmt.Errorf("replicate: change %d of %q: %w", c.Seq, l.user, cerr)
+	r.noteError(cerr, &r.stats.Conflicts)
+	rt, ok := r.canRepair()
+	if !ok {
+		r.log.Error("replicate: change conflicts with the replica and the target cannot be repaired, retrying",
+			"replica", r.opts.Name, "err", cerr)
+		return false
+	}
+	r.log.Warn("replicate: change conflicts with the replica, repairing the user from the primary",
+		"replica", r.opts.Name, "err", cerr)
+	if err := r.repairUsers(ctx, rt, []string{l.user}); err != nil {
+		r.noteError(err, &r.stats.ApplyErrors)
+		r.log.Error("replicate: repairing a conflicting user failed, retrying", "replica", r.opts.Name, "user", l.user, "err", err)
+		return false
+	}
+	r.mu.Lock()
+	r.doneLocked(l, 1)
+	r.mu.Unlock()
+	return true
 }
 
 // hold asks Hold about the changes of batch not yet confirmed and returns

@@ -233,6 +233,11 @@ func (p *Primary) linkLocked(name string) *link {
 //	                                   in version V (3) if given, else 2
 //	GET  body/{hex digest}?replica=NAME the body, verified by the Source
 //	POST ack  {"replica":..., "position":N, "epoch":E}
+//	GET  position                      {"position":N, "epoch":E}
+//	GET  inventory/...                 the Source's [InventoryHandler], if
+//	                                   it is an [Inventory]: replicas compare
+//	                                   and repair from it when the stream
+//	                                   cannot resume or a change conflicts
 //
 // Errors are {"error": "...", "code": "..."} with status 400
 // ("bad_request"), 401 ("unauthorized"), 404 ("not_found"), 409
@@ -244,6 +249,16 @@ func (p *Primary) Handler() http.Handler {
 	mux.HandleFunc("GET /changes", p.serveChanges)
 	mux.HandleFunc("GET /body/{digest}", p.serveBody)
 	mux.HandleFunc("POST /ack", p.serveAck)
+	mux.HandleFunc("GET /position", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		json.NewEncoder(w).Encode(positionResponse{Position: p.src.Position(), Epoch: p.src.Epoch()})
+	})
+	if inv, ok := p.src.(Inventory); ok {
+		// Requests are authenticated below, with the stream's token.
+		ih, _ := InventoryHandler(inv, &InventoryHandlerOptions{Authenticate: func(*http.Request) error { return nil }, Logger: p.log})
+		mux.Handle("/inventory/", http.StripPrefix("/inventory", ih))
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var err error
 		if p.opts.Authenticate != nil {
@@ -494,6 +509,12 @@ func (p *Primary) serveBody(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.Write(b)
+}
+
+// A positionResponse is the answer of GET position.
+type positionResponse struct {
+	Position uint64          `json:"position"`
+	Epoch    resilmail.Epoch `json:"epoch"`
 }
 
 // An ackRequest is the body of POST ack.

@@ -58,12 +58,22 @@ type ReplicaOptions struct {
 	// change it holds stops its user's lane until Confirm. NewExpungeGuard
 	// returns such a function.
 	Hold func(ctx context.Context, c resilmail.Change) (hold bool, reason string)
-	// FullSync, if set, is called when the primary no longer has the
-	// position the replica needs (410) or the replica followed another
-	// history (409); it brings the target in step (a comparison and
-	// repair) and returns the primary's position the stream resumes
-	// after. Without it the replica logs the error and retries.
+	// FullSync is called when the primary no longer has the position the
+	// replica needs (410) or the replica followed another history (409);
+	// it brings the target in step and returns the primary's position the
+	// stream resumes after. Nil means, for a target that is a
+	// [RepairTarget] (as replicate/store's Store is), a comparison with
+	// the inventory the primary serves next to its stream and a repair
+	// (see Repair), once the lanes have applied what the inbox holds; for
+	// another target, logging the error and retrying.
 	FullSync func(ctx context.Context) (resumeAfter uint64, err error)
+	// Repair configures the repairs of a full sync and of a user whose
+	// change conflicts with the target's state (another UIDVALIDITY, a
+	// mailbox id taken): the replica compares that user with the primary
+	// and repairs it, then goes on after the change. Nil means the
+	// defaults of RepairOptions: large removals are held for an operator
+	// (see Comparer).
+	Repair *RepairOptions
 	// MaxBackoff caps the wait between reconnections; zero means
 	// DefaultMaxBackoff (5 s).
 	MaxBackoff time.Duration
@@ -190,6 +200,10 @@ type ReplicaStats struct {
 	// epoch; ApplyErrors the failed Apply calls; InboxErrors failed inbox
 	// writes (each reopens the inbox).
 	CorruptBodies, Fenced, ApplyErrors, InboxErrors uint64
+	// Conflicts counts the changes that contradicted the target's state;
+	// Repairs the comparisons and repairs run for them and for full syncs;
+	// RepairsHeld the removals those repairs held for an operator.
+	Conflicts, Repairs, RepairsHeld uint64
 }
 
 // Stats returns the replica's counters.
@@ -350,11 +364,12 @@ func (r *Replica) openInbox(first bool) error {
 }
 
 func (r *Replica) fullSync(ctx context.Context) {
-	if r.opts.FullSync == nil {
-		r.log.Error("replicate: the stream cannot resume and no FullSync is configured", "replica", r.opts.Name)
-		return
+	sync := r.opts.FullSync
+	if sync == nil {
+		sync = r.defaultFullSync
 	}
-	after, err := r.opts.FullSync(ctx)
+	r.log.Warn("replicate: the stream cannot resume; comparing with the primary in full", "replica", r.opts.Name)
+	after, err := sync(ctx)
 	if err != nil {
 		r.noteError(fmt.Errorf("full sync: %w", err), nil)
 		r.log.Error("replicate: full sync failed", "replica", r.opts.Name, "err", err)
@@ -372,6 +387,21 @@ func (r *Replica) fullSync(ctx context.Context) {
 	}
 	r.mu.Lock()
 	r.received = after
+	// Changes queued beyond the position (of another history) are
+	// dropped, and the lanes take the stream's changes after it.
+	for _, l := range r.lanes {
+		if l.last > after {
+			n := len(l.queue)
+			for n > 0 && l.queue[n-1].Seq > after {
+				n--
+			}
+			for _, c := range l.queue[n:] {
+				delete(r.unapplied, c.Seq)
+			}
+			l.queue, l.last = l.queue[:n], after
+		}
+	}
+	r.openGateLocked()
 	r.mu.Unlock()
 	r.log.Info("replicate: full sync done", "replica", r.opts.Name, "resume_after", after)
 }

@@ -1,0 +1,157 @@
+package replicate_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+// TestReplicaFullSyncWhenTooFarBehind stops a replica, lets the primary
+// write and compact its journal past the replica's position, and starts
+// the replica again: the primary answers 410, the replica compares with
+// the primary's inventory and repairs, then follows the stream again.
+func TestReplicaFullSyncWhenTooFarBehind(t *testing.T) {
+	ctx := context.Background()
+	src, err := store.Open(t.TempDir(), &store.Options{Logger: quietLogger(), KeepChanges: 1, SegmentSize: 4096, ScrubInterval: -1})
+	require.NoError(t, err)
+	defer src.Close()
+	dst := openStore(t, t.TempDir())
+	inbox := t.TempDir()
+	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	addN(t, src, "alice", "INBOX", 10)
+	r, stop := startReplica(t, dst, srv.URL, inbox, nil)
+	waitApplied(t, r, src)
+	stop()
+	srv.CloseClientConnections()
+
+	// While the replica is away: new mail, flags, an expunge, a new
+	// mailbox and user, and the journal compacted past the replica.
+	for range 40 {
+		add(t, src, "alice", "INBOX", msgText("later", string(bytes.Repeat([]byte("y"), 200))))
+	}
+	_, err = src.AddFlags(ctx, "alice", "INBOX", resilmail.NewUIDSet(2, 3), []string{`\Seen`})
+	require.NoError(t, err)
+	_, err = src.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(4))
+	require.NoError(t, err)
+	_, err = src.CreateMailbox(ctx, "alice", "Archive")
+	require.NoError(t, err)
+	require.NoError(t, src.CreateUser(ctx, "bob"))
+	addN(t, src, "bob", "INBOX", 3)
+	require.NoError(t, src.Compact(ctx))
+	require.Greater(t, src.OldestPosition(), r.Stats().Received+1, "the journal no longer reaches the replica")
+
+	r, _ = startReplica(t, dst, srv.URL, inbox, nil)
+	require.Eventually(t, func() bool { return r.Stats().Repairs > 0 && r.Stats().Received >= src.Position() },
+		10*time.Second, 5*time.Millisecond, "%+v", r.Stats())
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+
+	// And the stream goes on from there.
+	addN(t, src, "bob", "INBOX", 2)
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+}
+
+// conflictingPair makes a primary on which alice has primaryMessages
+// messages, served on loopback, and a replica store on which alice exists
+// already, with an INBOX of its own (another mailbox id and UIDVALIDITY)
+// holding replicaMessages.
+func conflictingPair(t *testing.T, primaryMessages, replicaMessages int) (src, dst *store.Store, url string) {
+	ctx := context.Background()
+	src, dst = openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	require.NoError(t, dst.CreateUser(ctx, "alice"))
+	addN(t, dst, "alice", "INBOX", replicaMessages)
+	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	addN(t, src, "alice", "INBOX", primaryMessages)
+	return src, dst, srv.URL
+}
+
+func TestReplicaRepairsAConflictingUser(t *testing.T) {
+	ctx := context.Background()
+	src, dst, url := conflictingPair(t, 5, 3)
+	require.NoError(t, src.CreateUser(ctx, "bob"))
+	addN(t, src, "bob", "INBOX", 2)
+	r, _ := startReplica(t, dst, url, t.TempDir(), nil)
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+	st := r.Stats()
+	assert.Positive(t, st.Conflicts)
+	assert.Positive(t, st.Repairs)
+	assert.Contains(t, st.LastError, "conflicts")
+
+	// Later changes of the repaired user apply as usual.
+	addN(t, src, "alice", "INBOX", 2)
+	_, err := src.AddFlags(ctx, "alice", "INBOX", resilmail.NewUIDSet(1), []string{`\Flagged`})
+	require.NoError(t, err)
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+}
+
+// TestReplicaConflictRepairHoldsALargeRemoval: repairing the conflict
+// would replace a replica mailbox of 30 messages; that removal is held for
+// an operator instead, and the replica's messages stay.
+func TestReplicaConflictRepairHoldsALargeRemoval(t *testing.T) {
+	_, dst, url := conflictingPair(t, 2, 30)
+	r, _ := startReplica(t, dst, url, t.TempDir(), nil)
+	require.Eventually(t, func() bool { return r.Stats().RepairsHeld > 0 }, 10*time.Second, 5*time.Millisecond, "%+v", r.Stats())
+	st, err := dst.MailboxStatus(context.Background(), "alice", "INBOX")
+	require.NoError(t, err)
+	assert.Equal(t, 30, int(st.Messages), "the replica's messages are not removed without confirmation")
+}
+
+// TestReplicaOfAnotherHistory points a replica that followed one primary
+// at another whose journal is shorter: the primary answers 409, the
+// replica repairs from it, and then refuses to resume with a clear error,
+// since the target would skip the new primary's changes up to positions
+// it applied from the old one.
+func TestReplicaOfAnotherHistory(t *testing.T) {
+	ctx := context.Background()
+	old, other := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	dst := openStore(t, t.TempDir())
+	inbox := t.TempDir()
+	require.NoError(t, old.CreateUser(ctx, "alice"))
+	addN(t, old, "alice", "INBOX", 20)
+	_, srv := servePrimary(t, old, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	r, stop := startReplica(t, dst, srv.URL, inbox, nil)
+	waitApplied(t, r, old)
+	stop()
+
+	require.NoError(t, other.CreateUser(ctx, "alice"))
+	addN(t, other, "alice", "INBOX", 2)
+	_, srv2 := servePrimary(t, other, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	var logs lockedBuffer
+	r, _ = startReplica(t, dst, srv2.URL, inbox, &replicate.ReplicaOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "another history") }, 10*time.Second, 5*time.Millisecond, "%+v", r.Stats())
+	assert.Positive(t, r.Stats().Repairs)
+}
+
+// lockedBuffer is a bytes.Buffer for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
