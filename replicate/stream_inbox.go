@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/wal"
@@ -42,9 +43,9 @@ type inboxChange struct {
 	seg uint64 // segment of its record
 }
 
-func openInbox(dir string, segSize int64, log *slog.Logger) (*wal.Log, *inboxState, error) {
+func openInbox(dir string, segSize int64, log *slog.Logger, openFile func(string, int, os.FileMode) (wal.File, error)) (*wal.Log, *inboxState, error) {
 	st := &inboxState{bodies: make(map[resilmail.Digest]wal.Pos), confirmed: make(map[string]uint64)}
-	l, err := wal.Open(dir, wal.Options{Kind: inboxKind, Version: inboxVersion, SegmentSize: segSize, Logger: log},
+	l, err := wal.Open(dir, wal.Options{Kind: inboxKind, Version: inboxVersion, SegmentSize: segSize, Logger: log, OpenFile: openFile},
 		func(pos wal.Pos, rec []byte) error {
 			if len(rec) == 0 {
 				return errors.New("replicate: empty inbox record")

@@ -11,6 +11,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -132,6 +133,7 @@ type Replica struct {
 	primaryPos uint64
 	primaryAt  time.Time
 	stats      ReplicaStats
+	inboxFile  func(string, int, os.FileMode) (wal.File, error) // tests inject faults
 }
 
 // NewReplica returns a Replica that applies to t the stream of the primary
@@ -291,6 +293,20 @@ func (r *Replica) Run(ctx context.Context) error {
 
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
+		if r.inboxFailed() {
+			// A failed write (a full disk) leaves the inbox unusable: open
+			// it again, which also tells whether the fault has cleared.
+			if err := r.openInbox(false); err != nil {
+				r.noteError(err, nil)
+				r.log.Error("replicate: reopening the inbox", "replica", r.opts.Name, "err", err, "backoff", backoff)
+				select {
+				case <-ctx.Done():
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, r.opts.MaxBackoff)
+				continue
+			}
+		}
 		progressed, err := r.session(ctx)
 		if ctx.Err() != nil {
 			break
@@ -310,12 +326,6 @@ func (r *Replica) Run(ctx context.Context) error {
 			r.log.Warn("replicate: stream failed, reconnecting", "replica", r.opts.Name, "err", err, "backoff", backoff)
 			if errors.Is(err, ErrTooFarBehind) || errors.Is(err, ErrPosition) {
 				r.fullSync(ctx)
-			}
-			if r.inboxFailed() {
-				if err := r.openInbox(false); err != nil {
-					r.noteError(err, nil)
-					r.log.Error("replicate: reopening the inbox", "replica", r.opts.Name, "err", err)
-				}
 			}
 		}
 		select {
@@ -342,7 +352,7 @@ func (r *Replica) openInbox(first bool) error {
 		r.inbox = nil
 	}
 	r.mu.Unlock()
-	l, st, err := openInbox(r.dir, r.opts.InboxSegment, r.log)
+	l, st, err := openInbox(r.dir, r.opts.InboxSegment, r.log, r.inboxFile)
 	if err != nil {
 		return fmt.Errorf("replicate: opening the inbox: %w", err)
 	}
