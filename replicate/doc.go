@@ -15,9 +15,11 @@
 // A [Primary] ([NewPrimary]) serves its Source over HTTP ([Primary.Handler];
 // HTTP/2 over TLS between machines, plain HTTP on loopback): a long-lived,
 // versioned stream of CRC-checked frames ([FrameWriter], [FrameReader]) that
-// carries each change as soon as it is durable and a heartbeat with the
-// primary's position, epoch and clock; the bodies by digest, always
+// carries each change as soon as it is durable, small bodies (up to 64
+// KiB) ahead of the changes that append them, and a heartbeat with the
+// primary's position, epoch and clock; the other bodies by digest, always
 // verified, a corrupt one never sent; and the replicas' acknowledgements.
+// A primary and a replica one version of the stream apart still replicate.
 // Requests carry a bearer token derived from a shared secret
 // ([StreamToken]) or are authenticated by client certificates.
 //
@@ -27,7 +29,12 @@
 // folder) and only then acknowledges them; appliers then apply the inbox
 // to the Target in order per user, different users in parallel, so one
 // slow user stalls no one else. A silent, cut or corrupted connection is
-// dropped and resumed with backoff; nothing acknowledged is lost.
+// dropped and resumed with backoff; nothing acknowledged is lost. When the
+// primary's journal no longer reaches back to the replica's position, the
+// replica compares itself with the inventory the primary serves next to
+// its stream and repairs (ReplicaOptions.FullSync), then follows the
+// stream again; a change that contradicts its state (another UIDVALIDITY)
+// makes it repair that user and go on.
 //
 // Writers choose how long to wait ([Primary.Await], [AckMode]): not at all
 // (AckAsync), until one replica has the change durably (AckOne), or until

@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"os"
+	"time"
 
 	"github.com/resilmail/resilmail/internal/wal"
 )
@@ -10,4 +11,18 @@ import (
 // tests that inject write and sync failures. Call it before Run.
 func SetInboxFile(r *Replica, open func(name string, flag int, perm os.FileMode) (wal.File, error)) {
 	r.inboxFile = open
+}
+
+// SetLaneIdle sets how long an idle lane lives, until the test ends.
+func SetLaneIdle(t interface{ Cleanup(func()) }, d time.Duration) {
+	old := laneIdle
+	laneIdle = d
+	t.Cleanup(func() { laneIdle = old })
+}
+
+// Lanes returns how many lanes r has.
+func Lanes(r *Replica) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.lanes)
 }

@@ -15,6 +15,10 @@ import (
 // maxApplyBatch is the most changes a lane applies in one Target.Apply.
 const maxApplyBatch = 256
 
+// laneIdle is how long a lane with nothing to apply keeps its goroutine:
+// a replica of many users holds goroutines only for those active lately.
+var laneIdle = time.Minute
+
 // A HeldChange is a change the replica's Hold function stopped: its user's
 // lane waits at it until [Replica.Confirm].
 type HeldChange struct {
@@ -139,11 +143,17 @@ func (r *Replica) runLane(ctx context.Context, l *lane) {
 		blocked := len(batch) > 0 && r.blockedLocked(l, batch)
 		r.mu.Unlock()
 		if len(batch) == 0 || blocked {
+			idle := time.NewTimer(laneIdle)
 			select {
 			case <-l.wake:
 			case <-gate:
 			case <-ctx.Done():
+			case <-idle.C:
+				if r.retire(l) {
+					return
+				}
 			}
+			idle.Stop()
 			continue
 		}
 		if d := r.opts.ApplyDelay; d > 0 {
@@ -228,6 +238,18 @@ func (r *Replica) repairConflict(ctx context.Context, l *lane, c resilmail.Chang
 	r.mu.Lock()
 	r.doneLocked(l, 1)
 	r.mu.Unlock()
+	return true
+}
+
+// retire removes l if it has nothing to apply and holds nothing; a change
+// for its user later starts a new lane.
+func (r *Replica) retire(l *lane) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(l.queue) > 0 || l.held != nil || r.lanes[l.user] != l {
+		return false
+	}
+	delete(r.lanes, l.user)
 	return true
 }
 

@@ -420,3 +420,23 @@ func TestReplicaRefusesAForgedInlineBody(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, good, string(rc))
 }
+
+// TestReplicaRetiresIdleLanes: a lane with nothing to apply ends after a
+// while, and the user's next change starts a new one.
+func TestReplicaRetiresIdleLanes(t *testing.T) {
+	replicate.SetLaneIdle(t, 50*time.Millisecond)
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	dst := openStore(t, t.TempDir())
+	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+	for _, u := range []string{"alice", "bob", "carol"} {
+		require.NoError(t, src.CreateUser(ctx, u))
+		addN(t, src, u, "INBOX", 2)
+	}
+	waitApplied(t, r, src)
+	require.Eventually(t, func() bool { return replicate.Lanes(r) == 0 }, 10*time.Second, 5*time.Millisecond)
+	addN(t, src, "bob", "INBOX", 2)
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+}
