@@ -70,6 +70,9 @@ type Report struct {
 
 	UserDiffs    []UserDiff    // users missing, extra, or with other subscriptions
 	MailboxDiffs []MailboxDiff // mailboxes missing, extra or different
+	// Failed are the users that could not be compared (see Compare's
+	// error); the report says nothing of them.
+	Failed []string
 }
 
 // Equal reports whether the comparison found no difference.
@@ -279,6 +282,11 @@ type MessageDiff struct {
 //
 // The stores may be written meanwhile; what changes during the comparison
 // may be reported as a difference and vanishes on the next comparison.
+//
+// A user that cannot be compared (a read fails) does not stop the others:
+// Compare then returns the report of the users it compared, with the
+// others in Report.Failed, and an error naming why each failed; only when
+// every user failed, or listing the users did, is the report nil.
 func Compare(ctx context.Context, primary, replica Inventory, opts *CompareOptions) (*Report, error) {
 	o := opts.withDefaults()
 	c := &comparer{p: primary, r: replica, opts: o}
@@ -300,17 +308,26 @@ func Compare(ctx context.Context, primary, replica Inventory, opts *CompareOptio
 	slices.Sort(users)
 	users = slices.Compact(users)
 
-	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
+	var (
+		mu   sync.Mutex
+		errs []error
+		g    errgroup.Group
+	)
 	g.SetLimit(o.Parallelism)
 	for _, u := range users {
 		g.Go(func() error {
-			ud, mds, stats, err := c.user(gctx, u)
-			if err != nil {
-				return fmt.Errorf("replicate: compare user %q: %w", u, err)
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
+			ud, mds, stats, err := c.user(ctx, u)
 			mu.Lock()
 			defer mu.Unlock()
+			if err != nil {
+				// The other users are compared all the same.
+				errs = append(errs, fmt.Errorf("replicate: compare user %q: %w", u, err))
+				rep.Failed = append(rep.Failed, u)
+				return nil
+			}
 			if ud != nil {
 				rep.UserDiffs = append(rep.UserDiffs, *ud)
 			}
@@ -326,6 +343,7 @@ func Compare(ctx context.Context, primary, replica Inventory, opts *CompareOptio
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	slices.Sort(rep.Failed)
 	slices.SortFunc(rep.UserDiffs, func(a, b UserDiff) int { return strings.Compare(a.User, b.User) })
 	slices.SortFunc(rep.MailboxDiffs, func(a, b MailboxDiff) int {
 		if c := strings.Compare(a.User, b.User); c != 0 {
@@ -338,9 +356,14 @@ func Compare(ctx context.Context, primary, replica Inventory, opts *CompareOptio
 	})
 	rep.DigestCalls, rep.Listed = c.digestCalls.Load(), c.listed.Load()
 	rep.Duration = o.Now().Sub(rep.Started)
+	err := errors.Join(errs...)
+	if len(rep.Failed) > 0 && len(rep.Failed) == len(users) {
+		return nil, err
+	}
 	o.Logger.Info("replicate: comparison done", "users", rep.Users, "mailboxes", rep.Mailboxes, "messages", rep.Messages,
-		"differences", rep.Differences(), "digest_calls", rep.DigestCalls, "listed", rep.Listed, "duration", rep.Duration)
-	return rep, nil
+		"differences", rep.Differences(), "digest_calls", rep.DigestCalls, "listed", rep.Listed, "failed", len(rep.Failed),
+		"duration", rep.Duration, "err", err)
+	return rep, err
 }
 
 type comparer struct {

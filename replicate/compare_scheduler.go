@@ -110,10 +110,13 @@ func (c *Comparer) RunOnce(ctx context.Context, confirmed ...HeldRemoval) (*Repo
 	start := c.opts.Now()
 	rep, err := Compare(ctx, c.primary, c.replica, c.opts.Compare)
 	var res RepairResult
-	if err == nil && !rep.Equal() && !c.opts.ReportOnly {
+	if rep != nil && !rep.Equal() && !c.opts.ReportOnly {
+		// The users compared are repaired even if others failed.
 		ro := *c.opts.Repair
 		ro.Confirmed = append(append([]HeldRemoval(nil), ro.Confirmed...), confirmed...)
-		res, err = Repair(ctx, rep, c.primary, c.body, c.replica, &ro)
+		var rerr error
+		res, rerr = Repair(ctx, rep, c.primary, c.body, c.replica, &ro)
+		err = errors.Join(err, rerr)
 	}
 	took := c.opts.Now().Sub(start)
 	c.mu.Lock()

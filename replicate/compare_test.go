@@ -2,6 +2,7 @@ package replicate_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"testing"
 
@@ -140,4 +141,49 @@ func uidValidity(t *testing.T, s *store.Store, user, name string) string {
 	st, err := s.MailboxStatus(context.Background(), user, name)
 	require.NoError(t, err)
 	return strconv.FormatUint(uint64(st.UIDValidity), 10)
+}
+
+// oneUserFails is an Inventory whose reads of one user fail.
+type oneUserFails struct {
+	replicate.Inventory
+	user string
+}
+
+func (o oneUserFails) Mailboxes(ctx context.Context, user string) ([]replicate.MailboxState, error) {
+	if user == o.user {
+		return nil, errors.New("read failed (injected)")
+	}
+	return o.Inventory.Mailboxes(ctx, user)
+}
+
+// TestCompareCarriesOnPastAFailingUser: a user whose inventory cannot be
+// read is named in the report and the error; the others are compared, and
+// a Comparer repairs them.
+func TestCompareCarriesOnPastAFailingUser(t *testing.T) {
+	primary, replica, _, _ := divergent(t)
+	bad := oneUserFails{primary, "bob"}
+	rep, err := replicate.Compare(context.Background(), bad, replica, &replicate.CompareOptions{Logger: quietLogger()})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `"bob"`)
+	require.NotNil(t, rep)
+	assert.Equal(t, []string{"bob"}, rep.Failed)
+	for _, d := range rep.MailboxDiffs {
+		assert.NotEqual(t, "bob", d.User)
+	}
+	assert.NotEmpty(t, rep.MailboxDiffs, "the others' differences are found")
+
+	c, err := replicate.NewComparer(bad, replicate.BodiesFrom(primary), replica, &replicate.ComparerOptions{
+		Logger: quietLogger(), Repair: &replicate.RepairOptions{MaxRemoveShare: 1, Logger: quietLogger()}})
+	require.NoError(t, err)
+	_, _, err = c.RunOnce(context.Background())
+	require.Error(t, err)
+	rep, err = replicate.Compare(context.Background(), primary, replica, &replicate.CompareOptions{Logger: quietLogger()})
+	require.NoError(t, err)
+	for _, d := range rep.UserDiffs {
+		assert.Equal(t, "bob", d.User, "only bob still differs")
+	}
+	for _, d := range rep.MailboxDiffs {
+		assert.Equal(t, "bob", d.User, "only bob still differs")
+	}
+	assert.NotEmpty(t, rep.MailboxDiffs)
 }

@@ -83,6 +83,8 @@ func (r *Replica) repairUsers(ctx context.Context, rt RepairTarget, users []stri
 	}
 	rep, err := Compare(ctx, inv, rt, &CompareOptions{Users: users, Logger: r.log})
 	if err != nil {
+		// Even a partial report is not repaired: the full sync resumes
+		// the stream only once every user is in step.
 		return fmt.Errorf("replicate: comparing with the primary: %w", err)
 	}
 	var ro RepairOptions
