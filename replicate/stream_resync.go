@@ -206,3 +206,32 @@ func (r *Replica) waitLanes(ctx context.Context) ([]string, error) {
 		}
 	}
 }
+
+// Comparer returns a [Comparer] of the replica's target with its primary,
+// through the inventory the primary serves next to its stream and with
+// the stream's credentials; the bodies repairs need come from the inbox or
+// the primary, verified. It runs alongside the stream: a difference only
+// in flight is repaired by one of them and found equal by the other.
+// The target must be a [RepairTarget] (replicate/store's Store is).
+// opts.Repair nil means the replica's ReplicaOptions.Repair.
+func (r *Replica) Comparer(opts *ComparerOptions) (*Comparer, error) {
+	rt, ok := r.canRepair()
+	if !ok {
+		return nil, errors.New("replicate: the replica's target cannot be compared and repaired (it is no RepairTarget)")
+	}
+	inv, err := r.primaryInventory()
+	if err != nil {
+		return nil, err
+	}
+	var o ComparerOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.Repair == nil {
+		o.Repair = r.opts.Repair
+	}
+	if o.Logger == nil {
+		o.Logger = r.log
+	}
+	return NewComparer(inv, r.body, rt, &o)
+}

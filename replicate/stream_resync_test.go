@@ -155,3 +155,45 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestReplicaComparer damages a replica behind its stream's back (a
+// message lost, flags changed, a mailbox that only the replica has): the
+// replica's own Comparer, reaching the primary with the stream's
+// credentials, finds every difference and repairs it while the stream
+// keeps running, and a second run finds nothing.
+func TestReplicaComparer(t *testing.T) {
+	ctx := context.Background()
+	src, dst := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	addN(t, src, "alice", "INBOX", 10)
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+	waitApplied(t, r, src)
+
+	_, err := dst.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(3))
+	require.NoError(t, err)
+	_, err = dst.AddFlags(ctx, "alice", "INBOX", resilmail.NewUIDSet(5), []string{`\Flagged`})
+	require.NoError(t, err)
+	_, err = dst.CreateMailbox(ctx, "alice", "Stray")
+	require.NoError(t, err)
+
+	c, err := r.Comparer(nil)
+	require.NoError(t, err)
+	rep, res, err := c.RunOnce(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 3, rep.Differences(), "the lost message, the flags and the stray mailbox")
+	// A UID missing below UIDNEXT cannot be appended again: the INBOX is
+	// replaced from the primary (10 messages, too few to be held).
+	assert.Equal(t, 1, res.MailboxesReplaced)
+	assert.Equal(t, 1, res.MailboxesDeleted)
+	requireSame(t, src, dst)
+
+	// The stream goes on undisturbed, and the next run finds nothing.
+	addN(t, src, "alice", "INBOX", 2)
+	waitApplied(t, r, src)
+	rep, _, err = c.RunOnce(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, rep.Differences())
+	requireSame(t, src, dst)
+	assert.Equal(t, 2, c.Stats().Runs)
+}
