@@ -1,0 +1,98 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/resilmail/resilmail/internal/metrics"
+	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+// handler serves the primary's HTTP endpoints: the replication stream and
+// inventory at /replicate/ (for the replicas, with the secret's token),
+// /status (JSON, no user names) and /metrics (Prometheus).
+func handler(c config, st *store.Store, p *replicate.Primary) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/replicate/", http.StripPrefix("/replicate", p.Handler()))
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		json.NewEncoder(w).Encode(status(c, st, p))
+	})
+	mux.Handle("GET /metrics", metrics.Handler(func(m *metrics.Writer) { writeMetrics(m, st.Stats(), p.Stats()) }))
+	return mux
+}
+
+// statusReport is what /status answers.
+type statusReport struct {
+	Role       string          `json:"role"`
+	Ack        string          `json:"ack"`
+	AckTimeout string          `json:"ack_timeout"`
+	Position   uint64          `json:"position"`
+	Epoch      uint64          `json:"epoch"`
+	Users      int             `json:"users"`
+	Messages   int             `json:"messages"`
+	Corrupt    int             `json:"corrupt_bodies"`
+	Superseded bool            `json:"superseded"`
+	Accepted   uint64          `json:"accepted_unreplicated"`
+	Refused    uint64          `json:"refused_unreplicated"`
+	Replicas   []replicaReport `json:"replicas"`
+}
+
+type replicaReport struct {
+	Name        string    `json:"name"`
+	Connected   bool      `json:"connected"`
+	Acked       uint64    `json:"acked"`
+	AckedAt     time.Time `json:"acked_at,omitzero"`
+	LagChanges  uint64    `json:"lag_changes"`
+	LagSeconds  float64   `json:"lag_seconds"`
+	LastError   string    `json:"last_error,omitempty"`
+	BytesSent   uint64    `json:"bytes_sent"`
+	ChangesSent uint64    `json:"changes_sent"`
+}
+
+func status(c config, st *store.Store, p *replicate.Primary) statusReport {
+	ss, ps := st.Stats(), p.Stats()
+	s := statusReport{
+		Role: "primary", Ack: c.mode.String(), AckTimeout: c.ackTimeout.String(),
+		Position: ps.Position, Epoch: uint64(ps.Epoch), Users: ss.Users, Messages: ss.Messages, Corrupt: ss.CorruptBodies,
+		Superseded: ps.FencedBy != 0, Accepted: ps.AcceptedUnreplicated, Refused: ps.RefusedUnreplicated,
+		Replicas: []replicaReport{},
+	}
+	for _, r := range ps.Replicas {
+		s.Replicas = append(s.Replicas, replicaReport{
+			Name: r.Name, Connected: r.Connected, Acked: r.Acked, AckedAt: r.AckedAt,
+			LagChanges: r.LagChanges, LagSeconds: r.LagAge.Seconds(), LastError: r.LastError,
+			BytesSent: r.BytesSent, ChangesSent: r.ChangesSent,
+		})
+	}
+	return s
+}
+
+func writeMetrics(m *metrics.Writer, ss store.Stats, ps replicate.PrimaryStats) {
+	m.Gauge("resilmail_store_position", "The last change in the store's journal.", float64(ss.Seq))
+	m.Gauge("resilmail_store_epoch", "The store's epoch.", float64(ss.Epoch))
+	m.Gauge("resilmail_store_users", "Users.", float64(ss.Users))
+	m.Gauge("resilmail_store_messages", "Messages.", float64(ss.Messages))
+	m.Gauge("resilmail_store_body_bytes", "Bytes of distinct bodies.", float64(ss.BodyBytes))
+	m.Gauge("resilmail_store_corrupt_bodies", "Bodies marked corrupt, never served.", float64(ss.CorruptBodies))
+	m.Counter("resilmail_store_journal_fsyncs_total", "Fsyncs of the journal.", ss.JournalFsyncs)
+	m.Counter("resilmail_replicate_accepted_unreplicated_total", "Deliveries accepted after the replicas did not answer in time.", ps.AcceptedUnreplicated)
+	m.Counter("resilmail_replicate_refused_unreplicated_total", "Deliveries refused because the replicas did not answer in time.", ps.RefusedUnreplicated)
+	connected, lag, age, sent := map[string]float64{}, map[string]float64{}, map[string]float64{}, map[string]float64{}
+	for _, r := range ps.Replicas {
+		connected[r.Name] = 0
+		if r.Connected {
+			connected[r.Name] = 1
+		}
+		lag[r.Name] = float64(r.LagChanges)
+		age[r.Name] = r.LagAge.Seconds()
+		sent[r.Name] = float64(r.BytesSent)
+	}
+	m.GaugeVec("resilmail_replicate_connected", "Whether a replica's stream is open.", "replica", connected)
+	m.GaugeVec("resilmail_replicate_lag_changes", "Changes a replica has not acknowledged.", "replica", lag)
+	m.GaugeVec("resilmail_replicate_lag_seconds", "Age of the oldest change a replica has not acknowledged.", "replica", age)
+	m.GaugeVec("resilmail_replicate_sent_bytes", "Stream and body bytes sent to a replica.", "replica", sent)
+}

@@ -1,0 +1,258 @@
+// Command primary is the mailbox server of the reference deployment: it
+// takes mail over LMTP into resilmail's mailbox store (replicate/store) and
+// streams every change, within milliseconds, to its replicas
+// (examples/secondary), which keep a verified copy on another machine.
+//
+//	export RESILMAIL_SECRET=...   # shared with the secondaries
+//	go run ./examples/primary -dir /var/lib/resilmail -users alice,bob -ack one
+//
+// A relay (examples/relay -lmtp -next 127.0.0.1:2424) delivers into it.
+// Each recipient is answered on its own: 250 once the message is durable in
+// the user's INBOX and, with -ack one (a replica) or -ack all (every replica
+// in -replicas), durable on the replicas too. When they do not answer within
+// -ack-timeout the answer is 451 and the relay delivers again later
+// (-on-timeout refuse, the default), or 250 with the window counted and
+// logged (-on-timeout accept). With -ack async (the default) replicas catch
+// up on their own.
+//
+// On its -http address it serves the replication stream and inventory at
+// /replicate/ (bearer token derived from the secret), its state as JSON at
+// /status and Prometheus metrics at /metrics.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/resilmail/resilmail/internal/lmtpstore"
+	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+type config struct {
+	dir        string
+	lmtp       string
+	httpAddr   string
+	secret     string
+	users      []string
+	mode       replicate.AckMode
+	replicas   []string
+	ackTimeout time.Duration
+	onTimeout  replicate.TimeoutPolicy
+	hostname   string
+	maxSize    int64
+	verbose    bool
+}
+
+// parseFlags reads the command line (without the program name); getenv
+// supplies the secret's default.
+func parseFlags(args []string, getenv func(string) string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("primary", flag.ContinueOnError)
+	fs.StringVar(&c.dir, "dir", "", "data folder: the store under store/ (default: a new temporary folder, removed on exit)")
+	fs.StringVar(&c.lmtp, "lmtp", "127.0.0.1:2424", "LMTP listen address, host:port or the path of a Unix socket")
+	fs.StringVar(&c.httpAddr, "http", "127.0.0.1:8026", "HTTP listen address: /replicate/, /status, /metrics")
+	fs.StringVar(&c.secret, "secret", "", "secret shared with the replicas (default: $RESILMAIL_SECRET)")
+	users := fs.String("users", "", "comma-separated users to create if missing, e.g. alice,bob")
+	mode := fs.String("ack", "async", "what a delivery waits for before 250: async, one (a replica), all (every replica in -replicas)")
+	replicas := fs.String("replicas", "", "comma-separated names of the replicas -ack all waits for")
+	fs.DurationVar(&c.ackTimeout, "ack-timeout", replicate.DefaultAckTimeout, "how long a delivery waits for the replicas")
+	onTimeout := fs.String("on-timeout", "refuse", "when the replicas do not answer in time: refuse (451, the client retries) or accept (250, the window is counted)")
+	fs.StringVar(&c.hostname, "hostname", "", "name in the LMTP greeting (default: the host name)")
+	fs.Int64Var(&c.maxSize, "max-size", 64<<20, "largest message accepted, in bytes")
+	fs.BoolVar(&c.verbose, "v", false, "log every delivery")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if c.secret == "" {
+		c.secret = getenv("RESILMAIL_SECRET")
+	}
+	if c.secret == "" {
+		return c, errors.New("no secret: set -secret or $RESILMAIL_SECRET (the replicas use the same)")
+	}
+	c.users, c.replicas = splitList(*users), splitList(*replicas)
+	switch *mode {
+	case "async":
+		c.mode = replicate.AckAsync
+	case "one":
+		c.mode = replicate.AckOne
+	case "all":
+		c.mode = replicate.AckAll
+		if len(c.replicas) == 0 {
+			return c, errors.New("-ack all needs -replicas: the names of the replicas to wait for")
+		}
+	default:
+		return c, fmt.Errorf("-ack %q: want async, one or all", *mode)
+	}
+	switch *onTimeout {
+	case "refuse":
+		c.onTimeout = replicate.TimeoutRefuse
+	case "accept":
+		c.onTimeout = replicate.TimeoutAccept
+	default:
+		return c, fmt.Errorf("-on-timeout %q: want refuse or accept", *onTimeout)
+	}
+	if c.ackTimeout <= 0 {
+		return c, errors.New("-ack-timeout must be positive")
+	}
+	return c, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func main() { os.Exit(realMain(os.Args[1:])) }
+
+// realMain runs the command with args until SIGINT or SIGTERM and returns
+// its exit code.
+func realMain(args []string) int {
+	c, err := parseFlags(args, os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "primary:", err)
+		return 2
+	}
+	level := slog.LevelInfo
+	if !c.verbose {
+		level = slog.LevelWarn
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c, log, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "primary:", err)
+		return 1
+	}
+	return 0
+}
+
+// addrs are the addresses run listens on.
+type addrs struct {
+	lmtp, http net.Addr
+}
+
+// run serves until ctx is done. ready, if not nil, receives the listening
+// addresses.
+func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) error {
+	if c.dir == "" {
+		dir, err := os.MkdirTemp("", "resilmail-primary-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		c.dir = dir
+	}
+	st, err := store.Open(filepath.Join(c.dir, "store"), &store.Options{Logger: log, MaxMessageSize: c.maxSize})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for _, u := range c.users {
+		if err := st.CreateUser(ctx, u); err != nil && !errors.Is(err, store.ErrExists) {
+			return fmt.Errorf("creating user %q: %w", u, err)
+		}
+	}
+	p, err := replicate.NewPrimary(st, &replicate.PrimaryOptions{
+		Secret:     []byte(c.secret),
+		Mode:       c.mode,
+		Replicas:   c.replicas,
+		AckTimeout: c.ackTimeout,
+		OnTimeout:  c.onTimeout,
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+
+	// Every delivery waits for Await: in async mode it returns at once,
+	// unless a replica has seen a newer epoch (this node was superseded),
+	// and then the delivery is refused with 451.
+	srv := smtp.NewServer(&lmtpstore.Backend{Store: st, Commit: p.Await, MaxSize: c.maxSize, Logger: log})
+	srv.LMTP = true
+	srv.Domain = c.hostname
+	if srv.Domain == "" {
+		if h, err := os.Hostname(); err == nil {
+			srv.Domain = h
+		} else {
+			srv.Domain = "localhost"
+		}
+	}
+	srv.MaxMessageBytes = c.maxSize
+	srv.MaxRecipients = 1000
+	srv.ReadTimeout = 5 * time.Minute
+	srv.WriteTimeout = 5 * time.Minute
+	srv.EnableSMTPUTF8 = true
+	network := "tcp"
+	if strings.Contains(c.lmtp, "/") {
+		network = "unix"
+		os.Remove(c.lmtp) // a socket left by a killed process
+	}
+	ln, err := net.Listen(network, c.lmtp)
+	if err != nil {
+		return err
+	}
+	hln, err := net.Listen("tcp", c.httpAddr)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	hsrv := &http.Server{Handler: handler(c, st, p), ReadHeaderTimeout: 10 * time.Second}
+	log.Warn("primary: serving", "lmtp", ln.Addr().String(), "http", "http://"+hln.Addr().String(),
+		"store", st.Stats().Seq, "users", st.Stats().Users, "ack", c.mode.String())
+	if ready != nil {
+		ready <- addrs{lmtp: ln.Addr(), http: hln.Addr()}
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return st.Run(gctx) })
+	g.Go(func() error {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) && gctx.Err() == nil {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := hsrv.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		// The replicas' streams never end on their own.
+		hsrv.Close()
+		return nil
+	})
+	err = g.Wait()
+	log.Warn("primary: stopped", "position", st.Position())
+	return err
+}
