@@ -171,7 +171,7 @@ func TestDeliveriesReachTheReplica(t *testing.T) {
 // a replica that starts later.
 func TestNoReplicaAnswers(t *testing.T) {
 	for _, tc := range []struct {
-		onTimeout, reply string
+		onTimeout, reply  string
 		refused, accepted uint64
 	}{
 		{"refuse", "<** 451 4.4.0 <alice@example.org> not replicated yet, try again later", 1, 0},
