@@ -1,0 +1,229 @@
+// Command secondary is a replica of the reference deployment's mailbox
+// server (examples/primary), on another machine: it follows the primary's
+// replication stream, verifies every body against its digest before
+// keeping it, acknowledges each change once it is durable here, and applies
+// the changes to a store of its own, in order per user.
+//
+//	export RESILMAIL_SECRET=...   # the primary's
+//	go run ./examples/secondary -primary http://mail1:8026 -dir /var/lib/resilmail -name mail2
+//
+// Guard rails: an expunge of more than -guard-share of a mailbox (or a
+// mailbox or user delete) is held until an operator confirms it, so that a
+// client deleting everything on the primary does not delete it here too;
+// -apply-delay keeps the store that far behind on purpose. A comparison
+// with the primary (per-mailbox digests, bisected down to UIDs) runs every
+// -compare and repairs what differs, holding large removals likewise.
+//
+// On its -http address it serves /status (JSON) and /metrics to anyone;
+// its inventory at /inventory/ (bearer token derived from the secret,
+// as the primary's); and to the operator (HTTP basic auth, user "admin",
+// the secret as password):
+//
+//	GET  /held                      held changes and removals
+//	POST /confirm?user=U&seq=N      apply a held change
+//	POST /compare                   compare and repair now; a JSON body
+//	                                {"confirm": [held removals...]} confirms
+//	                                removals the last comparison held
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+type config struct {
+	dir        string
+	primary    string
+	name       string
+	secret     string
+	httpAddr   string
+	applyDelay time.Duration
+	compare    time.Duration
+	guardShare float64
+	guardMin   int
+	verbose    bool
+}
+
+// parseFlags reads the command line (without the program name); getenv
+// supplies the secret's default.
+func parseFlags(args []string, getenv func(string) string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("secondary", flag.ContinueOnError)
+	fs.StringVar(&c.dir, "dir", "", "data folder: the store under store/, the replication inbox under inbox/ (default: a new temporary folder, removed on exit)")
+	fs.StringVar(&c.primary, "primary", "http://127.0.0.1:8026", "the primary's HTTP address (examples/primary -http)")
+	fs.StringVar(&c.name, "name", "", "this replica's name, as the primary's -replicas and status know it (default: the host name)")
+	fs.StringVar(&c.secret, "secret", "", "secret shared with the primary (default: $RESILMAIL_SECRET)")
+	fs.StringVar(&c.httpAddr, "http", "127.0.0.1:8027", "HTTP listen address: /status, /metrics, /inventory/, /held, /confirm, /compare")
+	fs.DurationVar(&c.applyDelay, "apply-delay", 0, "apply each change only once it is this old (a delayed replica); it is acknowledged at once")
+	fs.DurationVar(&c.compare, "compare", time.Hour, "compare with the primary and repair this often; 0 compares only on demand (POST /compare)")
+	fs.Float64Var(&c.guardShare, "guard-share", replicate.DefaultGuardShare, "hold an expunge of more than this share of a mailbox until confirmed")
+	fs.IntVar(&c.guardMin, "guard-min", replicate.DefaultGuardMinMessages, "smallest mailbox the guard watches, and smallest delete it holds")
+	fs.BoolVar(&c.verbose, "v", false, "log every reconnection and repair")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if c.secret == "" {
+		c.secret = getenv("RESILMAIL_SECRET")
+	}
+	if c.secret == "" {
+		return c, errors.New("no secret: set -secret or $RESILMAIL_SECRET (the primary's)")
+	}
+	u, err := url.Parse(c.primary)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return c, fmt.Errorf("-primary %q: want the primary's http:// or https:// address", c.primary)
+	}
+	c.primary = strings.TrimSuffix(c.primary, "/")
+	if c.name == "" {
+		if c.name, err = os.Hostname(); err != nil || c.name == "" {
+			return c, errors.New("no -name, and no host name to use instead")
+		}
+	}
+	if c.applyDelay < 0 || c.compare < 0 {
+		return c, errors.New("-apply-delay and -compare cannot be negative")
+	}
+	if c.guardShare <= 0 || c.guardShare > 1 {
+		return c, fmt.Errorf("-guard-share %v: want a share above 0 and at most 1", c.guardShare)
+	}
+	if c.guardMin < 1 {
+		return c, errors.New("-guard-min must be at least 1")
+	}
+	return c, nil
+}
+
+func main() {
+	c, err := parseFlags(os.Args[1:], os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "secondary:", err)
+		os.Exit(2)
+	}
+	level := slog.LevelInfo
+	if !c.verbose {
+		level = slog.LevelWarn
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c, log, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "secondary:", err)
+		os.Exit(1)
+	}
+}
+
+// node is what the HTTP endpoints read and act on.
+type node struct {
+	c        config
+	st       *store.Store
+	replica  *replicate.Replica
+	comparer *replicate.Comparer
+	log      *slog.Logger
+}
+
+// run serves until ctx is done. ready, if not nil, receives the HTTP
+// listening address.
+func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr) error {
+	if c.dir == "" {
+		dir, err := os.MkdirTemp("", "resilmail-secondary-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		c.dir = dir
+	}
+	st, err := store.Open(filepath.Join(c.dir, "store"), &store.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	// Only the primary writes; the replica applies its changes.
+	st.SetReadOnly(true)
+	repair := &replicate.RepairOptions{MaxRemoveShare: c.guardShare, MinHeldMessages: c.guardMin, Logger: log}
+	r, err := replicate.NewReplica(st, c.primary+"/replicate", filepath.Join(c.dir, "inbox"), &replicate.ReplicaOptions{
+		Name:       c.name,
+		Secret:     []byte(c.secret),
+		ApplyDelay: c.applyDelay,
+		Hold:       replicate.NewExpungeGuard(st, &replicate.ExpungeGuardOptions{MaxShare: c.guardShare, MinMessages: c.guardMin, Logger: log}),
+		Repair:     repair,
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+	interval := c.compare
+	if interval == 0 {
+		interval = time.Hour // unused: Run is not started
+	}
+	cmp, err := r.Comparer(&replicate.ComparerOptions{Interval: interval, Repair: repair, Logger: log})
+	if err != nil {
+		return err
+	}
+	n := &node{c: c, st: st, replica: r, comparer: cmp, log: log}
+	h, err := n.handler()
+	if err != nil {
+		return err
+	}
+	hln, err := net.Listen("tcp", c.httpAddr)
+	if err != nil {
+		return err
+	}
+	hsrv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	log.Warn("secondary: following", "primary", c.primary, "name", c.name, "http", "http://"+hln.Addr().String(),
+		"position", st.Position(), "apply_delay", c.applyDelay)
+	if ready != nil {
+		ready <- hln.Addr()
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return st.Run(gctx) })
+	g.Go(func() error { return r.Run(gctx) })
+	if c.compare > 0 {
+		g.Go(func() error {
+			// The first comparison waits one interval: at start the
+			// stream itself catches up, or falls back to a full one.
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-time.After(c.compare):
+			}
+			return cmp.Run(gctx)
+		})
+	}
+	g.Go(func() error {
+		if err := hsrv.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return hsrv.Shutdown(sctx)
+	})
+	err = g.Wait()
+	s := r.Stats()
+	log.Warn("secondary: stopped", "received", s.Received, "applied", s.Applied)
+	return err
+}

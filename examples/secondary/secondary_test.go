@@ -1,0 +1,336 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+const testSecret = "secondary test secret"
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// primary is a primary store served as examples/primary serves it: the
+// stream at /replicate/.
+func primary(t *testing.T) (*store.Store, string) {
+	t.Helper()
+	st, err := store.Open(t.TempDir(), &store.Options{Logger: quiet})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	p, err := replicate.NewPrimary(st, &replicate.PrimaryOptions{Secret: []byte(testSecret), Heartbeat: 50 * time.Millisecond, Logger: quiet})
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	mux.Handle("/replicate/", http.StripPrefix("/replicate", p.Handler()))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	return st, srv.URL
+}
+
+// startSecondary runs the command in this process until the test ends or
+// stop is called, and returns its HTTP base URL.
+func startSecondary(t *testing.T, dir, primaryURL string, args ...string) (base string, stop func()) {
+	t.Helper()
+	args = append([]string{"-secret", testSecret, "-primary", primaryURL, "-http", "127.0.0.1:0", "-name", "mail2", "-dir", dir}, args...)
+	c, err := parseFlags(args, func(string) string { return "" })
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c, quiet, ready) }()
+	var a net.Addr
+	select {
+	case a = <-ready:
+	case err := <-done:
+		t.Fatalf("secondary did not start: %v", err)
+	}
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			require.NoError(t, <-done)
+		}
+	}
+	t.Cleanup(stop)
+	return "http://" + a.String(), stop
+}
+
+func getStatus(t *testing.T, base string) statusReport {
+	t.Helper()
+	resp, err := http.Get(base + "/status")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var s statusReport
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&s))
+	return s
+}
+
+// waitApplied waits until the secondary has applied everything the
+// primary's store holds.
+func waitApplied(t *testing.T, base string, src *store.Store) {
+	t.Helper()
+	require.Eventually(t, func() bool { return getStatus(t, base).Applied >= src.Position() },
+		10*time.Second, 10*time.Millisecond, "status %+v, primary at %d", getStatus(t, base), src.Position())
+}
+
+// operator sends an operator's request, with credentials if pass is set.
+func operator(t *testing.T, method, url, pass string, body any) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		require.NoError(t, err)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	require.NoError(t, err)
+	if pass != "" {
+		req.SetBasicAuth("admin", pass)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, b
+}
+
+// remoteCompare compares the primary's store with the secondary's
+// inventory, as an operator or a status page would.
+func remoteCompare(t *testing.T, src *store.Store, base string) *replicate.Report {
+	t.Helper()
+	inv, err := replicate.NewRemoteInventory(base+"/inventory", &replicate.RemoteInventoryOptions{Secret: []byte(testSecret)})
+	require.NoError(t, err)
+	rep, err := replicate.Compare(context.Background(), src, inv, &replicate.CompareOptions{Logger: quiet})
+	require.NoError(t, err)
+	return rep
+}
+
+func addN(t *testing.T, st *store.Store, user, mailbox string, n int) {
+	t.Helper()
+	for i := range n {
+		_, err := st.Append(context.Background(), user, mailbox, nil, time.Time{},
+			strings.NewReader(fmt.Sprintf("Subject: %s %d\r\n\r\nbody %d of %s\r\n", mailbox, i, i, user)))
+		require.NoError(t, err)
+	}
+}
+
+// TestSecondaryFollowsThePrimary: mail, flags, a new mailbox and a new
+// user on the primary reach the secondary, whose inventory (served to
+// the secret's token) then equals the primary's; its status and metrics
+// say it is in step.
+func TestSecondaryFollowsThePrimary(t *testing.T) {
+	ctx := context.Background()
+	src, url := primary(t)
+	require.NoError(t, src.CreateUser(ctx, "alice@example.org"))
+	addN(t, src, "alice@example.org", store.Inbox, 5)
+	base, _ := startSecondary(t, t.TempDir(), url)
+
+	_, err := src.AddFlags(ctx, "alice@example.org", store.Inbox, resilmail.NewUIDSet(1, 2), []string{`\Seen`})
+	require.NoError(t, err)
+	_, err = src.CreateMailbox(ctx, "alice@example.org", "Archive")
+	require.NoError(t, err)
+	_, err = src.Move(ctx, "alice@example.org", store.Inbox, resilmail.NewUIDSet(3), "Archive")
+	require.NoError(t, err)
+	require.NoError(t, src.CreateUser(ctx, "bob@example.org"))
+	addN(t, src, "bob@example.org", store.Inbox, 2)
+	waitApplied(t, base, src)
+	assert.True(t, remoteCompare(t, src, base).Equal())
+
+	s := getStatus(t, base)
+	assert.Equal(t, "secondary", s.Role)
+	assert.Equal(t, "mail2", s.Name)
+	assert.True(t, s.Connected)
+	assert.Equal(t, 7, s.Messages)
+	assert.Equal(t, 2, s.Users)
+	assert.Zero(t, s.Held)
+	resp, err := http.Get(base + "/metrics")
+	require.NoError(t, err)
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Contains(t, string(m), "resilmail_replica_connected 1")
+	assert.Contains(t, string(m), fmt.Sprintf("resilmail_replica_applied_position %d", src.Position()))
+
+	// The inventory wants the secret's token.
+	resp, err = http.Get(base + "/inventory/users")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+}
+
+// TestSecondaryHoldsAMassExpunge: a client expunges most of a mailbox on
+// the primary; the secondary keeps the messages, shows the held change to
+// the operator (and to no one else), and applies it once confirmed.
+func TestSecondaryHoldsAMassExpunge(t *testing.T) {
+	ctx := context.Background()
+	src, url := primary(t)
+	require.NoError(t, src.CreateUser(ctx, "alice@example.org"))
+	addN(t, src, "alice@example.org", store.Inbox, 30)
+	base, _ := startSecondary(t, t.TempDir(), url)
+	waitApplied(t, base, src)
+
+	_, err := src.Expunge(ctx, "alice@example.org", store.Inbox, resilmail.UIDSet{}.AddRange(1, 25))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return getStatus(t, base).Held == 1 }, 10*time.Second, 10*time.Millisecond)
+	assert.Equal(t, 30, getStatus(t, base).Messages, "the messages are still on the secondary")
+
+	code, _ := operator(t, "GET", base+"/held", "", nil)
+	assert.Equal(t, http.StatusUnauthorized, code)
+	code, _ = operator(t, "GET", base+"/held", "wrong", nil)
+	assert.Equal(t, http.StatusUnauthorized, code)
+	code, b := operator(t, "GET", base+"/held", testSecret, nil)
+	require.Equal(t, http.StatusOK, code, "%s", b)
+	var held heldReply
+	require.NoError(t, json.Unmarshal(b, &held))
+	require.Len(t, held.Changes, 1)
+	h := held.Changes[0]
+	assert.Equal(t, "alice@example.org", h.User)
+	assert.Equal(t, "expunge", h.Kind)
+	assert.Equal(t, "1:25", h.UIDs)
+	assert.NotEmpty(t, h.Reason)
+
+	code, _ = operator(t, "POST", fmt.Sprintf("%s/confirm?user=%s&seq=%d", base, h.User, h.Seq), "", nil)
+	assert.Equal(t, http.StatusUnauthorized, code)
+	code, b = operator(t, "POST", fmt.Sprintf("%s/confirm?user=%s&seq=%d", base, h.User, h.Seq+1), testSecret, nil)
+	assert.Equal(t, http.StatusNotFound, code, "%s", b)
+	code, b = operator(t, "POST", fmt.Sprintf("%s/confirm?user=%s&seq=%d", base, h.User, h.Seq), testSecret, nil)
+	require.Equal(t, http.StatusOK, code, "%s", b)
+	waitApplied(t, base, src)
+	assert.Equal(t, 5, getStatus(t, base).Messages)
+	assert.True(t, remoteCompare(t, src, base).Equal())
+}
+
+// TestSecondaryRepairsOnDemand: the secondary's disk loses a message and
+// a mailbox appears that the primary never had while the secondary is
+// down; after a restart the operator asks for a comparison, which finds
+// and repairs both, and a second finds nothing.
+func TestSecondaryRepairsOnDemand(t *testing.T) {
+	ctx := context.Background()
+	src, url := primary(t)
+	require.NoError(t, src.CreateUser(ctx, "alice@example.org"))
+	addN(t, src, "alice@example.org", store.Inbox, 8)
+	dir := t.TempDir()
+	base, stop := startSecondary(t, dir, url, "-compare", "0")
+	waitApplied(t, base, src)
+	stop()
+
+	// Damage done behind replication's back.
+	st, err := store.Open(dir+"/store", &store.Options{Logger: quiet})
+	require.NoError(t, err)
+	_, err = st.Expunge(ctx, "alice@example.org", store.Inbox, resilmail.NewUIDSet(8))
+	require.NoError(t, err)
+	_, err = st.CreateMailbox(ctx, "alice@example.org", "Stray")
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+
+	base, _ = startSecondary(t, dir, url, "-compare", "0")
+	assert.Equal(t, 2, remoteCompare(t, src, base).Differences())
+	code, _ := operator(t, "POST", base+"/compare", "", nil)
+	assert.Equal(t, http.StatusUnauthorized, code)
+	code, b := operator(t, "POST", base+"/compare", testSecret, nil)
+	require.Equal(t, http.StatusOK, code, "%s", b)
+	var reply compareReply
+	require.NoError(t, json.Unmarshal(b, &reply))
+	assert.Equal(t, 2, reply.Differences)
+	assert.Equal(t, 1, reply.Repair.MailboxesDeleted)
+	assert.Equal(t, 1, reply.Repair.MailboxesReplaced, "a UID lost below UIDNEXT: the INBOX is replaced from the primary")
+	assert.True(t, remoteCompare(t, src, base).Equal())
+
+	code, b = operator(t, "POST", base+"/compare", testSecret, map[string]any{"confirm": []replicate.HeldRemoval{}})
+	require.Equal(t, http.StatusOK, code, "%s", b)
+	require.NoError(t, json.Unmarshal(b, &reply))
+	assert.Zero(t, reply.Differences)
+	assert.Equal(t, 2, getStatus(t, base).Comparisons)
+}
+
+func TestFlags(t *testing.T) {
+	env := func(string) string { return "" }
+	_, err := parseFlags([]string{"-name", "x"}, env)
+	assert.ErrorContains(t, err, "no secret")
+	_, err = parseFlags([]string{"-name", "x", "-secret", "s", "-primary", "mail1:8026"}, env)
+	assert.ErrorContains(t, err, "http:// or https://")
+	_, err = parseFlags([]string{"-name", "x", "-secret", "s", "-guard-share", "0"}, env)
+	assert.ErrorContains(t, err, "-guard-share")
+	c, err := parseFlags([]string{"-name", "x", "-primary", "https://mail1:8026/"}, func(k string) string {
+		return map[string]string{"RESILMAIL_SECRET": "s"}[k]
+	})
+	require.NoError(t, err)
+	assert.Equal(t, "https://mail1:8026", c.primary)
+	assert.Equal(t, "s", c.secret)
+	assert.Equal(t, time.Hour, c.compare)
+}
+
+// TestWithThePrimaryCommand runs the pair as an operator does: the
+// primary command (built from examples/primary) waiting for one replica,
+// this secondary following it, and swaks delivering over LMTP. The 250
+// comes once the secondary has the message, and the primary's status
+// names the secondary.
+func TestWithThePrimaryCommand(t *testing.T) {
+	bin := t.TempDir() + "/primary"
+	out, err := exec.Command("go", "build", "-o", bin, "../primary").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	lmtpAddr, httpAddr := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "-dir", t.TempDir(), "-lmtp", lmtpAddr, "-http", httpAddr,
+		"-users", "alice@example.org", "-ack", "one", "-ack-timeout", "10s")
+	cmd.Env = append(os.Environ(), "RESILMAIL_SECRET="+testSecret)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	})
+	base, _ := startSecondary(t, t.TempDir(), "http://"+httpAddr)
+	require.Eventually(t, func() bool { return getStatus(t, base).Connected }, 20*time.Second, 20*time.Millisecond)
+
+	host, port, _ := net.SplitHostPort(lmtpAddr)
+	tr, _ := exec.Command("swaks", "--protocol", "LMTP", "--server", host, "--port", port,
+		"--from", "sender@example.net", "--to", "alice@example.org",
+		"--header", "Subject: the pair", "--body", "to the primary and its secondary").CombinedOutput()
+	require.Contains(t, string(tr), "<-  250 2.0.0 <alice@example.org> OK", "%s", tr)
+	require.Eventually(t, func() bool { return getStatus(t, base).Messages == 1 }, 10*time.Second, 10*time.Millisecond)
+
+	resp, err := http.Get("http://" + httpAddr + "/status")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var ps struct {
+		Messages int `json:"messages"`
+		Replicas []struct {
+			Name      string `json:"name"`
+			Connected bool   `json:"connected"`
+		} `json:"replicas"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&ps))
+	assert.Equal(t, 1, ps.Messages)
+	require.Len(t, ps.Replicas, 1)
+	assert.Equal(t, "mail2", ps.Replicas[0].Name)
+	assert.True(t, ps.Replicas[0].Connected)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
