@@ -380,6 +380,52 @@ func (s *Store) clearCorruptLocked(d resilmail.Digest, why string) {
 	s.log.Info("store: corrupt body repaired", "digest", d.String(), "why", why)
 }
 
+// RestoreBody stores again, from a good copy (a replica's), a body that
+// messages of the store reference and that the store holds damaged or not
+// at all: body must hash to d, or nothing is stored and the error wraps
+// ErrCorrupt. It returns once the copy is durable; from then on the body
+// is served and shipped again. A body the store holds intact is left as it
+// is (its file is read and checked first), and a digest no message
+// references is ErrNotFound.
+func (s *Store) RestoreBody(ctx context.Context, d resilmail.Digest, body io.Reader) error {
+	if err := s.begin(ctx); err != nil {
+		return err
+	}
+	defer s.ops.Done()
+	s.mu.Lock()
+	refs := s.refs[d]
+	_, bad := s.corrupt[d]
+	s.mu.Unlock()
+	if refs == 0 {
+		return fmt.Errorf("%w: body %s", ErrNotFound, d)
+	}
+	if !bad {
+		b, err := os.ReadFile(s.bodyPath(d))
+		if err == nil && resilmail.DigestOf(b) == d {
+			return nil
+		}
+		if _, err := s.markCorrupt(d, fmt.Sprintf("checked before a restore: %v", err)); err == nil || errors.Is(err, ErrNotFound) {
+			return err // good after all, or expunged meanwhile
+		}
+	}
+	got, _, err := s.storeBody(ctx, body, &d)
+	if err != nil {
+		return err
+	}
+	defer s.release(got)
+	if err := s.wal.Sync(); err != nil {
+		if errors.Is(err, wal.ErrClosed) {
+			return ErrClosed
+		}
+		s.mu.Lock()
+		s.failLocked(err)
+		s.mu.Unlock()
+		return storageErr(err)
+	}
+	s.log.Warn("store: body restored from a good copy", "digest", d.String())
+	return nil
+}
+
 // Header returns the start of the body named d up to and including the
 // blank line that ends the header section, reading at most max bytes (zero
 // means 64 KiB). It is a partial read for IMAP and does not verify the

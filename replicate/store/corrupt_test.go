@@ -246,3 +246,50 @@ func TestCheckpointSyncsBodies(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, digests[1], resilmail.DigestOf(b))
 }
+
+// TestRestoreBody damages a body whose journal record a checkpoint has
+// removed, so that no good copy is left in the store, and restores it from
+// a good copy: a wrong copy is refused, the right one is served again and
+// survives a restart even if its file is lost again (it is in the
+// journal); an intact body and an unknown digest are left alone.
+func TestRestoreBody(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newStore(t)
+	content := msg("precious", strings.Repeat("p", 500))
+	appendMsg(t, s, "alice", "INBOX", content)
+	other := msg("other", "intact")
+	appendMsg(t, s, "alice", "INBOX", other)
+	require.NoError(t, s.Compact(ctx))
+	d := resilmail.DigestOf([]byte(content))
+	flipByte(t, bodyPath(dir, d), 100)
+
+	// Not yet found by a read: the restore checks first.
+	err := s.RestoreBody(ctx, d, strings.NewReader(content+"forged"))
+	require.ErrorIs(t, err, store.ErrCorrupt)
+	_, err = s.Body(ctx, d)
+	require.ErrorIs(t, err, store.ErrCorrupt, "a wrong copy restores nothing")
+	assert.Equal(t, 1, s.Stats().CorruptBodies)
+
+	require.NoError(t, s.RestoreBody(ctx, d, strings.NewReader(content)))
+	b, err := s.Body(ctx, d)
+	require.NoError(t, err)
+	assert.Equal(t, content, string(b))
+	assert.Zero(t, s.Stats().CorruptBodies)
+	assert.Equal(t, uint64(1), s.Stats().Repaired)
+	msgs, err := s.Fetch(ctx, "alice", "INBOX", store.Query{})
+	require.NoError(t, err)
+	assert.Len(t, msgs, 2, "no message added")
+	assert.False(t, msgs[0].Corrupt)
+
+	// Durable in the journal: a lost file comes back at Open.
+	require.NoError(t, s.Close())
+	require.NoError(t, os.Remove(bodyPath(dir, d)))
+	s = open(t, dir, nil)
+	b, err = s.Body(ctx, d)
+	require.NoError(t, err)
+	assert.Equal(t, content, string(b))
+	assert.Zero(t, s.Stats().CorruptBodies)
+
+	require.NoError(t, s.RestoreBody(ctx, resilmail.DigestOf([]byte(other)), strings.NewReader(other)), "intact: nothing to do")
+	assert.ErrorIs(t, s.RestoreBody(ctx, resilmail.DigestOf([]byte("nobody's")), strings.NewReader("nobody's")), store.ErrNotFound)
+}
