@@ -3,9 +3,13 @@ package replicate
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
+
+	"github.com/resilmail/resilmail"
 )
 
 // ComparerOptions configure a [Comparer]. A nil pointer or the zero value
@@ -20,6 +24,10 @@ type ComparerOptions struct {
 	// means their defaults (with this Logger and Now).
 	Compare *CompareOptions
 	Repair  *RepairOptions
+	// RestorePrimary, if set, is called (unless ReportOnly) with every
+	// body a run finds damaged on the primary, to send the primary the
+	// replica's good copy; [Replica.Comparer] sets it.
+	RestorePrimary func(ctx context.Context, d resilmail.Digest) error
 	// Logger receives a line per run; nil means slog.Default().
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -35,8 +43,12 @@ type ComparerStats struct {
 	// Differences found, Repaired (changes applied) and Held (removals
 	// left for confirmation) by the last run.
 	Differences, Repaired, Held int
-	// TotalDifferences and TotalRepaired add up every run's.
-	TotalDifferences, TotalRepaired int
+	// PrimaryRestored counts the bodies damaged on the primary that the
+	// last run restored there from the replica (RestorePrimary).
+	PrimaryRestored int
+	// TotalDifferences, TotalRepaired and TotalPrimaryRestored add up
+	// every run's.
+	TotalDifferences, TotalRepaired, TotalPrimaryRestored int
 	// LastHeld lists the last run's held removals, to confirm.
 	LastHeld []HeldRemoval
 }
@@ -118,6 +130,16 @@ func (c *Comparer) RunOnce(ctx context.Context, confirmed ...HeldRemoval) (*Repo
 		res, rerr = Repair(ctx, rep, c.primary, c.body, c.replica, &ro)
 		err = errors.Join(err, rerr)
 	}
+	restored := 0
+	if rep != nil && c.opts.RestorePrimary != nil && !c.opts.ReportOnly {
+		for _, d := range primaryCorrupt(rep) {
+			if rerr := c.opts.RestorePrimary(ctx, d); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("replicate: restoring body %s on the primary: %w", d, rerr))
+				continue
+			}
+			restored++
+		}
+	}
 	took := c.opts.Now().Sub(start)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -131,11 +153,27 @@ func (c *Comparer) RunOnce(ctx context.Context, confirmed ...HeldRemoval) (*Repo
 	if rep != nil {
 		s.Differences = rep.Differences()
 	}
+	s.PrimaryRestored = restored
 	s.TotalDifferences += s.Differences
 	s.TotalRepaired += s.Repaired
-	c.opts.Logger.Info("replicate: comparison run", "differences", s.Differences, "repaired", s.Repaired, "held", s.Held,
+	s.TotalPrimaryRestored += restored
+	c.opts.Logger.Info("replicate: comparison run", "differences", s.Differences, "repaired", s.Repaired, "held", s.Held, "primary_restored", restored,
 		"report_only", c.opts.ReportOnly, "duration", took, "err", err)
 	return rep, res, err
+}
+
+// primaryCorrupt returns the digests of the bodies the report found
+// damaged on the primary, each once.
+func primaryCorrupt(rep *Report) []resilmail.Digest {
+	var out []resilmail.Digest
+	for _, md := range rep.MailboxDiffs {
+		for _, m := range md.Messages {
+			if m.Kind == MessagePrimaryCorrupt && m.Primary != nil && !slices.Contains(out, m.Primary.Digest) {
+				out = append(out, m.Primary.Digest)
+			}
+		}
+	}
+	return out
 }
 
 // Run runs a comparison at once and then Interval after the end of each,

@@ -61,6 +61,10 @@
 // larger than a configured share until an operator confirms them. A
 // [Comparer] runs comparisons on a schedule or on demand; an inventory can
 // be compared across machines ([InventoryHandler], [NewRemoteInventory]).
+// A replica's own comparer ([Replica.Comparer]) also heals the primary: a
+// body the primary holds damaged (a disk that flipped a bit) is sent the
+// replica's good copy, which the primary verifies before it keeps it
+// ([BodyRestorer]).
 // [NewExpungeGuard] makes a replica hold a mass expunge or deletion for
 // confirmation instead of copying a logical disaster blindly, and
 // ReplicaOptions.ApplyDelay keeps a replica behind on purpose.

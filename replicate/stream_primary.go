@@ -149,6 +149,7 @@ type Primary struct {
 	accepted uint64 // Await calls accepted after a timeout
 	refused  uint64 // Await calls refused after a timeout
 	corrupt  uint64 // corrupt bodies refused
+	restored uint64 // damaged bodies restored from a replica's copy
 }
 
 const ringSize = 1 << 14
@@ -238,6 +239,9 @@ func (p *Primary) linkLocked(name string) *link {
 //	                                   it is an [Inventory]: replicas compare
 //	                                   and repair from it when the stream
 //	                                   cannot resume or a change conflicts
+//	PUT  body/{hex digest}?replica=NAME a replica's good copy of a body the
+//	                                   Source holds damaged, if it is a
+//	                                   [BodyRestorer]: 204 once restored
 //
 // Errors are {"error": "...", "code": "..."} with status 400
 // ("bad_request"), 401 ("unauthorized"), 404 ("not_found"), 409
@@ -248,6 +252,7 @@ func (p *Primary) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /changes", p.serveChanges)
 	mux.HandleFunc("GET /body/{digest}", p.serveBody)
+	mux.HandleFunc("PUT /body/{digest}", p.restoreBody)
 	mux.HandleFunc("POST /ack", p.serveAck)
 	mux.HandleFunc("GET /position", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -463,6 +468,54 @@ func (p *Primary) inline(ctx context.Context, fw *FrameWriter, name string, c *r
 	return fw.WriteBody(c.Digest, b)
 }
 
+// A BodyRestorer is a Source that takes a good copy of a body it holds
+// damaged, as replicate/store's Store does (Store.RestoreBody): a replica
+// whose comparison finds the primary's copy corrupt sends its own
+// ([Replica.Comparer]). RestoreBody must verify that body hashes to d
+// (an error wrapping a *resilmail.CorruptError if not), store it durably
+// before it returns, leave an intact body alone, and return an error
+// wrapping ErrNotFound for a digest no message references.
+type BodyRestorer interface {
+	RestoreBody(ctx context.Context, d resilmail.Digest, body io.Reader) error
+}
+
+// maxRestoreBody bounds a body a replica sends to restore; the Source
+// applies its own, smaller limit.
+const maxRestoreBody = 1 << 30
+
+// restoreBody takes a replica's copy of a body the Source holds damaged.
+func (p *Primary) restoreBody(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("replica")
+	d, err := resilmail.ParseDigest(r.PathValue("digest"))
+	if err != nil {
+		p.badRequest(w, r, err)
+		return
+	}
+	br, ok := p.src.(BodyRestorer)
+	if !ok {
+		writeError(w, http.StatusMethodNotAllowed, "not_supported", "this primary's source cannot restore bodies")
+		return
+	}
+	err = br.RestoreBody(r.Context(), d, http.MaxBytesReader(w, r.Body, maxRestoreBody))
+	var ce *resilmail.CorruptError
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.As(err, &ce):
+		p.log.Error("replicate: a replica's copy of a damaged body does not match its digest either", "replica", name, "digest", d)
+		writeError(w, http.StatusBadRequest, "corrupt", "body does not match its digest")
+	case err != nil:
+		p.log.Error("replicate: restoring a body", "replica", name, "digest", d, "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+	default:
+		p.mu.Lock()
+		p.restored++
+		p.mu.Unlock()
+		p.log.Warn("replicate: body restored from a replica's copy", "replica", name, "digest", d)
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
 func (p *Primary) serveBody(w http.ResponseWriter, r *http.Request) {
 	name := r.URL.Query().Get("replica")
 	d, err := resilmail.ParseDigest(r.PathValue("digest"))
@@ -634,8 +687,9 @@ type PrimaryStats struct {
 	// ErrNotReplicated.
 	AcceptedUnreplicated, RefusedUnreplicated uint64
 	// CorruptBodies counts bodies refused because the Source's copy is
-	// damaged.
-	CorruptBodies uint64
+	// damaged; BodiesRestored those a replica then restored with its good
+	// copy.
+	CorruptBodies, BodiesRestored uint64
 	// Replicas are per replica, by name.
 	Replicas []ReplicaLinkStats
 }
@@ -669,7 +723,7 @@ func (p *Primary) Stats() PrimaryStats {
 	now := time.Now()
 	p.mu.Lock()
 	st := PrimaryStats{Position: pos, Epoch: ep, FencedBy: p.fencedBy,
-		AcceptedUnreplicated: p.accepted, RefusedUnreplicated: p.refused, CorruptBodies: p.corrupt}
+		AcceptedUnreplicated: p.accepted, RefusedUnreplicated: p.refused, CorruptBodies: p.corrupt, BodiesRestored: p.restored}
 	var unknown []int
 	for name, l := range p.replicas {
 		rs := ReplicaLinkStats{Name: name, Connected: l.connected > 0, Acked: l.acked, AckedAt: l.ackedAt,

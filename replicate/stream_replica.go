@@ -424,7 +424,10 @@ func (r *Replica) request(ctx context.Context, method, path string, body io.Read
 	if len(r.opts.Secret) > 0 {
 		req.Header.Set("Authorization", bearer.Header(r.token))
 	}
-	if body != nil {
+	switch {
+	case method == "PUT":
+		req.Header.Set("Content-Type", "application/octet-stream")
+	case body != nil:
 		req.Header.Set("Content-Type", "application/json")
 	}
 	return r.client.Do(req)

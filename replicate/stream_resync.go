@@ -1,15 +1,18 @@
 package replicate
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"time"
 
+	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/bearer"
 )
 
@@ -233,5 +236,32 @@ func (r *Replica) Comparer(opts *ComparerOptions) (*Comparer, error) {
 	if o.Logger == nil {
 		o.Logger = r.log
 	}
+	if o.RestorePrimary == nil {
+		if br, ok := r.t.(BodyReader); ok {
+			o.RestorePrimary = func(ctx context.Context, d resilmail.Digest) error { return r.restorePrimary(ctx, br, d) }
+		}
+	}
 	return NewComparer(inv, r.body, rt, &o)
+}
+
+// restorePrimary sends the primary the target's copy of a body the primary
+// holds damaged; the target verifies what it reads, and the primary
+// verifies what it receives.
+func (r *Replica) restorePrimary(ctx context.Context, br BodyReader, d resilmail.Digest) error {
+	b, err := br.Body(ctx, d)
+	if err != nil {
+		return fmt.Errorf("the replica's copy: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	resp, err := r.request(ctx, "PUT", "/body/"+d.String()+"?replica="+url.QueryEscape(r.opts.Name), bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return statusError("restoring a body on the primary", resp)
+	}
+	r.log.Warn("replicate: restored a body the primary holds damaged", "replica", r.opts.Name, "digest", d)
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -196,4 +197,59 @@ func TestReplicaComparer(t *testing.T) {
 	assert.Zero(t, rep.Differences())
 	requireSame(t, src, dst)
 	assert.Equal(t, 2, c.Stats().Runs)
+}
+
+// TestCorruptionOnThePrimaryIsRestoredFromTheReplica flips a byte of a
+// body file on the primary: the primary reports it and never ships it (a
+// replica following a copy of it gets no bytes), and the replica's
+// comparison finds the damage and sends its good copy, which the primary
+// verifies and serves again. A forged copy is refused.
+func TestCorruptionOnThePrimaryIsRestoredFromTheReplica(t *testing.T) {
+	ctx := context.Background()
+	srcDir := t.TempDir()
+	src, dst := openStore(t, srcDir), openStore(t, t.TempDir())
+	p, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	content := msgText("precious", strings.Repeat("only copy left is on the replica ", 20))
+	add(t, src, "alice", "INBOX", content)
+	addN(t, src, "alice", "INBOX", 3)
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+	waitApplied(t, r, src)
+
+	d := resilmail.DigestOf([]byte(content))
+	flipBody(t, srcDir, d)
+	rep, err := src.Scrub(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []resilmail.Digest{d}, rep.Corrupt, "the primary reports the damage")
+	resp := get(t, ctx, srv.URL+"/body/"+d.String()+"?replica=other", streamSecret)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusInternalServerError, resp.StatusCode, "and never ships it")
+
+	// A forged copy restores nothing.
+	req, err := http.NewRequest("PUT", srv.URL+"/body/"+d.String(), strings.NewReader(content+"forged"))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+replicate.StreamToken(streamSecret))
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	_, err = src.Body(ctx, d)
+	require.ErrorIs(t, err, store.ErrCorrupt)
+
+	c, err := r.Comparer(nil)
+	require.NoError(t, err)
+	report, _, err := c.RunOnce(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "alice/INBOX: UID 1 body corrupt on the primary\n", report.String())
+	assert.Equal(t, 1, c.Stats().PrimaryRestored)
+	b, err := src.Body(ctx, d)
+	require.NoError(t, err, "the primary serves its restored copy")
+	assert.Equal(t, content, string(b))
+	assert.Zero(t, src.Stats().CorruptBodies)
+	assert.Equal(t, uint64(1), p.Stats().BodiesRestored)
+
+	report, _, err = c.RunOnce(ctx)
+	require.NoError(t, err)
+	assert.True(t, report.Equal())
+	requireSame(t, src, dst)
 }

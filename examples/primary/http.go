@@ -35,6 +35,7 @@ type statusReport struct {
 	Users      int             `json:"users"`
 	Messages   int             `json:"messages"`
 	Corrupt    int             `json:"corrupt_bodies"`
+	Restored   uint64          `json:"bodies_restored"`
 	Superseded bool            `json:"superseded"`
 	Accepted   uint64          `json:"accepted_unreplicated"`
 	Refused    uint64          `json:"refused_unreplicated"`
@@ -57,7 +58,7 @@ func status(c config, st *store.Store, p *replicate.Primary) statusReport {
 	ss, ps := st.Stats(), p.Stats()
 	s := statusReport{
 		Role: "primary", Ack: c.mode.String(), AckTimeout: c.ackTimeout.String(),
-		Position: ps.Position, Epoch: uint64(ps.Epoch), Users: ss.Users, Messages: ss.Messages, Corrupt: ss.CorruptBodies,
+		Position: ps.Position, Epoch: uint64(ps.Epoch), Users: ss.Users, Messages: ss.Messages, Corrupt: ss.CorruptBodies, Restored: ps.BodiesRestored,
 		Superseded: ps.FencedBy != 0, Accepted: ps.AcceptedUnreplicated, Refused: ps.RefusedUnreplicated,
 		Replicas: []replicaReport{},
 	}

@@ -85,6 +85,9 @@ type statusReport struct {
 	CompareError    string    `json:"compare_error,omitempty"`
 	Differences     int       `json:"differences"`
 	HeldRemovals    int       `json:"held_removals"`
+	// PrimaryRestored counts the bodies the primary held damaged that
+	// comparisons restored there from this replica's copies.
+	PrimaryRestored int `json:"primary_bodies_restored"`
 }
 
 func (n *node) status() statusReport {
@@ -96,6 +99,7 @@ func (n *node) status() statusReport {
 		Held: rs.Held, LastError: rs.LastError, Reconnects: rs.Reconnects, CorruptRefused: rs.CorruptBodies, Repairs: rs.Repairs,
 		Epoch: ss.Epoch, Users: ss.Users, Messages: ss.Messages, CorruptBodies: ss.CorruptBodies,
 		Comparisons: cs.Runs, LastComparison: cs.LastRun, CompareError: cs.LastError, Differences: cs.Differences, HeldRemovals: len(cs.LastHeld),
+		PrimaryRestored: cs.TotalPrimaryRestored,
 	}
 }
 
