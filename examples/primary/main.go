@@ -15,13 +15,15 @@
 // logged (-on-timeout accept). With -ack async (the default) replicas catch
 // up on their own.
 //
-// On its -http address it serves the replication stream and inventory at
-// /replicate/ (bearer token derived from the secret), its state as JSON at
-// /status and Prometheus metrics at /metrics.
+// On its -http address (HTTPS and HTTP/2 with -tls-cert and -tls-key, as
+// it should be between machines) it serves the replication stream and
+// inventory at /replicate/ (bearer token derived from the secret), its
+// state as JSON at /status and Prometheus metrics at /metrics.
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -55,6 +57,8 @@ type config struct {
 	onTimeout  replicate.TimeoutPolicy
 	hostname   string
 	maxSize    int64
+	tlsCert    string
+	tlsKey     string
 	verbose    bool
 }
 
@@ -74,6 +78,8 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	onTimeout := fs.String("on-timeout", "refuse", "when the replicas do not answer in time: refuse (451, the client retries) or accept (250, the window is counted)")
 	fs.StringVar(&c.hostname, "hostname", "", "name in the LMTP greeting (default: the host name)")
 	fs.Int64Var(&c.maxSize, "max-size", 64<<20, "largest message accepted, in bytes")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "serve -http as HTTPS (HTTP/2) with this PEM certificate chain; between machines the stream should never travel in clear")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "the PEM private key of -tls-cert")
 	fs.BoolVar(&c.verbose, "v", false, "log every delivery")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -111,6 +117,9 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	}
 	if c.ackTimeout <= 0 {
 		return c, errors.New("-ack-timeout must be positive")
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return c, errors.New("-tls-cert and -tls-key go together")
 	}
 	return c, nil
 }
@@ -223,7 +232,17 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		return err
 	}
 	hsrv := &http.Server{Handler: handler(c, st, p), ReadHeaderTimeout: 10 * time.Second}
-	log.Warn("primary: serving", "lmtp", ln.Addr().String(), "http", "http://"+hln.Addr().String(),
+	scheme := "http"
+	if c.tlsCert != "" {
+		// Load now, so that a bad certificate stops the start.
+		if _, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey); err != nil {
+			ln.Close()
+			hln.Close()
+			return fmt.Errorf("-tls-cert, -tls-key: %w", err)
+		}
+		scheme = "https"
+	}
+	log.Warn("primary: serving", "lmtp", ln.Addr().String(), "http", scheme+"://"+hln.Addr().String(),
 		"store", st.Stats().Seq, "users", st.Stats().Users, "ack", c.mode.String())
 	if ready != nil {
 		ready <- addrs{lmtp: ln.Addr(), http: hln.Addr()}
@@ -238,7 +257,13 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		return nil
 	})
 	g.Go(func() error {
-		if err := hsrv.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if c.tlsCert != "" {
+			err = hsrv.ServeTLS(hln, c.tlsCert, c.tlsKey) // HTTP/2 negotiated by ALPN
+		} else {
+			err = hsrv.Serve(hln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil

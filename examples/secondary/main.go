@@ -5,7 +5,7 @@
 // the changes to a store of its own, in order per user.
 //
 //	export RESILMAIL_SECRET=...   # the primary's
-//	go run ./examples/secondary -primary http://mail1:8026 -dir /var/lib/resilmail -name mail2
+//	go run ./examples/secondary -primary https://mail1:8026 -ca ca.pem -dir /var/lib/resilmail -name mail2
 //
 // Guard rails: an expunge of more than -guard-share of a mailbox (or a
 // mailbox or user delete) is held until an operator confirms it, so that a
@@ -28,6 +28,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -58,6 +60,7 @@ type config struct {
 	compare    time.Duration
 	guardShare float64
 	guardMin   int
+	ca         string
 	verbose    bool
 }
 
@@ -75,6 +78,7 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.DurationVar(&c.compare, "compare", time.Hour, "compare with the primary and repair this often; 0 compares only on demand (POST /compare)")
 	fs.Float64Var(&c.guardShare, "guard-share", replicate.DefaultGuardShare, "hold an expunge of more than this share of a mailbox until confirmed")
 	fs.IntVar(&c.guardMin, "guard-min", replicate.DefaultGuardMinMessages, "smallest mailbox the guard watches, and smallest delete it holds")
+	fs.StringVar(&c.ca, "ca", "", "PEM certificates that sign an https:// primary's certificate (default: the system's)")
 	fs.BoolVar(&c.verbose, "v", false, "log every reconnection and repair")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -132,6 +136,25 @@ func main() {
 	}
 }
 
+// httpClient is the client of the stream: HTTP/2 over TLS to an https://
+// primary, verified with the certificates in the PEM file ca if set.
+func httpClient(ca string) (*http.Client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.ForceAttemptHTTP2 = true
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-ca %s: no PEM certificate in it", ca)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &http.Client{Transport: tr}, nil
+}
+
 // node is what the HTTP endpoints read and act on.
 type node struct {
 	c        config
@@ -160,9 +183,14 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	// Only the primary writes; the replica applies its changes.
 	st.SetReadOnly(true)
 	repair := &replicate.RepairOptions{MaxRemoveShare: c.guardShare, MinHeldMessages: c.guardMin, Logger: log}
+	client, err := httpClient(c.ca)
+	if err != nil {
+		return err
+	}
 	r, err := replicate.NewReplica(st, c.primary+"/replicate", filepath.Join(c.dir, "inbox"), &replicate.ReplicaOptions{
 		Name:       c.name,
 		Secret:     []byte(c.secret),
+		HTTPClient: client,
 		ApplyDelay: c.applyDelay,
 		Hold:       replicate.NewExpungeGuard(st, &replicate.ExpungeGuardOptions{MaxShare: c.guardShare, MinMessages: c.guardMin, Logger: log}),
 		Repair:     repair,

@@ -3,15 +3,23 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -282,17 +290,20 @@ func TestFlags(t *testing.T) {
 	assert.Equal(t, time.Hour, c.compare)
 }
 
-// TestWithThePrimaryCommand runs the pair as an operator does: the
-// primary command (built from examples/primary) waiting for one replica,
-// this secondary following it, and swaks delivering over LMTP. The 250
-// comes once the secondary has the message, and the primary's status
-// names the secondary.
+// TestWithThePrimaryCommand runs the pair as an operator does between
+// machines: the primary command (built from examples/primary) serving
+// HTTPS with a certificate of a private CA and waiting for one replica,
+// this secondary following it over HTTP/2 and TLS (-ca), and swaks
+// delivering over LMTP. The 250 comes once the secondary has the message,
+// and the primary's status names the secondary.
 func TestWithThePrimaryCommand(t *testing.T) {
-	bin := t.TempDir() + "/primary"
+	dir := t.TempDir()
+	bin := dir + "/primary"
 	out, err := exec.Command("go", "build", "-o", bin, "../primary").CombinedOutput()
 	require.NoError(t, err, "%s", out)
+	certFile, keyFile, caFile := writeCertificate(t, dir)
 	lmtpAddr, httpAddr := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "-dir", t.TempDir(), "-lmtp", lmtpAddr, "-http", httpAddr,
+	cmd := exec.Command(bin, "-dir", t.TempDir(), "-lmtp", lmtpAddr, "-http", httpAddr, "-tls-cert", certFile, "-tls-key", keyFile,
 		"-users", "alice@example.org", "-ack", "one", "-ack-timeout", "10s")
 	cmd.Env = append(os.Environ(), "RESILMAIL_SECRET="+testSecret)
 	require.NoError(t, cmd.Start())
@@ -300,7 +311,14 @@ func TestWithThePrimaryCommand(t *testing.T) {
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
 	})
-	base, _ := startSecondary(t, t.TempDir(), "http://"+httpAddr)
+
+	// Without the CA, the primary's certificate is refused.
+	base, stop := startSecondary(t, t.TempDir(), "https://"+httpAddr)
+	require.Eventually(t, func() bool { return strings.Contains(getStatus(t, base).LastError, "certificate") },
+		20*time.Second, 20*time.Millisecond)
+	stop()
+
+	base, _ = startSecondary(t, t.TempDir(), "https://"+httpAddr, "-ca", caFile)
 	require.Eventually(t, func() bool { return getStatus(t, base).Connected }, 20*time.Second, 20*time.Millisecond)
 
 	host, port, _ := net.SplitHostPort(lmtpAddr)
@@ -310,9 +328,12 @@ func TestWithThePrimaryCommand(t *testing.T) {
 	require.Contains(t, string(tr), "<-  250 2.0.0 <alice@example.org> OK", "%s", tr)
 	require.Eventually(t, func() bool { return getStatus(t, base).Messages == 1 }, 10*time.Second, 10*time.Millisecond)
 
-	resp, err := http.Get("http://" + httpAddr + "/status")
+	client, err := httpClient(caFile)
+	require.NoError(t, err)
+	resp, err := client.Get("https://" + httpAddr + "/status")
 	require.NoError(t, err)
 	defer resp.Body.Close()
+	assert.Equal(t, 2, resp.ProtoMajor, "HTTP/2")
 	var ps struct {
 		Messages int `json:"messages"`
 		Replicas []struct {
@@ -325,6 +346,37 @@ func TestWithThePrimaryCommand(t *testing.T) {
 	require.Len(t, ps.Replicas, 1)
 	assert.Equal(t, "mail2", ps.Replicas[0].Name)
 	assert.True(t, ps.Replicas[0].Connected)
+}
+
+// writeCertificate writes a private CA's certificate and a server
+// certificate it signs for 127.0.0.1, with the server's key, as PEM files.
+func writeCertificate(t *testing.T, dir string) (certFile, keyFile, caFile string) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "resilmail test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	require.NoError(t, err)
+	ca, err := x509.ParseCertificate(caDER)
+	require.NoError(t, err)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "mail1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	require.NoError(t, err)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	require.NoError(t, err)
+	write := func(name, typ string, b []byte) string {
+		path := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600))
+		return path
+	}
+	return write("cert.pem", "CERTIFICATE", der), write("key.pem", "PRIVATE KEY", keyDER), write("ca.pem", "CERTIFICATE", caDER)
 }
 
 func freeAddr(t *testing.T) string {
