@@ -210,6 +210,8 @@ func TestFlags(t *testing.T) {
 	assert.ErrorContains(t, err, "want async, one or all")
 	_, err = parseFlags([]string{"-secret", "s", "-on-timeout", "maybe"}, env)
 	assert.ErrorContains(t, err, "want refuse or accept")
+	_, err = parseFlags([]string{"-secret", "s", "-tls-cert", "cert.pem"}, env)
+	assert.ErrorContains(t, err, "go together")
 	c, err = parseFlags([]string{"-secret", "s", "-ack", "all", "-replicas", "b, c"}, env)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"b", "c"}, c.replicas)
