@@ -31,15 +31,14 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/resilmail/resilmail/internal/cli"
 	"github.com/resilmail/resilmail/internal/lmtpstore"
 	"github.com/resilmail/resilmail/replicate"
 	"github.com/resilmail/resilmail/replicate/store"
@@ -140,25 +139,7 @@ func main() { os.Exit(realMain(os.Args[1:])) }
 // its exit code.
 func realMain(args []string) int {
 	c, err := parseFlags(args, os.Getenv)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "primary:", err)
-		return 2
-	}
-	level := slog.LevelInfo
-	if !c.verbose {
-		level = slog.LevelWarn
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, c, log, nil); err != nil {
-		fmt.Fprintln(os.Stderr, "primary:", err)
-		return 1
-	}
-	return 0
+	return cli.Main("primary", err, c.verbose, func(ctx context.Context, log *slog.Logger) error { return run(ctx, c, log, nil) })
 }
 
 // addrs are the addresses run listens on.

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/faultproxy"
 	"github.com/resilmail/resilmail/replicate"
 	"github.com/resilmail/resilmail/replicate/store"
 )
@@ -223,25 +224,43 @@ func crashMessage(id string) string {
 	return "Subject: " + id + "\r\nMessage-ID: <" + id + "@crash.test>\r\n\r\n" + strings.Repeat(strings.Repeat(id+" ", 8)+"\r\n", 50)
 }
 
-// deliverLMTP delivers one message to rcpt and reports whether it was
+// lmtpClient delivers messages over one LMTP session, as a relay does,
+// and dials again after an error.
+type lmtpClient struct {
+	addr string
+	c    *smtp.Client
+}
+
+// deliver delivers one message to rcpt and reports whether it was
 // acknowledged with 250.
-func deliverLMTP(addr, rcpt, msg string) (bool, error) {
-	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
+func (l *lmtpClient) deliver(rcpt, msg string) (bool, error) {
+	ok, err := l.try(rcpt, msg)
+	if err != nil && l.c != nil {
+		l.c.Close()
+		l.c = nil
+	}
+	return ok, err
+}
+
+func (l *lmtpClient) try(rcpt, msg string) (bool, error) {
+	if l.c == nil {
+		conn, err := net.DialTimeout("tcp", l.addr, 2*time.Second)
+		if err != nil {
+			time.Sleep(10 * time.Millisecond) // the primary is down
+			return false, err
+		}
+		l.c = smtp.NewClientLMTP(conn)
+		if err := l.c.Hello("crash.test"); err != nil {
+			return false, err
+		}
+	}
+	if err := l.c.Mail("sender@example.net", nil); err != nil {
 		return false, err
 	}
-	c := smtp.NewClientLMTP(conn)
-	defer c.Close()
-	if err := c.Hello("crash.test"); err != nil {
+	if err := l.c.Rcpt(rcpt, nil); err != nil {
 		return false, err
 	}
-	if err := c.Mail("sender@example.net", nil); err != nil {
-		return false, err
-	}
-	if err := c.Rcpt(rcpt, nil); err != nil {
-		return false, err
-	}
-	w, err := c.Data()
+	w, err := l.c.Data()
 	if err != nil {
 		return false, err
 	}
@@ -263,7 +282,14 @@ func deliverLMTP(addr, rcpt, msg string) (bool, error) {
 func TestKilledPrimaryLosesNoAcknowledgedDelivery(t *testing.T) {
 	dir := t.TempDir()
 	lmtpAddr, httpAddr := freeAddr(t), freeAddr(t)
-	rst, _ := startReplica(t, httpAddr, "r1")
+	// A slow link (up to 20 ms per chunk) keeps the replica behind, so
+	// that only waiting for it makes a 250 safe: the same test with
+	// -ack async loses deliveries.
+	link, err := faultproxy.New(httpAddr, 1)
+	require.NoError(t, err)
+	defer link.Close()
+	link.SetFaults(faultproxy.Faults{MaxDelay: 20 * time.Millisecond})
+	rst, _ := startReplica(t, link.Addr(), "r1")
 
 	var mu sync.Mutex
 	acked := map[string]bool{}
@@ -297,6 +323,12 @@ func TestKilledPrimaryLosesNoAcknowledgedDelivery(t *testing.T) {
 		before := len(acked)
 		for w := range 4 {
 			wg.Go(func() {
+				l := &lmtpClient{addr: lmtpAddr}
+				defer func() {
+					if l.c != nil {
+						l.c.Close()
+					}
+				}()
 				for i := 0; ; i++ {
 					select {
 					case <-stop:
@@ -304,7 +336,7 @@ func TestKilledPrimaryLosesNoAcknowledgedDelivery(t *testing.T) {
 					default:
 					}
 					id := fmt.Sprintf("r%dw%di%d", round, w, i)
-					ok, err := deliverLMTP(lmtpAddr, "alice@example.org", crashMessage(id))
+					ok, err := l.deliver("alice@example.org", crashMessage(id))
 					if err != nil || !ok {
 						continue // refused, or cut by the kill: not acknowledged
 					}

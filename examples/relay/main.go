@@ -31,18 +31,16 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/resilmail/resilmail/internal/cli"
 	"github.com/resilmail/resilmail/internal/smtpin"
 	"github.com/resilmail/resilmail/queue"
 	"github.com/resilmail/resilmail/smtpout"
@@ -85,18 +83,7 @@ func main() {
 	flag.StringVar(&c.quarantineShip, "quarantine-ship", "", "ship what this relay rejects to the quarantine at this URL (e.g. http://mx1:8025/quarantine/ingest)")
 	flag.BoolVar(&c.verbose, "v", false, "log every message")
 	flag.Parse()
-
-	level := slog.LevelInfo
-	if !c.verbose {
-		level = slog.LevelWarn
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, c, log, nil); err != nil {
-		fmt.Fprintln(os.Stderr, "relay:", err)
-		os.Exit(1)
-	}
+	os.Exit(cli.Main("relay", nil, c.verbose, func(ctx context.Context, log *slog.Logger) error { return run(ctx, c, log, nil) }))
 }
 
 // run serves until ctx is done. ready, if not nil, receives the listening

@@ -38,14 +38,13 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/resilmail/resilmail/internal/cli"
 	"github.com/resilmail/resilmail/replicate"
 	"github.com/resilmail/resilmail/replicate/store"
 )
@@ -116,24 +115,7 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 
 func main() {
 	c, err := parseFlags(os.Args[1:], os.Getenv)
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "secondary:", err)
-		os.Exit(2)
-	}
-	level := slog.LevelInfo
-	if !c.verbose {
-		level = slog.LevelWarn
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, c, log, nil); err != nil {
-		fmt.Fprintln(os.Stderr, "secondary:", err)
-		os.Exit(1)
-	}
+	os.Exit(cli.Main("secondary", err, c.verbose, func(ctx context.Context, log *slog.Logger) error { return run(ctx, c, log, nil) }))
 }
 
 // httpClient is the client of the stream: HTTP/2 over TLS to an https://
@@ -199,11 +181,8 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	if err != nil {
 		return err
 	}
-	interval := c.compare
-	if interval == 0 {
-		interval = time.Hour // unused: Run is not started
-	}
-	cmp, err := r.Comparer(&replicate.ComparerOptions{Interval: interval, Repair: repair, Logger: log})
+	// With -compare 0 the comparer only runs on demand.
+	cmp, err := r.Comparer(&replicate.ComparerOptions{Interval: c.compare, Repair: repair, Logger: log})
 	if err != nil {
 		return err
 	}
