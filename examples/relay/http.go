@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/pprof"
 
@@ -8,10 +10,11 @@ import (
 	"github.com/resilmail/resilmail/queue"
 )
 
-// httpHandler serves the relay's endpoints: /metrics (the queue's counters
-// and gauges for Prometheus), /debug/pprof/ (Go's profiler) and, on the
-// node that publishes the pool's policy, /policy, and on the node that
-// keeps the pool's quarantine, /quarantine/.
+// httpHandler serves the relay's endpoints for other machines: /metrics
+// (the queue's counters and gauges for Prometheus) and, on the node that
+// publishes the pool's policy, /policy, and on the node that keeps the
+// pool's quarantine, /quarantine/. Debug handlers are never served here:
+// see debugHandler.
 func httpHandler(q *queue.Queue, policy, quarantine http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	if policy != nil {
@@ -21,12 +24,40 @@ func httpHandler(q *queue.Queue, policy, quarantine http.Handler) http.Handler {
 		mux.Handle("/quarantine/", quarantine)
 	}
 	mux.Handle("GET /metrics", metrics.Handler(func(m *metrics.Writer) { writeQueueMetrics(m, q.Stats()) }))
+	return mux
+}
+
+// debugHandler serves Go's profiler at /debug/pprof/, on the -debug-addr
+// listener only, which listenDebug keeps on loopback: profiles show
+// memory contents and the command line.
+func debugHandler() http.Handler {
+	mux := http.NewServeMux()
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
+}
+
+// listenDebug listens on addr for the debug handlers: an address without
+// a host means 127.0.0.1, and a host that is not a loopback address is
+// refused.
+func listenDebug(addr string) (net.Listener, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("-debug-addr %q: %w", addr, err)
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	if host != "localhost" {
+		ip := net.ParseIP(host)
+		if ip == nil || !ip.IsLoopback() {
+			return nil, fmt.Errorf("-debug-addr %q: debug handlers are served on loopback only (127.0.0.1, ::1 or localhost); reach them through ssh -L", addr)
+		}
+	}
+	return net.Listen("tcp", net.JoinHostPort(host, port))
 }
 
 func writeQueueMetrics(m *metrics.Writer, st queue.Stats) {

@@ -11,8 +11,12 @@
 // recipients: one publishes the pool's policy from a JSON file, the others
 // follow it (adding an MX is starting one more follower):
 //
-//	relay -listen :25 -http :8025 -policy pool.json -secret "$SECRET"
-//	relay -listen :25 -follow http://mx1:8025/policy -secret "$SECRET"
+//	relay -listen :25 -http :8025 -policy pool.json -secret-file /etc/resilmail/pool.secret
+//	relay -listen :25 -follow http://mx1:8025/policy -secret-file /etc/resilmail/pool.secret
+//
+// The pool's secret comes from -secret-file (a file only its owner may
+// read) or $RESILMAIL_POOL_SECRET, never from the command line, which every
+// user of the machine can read: the relay refuses -secret.
 //
 // pool.json holds the domains and their recipients (local parts), e.g.
 // {"domains": {"example.org": {"recipients": ["alice", "bob"]}}}.
@@ -31,6 +35,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -41,6 +46,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/resilmail/resilmail/internal/cli"
+	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/internal/smtpin"
 	"github.com/resilmail/resilmail/queue"
 	"github.com/resilmail/resilmail/smtpout"
@@ -56,9 +62,11 @@ type config struct {
 	maxSize     int64
 	retryMin    time.Duration
 	httpAddr    string
+	debugAddr   string
 	policyFile  string
 	follow      string
-	secret      string
+	secret      []byte        // the pool's secret when set (tests); else read from secretSrc
+	secretSrc   secret.Source // -secret-file or $RESILMAIL_POOL_SECRET
 	verbose     bool
 
 	quarantine     string
@@ -66,24 +74,42 @@ type config struct {
 }
 
 func main() {
+	c, err := parseFlags(os.Args[1:])
+	os.Exit(cli.Main("relay", err, c.verbose, func(ctx context.Context, log *slog.Logger) error { return run(ctx, c, log, nil) }))
+}
+
+// parseFlags reads the command line (without the program name).
+func parseFlags(args []string) (config, error) {
 	var c config
-	flag.StringVar(&c.listen, "listen", "127.0.0.1:2525", "SMTP listen address")
-	flag.StringVar(&c.next, "next", "127.0.0.1:25", "next hop host:port that receives every message")
-	flag.BoolVar(&c.lmtp, "lmtp", false, "speak LMTP to the next hop")
-	flag.StringVar(&c.dir, "queue", "", "queue folder (default: a new temporary folder, removed on exit)")
-	flag.StringVar(&c.hostname, "hostname", "", "name of this relay in EHLO and notifications (default: the host name)")
-	flag.IntVar(&c.concurrency, "concurrency", 20, "deliveries in flight to the next hop")
-	flag.Int64Var(&c.maxSize, "max-size", 32<<20, "largest message accepted, in bytes")
-	flag.DurationVar(&c.retryMin, "retry", 0, "first retry delay after a temporary failure (default 5m, doubling to 67m)")
-	flag.StringVar(&c.httpAddr, "http", "", "serve /metrics and /debug/pprof/ on this address (default: off)")
-	flag.StringVar(&c.policyFile, "policy", "", "publish the MX pool's policy from this JSON file (reloaded when it changes) at /policy on -http")
-	flag.StringVar(&c.follow, "follow", "", "follow the pool's policy published at this URL (e.g. http://mx1:8025/policy)")
-	flag.StringVar(&c.secret, "secret", "", "the pool's shared secret (default: $RESILMAIL_POOL_SECRET)")
-	flag.StringVar(&c.quarantine, "quarantine", "", "keep the pool's quarantine in this folder: this relay's rejects, and the other MXs' shipped to /quarantine/ingest on -http; pages for the administrator at /quarantine/")
-	flag.StringVar(&c.quarantineShip, "quarantine-ship", "", "ship what this relay rejects to the quarantine at this URL (e.g. http://mx1:8025/quarantine/ingest)")
-	flag.BoolVar(&c.verbose, "v", false, "log every message")
-	flag.Parse()
-	os.Exit(cli.Main("relay", nil, c.verbose, func(ctx context.Context, log *slog.Logger) error { return run(ctx, c, log, nil) }))
+	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:2525", "SMTP listen address")
+	fs.StringVar(&c.next, "next", "127.0.0.1:25", "next hop host:port that receives every message")
+	fs.BoolVar(&c.lmtp, "lmtp", false, "speak LMTP to the next hop")
+	fs.StringVar(&c.dir, "queue", "", "queue folder (default: a new temporary folder, removed on exit)")
+	fs.StringVar(&c.hostname, "hostname", "", "name of this relay in EHLO and notifications (default: the host name)")
+	fs.IntVar(&c.concurrency, "concurrency", 20, "deliveries in flight to the next hop")
+	fs.Int64Var(&c.maxSize, "max-size", 32<<20, "largest message accepted, in bytes")
+	fs.DurationVar(&c.retryMin, "retry", 0, "first retry delay after a temporary failure (default 5m, doubling to 67m)")
+	fs.StringVar(&c.httpAddr, "http", "", "serve /metrics, and /policy and /quarantine/ when asked for, on this address (default: off)")
+	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler at /debug/pprof/ on this loopback address, e.g. 127.0.0.1:6060 or :6060 (default: off)")
+	fs.StringVar(&c.policyFile, "policy", "", "publish the MX pool's policy from this JSON file (reloaded when it changes) at /policy on -http")
+	fs.StringVar(&c.follow, "follow", "", "follow the pool's policy published at this URL (e.g. http://mx1:8025/policy)")
+	fs.StringVar(&c.secretSrc.File, "secret-file", "", "file holding the pool's shared secret, readable by its owner only (default: $RESILMAIL_POOL_SECRET)")
+	refuse := secret.Refuse(fs, "secret", "RESILMAIL_POOL_SECRET", "secret-file")
+	fs.StringVar(&c.quarantine, "quarantine", "", "keep the pool's quarantine in this folder: this relay's rejects, and the other MXs' shipped to /quarantine/ingest on -http; pages for the administrator at /quarantine/")
+	fs.StringVar(&c.quarantineShip, "quarantine-ship", "", "ship what this relay rejects to the quarantine at this URL (e.g. http://mx1:8025/quarantine/ingest)")
+	fs.BoolVar(&c.verbose, "v", false, "log every message")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if err := refuse(); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	c.secretSrc.Env, c.secretSrc.Flag = "RESILMAIL_POOL_SECRET", "secret-file"
+	return c, nil
 }
 
 // run serves until ctx is done. ready, if not nil, receives the listening
@@ -179,10 +205,29 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 			srv.Close()
 			return err
 		}
-		log.Warn("relay: metrics and profiles", "url", "http://"+hln.Addr().String()+"/metrics")
+		log.Warn("relay: metrics", "url", "http://"+hln.Addr().String()+"/metrics")
 		hsrv = &http.Server{Handler: httpHandler(q, pl.handler, qn.handler), ReadHeaderTimeout: 10 * time.Second}
 		g.Go(func() error {
 			if err := hsrv.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	var dsrv *http.Server
+	if c.debugAddr != "" {
+		dln, err := listenDebug(c.debugAddr)
+		if err != nil {
+			srv.Close()
+			if hsrv != nil {
+				hsrv.Close()
+			}
+			return err
+		}
+		log.Warn("relay: profiler", "url", "http://"+dln.Addr().String()+"/debug/pprof/")
+		dsrv = &http.Server{Handler: debugHandler(), ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			if err := dsrv.Serve(dln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return err
 			}
 			return nil
@@ -195,6 +240,9 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		srv.Shutdown(sctx)
 		if hsrv != nil {
 			hsrv.Shutdown(sctx)
+		}
+		if dsrv != nil {
+			dsrv.Close() // a profile in progress is not worth waiting for
 		}
 		return nil
 	})

@@ -64,16 +64,13 @@ func openPool(c config, log *slog.Logger) (*pool, error) {
 	return &pool{check: p, handler: p, run: w.run, close: p.Close}, nil
 }
 
-// poolSecret is the pool's shared secret: -secret, or RESILMAIL_POOL_SECRET.
+// poolSecret is the pool's shared secret: from -secret-file, or
+// $RESILMAIL_POOL_SECRET.
 func poolSecret(c config) ([]byte, error) {
-	secret := []byte(c.secret)
-	if len(secret) == 0 {
-		secret = []byte(os.Getenv("RESILMAIL_POOL_SECRET"))
+	if len(c.secret) > 0 {
+		return c.secret, nil
 	}
-	if len(secret) == 0 {
-		return nil, errors.New("needs -secret (or RESILMAIL_POOL_SECRET)")
-	}
-	return secret, nil
+	return c.secretSrc.Read(nil)
 }
 
 // policyWatcher publishes the policy file whenever it changes. A file that

@@ -184,10 +184,78 @@ func TestRelayExportsQueueMetrics(t *testing.T) {
 	assert.Contains(t, body, "resilmail_queue_enqueued_total 30\n")
 	assert.Contains(t, body, `resilmail_queue_messages{state="held"} 0`)
 	assert.Regexp(t, `resilmail_queue_fsyncs_total [1-9]\d*\n`, body)
-	resp, err := http.Get("http://" + web + "/debug/pprof/goroutine?debug=1")
+}
+
+func TestRelayKeepsDebugAndSecretsOffItsPublicListener(t *testing.T) {
+	// The pool's secret once leaked through /debug/pprof/cmdline on the
+	// public -http listener. Now the profiler is on -debug-addr only, on
+	// loopback, and no response of the public listener carries the
+	// secret, whatever is asked.
+	const secret = "correct horse battery staple"
+	sink := startSink(t)
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	require.NoError(t, os.WriteFile(policy, []byte(`{"domains": {"example.org": {"recipients": ["alice"]}}}`), 0o644))
+	web, debug := freePort(t), freePort(t)
+	startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web, debugAddr: debug, policyFile: policy, secret: []byte(secret), quarantine: t.TempDir()})
+
+	get := func(url string, auth bool) (int, string) {
+		req, err := http.NewRequest("GET", url, nil)
+		require.NoError(t, err)
+		if auth {
+			req.SetBasicAuth("admin", secret)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		var h strings.Builder
+		resp.Header.Write(&h)
+		return resp.StatusCode, h.String() + string(b)
+	}
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/cmdline", "/debug/pprof/goroutine?debug=1", "/debug/pprof/symbol"} {
+		code, _ := get("http://"+web+path, false)
+		assert.Equal(t, http.StatusNotFound, code, "%s is not served on the public listener", path)
+		code, _ = get("http://"+web+path, true)
+		assert.Equal(t, http.StatusNotFound, code, "%s is not served on the public listener, even with credentials", path)
+	}
+	for _, path := range []string{"/metrics", "/policy", "/policy?since=0", "/quarantine/", "/quarantine/api/entries", "/quarantine/ingest", "/nothing"} {
+		for _, auth := range []bool{false, true} {
+			_, body := get("http://"+web+path, auth)
+			assert.NotContains(t, body, secret, "%s (credentials %v)", path, auth)
+		}
+	}
+	code, body := get("http://"+debug+"/debug/pprof/goroutine?debug=1", false)
+	assert.Equal(t, http.StatusOK, code, "the profiler answers on -debug-addr")
+	assert.NotContains(t, body, secret)
+	code, body = get("http://"+debug+"/debug/pprof/cmdline", false)
+	assert.Equal(t, http.StatusOK, code)
+	assert.NotContains(t, body, secret, "the secret is not on the command line")
+}
+
+func TestRelayRefusesSecretFlagAndPublicDebug(t *testing.T) {
+	_, err := parseFlags([]string{"-policy", "p.json", "-secret", "correct horse battery staple"})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not taken on the command line")
+	assert.NotContains(t, err.Error(), "correct horse")
+
+	c, err := parseFlags([]string{"-follow", "http://mx1:8025/policy", "-secret-file", "/nonexistent"})
 	require.NoError(t, err)
-	resp.Body.Close()
-	assert.Equal(t, http.StatusOK, resp.StatusCode, "the profiler answers")
+	assert.Equal(t, "RESILMAIL_POOL_SECRET", c.secretSrc.Env)
+
+	for _, addr := range []string{"0.0.0.0:0", "[::]:0", "192.0.2.1:0", "example.org:0"} {
+		_, err := listenDebug(addr)
+		assert.ErrorContains(t, err, "loopback only", addr)
+	}
+	for _, addr := range []string{":0", "127.0.0.1:0", "[::1]:0", "localhost:0"} {
+		ln, err := listenDebug(addr)
+		if err != nil && strings.Contains(addr, "::1") {
+			continue // no IPv6 on this machine
+		}
+		require.NoError(t, err, addr)
+		assert.True(t, ln.Addr().(*net.TCPAddr).IP.IsLoopback(), "%s listens on %s", addr, ln.Addr())
+		ln.Close()
+	}
 }
 
 func TestRelayQueuesWhileNextHopIsDown(t *testing.T) {
@@ -223,8 +291,8 @@ func TestRelaysShareThePoolPolicy(t *testing.T) {
 	}
 	write(`"alice"`)
 	web := freePort(t)
-	primary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web, policyFile: policy, secret: secret})
-	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", secret: secret})
+	primary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web, policyFile: policy, secret: []byte(secret)})
+	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", secret: []byte(secret)})
 
 	for _, mx := range []string{primary, secondary} {
 		deadline := time.Now().Add(10 * time.Second)
@@ -288,9 +356,9 @@ func TestRejectsReachThePoolQuarantine(t *testing.T) {
 	policy := filepath.Join(t.TempDir(), "policy.json")
 	require.NoError(t, os.WriteFile(policy, []byte(`{"domains": {"example.org": {"recipients": ["alice"]}}}`), 0o644))
 	web := freePort(t)
-	primary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web, policyFile: policy, secret: secret,
+	primary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web, policyFile: policy, secret: []byte(secret),
 		quarantine: t.TempDir()})
-	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", secret: secret,
+	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", secret: []byte(secret),
 		quarantineShip: "http://" + web + "/quarantine/ingest"})
 
 	// The pages refuse strangers.
