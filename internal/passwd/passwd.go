@@ -148,7 +148,7 @@ func checkUser(name string) error {
 		}
 	}
 	if name == "." || name == ".." {
-		return errors.New("user name is . or ..")
+		return fmt.Errorf("user name %q is not allowed", name)
 	}
 	return nil
 }
