@@ -54,6 +54,13 @@ const (
 	ChangeUserDelete ChangeKind = 10
 	// ChangeEpoch raises the store's epoch to Epoch. It has no user.
 	ChangeEpoch ChangeKind = 11
+	// ChangeReserve marks the UIDs of mailbox MailboxID up to UID as used
+	// (its UIDNEXT becomes at least UID+1) and raises its HIGHESTMODSEQ to
+	// ModSeq, without adding or removing a message. Repair sends it to
+	// give a replica's mailbox the primary's UIDNEXT and HIGHESTMODSEQ
+	// when the primary's highest UIDs were expunged or its last changes
+	// touched no message the replica lacks.
+	ChangeReserve ChangeKind = 12
 )
 
 var changeKindNames = [...]string{
@@ -68,6 +75,7 @@ var changeKindNames = [...]string{
 	ChangeUserCreate:    "user-create",
 	ChangeUserDelete:    "user-delete",
 	ChangeEpoch:         "epoch",
+	ChangeReserve:       "reserve",
 }
 
 // String returns the kind's name, e.g. "append".
@@ -351,7 +359,8 @@ type Change struct {
 	// UIDValidity is the mailbox's IMAP UIDVALIDITY; replicas keep it and
 	// refuse a message change for another incarnation of the mailbox.
 	UIDValidity uint32
-	// UID is the appended message's UID (ChangeAppend).
+	// UID is the appended message's UID (ChangeAppend), or the highest UID
+	// a ChangeReserve marks as used.
 	UID uint32
 	// UIDs are the messages an expunge or a flag change applies to (only
 	// those it actually changed).
@@ -453,6 +462,9 @@ func (c *Change) Validate() error {
 		errs = append(errs, need(c.Mailbox != "", "a name"))
 	case ChangeEpoch:
 		errs = append(errs, need(c.Epoch != 0, "an epoch"))
+	case ChangeReserve:
+		errs = append(errs, need(!c.MailboxID.IsZero(), "a mailbox id"), need(c.UIDValidity != 0, "a UIDVALIDITY"),
+			need(c.UID != 0, "a UID"))
 	}
 	return errors.Join(errs...)
 }

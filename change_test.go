@@ -37,6 +37,7 @@ func sampleChanges() []resilmail.Change {
 		{Seq: 10, Epoch: 2, Kind: resilmail.ChangeUnsubscribe, User: "alice", Mailbox: "Listes/Général"},
 		{Seq: 11, Epoch: 3, Kind: resilmail.ChangeEpoch, Time: testTime},
 		{Seq: 12, Epoch: 3, Kind: resilmail.ChangeUserDelete, Time: testTime, User: "alice"},
+		{Seq: 13, Epoch: 3, Kind: resilmail.ChangeReserve, Time: testTime, User: "alice", Mailbox: "INBOX", MailboxID: testMailboxID, UIDValidity: 1700000000, UID: 41, ModSeq: 77},
 		{Kind: resilmail.ChangeUserCreate, User: "b"}, // every optional field zero
 		{Seq: 1<<64 - 1, Epoch: 1<<64 - 1, Kind: resilmail.ChangeAppend, Time: time.Unix(-1<<40, 999999999).UTC(), User: strings.Repeat("u", resilmail.MaxUserLen),
 			Mailbox: strings.Repeat("m", resilmail.MaxMailboxLen), MailboxID: resilmail.MailboxID{0xff}, UIDValidity: 1<<32 - 1, UID: 1<<32 - 1,
@@ -101,6 +102,8 @@ func TestChangeValidate(t *testing.T) {
 		{"rename without new name", func(c *resilmail.Change) { c.Kind = resilmail.ChangeMailboxRename }, "without a new name"},
 		{"epoch without epoch", func(c *resilmail.Change) { c.Kind = resilmail.ChangeEpoch; c.Epoch = 0 }, "without an epoch"},
 		{"subscribe without name", func(c *resilmail.Change) { c.Kind = resilmail.ChangeSubscribe; c.Mailbox = "" }, "without a name"},
+		{"reserve without uid", func(c *resilmail.Change) { c.Kind = resilmail.ChangeReserve; c.UID = 0 }, "reserve change without a UID"},
+		{"reserve without uidvalidity", func(c *resilmail.Change) { c.Kind = resilmail.ChangeReserve; c.UIDValidity = 0 }, "reserve change without a UIDVALIDITY"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

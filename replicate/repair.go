@@ -3,7 +3,6 @@ package replicate
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -119,12 +118,6 @@ type RepairTarget interface {
 	Target
 }
 
-// placeholderDigest names no body: an append of it that the BodyFunc
-// reports as not found makes a Target record the UID as used and the
-// message as expunged at once, which is how repair raises a mailbox's
-// UIDNEXT to the primary's.
-var placeholderDigest = resilmail.Digest(sha256.Sum256([]byte("resilmail-repair-uidnext-placeholder")))
-
 // Repair removes the differences of report from replica: it builds
 // changes with Seq zero (applied by content, not as journal entries) from
 // the primary's state and applies them with replica's Target.Apply, which
@@ -161,9 +154,6 @@ func Repair(ctx context.Context, report *Report, primary Inventory, body BodyFun
 		rp.epoch = replica.Epoch()
 	}
 	rp.body = func(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error) {
-		if d == placeholderDigest {
-			return nil, fmt.Errorf("%w: placeholder", ErrNotFound)
-		}
 		if body == nil {
 			return nil, fmt.Errorf("replicate: repair needs body %s and has no BodyFunc", d)
 		}
@@ -466,22 +456,17 @@ func (rp *repairer) appendChange(user string, p *MailboxState, m *MessageState) 
 	return c
 }
 
-// tail returns the changes that raise the replica's UIDNEXT (from next)
-// and HIGHESTMODSEQ (from highest) to the primary's.
+// tail returns the change that raises the replica's UIDNEXT (from next)
+// and HIGHESTMODSEQ (from highest) to the primary's: a reservation, which
+// adds no message.
 func (rp *repairer) tail(user string, p *MailboxState, next uint32, highest uint64) []resilmail.Change {
-	var cs []resilmail.Change
-	if p.UIDNext > next && p.UIDNext-1 >= 1 && p.UIDNext-1 < math.MaxUint32 {
-		c := rp.appendChange(user, p, &MessageState{UID: p.UIDNext - 1, Digest: placeholderDigest, ModSeq: p.HighestModSeq})
-		cs = append(cs, c)
-		highest = max(highest, p.HighestModSeq)
+	if (p.UIDNext <= next && p.HighestModSeq <= highest) || p.UIDNext <= 1 || p.UIDNext == math.MaxUint32 {
+		return nil
 	}
-	if p.HighestModSeq > highest && p.UIDNext >= 1 {
-		c := rp.change(resilmail.ChangeExpunge, user)
-		c.Mailbox, c.MailboxID, c.UIDValidity = p.Name, p.ID, p.UIDValidity
-		c.UIDs, c.ModSeq = resilmail.NewUIDSet(p.UIDNext), p.HighestModSeq // no such message: raises HIGHESTMODSEQ only
-		cs = append(cs, c)
-	}
-	return cs
+	c := rp.change(resilmail.ChangeReserve, user)
+	c.Mailbox, c.MailboxID, c.UIDValidity = p.Name, p.ID, p.UIDValidity
+	c.UID, c.ModSeq = p.UIDNext-1, p.HighestModSeq
+	return []resilmail.Change{c}
 }
 
 // fill creates a mailbox with the primary's id and UIDVALIDITY and copies

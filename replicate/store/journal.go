@@ -208,7 +208,11 @@ func (s *Store) UpstreamPosition(user string) uint64 {
 // (whatever its epoch: it is history), and
 // so is one whose effect is already there (a known UID with the same body,
 // an existing mailbox id). A change with Seq zero (a repair, not from the
-// journal) is applied by content alone. Bodies the store lacks are fetched
+// journal) is applied by content alone; an append with Seq zero of a UID
+// below the mailbox's UIDNEXT that the mailbox lacks puts the message back
+// under that UID (a journal's append of such a UID is skipped: expunged
+// since). A [resilmail.ChangeReserve] raises a mailbox's UIDNEXT and
+// HIGHESTMODSEQ without touching its messages. Bodies the store lacks are fetched
 // with body, verified against their digest (a mismatch is refused with
 // [ErrCorrupt] and nothing is stored) and written into the journal before
 // the change that references them, as Append does, so that the journal's
@@ -465,15 +469,27 @@ func (s *Store) checkApplyLocked(c *resilmail.Change, have, gone map[resilmail.D
 	if mb.uidValidity != c.UIDValidity {
 		return conflict("mailbox %s has UIDVALIDITY %d, the change %d", mb.name, mb.uidValidity, c.UIDValidity)
 	}
+	if c.Kind == resilmail.ChangeReserve {
+		if c.UID == math.MaxUint32 {
+			return conflict("UID %d", c.UID)
+		}
+		return c.UID < mb.uidNext && c.ModSeq <= mb.highest, nil
+	}
 	if c.Kind == resilmail.ChangeAppend {
 		if c.UID == math.MaxUint32 {
 			return conflict("UID %d", c.UID)
 		}
 		if c.UID < mb.uidNext {
-			if m := mb.get(c.UID); m != nil && m.digest != c.Digest {
+			m := mb.get(c.UID)
+			if m != nil && m.digest != c.Digest {
 				return conflict("UID %d of %s holds body %s, the change %s", c.UID, mb.name, m.digest, c.Digest)
 			}
-			return true, nil // there, or expunged since
+			if m != nil || c.Seq != 0 {
+				return true, nil // there, or expunged since
+			}
+			// A repair's append (Seq zero: by content) of a UID the
+			// replica lacks below its UIDNEXT puts the primary's
+			// message back in its place.
 		}
 		if _, bad := s.corrupt[c.Digest]; (s.refs[c.Digest] == 0 || bad) && !have[c.Digest] && !gone[c.Digest] {
 			return false, fmt.Errorf("store: body %s of UID %d is not stored", c.Digest, c.UID)

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -664,7 +665,7 @@ func (s *Store) applyLocked(c *resilmail.Change, upstream uint64) {
 		}
 	case resilmail.ChangeAppend:
 		mb := s.mailboxForLocked(c)
-		if mb == nil || c.UID < mb.uidNext || c.UID == math.MaxUint32 {
+		if mb == nil || c.UID == math.MaxUint32 {
 			return
 		}
 		flags, _ := parseFlags(c.Flags)
@@ -673,8 +674,18 @@ func (s *Store) applyLocked(c *resilmail.Change, upstream uint64) {
 			m.dateSec, m.dateNsec = c.InternalDate.Unix(), uint32(c.InternalDate.Nanosecond())
 		}
 		m.hash = m.computeHash()
-		mb.msgs = append(mb.msgs, m)
-		mb.uidNext = c.UID + 1
+		if c.UID < mb.uidNext {
+			// Only a repair journals an append below UIDNEXT (Apply
+			// skips the others): the message goes back in its place.
+			i := mb.find(c.UID)
+			if i < len(mb.msgs) && mb.msgs[i].uid == c.UID {
+				return
+			}
+			mb.msgs = slices.Insert(mb.msgs, i, m)
+		} else {
+			mb.msgs = append(mb.msgs, m)
+			mb.uidNext = c.UID + 1
+		}
 		mb.highest = max(mb.highest, c.ModSeq)
 		mb.sum.xor(m.hash)
 		mb.size += m.size
@@ -729,6 +740,11 @@ func (s *Store) applyLocked(c *resilmail.Change, upstream uint64) {
 			}
 		})
 		mb.highest = max(mb.highest, c.ModSeq)
+	case resilmail.ChangeReserve:
+		if mb := s.mailboxForLocked(c); mb != nil && c.UID < math.MaxUint32 {
+			mb.uidNext = max(mb.uidNext, c.UID+1)
+			mb.highest = max(mb.highest, c.ModSeq)
+		}
 	case resilmail.ChangeEpoch:
 	}
 }
