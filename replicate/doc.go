@@ -28,7 +28,16 @@
 // writes the changes and bodies to its inbox (a group-committed log in its
 // folder) and only then acknowledges them; appliers then apply the inbox
 // to the Target in order per user, different users in parallel, so one
-// slow user stalls no one else. A silent, cut or corrupted connection is
+// slow user stalls no one else. A change never depends on a body that only
+// the Target holds: the replica copies such a body into its inbox with the
+// change (see [BodyReader]), so that another user's expunge applied first
+// cannot remove it before the change applies, even if the primary is gone
+// by then. A body the primary cannot serve (its copy is damaged) does not
+// stop the stream: the change is kept and acknowledged without it and
+// parked, its user's lane waits and retries, other users go on, and
+// [Replica.Parked] reports it ([ErrBodyUnavailable]); only the primary's
+// explicit "not_found" means the message was expunged since. A silent, cut
+// or corrupted connection is
 // dropped and resumed with backoff; nothing acknowledged is lost. When the
 // primary's journal no longer reaches back to the replica's position, the
 // replica compares itself with the inventory the primary serves next to

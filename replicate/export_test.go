@@ -4,6 +4,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/wal"
 )
 
@@ -26,3 +27,6 @@ func Lanes(r *Replica) int {
 	defer r.mu.Unlock()
 	return len(r.lanes)
 }
+
+// InboxHasBody reports whether r's inbox holds body d.
+func InboxHasBody(r *Replica, d resilmail.Digest) bool { return r.inInbox(d) }

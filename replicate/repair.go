@@ -600,7 +600,12 @@ func (rp *repairer) patch(ctx context.Context, user string, pl *plan) error {
 	return nil
 }
 
-// A BodyReader returns verified bodies, as [Source.Body] does.
+// A BodyReader returns verified bodies, as [Source.Body] does. A replica
+// whose Target is also a BodyReader (as replicate/store's Store is) copies
+// into its inbox the bodies the Target already holds when a change that
+// needs one arrives, so that another user's expunge applied first (users
+// apply in parallel) can never take the only copy away before that change
+// applies, even when the primary is gone by then.
 type BodyReader interface {
 	Body(ctx context.Context, d resilmail.Digest) ([]byte, error)
 }

@@ -29,11 +29,12 @@ type HeldChange struct {
 
 // lane applies the changes of one user, in order.
 type lane struct {
-	user  string
-	queue []resilmail.Change // received, not applied; guarded by Replica.mu
-	last  uint64             // highest position queued
-	wake  chan struct{}
-	held  *HeldChange
+	user   string
+	queue  []resilmail.Change // received, not applied; guarded by Replica.mu
+	last   uint64             // highest position queued
+	wake   chan struct{}
+	held   *HeldChange
+	parked *ParkedChange
 }
 
 // enqueueLocked queues a durable change for its user's lane; seg is the
@@ -180,6 +181,7 @@ func (r *Replica) runLane(ctx context.Context, l *lane) {
 		case err == nil:
 			r.mu.Lock()
 			r.doneLocked(l, len(batch))
+			r.unparkLocked(l)
 			r.mu.Unlock()
 			backoff, singles = 100*time.Millisecond, false
 		case ctx.Err() != nil:
@@ -188,6 +190,9 @@ func (r *Replica) runLane(ctx context.Context, l *lane) {
 			// Find the failing change: the ones before it are applied
 			// and will be skipped.
 			singles = true
+		case errors.Is(err, ErrBodyUnavailable):
+			// Only this user waits for the body; the others go on.
+			sleepCtx(ctx, r.park(l, batch[0], err))
 		case errors.Is(err, ErrConflict):
 			if r.repairConflict(ctx, l, batch[0], err) {
 				backoff = 100 * time.Millisecond
@@ -246,7 +251,7 @@ func (r *Replica) repairConflict(ctx context.Context, l *lane, c resilmail.Chang
 func (r *Replica) retire(l *lane) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(l.queue) > 0 || l.held != nil || r.lanes[l.user] != l {
+	if len(l.queue) > 0 || l.held != nil || l.parked != nil || r.lanes[l.user] != l {
 		return false
 	}
 	delete(r.lanes, l.user)

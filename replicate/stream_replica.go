@@ -186,8 +186,14 @@ type ReplicaStats struct {
 	PrimaryTime     time.Time
 	// Connected reports whether the stream is open.
 	Connected bool
-	// Held is how many changes wait for Confirm.
-	Held int
+	// Held is how many changes wait for Confirm; Parked how many wait
+	// for a body the primary cannot serve ([Replica.Parked]), and
+	// ParkedTotal counts the changes ever parked.
+	Held, Parked int
+	ParkedTotal  uint64
+	// BodiesPinned counts the bodies the target held that were copied
+	// into the inbox for a change that needs them (see [BodyReader]).
+	BodiesPinned uint64
 	// LastError and LastErrorTime describe the last error of the stream or
 	// of an applier.
 	LastError     string
@@ -219,6 +225,9 @@ func (r *Replica) Stats() ReplicaStats {
 	for _, l := range r.lanes {
 		if l.held != nil {
 			st.Held++
+		}
+		if l.parked != nil {
+			st.Parked++
 		}
 	}
 	return st
@@ -444,7 +453,10 @@ func statusError(what string, resp *http.Response) error {
 		return fmt.Errorf("%w: %s", ErrTooFarBehind, msg)
 	case resp.StatusCode == http.StatusConflict:
 		return fmt.Errorf("%w: %s", ErrPosition, msg)
-	case resp.StatusCode == http.StatusNotFound:
+	case resp.StatusCode == http.StatusNotFound && e.Code == "not_found":
+		// Only the primary's own answer: a 404 from anything in between
+		// (a proxy, a wrong URL) must not make the replica think a
+		// message was expunged.
 		return fmt.Errorf("%w: %s", ErrNotFound, msg)
 	}
 	return errors.New(msg)
@@ -721,7 +733,8 @@ func (r *Replica) ack(ctx context.Context) error {
 
 // fetchBodies keeps in the inbox the bodies the appends of changes name:
 // those in inline (verified bodies the stream carried) at once, the others
-// fetched, up to eight at once.
+// read back from the target if it holds them (pinFromTarget) or fetched,
+// up to eight at once.
 func (r *Replica) fetchBodies(ctx context.Context, inbox *wal.Log, changes []resilmail.Change, inline map[resilmail.Digest][]byte) error {
 	seen := make(map[resilmail.Digest]bool)
 	g, ctx := errgroup.WithContext(ctx)
@@ -743,57 +756,81 @@ func (r *Replica) fetchBodies(ctx context.Context, inbox *wal.Log, changes []res
 	return g.Wait()
 }
 
-// fetchBody keeps in the inbox the body d unless the target or the inbox
-// has it already. A body the primary no longer has is skipped: applying
-// the change records the message as expunged.
+// fetchBody keeps in the inbox the body d unless the inbox has it already:
+// the target's copy if it holds one (a change must never depend on a copy
+// that another user's expunge may remove before it applies), else the
+// primary's. A body the primary no longer has is skipped: applying the
+// change records the message as expunged. A body the primary cannot serve
+// is skipped too: the change is kept without it and parked when applied.
 func (r *Replica) fetchBody(ctx context.Context, inbox *wal.Log, d resilmail.Digest, size int64) error {
-	if r.hasBody(d) {
+	if r.inInbox(d) {
 		return nil
+	}
+	if bc, ok := r.t.(BodyChecker); ok && bc.HasBody(d) {
+		pinned, err := r.pinFromTarget(ctx, inbox, d)
+		if err != nil || pinned {
+			return err
+		}
+		if _, ok := r.t.(BodyReader); !ok {
+			return nil // cannot be pinned: the target's copy is relied on
+		}
 	}
 	b, err := r.download(ctx, d, size)
-	if errors.Is(err, ErrNotFound) {
+	switch {
+	case errors.Is(err, ErrNotFound):
 		return nil
-	}
-	if err != nil {
+	case errors.Is(err, ErrBodyUnavailable):
+		r.log.Warn("replicate: body unavailable at the primary; its change is kept and will wait for it",
+			"replica", r.opts.Name, "digest", d, "err", err)
+		return nil
+	case err != nil:
 		return err
 	}
 	return r.keepBody(inbox, d, b, true)
 }
 
-// hasBody reports whether the inbox or the target holds body d.
-func (r *Replica) hasBody(d resilmail.Digest) bool {
+// inInbox reports whether the inbox holds body d.
+func (r *Replica) inInbox(d resilmail.Digest) bool {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	_, have := r.bodies[d]
-	r.mu.Unlock()
-	if have {
-		return true
-	}
-	bc, ok := r.t.(BodyChecker)
-	return ok && bc.HasBody(d)
+	return have
 }
 
 // keepBody appends verified body b of digest d to the inbox unless the
-// inbox or the target holds it already; fetched says whether its bytes
-// came outside the stream (and count apart).
+// inbox holds it already; fetched says whether its bytes came outside the
+// stream (and count apart).
 func (r *Replica) keepBody(inbox *wal.Log, d resilmail.Digest, b []byte, fetched bool) error {
-	if !fetched && r.hasBody(d) {
-		return nil
-	}
-	rec := make([]byte, 0, 1+len(d)+len(b))
-	rec = append(append(append(rec, recBody), d[:]...), b...)
-	pos, err := inbox.Append(rec)
-	if err != nil {
-		r.noteError(err, &r.stats.InboxErrors)
-		return fmt.Errorf("replicate: inbox: %w", err)
+	added, err := r.appendBody(inbox, d, b)
+	if err != nil || !added {
+		return err
 	}
 	r.mu.Lock()
-	r.bodies[d] = pos
 	r.stats.Bodies++
 	if fetched {
 		r.stats.Bytes += uint64(len(b))
 	}
 	r.mu.Unlock()
 	return nil
+}
+
+// appendBody appends body b of digest d to the inbox unless the inbox
+// holds it already, and reports whether it did.
+func (r *Replica) appendBody(inbox *wal.Log, d resilmail.Digest, b []byte) (bool, error) {
+	if r.inInbox(d) {
+		return false, nil
+	}
+	rec := make([]byte, 0, 1+len(d)+len(b))
+	rec = append(append(append(rec, recBody), d[:]...), b...)
+	pos, err := inbox.Append(rec)
+	if err != nil {
+		r.noteError(err, &r.stats.InboxErrors)
+		return false, fmt.Errorf("replicate: inbox: %w", err)
+	}
+	r.mu.Lock()
+	r.bodies[d] = pos
+	r.mu.Unlock()
+	return true, nil
 }
 
 // download fetches body d from the primary and verifies it.
@@ -807,7 +844,7 @@ func (r *Replica) download(ctx context.Context, d resilmail.Digest, size int64) 
 	defer resp.Body.Close()
 	resp.Body = body(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return nil, statusError("fetching body "+d.String(), resp)
+		return nil, bodyRefused("fetching body "+d.String(), resp)
 	}
 	limit := int64(wal.MaxRecord - 64)
 	if size >= 0 && size < limit {
@@ -818,7 +855,7 @@ func (r *Replica) download(ctx context.Context, d resilmail.Digest, size int64) 
 		return nil, fmt.Errorf("replicate: fetching body %s: %w", d, err)
 	}
 	if got := resilmail.DigestOf(b); got != d {
-		err := fmt.Errorf("replicate: body fetched from the primary: %w",
+		err := fmt.Errorf("%w: body fetched from the primary: %w", ErrBodyUnavailable,
 			&resilmail.CorruptError{Want: d, Got: got, Where: r.base + "/body/" + d.String()})
 		r.noteError(err, &r.stats.CorruptBodies)
 		r.log.Error("replicate: refused a body that does not match its digest", "replica", r.opts.Name, "digest", d)

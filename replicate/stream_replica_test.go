@@ -174,25 +174,6 @@ func TestReplicaStalledUserDoesNotStallOthers(t *testing.T) {
 	requireSame(t, src, dst)
 }
 
-func TestReplicaNeverKeepsCorruptBody(t *testing.T) {
-	ctx := context.Background()
-	srcDir := t.TempDir()
-	src := openStore(t, srcDir)
-	dst := openStore(t, t.TempDir())
-	require.NoError(t, src.CreateUser(ctx, "alice"))
-	content := msgText("precious", "p p p p p p p p p")
-	add(t, src, "alice", "INBOX", content)
-	d := resilmail.DigestOf([]byte(content))
-	flipBody(t, srcDir, d)
-	p, srv := servePrimary(t, src, nil)
-	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
-	require.Eventually(t, func() bool { return p.Stats().CorruptBodies > 0 && r.Stats().Reconnects > 0 },
-		10*time.Second, 5*time.Millisecond)
-	assert.Contains(t, r.Stats().LastError, "corrupt")
-	assert.False(t, dst.HasBody(d))
-	assert.Less(t, r.Stats().Received, src.Position(), "the change waits for a good body")
-}
-
 func TestReplicaBadToken(t *testing.T) {
 	src := openStore(t, t.TempDir())
 	dst := openStore(t, t.TempDir())

@@ -1,0 +1,199 @@
+package replicate_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+// gatedTarget holds the changes of one user while gated is set.
+type gatedTarget struct {
+	*store.Store
+	user    string
+	gated   atomic.Bool
+	release chan struct{}
+}
+
+func (g *gatedTarget) Apply(ctx context.Context, changes []resilmail.Change, body replicate.BodyFunc) error {
+	if g.gated.Load() {
+		for _, c := range changes {
+			if c.User == g.user {
+				select {
+				case <-g.release:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				break
+			}
+		}
+	}
+	return g.Store.Apply(ctx, changes, body)
+}
+
+func messages(t testing.TB, s *store.Store, user, mailbox string) int {
+	t.Helper()
+	st, err := s.MailboxStatus(context.Background(), user, mailbox)
+	if err != nil {
+		return 0
+	}
+	return st.Messages
+}
+
+// TestSharedBodySurvivesAnotherUsersExpunge: the replica holds a body
+// (alice's); bob gets the same content and alice expunges hers; bob's lane
+// is slow, so alice's expunge applies first; then the primary dies (and,
+// in one case, the replica restarts too). Bob's acknowledged message must
+// still be applied, from the copy the replica pinned in its inbox.
+func TestSharedBodySurvivesAnotherUsersExpunge(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		body    string
+		restart bool
+	}{
+		{"inline", msgText("shared", "a small shared body"), false},
+		{"fetched", msgText("shared", strings.Repeat("a large shared body line\r\n", 4000)), false},
+		{"fetched, replica restarted", msgText("shared", strings.Repeat("a large shared body line\r\n", 4000)), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			src := openStore(t, t.TempDir())
+			dst := openStore(t, t.TempDir())
+			gt := &gatedTarget{Store: dst, user: "bob", release: make(chan struct{})}
+			p, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond, Mode: replicate.AckOne})
+			inbox := t.TempDir()
+			opts := func() *replicate.ReplicaOptions { return &replicate.ReplicaOptions{InboxSegment: 4096} }
+			r, stop := startReplica(t, gt, srv.URL, inbox, opts())
+			require.NoError(t, src.CreateUser(ctx, "alice"))
+			require.NoError(t, src.CreateUser(ctx, "bob"))
+			add(t, src, "alice", "INBOX", tc.body)
+			waitApplied(t, r, src)
+			d := resilmail.DigestOf([]byte(tc.body))
+			require.True(t, dst.HasBody(d))
+			// Other users' mail lets the inbox drop its applied segments,
+			// alice's body with them: the store's copy is the only one.
+			require.NoError(t, src.CreateUser(ctx, "carol"))
+			for i := 0; replicate.InboxHasBody(r, d); i++ {
+				require.Less(t, i, 1000)
+				add(t, src, "carol", "INBOX", msgText("filler", strings.Repeat("x", 3000+i)))
+				waitApplied(t, r, src)
+			}
+
+			gt.gated.Store(true)
+			add(t, src, "bob", "INBOX", tc.body)
+			require.NoError(t, p.Await(ctx, src.Position()), "bob's message is acknowledged")
+			_, err := src.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(1))
+			require.NoError(t, err)
+			require.Eventually(t, func() bool { return dst.UpstreamPosition("alice") == src.Position() },
+				10*time.Second, 5*time.Millisecond, "alice's expunge applies while bob waits")
+			assert.False(t, dst.HasBody(d), "the store's own copy went with alice's message")
+
+			srv.CloseClientConnections()
+			srv.Close() // the primary is gone
+			if tc.restart {
+				stop()
+				r, _ = startReplica(t, gt, srv.URL, inbox, opts())
+			}
+			close(gt.release)
+			require.Eventually(t, func() bool { return messages(t, dst, "bob", "INBOX") == 1 },
+				10*time.Second, 5*time.Millisecond, "%+v", r.Stats())
+			b, err := dst.Body(ctx, d)
+			require.NoError(t, err)
+			assert.Equal(t, tc.body, string(b))
+		})
+	}
+}
+
+// TestCorruptBodyStallsOnlyItsUser: alice's body is damaged on the
+// primary; bob's mail keeps replicating, the whole stream is received and
+// acknowledged, alice's change is parked and reported, and once the
+// primary has a good copy again it applies.
+func TestCorruptBodyStallsOnlyItsUser(t *testing.T) {
+	for _, size := range []int{100, 200 << 10} { // inline and fetched
+		ctx := context.Background()
+		srcDir := t.TempDir()
+		src := openStore(t, srcDir)
+		dst := openStore(t, t.TempDir())
+		require.NoError(t, src.CreateUser(ctx, "alice"))
+		require.NoError(t, src.CreateUser(ctx, "bob"))
+		content := msgText("precious", strings.Repeat("p", size))
+		add(t, src, "alice", "INBOX", content)
+		d := resilmail.DigestOf([]byte(content))
+		flipBody(t, srcDir, d)
+		p, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond, Mode: replicate.AckOne})
+		r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+		addN(t, src, "bob", "INBOX", 3)
+		require.NoError(t, p.Await(ctx, src.Position()), "the replica acknowledges past the parked change")
+		require.Eventually(t, func() bool { return messages(t, dst, "bob", "INBOX") == 3 }, 10*time.Second, 5*time.Millisecond)
+		require.Eventually(t, func() bool { return len(r.Parked()) == 1 }, 10*time.Second, 5*time.Millisecond)
+		st := r.Stats()
+		assert.Equal(t, src.Position(), st.Received)
+		assert.Equal(t, 1, st.Parked)
+		assert.Less(t, st.Applied, src.Position())
+		pc := r.Parked()[0]
+		assert.Equal(t, "alice", pc.Change.User)
+		assert.Equal(t, d, pc.Change.Digest)
+		assert.Contains(t, pc.Err, "corrupt")
+		assert.False(t, dst.HasBody(d), "a corrupt body is never kept")
+		assert.Zero(t, messages(t, dst, "alice", "INBOX"))
+		assert.Positive(t, p.Stats().CorruptBodies)
+
+		// A good copy comes back (here straight into the primary's store).
+		require.NoError(t, src.RestoreBody(ctx, d, strings.NewReader(content)))
+		waitApplied(t, r, src)
+		requireSame(t, src, dst)
+		assert.Zero(t, r.Stats().Parked)
+		assert.Equal(t, uint64(1), r.Stats().ParkedTotal)
+	}
+}
+
+// TestA404IsNotAnExpunge: a 404 that does not come from the primary's own
+// "not_found" (a proxy, a wrong path) must not make the replica record a
+// message as expunged; the change waits for its body.
+func TestA404IsNotAnExpunge(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	dst := openStore(t, t.TempDir())
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	content := msgText("big", strings.Repeat("big body line\r\n", 8000))
+	add(t, src, "alice", "INBOX", content)
+	p, err := replicate.NewPrimary(src, &replicate.PrimaryOptions{Secret: streamSecret, Logger: quietLogger(), Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, err)
+	var broken atomic.Bool
+	broken.Store(true)
+	h := p.Handler()
+	srv := newServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if broken.Load() && strings.HasPrefix(r.URL.Path, "/body/") {
+			http.NotFound(w, r) // a plain 404, as a proxy gives
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+	require.Eventually(t, func() bool { return len(r.Parked()) == 1 }, 10*time.Second, 5*time.Millisecond, "%+v", r.Stats())
+	assert.Zero(t, messages(t, dst, "alice", "INBOX"), "not recorded as expunged")
+	broken.Store(false)
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
+	assert.Equal(t, 1, messages(t, dst, "alice", "INBOX"))
+}
+
+// newServer serves h on loopback until the test ends.
+func newServer(t testing.TB, h http.Handler) *httptest.Server {
+	srv := httptest.NewServer(h)
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	return srv
+}
