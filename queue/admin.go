@@ -22,8 +22,9 @@ const (
 	StateDelivering State = "delivering"
 	// StateHeld: held; not delivered until released.
 	StateHeld State = "held"
-	// StateMaybeDelivered: held because a recipient may have been
-	// delivered; release to send again, delete to drop.
+	// StateMaybeDelivered: nothing left to try but recipients held as
+	// maybe-delivered (MaybeHold); release to send again, delete to drop.
+	// It still gets delay warnings and expires.
 	StateMaybeDelivered State = "maybe-delivered"
 	// StateCorrupt: its stored body failed its digest; it was moved aside
 	// and is never delivered.
@@ -87,10 +88,12 @@ func (q *Queue) stateLocked(m *message) State {
 		return StateCorrupt
 	case m.inRound || len(m.rec.Jobs) > 0:
 		return StateDelivering
-	case m.rec.Held && slices.ContainsFunc(m.rec.Rcpts, func(r rcptRec) bool { return r.State == MaybeDelivered }):
+	case m.rec.Held && m.hasMaybe():
 		return StateMaybeDelivered
 	case m.rec.Held:
 		return StateHeld
+	case m.hasMaybe() && !m.hasPending():
+		return StateMaybeDelivered
 	case m.rec.Attempts > 0:
 		return StateDeferred
 	}
@@ -238,15 +241,18 @@ func (q *Queue) Hold(f Filter) (int, error) {
 	})
 }
 
-// Release resumes delivery of held messages now. Recipients marked
-// maybe-delivered are sent again: the operator has decided that a possible
-// duplicate is better than a possible loss.
+// Release resumes delivery of held messages now, and of recipients held as
+// maybe-delivered: they are sent again, the operator having decided that a
+// possible duplicate is better than a possible loss.
 func (q *Queue) Release(f Filter) (int, error) {
 	return q.each(f, func(m *message, now time.Time) (bool, error) {
-		if !m.rec.Held {
+		if !m.rec.Held && !m.hasMaybe() {
 			return false, nil
 		}
-		u := &updRec{ID: m.id(), Held: ptr(false)}
+		u := &updRec{ID: m.id()}
+		if m.rec.Held {
+			u.Held = ptr(false)
+		}
 		for i, rc := range m.rec.Rcpts {
 			if rc.State == MaybeDelivered {
 				rc.State = Pending

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail"
@@ -134,38 +133,43 @@ func TestCrashRecovery(t *testing.T) {
 	opts.Retry = queue.RetryPolicy{MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}
 	q := open(t, filepath.Join(dir, "q"), &fileSink{f: f, rnd: rand.New(rand.NewPCG(1, 2))}, opts)
 	run(t, q)
-	waitFor(t, "queue drained", func() bool {
-		st := q.Stats()
-		return st.Recipients == 0 && st.InFlight == 0
-	})
-	data, err := os.ReadFile(filepath.Join(dir, "delivered"))
-	require.NoError(t, err)
+	// Every acknowledged message must be delivered within the drain time,
+	// whatever state it is in: held, maybe-delivered or deferred count as
+	// stranded.
 	count := map[string]int{}
-	for _, id := range strings.Fields(string(data)) {
-		count[id]++
+	undelivered := func() int {
+		data, err := os.ReadFile(filepath.Join(dir, "delivered"))
+		require.NoError(t, err)
+		clear(count)
+		for _, id := range strings.Fields(string(data)) {
+			count[id]++
+		}
+		n := 0
+		for id := range acked {
+			if count[id] == 0 {
+				n++
+			}
+		}
+		return n
 	}
-	queued := map[string]queue.Info{}
-	for _, in := range q.List(queue.Filter{}) {
-		queued[in.ID] = in
+	deadline := time.Now().Add(30 * time.Second)
+	for undelivered() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
 	}
 	lost, dup := 0, 0
 	for id := range acked {
-		_, inQueue := queued[id]
-		if count[id] == 0 && !inQueue {
+		if count[id] == 0 {
 			lost++
-			t.Errorf("acknowledged message %s was lost", id)
+			in, err := q.Inspect(id)
+			t.Errorf("acknowledged message %s not delivered within the drain time (queued: %v, state %s)", id, err == nil, in.State)
 		}
 	}
-	for id, n := range count {
+	for _, n := range count {
 		if n > 1 {
-			dup++
-			t.Errorf("message %s delivered %d times", id, n)
+			dup++ // at least once: an attempt a kill cut short is sent again
 		}
-	}
-	for id, in := range queued {
-		assert.Equal(t, queue.StateMaybeDelivered, in.State, "only maybe-delivered messages stay queued: %s", id)
 	}
 	st := q.Stats()
-	t.Logf("%d acknowledged over %d kills; %d delivered, %d held as maybe-delivered, %d lost, %d duplicated; damaged bytes moved aside %d",
-		len(acked), rounds, len(count), len(queued), lost, dup, st.DamagedBytes)
+	t.Logf("%d acknowledged over %d kills; %d delivered, %d undelivered, %d delivered more than once; %d interrupted attempts retried; damaged bytes moved aside %d",
+		len(acked), rounds, len(count), lost, dup, st.Interrupted, st.DamagedBytes)
 }

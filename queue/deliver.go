@@ -39,7 +39,7 @@ func (h *msgHeap) Pop() any {
 // deliver and nothing stops it.
 func (q *Queue) scheduleLocked(m *message) {
 	deliverable := !m.removed && !m.inRound && !m.notifing && !m.rec.Held && !m.rec.Corrupt && m.synced == nil && m.doom == "" &&
-		(m.hasPending() || m.owesFailureNotice())
+		(m.hasPending() || m.owesFailureNotice() || m.hasMaybe())
 	switch {
 	case deliverable && m.heapIdx >= 0:
 		heap.Fix(&q.sched, m.heapIdx)
@@ -53,6 +53,18 @@ func (q *Queue) scheduleLocked(m *message) {
 func (m *message) owesFailureNotice() bool {
 	for _, r := range m.rec.Rcpts {
 		if r.State == Failed && !r.Notified {
+			return true
+		}
+	}
+	return false
+}
+
+// hasMaybe reports whether a recipient is held as maybe-delivered
+// (MaybeHold): the message then waits for an operator, its delay warnings
+// and its expiry.
+func (m *message) hasMaybe() bool {
+	for _, r := range m.rec.Rcpts {
+		if r.State == MaybeDelivered {
 			return true
 		}
 	}
@@ -151,6 +163,9 @@ func (q *Queue) Run(ctx context.Context) error {
 // sleep before the next one.
 func (q *Queue) dispatchLocked(ctx context.Context) time.Duration {
 	now := q.opts.Now()
+	if q.draining || ctx.Err() != nil {
+		return time.Hour // Shutdown: nothing new starts
+	}
 	for q.sched.Len() > 0 && q.active < q.opts.MaxDeliveries && q.wal.Err() == nil {
 		m := q.sched[0]
 		if m.next.After(now) {
@@ -263,6 +278,10 @@ func (q *Queue) runJob(ctx context.Context, j *job) {
 	if err = q.wal.Sync(); err != nil {
 		// The attempt is not durable: do not deliver.
 		err = &resilmail.DeliveryError{Command: "queue", Message: "queue storage failed", Err: err}
+	} else if ctx.Err() != nil {
+		// Shut down before it started: not an attempt at all.
+		q.finishJob(ctx, j, env, errNotStarted)
+		return
 	} else if body, berr := q.body(m); berr != nil {
 		var ce *resilmail.CorruptError
 		if errors.As(berr, &ce) {
@@ -277,6 +296,10 @@ func (q *Queue) runJob(ctx context.Context, j *job) {
 	q.finishJob(ctx, j, env, err)
 }
 
+// errNotStarted ends a job that never reached the Deliverer: its recipients
+// stay as they were.
+var errNotStarted = errors.New("queue: delivery not started")
+
 // finishJob records the outcome of one attempt, per recipient.
 func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, err error) {
 	now := q.opts.Now()
@@ -290,6 +313,9 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 	h := &attemptRec{At: now.UnixNano(), Dest: j.d.key}
 	anyAccepted, anyPermanent := false, false
 	for k, i := range j.rcpts {
+		if err == errNotStarted {
+			break
+		}
 		rc := m.rec.Rcpts[i]
 		de := out[addrs[k]]
 		ev := Event{ID: m.id(), Rcpt: addrs[k], Time: now}
@@ -300,10 +326,8 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 			q.counters.delivered++
 			ev.Kind = EventDelivered
 		case de.MaybeDelivered:
-			rc = rcptRec{State: MaybeDelivered, Reply: de.Reply(), Host: de.Host}
+			rc = rcptRec{State: MaybeDelivered, Reply: "maybe delivered (the reply to the end of data was lost): " + de.Reply(), Host: de.Host, Code: "4.4.2"}
 			switch q.opts.MaybeDelivered {
-			case MaybeHold:
-				u.Held = ptr(true)
 			case MaybeRetry:
 				rc.State = Pending
 			case MaybeAssumeDelivered:
@@ -334,7 +358,11 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 		h.Replies = append(h.Replies, rc.Reply)
 		events = append(events, ev)
 	}
-	u.History = h
+	if err == errNotStarted {
+		q.counters.notStarted++
+	} else {
+		u.History = h
+	}
 	if aerr := q.appendLocked(m, u); aerr != nil {
 		q.log.Error("queue: cannot record delivery result", "msg_id", m.id(), "err", aerr)
 	}
@@ -344,7 +372,7 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 	d := j.d
 	d.active--
 	q.active--
-	if !anyAccepted && !anyPermanent && ctx.Err() == nil && destinationFailure(err) {
+	if err != errNotStarted && !anyAccepted && !anyPermanent && ctx.Err() == nil && destinationFailure(err) {
 		d.failures++
 		d.window = 1
 		first := min(10*time.Second, q.opts.Retry.MinBackoff)
@@ -368,7 +396,16 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 	if j.r.pending == 0 {
 		q.finishRoundLocked(j.r)
 	}
+	if q.active == 0 && q.idle != nil {
+		close(q.idle)
+		q.idle = nil
+	}
 	q.mu.Unlock()
+	// The results ride the next group commit: a crash from here on does not
+	// send these recipients again.
+	if serr := q.wal.Sync(); serr != nil {
+		q.log.Error("queue: cannot make delivery results durable", "msg_id", m.id(), "err", serr)
+	}
 	q.poke()
 	for _, ev := range events {
 		q.event(ev)
@@ -423,10 +460,27 @@ func (q *Queue) finishRoundLocked(r *round) {
 		m.next = r.deferTo
 	}
 	now := q.opts.Now()
-	if m.doom == "" && m.hasPending() && now.Sub(time.Unix(0, m.rec.Created)) >= q.opts.Retry.Lifetime && !m.rec.Held {
+	if m.doom == "" && (m.hasPending() || m.hasMaybe()) && now.Sub(time.Unix(0, m.rec.Created)) >= q.opts.Retry.Lifetime && !m.rec.Held {
 		q.expireLocked(m, now)
 	}
+	if !m.hasPending() && m.hasMaybe() {
+		m.next = q.maybeDeadlineLocked(m)
+	}
 	q.afterRoundLocked(m)
+}
+
+// maybeDeadlineLocked returns when a message whose recipients wait as
+// maybe-delivered (and nothing else) needs the queue again: its next delay
+// warning or its expiry.
+func (q *Queue) maybeDeadlineLocked(m *message) time.Time {
+	created := time.Unix(0, m.rec.Created)
+	t := created.Add(q.opts.Retry.Lifetime)
+	if w := q.opts.Retry.DelayWarnings; m.rec.Warned < len(w) {
+		if wt := created.Add(w[m.rec.Warned]); wt.Before(t) {
+			t = wt
+		}
+	}
+	return t
 }
 
 // expireLocked fails every pending recipient of a message that has been
@@ -434,10 +488,13 @@ func (q *Queue) finishRoundLocked(r *round) {
 func (q *Queue) expireLocked(m *message, now time.Time) {
 	u := &updRec{ID: m.id()}
 	for i, rc := range m.rec.Rcpts {
-		if rc.State != Pending {
+		if rc.State != Pending && rc.State != MaybeDelivered {
 			continue
 		}
 		reply := "message expired after " + q.opts.Retry.Lifetime.String() + " in the queue"
+		if rc.State == MaybeDelivered {
+			reply = "message expired after " + q.opts.Retry.Lifetime.String() + " in the queue, held because it may already have been delivered to this recipient and no operator released or deleted it; it may or may not have arrived"
+		}
 		if rc.Reply != "" {
 			reply += "; last error: " + rc.Reply
 		}
@@ -541,5 +598,5 @@ func (q *Queue) delayWarningDueLocked(m *message, now time.Time) bool {
 	if now.Sub(time.Unix(0, m.rec.Created)) < warnings[m.rec.Warned] {
 		return false
 	}
-	return slices.ContainsFunc(m.rec.Env.To, func(r resilmail.Recipient) bool { return r.Notify.Has(resilmail.NotifyDelay) }) && m.hasPending()
+	return slices.ContainsFunc(m.rec.Env.To, func(r resilmail.Recipient) bool { return r.Notify.Has(resilmail.NotifyDelay) }) && (m.hasPending() || m.hasMaybe())
 }

@@ -14,11 +14,23 @@
 //     are checked whenever it is read. A body that fails is moved aside into
 //     the folder "corrupt", reported (log, [Stats], [Hooks]) and never
 //     delivered; the rest of the queue carries on.
-//   - Attempts are committed before they start: a crash during an attempt
-//     still backs off, and the interrupted recipients are treated as maybe
-//     delivered ([MaybeDeliveredPolicy]) rather than silently sent again.
+//   - Attempts are committed before they start, and their results through
+//     the same group commit once they end: a crash during an attempt still
+//     backs off, and a crash after it does not send it again. An attempt a
+//     crash cut short (no result recorded) is simply retried at the next
+//     Open: delivery is at least once, as Postfix's.
 //   - Per-recipient state: each recipient is pending, delivered, failed or
 //     maybe-delivered; only pending ones are tried again.
+//   - Maybe delivered: when the final dot left and the reply was lost, the
+//     recipient is retried after the usual backoff (the default; a rare
+//     duplicate rather than a loss, RFC 5321 section 6.1), or, with
+//     [MaybeHold], held for an operator while the message's other
+//     recipients carry on. A held recipient still gets delay warnings and
+//     fails at the end of the message's lifetime with a DSN that says it
+//     may have been delivered: no acknowledged message waits unseen.
+//   - Stopping: [Queue.Shutdown] starts no new delivery and lets those in
+//     flight finish up to its context's deadline; nothing is started on a
+//     cancelled context.
 //   - Notifications: permanent failures and expiry produce an RFC 3464
 //     delivery status notification to the sender, honouring the DSN
 //     parameters NOTIFY, RET, ENVID and ORCPT (RFC 3461); so do delay
@@ -54,5 +66,6 @@
 //
 // Open starts none. Run starts the dispatcher's helpers (one goroutine per
 // delivery in flight, a compactor) and returns after all of them have
-// exited. Close stops Run and waits.
+// exited. Close stops Run and waits; Shutdown lets deliveries in flight
+// finish first.
 package queue

@@ -79,7 +79,7 @@ func (q *Queue) notify(m *message) {
 	if warn {
 		var report []int
 		for i, rc := range rcpts {
-			if rc.State == Pending && env.To[i].Notify.Has(resilmail.NotifyDelay) {
+			if (rc.State == Pending || rc.State == MaybeDelivered) && env.To[i].Notify.Has(resilmail.NotifyDelay) {
 				report = append(report, i)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/wal"
 )
 
 // RetryPolicy says when a message that failed temporarily is tried again and
@@ -91,18 +92,24 @@ func (p RetryPolicy) jittered(n int, rnd *rand.Rand) time.Duration {
 }
 
 // MaybeDeliveredPolicy says what the queue does with a recipient whose
-// delivery may have succeeded: the whole message was sent and the reply was
-// lost, or the process crashed during the attempt.
+// delivery may have succeeded: the whole message was sent and the reply to
+// its final dot was lost. It applies per recipient: the message's other
+// recipients carry on. An attempt cut short by the queue's own crash is not
+// "maybe delivered" (nothing says the final dot left): it is retried under
+// every policy.
 type MaybeDeliveredPolicy int
 
 const (
-	// MaybeHold keeps the message queued and held with the recipient marked
-	// maybe-delivered, for an operator to release (send again) or delete.
-	// Nothing is sent twice and nothing is dropped. The default.
-	MaybeHold MaybeDeliveredPolicy = iota
 	// MaybeRetry sends it again after the usual backoff, to the same
-	// destination, as Postfix does: no loss, a possible duplicate.
-	MaybeRetry
+	// destination, as Postfix does: no loss, a rare duplicate (RFC 5321
+	// section 6.1 puts not losing mail first). The default.
+	MaybeRetry MaybeDeliveredPolicy = iota
+	// MaybeHold keeps the recipient marked maybe-delivered, for an operator
+	// to release (send again) or delete. Nothing is sent twice and nothing
+	// is dropped unseen: the sender still gets delay warnings, and when the
+	// message's lifetime runs out the recipient fails with a DSN that says
+	// it may have been delivered.
+	MaybeHold
 	// MaybeAssumeDelivered counts it as delivered: no duplicate, a possible
 	// loss. Use it only where the next hop deduplicates on its own.
 	MaybeAssumeDelivered
@@ -149,7 +156,8 @@ type Options struct {
 	// Zero means 1 000 000.
 	DedupMax int
 
-	// MaybeDelivered is what happens to maybe-delivered recipients.
+	// MaybeDelivered is what happens to maybe-delivered recipients; zero
+	// means MaybeRetry.
 	MaybeDelivered MaybeDeliveredPolicy
 
 	// Hostname names this node in notifications (Reporting-MTA, the
@@ -166,6 +174,10 @@ type Options struct {
 	Hooks Hooks
 	// Now is the clock; nil means time.Now. Tests inject their own.
 	Now func() time.Time
+
+	// openFile opens the log's segment files; nil means os.OpenFile. The
+	// power-loss test sets it (export_test.go).
+	openFile func(name string, flag int, perm os.FileMode) (wal.File, error)
 }
 
 func (o *Options) withDefaults() (Options, error) {
@@ -195,7 +207,7 @@ func (o *Options) withDefaults() (Options, error) {
 	if opts.DedupMax <= 0 {
 		opts.DedupMax = 1_000_000
 	}
-	if opts.MaybeDelivered < MaybeHold || opts.MaybeDelivered > MaybeAssumeDelivered {
+	if opts.MaybeDelivered < MaybeRetry || opts.MaybeDelivered > MaybeAssumeDelivered {
 		return opts, fmt.Errorf("queue: unknown MaybeDelivered policy %d", opts.MaybeDelivered)
 	}
 	if opts.Hostname == "" {

@@ -50,6 +50,8 @@ type Queue struct {
 	counters  counters
 	running   bool
 	closed    bool
+	draining  bool          // Shutdown: start no delivery
+	idle      chan struct{} // closed when the last delivery in flight ends
 	rnd       *mrand.Rand
 	freeAt    time.Time // when free space was last checked
 	freeLow   bool
@@ -119,7 +121,7 @@ func Open(dir string, d resilmail.Deliverer, opts *Options) (*Queue, error) {
 	start := time.Now()
 	l, err := wal.Open(filepath.Join(dir, "log"), wal.Options{
 		Kind: "queue", Version: formatVersion, SegmentSize: o.SegmentSize, Logger: o.Logger,
-		Damaged: q.damaged,
+		Damaged: q.damaged, OpenFile: o.openFile,
 	}, q.replay)
 	if err != nil {
 		unlock()
@@ -321,6 +323,9 @@ func (q *Queue) recover() error {
 		if len(m.rec.Jobs) == 0 {
 			continue
 		}
+		// An attempt our own crash cut short: nothing says its final dot
+		// left, so its recipients are simply tried again (at least once, as
+		// Postfix does), after the backoff the attempt committed.
 		for _, j := range append([]jobRec(nil), m.rec.Jobs...) {
 			u := &updRec{ID: m.id(), End: &j.Job}
 			for _, i := range j.Rcpts {
@@ -328,19 +333,12 @@ func (q *Queue) recover() error {
 				if rc.State != Pending {
 					continue
 				}
-				rc.Reply = "attempt interrupted by a crash; the message may have been delivered"
+				rc.Reply = "attempt interrupted by a restart of the queue; retried"
 				rc.Host = j.Dest
-				switch q.opts.MaybeDelivered {
-				case MaybeHold:
-					rc.State = MaybeDelivered
-					u.Held = ptr(true)
-				case MaybeAssumeDelivered:
-					rc.State = Delivered
-				}
 				u.Rcpts = append(u.Rcpts, rcptChange{I: i, rcptRec: rc})
-				q.counters.maybeDelivered++
-				q.log.Warn("queue: attempt interrupted by a crash: maybe delivered",
-					"msg_id", m.id(), "rcpt", m.rec.Env.To[i].Addr, "host", j.Dest, "policy", q.opts.MaybeDelivered.String())
+				q.counters.interrupted++
+				q.log.Warn("queue: attempt interrupted by a crash; retrying",
+					"msg_id", m.id(), "rcpt", m.rec.Env.To[i].Addr, "host", j.Dest)
 			}
 			if err := q.appendLocked(m, u); err != nil {
 				return err
@@ -648,6 +646,36 @@ func (q *Queue) Close() error {
 	err := q.wal.Close()
 	if uerr := q.unlock(); err == nil {
 		err = uerr
+	}
+	return err
+}
+
+// Shutdown stops the queue gracefully: no new delivery starts, the
+// deliveries in flight run to their end, then it closes as [Queue.Close]
+// does. If ctx ends first, the deliveries still in flight see their context
+// cancelled (their recipients are retried after the next Open) and Shutdown
+// returns ctx's error once they have returned. Run returns nil.
+func (q *Queue) Shutdown(ctx context.Context) error {
+	q.mu.Lock()
+	q.draining = true
+	var idle chan struct{}
+	if q.active > 0 {
+		if q.idle == nil {
+			q.idle = make(chan struct{})
+		}
+		idle = q.idle
+	}
+	q.mu.Unlock()
+	var err error
+	if idle != nil {
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	if cerr := q.Close(); err == nil {
+		err = cerr
 	}
 	return err
 }

@@ -400,25 +400,117 @@ func TestExpiryAndDelayWarning(t *testing.T) {
 	assert.Equal(t, uint64(1), q.Stats().Expired)
 }
 
-func TestMaybeDeliveredIsHeldNotResent(t *testing.T) {
+// The default: a maybe-delivered recipient is sent again, but only after
+// the backoff, not at once.
+func TestMaybeDeliveredIsRetriedAfterDelay(t *testing.T) {
 	s := newSink(func(env resilmail.Envelope, call int) error {
 		if call == 1 {
 			return &resilmail.DeliveryError{Command: "end of data", Message: "timeout after final dot", MaybeDelivered: true}
 		}
 		return nil
 	})
-	q := open(t, t.TempDir(), s, nil)
+	opts := quietOpts()
+	opts.Retry = queue.RetryPolicy{MinBackoff: time.Hour, Jitter: -1}
+	q := open(t, t.TempDir(), s, opts)
+	run(t, q)
+	start := time.Now()
+	_, err := q.Enqueue(context.Background(), envelope("maybe", "u@example.org"), body("m"))
+	require.NoError(t, err)
+	<-s.seen
+	waitFor(t, "deferred", func() bool {
+		in, err := q.Inspect("maybe")
+		return err == nil && in.State == queue.StateDeferred && !in.NextAttempt.IsZero()
+	})
+	in, err := q.Inspect("maybe")
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, in.NextAttempt.Sub(start), 59*time.Minute, "retried after the backoff, not at once")
+	assert.Equal(t, queue.Pending, in.Recipients[0].State)
+	assert.Contains(t, in.Recipients[0].Reply, "maybe delivered")
+	assert.Equal(t, uint64(1), q.Stats().MaybeDelivered)
+	assert.Equal(t, 1, q.Stats().DeferredMessages)
+	n, err := q.Retry(queue.Filter{})
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	<-s.seen
+	waitFor(t, "done", func() bool { return len(q.List(queue.Filter{})) == 0 })
+}
+
+// MaybeHold holds the one recipient whose reply was lost, delivers the
+// others, warns the sender, and expires it with a DSN that says why.
+func TestMaybeHoldIsPerRecipientWarnsAndExpires(t *testing.T) {
+	clock := newClock()
+	s := newSink(func(env resilmail.Envelope, call int) error {
+		if env.From == "" || env.To[0].Addr != "held@one.example" {
+			return nil
+		}
+		return &resilmail.DeliveryError{Host: "mx.one.example", Command: "end of data", Message: "timeout after final dot", MaybeDelivered: true}
+	})
+	opts := quietOpts()
+	opts.Now = clock.Now
+	opts.MaybeDelivered = queue.MaybeHold
+	opts.Retry = queue.RetryPolicy{Lifetime: 10 * time.Hour, DelayWarnings: []time.Duration{4 * time.Hour}, Jitter: -1}
+	q := open(t, t.TempDir(), s, opts)
+	run(t, q)
+	env := envelope("maybe", "held@one.example", "ok@two.example")
+	for i := range env.To {
+		env.To[i].Notify = resilmail.NotifyFailure | resilmail.NotifyDelay
+	}
+	_, err := q.Enqueue(context.Background(), env, body("m"))
+	require.NoError(t, err)
+	waitFor(t, "other recipient delivered", func() bool { return len(s.delivered("ok@two.example")) == 1 })
+	waitFor(t, "held", func() bool { return len(q.List(queue.Filter{State: queue.StateMaybeDelivered})) == 1 })
+	st := q.Stats()
+	assert.Equal(t, 1, st.MaybeDeliveredRecipients)
+	assert.Zero(t, st.HeldMessages, "the message itself is not held")
+
+	notices := func() []*dsn.Parsed {
+		var out []*dsn.Parsed
+		for _, id := range s.delivered("sender@example.net") {
+			s.mu.Lock()
+			b := s.bodies[id]
+			s.mu.Unlock()
+			p, err := dsn.Parse(strings.NewReader(b))
+			require.NoError(t, err)
+			out = append(out, p)
+		}
+		return out
+	}
+	clock.Advance(5 * time.Hour)
+	_, err = q.Retry(queue.Filter{})
+	require.NoError(t, err)
+	waitFor(t, "delay warning", func() bool { return len(notices()) == 1 })
+	assert.Equal(t, dsn.Delayed, notices()[0].Report.Recipients[0].Action)
+	assert.Equal(t, "held@one.example", notices()[0].Report.Recipients[0].FinalRecipient)
+	assert.Len(t, s.delivered("held@one.example"), 1, "held, not sent again")
+
+	clock.Advance(6 * time.Hour)
+	_, err = q.Retry(queue.Filter{})
+	require.NoError(t, err)
+	waitFor(t, "expiry notice", func() bool { return len(notices()) == 2 })
+	fail := notices()[1].Report.Recipients[0]
+	assert.Equal(t, dsn.Failed, fail.Action)
+	assert.Equal(t, "4.4.7", fail.Status)
+	assert.Contains(t, fail.DiagnosticCode, "may already have been delivered")
+	waitFor(t, "queue empty", func() bool { return len(q.List(queue.Filter{})) == 0 })
+	assert.Len(t, s.delivered("held@one.example"), 1, "never sent twice")
+}
+
+func TestMaybeHoldRelease(t *testing.T) {
+	s := newSink(func(env resilmail.Envelope, call int) error {
+		if call == 1 {
+			return &resilmail.DeliveryError{Command: "end of data", Message: "timeout after final dot", MaybeDelivered: true}
+		}
+		return nil
+	})
+	opts := quietOpts()
+	opts.MaybeDelivered = queue.MaybeHold
+	q := open(t, t.TempDir(), s, opts)
 	run(t, q)
 	_, err := q.Enqueue(context.Background(), envelope("maybe", "u@example.org"), body("m"))
 	require.NoError(t, err)
 	<-s.seen
 	waitFor(t, "held", func() bool { return len(q.List(queue.Filter{State: queue.StateMaybeDelivered})) == 1 })
 	assert.Equal(t, uint64(1), q.Stats().MaybeDelivered)
-	select {
-	case env := <-s.seen:
-		t.Fatalf("maybe-delivered message was sent again: %v", env.ID)
-	case <-time.After(100 * time.Millisecond):
-	}
 	n, err := q.Release(queue.Filter{State: queue.StateMaybeDelivered})
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
@@ -638,4 +730,74 @@ func TestCompactionKeepsLiveMessagesAndDedup(t *testing.T) {
 		assert.Contains(t, s2.bodies[fmt.Sprint("held", i)], fmt.Sprint("held-body-", i), "bodies copied forward intact")
 	}
 	assert.Empty(t, s2.delivered("u@example.org"), "nothing delivered twice")
+}
+
+func TestShutdownDrains(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan string, 10)
+	d := resilmail.DelivererFunc(func(ctx context.Context, env resilmail.Envelope, body io.Reader) error {
+		started <- env.ID
+		<-release
+		return nil
+	})
+	dir := t.TempDir()
+	q, err := queue.Open(dir, d, quietOpts())
+	require.NoError(t, err)
+	go q.Run(context.Background())
+	_, err = q.Enqueue(context.Background(), envelope("first", "u@example.org"), body("a"))
+	require.NoError(t, err)
+	assert.Equal(t, "first", <-started)
+	done := make(chan error, 1)
+	go func() { done <- q.Shutdown(context.Background()) }()
+	waitFor(t, "draining", func() bool { return q.Stats().Draining })
+	// Accepted while draining, and due at once: it must wait for the next
+	// Open.
+	_, err = q.Enqueue(context.Background(), envelope("second", "u@example.org"), body("b"))
+	require.NoError(t, err)
+	waitFor(t, "second queued", func() bool { return q.Stats().Messages[queue.StateQueued] == 1 })
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned %v with a delivery in flight", err)
+	default:
+	}
+	close(release)
+	require.NoError(t, <-done)
+	select {
+	case id := <-started:
+		t.Fatalf("%s started during Shutdown", id)
+	default:
+	}
+	q2 := open(t, dir, newSink(nil), nil)
+	ids := []string{}
+	for _, in := range q2.List(queue.Filter{}) {
+		ids = append(ids, in.ID)
+	}
+	assert.Equal(t, []string{"second"}, ids, "the finished delivery is durable, the one not started is kept")
+	in, err := q2.Inspect("second")
+	require.NoError(t, err)
+	assert.Zero(t, in.Attempts, "no attempt was started during Shutdown")
+}
+
+func TestShutdownDeadline(t *testing.T) {
+	cancelled := make(chan struct{})
+	d := resilmail.DelivererFunc(func(ctx context.Context, env resilmail.Envelope, body io.Reader) error {
+		<-ctx.Done()
+		close(cancelled)
+		return ctx.Err()
+	})
+	dir := t.TempDir()
+	q, err := queue.Open(dir, d, quietOpts())
+	require.NoError(t, err)
+	go q.Run(context.Background())
+	_, err = q.Enqueue(context.Background(), envelope("stuck", "u@example.org"), body("a"))
+	require.NoError(t, err)
+	waitFor(t, "in flight", func() bool { return q.Stats().InFlight == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	assert.ErrorIs(t, q.Shutdown(ctx), context.DeadlineExceeded)
+	<-cancelled
+	q2 := open(t, dir, newSink(nil), nil)
+	in, err := q2.Inspect("stuck")
+	require.NoError(t, err)
+	assert.Equal(t, queue.Pending, in.Recipients[0].State, "cut short by the deadline: tried again")
 }

@@ -10,6 +10,7 @@ type counters struct {
 	expired, maybeDelivered, dsns        uint64
 	corrupt, throttled, badRecords       uint64
 	compactions, rewritten, damagedBytes uint64
+	interrupted, notStarted              uint64
 }
 
 // Stats is a snapshot of a queue's state and counters, like sql.DBStats.
@@ -25,6 +26,16 @@ type Stats struct {
 	OldestAge time.Duration
 	// InFlight is the number of delivery attempts running.
 	InFlight int
+	// Draining is true once Shutdown has begun: no new delivery starts.
+	Draining bool
+	// HeldMessages counts messages an operator held (Hold).
+	HeldMessages int
+	// DeferredMessages counts messages tried at least once and waiting to
+	// be tried again.
+	DeferredMessages int
+	// MaybeDeliveredRecipients counts recipients now held as maybe
+	// delivered (MaybeHold), waiting for an operator or their expiry.
+	MaybeDeliveredRecipients int
 
 	Enqueued       uint64 // messages accepted
 	Duplicates     uint64 // enqueues ignored as duplicates
@@ -37,6 +48,8 @@ type Stats struct {
 	Notifications  uint64 // DSNs enqueued (bounces and delay warnings)
 	Corrupt        uint64 // bodies found corrupt
 	Throttled      uint64 // deliveries put off because their destination was slowed down
+	Interrupted    uint64 // recipients whose attempt a crash cut short, found at Open and retried
+	NotStarted     uint64 // deliveries dropped before they started because the queue was stopping
 
 	// Storage.
 	Fsyncs         uint64 // fsyncs of the log
@@ -58,11 +71,12 @@ func (q *Queue) Stats() Stats {
 	defer q.mu.Unlock()
 	now := q.opts.Now()
 	st := Stats{
-		Messages: map[State]int{}, Bytes: q.bytes, InFlight: q.active,
+		Messages: map[State]int{}, Bytes: q.bytes, InFlight: q.active, Draining: q.draining,
 		Enqueued: q.counters.enqueued, Duplicates: q.counters.duplicates, Refused: q.counters.refused,
 		Delivered: q.counters.delivered, Deferred: q.counters.deferred, Failed: q.counters.failed,
 		Expired: q.counters.expired, MaybeDelivered: q.counters.maybeDelivered, Notifications: q.counters.dsns,
 		Corrupt: q.counters.corrupt, Throttled: q.counters.throttled,
+		Interrupted: q.counters.interrupted, NotStarted: q.counters.notStarted,
 		Fsyncs: ws.Syncs, Appends: ws.Appends, Segments: ws.Segments, DiskBytes: ws.Bytes,
 		CorruptRegions: ws.CorruptRegions, BadRecords: q.counters.badRecords, DamagedBytes: q.counters.damagedBytes,
 		Compactions: q.counters.compactions, Rewritten: q.counters.rewritten, Dedup: len(q.dedup),
@@ -71,10 +85,20 @@ func (q *Queue) Stats() Stats {
 		if m.synced != nil {
 			continue
 		}
-		st.Messages[q.stateLocked(m)]++
+		state := q.stateLocked(m)
+		st.Messages[state]++
+		switch {
+		case m.rec.Held:
+			st.HeldMessages++
+		case state == StateDeferred:
+			st.DeferredMessages++
+		}
 		for _, rc := range m.rec.Rcpts {
-			if rc.State == Pending {
+			switch rc.State {
+			case Pending:
 				st.Recipients++
+			case MaybeDelivered:
+				st.MaybeDeliveredRecipients++
 			}
 		}
 		if age := now.Sub(time.Unix(0, m.rec.Created)); age > st.OldestAge {
