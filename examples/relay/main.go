@@ -180,12 +180,11 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		return err
 	}
 	log.Warn("relay: listening", "addr", ln.Addr().String(), "next", c.next, "queue", c.dir, "queued", len(q.List(queue.Filter{})))
-	if ready != nil {
-		ready <- ln.Addr()
-	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return q.Run(gctx) })
+	// The queue stops through Shutdown below, which lets deliveries in
+	// flight finish, not by the cancellation that starts it.
+	g.Go(func() error { return q.Run(context.WithoutCancel(gctx)) })
 	if pl.run != nil {
 		g.Go(func() error { return pl.run(gctx) })
 	}
@@ -233,11 +232,17 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 			return nil
 		})
 	}
+	if ready != nil {
+		ready <- ln.Addr() // every listener is up
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
+		if err := q.Shutdown(sctx); err != nil {
+			log.Warn("relay: deliveries cut short by the shutdown deadline; they are retried at the next start", "err", err)
+		}
 		if hsrv != nil {
 			hsrv.Shutdown(sctx)
 		}

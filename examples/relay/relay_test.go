@@ -183,6 +183,10 @@ func TestRelayExportsQueueMetrics(t *testing.T) {
 	}
 	assert.Contains(t, body, "resilmail_queue_enqueued_total 30\n")
 	assert.Contains(t, body, `resilmail_queue_messages{state="held"} 0`)
+	assert.Contains(t, body, "resilmail_queue_held_messages 0\n")
+	assert.Contains(t, body, "resilmail_queue_deferred_messages 0\n")
+	assert.Contains(t, body, "resilmail_queue_maybe_delivered_recipients 0\n")
+	assert.Contains(t, body, "resilmail_queue_oldest_age_seconds ")
 	assert.Regexp(t, `resilmail_queue_fsyncs_total [1-9]\d*\n`, body)
 }
 
