@@ -37,7 +37,6 @@ type powerFS struct {
 type powerFile struct {
 	fs     *powerFS
 	name   string
-	f      *os.File
 	size   int64 // bytes written
 	synced int64 // bytes durable
 }

@@ -610,6 +610,7 @@ func TestDestinationLimitsAndSlowDown(t *testing.T) {
 	}
 	run(t, q)
 	waitFor(t, "throttling", func() bool { return q.Stats().Throttled >= 1 })
+	waitFor(t, "busy at its limit", func() bool { mu.Lock(); defer mu.Unlock(); return inflight["busy.example"] == 2 })
 	close(release)
 	waitFor(t, "busy delivered", func() bool { return len(q.List(queue.Filter{Domain: "busy.example"})) == 0 })
 	mu.Lock()
