@@ -1,0 +1,527 @@
+package backup
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/resilmail/resilmail"
+)
+
+// repoFormat and repoVersion are the repository's config format and
+// version; Open refuses another version with ErrFormat.
+const (
+	repoFormat  = "resilmail-backup"
+	repoVersion = 1
+)
+
+const (
+	configName      = "config"
+	packsPrefix     = "packs/"
+	indexPrefix     = "index/"
+	changesPrefix   = "changes/"
+	snapshotsPrefix = "snapshots/"
+	lockName        = "lock"
+)
+
+// config is the repository's one plain-text object.
+type config struct {
+	Format     string `json:"format"`
+	Version    int    `json:"version"`
+	ID         string `json:"id"`
+	Created    string `json:"created"`
+	Encryption string `json:"encryption"`          // "none" or "aes-256-gcm"
+	KeyCheck   string `json:"key_check,omitempty"` // HMAC of the derived key
+}
+
+// Repo is a backup repository on a [Target]. Create it with [Open]; its
+// methods are safe for concurrent use, and the operations that write
+// (Backup, Follow, Prune) take the repository's lock.
+type Repo struct {
+	t    Target
+	opts Options
+	log  *slog.Logger
+	c    *codec
+	id   string
+
+	mu    sync.Mutex
+	index map[resilmail.Digest]location
+	packs map[string]*packInfo
+}
+
+// location is where a body is stored.
+type location struct {
+	pack   string // pack id
+	off    int64
+	length int64
+	size   int64
+}
+
+type packInfo struct {
+	id      string
+	size    int64 // bytes of the pack
+	entries []indexEntry
+}
+
+func randomID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Open opens the repository on t, creating it when t holds none (with
+// encryption when opts.Key is set), and loads its index of bodies (one
+// read per pack index). It refuses an unknown format version
+// ([ErrFormat]), an encrypted repository without a key or with another key
+// ([ErrWrongKey]), and a key for a repository that is not encrypted.
+func Open(ctx context.Context, t Target, opts *Options) (*Repo, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	r := &Repo{t: t, opts: o, log: o.Logger, index: make(map[resilmail.Digest]location), packs: make(map[string]*packInfo)}
+	b, err := t.Get(ctx, configName, 0, -1)
+	var cfg config
+	switch {
+	case errors.Is(err, ErrNotExist):
+		cfg = config{Format: repoFormat, Version: repoVersion, ID: randomID(), Created: o.Now().UTC().Format(time.RFC3339), Encryption: "none"}
+		if o.Key != nil {
+			cfg.Encryption = "aes-256-gcm"
+		}
+		if r.c, err = newCodec(o.Key, cfg.ID, zstd.SpeedBetterCompression); err != nil {
+			return nil, err
+		}
+		cfg.KeyCheck = r.c.check
+		data, _ := json.MarshalIndent(cfg, "", "  ")
+		if err := t.PutIfAbsent(ctx, configName, append(data, '\n')); err != nil {
+			if errors.Is(err, ErrExists) {
+				return Open(ctx, t, opts) // created meanwhile
+			}
+			return nil, fmt.Errorf("backup: creating the repository: %w", err)
+		}
+		r.log.Info("backup: repository created", "id", cfg.ID, "encryption", cfg.Encryption)
+	case err != nil:
+		return nil, fmt.Errorf("backup: reading the repository's config: %w", err)
+	default:
+		if err := json.Unmarshal(b, &cfg); err != nil || cfg.Format != repoFormat {
+			return nil, fmt.Errorf("%w: the target's config is not a %s repository's", ErrFormat, repoFormat)
+		}
+		if cfg.Version != repoVersion {
+			return nil, fmt.Errorf("%w: repository version %d, this build reads %d", ErrFormat, cfg.Version, repoVersion)
+		}
+		switch {
+		case cfg.Encryption == "aes-256-gcm" && o.Key == nil:
+			return nil, fmt.Errorf("%w: the repository is encrypted; give its key", ErrWrongKey)
+		case cfg.Encryption == "none" && o.Key != nil:
+			return nil, fmt.Errorf("%w: the repository is not encrypted; give no key", ErrWrongKey)
+		case cfg.Encryption != "none" && cfg.Encryption != "aes-256-gcm":
+			return nil, fmt.Errorf("%w: encryption %q", ErrFormat, cfg.Encryption)
+		}
+		if r.c, err = newCodec(o.Key, cfg.ID, zstd.SpeedBetterCompression); err != nil {
+			return nil, err
+		}
+		if r.c.check != cfg.KeyCheck {
+			return nil, fmt.Errorf("%w: the key does not open repository %s", ErrWrongKey, cfg.ID)
+		}
+	}
+	r.id = cfg.ID
+	if err := r.loadIndex(ctx); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// ID returns the repository's id.
+func (r *Repo) ID() string { return r.id }
+
+// Target returns the target the repository is on.
+func (r *Repo) Target() Target { return r.t }
+
+// loadIndex reads every pack index. A pack without an index is left alone
+// (a run that crashed before writing it; Prune removes it).
+func (r *Repo) loadIndex(ctx context.Context) error {
+	idx, err := r.t.List(ctx, indexPrefix)
+	if err != nil {
+		return err
+	}
+	packs, err := r.t.List(ctx, packsPrefix)
+	if err != nil {
+		return err
+	}
+	sizes := make(map[string]int64, len(packs))
+	for _, p := range packs {
+		sizes[strings.TrimPrefix(p.Name, packsPrefix)] = p.Size
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.opts.Parallelism)
+	for _, bi := range idx {
+		id := strings.TrimPrefix(bi.Name, indexPrefix)
+		g.Go(func() error {
+			entries, err := r.readIndex(gctx, id)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			size, ok := sizes[id]
+			if !ok {
+				r.log.Warn("backup: an index names a pack that is missing", "pack", id)
+				return nil
+			}
+			r.addPackLocked(&packInfo{id: id, size: size, entries: entries})
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+func (r *Repo) readIndex(ctx context.Context, id string) ([]indexEntry, error) {
+	b, err := r.t.Get(ctx, indexPrefix+id, 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("backup: index %s: %w", id, err)
+	}
+	p, err := r.c.open(kindIndex, b)
+	if err != nil {
+		return nil, fmt.Errorf("backup: index %s: %w", id, err)
+	}
+	entries, err := decodeIndex(p)
+	if err != nil {
+		return nil, fmt.Errorf("backup: index %s: %w", id, err)
+	}
+	return entries, nil
+}
+
+func (r *Repo) addPackLocked(p *packInfo) {
+	r.packs[p.id] = p
+	for _, e := range p.entries {
+		if _, ok := r.index[e.digest]; !ok {
+			r.index[e.digest] = location{pack: p.id, off: e.off, length: e.length, size: e.size}
+		}
+	}
+}
+
+// rebuildIndexLocked builds the index of bodies from the packs again,
+// after packs are removed.
+func (r *Repo) rebuildIndexLocked() {
+	clear(r.index)
+	ids := make([]string, 0, len(r.packs))
+	for id := range r.packs {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		p := r.packs[id]
+		for _, e := range p.entries {
+			if _, ok := r.index[e.digest]; !ok {
+				r.index[e.digest] = location{pack: p.id, off: e.off, length: e.length, size: e.size}
+			}
+		}
+	}
+}
+
+// has reports whether the repository stores the body d.
+func (r *Repo) has(d resilmail.Digest) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.index[d]
+	return ok
+}
+
+// readBody returns the body d, checked against its digest. cache, if not
+// nil, keeps whole packs for a restore that reads many bodies.
+func (r *Repo) readBody(ctx context.Context, d resilmail.Digest, cache *packCache) ([]byte, error) {
+	r.mu.Lock()
+	loc, ok := r.index[d]
+	r.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("%w: body %s is not in the repository", ErrNotExist, d)
+	}
+	var sealed []byte
+	var err error
+	if cache != nil {
+		var pack []byte
+		pack, err = cache.get(ctx, r, loc.pack)
+		if err == nil {
+			if loc.off+loc.length > int64(len(pack)) {
+				return nil, fmt.Errorf("%w: body %s beyond the end of pack %s", ErrCorrupt, d, loc.pack)
+			}
+			sealed = pack[loc.off : loc.off+loc.length]
+		}
+	} else {
+		sealed, err = r.t.Get(ctx, packsPrefix+loc.pack, loc.off, loc.length)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("backup: body %s in pack %s: %w", d, loc.pack, err)
+	}
+	return r.openBody(d, loc.pack, sealed)
+}
+
+func (r *Repo) openBody(d resilmail.Digest, pack string, sealed []byte) ([]byte, error) {
+	b, err := r.c.open(kindBody, sealed)
+	if err != nil {
+		return nil, fmt.Errorf("backup: body %s in pack %s: %w", d, pack, err)
+	}
+	if got := resilmail.DigestOf(b); got != d {
+		return nil, fmt.Errorf("%w: body in pack %s: %w", ErrCorrupt, pack, &resilmail.CorruptError{Want: d, Got: got, Where: "pack " + pack})
+	}
+	return b, nil
+}
+
+// packCache keeps the last few packs read whole.
+type packCache struct {
+	mu    sync.Mutex
+	order []string
+	packs map[string][]byte
+	max   int
+}
+
+func newPackCache(n int) *packCache { return &packCache{packs: make(map[string][]byte), max: n} }
+
+func (c *packCache) get(ctx context.Context, r *Repo, id string) ([]byte, error) {
+	c.mu.Lock()
+	if b, ok := c.packs[id]; ok {
+		c.mu.Unlock()
+		return b, nil
+	}
+	c.mu.Unlock()
+	b, err := r.t.Get(ctx, packsPrefix+id, 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.packs[id]; !ok {
+		c.packs[id] = b
+		c.order = append(c.order, id)
+		if len(c.order) > c.max {
+			delete(c.packs, c.order[0])
+			c.order = c.order[1:]
+		}
+	}
+	return b, nil
+}
+
+// A Snapshot is a state of the backed-up store kept in the repository.
+type Snapshot struct {
+	// Name identifies the snapshot.
+	Name string `json:"name"`
+	// Time is when it was taken.
+	Time time.Time `json:"time"`
+	// Position is the position of the store's journal it holds.
+	Position uint64 `json:"position"`
+	// Lineage counts the full reads of the store: incremental changes
+	// continue the snapshot of their lineage.
+	Lineage uint32 `json:"lineage"`
+	// Size is the size of its manifest in the repository.
+	Size int64 `json:"size"`
+}
+
+func snapshotName(t time.Time, lineage uint32, pos uint64) string {
+	return fmt.Sprintf("%s%016x-%08x-%016x", snapshotsPrefix, t.UnixNano(), lineage, pos)
+}
+
+func parseSnapshotName(bi BlobInfo) (Snapshot, bool) {
+	parts := strings.Split(strings.TrimPrefix(bi.Name, snapshotsPrefix), "-")
+	if !strings.HasPrefix(bi.Name, snapshotsPrefix) || len(parts) != 3 {
+		return Snapshot{}, false
+	}
+	ns, err1 := strconv.ParseUint(parts[0], 16, 64)
+	lin, err2 := strconv.ParseUint(parts[1], 16, 32)
+	pos, err3 := strconv.ParseUint(parts[2], 16, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return Snapshot{}, false
+	}
+	return Snapshot{Name: bi.Name, Time: time.Unix(0, int64(ns)).UTC(), Lineage: uint32(lin), Position: pos, Size: bi.Size}, true
+}
+
+// Snapshots returns the repository's snapshots, oldest first.
+func (r *Repo) Snapshots(ctx context.Context) ([]Snapshot, error) {
+	list, err := r.t.List(ctx, snapshotsPrefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []Snapshot
+	for _, bi := range list {
+		if s, ok := parseSnapshotName(bi); ok {
+			out = append(out, s)
+		} else {
+			r.log.Warn("backup: ignoring a blob with a bad snapshot name", "name", bi.Name)
+		}
+	}
+	slices.SortFunc(out, func(a, b Snapshot) int { return a.Time.Compare(b.Time) })
+	return out, nil
+}
+
+// segment is a stored run of changes of one lineage.
+type segment struct {
+	name        string
+	lineage     uint32
+	first, last uint64
+	size        int64
+}
+
+func segmentName(lineage uint32, first, last uint64) string {
+	return fmt.Sprintf("%s%08x-%016x-%016x", changesPrefix, lineage, first, last)
+}
+
+func (r *Repo) segments(ctx context.Context) ([]segment, error) {
+	list, err := r.t.List(ctx, changesPrefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []segment
+	for _, bi := range list {
+		parts := strings.Split(strings.TrimPrefix(bi.Name, changesPrefix), "-")
+		if len(parts) != 3 {
+			r.log.Warn("backup: ignoring a blob with a bad change segment name", "name", bi.Name)
+			continue
+		}
+		lin, err1 := strconv.ParseUint(parts[0], 16, 32)
+		first, err2 := strconv.ParseUint(parts[1], 16, 64)
+		last, err3 := strconv.ParseUint(parts[2], 16, 64)
+		if err1 != nil || err2 != nil || err3 != nil || first > last {
+			r.log.Warn("backup: ignoring a blob with a bad change segment name", "name", bi.Name)
+			continue
+		}
+		out = append(out, segment{name: bi.Name, lineage: uint32(lin), first: first, last: last, size: bi.Size})
+	}
+	slices.SortFunc(out, func(a, b segment) int {
+		if a.lineage != b.lineage {
+			return int(a.lineage) - int(b.lineage)
+		}
+		if a.first != b.first {
+			return cmpU64(a.first, b.first)
+		}
+		return cmpU64(a.last, b.last)
+	})
+	return out, nil
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (r *Repo) readSnapshot(ctx context.Context, name string) (*state, error) {
+	b, err := r.t.Get(ctx, name, 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("backup: snapshot %s: %w", name, err)
+	}
+	p, err := r.c.open(kindSnapshot, b)
+	if err != nil {
+		return nil, fmt.Errorf("backup: snapshot %s: %w", name, err)
+	}
+	st, err := decodeManifest(p)
+	if err != nil {
+		return nil, fmt.Errorf("backup: snapshot %s: %w", name, err)
+	}
+	return st, nil
+}
+
+func (r *Repo) readSegment(ctx context.Context, name string) (string, []resilmail.Change, error) {
+	b, err := r.t.Get(ctx, name, 0, -1)
+	if err != nil {
+		return "", nil, fmt.Errorf("backup: changes %s: %w", name, err)
+	}
+	p, err := r.c.open(kindChanges, b)
+	if err != nil {
+		return "", nil, fmt.Errorf("backup: changes %s: %w", name, err)
+	}
+	h, ch, err := decodeChanges(p)
+	if err != nil {
+		return "", nil, fmt.Errorf("backup: changes %s: %w", name, err)
+	}
+	return h, ch, nil
+}
+
+// view is a state read from the repository with where it came from.
+type view struct {
+	st      *state
+	snap    Snapshot // the snapshot it starts from
+	lineage uint32
+	segs    []segment // the segments replayed after it
+}
+
+// load returns the state as of at (zero: the newest the repository holds):
+// the newest snapshot taken at or before at, then the changes of its
+// lineage after it, up to at. It returns a nil view for a repository with
+// no snapshot.
+func (r *Repo) load(ctx context.Context, at time.Time) (*view, error) {
+	snaps, err := r.Snapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var base *Snapshot
+	for i := range snaps {
+		if at.IsZero() || !snaps[i].Time.After(at) {
+			base = &snaps[i]
+		}
+	}
+	if base == nil {
+		if len(snaps) > 0 && !at.IsZero() {
+			return nil, fmt.Errorf("%w: the oldest snapshot is of %s, after %s", ErrNotCovered, snaps[0].Time.Format(time.RFC3339), at.Format(time.RFC3339))
+		}
+		return nil, nil
+	}
+	st, err := r.readSnapshot(ctx, base.Name)
+	if err != nil {
+		return nil, err
+	}
+	v := &view{st: st, snap: *base, lineage: base.Lineage}
+	segs, err := r.segments(ctx)
+	if err != nil {
+		return nil, err
+	}
+	atNs := unixNano(at)
+	for _, sg := range segs {
+		if sg.lineage != base.Lineage || sg.last <= st.pos {
+			continue
+		}
+		if sg.first > st.pos+1 {
+			return nil, fmt.Errorf("%w: changes %d to %d of lineage %d are missing before %s", ErrCorrupt, st.pos+1, sg.first-1, sg.lineage, sg.name)
+		}
+		_, changes, err := r.readSegment(ctx, sg.name)
+		if err != nil {
+			return nil, err
+		}
+		done := false
+		for i := range changes {
+			c := &changes[i]
+			if c.Seq <= st.pos {
+				continue
+			}
+			if atNs != 0 && unixNano(c.Time) > atNs {
+				done = true
+				break
+			}
+			st.apply(c)
+		}
+		v.segs = append(v.segs, sg)
+		if done {
+			break
+		}
+	}
+	return v, nil
+}
+
+// ErrNotCovered is returned for a point in time or a snapshot the
+// repository does not hold.
+var ErrNotCovered = errors.New("backup: not covered by the repository")

@@ -1,0 +1,357 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/resilmail/resilmail"
+)
+
+// A Selection says which messages, as of when, a restore or a listing
+// takes.
+type Selection struct {
+	// Snapshot names the snapshot to read (see [Repo.Snapshots]); empty
+	// means the newest state the repository holds, or the state at At.
+	Snapshot string `json:"snapshot,omitempty"`
+	// At, if not zero, is the point in time to read: the newest snapshot
+	// taken at or before it plus the changes after it up to At.
+	At time.Time `json:"at,omitzero"`
+	// User, Mailbox and UID narrow the selection to one user, one of its
+	// mailboxes (by name) and one message; empty or zero takes all.
+	User    string `json:"user,omitempty"`
+	Mailbox string `json:"mailbox,omitempty"`
+	UID     uint32 `json:"uid,omitempty"`
+	// DeletedFrom and DeletedTo, if either is set, select instead the
+	// messages deleted in that interval (both included; a zero bound is
+	// open) among those the newest state keeps for retention.
+	DeletedFrom time.Time `json:"deleted_from,omitzero"`
+	DeletedTo   time.Time `json:"deleted_to,omitzero"`
+}
+
+func (s *Selection) deletedRange() bool { return !s.DeletedFrom.IsZero() || !s.DeletedTo.IsZero() }
+
+// MessageInfo describes a message of the repository.
+type MessageInfo struct {
+	User         string              `json:"user"`
+	Mailbox      string              `json:"mailbox"`
+	MailboxID    resilmail.MailboxID `json:"mailbox_id"`
+	UIDValidity  uint32              `json:"uidvalidity"`
+	UID          uint32              `json:"uid"`
+	ModSeq       uint64              `json:"modseq"`
+	Digest       resilmail.Digest    `json:"digest"`
+	Size         int64               `json:"size"`
+	Flags        []string            `json:"flags,omitempty"`
+	InternalDate time.Time           `json:"internal_date,omitzero"`
+	Added        time.Time           `json:"added,omitzero"`
+	// Deleted is when the message was expunged (or its mailbox or user
+	// deleted); zero for a message that exists.
+	Deleted time.Time `json:"deleted,omitzero"`
+	// NoBody is set when the repository does not hold the body.
+	NoBody bool `json:"no_body,omitempty"`
+}
+
+func timeOf(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
+}
+
+// selectState reads the state a selection names.
+func (r *Repo) selectState(ctx context.Context, sel Selection) (*state, error) {
+	if sel.Snapshot != "" {
+		if !strings.HasPrefix(sel.Snapshot, snapshotsPrefix) {
+			sel.Snapshot = snapshotsPrefix + sel.Snapshot
+		}
+		st, err := r.readSnapshot(ctx, sel.Snapshot)
+		if errors.Is(err, ErrNotExist) {
+			return nil, fmt.Errorf("%w: no snapshot %s", ErrNotCovered, sel.Snapshot)
+		}
+		return st, err
+	}
+	at := sel.At
+	if sel.deletedRange() {
+		at = time.Time{}
+	}
+	v, err := r.load(ctx, at)
+	if err != nil {
+		return nil, err
+	}
+	if v == nil {
+		return nil, fmt.Errorf("%w: the repository holds no snapshot", ErrNotCovered)
+	}
+	return v.st, nil
+}
+
+// Messages returns the messages a selection takes, by user, mailbox and
+// UID: the messages that existed at the selected time (with one UID
+// selected, also that message if it was deleted and is kept), or those
+// deleted in the selected interval.
+func (r *Repo) Messages(ctx context.Context, sel Selection) ([]MessageInfo, error) {
+	st, err := r.selectState(ctx, sel)
+	if err != nil {
+		return nil, err
+	}
+	return r.messages(st, sel), nil
+}
+
+func (r *Repo) messages(st *state, sel Selection) []MessageInfo {
+	var out []MessageInfo
+	from, to := unixNano(sel.DeletedFrom), unixNano(sel.DeletedTo)
+	for _, b := range st.sortedBoxes() {
+		if sel.User != "" && b.user != sel.User || sel.Mailbox != "" && b.name != sel.Mailbox {
+			continue
+		}
+		for i := range b.msgs {
+			m := &b.msgs[i]
+			if sel.UID != 0 && m.uid != sel.UID {
+				continue
+			}
+			switch {
+			case sel.deletedRange():
+				if m.deleted == 0 || from != 0 && m.deleted < from || to != 0 && m.deleted > to {
+					continue
+				}
+			case m.deleted != 0 && sel.UID == 0:
+				continue
+			}
+			out = append(out, MessageInfo{
+				User: b.user, Mailbox: b.name, MailboxID: b.id, UIDValidity: b.uidValidity, UID: m.uid, ModSeq: m.modseq,
+				Digest: m.digest, Size: m.size, Flags: m.flags, InternalDate: timeOf(m.date), Added: timeOf(m.added),
+				Deleted: timeOf(m.deleted), NoBody: !r.has(m.digest),
+			})
+		}
+	}
+	return out
+}
+
+// RestoreOptions say how a restore writes.
+type RestoreOptions struct {
+	// KeepUIDs restores whole mailboxes with their mailbox ids,
+	// UIDVALIDITY, UIDs, UIDNEXT and mod-sequences (so that clients
+	// re-download nothing): for a store that lost them, such as a new
+	// server rebuilt from the backup. A mailbox whose name the
+	// destination holds with another mailbox id is refused. Without it,
+	// messages are added as new messages (new UIDs) into mailboxes of the
+	// same names, created if needed, skipping those the mailbox holds
+	// already (same body): nothing is ever overwritten.
+	KeepUIDs bool
+}
+
+// RestoreSummary reports what a restore did.
+type RestoreSummary struct {
+	Mailboxes int           `json:"mailboxes"`
+	Messages  int           `json:"messages"` // restored
+	Present   int           `json:"present"`  // skipped: the mailbox holds them
+	NoBody    int           `json:"no_body"`  // skipped: the repository lacks the body
+	Bytes     int64         `json:"bytes"`    // of the restored bodies
+	Took      time.Duration `json:"took"`
+}
+
+// Restore writes the messages sel takes into dst (see [RestoreOptions]).
+// Every body is checked against its digest before it is written; a body
+// missing from the repository is reported and skipped. It takes no lock:
+// a restore can run while a backup writes.
+func (r *Repo) Restore(ctx context.Context, dst Destination, sel Selection, opts RestoreOptions) (RestoreSummary, error) {
+	start := r.opts.Now()
+	st, err := r.selectState(ctx, sel)
+	if err != nil {
+		return RestoreSummary{}, err
+	}
+	msgs := r.messages(st, sel)
+	var sum RestoreSummary
+	if opts.KeepUIDs {
+		if sel.UID != 0 || sel.deletedRange() {
+			return sum, errors.New("backup: keeping UIDs restores whole mailboxes; select no UID and no deletion interval")
+		}
+		err = r.restoreKeep(ctx, dst, st, sel, msgs, &sum)
+	} else {
+		err = r.restoreNew(ctx, dst, msgs, &sum)
+	}
+	sum.Took = r.opts.Now().Sub(start)
+	if err == nil {
+		r.log.Info("backup: restore done", "mailboxes", sum.Mailboxes, "messages", sum.Messages, "present", sum.Present, "no_body", sum.NoBody, "took", sum.Took)
+	}
+	return sum, err
+}
+
+func (r *Repo) progress(phase string, done, total, bytes int64) {
+	if r.opts.Progress != nil {
+		r.opts.Progress(Progress{Phase: phase, Done: done, Total: total, Bytes: bytes})
+	}
+}
+
+// placeholderDigest names no body: restoring UIDNEXT above a mailbox's
+// last message appends a message with it, which the destination records
+// as expunged at once.
+var placeholderDigest = resilmail.DigestOf([]byte("resilmail backup: a UID given and expunged\n"))
+
+// restoreKeep rebuilds the selected mailboxes with their UIDs.
+func (r *Repo) restoreKeep(ctx context.Context, dst Destination, st *state, sel Selection, msgs []MessageInfo, sum *RestoreSummary) error {
+	byBox := make(map[resilmail.MailboxID][]MessageInfo)
+	var boxes []*boxEntry
+	for _, m := range msgs {
+		if byBox[m.MailboxID] == nil {
+			boxes = append(boxes, st.boxes[m.MailboxID])
+		}
+		byBox[m.MailboxID] = append(byBox[m.MailboxID], m)
+	}
+	// The selection's mailboxes without messages too.
+	for _, b := range st.sortedBoxes() {
+		if b.deleted != 0 || byBox[b.id] != nil || sel.User != "" && b.user != sel.User || sel.Mailbox != "" && b.name != sel.Mailbox {
+			continue
+		}
+		boxes = append(boxes, b)
+		byBox[b.id] = []MessageInfo{}
+	}
+	cache := newPackCache(4)
+	var done, bytesDone atomic.Int64
+	total := int64(len(msgs))
+	body := func(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error) {
+		if d == placeholderDigest {
+			return nil, fmt.Errorf("%w: placeholder", ErrNotExist)
+		}
+		b, err := r.readBody(ctx, d, cache)
+		if err != nil {
+			return nil, err
+		}
+		bytesDone.Add(int64(len(b)))
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	users := map[string]bool{}
+	for _, b := range boxes {
+		var changes []resilmail.Change
+		ch := func(kind resilmail.ChangeKind) resilmail.Change {
+			return resilmail.Change{Kind: kind, Epoch: st.epoch, Time: r.opts.Now().UTC(), User: b.user}
+		}
+		if !users[b.user] {
+			users[b.user] = true
+			changes = append(changes, ch(resilmail.ChangeUserCreate))
+			if u := st.users[b.user]; u != nil {
+				for _, s := range u.subs {
+					c := ch(resilmail.ChangeSubscribe)
+					c.Mailbox = s
+					changes = append(changes, c)
+				}
+			}
+		}
+		c := ch(resilmail.ChangeMailboxCreate)
+		c.Mailbox, c.MailboxID, c.UIDValidity, c.ModSeq = b.name, b.id, b.uidValidity, b.highest
+		changes = append(changes, c)
+		var last uint32
+		for _, m := range byBox[b.id] {
+			if m.NoBody {
+				sum.NoBody++
+			}
+			a := ch(resilmail.ChangeAppend)
+			a.Mailbox, a.MailboxID, a.UIDValidity = b.name, b.id, b.uidValidity
+			a.UID, a.Digest, a.Size, a.ModSeq, a.Flags, a.InternalDate = m.UID, m.Digest, m.Size, m.ModSeq, m.Flags, m.InternalDate
+			changes = append(changes, a)
+			last = m.UID
+		}
+		if b.uidNext > last+1 {
+			a := ch(resilmail.ChangeAppend)
+			a.Mailbox, a.MailboxID, a.UIDValidity = b.name, b.id, b.uidValidity
+			a.UID, a.Digest, a.Size, a.ModSeq = b.uidNext-1, placeholderDigest, 1, b.highest
+			changes = append(changes, a)
+		}
+		for len(changes) > 0 {
+			n := min(len(changes), 2000)
+			if err := dst.RestoreChanges(ctx, changes[:n], body); err != nil {
+				return fmt.Errorf("backup: restoring %s/%s: %w", b.user, b.name, err)
+			}
+			for _, c := range changes[:n] {
+				if c.Kind == resilmail.ChangeAppend && c.Digest != placeholderDigest {
+					done.Add(1)
+				}
+			}
+			changes = changes[n:]
+			r.progress("restore", done.Load(), total, bytesDone.Load())
+		}
+		sum.Mailboxes++
+	}
+	sum.Messages = int(done.Load()) - sum.NoBody
+	sum.Bytes = bytesDone.Load()
+	return nil
+}
+
+// restoreNew adds the selected messages as new messages.
+func (r *Repo) restoreNew(ctx context.Context, dst Destination, msgs []MessageInfo, sum *RestoreSummary) error {
+	var mu sync.Mutex
+	ensured := map[string]bool{}
+	ensure := func(ctx context.Context, user, box string) error {
+		k := user + "\x00" + box
+		mu.Lock()
+		ok := ensured[k]
+		mu.Unlock()
+		if ok {
+			return nil
+		}
+		if err := dst.EnsureMailbox(ctx, user, box); err != nil {
+			return err
+		}
+		mu.Lock()
+		if !ensured[k] {
+			ensured[k] = true
+			sum.Mailboxes++
+		}
+		mu.Unlock()
+		return nil
+	}
+	var cache *packCache
+	if len(msgs) > 16 {
+		cache = newPackCache(4)
+	}
+	var done int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.opts.Parallelism)
+	for _, m := range msgs {
+		g.Go(func() error {
+			if m.NoBody {
+				mu.Lock()
+				sum.NoBody++
+				mu.Unlock()
+				r.log.Warn("backup: the repository lacks the body of a message; not restored", "user", m.User, "mailbox", m.Mailbox, "uid", m.UID, "digest", m.Digest.String())
+				return nil
+			}
+			if err := ensure(gctx, m.User, m.Mailbox); err != nil {
+				return fmt.Errorf("backup: restoring into %s/%s: %w", m.User, m.Mailbox, err)
+			}
+			present, err := dst.ContainsBody(gctx, m.User, m.Mailbox, m.Digest)
+			if err != nil {
+				return fmt.Errorf("backup: restoring into %s/%s: %w", m.User, m.Mailbox, err)
+			}
+			if present {
+				mu.Lock()
+				sum.Present++
+				mu.Unlock()
+				return nil
+			}
+			b, err := r.readBody(gctx, m.Digest, cache)
+			if err != nil {
+				return err
+			}
+			if _, err := dst.Append(gctx, m.User, m.Mailbox, m.Flags, m.InternalDate, bytes.NewReader(b)); err != nil {
+				return fmt.Errorf("backup: restoring UID %d into %s/%s: %w", m.UID, m.User, m.Mailbox, err)
+			}
+			mu.Lock()
+			sum.Messages++
+			sum.Bytes += int64(len(b))
+			done++
+			d, bs := done, sum.Bytes
+			mu.Unlock()
+			r.progress("restore", d, int64(len(msgs)), bs)
+			return nil
+		})
+	}
+	return g.Wait()
+}
