@@ -1,0 +1,38 @@
+// Package failover decides which mailbox-server node is the primary, and
+// moves that role safely: roles and epochs kept durably, a [Lease] that
+// one node holds at a time (manual by default, or an election on etcd),
+// and an [Elector] that promotes its node while it holds the lease and
+// demotes it as soon as it cannot be sure it still does.
+//
+// # Roles and epochs
+//
+// A node's [State] is its [Role] (standby, primary, fenced) and its epoch.
+// [State.Next] is the pure transition function; a [RoleFile] applies
+// events durably (file "role" in the node's folder, JSON, format version
+// 1, replaced atomically with fsync) before the node acts on them, so a
+// restart resumes in the same role. Only a primary writes. A promotion
+// raises the epoch; a primary that hears of a higher epoch, or loses its
+// lease, is fenced: it writes nothing until it rejoins as a standby, with
+// its unreplicated tail kept aside.
+//
+// # Leases and fencing
+//
+// A [Term] carries a fencing token that rises with every term; the node
+// promoted under it raises its epoch to at least the token, so that the
+// stores refuse any change of an older primary (fencing rests on the
+// epochs, not on timing). [Etcd]'s token is the revision of its election
+// key. A term is valid until TTL - Margin after the last renewal that
+// succeeded was sent; etcd cannot expire it earlier than TTL after it
+// received that renewal, so a primary cut from etcd demotes itself before
+// another node can win. [Timers.Check] refuses timers under which that
+// could fail. Acquire never hands out a term from a campaign that
+// returned after its session expired (a known pitfall of etcd's
+// Election.Campaign): it renews the lease and checks its key first.
+//
+// # Goroutines
+//
+// [Elector.Run] owns every goroutine it starts and returns when its
+// context ends, after demoting its node and releasing the term. An etcd
+// term runs a timer that closes Lost; it stops on Release or loss. A
+// [Candidate]'s methods are called from the Elector's goroutine only.
+package failover
