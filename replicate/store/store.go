@@ -81,6 +81,8 @@ type Store struct {
 	messages        int
 	bodyBytes       int64
 	replayErr       error
+	watch           watchState   // per-mailbox notifications and expunged UIDs (watch.go)
+	derived         derivedCache // values derived from bodies (bodyread.go); its own lock
 	c               counters
 }
 
@@ -408,6 +410,7 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.wakeAllLocked()
 	close(s.durableCh)
 	s.durableCh = make(chan struct{})
 	s.mu.Unlock()
@@ -560,6 +563,7 @@ func (s *Store) advanceLocked(seq uint64) {
 	if len(s.pendingUnlink) > 0 {
 		s.unlinkLocked()
 	}
+	s.notifyLocked()
 }
 
 // unlinkLocked removes the files of bodies that the last durable changes
@@ -613,6 +617,7 @@ func (s *Store) nextUIDValidityLocked() uint32 {
 // memory before. It trusts that the change was checked against the state
 // when it was made, and skips what no longer applies.
 func (s *Store) applyLocked(c *resilmail.Change, upstream uint64) {
+	s.touchLocked(c)
 	if c.Seq > s.applied {
 		s.applied = c.Seq
 	}
