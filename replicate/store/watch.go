@@ -55,7 +55,7 @@ func (s *Store) touchLocked(c *resilmail.Change) {
 	w := &s.watch
 	w.init()
 	switch c.Kind {
-	case resilmail.ChangeAppend, resilmail.ChangeExpunge, resilmail.ChangeFlags:
+	case resilmail.ChangeAppend, resilmail.ChangeExpunge, resilmail.ChangeFlags, resilmail.ChangeReserve:
 		mb := s.mailboxForLocked(c)
 		if mb == nil {
 			return
