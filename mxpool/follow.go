@@ -3,7 +3,6 @@ package mxpool
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -57,17 +56,22 @@ type FollowerOptions struct {
 	RequestTimeout time.Duration
 	// StaleAfter is how long the follower may go without hearing from the
 	// publisher before its answers turn cautious (see [Follower.Check]);
-	// zero means 2 minutes. It must exceed PollWait.
+	// zero means 2 minutes. It must exceed PollWait, and the publisher's
+	// ResealEvery must be at most half of it. The follower hears from the
+	// publisher only through a seal that verifies, of the version it runs,
+	// and counts it from the seal's issue time, not from its arrival: a
+	// replayed answer, however recent its delivery, is as old as it was
+	// made.
 	StaleAfter time.Duration
 	// MinBackoff and MaxBackoff bound the jittered, doubling wait between
 	// failed exchanges; zero means 250 ms and 30 s.
 	MinBackoff, MaxBackoff time.Duration
 	// MaxSnapshotBytes caps a response's size; zero means 64 MiB.
 	MaxSnapshotBytes int64
-	// PublicKey, when not nil, makes the follower require the publisher's
-	// ed25519 signature (PublisherOptions.SigningKey) on every snapshot, as
-	// well as the MAC.
-	PublicKey ed25519.PublicKey
+	// Trust is the pool's name and the publisher's public keys: every
+	// policy and every seal must verify with one of them. At least one
+	// key is required.
+	Trust Trust
 	// OnApply, when not nil, is called when each version is put in use
 	// (before it is stored), from Run's goroutine; it must not block.
 	OnApply func(version uint64)
@@ -85,9 +89,10 @@ type FollowerStatus struct {
 	// AppliedAt is when that policy was applied, or stored if it was
 	// loaded from disk at start.
 	AppliedAt time.Time
-	// LastHeard is the last time the publisher answered with a valid
-	// policy or "no change". After a restart it starts as the time the
-	// stored copy was written, the last time it is known to have heard.
+	// LastHeard is the issue time of the newest seal that verified for
+	// the version in use (capped at the present), the last instant the
+	// publisher is known to have vouched for it. After a restart it
+	// starts as the stored copy's seal.
 	LastHeard time.Time
 	// Stale is true when LastHeard is older than StaleAfter (or unknown):
 	// Check then defers what it would reject for being unknown.
@@ -105,8 +110,8 @@ type FollowerStatus struct {
 // [Publisher], verifies and applies each new version atomically, stores it
 // in its folder, and answers recipient checks from the version it runs.
 //
-// Guarantees: a Follower only ever runs a policy whose MAC (and signature,
-// if configured) and digest verify, with a version above the one before;
+// Guarantees: a Follower only ever runs a policy whose seal verifies with
+// its Trust and whose digest matches, with a version above the one before;
 // anything else is refused with a logged error and the last good policy
 // stays in use. Each version applied is put in use at once, in one atomic
 // step, then stored durably (snapshot.json, the full snapshot, fsynced)
@@ -115,11 +120,10 @@ type FollowerStatus struct {
 // between use and store restarts the node on the previous version, which
 // it then brings up to date; a failed store is logged and reported in
 // Status, and the version stays in use.
-// Adding an MX to a pool is starting a Follower with the publisher's URL
-// and the pool's secret.
+// Adding an MX to a pool is starting a Follower with the publisher's URL,
+// the pool's secret and the publisher's public key.
 type Follower struct {
 	base   *url.URL
-	secret []byte
 	token  string
 	dir    string
 	opts   FollowerOptions
@@ -129,7 +133,8 @@ type Follower struct {
 	unlock func() error
 
 	cur       atomic.Pointer[Snapshot]
-	lastHeard atomic.Int64 // unix nanoseconds; 0: never
+	lastHeard atomic.Int64  // unix nanoseconds; 0: never
+	polls     atomic.Uint64 // exchanges finished, for tests
 
 	mu        sync.Mutex
 	appliedAt time.Time
@@ -146,8 +151,9 @@ type Follower struct {
 
 // OpenFollower prepares a follower of the publisher at publisherURL (the
 // URL its Publisher is served at, http or https), authenticating with the
-// pool's secret, keeping its copy in the folder dir (created if needed and
-// locked against a second Follower). It loads the stored copy, if any, so
+// pool's secret (which derives the bearer token; the policy itself is
+// checked with opts.Trust, which is required), keeping its copy in the
+// folder dir (created if needed and locked against a second Follower). It loads the stored copy, if any, so
 // that Check answers from it at once; call Run to follow the publisher.
 //
 // A stored copy of an unknown format is refused with an error wrapping
@@ -163,7 +169,7 @@ func OpenFollower(publisherURL string, secret []byte, dir string, opts *Follower
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("mxpool: publisher URL %q is not an http or https URL", publisherURL)
 	}
-	f := &Follower{base: u, secret: bytes.Clone(secret), token: polToken(secret), dir: dir}
+	f := &Follower{base: u, token: polToken(secret), dir: dir}
 	if opts != nil {
 		f.opts = *opts
 	}
@@ -193,9 +199,10 @@ func OpenFollower(publisherURL string, secret []byte, dir string, opts *Follower
 	if o.MaxSnapshotBytes <= 0 {
 		o.MaxSnapshotBytes = 64 << 20
 	}
-	if o.PublicKey != nil && len(o.PublicKey) != ed25519.PublicKeySize {
-		return nil, errors.New("mxpool: PublicKey is not an ed25519 public key")
+	if err := o.Trust.check(); err != nil {
+		return nil, err
 	}
+	o.Trust.Pool = o.Trust.pool()
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -227,7 +234,7 @@ func (f *Follower) folLoad() error {
 	if err != nil {
 		return fmt.Errorf("mxpool: %w", err)
 	}
-	snap, err := DecodeSnapshot(data, f.secret, f.opts.PublicKey)
+	snap, err := DecodeSnapshot(data, f.opts.Trust)
 	if errors.Is(err, ErrPolicyFormat) {
 		f.log.Error("mxpool: stored policy of an unknown format", "path", path, "err", err)
 		return fmt.Errorf("%s: %w", path, err)
@@ -247,8 +254,8 @@ func (f *Follower) folLoad() error {
 	f.cur.Store(snap)
 	if st, err := os.Stat(path); err == nil {
 		f.appliedAt = st.ModTime()
-		f.lastHeard.Store(st.ModTime().UnixNano())
 	}
+	f.folHeard(snap.Issued)
 	f.log.Info("mxpool: stored policy loaded", "version", snap.Version, "digest", snap.Digest.String())
 	return nil
 }
@@ -331,6 +338,7 @@ func (f *Follower) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		start := time.Now()
 		status, err := f.folPoll(ctx, full)
+		f.polls.Add(1)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -421,8 +429,10 @@ func (f *Follower) folPoll(ctx context.Context, full bool) (int, error) {
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusNotModified:
-		f.folHeard()
-		return resp.StatusCode, nil
+		if cur == nil {
+			return resp.StatusCode, nil // the publisher has no policy yet
+		}
+		return resp.StatusCode, f.folSealed(resp.Header.Get(sealHeader))
 	case http.StatusConflict:
 		return 0, fmt.Errorf("%w: %s", ErrPolicyConflict, bytes.TrimSpace(body[:min(len(body), 512)]))
 	default:
@@ -431,7 +441,47 @@ func (f *Follower) folPoll(ctx context.Context, full bool) (int, error) {
 	if int64(len(body)) > f.opts.MaxSnapshotBytes {
 		return 0, fmt.Errorf("%w: response larger than %d bytes", ErrPolicyMalformed, f.opts.MaxSnapshotBytes)
 	}
-	return resp.StatusCode, f.folApply(cur, body)
+	if err := f.folApply(cur, body); err != nil {
+		return 0, err
+	}
+	// The header's seal may be newer than the body's.
+	if h := resp.Header.Get(sealHeader); h != "" {
+		f.folSealed(h)
+	}
+	return resp.StatusCode, nil
+}
+
+// folSealed checks the seal h (a sealHeader) against the version in use and
+// counts it as heard.
+func (f *Follower) folSealed(h string) error {
+	seal, err := parseSealHeader(h)
+	if err != nil {
+		return err
+	}
+	if err := f.opts.Trust.verify(seal); err != nil {
+		return err
+	}
+	cur := f.cur.Load()
+	if cur == nil || seal.Version != cur.Version || seal.Digest != cur.Digest {
+		return fmt.Errorf("%w: the publisher vouches for version %d (%s), this follower runs another", ErrPolicyConflict, seal.Version, seal.Digest)
+	}
+	if err := f.folFresh(seal.Issued); err != nil {
+		return err
+	}
+	if seal.Issued.After(cur.Issued) {
+		f.cur.CompareAndSwap(cur, cur.resealed(*seal))
+	}
+	return nil
+}
+
+// folFresh refuses a seal issued further in the future than StaleAfter (the
+// publisher's clock is wrong) and otherwise counts it as heard.
+func (f *Follower) folFresh(issued time.Time) error {
+	if now := f.opts.Now(); issued.Sub(now) > f.opts.StaleAfter {
+		return fmt.Errorf("mxpool: the publisher's seal is dated %v ahead of this node's clock", issued.Sub(now).Round(time.Second))
+	}
+	f.folHeard(issued)
+	return nil
 }
 
 // folApply verifies and applies a snapshot or delta received while cur was
@@ -445,7 +495,7 @@ func (f *Follower) folApply(cur *Snapshot, body []byte) error {
 	delta := false
 	switch w.Kind {
 	case polKindSnapshot:
-		next, err = polSnapshotFromWire(w, f.secret, f.opts.PublicKey)
+		next, err = polSnapshotFromWire(w, &f.opts.Trust)
 		if err != nil {
 			return err
 		}
@@ -456,7 +506,12 @@ func (f *Follower) folApply(cur *Snapshot, body []byte) error {
 			case next.Version == cur.Version && next.Digest != cur.Digest:
 				return fmt.Errorf("%w: version %d received with digest %s, running it with %s", ErrPolicyConflict, next.Version, next.Digest, cur.Digest)
 			case next.Version == cur.Version:
-				f.folHeard()
+				if err := f.folFresh(next.Issued); err != nil {
+					return err
+				}
+				if next.Issued.After(cur.Issued) {
+					f.cur.CompareAndSwap(cur, cur.resealed(next.Seal))
+				}
 				return nil
 			}
 		}
@@ -465,7 +520,7 @@ func (f *Follower) folApply(cur *Snapshot, body []byte) error {
 		if err != nil {
 			return err
 		}
-		if next, err = polApplyDelta(cur, d, f.secret, f.opts.PublicKey); err != nil {
+		if next, err = polApplyDelta(cur, d, f.opts.Trust); err != nil {
 			return err
 		}
 		body, delta = nil, true
@@ -475,9 +530,12 @@ func (f *Follower) folApply(cur *Snapshot, body []byte) error {
 	// Use it at once, then store it: the store's fsync is not on the
 	// propagation path, and a crash in between only restarts the node on
 	// the previous version, which it then brings up to date.
+	if next.Issued.Sub(f.opts.Now()) > f.opts.StaleAfter {
+		return fmt.Errorf("mxpool: the publisher's seal is dated %v ahead of this node's clock", next.Issued.Sub(f.opts.Now()).Round(time.Second))
+	}
 	now := f.opts.Now()
 	f.cur.Store(next)
-	f.folHeard()
+	f.folHeard(next.Issued)
 	f.mu.Lock()
 	f.appliedAt = now
 	f.applied++
@@ -507,8 +565,16 @@ func (f *Follower) folApply(cur *Snapshot, body []byte) error {
 	return nil
 }
 
-func (f *Follower) folHeard() {
-	f.lastHeard.Store(f.opts.Now().UnixNano())
+// folHeard records that the publisher vouched for the version in use at
+// issued (capped at now); lastHeard only moves forward.
+func (f *Follower) folHeard(issued time.Time) {
+	t := min(issued.UnixNano(), f.opts.Now().UnixNano())
+	for {
+		h := f.lastHeard.Load()
+		if t <= h || f.lastHeard.CompareAndSwap(h, t) {
+			break
+		}
+	}
 	f.mu.Lock()
 	f.lastErr = nil
 	f.mu.Unlock()

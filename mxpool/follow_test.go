@@ -3,6 +3,7 @@ package mxpool
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -43,6 +44,9 @@ func folOpen(t testing.TB, url, dir string, opts *FollowerOptions) *Follower {
 	}
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 50 * time.Millisecond
+	}
+	if opts.Trust.Keys == nil {
+		opts.Trust.Keys = polTestTrust.Keys
 	}
 	f, err := OpenFollower(url, polTestSecret, dir, opts)
 	require.NoError(t, err)
@@ -129,7 +133,7 @@ func TestFollowerFollows(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		s, err := DecodeSnapshot(data, polTestSecret, nil)
+		s, err := DecodeSnapshot(data, polTestTrust)
 		return err == nil && s.Version == 2
 	}, 5*time.Second, time.Millisecond)
 
@@ -258,20 +262,20 @@ func TestFollowerRefusesBadInput(t *testing.T) {
 	f := folOpen(t, srv.URL, t.TempDir(), &FollowerOptions{PollWait: time.Minute, StaleAfter: 2 * time.Minute})
 	folRun(t, f)
 
-	v5, err := NewSnapshot(polTestPolicy(), 5, polTestSecret, nil)
+	v5, err := NewSnapshot(polTestPolicy(), 5, DefaultPool, polTestKey, time.Now())
 	require.NoError(t, err)
 	script.responses <- folResponse{200, polEncode(t, v5)}
 	folWait(t, f, 5)
 
 	other := polTestPolicy()
 	other.Domains["evil.test"] = &DomainPolicy{AcceptAll: true}
-	v4, err := NewSnapshot(other, 4, polTestSecret, nil)
+	v4, err := NewSnapshot(other, 4, DefaultPool, polTestKey, time.Now())
 	require.NoError(t, err)
-	forged, err := NewSnapshot(other, 6, []byte("attacker-secret-0123456"), nil)
+	forged, err := NewSnapshot(other, 6, DefaultPool, polOtherKey, time.Now())
 	require.NoError(t, err)
-	same, err := NewSnapshot(other, 5, polTestSecret, nil)
+	same, err := NewSnapshot(other, 5, DefaultPool, polTestKey, time.Now())
 	require.NoError(t, err)
-	v6, err := NewSnapshot(other, 6, polTestSecret, nil)
+	v6, err := NewSnapshot(other, 6, DefaultPool, polTestKey, time.Now())
 	require.NoError(t, err)
 	tampered := polEdit(t, polEncode(t, v5), func(m map[string]any) {
 		m["policy"].(map[string]any)["domains"].(map[string]any)["evil.test"] = map[string]any{"accept_all": true, "spam_action": "quarantine"}
@@ -282,9 +286,9 @@ func TestFollowerRefusesBadInput(t *testing.T) {
 		resp folResponse
 		want error
 	}{
-		{"bad MAC", folResponse{200, polEncode(t, forged)}, ErrPolicyAuth},
+		{"signed by another key", folResponse{200, polEncode(t, forged)}, ErrPolicyAuth},
 		{"lower version", folResponse{200, polEncode(t, v4)}, ErrPolicyVersion},
-		{"malformed", folResponse{200, []byte(`{"format":1,"kind":"snapshot",`)}, ErrPolicyMalformed},
+		{"malformed", folResponse{200, []byte(`{"format":2,"kind":"snapshot",`)}, ErrPolicyMalformed},
 		{"unknown format", folResponse{200, []byte(`{"format":99,"kind":"hologram"}`)}, ErrPolicyFormat},
 		{"wrong digest", folResponse{200, tampered}, ErrPolicyDigest},
 		{"same version, other content", folResponse{200, polEncode(t, same)}, ErrPolicyConflict},
@@ -318,17 +322,20 @@ func TestFollowerDeltaMismatchFetchesFull(t *testing.T) {
 	// Requests wait for the script, never for a timeout.
 	f := folOpen(t, srv.URL, t.TempDir(), &FollowerOptions{PollWait: time.Minute, StaleAfter: 2 * time.Minute})
 	folRun(t, f)
-	v1, err := NewSnapshot(polTestPolicy(), 1, polTestSecret, nil)
+	v1, err := NewSnapshot(polTestPolicy(), 1, DefaultPool, polTestKey, time.Now())
 	require.NoError(t, err)
 	script.responses <- folResponse{200, polEncode(t, v1)}
 	folWait(t, f, 1)
 
 	next := v1.Policy.Clone()
 	require.NoError(t, next.AddRecipient("dan@example.org"))
-	v2 := polSign(next, 2, next.Digest(), polTestSecret, nil)
-	// An authentic header with changes that do not produce it.
-	bad := []byte(`{"format":1,"kind":"delta","from":1,"version":2,"digest":"` + v2.Digest.String() +
-		`","mac":"` + hexs(v2.MAC) + `","changes":[{"op":"add_recipients","domain":"example.org","locals":["eve"]}]}`)
+	v2, err := NewSnapshot(next, 2, DefaultPool, polTestKey, time.Now())
+	require.NoError(t, err)
+	// An authentic seal with changes that do not produce it.
+	bad, err := json.Marshal(polWire{Format: SnapshotFormat, Kind: polKindDelta, From: 1, Version: 2, Digest: v2.Digest.String(),
+		Pool: v2.Pool, Key: v2.KeyID, Issued: v2.Issued.UnixNano(), Sig: hexs(v2.Signature),
+		Changes: []polChange{{Op: polOpAddRecipients, Domain: "example.org", Locals: []string{"eve"}}}})
+	require.NoError(t, err)
 	script.responses <- folResponse{200, bad}
 	// The follower must come straight back for the full snapshot.
 	require.Eventually(t, func() bool {
@@ -417,26 +424,28 @@ func TestFollowerBadStoredCopy(t *testing.T) {
 
 	// Unknown format: refused at open.
 	dir = t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(dir, polSnapshotFile), []byte(strings.Replace(string(good), `"format":1`, `"format":2`, 1)), 0o600))
-	_, err = OpenFollower(srv.URL, polTestSecret, dir, &FollowerOptions{Logger: polQuiet()})
+	require.NoError(t, os.WriteFile(filepath.Join(dir, polSnapshotFile), []byte(strings.Replace(string(good), `"format":2`, `"format":3`, 1)), 0o600))
+	_, err = OpenFollower(srv.URL, polTestSecret, dir, &FollowerOptions{Logger: polQuiet(), Trust: polTestTrust})
 	assert.ErrorIs(t, err, ErrPolicyFormat)
+	_, err = OpenFollower(srv.URL, polTestSecret, t.TempDir(), &FollowerOptions{Logger: polQuiet()})
+	assert.ErrorContains(t, err, "no public key", "a follower needs the publisher's public key")
 
 	// Options are checked.
 	_, err = OpenFollower("ftp://x", polTestSecret, t.TempDir(), nil)
 	assert.Error(t, err)
 	_, err = OpenFollower(srv.URL, []byte("short"), t.TempDir(), nil)
 	assert.Error(t, err)
-	_, err = OpenFollower(srv.URL, polTestSecret, t.TempDir(), &FollowerOptions{PollWait: time.Minute, StaleAfter: time.Second})
+	_, err = OpenFollower(srv.URL, polTestSecret, t.TempDir(), &FollowerOptions{PollWait: time.Minute, StaleAfter: time.Second, Trust: polTestTrust})
 	assert.Error(t, err)
 }
 
 func TestFollowerStaleness(t *testing.T) {
 	ctx := context.Background()
-	p := pubOpen(t, t.TempDir(), nil)
+	clock := newTestClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	p := pubOpen(t, t.TempDir(), &PublisherOptions{Now: clock.Now})
 	srv := pubServe(t, p)
 	_, err := p.Publish(ctx, polTestPolicy())
 	require.NoError(t, err)
-	clock := newTestClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	// A long poll longer than the test, so that only an Update is heard.
 	f := folOpen(t, srv.URL, t.TempDir(), &FollowerOptions{Now: clock.Now, PollWait: 30 * time.Second, StaleAfter: time.Minute})
 	folRun(t, f)
@@ -641,7 +650,7 @@ func TestFollowerAuthRefused(t *testing.T) {
 	_, err := p.Publish(context.Background(), polTestPolicy())
 	require.NoError(t, err)
 	f, err := OpenFollower(srv.URL, []byte("not-the-pool-secret-0123"), t.TempDir(), &FollowerOptions{
-		Logger: polQuiet(), MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+		Logger: polQuiet(), Trust: polTestTrust, MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
 	})
 	require.NoError(t, err)
 	defer f.Close()
@@ -662,11 +671,11 @@ func TestFollowerSignature(t *testing.T) {
 	_, err = p.Publish(context.Background(), polTestPolicy())
 	require.NoError(t, err)
 
-	f := folOpen(t, srv.URL, t.TempDir(), &FollowerOptions{PublicKey: pub})
+	f := folOpen(t, srv.URL, t.TempDir(), &FollowerOptions{Trust: Trust{Keys: []ed25519.PublicKey{pub}}})
 	folRun(t, f)
 	folWait(t, f, 1)
 
-	g := folOpen(t, srv.URL, t.TempDir(), &FollowerOptions{PublicKey: otherPub})
+	g := folOpen(t, srv.URL, t.TempDir(), &FollowerOptions{Trust: Trust{Keys: []ed25519.PublicKey{otherPub}}})
 	folRun(t, g)
 	st := folWaitErrors(t, g, 0)
 	assert.ErrorIs(t, st.LastError, ErrPolicyAuth)
@@ -680,7 +689,7 @@ func TestFollowerLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	dir := t.TempDir()
 	f := folOpen(t, srv.URL, dir, nil)
-	_, err = OpenFollower(srv.URL, polTestSecret, dir, nil)
+	_, err = OpenFollower(srv.URL, polTestSecret, dir, &FollowerOptions{Trust: polTestTrust})
 	assert.Error(t, err, "the folder is locked")
 
 	done := make(chan error, 1)

@@ -8,7 +8,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/ed25519"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -21,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -31,27 +31,31 @@ import (
 // package writes and the only one it reads. A snapshot, delta or stored file
 // with any other "format" is refused with [ErrPolicyFormat].
 //
-// Format 1 is JSON. A snapshot is
+// Format 2 is JSON. A snapshot is
 //
-//	{"format":1,"kind":"snapshot","version":V,"digest":"<hex>","mac":"<hex>",
-//	 "sig":"<hex, optional>","policy":{...}}
+//	{"format":2,"kind":"snapshot","version":V,"digest":"<hex>","pool":"<name>",
+//	 "key":"<key id>","issued":<unix ns>,"sig":"<hex>","policy":{...}}
 //
 // and a delta, the changes that turn version "from" into version "version",
 //
-//	{"format":1,"kind":"delta","from":F,"version":V,"digest":"<hex>",
-//	 "mac":"<hex>","sig":"<hex, optional>","changes":[...]}
+//	{"format":2,"kind":"delta","from":F,"version":V,"digest":"<hex>",
+//	 "pool":"<name>","key":"<key id>","issued":<unix ns>,"sig":"<hex>",
+//	 "changes":[...]}
 //
-// where digest is the [Policy.Digest] of the resulting policy, mac is
-// HMAC-SHA256(secret, M) and sig, when the publisher has a signing key, is
-// the ed25519 signature of M, with
+// where digest is the [Policy.Digest] of the resulting policy and pool,
+// key, issued and sig are its [Seal]: sig is the publisher's ed25519
+// signature of
 //
-//	M = "resilmail/mxpool snapshot\x00" || uint32(format) || uint64(V) || digest
+//	M = "resilmail/mxpool seal\x00" || uint32(format) || uint8(len(pool)) || pool
+//	    || uint8(len(key)) || key || int64(issued) || uint64(V) || digest
 //
-// (big-endian). A delta carries exactly the mac and sig of the snapshot it
-// produces: the changes themselves are not authenticated, the result is,
-// because the follower recomputes its digest before using it. Unknown JSON
-// fields are refused.
-const SnapshotFormat = 1
+// (big-endian; key is the [KeyID] of the public key, issued nanoseconds
+// since 1970). A delta carries exactly the seal of the snapshot it
+// produces: the changes themselves are not signed, the result is, because
+// the follower recomputes its digest before using it. Unknown JSON fields
+// are refused. Format 1 authenticated with an HMAC of the shared secret
+// instead, which every follower could forge, and had no issue time.
+const SnapshotFormat = 2
 
 // Limits on a policy's content. They bound the work a malformed or hostile
 // snapshot can cause and follow RFC 5321 §4.5.3.1.
@@ -67,7 +71,8 @@ const (
 	MaxAliasTargets = 1000
 )
 
-// polMinSecret is the shortest secret accepted for authenticating snapshots.
+// polMinSecret is the shortest secret accepted for the bearer tokens
+// followers present.
 const polMinSecret = 16
 
 // Errors about policy snapshots and deltas. Every error returned while
@@ -84,8 +89,8 @@ var (
 	// ErrPolicyDigest is returned when a policy does not hash to the digest
 	// that its snapshot or delta declares.
 	ErrPolicyDigest = errors.New("mxpool: policy digest mismatch")
-	// ErrPolicyAuth is returned when a snapshot's MAC or signature does not
-	// verify with the pool's secret or public key.
+	// ErrPolicyAuth is returned when a snapshot's seal does not verify:
+	// no signature, another pool, a key not trusted, a bad signature.
 	ErrPolicyAuth = errors.New("mxpool: policy authentication failed")
 	// ErrPolicyVersion is returned for a snapshot whose version is lower
 	// than the one already applied (a replay or a publisher gone back).
@@ -658,34 +663,26 @@ func (p *Policy) Digest() resilmail.Digest {
 
 // Snapshots.
 
-// Snapshot is one version of a pool's policy, authenticated by the pool's
-// secret (and optionally an ed25519 key). A Snapshot and its Policy are
-// immutable once made: share them freely, modify neither.
+// Snapshot is one version of a pool's policy with its publisher's [Seal]
+// (whose Version and Digest are the snapshot's). A Snapshot and its
+// Policy are immutable once made: share them freely, modify neither.
 type Snapshot struct {
-	// Version numbers the snapshots of a pool: every change the publisher
-	// makes raises it, never by going back. It is at least 1.
-	Version uint64
-	// Digest is Policy.Digest().
-	Digest resilmail.Digest
-	// MAC is HMAC-SHA256 over the format, Version and Digest keyed with
-	// the pool's secret (see SnapshotFormat).
-	MAC []byte
-	// Signature is the publisher's ed25519 signature of the same message,
-	// or nil when the publisher has no signing key.
-	Signature []byte
+	Seal
 	// Policy is the policy, in normal form.
 	Policy *Policy
 }
 
-// NewSnapshot makes version version of the policy p, authenticated with
-// secret (at least 16 bytes) and, when key is not nil, signed with key. It
-// normalises a copy of p and leaves p alone.
-func NewSnapshot(p *Policy, version uint64, secret []byte, key ed25519.PrivateKey) (*Snapshot, error) {
-	if len(secret) < polMinSecret {
-		return nil, fmt.Errorf("mxpool: secret shorter than %d bytes", polMinSecret)
-	}
+// NewSnapshot makes version version of the policy p in the pool pool,
+// sealed with key at issued. It normalises a copy of p and leaves p alone.
+func NewSnapshot(p *Policy, version uint64, pool string, key ed25519.PrivateKey, issued time.Time) (*Snapshot, error) {
 	if version == 0 {
 		return nil, errors.New("mxpool: snapshot version 0")
+	}
+	if len(key) != ed25519.PrivateKeySize {
+		return nil, errors.New("mxpool: the signing key is not an ed25519 private key")
+	}
+	if err := checkPoolName(pool); err != nil {
+		return nil, err
 	}
 	c := p.Clone()
 	if c == nil {
@@ -694,56 +691,27 @@ func NewSnapshot(p *Policy, version uint64, secret []byte, key ed25519.PrivateKe
 	if err := c.Normalize(); err != nil {
 		return nil, err
 	}
-	return polSign(c, version, c.Digest(), secret, key), nil
+	return &Snapshot{Seal: sealWith(pool, version, c.Digest(), key, issued), Policy: c}, nil
 }
 
-func polSign(p *Policy, version uint64, d resilmail.Digest, secret []byte, key ed25519.PrivateKey) *Snapshot {
-	s := &Snapshot{Version: version, Digest: d, Policy: p}
-	msg := polSignedMessage(version, d)
-	m := hmac.New(sha256.New, secret)
-	m.Write(msg)
-	s.MAC = m.Sum(nil)
-	if key != nil {
-		s.Signature = ed25519.Sign(key, msg)
-	}
-	return s
+// resealed returns s with seal, which must be of the same version and
+// digest.
+func (s *Snapshot) resealed(seal Seal) *Snapshot {
+	return &Snapshot{Seal: seal, Policy: s.Policy}
 }
 
-func polSignedMessage(version uint64, d resilmail.Digest) []byte {
-	b := make([]byte, 0, 64)
-	b = append(b, "resilmail/mxpool snapshot\x00"...)
-	b = binary.BigEndian.AppendUint32(b, SnapshotFormat)
-	b = binary.BigEndian.AppendUint64(b, version)
-	return append(b, d[:]...)
-}
-
-// polVerifyAuth checks the MAC (and, when pub is not nil, the signature) of
-// version and digest.
-func polVerifyAuth(version uint64, d resilmail.Digest, mac, sig, secret []byte, pub ed25519.PublicKey) error {
-	msg := polSignedMessage(version, d)
-	m := hmac.New(sha256.New, secret)
-	m.Write(msg)
-	if !hmac.Equal(m.Sum(nil), mac) {
-		return fmt.Errorf("%w: bad MAC for version %d (wrong secret or tampered)", ErrPolicyAuth, version)
-	}
-	if pub != nil {
-		if len(sig) == 0 {
-			return fmt.Errorf("%w: version %d is not signed", ErrPolicyAuth, version)
-		}
-		if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, msg, sig) {
-			return fmt.Errorf("%w: bad signature for version %d", ErrPolicyAuth, version)
-		}
-	}
-	return nil
-}
-
-// Verify checks that s is authentic and intact: its MAC verifies with
-// secret, its signature with pub when pub is not nil, and its Policy is in
-// normal form and hashes to its Digest.
-func (s *Snapshot) Verify(secret []byte, pub ed25519.PublicKey) error {
-	if err := polVerifyAuth(s.Version, s.Digest, s.MAC, s.Signature, secret, pub); err != nil {
+// Verify checks that s is authentic and intact: its seal verifies with
+// trust, and its Policy is in normal form and hashes to its Digest.
+func (s *Snapshot) Verify(trust Trust) error {
+	if err := trust.verify(&s.Seal); err != nil {
 		return err
 	}
+	return s.verifyContent()
+}
+
+// verifyContent checks that s's Policy is in normal form and hashes to its
+// Digest.
+func (s *Snapshot) verifyContent() error {
 	if s.Policy == nil {
 		return fmt.Errorf("%w: no policy", ErrPolicyMalformed)
 	}
@@ -763,8 +731,10 @@ type polWire struct {
 	From    uint64      `json:"from,omitempty"`
 	Version uint64      `json:"version"`
 	Digest  string      `json:"digest"`
-	MAC     string      `json:"mac"`
-	Sig     string      `json:"sig,omitempty"`
+	Pool    string      `json:"pool"`
+	Key     string      `json:"key"`
+	Issued  int64       `json:"issued"`
+	Sig     string      `json:"sig"`
 	Policy  *Policy     `json:"policy,omitempty"`
 	Changes []polChange `json:"changes,omitempty"`
 }
@@ -785,15 +755,15 @@ func (s *Snapshot) Encode() ([]byte, error) {
 	b = strconv.AppendUint(b, s.Version, 10)
 	b = append(b, `,"digest":"`...)
 	b = hex.AppendEncode(b, s.Digest[:])
-	b = append(b, `","mac":"`...)
-	b = hex.AppendEncode(b, s.MAC)
-	b = append(b, '"')
-	if len(s.Signature) > 0 {
-		b = append(b, `,"sig":"`...)
-		b = hex.AppendEncode(b, s.Signature)
-		b = append(b, '"')
-	}
-	b = append(b, `,"policy":`...)
+	b = append(b, `","pool":`...)
+	b = polAppendString(b, s.Pool)
+	b = append(b, `,"key":`...)
+	b = polAppendString(b, s.KeyID)
+	b = append(b, `,"issued":`...)
+	b = strconv.AppendInt(b, s.Issued.UnixNano(), 10)
+	b = append(b, `,"sig":"`...)
+	b = hex.AppendEncode(b, s.Signature)
+	b = append(b, `","policy":`...)
 	b, err := polAppendPolicy(b, s.Policy)
 	if err != nil {
 		return nil, err
@@ -951,6 +921,11 @@ func polDecodeWire(data []byte) (*polWire, error) {
 	if head.Format == nil {
 		return nil, fmt.Errorf("%w: no format field", ErrPolicyMalformed)
 	}
+	if *head.Format == 1 {
+		// Format 1's HMAC could be forged by any follower: it is not
+		// read, and a follower fetches the policy again.
+		return nil, fmt.Errorf("%w: format 1 (authenticated by the shared secret) is no longer read", ErrPolicyMalformed)
+	}
 	if *head.Format != SnapshotFormat {
 		return nil, fmt.Errorf("%w: format %d, this build reads format %d", ErrPolicyFormat, *head.Format, SnapshotFormat)
 	}
@@ -966,50 +941,57 @@ func polDecodeWire(data []byte) (*polWire, error) {
 	return &w, nil
 }
 
-func polDecodeAuth(w *polWire) (d resilmail.Digest, mac, sig []byte, err error) {
-	if d, err = resilmail.ParseDigest(w.Digest); err != nil {
-		return d, nil, nil, fmt.Errorf("%w: %v", ErrPolicyMalformed, err)
+// polDecodeSeal decodes w's seal without verifying it.
+func polDecodeSeal(w *polWire) (Seal, error) {
+	s := Seal{Pool: w.Pool, Version: w.Version, KeyID: w.Key, Issued: time.Unix(0, w.Issued)}
+	var err error
+	if s.Digest, err = resilmail.ParseDigest(w.Digest); err != nil {
+		return s, fmt.Errorf("%w: %v", ErrPolicyMalformed, err)
 	}
-	if mac, err = hex.DecodeString(w.MAC); err != nil || len(mac) != sha256.Size {
-		return d, nil, nil, fmt.Errorf("%w: mac is not %d hex-encoded bytes", ErrPolicyMalformed, sha256.Size)
+	if s.Signature, err = hex.DecodeString(w.Sig); err != nil || len(s.Signature) != ed25519.SignatureSize {
+		return s, fmt.Errorf("%w: sig is not %d hex-encoded bytes", ErrPolicyMalformed, ed25519.SignatureSize)
 	}
-	if sig, err = hex.DecodeString(w.Sig); err != nil || len(sig) != 0 && len(sig) != ed25519.SignatureSize {
-		return d, nil, nil, fmt.Errorf("%w: sig is not %d hex-encoded bytes", ErrPolicyMalformed, ed25519.SignatureSize)
+	if w.Issued <= 0 {
+		return s, fmt.Errorf("%w: no issue time", ErrPolicyMalformed)
 	}
-	if len(sig) == 0 {
-		sig = nil
-	}
-	return d, mac, sig, nil
+	return s, nil
 }
 
 // DecodeSnapshot decodes and verifies a snapshot in the form Encode
 // writes: the format must be SnapshotFormat ([ErrPolicyFormat]), the
 // document well formed and its policy in normal form ([ErrPolicyMalformed]),
-// the MAC must verify with secret and, when pub is not nil, the signature
-// with pub ([ErrPolicyAuth]), and the policy must hash to the declared
-// digest ([ErrPolicyDigest]). Whether the version is newer than one already
-// held is for the caller to check.
-func DecodeSnapshot(data, secret []byte, pub ed25519.PublicKey) (*Snapshot, error) {
+// the seal must verify with trust ([ErrPolicyAuth]), and the policy must
+// hash to the declared digest ([ErrPolicyDigest]). Whether the version is
+// newer than one already held, and the seal recent, is for the caller to
+// check.
+func DecodeSnapshot(data []byte, trust Trust) (*Snapshot, error) {
 	w, err := polDecodeWire(data)
 	if err != nil {
 		return nil, err
 	}
-	return polSnapshotFromWire(w, secret, pub)
+	return polSnapshotFromWire(w, &trust)
 }
 
-func polSnapshotFromWire(w *polWire, secret []byte, pub ed25519.PublicKey) (*Snapshot, error) {
+// polSnapshotFromWire makes the snapshot w holds and verifies it: its seal
+// with trust, unless trust is nil, and its content always.
+func polSnapshotFromWire(w *polWire, trust *Trust) (*Snapshot, error) {
 	if w.Kind != polKindSnapshot {
 		return nil, fmt.Errorf("%w: kind %q where a snapshot was expected", ErrPolicyMalformed, w.Kind)
 	}
 	if w.Version == 0 || w.From != 0 || w.Changes != nil || w.Policy == nil {
 		return nil, fmt.Errorf("%w: a snapshot needs a version above 0 and a policy, and no from or changes", ErrPolicyMalformed)
 	}
-	d, mac, sig, err := polDecodeAuth(w)
+	seal, err := polDecodeSeal(w)
 	if err != nil {
 		return nil, err
 	}
-	s := &Snapshot{Version: w.Version, Digest: d, MAC: mac, Signature: sig, Policy: w.Policy}
-	if err := s.Verify(secret, pub); err != nil {
+	s := &Snapshot{Seal: seal, Policy: w.Policy}
+	if trust != nil {
+		err = s.Verify(*trust)
+	} else {
+		err = s.verifyContent()
+	}
+	if err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -1102,13 +1084,12 @@ func (c *polChange) validate() error {
 	return nil
 }
 
-// polDelta turns the policy of version From into the policy of version To,
-// whose digest is Digest and whose MAC and signature are MAC and Sig.
+// polDelta turns the policy of version From into the policy of Seal's
+// version and digest.
 type polDelta struct {
-	From, To uint64
-	Digest   resilmail.Digest
-	MAC, Sig []byte
-	Changes  []polChange
+	From    uint64
+	Seal    Seal
+	Changes []polChange
 }
 
 // polDecodeDelta decodes a delta and checks that it is well formed. Its
@@ -1128,7 +1109,7 @@ func polDeltaFromWire(w *polWire) (*polDelta, error) {
 	if w.Policy != nil || w.Version <= w.From || len(w.Changes) == 0 {
 		return nil, fmt.Errorf("%w: a delta needs from < version, changes and no policy", ErrPolicyMalformed)
 	}
-	d, mac, sig, err := polDecodeAuth(w)
+	seal, err := polDecodeSeal(w)
 	if err != nil {
 		return nil, err
 	}
@@ -1137,12 +1118,12 @@ func polDeltaFromWire(w *polWire) (*polDelta, error) {
 			return nil, err
 		}
 	}
-	return &polDelta{From: w.From, To: w.Version, Digest: d, MAC: mac, Sig: sig, Changes: w.Changes}, nil
+	return &polDelta{From: w.From, Seal: seal, Changes: w.Changes}, nil
 }
 
 // polApplyDelta applies d to base and returns the resulting snapshot after
-// checking its MAC, signature and digest. base is not modified.
-func polApplyDelta(base *Snapshot, d *polDelta, secret []byte, pub ed25519.PublicKey) (*Snapshot, error) {
+// checking its seal with trust and its digest. base is not modified.
+func polApplyDelta(base *Snapshot, d *polDelta, trust Trust) (*Snapshot, error) {
 	if base == nil || d.From != base.Version {
 		have := uint64(0)
 		if base != nil {
@@ -1150,17 +1131,17 @@ func polApplyDelta(base *Snapshot, d *polDelta, secret []byte, pub ed25519.Publi
 		}
 		return nil, fmt.Errorf("%w: delta from version %d, policy at version %d", ErrPolicyDelta, d.From, have)
 	}
-	if err := polVerifyAuth(d.To, d.Digest, d.MAC, d.Sig, secret, pub); err != nil {
+	if err := trust.verify(&d.Seal); err != nil {
 		return nil, err
 	}
 	p, err := polApply(base.Policy, d.Changes)
 	if err != nil {
 		return nil, err
 	}
-	if got := p.Digest(); got != d.Digest {
-		return nil, fmt.Errorf("%w: delta %d->%d declares %s, result hashes to %s", ErrPolicyDigest, d.From, d.To, d.Digest, got)
+	if got := p.Digest(); got != d.Seal.Digest {
+		return nil, fmt.Errorf("%w: delta %d->%d declares %s, result hashes to %s", ErrPolicyDigest, d.From, d.Seal.Version, d.Seal.Digest, got)
 	}
-	return &Snapshot{Version: d.To, Digest: d.Digest, MAC: d.MAC, Signature: d.Sig, Policy: p}, nil
+	return &Snapshot{Seal: d.Seal, Policy: p}, nil
 }
 
 // polApply returns base with changes applied. base is not modified: what

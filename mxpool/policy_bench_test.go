@@ -121,7 +121,7 @@ func BenchmarkCheck(b *testing.B) {
 		}
 	})
 	b.Run("follower", func(b *testing.B) {
-		s, err := NewSnapshot(pol, 1, polTestSecret, nil)
+		s, err := NewSnapshot(pol, 1, DefaultPool, polTestKey, time.Now())
 		require.NoError(b, err)
 		data, err := s.Encode()
 		require.NoError(b, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -26,21 +27,21 @@ func polRequireSentinel(t *testing.T, err error) {
 
 // FuzzDecodeSnapshot feeds arbitrary documents to DecodeSnapshot: it must
 // refuse them with a sentinel or accept them and round-trip. As the fuzzer
-// cannot forge a MAC, the same content is then signed properly, so that
+// cannot forge a signature, the same content is then signed properly, so that
 // validation and hashing are exercised too: a policy accepted must be a
 // fixed point of Normalize.
 func FuzzDecodeSnapshot(f *testing.F) {
-	s, err := NewSnapshot(polTestPolicy(), 3, polTestSecret, nil)
+	s, err := NewSnapshot(polTestPolicy(), 3, DefaultPool, polTestKey, time.Now())
 	require.NoError(f, err)
 	data, err := s.Encode()
 	require.NoError(f, err)
 	f.Add(data)
-	f.Add([]byte(`{"format":1,"kind":"snapshot","version":1,"digest":"","mac":"","policy":{"domains":{"a.test":{"recipients":["b","a"]}}}}`))
+	f.Add([]byte(`{"format":2,"kind":"snapshot","version":1,"digest":"","pool":"default","key":"","issued":1,"sig":"","policy":{"domains":{"a.test":{"recipients":["b","a"]}}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		roundTrip := func(s *Snapshot) {
 			enc, err := s.Encode()
 			require.NoError(t, err)
-			s2, err := DecodeSnapshot(enc, polTestSecret, nil)
+			s2, err := DecodeSnapshot(enc, polTestTrust)
 			require.NoError(t, err)
 			require.Equal(t, s.Version, s2.Version)
 			require.Equal(t, s.Digest, s2.Digest)
@@ -51,7 +52,7 @@ func FuzzDecodeSnapshot(f *testing.F) {
 				require.Equal(t, s.Check(r), s2.Check(r), r)
 			}
 		}
-		s, err := DecodeSnapshot(data, polTestSecret, nil)
+		s, err := DecodeSnapshot(data, polTestTrust)
 		if err != nil {
 			polRequireSentinel(t, err)
 		} else {
@@ -67,10 +68,10 @@ func FuzzDecodeSnapshot(f *testing.F) {
 		if valid {
 			digest = w.Policy.Digest()
 		}
-		signed := polSign(w.Policy, w.Version, digest, polTestSecret, nil)
+		signed := &Snapshot{Seal: sealWith(DefaultPool, w.Version, digest, polTestKey, time.Unix(0, 1)), Policy: w.Policy}
 		enc, err := signed.Encode()
 		require.NoError(t, err)
-		s, err = DecodeSnapshot(enc, polTestSecret, nil)
+		s, err = DecodeSnapshot(enc, polTestTrust)
 		if !valid {
 			require.ErrorIs(t, err, ErrPolicyMalformed)
 			return
@@ -95,10 +96,10 @@ func FuzzDecodeDelta(f *testing.F) {
 	delete(next.Domains, "catchall.test")
 	next.MaxMessageSize = 1
 	data, err := json.Marshal(polWire{Format: SnapshotFormat, Kind: polKindDelta, From: 1, Version: 2,
-		Digest: next.Digest().String(), MAC: strings.Repeat("ab", 32), Changes: polDiff(base, next)})
+		Digest: next.Digest().String(), Pool: DefaultPool, Key: "0011223344556677", Issued: 1, Sig: strings.Repeat("ab", 64), Changes: polDiff(base, next)})
 	require.NoError(f, err)
 	f.Add(data)
-	f.Add([]byte(`{"format":1,"kind":"delta","from":1,"version":2,"digest":"00","mac":"00","changes":[{"op":"remove_domain","domain":"example.org"}]}`))
+	f.Add([]byte(`{"format":2,"kind":"delta","from":1,"version":2,"digest":"00","pool":"default","key":"","issued":1,"sig":"00","changes":[{"op":"remove_domain","domain":"example.org"}]}`))
 	baseDigest := base.Digest()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := polDecodeDelta(data)
@@ -107,8 +108,9 @@ func FuzzDecodeDelta(f *testing.F) {
 			return
 		}
 		encode := func(d *polDelta) []byte {
-			enc, err := json.Marshal(polWire{Format: SnapshotFormat, Kind: polKindDelta, From: d.From, Version: d.To,
-				Digest: d.Digest.String(), MAC: hexs(d.MAC), Sig: hexs(d.Sig), Changes: d.Changes})
+			enc, err := json.Marshal(polWire{Format: SnapshotFormat, Kind: polKindDelta, From: d.From, Version: d.Seal.Version,
+				Digest: d.Seal.Digest.String(), Pool: d.Seal.Pool, Key: d.Seal.KeyID, Issued: d.Seal.Issued.UnixNano(),
+				Sig: hexs(d.Seal.Signature), Changes: d.Changes})
 			require.NoError(t, err)
 			return enc
 		}

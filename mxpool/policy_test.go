@@ -1,18 +1,27 @@
 package mxpool
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 var polTestSecret = []byte("0123456789abcdef-pool-secret")
+
+// polTestKey seals the tests' policies; polTestTrust checks them.
+var (
+	polTestKey   = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
+	polTestTrust = Trust{Keys: []ed25519.PublicKey{polTestKey.Public().(ed25519.PublicKey)}}
+	polOtherKey  = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, ed25519.SeedSize))
+)
 
 // polTestPolicy is a small pool policy used across the policy tests.
 func polTestPolicy() *Policy {
@@ -246,25 +255,26 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	pub, priv, err := ed25519.GenerateKey(nil)
 	require.NoError(t, err)
 	in := polTestPolicy()
-	s, err := NewSnapshot(in, 42, polTestSecret, priv)
+	s, err := NewSnapshot(in, 42, DefaultPool, priv, time.Now())
 	require.NoError(t, err)
 	assert.Contains(t, in.Domains, "Example.ORG", "NewSnapshot must not modify its argument")
 	data, err := s.Encode()
 	require.NoError(t, err)
-	got, err := DecodeSnapshot(data, polTestSecret, pub)
+	got, err := DecodeSnapshot(data, Trust{Keys: []ed25519.PublicKey{pub}})
 	require.NoError(t, err)
 	assert.Equal(t, s.Version, got.Version)
 	assert.Equal(t, s.Digest, got.Digest)
-	assert.Equal(t, s.MAC, got.MAC)
-	assert.Equal(t, s.Signature, got.Signature)
+	assert.Equal(t, s.Seal, got.Seal)
 	assert.Equal(t, s.Policy.Digest(), got.Policy.Digest())
 	again, err := got.Encode()
 	require.NoError(t, err)
 	assert.Equal(t, data, again)
 
-	_, err = NewSnapshot(in, 1, []byte("short"), nil)
-	assert.Error(t, err)
-	_, err = NewSnapshot(in, 0, polTestSecret, nil)
+	_, err = NewSnapshot(in, 1, DefaultPool, nil, time.Now())
+	assert.Error(t, err, "no key")
+	_, err = NewSnapshot(in, 1, "bad pool", polTestKey, time.Now())
+	assert.Error(t, err, "a pool name with a space")
+	_, err = NewSnapshot(in, 0, DefaultPool, polTestKey, time.Now())
 	assert.Error(t, err)
 }
 
@@ -272,7 +282,9 @@ func TestSnapshotRoundTrip(t *testing.T) {
 func polEdit(t *testing.T, data []byte, edit func(m map[string]any)) []byte {
 	t.Helper()
 	var m map[string]any
-	require.NoError(t, json.Unmarshal(data, &m))
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber() // issue times in nanoseconds do not fit a float64
+	require.NoError(t, dec.Decode(&m))
 	edit(m)
 	out, err := json.Marshal(m)
 	require.NoError(t, err)
@@ -282,18 +294,19 @@ func polEdit(t *testing.T, data []byte, edit func(m map[string]any)) []byte {
 func TestDecodeSnapshotRefuses(t *testing.T) {
 	pub, priv, err := ed25519.GenerateKey(nil)
 	require.NoError(t, err)
-	s, err := NewSnapshot(polTestPolicy(), 5, polTestSecret, priv)
+	s, err := NewSnapshot(polTestPolicy(), 5, DefaultPool, priv, time.Now())
 	require.NoError(t, err)
 	good, err := s.Encode()
 	require.NoError(t, err)
-	unsigned, err := NewSnapshot(polTestPolicy(), 5, polTestSecret, nil)
+	otherKey, err := NewSnapshot(polTestPolicy(), 5, DefaultPool, polOtherKey, time.Now())
 	require.NoError(t, err)
-	unsignedData, err := unsigned.Encode()
+	otherKeyData, err := otherKey.Encode()
 	require.NoError(t, err)
-	other, err := NewSnapshot(polTestPolicy(), 5, []byte("another-pool-secret-0123"), nil)
+	otherPool, err := NewSnapshot(polTestPolicy(), 5, "another", priv, time.Now())
 	require.NoError(t, err)
-	otherData, err := other.Encode()
+	otherPoolData, err := otherPool.Encode()
 	require.NoError(t, err)
+	trust := Trust{Keys: []ed25519.PublicKey{pub}}
 	domains := func(m map[string]any) map[string]any {
 		return m["policy"].(map[string]any)["domains"].(map[string]any)
 	}
@@ -302,43 +315,48 @@ func TestDecodeSnapshotRefuses(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		data []byte
-		pub  ed25519.PublicKey
 		want error
 	}{
-		{"not json", []byte("{not json"), nil, ErrPolicyMalformed},
-		{"empty", nil, nil, ErrPolicyMalformed},
-		{"no format", polEdit(t, good, func(m map[string]any) { delete(m, "format") }), nil, ErrPolicyMalformed},
-		{"future format", polEdit(t, good, func(m map[string]any) { m["format"] = 2; m["new_field"] = true }), nil, ErrPolicyFormat},
-		{"unknown field", polEdit(t, good, func(m map[string]any) { m["extra"] = 1 }), nil, ErrPolicyMalformed},
-		{"trailing data", append(append([]byte{}, good...), []byte(" {}")...), nil, ErrPolicyMalformed},
-		{"delta kind", polEdit(t, good, func(m map[string]any) { m["kind"] = "delta" }), nil, ErrPolicyMalformed},
-		{"version 0", polEdit(t, good, func(m map[string]any) { m["version"] = 0 }), nil, ErrPolicyMalformed},
-		{"no policy", polEdit(t, good, func(m map[string]any) { delete(m, "policy") }), nil, ErrPolicyMalformed},
-		{"short mac", polEdit(t, good, func(m map[string]any) { m["mac"] = "abcd" }), nil, ErrPolicyMalformed},
-		{"bad digest hex", polEdit(t, good, func(m map[string]any) { m["digest"] = "zz" }), nil, ErrPolicyMalformed},
-		{"other secret", otherData, nil, ErrPolicyAuth},
-		{"version raised", polEdit(t, good, func(m map[string]any) { m["version"] = 6 }), nil, ErrPolicyAuth},
-		{"digest replaced", polEdit(t, good, func(m map[string]any) { m["digest"] = strings.Repeat("00", 32) }), nil, ErrPolicyAuth},
+		{"not json", []byte("{not json"), ErrPolicyMalformed},
+		{"empty", nil, ErrPolicyMalformed},
+		{"no format", polEdit(t, good, func(m map[string]any) { delete(m, "format") }), ErrPolicyMalformed},
+		{"future format", polEdit(t, good, func(m map[string]any) { m["format"] = 3; m["new_field"] = true }), ErrPolicyFormat},
+		{"format 1 (HMAC)", polEdit(t, good, func(m map[string]any) { m["format"] = 1 }), ErrPolicyMalformed},
+		{"unknown field", polEdit(t, good, func(m map[string]any) { m["extra"] = 1 }), ErrPolicyMalformed},
+		{"trailing data", append(append([]byte{}, good...), []byte(" {}")...), ErrPolicyMalformed},
+		{"delta kind", polEdit(t, good, func(m map[string]any) { m["kind"] = "delta" }), ErrPolicyMalformed},
+		{"version 0", polEdit(t, good, func(m map[string]any) { m["version"] = 0 }), ErrPolicyMalformed},
+		{"no policy", polEdit(t, good, func(m map[string]any) { delete(m, "policy") }), ErrPolicyMalformed},
+		{"short sig", polEdit(t, good, func(m map[string]any) { m["sig"] = "abcd" }), ErrPolicyMalformed},
+		{"no sig", polEdit(t, good, func(m map[string]any) { delete(m, "sig") }), ErrPolicyMalformed},
+		{"no issue time", polEdit(t, good, func(m map[string]any) { delete(m, "issued") }), ErrPolicyMalformed},
+		{"bad digest hex", polEdit(t, good, func(m map[string]any) { m["digest"] = "zz" }), ErrPolicyMalformed},
+		{"untrusted key", otherKeyData, ErrPolicyAuth},
+		{"untrusted key claiming the trusted id", polEdit(t, otherKeyData, func(m map[string]any) { m["key"] = KeyID(pub) }), ErrPolicyAuth},
+		{"other pool", otherPoolData, ErrPolicyAuth},
+		{"pool renamed", polEdit(t, good, func(m map[string]any) { m["pool"] = "another" }), ErrPolicyAuth},
+		{"issue time moved", polEdit(t, good, func(m map[string]any) { n, _ := m["issued"].(json.Number).Int64(); m["issued"] = n + 1 }), ErrPolicyAuth},
+		{"version raised", polEdit(t, good, func(m map[string]any) { m["version"] = 6 }), ErrPolicyAuth},
+		{"digest replaced", polEdit(t, good, func(m map[string]any) { m["digest"] = strings.Repeat("00", 32) }), ErrPolicyAuth},
 		{"recipient added", polEdit(t, good, func(m map[string]any) {
 			example(m)["recipients"] = append(example(m)["recipients"].([]any), "zed")
-		}), nil, ErrPolicyDigest},
+		}), ErrPolicyDigest},
 		{"domain added", polEdit(t, good, func(m map[string]any) {
 			domains(m)["evil.test"] = map[string]any{"accept_all": true, "spam_action": "quarantine"}
-		}), nil, ErrPolicyDigest},
-		{"upper-case recipient", polEdit(t, good, func(m map[string]any) { example(m)["recipients"] = []any{"Alice"} }), nil, ErrPolicyMalformed},
-		{"unsorted recipients", polEdit(t, good, func(m map[string]any) { example(m)["recipients"] = []any{"bob", "alice"} }), nil, ErrPolicyMalformed},
-		{"U-label domain", polEdit(t, good, func(m map[string]any) { domains(m)["bücher.example"] = domains(m)["xn--bcher-kva.example"] }), nil, ErrPolicyMalformed},
-		{"unknown spam action", polEdit(t, good, func(m map[string]any) { example(m)["spam_action"] = "drop" }), nil, ErrPolicyMalformed},
-		{"unsigned", unsignedData, pub, ErrPolicyAuth},
-		{"bad signature", polEdit(t, good, func(m map[string]any) { m["sig"] = strings.Repeat("00", 64) }), pub, ErrPolicyAuth},
+		}), ErrPolicyDigest},
+		{"upper-case recipient", polEdit(t, good, func(m map[string]any) { example(m)["recipients"] = []any{"Alice"} }), ErrPolicyMalformed},
+		{"unsorted recipients", polEdit(t, good, func(m map[string]any) { example(m)["recipients"] = []any{"bob", "alice"} }), ErrPolicyMalformed},
+		{"U-label domain", polEdit(t, good, func(m map[string]any) { domains(m)["bücher.example"] = domains(m)["xn--bcher-kva.example"] }), ErrPolicyMalformed},
+		{"unknown spam action", polEdit(t, good, func(m map[string]any) { example(m)["spam_action"] = "drop" }), ErrPolicyMalformed},
+		{"bad signature", polEdit(t, good, func(m map[string]any) { m["sig"] = strings.Repeat("00", 64) }), ErrPolicyAuth},
 	} {
-		_, err := DecodeSnapshot(tc.data, polTestSecret, tc.pub)
+		_, err := DecodeSnapshot(tc.data, trust)
 		assert.ErrorIs(t, err, tc.want, tc.name)
 	}
-	_, err = DecodeSnapshot(good, polTestSecret, pub)
+	_, err = DecodeSnapshot(good, trust)
 	require.NoError(t, err)
-	_, err = DecodeSnapshot(unsignedData, polTestSecret, nil)
-	require.NoError(t, err, "without a public key the MAC is enough")
+	_, err = DecodeSnapshot(good, Trust{Keys: []ed25519.PublicKey{polOtherKey.Public().(ed25519.PublicKey), pub}})
+	require.NoError(t, err, "any trusted key will do (a rotation)")
 }
 
 // polRandomPolicy builds a random normalised policy over a small name space,
@@ -395,15 +413,16 @@ func TestDiffApply(t *testing.T) {
 }
 
 func TestApplyDelta(t *testing.T) {
-	base, err := NewSnapshot(polTestPolicy(), 3, polTestSecret, nil)
+	base, err := NewSnapshot(polTestPolicy(), 3, DefaultPool, polTestKey, time.Now())
 	require.NoError(t, err)
 	next := base.Policy.Clone()
 	require.NoError(t, next.AddRecipient("dan@example.org"))
 	require.NoError(t, next.RemoveRecipient("carol@example.org"))
-	want := polSign(next, 4, next.Digest(), polTestSecret, nil)
-	delta := &polDelta{From: 3, To: 4, Digest: want.Digest, MAC: want.MAC, Changes: polDiff(base.Policy, next)}
+	want, err := NewSnapshot(next, 4, DefaultPool, polTestKey, time.Now())
+	require.NoError(t, err)
+	delta := &polDelta{From: 3, Seal: want.Seal, Changes: polDiff(base.Policy, next)}
 
-	got, err := polApplyDelta(base, delta, polTestSecret, nil)
+	got, err := polApplyDelta(base, delta, polTestTrust)
 	require.NoError(t, err)
 	assert.Equal(t, want.Digest, got.Digest)
 	assert.Equal(t, uint64(4), got.Version)
@@ -413,39 +432,42 @@ func TestApplyDelta(t *testing.T) {
 
 	wrongFrom := *delta
 	wrongFrom.From = 2
-	_, err = polApplyDelta(base, &wrongFrom, polTestSecret, nil)
+	_, err = polApplyDelta(base, &wrongFrom, polTestTrust)
 	assert.ErrorIs(t, err, ErrPolicyDelta)
 
-	_, err = polApplyDelta(base, delta, []byte("another-pool-secret-0123"), nil)
+	_, err = polApplyDelta(base, delta, Trust{Keys: []ed25519.PublicKey{polOtherKey.Public().(ed25519.PublicKey)}})
+	assert.ErrorIs(t, err, ErrPolicyAuth)
+	_, err = polApplyDelta(base, delta, Trust{Pool: "another", Keys: polTestTrust.Keys})
 	assert.ErrorIs(t, err, ErrPolicyAuth)
 
 	// Changes that do not produce the declared digest.
 	short := *delta
 	short.Changes = delta.Changes[:1]
-	_, err = polApplyDelta(base, &short, polTestSecret, nil)
+	_, err = polApplyDelta(base, &short, polTestTrust)
 	assert.ErrorIs(t, err, ErrPolicyDigest)
 
 	// Adding what exists.
 	dup := *delta
 	dup.Changes = []polChange{{Op: polOpAddRecipients, Domain: "example.org", Locals: []string{"alice"}}}
-	_, err = polApplyDelta(base, &dup, polTestSecret, nil)
+	_, err = polApplyDelta(base, &dup, polTestTrust)
 	assert.ErrorIs(t, err, ErrPolicyDelta)
 
 	// Wire round trip.
 	data, err := json.Marshal(polWire{Format: SnapshotFormat, Kind: polKindDelta, From: 3, Version: 4,
-		Digest: want.Digest.String(), MAC: fmt.Sprintf("%x", want.MAC), Changes: delta.Changes})
+		Digest: want.Digest.String(), Pool: want.Pool, Key: want.KeyID, Issued: want.Issued.UnixNano(),
+		Sig: fmt.Sprintf("%x", want.Signature), Changes: delta.Changes})
 	require.NoError(t, err)
 	dec, err := polDecodeDelta(data)
 	require.NoError(t, err)
-	got, err = polApplyDelta(base, dec, polTestSecret, nil)
+	got, err = polApplyDelta(base, dec, polTestTrust)
 	require.NoError(t, err)
 	assert.Equal(t, want.Digest, got.Digest)
 }
 
 func TestDecodeDeltaRefuses(t *testing.T) {
 	mk := func(from, to uint64, changes string) []byte {
-		return []byte(fmt.Sprintf(`{"format":1,"kind":"delta","from":%d,"version":%d,"digest":"%s","mac":"%s","changes":%s}`,
-			from, to, strings.Repeat("00", 32), strings.Repeat("11", 32), changes))
+		return []byte(fmt.Sprintf(`{"format":2,"kind":"delta","from":%d,"version":%d,"digest":"%s","pool":"default","key":"0011223344556677","issued":1,"sig":"%s","changes":%s}`,
+			from, to, strings.Repeat("00", 32), strings.Repeat("11", 64), changes))
 	}
 	ok := `[{"op":"add_recipients","domain":"example.org","locals":["a","b"]}]`
 	_, err := polDecodeDelta(mk(1, 2, ok))
@@ -501,12 +523,12 @@ func TestEncodeMatchesEncodingJSON(t *testing.T) {
 		policies = append(policies, polRandomPolicy(t, r))
 	}
 	for i, p := range policies {
-		for _, key := range []ed25519.PrivateKey{nil, priv} {
-			s := polSign(p, uint64(i+1), p.Digest(), polTestSecret, key)
+		for _, pool := range []string{DefaultPool, "a&<b>\\\"c"} {
+			s := &Snapshot{Seal: sealWith(pool, uint64(i+1), p.Digest(), priv, time.Now()), Policy: p}
 			got, err := s.Encode()
 			require.NoError(t, err)
 			want, err := json.Marshal(polWire{Format: SnapshotFormat, Kind: polKindSnapshot, Version: s.Version,
-				Digest: s.Digest.String(), MAC: fmt.Sprintf("%x", s.MAC), Sig: fmt.Sprintf("%x", s.Signature), Policy: p})
+				Digest: s.Digest.String(), Pool: s.Pool, Key: s.KeyID, Issued: s.Issued.UnixNano(), Sig: fmt.Sprintf("%x", s.Signature), Policy: p})
 			require.NoError(t, err)
 			require.Equal(t, string(want), string(got), "policy %d", i)
 		}

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -32,6 +35,7 @@ import (
 const (
 	polSnapshotFile = "snapshot.json"
 	polHistoryFile  = "history.json"
+	polKeyFile      = "signing.key" // the publisher's private key, PKCS #8 in PEM
 )
 
 // ErrPublisherClosed is returned by [Publisher.Update] after
@@ -74,11 +78,20 @@ type PublisherOptions struct {
 	// MaxHistoryBytes caps the encoded size of the deltas kept; zero means
 	// 8 MiB.
 	MaxHistoryBytes int64
-	// SigningKey, when not nil, signs every snapshot with ed25519 on top of
-	// the MAC, so a follower configured with the public key accepts
-	// snapshots from the publisher only, not from another holder of the
-	// shared secret.
+	// SigningKey is the ed25519 private key that seals every snapshot;
+	// followers hold only the public key ([Publisher.PublicKey]), so none
+	// of them can make a policy the others accept. Nil means the key kept
+	// in the folder (signing.key), made on first open. A key given here is
+	// used instead of the folder's.
 	SigningKey ed25519.PrivateKey
+	// Pool is the pool's name, part of every seal; empty means
+	// DefaultPool. Followers must be given the same ([Trust]).
+	Pool string
+	// ResealEvery is how old the current seal may grow before the
+	// publisher signs its version again, with the time of the request, so
+	// that a follower counts it as heard; it must be at most half the
+	// followers' StaleAfter. Zero means 30 seconds.
+	ResealEvery time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -142,12 +155,16 @@ type FollowerSeen struct {
 //     typically because the publisher lost its folder;
 //   - 503 once the Publisher is closed, 400 for bad parameters.
 //
-// Every response carries "Mxpool-Version: <current version>". Before the
+// Every response carries "Mxpool-Version: <current version>" and, once
+// there is a policy, "Mxpool-Seal: <its seal>" (pool, version, digest,
+// key, issued and sig as URL query parameters), sealed again whenever the
+// last seal is older than ResealEvery: a 304 proves the publisher alive at
+// the seal's issue time. Before the
 // first Update there is nothing to serve: requests wait, then get 304.
 type Publisher struct {
 	dir    string
-	secret []byte
 	token  string
+	pool   string
 	opts   PublisherOptions
 	log    *slog.Logger
 	unlock func() error
@@ -159,6 +176,7 @@ type Publisher struct {
 	reserved uint64 // highest version ever assigned; guarded by sem
 
 	mu        sync.Mutex
+	key       ed25519.PrivateKey
 	full      []byte         // cur encoded
 	history   []pubHistEntry // contiguous, ending at cur.Version
 	histBytes int64          // sum of the entries' sizes
@@ -191,8 +209,10 @@ type pubWireDelta struct {
 	From    uint64            `json:"from"`
 	Version uint64            `json:"version"`
 	Digest  string            `json:"digest"`
-	MAC     string            `json:"mac"`
-	Sig     string            `json:"sig,omitempty"`
+	Pool    string            `json:"pool"`
+	Key     string            `json:"key"`
+	Issued  int64             `json:"issued"`
+	Sig     string            `json:"sig"`
 	Changes []json.RawMessage `json:"changes"`
 }
 
@@ -200,22 +220,25 @@ type pubWireDelta struct {
 const pubMaxSeen = 1024
 
 // OpenPublisher opens, creating it if needed, the publisher folder dir and
-// loads its current snapshot and delta history. secret (at least 16 bytes)
-// authenticates snapshots and followers; every node of the pool has the
-// same. The folder is locked against a second Publisher.
+// loads its current snapshot, delta history and signing key (making the
+// key if there is none: see PublisherOptions.SigningKey). secret (at least
+// 16 bytes) derives the bearer token followers present; it does not
+// authenticate the policy, the signing key does. The folder is locked
+// against a second Publisher.
 //
-// A stored snapshot of an unknown format, or one that fails verification
-// (tampered, or another secret), is refused with an error wrapping
-// ErrPolicyFormat, ErrPolicyMalformed, ErrPolicyAuth or ErrPolicyDigest:
-// starting afresh at version 0 would make every follower refuse the new
-// versions. Replace it with a follower's snapshot.json to recover.
+// A stored snapshot of an unknown format, or one whose content does not
+// match its digest, is refused with an error wrapping ErrPolicyFormat,
+// ErrPolicyMalformed or ErrPolicyDigest: starting afresh at version 0
+// would make every follower refuse the new versions. Replace it with a
+// follower's snapshot.json to recover. Its seal is not checked (the folder
+// is the publisher's own): it is sealed again with the current key, so a
+// new key or pool name takes effect at once.
 func OpenPublisher(dir string, secret []byte, opts *PublisherOptions) (*Publisher, error) {
 	if len(secret) < polMinSecret {
 		return nil, fmt.Errorf("mxpool: secret shorter than %d bytes", polMinSecret)
 	}
 	p := &Publisher{
 		dir:     dir,
-		secret:  bytes.Clone(secret),
 		token:   polToken(secret),
 		sem:     make(chan struct{}, 1),
 		done:    make(chan struct{}),
@@ -230,6 +253,15 @@ func OpenPublisher(dir string, secret []byte, opts *PublisherOptions) (*Publishe
 	}
 	if p.opts.SigningKey != nil && len(p.opts.SigningKey) != ed25519.PrivateKeySize {
 		return nil, errors.New("mxpool: SigningKey is not an ed25519 private key")
+	}
+	if p.pool = p.opts.Pool; p.pool == "" {
+		p.pool = DefaultPool
+	}
+	if err := checkPoolName(p.pool); err != nil {
+		return nil, err
+	}
+	if p.opts.ResealEvery <= 0 {
+		p.opts.ResealEvery = 30 * time.Second
 	}
 	if p.log = p.opts.Logger; p.log == nil {
 		p.log = slog.Default()
@@ -254,11 +286,129 @@ func OpenPublisher(dir string, secret []byte, opts *PublisherOptions) (*Publishe
 		return nil, err
 	}
 	p.unlock = unlock
+	if p.key = p.opts.SigningKey; p.key == nil {
+		if p.key, err = pubLoadKey(dir); err != nil {
+			unlock()
+			return nil, err
+		}
+	}
 	if err := p.pubLoad(); err != nil {
 		unlock()
 		return nil, err
 	}
+	p.log.Info("mxpool: publisher open", "pool", p.pool, "key", KeyID(p.key.Public().(ed25519.PublicKey)))
 	return p, nil
+}
+
+// pubLoadKey reads the folder's signing key, making and storing one if
+// there is none.
+func pubLoadKey(dir string) (ed25519.PrivateKey, error) {
+	path := filepath.Join(dir, polKeyFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		_, key, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		return key, pubStoreKey(dir, key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mxpool: %w", err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "PRIVATE KEY" {
+		return nil, fmt.Errorf("mxpool: %s: not a PEM private key", path)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("mxpool: %s: %w", path, err)
+	}
+	key, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("mxpool: %s: not an ed25519 key", path)
+	}
+	return key, nil
+}
+
+// pubStoreKey writes key as the folder's signing key, durably.
+func pubStoreKey(dir string, key ed25519.PrivateKey) error {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	if err := durable.WriteFile(durable.OS, filepath.Join(dir, polKeyFile), data, 0o600); err != nil {
+		return fmt.Errorf("mxpool: store the signing key: %w", err)
+	}
+	return nil
+}
+
+// PublicKey returns the public half of the key the publisher seals with:
+// what every follower needs in its [Trust].
+func (p *Publisher) PublicKey() ed25519.PublicKey {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.key.Public().(ed25519.PublicKey)
+}
+
+// Rotate makes key the publisher's signing key: it is stored in the folder
+// (unless PublisherOptions.SigningKey was given) and the current version is
+// sealed with it at once. Followers must already trust the new public key
+// (see [Trust]); those that do go on without a pause, those that do not
+// refuse the new seals and turn stale.
+func (p *Publisher) Rotate(ctx context.Context, key ed25519.PrivateKey) error {
+	if len(key) != ed25519.PrivateKeySize {
+		return errors.New("mxpool: Rotate: not an ed25519 private key")
+	}
+	select {
+	case p.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-p.done:
+		return ErrPublisherClosed
+	}
+	defer func() { <-p.sem }()
+	if p.opts.SigningKey == nil {
+		if err := pubStoreKey(p.dir, key); err != nil {
+			return err
+		}
+	}
+	p.mu.Lock()
+	p.key = key
+	p.pubResealLocked(true)
+	p.mu.Unlock()
+	p.log.Warn("mxpool: signing key replaced", "key", KeyID(key.Public().(ed25519.PublicKey)))
+	return nil
+}
+
+// pubResealLocked seals the current version again, now, when its seal is
+// older than ResealEvery, or made with another key, or when force is set.
+func (p *Publisher) pubResealLocked(force bool) {
+	cur := p.cur.Load()
+	if cur == nil {
+		return
+	}
+	now := p.opts.Now()
+	if !force && now.Sub(cur.Issued) < p.opts.ResealEvery && cur.KeyID == KeyID(p.key.Public().(ed25519.PublicKey)) {
+		return
+	}
+	next := cur.resealed(sealWith(p.pool, cur.Version, cur.Digest, p.key, now))
+	full, err := next.Encode()
+	if err != nil {
+		p.log.Error("mxpool: encode policy", "err", err)
+		return
+	}
+	p.cur.Store(next)
+	p.full = full
+}
+
+// pubCurrent returns the current snapshot, sealed within ResealEvery, and
+// its encoding.
+func (p *Publisher) pubCurrent() (*Snapshot, []byte, chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.pubResealLocked(false)
+	return p.cur.Load(), p.full, p.changed
 }
 
 func (p *Publisher) pubLoad() error {
@@ -271,13 +421,17 @@ func (p *Publisher) pubLoad() error {
 	if err != nil {
 		return fmt.Errorf("mxpool: %w", err)
 	}
-	snap, err := DecodeSnapshot(data, p.secret, p.pubPublicKey())
+	w, err := polDecodeWire(data)
+	var snap *Snapshot
+	if err == nil {
+		snap, err = polSnapshotFromWire(w, nil)
+	}
 	if err != nil {
 		p.log.Error("mxpool: stored policy refused", "path", path, "err", err)
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	p.cur.Store(snap)
-	p.full = data
+	p.pubResealLocked(true)
 	p.reserved = snap.Version
 	if st, err := os.Stat(path); err == nil {
 		p.updatedAt = st.ModTime()
@@ -306,13 +460,6 @@ func (p *Publisher) pubLoad() error {
 	}
 	p.pubTrimLocked()
 	return nil
-}
-
-func (p *Publisher) pubPublicKey() ed25519.PublicKey {
-	if p.opts.SigningKey == nil {
-		return nil
-	}
-	return p.opts.SigningKey.Public().(ed25519.PublicKey)
 }
 
 // pubDecodeHistory decodes history.json and checks that its deltas are
@@ -438,7 +585,10 @@ func (p *Publisher) Update(ctx context.Context, fn func(*Policy) error) (uint64,
 	}
 	p.reserved++
 	version := p.reserved
-	snap := polSign(work, version, digest, p.secret, p.opts.SigningKey)
+	p.mu.Lock()
+	key := p.key
+	p.mu.Unlock()
+	snap := &Snapshot{Seal: sealWith(p.pool, version, digest, key, p.opts.Now()), Policy: work}
 	full, err := snap.Encode()
 	if err != nil {
 		return curVersion, fmt.Errorf("mxpool: encode policy: %w", err)
@@ -603,12 +753,11 @@ func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		timer = t.C
 	}
 	for {
-		p.mu.Lock()
-		cur, changed := p.cur.Load(), p.changed
-		p.mu.Unlock()
+		cur, full, changed := p.pubCurrent()
 		var version uint64
 		if cur != nil {
 			version = cur.Version
+			w.Header().Set(sealHeader, cur.Seal.header())
 		}
 		w.Header().Set("Mxpool-Version", strconv.FormatUint(version, 10))
 		w.Header().Set("Cache-Control", "no-store")
@@ -618,7 +767,7 @@ func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, fmt.Sprintf("follower at version %d (%s) but publisher at %d: the follower holds versions this publisher never made", since, have, version), http.StatusConflict)
 			return
 		case since < version:
-			p.pubSend(w, since)
+			p.pubSend(w, cur, full, since)
 			return
 		case timer == nil: // wait=0: answer at once
 			w.WriteHeader(http.StatusNotModified)
@@ -691,9 +840,9 @@ func (p *Publisher) pubSaw(node, remote string, since uint64) {
 
 // pubSend writes the changes since version since: a delta when the
 // history holds them and it is smaller, else the full snapshot.
-func (p *Publisher) pubSend(w http.ResponseWriter, since uint64) {
+func (p *Publisher) pubSend(w http.ResponseWriter, cur *Snapshot, full []byte, since uint64) {
 	p.mu.Lock()
-	cur, full, hist := p.cur.Load(), p.full, p.history
+	hist := p.history
 	p.mu.Unlock()
 	body := full
 	if since > 0 {
@@ -738,7 +887,9 @@ func pubDeltaSince(cur *Snapshot, hist []pubHistEntry, since uint64, limit int64
 		From:    since,
 		Version: cur.Version,
 		Digest:  cur.Digest.String(),
-		MAC:     hex.EncodeToString(cur.MAC),
+		Pool:    cur.Pool,
+		Key:     cur.KeyID,
+		Issued:  cur.Issued.UnixNano(),
 		Sig:     hex.EncodeToString(cur.Signature),
 		Changes: changes,
 	}

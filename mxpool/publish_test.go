@@ -3,6 +3,7 @@ package mxpool
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
@@ -37,6 +38,9 @@ func pubOpen(t testing.TB, dir string, opts *PublisherOptions) *Publisher {
 	}
 	if opts.Logger == nil {
 		opts.Logger = polQuiet()
+	}
+	if opts.SigningKey == nil {
+		opts.SigningKey = polTestKey
 	}
 	p, err := OpenPublisher(dir, polTestSecret, opts)
 	require.NoError(t, err)
@@ -116,7 +120,7 @@ func TestPublisherUpdate(t *testing.T) {
 	// The stored snapshot verifies.
 	data, err := os.ReadFile(filepath.Join(p.dir, polSnapshotFile))
 	require.NoError(t, err)
-	s, err := DecodeSnapshot(data, polTestSecret, nil)
+	s, err := DecodeSnapshot(data, polTestTrust)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), s.Version)
 
@@ -180,8 +184,7 @@ func TestPublisherRefusesBadStore(t *testing.T) {
 		want error
 	}{
 		{"tampered", func(s string) string { return strings.Replace(s, `"alice"`, `"alicf"`, 1) }, ErrPolicyDigest},
-		{"forged version", func(s string) string { return strings.Replace(s, `"version":1`, `"version":9`, 1) }, ErrPolicyAuth},
-		{"unknown format", func(s string) string { return strings.Replace(s, `"format":1`, `"format":7`, 1) }, ErrPolicyFormat},
+		{"unknown format", func(s string) string { return strings.Replace(s, `"format":2`, `"format":7`, 1) }, ErrPolicyFormat},
 		{"truncated", func(s string) string { return s[:len(s)/2] }, ErrPolicyMalformed},
 	} {
 		dir := t.TempDir()
@@ -196,16 +199,50 @@ func TestPublisherRefusesBadStore(t *testing.T) {
 		_, err = OpenPublisher(dir, polTestSecret, &PublisherOptions{Logger: polQuiet()})
 		assert.ErrorIs(t, err, tc.want, tc.name)
 	}
-	// Another secret.
+	_, err := OpenPublisher(t.TempDir(), []byte("short"), nil)
+	assert.Error(t, err)
+}
+
+func TestPublisherTakesANewKeyOrPool(t *testing.T) {
+	// Giving a publisher a signing key once made it refuse its own stored
+	// snapshot. Its folder is its own: the snapshot is sealed again with
+	// the key and pool it now has, and the version goes on.
+	ctx := context.Background()
 	dir := t.TempDir()
 	p := pubOpen(t, dir, nil)
 	_, err := p.Publish(ctx, polTestPolicy())
 	require.NoError(t, err)
 	require.NoError(t, p.Close())
-	_, err = OpenPublisher(dir, []byte("another-pool-secret-0123"), &PublisherOptions{Logger: polQuiet()})
-	assert.ErrorIs(t, err, ErrPolicyAuth)
-	_, err = OpenPublisher(t.TempDir(), []byte("short"), nil)
-	assert.Error(t, err)
+	p = pubOpen(t, dir, &PublisherOptions{SigningKey: polOtherKey, Pool: "eu-mx"})
+	s := p.Snapshot()
+	require.NotNil(t, s)
+	assert.Equal(t, uint64(1), s.Version)
+	assert.Equal(t, "eu-mx", s.Pool)
+	assert.NoError(t, s.Verify(Trust{Pool: "eu-mx", Keys: []ed25519.PublicKey{polOtherKey.Public().(ed25519.PublicKey)}}))
+	v, err := p.Update(ctx, func(q *Policy) error { return q.AddRecipient("dan@example.org") })
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), v)
+}
+
+func TestPublisherKeepsItsOwnKey(t *testing.T) {
+	// Without SigningKey the publisher makes a key on first open, keeps it
+	// (mode 600) and uses the same after a restart.
+	dir := t.TempDir()
+	p, err := OpenPublisher(dir, polTestSecret, &PublisherOptions{Logger: polQuiet()})
+	require.NoError(t, err)
+	pub := p.PublicKey()
+	_, err = p.Publish(context.Background(), polTestPolicy())
+	require.NoError(t, err)
+	require.NoError(t, p.Close())
+	st, err := os.Stat(filepath.Join(dir, polKeyFile))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	p, err = OpenPublisher(dir, polTestSecret, &PublisherOptions{Logger: polQuiet()})
+	require.NoError(t, err)
+	defer p.Close()
+	assert.Equal(t, pub, p.PublicKey())
+	assert.NoError(t, p.Snapshot().Verify(Trust{Keys: []ed25519.PublicKey{pub}}))
+	assert.ErrorIs(t, p.Snapshot().Verify(polTestTrust), ErrPolicyAuth)
 }
 
 func TestPublisherHTTP(t *testing.T) {
@@ -245,7 +282,7 @@ func TestPublisherHTTP(t *testing.T) {
 	resp, body := pubGet(t, c, srv.URL, token, "since=0")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, "6", resp.Header.Get("Mxpool-Version"))
-	s, err := DecodeSnapshot(body, polTestSecret, nil)
+	s, err := DecodeSnapshot(body, polTestTrust)
 	require.NoError(t, err)
 	assert.Equal(t, cur.Digest, s.Digest)
 
@@ -257,7 +294,7 @@ func TestPublisherHTTP(t *testing.T) {
 		d, err := polDecodeDelta(body)
 		require.NoError(t, err)
 		base := polSnapshotAt(t, since)
-		got, err := polApplyDelta(base, d, polTestSecret, nil)
+		got, err := polApplyDelta(base, d, polTestTrust)
 		require.NoError(t, err)
 		assert.Equal(t, cur.Digest, got.Digest)
 	}
@@ -317,7 +354,9 @@ func polSnapshotAt(t testing.TB, version uint64) *Snapshot {
 	for i := uint64(0); i+1 < version; i++ {
 		require.NoError(t, pol.AddRecipient("n"+string(rune('0'+i))+"@example.org"))
 	}
-	return polSign(pol, version, pol.Digest(), polTestSecret, nil)
+	s, err := NewSnapshot(pol, version, DefaultPool, polTestKey, time.Now())
+	require.NoError(t, err)
+	return s
 }
 
 func TestPublisherLongPollWakes(t *testing.T) {

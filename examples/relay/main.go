@@ -12,7 +12,11 @@
 // follow it (adding an MX is starting one more follower):
 //
 //	relay -listen :25 -http :8025 -policy pool.json -secret-file /etc/resilmail/pool.secret
-//	relay -listen :25 -follow http://mx1:8025/policy -secret-file /etc/resilmail/pool.secret
+//	relay -listen :25 -follow http://mx1:8025/policy -policy-key HEX -secret-file /etc/resilmail/pool.secret
+//
+// The publisher signs the policy with an ed25519 key that it makes on first
+// start and keeps in its queue folder; it logs the public key, which every
+// follower is given with -policy-key. The secret only authorises fetching.
 //
 // The pool's secret comes from -secret-file (a file only its owner may
 // read) or $RESILMAIL_POOL_SECRET, never from the command line, which every
@@ -48,6 +52,7 @@ import (
 	"github.com/resilmail/resilmail/internal/cli"
 	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/internal/smtpin"
+	"github.com/resilmail/resilmail/mxpool"
 	"github.com/resilmail/resilmail/queue"
 	"github.com/resilmail/resilmail/smtpout"
 )
@@ -65,6 +70,8 @@ type config struct {
 	debugAddr   string
 	policyFile  string
 	follow      string
+	policyKeys  string // the publisher's public keys, hex, comma-separated
+	pool        string
 	secret      []byte        // the pool's secret when set (tests); else read from secretSrc
 	secretSrc   secret.Source // -secret-file or $RESILMAIL_POOL_SECRET
 	verbose     bool
@@ -94,6 +101,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler at /debug/pprof/ on this loopback address, e.g. 127.0.0.1:6060 or :6060 (default: off)")
 	fs.StringVar(&c.policyFile, "policy", "", "publish the MX pool's policy from this JSON file (reloaded when it changes) at /policy on -http")
 	fs.StringVar(&c.follow, "follow", "", "follow the pool's policy published at this URL (e.g. http://mx1:8025/policy)")
+	fs.StringVar(&c.policyKeys, "policy-key", "", "with -follow: the publisher's ed25519 public key in hex, as it logs it at start (two, comma-separated, while its key is replaced)")
+	fs.StringVar(&c.pool, "pool", mxpool.DefaultPool, "the pool's name, part of every policy signature: the same on every MX of the pool")
 	fs.StringVar(&c.secretSrc.File, "secret-file", "", "file holding the pool's shared secret, readable by its owner only (default: $RESILMAIL_POOL_SECRET)")
 	refuse := secret.Refuse(fs, "secret", "RESILMAIL_POOL_SECRET", "secret-file")
 	fs.StringVar(&c.quarantine, "quarantine", "", "keep the pool's quarantine in this folder: this relay's rejects, and the other MXs' shipped to /quarantine/ingest on -http; pages for the administrator at /quarantine/")

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,7 +45,12 @@ func openPool(c config, log *slog.Logger) (*pool, error) {
 		return nil, fmt.Errorf("the pool's policy: %w", err)
 	}
 	if c.follow != "" {
-		f, err := mxpool.OpenFollower(c.follow, secret, filepath.Join(c.dir, "policy-follower"), &mxpool.FollowerOptions{Logger: log, Name: c.hostname})
+		keys, err := parsePublicKeys(c.policyKeys)
+		if err != nil {
+			return nil, err
+		}
+		trust := mxpool.Trust{Pool: c.pool, Keys: keys}
+		f, err := mxpool.OpenFollower(c.follow, secret, filepath.Join(c.dir, "policy-follower"), &mxpool.FollowerOptions{Logger: log, Name: c.hostname, Trust: trust})
 		if err != nil {
 			return nil, err
 		}
@@ -52,16 +59,35 @@ func openPool(c config, log *slog.Logger) (*pool, error) {
 	if c.httpAddr == "" {
 		return nil, errors.New("-policy publishes the policy on the -http address: set -http")
 	}
-	p, err := mxpool.OpenPublisher(filepath.Join(c.dir, "policy-publisher"), secret, &mxpool.PublisherOptions{Logger: log})
+	p, err := mxpool.OpenPublisher(filepath.Join(c.dir, "policy-publisher"), secret, &mxpool.PublisherOptions{Logger: log, Pool: c.pool})
 	if err != nil {
 		return nil, err
 	}
+	log.Warn("relay: the pool's policy is signed; give every follower -policy-key "+hex.EncodeToString(p.PublicKey()), "pool", c.pool, "key_id", mxpool.KeyID(p.PublicKey()))
 	w := &policyWatcher{file: c.policyFile, pub: p, log: log}
 	if err := w.load(context.Background()); err != nil {
 		p.Close()
 		return nil, err
 	}
 	return &pool{check: p, handler: p, run: w.run, close: p.Close}, nil
+}
+
+// parsePublicKeys reads -policy-key: the publisher's ed25519 public keys in
+// hexadecimal, separated by commas (two while the publisher's key is
+// replaced).
+func parsePublicKeys(s string) ([]ed25519.PublicKey, error) {
+	if s == "" {
+		return nil, errors.New("-follow needs -policy-key, the publisher's public key (the publisher logs it at start)")
+	}
+	var keys []ed25519.PublicKey
+	for _, h := range strings.Split(s, ",") {
+		b, err := hex.DecodeString(strings.TrimSpace(h))
+		if err != nil || len(b) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("-policy-key %q: not a hex-encoded ed25519 public key", h)
+		}
+		keys = append(keys, b)
+	}
+	return keys, nil
 }
 
 // poolSecret is the pool's shared secret: from -secret-file, or

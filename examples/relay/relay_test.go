@@ -3,7 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -295,8 +299,9 @@ func TestRelaysShareThePoolPolicy(t *testing.T) {
 	}
 	write(`"alice"`)
 	web := freePort(t)
-	primary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web, policyFile: policy, secret: []byte(secret)})
-	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", secret: []byte(secret)})
+	pdir := t.TempDir()
+	primary := startRelayWith(t, config{next: sink.addr, dir: pdir, httpAddr: web, policyFile: policy, secret: []byte(secret)})
+	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", policyKeys: publisherKey(t, pdir), secret: []byte(secret)})
 
 	for _, mx := range []string{primary, secondary} {
 		deadline := time.Now().Add(10 * time.Second)
@@ -334,6 +339,19 @@ func TestRelaysShareThePoolPolicy(t *testing.T) {
 	waitCount(t, sink, 4)
 }
 
+// publisherKey is the public key, in hex, of the publisher whose queue
+// folder is dir, as it logs it.
+func publisherKey(t *testing.T, dir string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "policy-publisher", "signing.key"))
+	require.NoError(t, err)
+	block, _ := pem.Decode(data)
+	require.NotNil(t, block)
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	require.NoError(t, err)
+	return hex.EncodeToString(k.(ed25519.PrivateKey).Public().(ed25519.PublicKey))
+}
+
 // quarantined lists the pool's quarantine as its administrator sees it
 // through the pages' JSON API.
 func quarantined(t *testing.T, web, secret string) []quarantine.Entry {
@@ -360,9 +378,10 @@ func TestRejectsReachThePoolQuarantine(t *testing.T) {
 	policy := filepath.Join(t.TempDir(), "policy.json")
 	require.NoError(t, os.WriteFile(policy, []byte(`{"domains": {"example.org": {"recipients": ["alice"]}}}`), 0o644))
 	web := freePort(t)
-	primary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web, policyFile: policy, secret: []byte(secret),
+	pdir := t.TempDir()
+	primary := startRelayWith(t, config{next: sink.addr, dir: pdir, httpAddr: web, policyFile: policy, secret: []byte(secret),
 		quarantine: t.TempDir()})
-	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", secret: []byte(secret),
+	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", policyKeys: publisherKey(t, pdir), secret: []byte(secret),
 		quarantineShip: "http://" + web + "/quarantine/ingest"})
 
 	// The pages refuse strangers.
