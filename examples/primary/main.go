@@ -59,6 +59,9 @@ type config struct {
 	tlsCert    string
 	tlsKey     string
 	verbose    bool
+	imap       string
+	imaps      string
+	passwdFile string
 }
 
 // parseFlags reads the command line (without the program name); getenv
@@ -80,6 +83,9 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "serve -http as HTTPS (HTTP/2) with this PEM certificate chain; between machines the stream should never travel in clear")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "the PEM private key of -tls-cert")
 	fs.BoolVar(&c.verbose, "v", false, "log every delivery")
+	fs.StringVar(&c.imap, "imap", "127.0.0.1:1143", "IMAP listen address (STARTTLS with -tls-cert; passwords in clear only from loopback); empty: none")
+	fs.StringVar(&c.imaps, "imaps", "", "IMAP over implicit TLS listen address (needs -tls-cert), e.g. :993")
+	fs.StringVar(&c.passwdFile, "passwd", "", "Dovecot-format passwd-file of the IMAP and POP3 users (reloaded when it changes); without it IMAP and POP3 are off")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -120,6 +126,9 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return c, errors.New("-tls-cert and -tls-key go together")
 	}
+	if c.imaps != "" && c.tlsCert == "" {
+		return c, errors.New("-imaps needs -tls-cert and -tls-key")
+	}
 	return c, nil
 }
 
@@ -144,7 +153,8 @@ func realMain(args []string) int {
 
 // addrs are the addresses run listens on.
 type addrs struct {
-	lmtp, http net.Addr
+	lmtp, http  net.Addr
+	imap, imaps net.Addr // nil when not served
 }
 
 // run serves until ctx is done. ready, if not nil, receives the listening
@@ -223,13 +233,29 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		}
 		scheme = "https"
 	}
+	ms, err := startMailServers(c, st, log)
+	if err != nil {
+		ln.Close()
+		hln.Close()
+		return err
+	}
+	defer ms.close()
 	log.Warn("primary: serving", "lmtp", ln.Addr().String(), "http", scheme+"://"+hln.Addr().String(),
+		"imap", addrString(ms.imapLn), "imaps", addrString(ms.imapsLn),
 		"store", st.Stats().Seq, "users", st.Stats().Users, "ack", c.mode.String())
 	if ready != nil {
-		ready <- addrs{lmtp: ln.Addr(), http: hln.Addr()}
+		a := addrs{lmtp: ln.Addr(), http: hln.Addr()}
+		if ms.imapLn != nil {
+			a.imap = ms.imapLn.Addr()
+		}
+		if ms.imapsLn != nil {
+			a.imaps = ms.imapsLn.Addr()
+		}
+		ready <- a
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	ms.serve(g)
 	g.Go(func() error { return st.Run(gctx) })
 	g.Go(func() error {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) && gctx.Err() == nil {
@@ -254,6 +280,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
+		ms.close()
 		// The replicas' streams never end on their own.
 		hsrv.Close()
 		return nil

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/resilmail/resilmail/imapstore"
+	"github.com/resilmail/resilmail/internal/loginguard"
+	"github.com/resilmail/resilmail/internal/passwd"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+// mailServers are the servers users read their mail with: IMAP (and
+// IMAPS), with logins from the passwd-file.
+type mailServers struct {
+	imap            *imapstore.Server
+	imapLn, imapsLn net.Listener
+	closed          bool
+}
+
+func addrString(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	return ln.Addr().String()
+}
+
+// startMailServers opens the passwd-file and the listeners; without
+// -passwd nothing is served.
+func startMailServers(c config, st *store.Store, log *slog.Logger) (*mailServers, error) {
+	ms := &mailServers{}
+	if c.passwdFile == "" {
+		if c.imaps != "" {
+			return nil, errors.New("-imaps needs -passwd")
+		}
+		log.Warn("primary: no -passwd: IMAP and POP3 are off")
+		return ms, nil
+	}
+	pf, err := passwd.Open(c.passwdFile, &passwd.Options{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	var tc *tls.Config
+	if c.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("-tls-cert, -tls-key: %w", err)
+		}
+		tc = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	guard := loginguard.New(&loginguard.Options{Logger: log})
+	ms.imap, err = imapstore.New(st, pf, &imapstore.Options{Logger: log, TLSConfig: tc, Guard: guard, MaxMessageSize: c.maxSize})
+	if err != nil {
+		return nil, err
+	}
+	if c.imap != "" {
+		if ms.imapLn, err = net.Listen("tcp", c.imap); err != nil {
+			return nil, err
+		}
+	}
+	if c.imaps != "" {
+		if ms.imapsLn, err = tls.Listen("tcp", c.imaps, tc); err != nil {
+			ms.close()
+			return nil, err
+		}
+	}
+	return ms, nil
+}
+
+// serve runs the servers in g.
+func (ms *mailServers) serve(g *errgroup.Group) {
+	for _, ln := range []net.Listener{ms.imapLn, ms.imapsLn} {
+		if ln == nil {
+			continue
+		}
+		g.Go(func() error {
+			if err := ms.imap.Serve(ln); err != nil && !errors.Is(err, imapstore.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+}
+
+func (ms *mailServers) close() {
+	if ms.closed {
+		return
+	}
+	ms.closed = true
+	if ms.imap != nil {
+		ms.imap.Close()
+	}
+	for _, ln := range []net.Listener{ms.imapLn, ms.imapsLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}

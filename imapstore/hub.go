@@ -1,0 +1,246 @@
+package imapstore
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+// hub keeps one shared view of every selected mailbox: its UIDs in order
+// (sequence number n is uids[n-1]) and a go-imap MailboxTracker that queues
+// EXISTS, EXPUNGE and FETCH FLAGS for each session. One goroutine per
+// selected mailbox follows the store's Watch and brings the view up to
+// date with MailboxDelta; sessions also refresh it themselves after their
+// own writes, so that their next response includes them.
+type hub struct {
+	st  *store.Store
+	log *slog.Logger
+
+	mu    sync.Mutex
+	boxes map[resilmail.MailboxID]*mbox
+
+	sessions atomic.Int64
+	failed   atomic.Uint64
+	refused  atomic.Uint64
+}
+
+func newHub(st *store.Store, log *slog.Logger) *hub {
+	return &hub{st: st, log: log, boxes: make(map[resilmail.MailboxID]*mbox)}
+}
+
+// mbox is a selected mailbox's shared view.
+type mbox struct {
+	h    *hub
+	id   resilmail.MailboxID
+	user string
+
+	refs int // guarded by hub.mu
+
+	mu          sync.Mutex
+	name        string
+	uidValidity uint32
+	uidNext     uint32
+	highest     uint64
+	uids        []uint32
+	tracker     *imapserver.MailboxTracker
+	watch       <-chan struct{}
+	gone        bool
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// open returns the shared view of user's mailbox name, loading it and
+// starting its watcher if no session has it selected.
+func (h *hub) open(ctx context.Context, user, name string) (*mbox, error) {
+	st, err := h.st.MailboxStatus(ctx, user, name)
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	if mb := h.boxes[st.ID]; mb != nil {
+		mb.refs++
+		h.mu.Unlock()
+		if err := mb.refresh(ctx, nil); err != nil {
+			h.release(mb)
+			return nil, err
+		}
+		return mb, nil
+	}
+	mb := &mbox{h: h, id: st.ID, user: user, name: st.Name, refs: 1, stop: make(chan struct{}), done: make(chan struct{})}
+	h.boxes[st.ID] = mb
+	mb.mu.Lock() // loaded before any session sees it
+	h.mu.Unlock()
+	err = mb.loadLocked(ctx)
+	mb.mu.Unlock()
+	if err != nil {
+		h.release(mb)
+		return nil, err
+	}
+	go mb.follow()
+	return mb, nil
+}
+
+func (mb *mbox) loadLocked(ctx context.Context) error {
+	mb.watch = mb.h.st.Watch(mb.id)
+	d, err := mb.h.st.MailboxDelta(ctx, mb.user, mb.name, 0)
+	if err != nil {
+		return err
+	}
+	if d.Status.ID != mb.id {
+		return store.ErrNotFound
+	}
+	mb.uids = make([]uint32, len(d.Changed))
+	for i, m := range d.Changed {
+		mb.uids[i] = m.UID
+	}
+	mb.uidValidity, mb.uidNext, mb.highest = d.Status.UIDValidity, d.Status.UIDNext, d.Status.HighestModSeq
+	mb.tracker = imapserver.NewMailboxTracker(uint32(len(mb.uids)))
+	return nil
+}
+
+// release drops a session's reference; the last one stops the watcher.
+func (h *hub) release(mb *mbox) {
+	h.mu.Lock()
+	mb.refs--
+	last := mb.refs == 0
+	if last && h.boxes[mb.id] == mb {
+		delete(h.boxes, mb.id)
+	}
+	h.mu.Unlock()
+	if last {
+		close(mb.stop)
+	}
+}
+
+func (h *hub) close() {
+	h.mu.Lock()
+	boxes := make([]*mbox, 0, len(h.boxes))
+	for _, mb := range h.boxes {
+		boxes = append(boxes, mb)
+	}
+	h.mu.Unlock()
+	for _, mb := range boxes {
+		select {
+		case <-mb.stop:
+		default:
+			close(mb.stop)
+		}
+		<-mb.done
+	}
+}
+
+// follow refreshes the view at every change of the mailbox until release.
+func (mb *mbox) follow() {
+	defer close(mb.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-mb.stop
+		cancel()
+	}()
+	for {
+		mb.mu.Lock()
+		w := mb.watch
+		mb.mu.Unlock()
+		select {
+		case <-w:
+		case <-mb.stop:
+			return
+		}
+		if err := mb.refresh(ctx, nil); err != nil {
+			if ctx.Err() != nil || errors.Is(err, store.ErrClosed) {
+				return
+			}
+			mb.h.log.Warn("imap: refreshing a selected mailbox", "mailbox", mb.name, "err", err)
+			if errors.Is(err, store.ErrNotFound) {
+				return
+			}
+		}
+	}
+}
+
+// refresh brings the view up to date with the store, queueing the updates
+// for every session; flag updates are not queued for source (the session
+// that made them answers them itself).
+func (mb *mbox) refresh(ctx context.Context, source *imapserver.SessionTracker) error {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	if mb.gone {
+		return store.ErrNotFound
+	}
+	mb.watch = mb.h.st.Watch(mb.id)
+	_, st, err := mb.h.st.MailboxByID(ctx, mb.id)
+	if err == nil {
+		if st.UIDValidity != mb.uidValidity {
+			err = store.ErrNotFound
+		} else if st.HighestModSeq == mb.highest && st.Name == mb.name {
+			return nil
+		}
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		mb.gone = true
+	}
+	if err != nil {
+		return err
+	}
+	mb.name = st.Name
+	d, err := mb.h.st.MailboxDelta(ctx, mb.user, mb.name, mb.highest)
+	if err != nil {
+		return err
+	}
+	// Expunges first, from the highest sequence number down, so that the
+	// numbers stay right as each is removed.
+	var gone []int
+	for _, r := range d.Vanished {
+		i, _ := slices.BinarySearch(mb.uids, r.Start)
+		for ; i < len(mb.uids) && mb.uids[i] <= r.Stop; i++ {
+			gone = append(gone, i)
+		}
+	}
+	for k := len(gone) - 1; k >= 0; k-- {
+		i := gone[k]
+		mb.tracker.QueueExpunge(uint32(i) + 1)
+		mb.uids = slices.Delete(mb.uids, i, i+1)
+	}
+	for _, m := range d.Changed {
+		if m.UID >= mb.uidNext {
+			mb.uids = append(mb.uids, m.UID)
+			// One EXISTS per message: go-imap's SessionTracker hides
+			// exactly one new message per update from a session that has
+			// not seen it yet.
+			mb.tracker.QueueNumMessages(uint32(len(mb.uids)))
+			continue
+		}
+		if i, ok := slices.BinarySearch(mb.uids, m.UID); ok {
+			mb.tracker.QueueMessageFlags(uint32(i)+1, imap.UID(m.UID), imapFlags(m.Flags, false), source)
+		}
+	}
+	mb.highest, mb.uidNext = d.Status.HighestModSeq, d.Status.UIDNext
+	return nil
+}
+
+// imapFlags converts the store's flags; recent adds \Recent.
+func imapFlags(flags []string, recent bool) []imap.Flag {
+	out := make([]imap.Flag, 0, len(flags)+1)
+	for _, f := range flags {
+		out = append(out, imap.Flag(f))
+	}
+	if recent {
+		out = append(out, flagRecent)
+	}
+	return out
+}
+
+// flagRecent is IMAP4rev1's \Recent, which IMAP4rev2 dropped; the store
+// does not keep it and no message ever has it.
+const flagRecent = imap.Flag(`\Recent`)

@@ -1,0 +1,715 @@
+package imapstore
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-message/textproto"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+// item is a message of the session's view: its sequence number as the
+// client knows it and its UID.
+type item struct {
+	seq uint32
+	uid uint32
+}
+
+// resolve returns the messages of the selected mailbox that numSet names,
+// in order, as the client sees the mailbox ("*" is the last message).
+func (s *session) resolve(numSet imap.NumSet) ([]item, error) {
+	if s.sel == nil {
+		return nil, noErr(imap.ResponseCodeClientBug, "No mailbox selected")
+	}
+	if imap.IsSearchRes(numSet) {
+		numSet = s.sel.searchRes
+	}
+	mb := s.sel.mb
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	var out []item
+	switch set := numSet.(type) {
+	case imap.SeqSet:
+		max := uint32(len(mb.uids))
+		set = staticSeq(set, max)
+		for i, uid := range mb.uids {
+			seq := s.sel.tracker.EncodeSeqNum(uint32(i) + 1)
+			if seq != 0 && set.Contains(seq) {
+				out = append(out, item{seq, uid})
+			}
+		}
+	case imap.UIDSet:
+		var max uint32
+		if len(mb.uids) > 0 {
+			max = mb.uids[len(mb.uids)-1]
+		}
+		set = staticUID(set, max)
+		for i, uid := range mb.uids {
+			if !set.Contains(imap.UID(uid)) {
+				continue
+			}
+			if seq := s.sel.tracker.EncodeSeqNum(uint32(i) + 1); seq != 0 {
+				out = append(out, item{seq, uid})
+			}
+		}
+	}
+	return out, nil
+}
+
+func staticSeq(set imap.SeqSet, max uint32) imap.SeqSet {
+	out := make(imap.SeqSet, len(set))
+	copy(out, set)
+	for i := range out {
+		staticRange(&out[i].Start, &out[i].Stop, max)
+	}
+	return out
+}
+
+func staticUID(set imap.UIDSet, max uint32) imap.UIDSet {
+	out := make(imap.UIDSet, len(set))
+	copy(out, set)
+	for i := range out {
+		staticRange((*uint32)(&out[i].Start), (*uint32)(&out[i].Stop), max)
+	}
+	return out
+}
+
+func staticRange(start, stop *uint32, max uint32) {
+	dyn := false
+	if *start == 0 {
+		*start, dyn = max, true
+	}
+	if *stop == 0 {
+		*stop, dyn = max, true
+	}
+	if dyn && *start > *stop {
+		*start, *stop = *stop, *start
+	}
+}
+
+func uidSetOf(items []item) resilmail.UIDSet {
+	var set resilmail.UIDSet
+	for _, it := range items {
+		set = set.Add(it.uid)
+	}
+	return set
+}
+
+// metadata returns the store's metadata of items, by UID.
+func (s *session) metadata(items []item) (map[uint32]store.Message, error) {
+	if len(items) == 0 {
+		return nil, nil
+	}
+	msgs, err := s.srv.st.Fetch(s.ctx(), s.user, s.sel.mb.name, store.Query{UIDs: uidSetOf(items)})
+	if err != nil {
+		return nil, s.storeErr("fetch", err)
+	}
+	out := make(map[uint32]store.Message, len(msgs))
+	for _, m := range msgs {
+		out[m.UID] = m
+	}
+	return out, nil
+}
+
+// structure is what FETCH ENVELOPE and BODYSTRUCTURE need of a body,
+// parsed once per body and cached by the store.
+type structure struct {
+	env *imap.Envelope
+	bs  imap.BodyStructure
+}
+
+const structureKey = "imapstore.structure.1"
+
+func (s *session) structure(d resilmail.Digest) (*structure, error) {
+	v, err := s.srv.st.Derived(s.ctx(), d, structureKey, func(r *store.BodyReader) (any, int64, error) {
+		br := bufio.NewReader(r.Section(0, r.Size()))
+		h, err := textproto.ReadHeader(br)
+		if err != nil {
+			h = textproto.Header{}
+		}
+		st := &structure{env: imapserver.ExtractEnvelope(h)}
+		st.bs = imapserver.ExtractBodyStructure(r.Section(0, r.Size()))
+		size := int64(1024)
+		st.bs.Walk(func(path []int, part imap.BodyStructure) bool { size += 256; return true })
+		return st, size, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*structure), nil
+}
+
+// Fetch answers FETCH: flags, dates, sizes, ENVELOPE and BODYSTRUCTURE
+// from the cached parse, BODY[] streamed from the body's file (a whole
+// body verified as it goes), sections and BINARY from a partial read.
+func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *imap.FetchOptions) error {
+	items, err := s.resolve(numSet)
+	if err != nil {
+		return err
+	}
+	// A non-peek body fetch sets \Seen (not in a read-only mailbox).
+	setSeen := false
+	for _, bs := range options.BodySection {
+		setSeen = setSeen || !bs.Peek
+	}
+	for _, bs := range options.BinarySection {
+		setSeen = setSeen || !bs.Peek
+	}
+	setSeen = setSeen && !s.sel.readOnly
+	meta, err := s.metadata(items)
+	if err != nil {
+		return err
+	}
+	if setSeen {
+		var unseen resilmail.UIDSet
+		for _, it := range items {
+			if m, ok := meta[it.uid]; ok && !hasFlag(m.Flags, store.FlagSeen) {
+				unseen = unseen.Add(it.uid)
+			}
+		}
+		if !unseen.IsEmpty() {
+			if _, err := s.srv.st.AddFlags(s.ctx(), s.user, s.sel.mb.name, unseen, []string{store.FlagSeen}); err != nil && !errors.Is(err, store.ErrReadOnly) {
+				return s.storeErr("fetch", err)
+			}
+			s.refreshSelected(s.sel.tracker)
+			if meta, err = s.metadata(items); err != nil {
+				return err
+			}
+		}
+	}
+	for _, it := range items {
+		m, ok := meta[it.uid]
+		if !ok {
+			continue // expunged meanwhile
+		}
+		if err := s.fetchOne(w, it, m, options, setSeen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func hasFlag(flags []string, f string) bool {
+	for _, g := range flags {
+		if strings.EqualFold(g, f) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, o *imap.FetchOptions, seenSet bool) error {
+	rw := w.CreateMessage(it.seq)
+	if o.UID {
+		rw.WriteUID(imap.UID(it.uid))
+	}
+	if o.Flags || seenSet {
+		rw.WriteFlags(imapFlags(m.Flags, false))
+	}
+	if o.InternalDate {
+		rw.WriteInternalDate(m.InternalDate)
+	}
+	if o.RFC822Size {
+		rw.WriteRFC822Size(m.Size)
+	}
+	if o.Envelope || o.BodyStructure != nil {
+		st, err := s.structure(m.Digest)
+		if err != nil {
+			rw.Close()
+			return s.storeErr("fetch", err)
+		}
+		if o.Envelope {
+			rw.WriteEnvelope(st.env)
+		}
+		if o.BodyStructure != nil {
+			rw.WriteBodyStructure(st.bs)
+		}
+	}
+	if len(o.BodySection) == 0 && len(o.BinarySection) == 0 && len(o.BinarySectionSize) == 0 {
+		return rw.Close()
+	}
+	r, err := s.srv.st.OpenBody(s.ctx(), m.Digest)
+	if err != nil {
+		rw.Close()
+		return s.storeErr("fetch", err)
+	}
+	defer r.Close()
+	for _, sec := range o.BodySection {
+		whole := len(sec.Part) == 0 && sec.Specifier == imap.PartSpecifierNone && len(sec.HeaderFields) == 0 && len(sec.HeaderFieldsNot) == 0
+		if whole {
+			var src io.Reader
+			size := r.Size()
+			if sec.Partial != nil {
+				off := min(sec.Partial.Offset, size)
+				size = min(sec.Partial.Size, size-off)
+				src = r.Section(off, size)
+			} else {
+				src = r.Verified()
+			}
+			wc := rw.WriteBodySection(sec, size)
+			if _, err := io.Copy(wc, src); err != nil {
+				// The literal is cut short: the client must not take what
+				// it got for the message.
+				s.conn.NetConn().Close()
+				return s.storeErr("fetch", err)
+			}
+			if err := wc.Close(); err != nil {
+				return err
+			}
+			continue
+		}
+		b := imapserver.ExtractBodySection(bufio.NewReaderSize(r.Section(0, r.Size()), 16<<10), sec)
+		wc := rw.WriteBodySection(sec, int64(len(b)))
+		wc.Write(b)
+		if err := wc.Close(); err != nil {
+			return err
+		}
+	}
+	for _, sec := range o.BinarySection {
+		b := imapserver.ExtractBinarySection(r.Section(0, r.Size()), sec)
+		wc := rw.WriteBinarySection(sec, int64(len(b)))
+		wc.Write(b)
+		if err := wc.Close(); err != nil {
+			return err
+		}
+	}
+	for _, sec := range o.BinarySectionSize {
+		rw.WriteBinarySectionSize(sec, imapserver.ExtractBinarySectionSize(r.Section(0, r.Size()), sec))
+	}
+	return rw.Close()
+}
+
+// Store answers STORE: flags set, added or removed, then the new flags
+// unless .SILENT.
+func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *imap.StoreFlags, options *imap.StoreOptions) error {
+	items, err := s.resolve(numSet)
+	if err != nil {
+		return err
+	}
+	if s.sel.readOnly {
+		return noErr(imap.ResponseCodeCannot, "Mailbox is read-only")
+	}
+	if err := s.writable(); err != nil {
+		return err
+	}
+	set := uidSetOf(items)
+	var fl []string
+	for _, f := range flags.Flags {
+		if f != flagRecent {
+			fl = append(fl, string(f))
+		}
+	}
+	if !set.IsEmpty() {
+		ctx, name := s.ctx(), s.sel.mb.name
+		switch flags.Op {
+		case imap.StoreFlagsSet:
+			_, err = s.srv.st.SetFlags(ctx, s.user, name, set, fl)
+		case imap.StoreFlagsAdd:
+			_, err = s.srv.st.AddFlags(ctx, s.user, name, set, fl)
+		case imap.StoreFlagsDel:
+			_, err = s.srv.st.RemoveFlags(ctx, s.user, name, set, fl)
+		}
+		if err != nil {
+			return s.storeErr("store", err)
+		}
+		s.refreshSelected(s.sel.tracker)
+	}
+	if flags.Silent {
+		return nil
+	}
+	meta, err := s.metadata(items)
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		m, ok := meta[it.uid]
+		if !ok {
+			continue
+		}
+		rw := w.CreateMessage(it.seq)
+		rw.WriteUID(imap.UID(it.uid))
+		rw.WriteFlags(imapFlags(m.Flags, false))
+		if err := rw.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Expunge removes the messages marked \Deleted (among uids, for UID
+// EXPUNGE); the EXPUNGE responses follow from the mailbox's view.
+func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error {
+	if s.sel == nil {
+		return noErr(imap.ResponseCodeClientBug, "No mailbox selected")
+	}
+	if s.sel.readOnly {
+		return noErr(imap.ResponseCodeCannot, "Mailbox is read-only")
+	}
+	if err := s.writable(); err != nil {
+		return err
+	}
+	var q store.Query
+	if uids != nil {
+		for _, r := range *uids {
+			start, stop := uint32(r.Start), uint32(r.Stop)
+			if stop == 0 {
+				stop = ^uint32(0) - 1
+			}
+			if start == 0 {
+				start = stop
+			}
+			q.UIDs = q.UIDs.AddRange(start, stop)
+		}
+	}
+	msgs, err := s.srv.st.Fetch(s.ctx(), s.user, s.sel.mb.name, q)
+	if err != nil {
+		return s.storeErr("expunge", err)
+	}
+	var del resilmail.UIDSet
+	for _, m := range msgs {
+		if hasFlag(m.Flags, store.FlagDeleted) {
+			del = del.Add(m.UID)
+		}
+	}
+	if del.IsEmpty() {
+		return nil
+	}
+	if _, err := s.srv.st.Expunge(s.ctx(), s.user, s.sel.mb.name, del); err != nil {
+		return s.storeErr("expunge", err)
+	}
+	s.refreshSelected(nil)
+	return nil
+}
+
+func toIMAPUIDs(set resilmail.UIDSet) imap.UIDSet {
+	var out imap.UIDSet
+	for _, r := range set {
+		out = append(out, imap.UIDRange{Start: imap.UID(r.Start), Stop: imap.UID(r.Stop)})
+	}
+	return out
+}
+
+// Copy copies messages to another mailbox (COPYUID in the answer).
+func (s *session) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error) {
+	items, err := s.resolve(numSet)
+	if err != nil {
+		return nil, err
+	}
+	to, err := s.name(dest)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
+	res, err := s.srv.st.Copy(s.ctx(), s.user, s.sel.mb.name, uidSetOf(items), to)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, noErr(imap.ResponseCodeTryCreate, "No such mailbox")
+	}
+	if err != nil {
+		return nil, s.storeErr("copy", err)
+	}
+	s.refreshSelected(nil)
+	return &imap.CopyData{UIDValidity: res.UIDValidity, SourceUIDs: toIMAPUIDs(res.Source), DestUIDs: toIMAPUIDs(res.Dest)}, nil
+}
+
+// Move moves messages (RFC 6851): COPYUID first, then the EXPUNGEs.
+func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string) error {
+	items, err := s.resolve(numSet)
+	if err != nil {
+		return err
+	}
+	to, err := s.name(dest)
+	if err != nil {
+		return err
+	}
+	if s.sel.readOnly {
+		return noErr(imap.ResponseCodeCannot, "Mailbox is read-only")
+	}
+	if err := s.writable(); err != nil {
+		return err
+	}
+	res, err := s.srv.st.Move(s.ctx(), s.user, s.sel.mb.name, uidSetOf(items), to)
+	if errors.Is(err, store.ErrNotFound) {
+		return noErr(imap.ResponseCodeTryCreate, "No such mailbox")
+	}
+	if err != nil {
+		return s.storeErr("move", err)
+	}
+	if !res.Source.IsEmpty() {
+		if err := w.WriteCopyData(&imap.CopyData{UIDValidity: res.UIDValidity, SourceUIDs: toIMAPUIDs(res.Source), DestUIDs: toIMAPUIDs(res.Dest)}); err != nil {
+			return err
+		}
+	}
+	s.refreshSelected(nil)
+	return nil
+}
+
+// Search answers SEARCH over the session's view: every key go-imap
+// parses; header and text keys read the message (case-insensitive
+// substring of the raw text).
+func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
+	items, err := s.resolve(imap.SeqSet{{Start: 1, Stop: 0}})
+	if err != nil {
+		return nil, err
+	}
+	meta, err := s.metadata(items)
+	if err != nil {
+		return nil, err
+	}
+	max := uint32(len(items))
+	var maxUID uint32
+	if len(items) > 0 {
+		maxUID = items[len(items)-1].uid
+	}
+	staticCriteria(criteria, max, maxUID, s.sel.searchRes)
+	var (
+		data   imap.SearchData
+		seqSet imap.SeqSet
+		uidSet imap.UIDSet
+	)
+	for _, it := range items {
+		m, ok := meta[it.uid]
+		if !ok {
+			continue
+		}
+		c := &candidate{s: s, it: it, m: m}
+		match, err := c.match(criteria)
+		c.close()
+		if err != nil {
+			return nil, err
+		}
+		if !match {
+			continue
+		}
+		uidSet.AddNum(imap.UID(it.uid))
+		num := it.seq
+		if kind == imapserver.NumKindUID {
+			num = it.uid
+		}
+		seqSet.AddNum(it.seq)
+		if data.Min == 0 || num < data.Min {
+			data.Min = num
+		}
+		data.Max = max32(data.Max, num)
+		data.Count++
+	}
+	if kind == imapserver.NumKindUID {
+		data.All = uidSet
+	} else {
+		data.All = seqSet
+	}
+	if options != nil && options.ReturnSave {
+		s.sel.searchRes = uidSet
+	}
+	return &data, nil
+}
+
+func max32(a, b uint32) uint32 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+func staticCriteria(c *imap.SearchCriteria, max, maxUID uint32, res imap.UIDSet) {
+	var seqs []imap.SeqSet
+	for _, s := range c.SeqNum {
+		if imap.IsSearchRes(s) {
+			c.UID = append(c.UID, res)
+			continue
+		}
+		seqs = append(seqs, staticSeq(s, max))
+	}
+	c.SeqNum = seqs
+	for i := range c.UID {
+		if imap.IsSearchRes(c.UID[i]) {
+			c.UID[i] = res
+		}
+		c.UID[i] = staticUID(c.UID[i], maxUID)
+	}
+	for i := range c.Not {
+		staticCriteria(&c.Not[i], max, maxUID, res)
+	}
+	for i := range c.Or {
+		staticCriteria(&c.Or[i][0], max, maxUID, res)
+		staticCriteria(&c.Or[i][1], max, maxUID, res)
+	}
+}
+
+// candidate is a message being matched, with its header and body read at
+// most once.
+type candidate struct {
+	s      *session
+	it     item
+	m      store.Message
+	r      *store.BodyReader
+	header *textproto.Header
+	raw    []byte // lower-cased whole message
+	hdrLen int
+}
+
+func (c *candidate) close() {
+	if c.r != nil {
+		c.r.Close()
+	}
+}
+
+func (c *candidate) open() error {
+	if c.r != nil {
+		return nil
+	}
+	r, err := c.s.srv.st.OpenBody(c.s.ctx(), c.m.Digest)
+	if err != nil {
+		return c.s.storeErr("search", err)
+	}
+	c.r = r
+	return nil
+}
+
+func (c *candidate) hdr() (*textproto.Header, error) {
+	if c.header != nil {
+		return c.header, nil
+	}
+	if err := c.open(); err != nil {
+		return nil, err
+	}
+	h, err := textproto.ReadHeader(bufio.NewReader(c.r.Section(0, c.r.Size())))
+	if err != nil {
+		h = textproto.Header{}
+	}
+	c.header = &h
+	return c.header, nil
+}
+
+func (c *candidate) text() ([]byte, error) {
+	if c.raw != nil {
+		return c.raw, nil
+	}
+	if err := c.open(); err != nil {
+		return nil, err
+	}
+	b := make([]byte, c.r.Size())
+	if _, err := c.r.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, c.s.storeErr("search", err)
+	}
+	c.hdrLen = len(b)
+	if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+		c.hdrLen = i + 4
+	} else if i := bytes.Index(b, []byte("\n\n")); i >= 0 {
+		c.hdrLen = i + 2
+	}
+	c.raw = bytes.ToLower(b)
+	return c.raw, nil
+}
+
+func (c *candidate) match(cr *imap.SearchCriteria) (bool, error) {
+	for _, set := range cr.SeqNum {
+		if !set.Contains(c.it.seq) {
+			return false, nil
+		}
+	}
+	for _, set := range cr.UID {
+		if !set.Contains(imap.UID(c.it.uid)) {
+			return false, nil
+		}
+	}
+	day := func(t time.Time) time.Time { return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC) }
+	if !cr.Since.IsZero() && day(c.m.InternalDate).Before(day(cr.Since)) {
+		return false, nil
+	}
+	if !cr.Before.IsZero() && !day(c.m.InternalDate).Before(day(cr.Before)) {
+		return false, nil
+	}
+	for _, f := range cr.Flag {
+		if !hasFlag(c.m.Flags, string(f)) {
+			return false, nil
+		}
+	}
+	for _, f := range cr.NotFlag {
+		if f != flagRecent && hasFlag(c.m.Flags, string(f)) {
+			return false, nil
+		}
+	}
+	if cr.Larger > 0 && c.m.Size <= cr.Larger {
+		return false, nil
+	}
+	if cr.Smaller > 0 && c.m.Size >= cr.Smaller {
+		return false, nil
+	}
+	if !cr.SentSince.IsZero() || !cr.SentBefore.IsZero() || len(cr.Header) > 0 {
+		h, err := c.hdr()
+		if err != nil {
+			return false, err
+		}
+		if !cr.SentSince.IsZero() || !cr.SentBefore.IsZero() {
+			t, err := mail.ParseDate(h.Get("Date"))
+			if err != nil {
+				return false, nil
+			}
+			if !cr.SentSince.IsZero() && day(t).Before(day(cr.SentSince)) {
+				return false, nil
+			}
+			if !cr.SentBefore.IsZero() && !day(t).Before(day(cr.SentBefore)) {
+				return false, nil
+			}
+		}
+		for _, f := range cr.Header {
+			found := false
+			for _, v := range h.Values(f.Key) {
+				if f.Value == "" || strings.Contains(strings.ToLower(v), strings.ToLower(f.Value)) {
+					found = true
+					break
+				}
+			}
+			if !found {
+				return false, nil
+			}
+		}
+	}
+	if len(cr.Body) > 0 || len(cr.Text) > 0 {
+		raw, err := c.text()
+		if err != nil {
+			return false, err
+		}
+		for _, k := range cr.Body {
+			if !bytes.Contains(raw[c.hdrLen:], []byte(strings.ToLower(k))) {
+				return false, nil
+			}
+		}
+		for _, k := range cr.Text {
+			if !bytes.Contains(raw, []byte(strings.ToLower(k))) {
+				return false, nil
+			}
+		}
+	}
+	for i := range cr.Not {
+		ok, err := c.match(&cr.Not[i])
+		if err != nil || ok {
+			return false, err
+		}
+	}
+	for i := range cr.Or {
+		a, err := c.match(&cr.Or[i][0])
+		if err != nil {
+			return false, err
+		}
+		if a {
+			continue
+		}
+		b, err := c.match(&cr.Or[i][1])
+		if err != nil || !b {
+			return false, err
+		}
+	}
+	return true, nil
+}
