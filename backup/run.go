@@ -145,8 +145,10 @@ func (r *Repo) follow(ctx context.Context, src Source) error {
 	if err := run.catchUp(ctx); err != nil {
 		return err
 	}
-	if err := run.snapshot(ctx); err != nil {
-		return err
+	if run.dirty || !run.sum.Full {
+		if err := run.snapshot(ctx); err != nil {
+			return err
+		}
 	}
 	lastSnap := r.opts.Now()
 	for {

@@ -1,0 +1,75 @@
+package backup_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/backup"
+)
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond) // polling with a deadline
+	}
+}
+
+// Follow captures a message delivered and deleted between two snapshots:
+// its body is in the repository and its deletion time is recorded.
+func TestFollowCapturesWhatComesAndGoes(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir(), nil)
+	fill(t, src, 1, 1, 3)
+	target := newFolder(t)
+	repo, err := backup.Open(ctx, target, &backup.Options{Logger: quiet(), FlushEvery: 5 * time.Millisecond, SnapshotEvery: time.Hour})
+	require.NoError(t, err)
+	fctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- repo.Follow(fctx, src) }()
+
+	u := "user0@example.org"
+	waitFor(t, "the first snapshot", func() bool {
+		s, _ := repo.Snapshots(ctx)
+		return len(s) == 1
+	})
+	text := "Subject: here and gone\r\n\r\nbriefly\r\n"
+	uid, err := src.Append(ctx, u, "INBOX", nil, time.Time{}, strings.NewReader(text))
+	require.NoError(t, err)
+	waitFor(t, "the append in the repository", func() bool {
+		m, err := repo.Messages(ctx, backup.Selection{User: u, UID: uid})
+		return err == nil && len(m) == 1
+	})
+	before := time.Now()
+	_, err = src.Expunge(ctx, u, "INBOX", uids(uid))
+	require.NoError(t, err)
+	waitFor(t, "the expunge in the repository", func() bool {
+		m, err := repo.Messages(ctx, backup.Selection{DeletedFrom: before})
+		return err == nil && len(m) == 1
+	})
+	cancel()
+	require.NoError(t, <-done)
+
+	gone, err := repo.Messages(ctx, backup.Selection{DeletedFrom: before})
+	require.NoError(t, err)
+	require.Len(t, gone, 1)
+	assert.False(t, gone[0].NoBody)
+	assert.WithinDuration(t, time.Now(), gone[0].Deleted, time.Minute)
+	snaps, err := repo.Snapshots(ctx)
+	require.NoError(t, err)
+	assert.Len(t, snaps, 1, "no snapshot was due: the changes alone hold it")
+
+	dst := openStore(t, t.TempDir(), nil)
+	rs, err := repo.Restore(ctx, dst, backup.Selection{DeletedFrom: before}, backup.RestoreOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, 1, rs.Messages)
+}
