@@ -220,6 +220,7 @@ func (d *Deliverer) tries(ctx context.Context, plan *Plan) ([]hopTry, error) {
 	var out []hopTry
 	hops := plan.Hops
 	var tlsFor map[string]TLSHost
+	verified := false // the domain's mail may only travel over verified TLS
 	if d.tls != nil && len(hops) > 0 && (hops[0].Source == HopMX || hops[0].Source == HopImplicitMX) {
 		names := make([]string, len(hops))
 		for i, h := range hops {
@@ -229,6 +230,7 @@ func (d *Deliverer) tries(ctx context.Context, plan *Plan) ([]hopTry, error) {
 		if err != nil {
 			return nil, err
 		}
+		verified = dec.Required || dec.STS != nil && dec.STS.Mode == STSEnforce
 		tlsFor = make(map[string]TLSHost, len(dec.Hosts))
 		for _, th := range dec.Hosts {
 			tlsFor[th.Host] = th
@@ -255,9 +257,18 @@ func (d *Deliverer) tries(ctx context.Context, plan *Plan) ([]hopTry, error) {
 			out = append(out, hopTry{hop: h, target: t})
 		}
 	}
+	// A fallback relay inherits the domain's decision: where the domain
+	// demands verified TLS, the relay gets it too, checked against the
+	// relay's own name, or an attacker who strips STARTTLS from the real
+	// MX would have the mail sent on in clear.
 	for _, h := range plan.Fallback {
+		t := smtpout.Target{ServerName: strings.ToLower(strings.TrimSuffix(h.Host, ".")), TLS: smtpout.TLSOpportunistic}
+		if verified {
+			t.TLS, t.Verify = smtpout.TLSRequired, true
+		}
 		for _, ap := range h.AddrPorts() {
-			out = append(out, hopTry{hop: h, target: smtpout.Target{Addr: ap.String(), ServerName: h.Host}})
+			t.Addr = ap.String()
+			out = append(out, hopTry{hop: h, target: t})
 		}
 	}
 	return out, nil

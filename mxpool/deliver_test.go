@@ -151,7 +151,12 @@ type deliverEnv struct {
 
 func newDeliverEnv(t *testing.T, popts *PlannerOptions, dopts *DelivererOptions) *deliverEnv {
 	e := &deliverEnv{zone: &StaticResolver{}, ports: map[string]string{}, dials: map[string]*atomic.Int32{}}
-	p, err := NewPlanner(e.zone, popts)
+	var po PlannerOptions
+	if popts != nil {
+		po = *popts
+	}
+	po.NoInterfaceAddrs = true // loopback addresses stand for remote hosts here
+	p, err := NewPlanner(e.zone, &po)
 	require.NoError(t, err)
 	var o DelivererOptions
 	if dopts != nil {
@@ -375,6 +380,35 @@ func TestDelivererFallbackRelay(t *testing.T) {
 	e.host("relay.isp.example", "127.0.0.5", "25", relay.addr)
 	require.NoError(t, e.d.Deliver(context.Background(), testEnvelope("m1", "u@example.org"), testMessage("m1")))
 	assert.Equal(t, []string{"m1"}, relay.delivered("u@example.org"))
+}
+
+func TestDelivererFallbackRelayInheritsRequiredTLS(t *testing.T) {
+	// An attacker strips STARTTLS from the domain's MX (here: it never
+	// offered it). The fallback relay offers none either: a domain whose
+	// mail must travel over verified TLS never goes to it in clear, while
+	// other domains still use it.
+	relay := startMX(t, false, nil) // offers no STARTTLS
+	stripped := startMX(t, false, nil)
+	pol, err := NewTLSPolicy(nil, &TLSPolicyOptions{Required: []string{"secure.example"}, Logger: discardLogger()})
+	require.NoError(t, err)
+	e := newDeliverEnv(t, &PlannerOptions{FallbackRelay: []string{"relay.isp.example"}}, &DelivererOptions{TLS: pol})
+	e.zone.AddMX("secure.example", 10, "mx.secure.example")
+	e.zone.AddMX("example.org", 10, "mx.example.org")
+	e.host("mx.secure.example", "127.0.0.2", "25", stripped.addr)
+	e.host("mx.example.org", "127.0.0.3", "25", refusing(t))
+	e.host("relay.isp.example", "127.0.0.5", "25", relay.addr)
+
+	env := testEnvelope("m1", "u@secure.example")
+	err = e.d.Deliver(context.Background(), env, testMessage("m1"))
+	out := resilmail.Outcomes(env.Recipients(), err)
+	require.NotNil(t, out["u@secure.example"])
+	assert.False(t, out["u@secure.example"].Permanent, "waits for TLS rather than bouncing")
+	assert.Empty(t, stripped.delivered("u@secure.example"), "never sent in clear to the MX")
+	assert.Empty(t, relay.delivered("u@secure.example"), "nor to the fallback relay")
+	assert.Positive(t, e.dialsTo("127.0.0.5", "25"), "the relay was tried, with TLS required")
+
+	require.NoError(t, e.d.Deliver(context.Background(), testEnvelope("m2", "u@example.org"), testMessage("m2")))
+	assert.Equal(t, []string{"m2"}, relay.delivered("u@example.org"), "opportunistic domains still use the relay")
 }
 
 func TestDelivererAllHostsDown(t *testing.T) {

@@ -13,12 +13,15 @@
 //     a DNS failure: temporary 4.4.3, the queue retries;
 //   - a null MX (RFC 7505): permanent failure 556 5.1.10;
 //   - CNAME chains followed up to a hop limit, loops caught;
-//   - when this node is itself an MX of the domain (PlannerOptions.Self),
-//     itself and every MX of equal or worse preference are dropped, and
-//     mail that would loop back fails with 5.4.6;
+//   - when this node is itself an MX of the domain, by name
+//     (PlannerOptions.Self) or by address (SelfAddrs, and by default this
+//     machine's interface and loopback addresses), itself and every MX of
+//     equal or worse preference are dropped, and mail that would loop
+//     back fails with 5.4.6;
 //   - a [Route] (a domain, or "*" for a smart host) replaces the MX lookup;
 //     fallback relays are tried after the planned hosts, never for a
-//     domain this node is an MX of.
+//     domain this node is an MX of, and with verified TLS when the
+//     domain requires it (configuration or MTA-STS enforce).
 //
 // Planning needs a [Resolver] that tells "no such domain" from "no records
 // of this type" from "no answer now", which net.LookupMX cannot: a

@@ -53,10 +53,11 @@ func Example() {
 	defer srv.Close()
 
 	// A zone of our own instead of the DNS: example.org's MX is
-	// mx.example.org at 127.0.0.1 (its port is the test server's).
+	// mx.example.org at 198.51.100.1 (the dialler connects to the test
+	// server instead).
 	zone := &mxpool.StaticResolver{}
 	zone.AddMX("example.org", 10, "mx.example.org")
-	zone.AddAddr("mx.example.org", netip.MustParseAddr("127.0.0.1"))
+	zone.AddAddr("mx.example.org", netip.MustParseAddr("198.51.100.1"))
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	planner, _ := mxpool.NewPlanner(zone, nil)
 	plan, _ := planner.Plan(context.Background(), "EXAMPLE.org")

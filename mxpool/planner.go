@@ -148,6 +148,19 @@ type PlannerOptions struct {
 	// MX.
 	Self []string
 
+	// SelfAddrs are this node's addresses. An MX (or the implicit MX)
+	// with an address among them is this node whatever its name, and is
+	// dropped with every MX of equal or greater preference, as for Self:
+	// an MX record that names this machine under another name, or an IP
+	// literal, must not make mail loop.
+	SelfAddrs []netip.Addr
+	// NoInterfaceAddrs, when false (the default), adds to SelfAddrs the
+	// addresses of this machine's network interfaces, read once by
+	// NewPlanner, and counts every loopback and unspecified address as
+	// this node's. Set it when the MX hosts really are on this machine's
+	// addresses, as in tests that stand for remote hosts on loopback.
+	NoInterfaceAddrs bool
+
 	// Routes send a domain's mail to fixed hosts instead of its MX hosts.
 	// The route of the domain itself applies first, then the route of "*"
 	// (a smart host); a domain without either is planned from the DNS.
@@ -211,6 +224,8 @@ type PlannerOptions struct {
 type Planner struct {
 	resolver Resolver
 	self     map[string]struct{}
+	selfAddr map[netip.Addr]struct{}
+	selfLo   bool // loopback and unspecified addresses are this node's
 	routes   map[string]plannerRoute
 	wildcard *plannerRoute
 	fallback []plannerTarget
@@ -255,6 +270,22 @@ func NewPlanner(r Resolver, opts *PlannerOptions) (*Planner, error) {
 		rand:     o.Rand,
 		self:     make(map[string]struct{}, len(o.Self)),
 		routes:   make(map[string]plannerRoute, len(o.Routes)),
+	}
+	p.selfAddr = make(map[netip.Addr]struct{}, len(o.SelfAddrs))
+	for _, a := range o.SelfAddrs {
+		p.selfAddr[a.Unmap()] = struct{}{}
+	}
+	if !o.NoInterfaceAddrs {
+		p.selfLo = true
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			p.log.Warn("mxpool: cannot list this machine's addresses; MXs are recognised as this node by name and SelfAddrs only", "err", err)
+		}
+		for _, a := range addrs {
+			if pfx, err := netip.ParsePrefix(a.String()); err == nil {
+				p.selfAddr[pfx.Addr().Unmap()] = struct{}{}
+			}
+		}
 	}
 	for _, s := range o.Self {
 		h, err := plannerDomain(s)
@@ -394,6 +425,19 @@ func (p *Planner) Plan(ctx context.Context, domain string) (*Plan, error) {
 	}
 
 	hops, temp, lastErr := p.resolve(ctx, d, targets, source, false)
+	for _, h := range hops {
+		if p.isSelfAddr(h.Addrs) {
+			// hops are sorted: h is this node's best MX record.
+			p.log.Debug("mxpool: an MX is this node by its address", "domain", d, "host", h.Host)
+			hops = slices.DeleteFunc(hops, func(u Hop) bool { return u.Pref >= h.Pref })
+			isMX = true
+			break
+		}
+	}
+	if isMX && len(hops) == 0 && temp == nil {
+		return nil, plannerFail(554, "5.4.6", true,
+			fmt.Sprintf("mail for %s loops back to myself", d), ErrPlanLoopsBack)
+	}
 	if len(hops) == 0 {
 		what := "MX host"
 		if source == HopImplicitMX {
@@ -416,6 +460,20 @@ func (p *Planner) Plan(ctx context.Context, domain string) (*Plan, error) {
 		plan.Fallback, _, _ = p.resolve(ctx, d, p.fallback, HopFallback, false)
 	}
 	return plan, nil
+}
+
+// isSelfAddr reports whether one of addrs is this node's.
+func (p *Planner) isSelfAddr(addrs []netip.Addr) bool {
+	for _, a := range addrs {
+		a = a.Unmap()
+		if p.selfLo && (a.IsLoopback() || a.IsUnspecified()) {
+			return true
+		}
+		if _, ok := p.selfAddr[a]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // planRoute plans a routed domain.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -38,9 +39,17 @@ func plannerTestZone() *StaticResolver {
 	return r
 }
 
+// plannerTestNew makes a planner that does not count this machine's
+// addresses as its own: the test zones use TEST-NET addresses, which a
+// test machine may have.
 func plannerTestNew(t testing.TB, r Resolver, opts *PlannerOptions) *Planner {
 	t.Helper()
-	p, err := NewPlanner(r, opts)
+	var o PlannerOptions
+	if opts != nil {
+		o = *opts
+	}
+	o.NoInterfaceAddrs = true
+	p, err := NewPlanner(r, &o)
 	require.NoError(t, err)
 	return p
 }
@@ -321,6 +330,69 @@ func TestPlanSelf(t *testing.T) {
 	assert.Equal(t, []string{"mx4.example.org"}, plannerTestHosts(plan.Hops))
 	assert.Equal(t, []Hop{{Host: "192.0.2.250", Port: 25, Source: HopFallback, Addrs: plannerTestAddrs("192.0.2.250")}},
 		plan.Fallback)
+}
+
+func TestPlanSelfAddrs(t *testing.T) {
+	// An MX that this node is under another name, or an IP literal, or
+	// one that resolves to an address of this machine, once made mail
+	// loop: self-detection went by name only.
+	r := plannerTestZone()
+	r.AddAddr("alias-of-me.example.net", plannerTestAddrs("192.0.2.100")...)
+	r.AddAddr("lo.example.net", plannerTestAddrs("127.0.0.1")...)
+	r.AddMX("secondary.example.org", 10, "mx1.example.org")
+	r.AddMX("secondary.example.org", 20, "alias-of-me.example.net")
+	r.AddMX("secondary.example.org", 30, "mx4.example.org")
+	r.AddMX("literal.example.org", 10, "[192.0.2.100]")
+	r.AddMX("literal.example.org", 20, "mx4.example.org")
+	r.AddMX("local.example.org", 10, "lo.example.net")
+	r.AddAddr("implicit.example.org", plannerTestAddrs("192.0.2.100")...)
+	p, err := NewPlanner(r, &PlannerOptions{
+		SelfAddrs:     plannerTestAddrs("192.0.2.100"),
+		FallbackRelay: []string{"192.0.2.250"},
+	})
+	require.NoError(t, err)
+	ctx := context.Background()
+	plan, err := p.Plan(ctx, "secondary.example.org")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"mx1.example.org"}, plannerTestHosts(plan.Hops), "only MXs better than this node are left")
+	assert.Empty(t, plan.Fallback, "no fallback relay for a domain this node is an MX of")
+
+	for _, d := range []string{"literal.example.org", "local.example.org", "implicit.example.org"} {
+		_, err = p.Plan(ctx, d)
+		de := plannerTestFailure(t, err, 554, "5.4.6", true)
+		assert.ErrorIs(t, de, ErrPlanLoopsBack, d)
+	}
+
+	// Loopback counts as this node only with the interface addresses.
+	q := plannerTestNew(t, r, nil)
+	plan, err = q.Plan(ctx, "local.example.org")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"lo.example.net"}, plannerTestHosts(plan.Hops))
+}
+
+func TestPlanSelfInterfaceAddrs(t *testing.T) {
+	// By default this machine's own interface addresses are this node's.
+	var mine netip.Addr
+	addrs, err := net.InterfaceAddrs()
+	require.NoError(t, err)
+	for _, a := range addrs {
+		if pfx, err := netip.ParsePrefix(a.String()); err == nil && !pfx.Addr().IsLoopback() {
+			mine = pfx.Addr()
+			break
+		}
+	}
+	if !mine.IsValid() {
+		mine = netip.MustParseAddr("127.0.0.1") // a machine with loopback only
+	}
+	r := plannerTestZone()
+	r.AddAddr("me.example.net", mine)
+	r.AddMX("example.org", 10, "mx1.example.org")
+	r.AddMX("example.org", 20, "me.example.net")
+	p, err := NewPlanner(r, nil)
+	require.NoError(t, err)
+	plan, err := p.Plan(context.Background(), "example.org")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"mx1.example.org"}, plannerTestHosts(plan.Hops), "%v is this machine's", mine)
 }
 
 func TestPlanRoutes(t *testing.T) {
@@ -640,8 +712,8 @@ func ExamplePlanner_Plan() {
 	zone := new(StaticResolver)
 	zone.AddMX("example.org", 10, "mx1.example.org")
 	zone.AddMX("example.org", 20, "mx2.example.org")
-	zone.AddAddr("mx1.example.org", netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1"))
-	zone.AddAddr("mx2.example.org", netip.MustParseAddr("192.0.2.2"))
+	zone.AddAddr("mx1.example.org", netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("2001:db8::1"))
+	zone.AddAddr("mx2.example.org", netip.MustParseAddr("198.51.100.2"))
 	zone.AddMX("nomail.example.org", 0, ".")
 
 	p, err := NewPlanner(zone, nil)
@@ -662,7 +734,7 @@ func ExamplePlanner_Plan() {
 		fmt.Println(de.Permanent, de.Reply())
 	}
 	// Output:
-	// mx 10 mx1.example.org [192.0.2.1:25 [2001:db8::1]:25]
-	// mx 20 mx2.example.org [192.0.2.2:25]
+	// mx 10 mx1.example.org [198.51.100.1:25 [2001:db8::1]:25]
+	// mx 20 mx2.example.org [198.51.100.2:25]
 	// true 556 5.1.10 domain nomail.example.org accepts no mail (null MX)
 }
