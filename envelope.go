@@ -36,8 +36,9 @@ type Envelope struct {
 	// RFC 3030). Empty means 7BIT.
 	Body BodyType
 
-	// Size is the size of the message in bytes, as declared with SIZE=
-	// (RFC 1870) or, once received, as counted. Zero means unknown.
+	// Size is the size of the message in bytes: as declared with SIZE=
+	// (RFC 1870) until it is received, then as counted (the queue stores
+	// the count, never the declaration). Zero means unknown.
 	Size int64
 
 	// Return is the DSN RET parameter (RFC 3461 §4.3): whether a failure

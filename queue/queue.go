@@ -447,9 +447,7 @@ func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 	if int64(len(data)) > q.opts.MaxMessageSize {
 		return env.ID, fmt.Errorf("%w: over %d bytes", ErrTooLarge, q.opts.MaxMessageSize)
 	}
-	if env.Size == 0 {
-		env.Size = int64(len(data))
-	}
+	env.Size = int64(len(data)) // what arrived, not what the client announced
 	now := q.opts.Now()
 	m := &message{heapIdx: -1, size: int64(len(data)), synced: make(chan struct{})}
 	m.rec = msgRec{Env: env, Created: now.UnixNano(), Digest: resilmail.DigestOf(data), Rcpts: make([]rcptRec, len(env.To)), Next: now.UnixNano()}

@@ -179,15 +179,17 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	}
 	srv.MaxMessageBytes = c.maxSize
 	srv.MaxRecipients = 1000
-	srv.ReadTimeout = 5 * time.Minute
 	srv.WriteTimeout = 5 * time.Minute
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
 	srv.EnableBINARYMIME = false
-	ln, err := net.Listen("tcp", c.listen)
+	tcp, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return err
 	}
+	// Exact answers, timeouts, the error limit and per-client limits.
+	ln := smtpin.NewListener(tcp, &smtpin.ListenerOptions{Logger: log})
+	ln.Configure(srv)
 	log.Warn("relay: listening", "addr", ln.Addr().String(), "next", c.next, "queue", c.dir, "queued", len(q.List(queue.Filter{})))
 
 	g, gctx := errgroup.WithContext(ctx)

@@ -1,7 +1,11 @@
 // Package smtpin is the SMTP (and LMTP) front end that puts received mail
 // into a queue: a go-smtp Backend whose DATA answers 250 only once the
 // message is on stable storage, with the DSN, SIZE, 8BITMIME and SMTPUTF8
-// parameters carried into the envelope.
+// parameters carried into the envelope, and a Listener that makes go-smtp
+// answer exactly (503 out of sequence, 500 unrecognized, 421 on timeouts,
+// an error limit with a growing delay, sessions per client, STARTTLS).
+// A message over the size limit gets 552 5.3.4; the queue stores the size
+// that arrived, not the one announced.
 package smtpin
 
 import (
@@ -168,8 +172,11 @@ func (s *session) Data(r io.Reader) error {
 
 // replyFor maps a queue error to the SMTP reply the client should see.
 func replyFor(err error) error {
+	var ne net.Error
 	switch {
-	case errors.Is(err, queue.ErrTooLarge):
+	case errors.As(err, &ne) && ne.Timeout():
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout while receiving the message, closing the connection"}
+	case errors.Is(err, queue.ErrTooLarge), errors.Is(err, smtp.ErrDataTooLarge):
 		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message too large"}
 	case errors.Is(err, queue.ErrInvalid):
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "invalid message envelope"}

@@ -1,0 +1,361 @@
+package smtpin
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// ListenerOptions configure a [Listener]. Zero fields give the defaults
+// named on each (RFC 5321 section 4.5.3.2 and Postfix's smtpd).
+type ListenerOptions struct {
+	// TLSConfig, when set, offers STARTTLS (RFC 3207).
+	TLSConfig *tls.Config
+	// CommandTimeout is how long the client may take to send a command;
+	// zero means 5 minutes (RFC 5321 section 4.5.3.2.7).
+	CommandTimeout time.Duration
+	// DataTimeout is how long the client may go without sending any byte
+	// of a message; zero means 3 minutes (RFC 5321 section 4.5.3.2.5).
+	DataTimeout time.Duration
+	// SoftErrorLimit is the number of error replies (4xx and 5xx) in one
+	// session after which every further error reply is delayed; zero
+	// means 3. ErrorDelay is the first delay, growing by as much with each
+	// error; zero means 1 s. HardErrorLimit closes the session with 421
+	// after that many errors; zero means 20 (Postfix's
+	// smtpd_hard_error_limit).
+	SoftErrorLimit int
+	ErrorDelay     time.Duration
+	HardErrorLimit int
+	// MaxConnsPerClient limits the sessions open at once from one IP
+	// address; more get 421 4.7.0 and are closed. Zero means 50 (Postfix's
+	// smtpd_client_connection_count_limit); negative means no limit.
+	MaxConnsPerClient int
+	// Logger receives a line per refused connection and per session
+	// closed for errors or timeouts; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// A Listener wraps the net.Listener a go-smtp Server serves on, and
+// corrects what go-smtp v0.25 answers on its own: a command out of
+// sequence gets 503 5.5.1 (not 502), a line it cannot parse gets 500 5.5.2
+// (not 501). It times out an idle client with 421 4.4.2 (a command timeout
+// between commands, a data timeout between bytes of a message), delays
+// every error reply past a soft limit by a growing delay and closes the
+// session past a hard limit, and limits the sessions of one client.
+//
+// With TLSConfig it terminates STARTTLS itself, so that these corrections
+// hold inside TLS too; the session's [Conn.TLS] tells whether it runs over
+// TLS. Call [Listener.Configure] on the go-smtp Server.
+type Listener struct {
+	net.Listener
+	opts ListenerOptions
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	clients map[string]int
+}
+
+// NewListener wraps l.
+func NewListener(l net.Listener, opts *ListenerOptions) *Listener {
+	var o ListenerOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.CommandTimeout <= 0 {
+		o.CommandTimeout = 5 * time.Minute
+	}
+	if o.DataTimeout <= 0 {
+		o.DataTimeout = 3 * time.Minute
+	}
+	if o.SoftErrorLimit <= 0 {
+		o.SoftErrorLimit = 3
+	}
+	if o.ErrorDelay <= 0 {
+		o.ErrorDelay = time.Second
+	}
+	if o.HardErrorLimit <= 0 {
+		o.HardErrorLimit = 20
+	}
+	if o.MaxConnsPerClient == 0 {
+		o.MaxConnsPerClient = 50
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Listener{Listener: l, opts: o, log: o.Logger, clients: map[string]int{}}
+}
+
+// Configure sets what srv needs to serve through l: go-smtp's own read
+// timeout off (l times out instead), and, when l offers STARTTLS, a
+// TLSConfig so that go-smtp advertises it (l answers the command).
+func (l *Listener) Configure(srv *smtp.Server) {
+	srv.ReadTimeout = 0
+	srv.TLSConfig = l.opts.TLSConfig
+}
+
+// Accept waits for the next session within the per-client limit.
+func (l *Listener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		l.mu.Lock()
+		n := l.clients[host]
+		over := l.opts.MaxConnsPerClient > 0 && n >= l.opts.MaxConnsPerClient
+		if !over {
+			l.clients[host] = n + 1
+		}
+		l.mu.Unlock()
+		if over {
+			l.log.Warn("smtp: too many sessions from one client; refused", "remote", c.RemoteAddr().String(), "sessions", n)
+			c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(c, "421 4.7.0 Too many connections from your address, try again later\r\n")
+			c.Close()
+			continue
+		}
+		return newConn(l, c, host), nil
+	}
+}
+
+func (l *Listener) release(host string) {
+	l.mu.Lock()
+	if l.clients[host]--; l.clients[host] <= 0 {
+		delete(l.clients, host)
+	}
+	l.mu.Unlock()
+}
+
+// Conn is a session accepted by a [Listener]; go-smtp's Conn.Conn returns
+// it.
+type Conn struct {
+	net.Conn // the current transport: the TCP connection, or TLS over it
+	l        *Listener
+	raw      net.Conn
+	host     string
+	r        *bufio.Reader
+	tls      bool
+
+	in      []byte   // bytes read for go-smtp, not yet returned
+	pending []string // commands go-smtp has read and not yet answered
+	data    bool     // between DATA's 354 and the final dot
+	midLine bool     // during DATA: the last bytes passed on did not end a line
+	bdat    int64    // BDAT bytes still to pass through
+	out     []byte   // a reply line being written
+	line    int      // lines of the current reply written
+	errors  int
+	closed  sync.Once
+}
+
+// internalRSET is the command the Conn sends go-smtp after STARTTLS, so
+// that it forgets the session as RFC 3207 requires; its reply is dropped.
+const internalRSET = "\x00RSET"
+
+func newConn(l *Listener, c net.Conn, host string) *Conn {
+	return &Conn{Conn: c, l: l, raw: c, host: host, r: bufio.NewReaderSize(c, 4096)}
+}
+
+// TLS returns the session's TLS state once STARTTLS succeeded.
+func (c *Conn) TLS() (tls.ConnectionState, bool) {
+	if tc, ok := c.Conn.(*tls.Conn); ok {
+		return tc.ConnectionState(), true
+	}
+	return tls.ConnectionState{}, false
+}
+
+// Close closes the session.
+func (c *Conn) Close() error {
+	err := c.Conn.Close()
+	c.closed.Do(func() { c.l.release(c.host) })
+	return err
+}
+
+// Read gives go-smtp the client's bytes: one command line per call between
+// commands (so replies pair with commands even when the client pipelines),
+// the message as it comes during DATA and BDAT.
+func (c *Conn) Read(p []byte) (int, error) {
+	for len(c.in) == 0 {
+		if err := c.fill(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, c.in)
+	c.in = c.in[n:]
+	return n, nil
+}
+
+func (c *Conn) fill() error {
+	switch {
+	case c.bdat > 0:
+		c.raw.SetReadDeadline(time.Now().Add(c.l.opts.DataTimeout))
+		n := int(min(c.bdat, 32<<10))
+		buf := make([]byte, n)
+		n, err := c.r.Read(buf)
+		c.bdat -= int64(n)
+		c.in = buf[:n]
+		return c.timeout(err)
+	case c.data:
+		c.raw.SetReadDeadline(time.Now().Add(c.l.opts.DataTimeout))
+		line, err := c.r.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			err = nil // a long line: pass it on in pieces
+		} else if err == nil && !c.midLine && (string(line) == ".\r\n" || string(line) == ".\n") {
+			c.data = false
+			c.pending = append(c.pending, ".")
+		}
+		c.midLine = len(line) > 0 && line[len(line)-1] != '\n'
+		c.in = append(c.in[:0], line...)
+		return c.timeout(err)
+	}
+	c.raw.SetReadDeadline(time.Now().Add(c.l.opts.CommandTimeout))
+	line, err := c.r.ReadSlice('\n')
+	if err == bufio.ErrBufferFull {
+		// go-smtp refuses a line this long and closes the session.
+		c.in = append(c.in[:0], line...)
+		return nil
+	}
+	if err != nil {
+		return c.timeout(err)
+	}
+	verb, arg, _ := strings.Cut(strings.TrimRight(string(line), "\r\n"), " ")
+	verb = strings.ToUpper(verb)
+	if verb == "STARTTLS" && c.l.opts.TLSConfig != nil {
+		return c.startTLS(arg)
+	}
+	if verb == "BDAT" {
+		if f := strings.Fields(arg); len(f) > 0 {
+			if n, err := strconv.ParseInt(f[0], 10, 64); err == nil && n > 0 {
+				c.bdat = n
+			}
+		}
+	}
+	c.pending = append(c.pending, verb)
+	c.in = append(c.in[:0], line...)
+	return nil
+}
+
+// timeout turns a read timeout into the error go-smtp answers with
+// 421 4.4.2, and logs it.
+func (c *Conn) timeout(err error) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		c.l.log.Info("smtp: client timed out", "remote", c.raw.RemoteAddr().String(), "data", c.data || c.bdat > 0)
+	}
+	return err
+}
+
+func (c *Conn) startTLS(arg string) error {
+	if c.tls || arg != "" || len(c.pending) > 0 || c.r.Buffered() > 0 {
+		// Already in TLS, an argument, or commands pipelined around it.
+		c.errors++
+		return c.reply("503 5.5.1 STARTTLS not allowed here\r\n")
+	}
+	if err := c.reply("220 2.0.0 Ready to start TLS\r\n"); err != nil {
+		return err
+	}
+	tc := tls.Server(c.raw, c.l.opts.TLSConfig)
+	c.raw.SetDeadline(time.Now().Add(c.l.opts.CommandTimeout))
+	if err := tc.Handshake(); err != nil {
+		c.l.log.Info("smtp: TLS handshake failed", "remote", c.raw.RemoteAddr().String(), "err", err)
+		return err
+	}
+	c.raw.SetDeadline(time.Time{})
+	c.Conn, c.tls = tc, true
+	c.r.Reset(tc)
+	// go-smtp forgets the session (RFC 3207 section 4.2); the client
+	// greets again.
+	c.pending = append(c.pending, internalRSET)
+	c.in = append(c.in[:0], "RSET\r\n"...)
+	return nil
+}
+
+// reply writes a reply of the Conn's own, not go-smtp's.
+func (c *Conn) reply(s string) error {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.l.opts.CommandTimeout))
+	_, err := io.WriteString(c.Conn, s)
+	return err
+}
+
+// Write passes go-smtp's replies to the client line by line, corrected.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.out = append(c.out, p...)
+	for {
+		i := bytes.IndexByte(c.out, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(c.out[:i+1])
+		c.out = c.out[i+1:]
+		if err := c.writeLine(line); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+func (c *Conn) writeLine(line string) error {
+	if len(line) < 4 || line[0] < '1' || line[0] > '5' {
+		_, err := io.WriteString(c.Conn, line)
+		return err
+	}
+	code, final, text := line[:3], line[3] == ' ', line[4:]
+	cmd := ""
+	if len(c.pending) > 0 {
+		cmd = c.pending[0]
+	}
+	first := c.line == 0
+	c.line++
+	if final {
+		c.line = 0
+		if len(c.pending) > 0 {
+			c.pending = c.pending[1:]
+		}
+	}
+	switch {
+	case cmd == internalRSET:
+		return nil
+	case (cmd == "EHLO" || cmd == "LHLO") && !first && strings.HasPrefix(strings.ToUpper(text), "STARTTLS") && (c.tls || c.l.opts.TLSConfig == nil):
+		return nil // go-smtp does not know the session is in TLS
+	case code == "354" && cmd == "DATA":
+		c.data = true
+	case code == "502" && (cmd == "MAIL" || cmd == "RCPT" || cmd == "DATA" || cmd == "BDAT") &&
+		!strings.Contains(text, "not implemented") && !strings.Contains(text, "BINARYMIME"):
+		// A command out of sequence: RFC 5321 section 4.2.4 says 503.
+		code = "503"
+	case code == "501" && strings.Contains(text, "Bad command"):
+		// A line go-smtp cannot parse as a command: "Syntax error,
+		// command unrecognized" (RFC 5321 section 4.2.2).
+		code, text = "500", "5.5.2 Syntax error, command unrecognized\r\n"
+	}
+	if final && (code[0] == '4' || code[0] == '5') && cmd != "QUIT" {
+		c.errors++
+		if c.errors >= c.l.opts.HardErrorLimit {
+			c.l.log.Warn("smtp: too many errors; closing the session", "remote", c.raw.RemoteAddr().String(), "errors", c.errors)
+			c.reply(code + line[3:4] + text)
+			c.reply("421 4.7.0 Too many errors, closing the connection\r\n")
+			c.Close()
+			return net.ErrClosed
+		}
+		if over := c.errors - c.l.opts.SoftErrorLimit; over > 0 {
+			time.Sleep(min(time.Duration(over)*c.l.opts.ErrorDelay, time.Minute)) // the tarpit
+		}
+	}
+	c.Conn.SetWriteDeadline(time.Now().Add(c.l.opts.CommandTimeout))
+	_, err := fmt.Fprintf(c.Conn, "%s%c%s", code, line[3], text)
+	if final && code == "421" {
+		c.Close() // 421 closes the transmission channel (RFC 5321 section 3.8)
+	}
+	return err
+}
