@@ -20,8 +20,14 @@
 // primary's position, epoch and clock; the other bodies by digest, always
 // verified, a corrupt one never sent; and the replicas' acknowledgements.
 // A primary and a replica one version of the stream apart still replicate.
-// Requests carry a bearer token derived from a shared secret
-// ([StreamToken]) or are authenticated by client certificates.
+// Requests carry a bearer token derived from a secret ([StreamToken]) or
+// are authenticated by client certificates. A replica's name is bound to
+// its credential (PrimaryOptions.ReplicaSecrets, one secret per replica,
+// or PrimaryOptions.Identify, the name from the authenticated identity),
+// which AckAll requires; an acknowledgement from a name the primary does
+// not know, with another replica's credential, or beyond the end of the
+// journal is refused ([ErrUnknownReplica], [ErrWrongReplica],
+// [ErrAckBeyondEnd]).
 //
 // A [Replica] ([NewReplica]) follows a primary from the position it last
 // received. It fetches the bodies its Target lacks, verifies every digest,

@@ -90,15 +90,34 @@ const (
 	TimeoutAccept
 )
 
-// PrimaryOptions configure [NewPrimary]. Either Secret or Authenticate must
-// be set; every other zero field means its default.
+// PrimaryOptions configure [NewPrimary]. One of Secret, ReplicaSecrets,
+// Identify or Authenticate must be set; every other zero field means its
+// default.
+//
+// A replica's name is bound to its credential with ReplicaSecrets or
+// Identify: the primary then takes the name from the credential, never
+// from the request, so two replicas (two copies of one configuration, both
+// with the default name) cannot pass for one another, nor one ack count
+// for two. AckAll requires it. With a shared Secret (or Authenticate),
+// names are what the requests say.
 type PrimaryOptions struct {
 	// Secret is shared with the replicas: a request must carry
-	// "Authorization: Bearer " + StreamToken(Secret).
+	// "Authorization: Bearer " + StreamToken(Secret). The name a replica
+	// gives is not bound to it.
 	Secret []byte
+	// ReplicaSecrets gives each replica, by name, its own secret: a
+	// request carrying StreamToken(secret) is from that replica, and
+	// only it may acknowledge as that name. Other requests are checked as
+	// Secret (or Authenticate) says.
+	ReplicaSecrets map[string][]byte
+	// Identify, if set, authenticates every request and returns the name
+	// of the replica it is from (for example the common name of a
+	// verified client certificate in r.TLS.PeerCertificates); an error
+	// refuses the request with 401. It takes precedence over the others.
+	Identify func(r *http.Request) (name string, err error)
 	// Authenticate, if set, decides instead of Secret: nil lets a request
 	// in (for example after checking r.TLS.PeerCertificates), an error
-	// refuses it with 401.
+	// refuses it with 401. The name a replica gives is not bound to it.
 	Authenticate func(r *http.Request) error
 	// Heartbeat is how often a stream carries a heartbeat; zero means
 	// DefaultHeartbeat (1 s).
@@ -115,8 +134,11 @@ type PrimaryOptions struct {
 	InlineBody int
 	// Mode is what Await waits for; zero is AckAsync.
 	Mode AckMode
-	// Replicas names the replicas AckAll waits for (required with AckAll)
-	// and that Stats lists even before they connect.
+	// Replicas names the replicas AckAll waits for and that Stats lists
+	// even before they connect; nil means the names of ReplicaSecrets.
+	// When set (or ReplicaSecrets is), an acknowledgement from another
+	// name is refused; when neither is, a name is known once it opened a
+	// stream.
 	Replicas []string
 	// AckTimeout is how long Await waits; zero means DefaultAckTimeout
 	// (2 s).
@@ -138,18 +160,21 @@ type Primary struct {
 	opts  PrimaryOptions
 	token string
 	log   *slog.Logger
+	// replicaTokens are the bearer tokens of ReplicaSecrets, by name.
+	replicaTokens map[string]string
 
-	mu       sync.Mutex
-	acked    chan struct{} // closed and replaced at every acknowledgement
-	replicas map[string]*link
-	fencedBy resilmail.Epoch // epoch of the primary that superseded this one
-	ring     [ringSize]posTime
-	ringLen  int
-	ringNext int
-	accepted uint64 // Await calls accepted after a timeout
-	refused  uint64 // Await calls refused after a timeout
-	corrupt  uint64 // corrupt bodies refused
-	restored uint64 // damaged bodies restored from a replica's copy
+	mu          sync.Mutex
+	acked       chan struct{} // closed and replaced at every acknowledgement
+	replicas    map[string]*link
+	fencedBy    resilmail.Epoch // epoch of the primary that superseded this one
+	ring        [ringSize]posTime
+	ringLen     int
+	ringNext    int
+	accepted    uint64 // Await calls accepted after a timeout
+	refused     uint64 // Await calls refused after a timeout
+	corrupt     uint64 // corrupt bodies refused
+	restored    uint64 // damaged bodies restored from a replica's copy
+	refusedAcks uint64 // acknowledgements refused (unknown name, beyond the end)
 }
 
 const ringSize = 1 << 14
@@ -162,6 +187,7 @@ type posTime struct {
 // link is what the primary knows of one replica.
 type link struct {
 	connected     int
+	streams       uint64 // streams ever opened
 	acked         uint64
 	ackedAt       time.Time
 	lastErr       string
@@ -178,14 +204,23 @@ func NewPrimary(src Source, opts *PrimaryOptions) (*Primary, error) {
 	if opts != nil {
 		o = *opts
 	}
-	if len(o.Secret) == 0 && o.Authenticate == nil {
-		return nil, errors.New("replicate: primary needs a Secret or an Authenticate hook")
+	if len(o.Secret) == 0 && o.Authenticate == nil && len(o.ReplicaSecrets) == 0 && o.Identify == nil {
+		return nil, errors.New("replicate: primary needs a Secret, ReplicaSecrets, or an Identify or Authenticate hook")
 	}
 	if o.Mode < AckAsync || o.Mode > AckAll {
 		return nil, fmt.Errorf("replicate: unknown ack mode %d", o.Mode)
 	}
+	if len(o.Replicas) == 0 {
+		for name := range o.ReplicaSecrets {
+			o.Replicas = append(o.Replicas, name)
+		}
+		slices.Sort(o.Replicas)
+	}
 	if o.Mode == AckAll && len(o.Replicas) == 0 {
 		return nil, errors.New("replicate: AckAll needs the names of the replicas")
+	}
+	if o.Mode == AckAll && len(o.ReplicaSecrets) == 0 && o.Identify == nil {
+		return nil, errors.New("replicate: AckAll needs names bound to credentials (ReplicaSecrets or Identify): with a shared secret, one replica could acknowledge for another")
 	}
 	if o.OnTimeout != TimeoutRefuse && o.OnTimeout != TimeoutAccept {
 		return nil, fmt.Errorf("replicate: unknown timeout policy %d", o.OnTimeout)
@@ -208,7 +243,17 @@ func NewPrimary(src Source, opts *PrimaryOptions) (*Primary, error) {
 		o.Logger = slog.Default()
 	}
 	p := &Primary{src: src, opts: o, token: StreamToken(o.Secret), log: o.Logger,
-		acked: make(chan struct{}), replicas: make(map[string]*link)}
+		acked: make(chan struct{}), replicas: make(map[string]*link), replicaTokens: make(map[string]string)}
+	for name, secret := range o.ReplicaSecrets {
+		if err := checkName("replica", name, resilmail.MaxUserLen); err != nil {
+			return nil, fmt.Errorf("replicate: ReplicaSecrets: %w", err)
+		}
+		if len(secret) == 0 {
+			return nil, fmt.Errorf("replicate: ReplicaSecrets: empty secret for %q", name)
+		}
+		p.replicaTokens[name] = StreamToken(secret)
+	}
+	o.ReplicaSecrets = nil // the tokens are kept, not the secrets
 	for _, name := range o.Replicas {
 		if err := checkName("replica", name, resilmail.MaxUserLen); err != nil {
 			return nil, fmt.Errorf("replicate: %w", err)
@@ -244,8 +289,11 @@ func (p *Primary) linkLocked(name string) *link {
 //	                                   [BodyRestorer]: 204 once restored
 //
 // Errors are {"error": "...", "code": "..."} with status 400
-// ("bad_request"), 401 ("unauthorized"), 404 ("not_found"), 409
-// ("position": the replica followed another history), 410
+// ("bad_request"), 401 ("unauthorized"), 403 ("unknown_replica": an
+// acknowledgement from a name the primary does not know; "wrong_replica":
+// a name another replica's credential is bound to), 404 ("not_found"), 409
+// ("position": the replica followed another history, or acknowledged a
+// position beyond the journal's end), 410
 // ("too_far_behind": compare in full) or 500 ("corrupt": the primary's
 // copy of a body is damaged and is never sent; "internal").
 func (p *Primary) Handler() http.Handler {
@@ -265,18 +313,13 @@ func (p *Primary) Handler() http.Handler {
 		mux.Handle("/inventory/", http.StripPrefix("/inventory", ih))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var err error
-		if p.opts.Authenticate != nil {
-			err = p.opts.Authenticate(r)
-		} else {
-			err = bearer.Check(r, p.token)
-		}
+		id, err := p.authenticate(r)
 		if err != nil {
 			p.log.Warn("replicate: stream request refused", "remote", r.RemoteAddr, "path", r.URL.Path, "err", err)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "not authenticated")
 			return
 		}
-		mux.ServeHTTP(w, r)
+		mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), identityKey{}, id)))
 	})
 }
 
@@ -307,9 +350,20 @@ func (p *Primary) remember(changes []resilmail.Change) {
 	}
 }
 
+// requestName is the replica name a request acts as (see replicaName).
+func (p *Primary) requestName(r *http.Request) (string, error) {
+	id, _ := r.Context().Value(identityKey{}).(identity)
+	return p.replicaName(id, r.URL.Query().Get("replica"))
+}
+
 func (p *Primary) serveChanges(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	name := q.Get("replica")
+	name, err := p.requestName(r)
+	if err != nil {
+		p.log.Warn("replicate: stream refused", "remote", r.RemoteAddr, "err", err)
+		writeError(w, http.StatusForbidden, "wrong_replica", err.Error())
+		return
+	}
 	if err := checkName("replica", name, resilmail.MaxUserLen); err != nil {
 		p.badRequest(w, r, err)
 		return
@@ -346,7 +400,14 @@ func (p *Primary) serveChanges(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.mu.Lock()
-	p.linkLocked(name).connected++
+	l := p.linkLocked(name)
+	if l.connected > 0 {
+		// Two replicas with one name (or a reconnection before the
+		// old stream noticed): their acknowledgements mix.
+		p.log.Warn("replicate: a second stream for the same replica name", "replica", name, "remote", r.RemoteAddr)
+	}
+	l.connected++
+	l.streams++
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
@@ -485,7 +546,7 @@ const maxRestoreBody = 1 << 30
 
 // restoreBody takes a replica's copy of a body the Source holds damaged.
 func (p *Primary) restoreBody(w http.ResponseWriter, r *http.Request) {
-	name := r.URL.Query().Get("replica")
+	name, _ := p.requestName(r)
 	d, err := resilmail.ParseDigest(r.PathValue("digest"))
 	if err != nil {
 		p.badRequest(w, r, err)
@@ -517,7 +578,7 @@ func (p *Primary) restoreBody(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Primary) serveBody(w http.ResponseWriter, r *http.Request) {
-	name := r.URL.Query().Get("replica")
+	name, _ := p.requestName(r)
 	d, err := resilmail.ParseDigest(r.PathValue("digest"))
 	if err != nil {
 		p.badRequest(w, r, err)
@@ -583,8 +644,20 @@ func (p *Primary) serveAck(w http.ResponseWriter, r *http.Request) {
 		p.badRequest(w, r, fmt.Errorf("ack: %w", err))
 		return
 	}
+	id, _ := r.Context().Value(identityKey{}).(identity)
+	if a.Replica == "" && id.bound {
+		a.Replica = id.name
+	}
 	if err := checkName("replica", a.Replica, resilmail.MaxUserLen); err != nil {
 		p.badRequest(w, r, err)
+		return
+	}
+	if status, code, err := p.checkAck(id, &a); err != nil {
+		p.mu.Lock()
+		p.refusedAcks++
+		p.mu.Unlock()
+		p.log.Warn("replicate: acknowledgement refused", "replica", a.Replica, "remote", r.RemoteAddr, "position", a.Position, "err", err)
+		writeError(w, status, code, err.Error())
 		return
 	}
 	p.ack(a)
@@ -690,6 +763,9 @@ type PrimaryStats struct {
 	// damaged; BodiesRestored those a replica then restored with its good
 	// copy.
 	CorruptBodies, BodiesRestored uint64
+	// AcksRefused counts acknowledgements refused: from an unknown name,
+	// with another replica's credential, or beyond the journal's end.
+	AcksRefused uint64
 	// Replicas are per replica, by name.
 	Replicas []ReplicaLinkStats
 }
@@ -704,9 +780,12 @@ type ReplicaLinkStats struct {
 	// AckedAt is when it last acknowledged.
 	AckedAt time.Time
 	// LagChanges is Position - Acked; LagAge the age of the oldest change
-	// it has not acknowledged (zero when none, or unknown).
-	LagChanges uint64
-	LagAge     time.Duration
+	// it has not acknowledged (zero when none). For a replica the journal
+	// no longer reaches back to (TooFarBehind), LagAge is at least the
+	// age of the oldest change the journal keeps.
+	LagChanges   uint64
+	LagAge       time.Duration
+	TooFarBehind bool
 	// LastError and LastErrorTime describe the last failed stream.
 	LastError     string
 	LastErrorTime time.Time
@@ -723,7 +802,8 @@ func (p *Primary) Stats() PrimaryStats {
 	now := time.Now()
 	p.mu.Lock()
 	st := PrimaryStats{Position: pos, Epoch: ep, FencedBy: p.fencedBy,
-		AcceptedUnreplicated: p.accepted, RefusedUnreplicated: p.refused, CorruptBodies: p.corrupt, BodiesRestored: p.restored}
+		AcceptedUnreplicated: p.accepted, RefusedUnreplicated: p.refused, CorruptBodies: p.corrupt, BodiesRestored: p.restored,
+		AcksRefused: p.refusedAcks}
 	var unknown []int
 	for name, l := range p.replicas {
 		rs := ReplicaLinkStats{Name: name, Connected: l.connected > 0, Acked: l.acked, AckedAt: l.ackedAt,
@@ -742,7 +822,14 @@ func (p *Primary) Stats() PrimaryStats {
 	p.mu.Unlock()
 	for _, i := range unknown {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		if c, err := p.src.Changes(ctx, st.Replicas[i].Acked, 1); err == nil && len(c) > 0 {
+		c, err := p.src.Changes(ctx, st.Replicas[i].Acked, 1)
+		if errors.Is(err, ErrTooFarBehind) {
+			st.Replicas[i].TooFarBehind = true
+			if o, ok := p.src.(interface{ OldestPosition() uint64 }); ok && o.OldestPosition() > 0 {
+				c, err = p.src.Changes(ctx, o.OldestPosition()-1, 1)
+			}
+		}
+		if err == nil && len(c) > 0 {
 			st.Replicas[i].LagAge = now.Sub(c[0].Time)
 		}
 		cancel()

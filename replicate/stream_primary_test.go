@@ -55,15 +55,30 @@ func get(t testing.TB, ctx context.Context, url string, secret []byte) *http.Res
 
 func postAck(t testing.TB, url, replica string, pos uint64, epoch resilmail.Epoch) {
 	t.Helper()
+	require.Equal(t, http.StatusNoContent, postAckAs(t, url, streamSecret, replica, pos, epoch))
+}
+
+// postAckAs posts an acknowledgement with the token of secret and returns
+// the status.
+func postAckAs(t testing.TB, url string, secret []byte, replica string, pos uint64, epoch resilmail.Epoch) int {
+	t.Helper()
 	b, _ := json.Marshal(map[string]any{"replica": replica, "position": pos, "epoch": epoch})
 	req, err := http.NewRequest("POST", url+"/ack", bytes.NewReader(b))
 	require.NoError(t, err)
-	req.Header.Set("Authorization", bearer.Header(replicate.StreamToken(streamSecret)))
+	req.Header.Set("Authorization", bearer.Header(replicate.StreamToken(secret)))
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	resp.Body.Close()
-	require.Equal(t, http.StatusNoContent, resp.StatusCode)
+	return resp.StatusCode
 }
+
+// Per-replica secrets of the tests.
+var (
+	secretA = []byte("replica a's own secret")
+	secretB = []byte("replica b's own secret")
+)
+
+func replicaSecrets() map[string][]byte { return map[string][]byte{"a": secretA, "b": secretB} }
 
 func TestPrimaryStreamsChangesAndHeartbeats(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -172,9 +187,11 @@ func TestPrimaryAwait(t *testing.T) {
 	ctx := context.Background()
 	src := openStore(t, t.TempDir())
 	require.NoError(t, src.SetEpoch(ctx, 2))
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	addN(t, src, "alice", "INBOX", 4)
+	require.GreaterOrEqual(t, src.Position(), uint64(6))
 
-	_, srv := servePrimary(t, src, nil)
-	_ = srv
+	secrets := map[string][]byte{"a": secretA, "b": secretB}
 	for _, tc := range []struct {
 		name   string
 		opts   replicate.PrimaryOptions
@@ -185,19 +202,19 @@ func TestPrimaryAwait(t *testing.T) {
 		{name: "async", opts: replicate.PrimaryOptions{Mode: replicate.AckAsync}},
 		{name: "one acked", opts: replicate.PrimaryOptions{Mode: replicate.AckOne}, acks: map[string]uint64{"a": 5}},
 		{name: "one behind", opts: replicate.PrimaryOptions{Mode: replicate.AckOne}, acks: map[string]uint64{"a": 4}, want: replicate.ErrNotReplicated},
-		{name: "all, one dead", opts: replicate.PrimaryOptions{Mode: replicate.AckAll, Replicas: []string{"a", "b"}}, acks: map[string]uint64{"a": 5}, want: replicate.ErrNotReplicated},
-		{name: "all, one dead, accept", opts: replicate.PrimaryOptions{Mode: replicate.AckAll, Replicas: []string{"a", "b"}, OnTimeout: replicate.TimeoutAccept}, acks: map[string]uint64{"a": 5}, accept: true},
-		{name: "all acked", opts: replicate.PrimaryOptions{Mode: replicate.AckAll, Replicas: []string{"a", "b"}}, acks: map[string]uint64{"a": 5, "b": 6}},
+		{name: "all, one dead", opts: replicate.PrimaryOptions{Mode: replicate.AckAll}, acks: map[string]uint64{"a": 5}, want: replicate.ErrNotReplicated},
+		{name: "all, one dead, accept", opts: replicate.PrimaryOptions{Mode: replicate.AckAll, OnTimeout: replicate.TimeoutAccept}, acks: map[string]uint64{"a": 5}, accept: true},
+		{name: "all acked", opts: replicate.PrimaryOptions{Mode: replicate.AckAll}, acks: map[string]uint64{"a": 5, "b": 6}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.opts.AckTimeout = 200 * time.Millisecond
+			tc.opts.ReplicaSecrets = secrets
 			p, srv := servePrimary(t, src, &tc.opts)
 			done := make(chan error, 1)
 			start := time.Now()
 			go func() { done <- p.Await(ctx, 5) }()
-			time.Sleep(20 * time.Millisecond)
 			for name, pos := range tc.acks {
-				postAck(t, srv.URL, name, pos, 2)
+				require.Equal(t, http.StatusNoContent, postAckAs(t, srv.URL, secrets[name], name, pos, 2))
 			}
 			err := <-done
 			if tc.want != nil {
@@ -216,17 +233,105 @@ func TestPrimaryAwait(t *testing.T) {
 	}
 }
 
+// TestPrimaryFenced: an acknowledgement with a higher epoch from a known
+// replica fences the primary.
 func TestPrimaryFenced(t *testing.T) {
 	ctx := context.Background()
 	src := openStore(t, t.TempDir())
 	require.NoError(t, src.SetEpoch(ctx, 2))
-	p, srv := servePrimary(t, src, &replicate.PrimaryOptions{Mode: replicate.AckOne})
-	postAck(t, srv.URL, "a", 1, 3)
+	p, srv := servePrimary(t, src, &replicate.PrimaryOptions{Mode: replicate.AckOne, ReplicaSecrets: replicaSecrets()})
+	require.Equal(t, http.StatusNoContent, postAckAs(t, srv.URL, secretA, "a", 1, 3))
 	err := p.Await(ctx, 1)
 	require.ErrorIs(t, err, replicate.ErrFenced)
 	assert.Equal(t, resilmail.Epoch(3), p.Stats().FencedBy)
 	_, err = replicate.NewPrimary(src, &replicate.PrimaryOptions{Secret: streamSecret, Mode: replicate.AckAll})
 	assert.Error(t, err, "AckAll without replicas")
+	_, err = replicate.NewPrimary(src, &replicate.PrimaryOptions{Secret: streamSecret, Mode: replicate.AckAll, Replicas: []string{"a", "b"}})
+	assert.Error(t, err, "AckAll with names not bound to credentials")
 	_, err = replicate.NewPrimary(src, nil)
 	assert.Error(t, err, "no secret")
+}
+
+// TestPrimaryRefusesForgedAcks: acknowledgements from a name the primary
+// does not know, with another replica's credential, or beyond the end of
+// the journal are refused and change nothing; two replicas configured
+// with the same name cannot make one acknowledgement count for AckAll.
+func TestPrimaryRefusesForgedAcks(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	end := src.Position()
+
+	p, srv := servePrimary(t, src, &replicate.PrimaryOptions{Mode: replicate.AckAll, ReplicaSecrets: replicaSecrets(),
+		AckTimeout: 100 * time.Millisecond})
+	for _, tc := range []struct {
+		name    string
+		secret  []byte
+		replica string
+		pos     uint64
+		want    int
+	}{
+		{"unknown name, shared secret", streamSecret, "c", end, http.StatusForbidden},
+		{"a's name, shared secret", streamSecret, "a", end, http.StatusForbidden},
+		{"unknown name, a's secret", secretA, "c", end, http.StatusForbidden},
+		{"b's name, a's secret", secretA, "b", end, http.StatusForbidden},
+		{"beyond the end", secretA, "a", end + 1, http.StatusConflict},
+		{"far beyond the end", secretB, "b", 1 << 60, http.StatusConflict},
+	} {
+		assert.Equal(t, tc.want, postAckAs(t, srv.URL, tc.secret, tc.replica, tc.pos, 0), tc.name)
+	}
+	st := p.Stats()
+	assert.Equal(t, uint64(6), st.AcksRefused)
+	for _, l := range st.Replicas {
+		assert.Zero(t, l.Acked, l.Name)
+	}
+	// Both replicas run with the same name ("a", a copy of one
+	// configuration) but their own secrets: the name comes from the
+	// credential, so b's acknowledgement does not count as a's, and a's
+	// alone does not satisfy AckAll.
+	assert.Equal(t, http.StatusNoContent, postAckAs(t, srv.URL, secretA, "a", end, 0))
+	assert.Equal(t, http.StatusForbidden, postAckAs(t, srv.URL, secretB, "a", end, 0))
+	assert.ErrorIs(t, p.Await(ctx, end), replicate.ErrNotReplicated)
+	assert.Equal(t, http.StatusNoContent, postAckAs(t, srv.URL, secretB, "", end, 0), "the name may be left out")
+	assert.NoError(t, p.Await(ctx, end))
+
+	// With a shared secret and no names configured, a name is known once
+	// it opened a stream.
+	p2, srv2 := servePrimary(t, src, &replicate.PrimaryOptions{Mode: replicate.AckOne, AckTimeout: 100 * time.Millisecond})
+	assert.Equal(t, http.StatusForbidden, postAckAs(t, srv2.URL, streamSecret, "ghost", end, 0))
+	assert.ErrorIs(t, p2.Await(ctx, end), replicate.ErrNotReplicated)
+	sctx, cancel := context.WithCancel(ctx)
+	resp := get(t, sctx, srv2.URL+"/changes?after=0&replica=r1", streamSecret)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	postAck(t, srv2.URL, "r1", end, 0)
+	cancel()
+	resp.Body.Close()
+	assert.NoError(t, p2.Await(ctx, end))
+}
+
+// TestPrimaryLagOfAReplicaOffTheJournal: a replica whose position the
+// journal no longer holds shows its real lag, not zero.
+func TestPrimaryLagOfAReplicaOffTheJournal(t *testing.T) {
+	ctx := context.Background()
+	src, err := store.Open(t.TempDir(), &store.Options{Logger: quietLogger(), KeepChanges: 1, SegmentSize: 4096, ScrubInterval: -1,
+		Now: (&clock{now: time.Now().Add(-time.Hour)}).Now})
+	require.NoError(t, err)
+	defer src.Close()
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	p, srv := servePrimary(t, src, &replicate.PrimaryOptions{ReplicaSecrets: replicaSecrets()})
+	require.Equal(t, http.StatusNoContent, postAckAs(t, srv.URL, secretA, "a", 1, 0))
+	for range 40 {
+		add(t, src, "alice", "INBOX", msgText("x", string(bytes.Repeat([]byte("y"), 200))))
+	}
+	require.NoError(t, src.Compact(ctx))
+	require.Greater(t, src.OldestPosition(), uint64(2), "compaction removed a's position")
+	var a replicate.ReplicaLinkStats
+	for _, l := range p.Stats().Replicas {
+		if l.Name == "a" {
+			a = l
+		}
+	}
+	assert.True(t, a.TooFarBehind)
+	assert.Equal(t, src.Position()-1, a.LagChanges)
+	assert.Greater(t, a.LagAge, 50*time.Minute, "at least the age of the oldest change kept")
 }

@@ -200,9 +200,10 @@ func TestAwaitWithReplicas(t *testing.T) {
 
 	// AckAll with a replica that never comes.
 	for _, policy := range []replicate.TimeoutPolicy{replicate.TimeoutRefuse, replicate.TimeoutAccept} {
-		p2, srv2 := servePrimary(t, src, &replicate.PrimaryOptions{Mode: replicate.AckAll, Replicas: []string{"r1", "dead"},
-			AckTimeout: 300 * time.Millisecond, OnTimeout: policy})
-		startReplica(t, openStore(t, t.TempDir()), srv2.URL, t.TempDir(), nil)
+		p2, srv2 := servePrimary(t, src, &replicate.PrimaryOptions{Mode: replicate.AckAll,
+			ReplicaSecrets: map[string][]byte{"r1": secretA, "dead": secretB},
+			AckTimeout:     300 * time.Millisecond, OnTimeout: policy})
+		startReplica(t, openStore(t, t.TempDir()), srv2.URL, t.TempDir(), &replicate.ReplicaOptions{Secret: secretA})
 		err := p2.Await(ctx, src.Position())
 		if policy == replicate.TimeoutRefuse {
 			require.ErrorIs(t, err, replicate.ErrNotReplicated)
