@@ -12,14 +12,18 @@ import (
 	"github.com/resilmail/resilmail/imapstore"
 	"github.com/resilmail/resilmail/internal/loginguard"
 	"github.com/resilmail/resilmail/internal/passwd"
+	"github.com/resilmail/resilmail/pop3"
 	"github.com/resilmail/resilmail/replicate/store"
 )
 
-// mailServers are the servers users read their mail with: IMAP (and
-// IMAPS), with logins from the passwd-file.
+// mailServers are the servers users read their mail with: IMAP and POP3
+// (and over implicit TLS), with logins from one passwd-file and one guard
+// against password guessing.
 type mailServers struct {
 	imap            *imapstore.Server
+	pop3            *pop3.Server
 	imapLn, imapsLn net.Listener
+	pop3Ln, pop3sLn net.Listener
 	closed          bool
 }
 
@@ -35,8 +39,8 @@ func addrString(ln net.Listener) string {
 func startMailServers(c config, st *store.Store, log *slog.Logger) (*mailServers, error) {
 	ms := &mailServers{}
 	if c.passwdFile == "" {
-		if c.imaps != "" {
-			return nil, errors.New("-imaps needs -passwd")
+		if c.imaps != "" || c.pop3s != "" {
+			return nil, errors.New("-imaps and -pop3s need -passwd")
 		}
 		log.Warn("primary: no -passwd: IMAP and POP3 are off")
 		return ms, nil
@@ -58,13 +62,24 @@ func startMailServers(c config, st *store.Store, log *slog.Logger) (*mailServers
 	if err != nil {
 		return nil, err
 	}
-	if c.imap != "" {
-		if ms.imapLn, err = net.Listen("tcp", c.imap); err != nil {
-			return nil, err
-		}
+	ms.pop3, err = pop3.New(st, pf, &pop3.Options{Logger: log, TLSConfig: tc, Guard: guard, Hostname: c.hostname})
+	if err != nil {
+		return nil, err
 	}
-	if c.imaps != "" {
-		if ms.imapsLn, err = tls.Listen("tcp", c.imaps, tc); err != nil {
+	for _, l := range []struct {
+		addr string
+		tls  bool
+		ln   *net.Listener
+	}{{c.imap, false, &ms.imapLn}, {c.imaps, true, &ms.imapsLn}, {c.pop3, false, &ms.pop3Ln}, {c.pop3s, true, &ms.pop3sLn}} {
+		if l.addr == "" {
+			continue
+		}
+		if l.tls {
+			*l.ln, err = tls.Listen("tcp", l.addr, tc)
+		} else {
+			*l.ln, err = net.Listen("tcp", l.addr)
+		}
+		if err != nil {
 			ms.close()
 			return nil, err
 		}
@@ -85,6 +100,17 @@ func (ms *mailServers) serve(g *errgroup.Group) {
 			return nil
 		})
 	}
+	for _, ln := range []net.Listener{ms.pop3Ln, ms.pop3sLn} {
+		if ln == nil {
+			continue
+		}
+		g.Go(func() error {
+			if err := ms.pop3.Serve(ln); err != nil && !errors.Is(err, pop3.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 }
 
 func (ms *mailServers) close() {
@@ -95,7 +121,10 @@ func (ms *mailServers) close() {
 	if ms.imap != nil {
 		ms.imap.Close()
 	}
-	for _, ln := range []net.Listener{ms.imapLn, ms.imapsLn} {
+	if ms.pop3 != nil {
+		ms.pop3.Close()
+	}
+	for _, ln := range []net.Listener{ms.imapLn, ms.imapsLn, ms.pop3Ln, ms.pop3sLn} {
 		if ln != nil {
 			ln.Close()
 		}

@@ -62,6 +62,8 @@ type config struct {
 	imap       string
 	imaps      string
 	passwdFile string
+	pop3       string
+	pop3s      string
 }
 
 // parseFlags reads the command line (without the program name); getenv
@@ -85,6 +87,8 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.BoolVar(&c.verbose, "v", false, "log every delivery")
 	fs.StringVar(&c.imap, "imap", "127.0.0.1:1143", "IMAP listen address (STARTTLS with -tls-cert; passwords in clear only from loopback); empty: none")
 	fs.StringVar(&c.imaps, "imaps", "", "IMAP over implicit TLS listen address (needs -tls-cert), e.g. :993")
+	fs.StringVar(&c.pop3, "pop3", "127.0.0.1:1110", "POP3 listen address (STLS with -tls-cert; passwords in clear only from loopback); empty: none")
+	fs.StringVar(&c.pop3s, "pop3s", "", "POP3 over implicit TLS listen address (needs -tls-cert), e.g. :995")
 	fs.StringVar(&c.passwdFile, "passwd", "", "Dovecot-format passwd-file of the IMAP and POP3 users (reloaded when it changes); without it IMAP and POP3 are off")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -126,8 +130,8 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return c, errors.New("-tls-cert and -tls-key go together")
 	}
-	if c.imaps != "" && c.tlsCert == "" {
-		return c, errors.New("-imaps needs -tls-cert and -tls-key")
+	if (c.imaps != "" || c.pop3s != "") && c.tlsCert == "" {
+		return c, errors.New("-imaps and -pop3s need -tls-cert and -tls-key")
 	}
 	return c, nil
 }
@@ -155,6 +159,7 @@ func realMain(args []string) int {
 type addrs struct {
 	lmtp, http  net.Addr
 	imap, imaps net.Addr // nil when not served
+	pop3, pop3s net.Addr
 }
 
 // run serves until ctx is done. ready, if not nil, receives the listening
@@ -241,7 +246,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 	}
 	defer ms.close()
 	log.Warn("primary: serving", "lmtp", ln.Addr().String(), "http", scheme+"://"+hln.Addr().String(),
-		"imap", addrString(ms.imapLn), "imaps", addrString(ms.imapsLn),
+		"imap", addrString(ms.imapLn), "imaps", addrString(ms.imapsLn), "pop3", addrString(ms.pop3Ln), "pop3s", addrString(ms.pop3sLn),
 		"store", st.Stats().Seq, "users", st.Stats().Users, "ack", c.mode.String())
 	if ready != nil {
 		a := addrs{lmtp: ln.Addr(), http: hln.Addr()}
@@ -250,6 +255,12 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		}
 		if ms.imapsLn != nil {
 			a.imaps = ms.imapsLn.Addr()
+		}
+		if ms.pop3Ln != nil {
+			a.pop3 = ms.pop3Ln.Addr()
+		}
+		if ms.pop3sLn != nil {
+			a.pop3s = ms.pop3sLn.Addr()
 		}
 		ready <- a
 	}
