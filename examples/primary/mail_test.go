@@ -17,9 +17,9 @@ import (
 
 // mailNode is a primary run as a child process with IMAP on.
 type mailNode struct {
-	dir, lmtp, http, imap string
-	passwd                string
-	cmd                   *exec.Cmd
+	dir, lmtp, http, imap, pop3 string
+	passwd                      string
+	cmd                         *exec.Cmd
 }
 
 // startMailNode starts examples/primary as a real process (this test
@@ -27,14 +27,14 @@ type mailNode struct {
 // (SHA512-CRYPT), and waits until it serves.
 func startMailNode(t *testing.T, extra ...string) *mailNode {
 	t.Helper()
-	n := &mailNode{dir: t.TempDir(), lmtp: freeAddr(t), http: freeAddr(t), imap: freeAddr(t)}
+	n := &mailNode{dir: t.TempDir(), lmtp: freeAddr(t), http: freeAddr(t), imap: freeAddr(t), pop3: freeAddr(t)}
 	n.passwd = filepath.Join(n.dir, "passwd")
 	require.NoError(t, os.WriteFile(n.passwd, []byte(
 		"alice@example.org:{PLAIN}alice-pw\n"+
 			// doveadm pw -s SHA512-CRYPT -p 'pässword'
 			"bob@example.org:{SHA512-CRYPT}$6$yUrh2Ml5j1qx7b/t$WsPSnRRW772gq2K.orCQfI9iWsIN8npgs46MYqpIjNP3I/6VXU5CzfR12lt5dO72OSIJggI1/yhXTl0iFbKDc.\n"), 0o600))
 	args := append([]string{"-dir", n.dir, "-secret", testSecret, "-lmtp", n.lmtp, "-http", n.http,
-		"-imap", n.imap, "-passwd", n.passwd, "-users", "alice@example.org"}, extra...)
+		"-imap", n.imap, "-pop3", n.pop3, "-passwd", n.passwd, "-users", "alice@example.org"}, extra...)
 	n.cmd = exec.Command(os.Args[0])
 	n.cmd.Env = append(os.Environ(), childEnv+"="+strings.Join(args, "\n"))
 	stderr, err := n.cmd.StderrPipe()
