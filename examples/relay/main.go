@@ -95,7 +95,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.dir, "queue", "", "queue folder (default: a new temporary folder, removed on exit)")
 	fs.StringVar(&c.hostname, "hostname", "", "name of this relay in EHLO and notifications (default: the host name)")
 	fs.IntVar(&c.concurrency, "concurrency", 20, "deliveries in flight to the next hop")
-	fs.Int64Var(&c.maxSize, "max-size", 32<<20, "largest message accepted, in bytes")
+	fs.Int64Var(&c.maxSize, "max-size", 32<<20, "largest message accepted, in bytes, unless the pool's policy sets max_message_size")
 	fs.DurationVar(&c.retryMin, "retry", 0, "first retry delay after a temporary failure (default 5m, doubling to 67m)")
 	fs.StringVar(&c.httpAddr, "http", "", "serve /metrics, and /policy and /quarantine/ when asked for, on this address (default: off)")
 	fs.StringVar(&c.debugAddr, "debug-addr", "", "serve Go's profiler at /debug/pprof/ on this loopback address, e.g. 127.0.0.1:6060 or :6060 (default: off)")
@@ -139,11 +139,15 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	}
 	defer out.Close()
 	next := c.next
+	queueMax := c.maxSize
+	if c.policyFile != "" || c.follow != "" {
+		queueMax = max(queueMax, maxPolicySize) // the policy's limit applies at the door
+	}
 	q, err := queue.Open(c.dir, out, &queue.Options{
 		Destination:       func(string) string { return next },
 		MaxPerDestination: c.concurrency,
 		MaxDeliveries:     c.concurrency,
-		MaxMessageSize:    c.maxSize,
+		MaxMessageSize:    queueMax,
 		Hostname:          c.hostname,
 		Logger:            log,
 		Retry:             queue.RetryPolicy{MinBackoff: c.retryMin},
@@ -167,7 +171,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	if qn.close != nil {
 		defer qn.close()
 	}
-	be := &smtpin.Backend{Queue: q, Logger: log, Rejected: qn.record}
+	be := &smtpin.Backend{Queue: q, Logger: log, Rejected: qn.record, MaxSize: pl.maxSize(c.maxSize)}
 	if pl.check != nil {
 		be.Accept = accept(pl.check)
 	}
@@ -178,6 +182,10 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		srv.Domain = "localhost"
 	}
 	srv.MaxMessageBytes = c.maxSize
+	if pl.snapshot != nil {
+		// The pool's policy sets the limit, checked by the backend.
+		srv.MaxMessageBytes = 0
+	}
 	srv.MaxRecipients = 1000
 	srv.WriteTimeout = 5 * time.Minute
 	srv.EnableSMTPUTF8 = true

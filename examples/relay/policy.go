@@ -25,10 +25,11 @@ import (
 // (-policy FILE) or a follower (-follow URL), or nothing (every recipient
 // accepted).
 type pool struct {
-	check   mxpool.Checker // nil: accept everything
-	handler http.Handler   // the publisher's, served at /policy
-	run     func(ctx context.Context) error
-	close   func() error
+	check    mxpool.Checker          // nil: accept everything
+	snapshot func() *mxpool.Snapshot // the policy in use; nil without a pool
+	handler  http.Handler            // the publisher's, served at /policy
+	run      func(ctx context.Context) error
+	close    func() error
 }
 
 // openPool opens the publisher or follower that c asks for, keeping its
@@ -54,7 +55,7 @@ func openPool(c config, log *slog.Logger) (*pool, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &pool{check: f, run: f.Run, close: f.Close}, nil
+		return &pool{check: f, snapshot: f.Snapshot, run: f.Run, close: f.Close}, nil
 	}
 	if c.httpAddr == "" {
 		return nil, errors.New("-policy publishes the policy on the -http address: set -http")
@@ -69,7 +70,7 @@ func openPool(c config, log *slog.Logger) (*pool, error) {
 		p.Close()
 		return nil, err
 	}
-	return &pool{check: p, handler: p, run: w.run, close: p.Close}, nil
+	return &pool{check: p, snapshot: p.Snapshot, handler: p, run: w.run, close: p.Close}, nil
 }
 
 // parsePublicKeys reads -policy-key: the publisher's ed25519 public keys in
@@ -149,6 +150,25 @@ func (w *policyWatcher) run(ctx context.Context) error {
 			continue
 		}
 		lastErr = ""
+	}
+}
+
+// maxPolicySize is the largest limit a pool's policy may set for this
+// relay: the queue holds a message in memory while it stores it.
+const maxPolicySize = 256 << 20
+
+// maxSize returns the message size limit in force: the pool's policy's,
+// when it sets one, so that every MX of the pool answers alike whatever
+// its -max-size, else def.
+func (pl *pool) maxSize(def int64) func() int64 {
+	return func() int64 {
+		if pl.snapshot == nil {
+			return def
+		}
+		if s := pl.snapshot(); s != nil && s.Policy.MaxMessageSize > 0 {
+			return min(s.Policy.MaxMessageSize, maxPolicySize)
+		}
+		return def
 	}
 }
 

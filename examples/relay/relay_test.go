@@ -339,6 +339,50 @@ func TestRelaysShareThePoolPolicy(t *testing.T) {
 	waitCount(t, sink, 4)
 }
 
+func TestPoolMXsAnswerAlikeForATooLargeMessage(t *testing.T) {
+	// Two MXs with different -max-size flags once answered a message
+	// between the two limits differently; the pool's max_message_size now
+	// decides for both.
+	const secret = "correct horse battery staple"
+	sink := startSink(t)
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	require.NoError(t, os.WriteFile(policy, []byte(`{"domains": {"example.org": {"recipients": ["alice"]}}, "max_message_size": 20000}`), 0o644))
+	web := freePort(t)
+	pdir := t.TempDir()
+	primary := startRelayWith(t, config{next: sink.addr, dir: pdir, httpAddr: web, policyFile: policy, secret: []byte(secret), maxSize: 10 << 20})
+	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", policyKeys: publisherKey(t, pdir), secret: []byte(secret), maxSize: 10000})
+	send := func(addr string, size int) (string, bool) {
+		host, port, _ := net.SplitHostPort(addr)
+		out, err := exec.Command("swaks", "--server", host, "--port", port,
+			"--from", "sender@example.net", "--to", "alice@example.org", "--body", strings.Repeat(strings.Repeat("x", 79)+"\n", size/80)).CombinedOutput()
+		// The transcript without the body's lines.
+		var lines []string
+		for l := range strings.Lines(string(out)) {
+			if !strings.Contains(l, "xxxx") {
+				lines = append(lines, l)
+			}
+		}
+		return strings.Join(lines, ""), err == nil
+	}
+	for name, mx := range map[string]string{"primary": primary, "secondary": secondary} {
+		var out string
+		var ok bool
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			out, ok = send(mx, 15000)
+			if ok || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // the follower has not the policy yet
+		}
+		assert.True(t, ok, "%s: 15 000 bytes is within the pool's limit: %s", name, out)
+		out, ok = send(mx, 30000)
+		assert.False(t, ok, "%s: 30 000 bytes is over the pool's limit", name)
+		assert.Contains(t, out, "552 5.3.4", name)
+	}
+	waitCount(t, sink, 2)
+}
+
 // publisherKey is the public key, in hex, of the publisher whose queue
 // folder is dir, as it logs it.
 func publisherKey(t *testing.T, dir string) string {

@@ -39,6 +39,11 @@ type Backend struct {
 	// quarantine outbox. When it fails, the client gets 451 instead, so it
 	// tries again and nothing is lost.
 	Rejected func(ctx context.Context, r Rejection) error
+	// MaxSize, if set, is the largest message accepted at this moment, in
+	// bytes (the pool's policy may change it while the server runs): a
+	// larger SIZE= at MAIL and a longer body at DATA get 552 5.3.4. Zero
+	// or less means no limit beyond the server's own.
+	MaxSize func() int64
 	// Logger receives a line per message; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -79,6 +84,11 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if from != "" {
 		if err := resilmail.CheckAddress(from); err != nil {
 			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "bad sender address"}
+		}
+	}
+	if opts != nil && s.b.MaxSize != nil {
+		if limit := s.b.MaxSize(); limit > 0 && opts.Size > limit {
+			return errTooLargeReply
 		}
 	}
 	if opts != nil {
@@ -161,13 +171,50 @@ func (s *session) rejected(to string, err error) error {
 func (s *session) Data(r io.Reader) error {
 	env := s.env
 	env.ID = queue.NewID()
+	var lr *limitReader
+	if s.b.MaxSize != nil {
+		if limit := s.b.MaxSize(); limit > 0 {
+			lr = &limitReader{r: r, left: limit}
+			r = lr
+		}
+	}
 	id, err := s.b.Queue.Enqueue(context.Background(), env, r)
+	if lr != nil && lr.over {
+		s.log.Warn("smtp: message refused: larger than the limit", "msg_id", id, "remote", s.remote, "from", env.From)
+		return errTooLargeReply
+	}
 	if err != nil {
 		s.log.Warn("smtp: message refused", "msg_id", id, "remote", s.remote, "from", env.From, "err", err)
 		return replyFor(err)
 	}
 	s.log.Info("smtp: message queued", "msg_id", id, "remote", s.remote, "from", env.From, "rcpts", len(env.To))
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
+}
+
+// errTooLargeReply is the reply to a message larger than the limit.
+var errTooLargeReply = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message too large"}
+
+// limitReader reads r until left bytes, then fails, noting it in over.
+type limitReader struct {
+	r    io.Reader
+	left int64
+	over bool
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.left < 0 {
+		return 0, errors.New("message larger than the limit")
+	}
+	if int64(len(p)) > l.left+1 {
+		p = p[:l.left+1]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	if l.left < 0 {
+		l.over = true
+		return n, errors.New("message larger than the limit")
+	}
+	return n, err
 }
 
 // replyFor maps a queue error to the SMTP reply the client should see.
