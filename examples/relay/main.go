@@ -49,6 +49,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/cli"
 	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/internal/smtpin"
@@ -78,6 +79,8 @@ type config struct {
 
 	quarantine     string
 	quarantineShip string
+
+	servers []mailServer // -mailserver: deliver to whichever is primary
 }
 
 func main() {
@@ -107,6 +110,7 @@ func parseFlags(args []string) (config, error) {
 	refuse := secret.Refuse(fs, "secret", "RESILMAIL_POOL_SECRET", "secret-file")
 	fs.StringVar(&c.quarantine, "quarantine", "", "keep the pool's quarantine in this folder: this relay's rejects, and the other MXs' shipped to /quarantine/ingest on -http; pages for the administrator at /quarantine/")
 	fs.StringVar(&c.quarantineShip, "quarantine-ship", "", "ship what this relay rejects to the quarantine at this URL (e.g. http://mx1:8025/quarantine/ingest)")
+	fs.Var(mailServerFlag{&c.servers}, "mailserver", "a mailbox server as name=lmtp-host:port,http://host:port (repeat for each): deliver over LMTP to whichever says it is primary on its /status, keeping mail queued while none does, instead of -next")
 	fs.BoolVar(&c.verbose, "v", false, "log every message")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -132,19 +136,33 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		defer os.RemoveAll(dir)
 		c.dir = dir
 	}
-	// Keep a session per delivery slot: the next hop is one host.
-	out, err := smtpout.New(&smtpout.Options{Addr: c.next, LMTP: c.lmtp, LocalName: c.hostname, MaxIdle: c.concurrency, Logger: log})
-	if err != nil {
-		return err
-	}
-	defer out.Close()
+	// Keep a session per delivery slot: the next hop is one host, or the
+	// -mailserver that is primary now.
+	var deliverer resilmail.Deliverer
 	next := c.next
+	destination := func(string) string { return next }
+	var fol *follower
+	if len(c.servers) > 0 {
+		var err error
+		if fol, err = newFollower(c, log); err != nil {
+			return err
+		}
+		defer fol.close()
+		deliverer, destination, next = fol.deliverer, fol.destination, "the primary of -mailserver"
+	} else {
+		out, err := smtpout.New(&smtpout.Options{Addr: c.next, LMTP: c.lmtp, LocalName: c.hostname, MaxIdle: c.concurrency, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer out.Close()
+		deliverer = out
+	}
 	queueMax := c.maxSize
 	if c.policyFile != "" || c.follow != "" {
 		queueMax = max(queueMax, maxPolicySize) // the policy's limit applies at the door
 	}
-	q, err := queue.Open(c.dir, out, &queue.Options{
-		Destination:       func(string) string { return next },
+	q, err := queue.Open(c.dir, deliverer, &queue.Options{
+		Destination:       destination,
 		MaxPerDestination: c.concurrency,
 		MaxDeliveries:     c.concurrency,
 		MaxMessageSize:    queueMax,
@@ -198,12 +216,15 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	// Exact answers, timeouts, the error limit and per-client limits.
 	ln := smtpin.NewListener(tcp, &smtpin.ListenerOptions{Logger: log})
 	ln.Configure(srv)
-	log.Warn("relay: listening", "addr", ln.Addr().String(), "next", c.next, "queue", c.dir, "queued", len(q.List(queue.Filter{})))
+	log.Warn("relay: listening", "addr", ln.Addr().String(), "next", next, "queue", c.dir, "queued", len(q.List(queue.Filter{})))
 
 	g, gctx := errgroup.WithContext(ctx)
 	// The queue stops through Shutdown below, which lets deliveries in
 	// flight finish, not by the cancellation that starts it.
 	g.Go(func() error { return q.Run(context.WithoutCancel(gctx)) })
+	if fol != nil {
+		g.Go(func() error { return fol.run(gctx) })
+	}
 	if pl.run != nil {
 		g.Go(func() error { return pl.run(gctx) })
 	}
