@@ -184,6 +184,7 @@ func TestElectorDemotesWhenCutFromEtcd(t *testing.T) {
 	}
 	t.Logf("cut at 0: a demoted after %v, b promoted after %v (TTL %v)", tDemote.Round(time.Millisecond), time.Since(cut).Round(time.Millisecond), fastTimers.TTL)
 	assert.Less(t, tDemote, fastTimers.TTL, "a demotes itself before its lease can expire")
+	waitPrimary(t, eb)
 	assert.Greater(t, eb.Status().Token, ea.Status().Token)
 	assert.Zero(t, w.max.Load())
 
@@ -222,6 +223,16 @@ func TestEtcdMemberKilled(t *testing.T) {
 	cancel()
 	wg.Wait()
 	assert.Equal(t, "a", <-demoted, "stopping the elector demotes its node")
+}
+
+// waitPrimary waits until el reports its node primary (its Promote
+// callback runs before the status is updated).
+func waitPrimary(t *testing.T, el *failover.Elector) {
+	deadline := time.Now().Add(5 * time.Second)
+	for !el.Status().Primary {
+		require.True(t, time.Now().Before(deadline), "the elector never reported its node primary")
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 const childEnv = "FAILOVER_TEST_HOLDER"
@@ -293,6 +304,7 @@ func TestKillHolderProcess(t *testing.T) {
 		t.Fatal("b did not take over from the killed holder")
 	}
 	took := time.Since(killed)
+	waitPrimary(t, el)
 	t.Logf("holder killed: standby primary after %v (TTL %v)", took.Round(time.Millisecond), fastTimers.TTL)
 	assert.Greater(t, el.Status().Token, childToken)
 	assert.Less(t, took, fastTimers.TTL+2*fastTimers.Renew+time.Second)
