@@ -1,6 +1,7 @@
 package imapstore
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -188,10 +189,13 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return err
 		}
+		// TLS connections and loopback peers go to the server that takes
+		// passwords; the others must STARTTLS first.
 		l := secureL
-		if loginguard.IsLoopback(c.RemoteAddr()) {
+		if loginguard.Secure(c) {
 			l = clearL
 		}
+		c = &standbyConn{Conn: c, ro: s.o.ReadOnly}
 		select {
 		case l.ch <- c:
 		case <-l.done:
@@ -199,6 +203,36 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 	}
 }
+
+// standbyConn makes the tagged answer of SELECT say [READ-ONLY] on a
+// standby: go-imap beta.8 decides the code by the command's name alone,
+// and there every mailbox is read-only. The answer is rewritten in place
+// (same length: "[READ-WRITE] SELECT" becomes "[READ-ONLY] EXAMINE"),
+// which works on plain and implicit-TLS connections; after STARTTLS the
+// bytes are encrypted below go-imap, the code stays, and PERMANENTFLAGS ()
+// and the NO to every write still say the truth.
+type standbyConn struct {
+	net.Conn
+	ro func() bool
+}
+
+var (
+	selectRW = []byte("OK [READ-WRITE] SELECT completed\r\n")
+	selectRO = []byte("OK [READ-ONLY] EXAMINE completed\r\n")
+)
+
+// Write writes p, with the SELECT answer rewritten on a standby.
+func (c *standbyConn) Write(p []byte) (int, error) {
+	if i := bytes.Index(p, selectRW); i >= 0 && c.ro() {
+		q := bytes.Clone(p)
+		copy(q[i:], selectRO)
+		p = q
+	}
+	return c.Conn.Write(p)
+}
+
+// NetConn returns the wrapped connection.
+func (c *standbyConn) NetConn() net.Conn { return c.Conn }
 
 // Close closes the listeners and every connection, and stops the
 // mailbox watchers. It is idempotent.

@@ -75,10 +75,17 @@ func New(opts *Options) *Guard {
 }
 
 // Secure reports whether conn may carry a password: it is TLS, or its peer
-// is on loopback.
+// is on loopback. A wrapper with a NetConn method is looked through.
 func Secure(conn net.Conn) bool {
-	if _, ok := conn.(*tls.Conn); ok {
-		return true
+	for {
+		if _, ok := conn.(*tls.Conn); ok {
+			return true
+		}
+		u, ok := conn.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		conn = u.NetConn()
 	}
 	return IsLoopback(conn.RemoteAddr())
 }
