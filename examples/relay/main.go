@@ -5,7 +5,16 @@
 //
 //	go run ./examples/relay -listen 127.0.0.1:2525 -next 127.0.0.1:25
 //
-// Without -queue the queue lives in a new temporary folder, removed on exit.
+// The queue lives in -queue ("relay-queue" in the working folder by
+// default), created if missing and never removed by the relay: what it
+// holds was acknowledged. The relay is no open relay: without a pool
+// policy it accepts only recipients of -relay-domains, and clients of
+// -mynetworks (loopback by default) may relay anywhere; others get
+// 554 5.7.1. With -tls-cert and -tls-key it offers STARTTLS. Every message
+// gets a Received header carrying its queue id (one grep finds it on every
+// node), and one with more than -max-hops Received headers is refused as
+// a loop (554 5.4.6). Commands out of sequence get 503, timeouts 421, and
+// a client making errors is slowed down, then dropped (internal/smtpin).
 //
 // Several relays form an MX pool that accepts and rejects exactly the same
 // recipients: one publishes the pool's policy from a JSON file, the others
@@ -37,6 +46,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -81,6 +91,12 @@ type config struct {
 	quarantineShip string
 
 	servers []mailServer // -mailserver: deliver to whichever is primary
+
+	relayDomains string // comma-separated domains accepted from anyone without a policy
+	mynetworks   string // comma-separated prefixes whose clients may relay anywhere
+	tlsCert      string
+	tlsKey       string
+	maxHops      int
 }
 
 func main() {
@@ -95,7 +111,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:2525", "SMTP listen address")
 	fs.StringVar(&c.next, "next", "127.0.0.1:25", "next hop host:port that receives every message")
 	fs.BoolVar(&c.lmtp, "lmtp", false, "speak LMTP to the next hop")
-	fs.StringVar(&c.dir, "queue", "", "queue folder (default: a new temporary folder, removed on exit)")
+	fs.StringVar(&c.dir, "queue", "relay-queue", "queue folder, created if missing and never removed by the relay")
 	fs.StringVar(&c.hostname, "hostname", "", "name of this relay in EHLO and notifications (default: the host name)")
 	fs.IntVar(&c.concurrency, "concurrency", 20, "deliveries in flight to the next hop")
 	fs.Int64Var(&c.maxSize, "max-size", 32<<20, "largest message accepted, in bytes, unless the pool's policy sets max_message_size")
@@ -111,6 +127,11 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.quarantine, "quarantine", "", "keep the pool's quarantine in this folder: this relay's rejects, and the other MXs' shipped to /quarantine/ingest on -http; pages for the administrator at /quarantine/")
 	fs.StringVar(&c.quarantineShip, "quarantine-ship", "", "ship what this relay rejects to the quarantine at this URL (e.g. http://mx1:8025/quarantine/ingest)")
 	fs.Var(mailServerFlag{&c.servers}, "mailserver", "a mailbox server as name=lmtp-host:port,http://host:port (repeat for each): deliver over LMTP to whichever says it is primary on its /status, keeping mail queued while none does, instead of -next")
+	fs.StringVar(&c.relayDomains, "relay-domains", "", "without -policy or -follow: domains accepted from any client, comma-separated (others get 554 5.7.1 unless the client is in -mynetworks)")
+	fs.StringVar(&c.mynetworks, "mynetworks", "127.0.0.0/8,::1/128", "clients in these networks (comma-separated prefixes) may relay to any domain")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "offer STARTTLS with this certificate (PEM; with -tls-key)")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "the private key of -tls-cert (PEM)")
+	fs.IntVar(&c.maxHops, "max-hops", 50, "refuse a message with more Received headers than this as a mail loop (554 5.4.6)")
 	fs.BoolVar(&c.verbose, "v", false, "log every message")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -121,6 +142,9 @@ func parseFlags(args []string) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return c, errors.New("-tls-cert and -tls-key go together")
+	}
 	c.secretSrc.Env, c.secretSrc.Flag = "RESILMAIL_POOL_SECRET", "secret-file"
 	return c, nil
 }
@@ -129,12 +153,26 @@ func parseFlags(args []string) (config, error) {
 // address.
 func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr) error {
 	if c.dir == "" {
-		dir, err := os.MkdirTemp("", "resilmail-relay-")
-		if err != nil {
-			return err
+		return errors.New("-queue is required: the folder that holds accepted mail")
+	}
+	if c.hostname == "" {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			c.hostname = h
+		} else {
+			c.hostname = "localhost"
 		}
-		defer os.RemoveAll(dir)
-		c.dir = dir
+	}
+	relay, err := newRelayCheck(c)
+	if err != nil {
+		return err
+	}
+	var tlsConfig *tls.Config
+	if c.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return fmt.Errorf("-tls-cert/-tls-key: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	// Keep a session per delivery slot: the next hop is one host, or the
 	// -mailserver that is primary now.
@@ -189,10 +227,8 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	if qn.close != nil {
 		defer qn.close()
 	}
-	be := &smtpin.Backend{Queue: q, Logger: log, Rejected: qn.record, MaxSize: pl.maxSize(c.maxSize)}
-	if pl.check != nil {
-		be.Accept = accept(pl.check)
-	}
+	be := &smtpin.Backend{Queue: q, Logger: log, Rejected: qn.record, MaxSize: pl.maxSize(c.maxSize), Hostname: c.hostname, MaxHops: c.maxHops}
+	be.Accept = relay.accept(pl.check)
 	srv := smtp.NewServer(be)
 	srv.Addr = c.listen
 	srv.Domain = c.hostname
@@ -214,7 +250,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		return err
 	}
 	// Exact answers, timeouts, the error limit and per-client limits.
-	ln := smtpin.NewListener(tcp, &smtpin.ListenerOptions{Logger: log})
+	ln := smtpin.NewListener(tcp, &smtpin.ListenerOptions{Logger: log, TLSConfig: tlsConfig})
 	ln.Configure(srv)
 	log.Warn("relay: listening", "addr", ln.Addr().String(), "next", next, "queue", c.dir, "queued", len(q.List(queue.Filter{})))
 

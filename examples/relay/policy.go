@@ -25,7 +25,7 @@ import (
 // (-policy FILE) or a follower (-follow URL), or nothing (every recipient
 // accepted).
 type pool struct {
-	check    mxpool.Checker          // nil: accept everything
+	check    mxpool.Checker          // nil: no pool policy (relayCheck decides)
 	snapshot func() *mxpool.Snapshot // the policy in use; nil without a pool
 	handler  http.Handler            // the publisher's, served at /policy
 	run      func(ctx context.Context) error
@@ -169,17 +169,6 @@ func (pl *pool) maxSize(def int64) func() int64 {
 			return min(s.Policy.MaxMessageSize, maxPolicySize)
 		}
 		return def
-	}
-}
-
-// accept turns the pool's verdict into the RCPT reply.
-func accept(check mxpool.Checker) func(ctx context.Context, rcpt string) error {
-	return func(ctx context.Context, rcpt string) error {
-		v := check.Check(rcpt)
-		if v.Action == mxpool.ActionAccept {
-			return nil
-		}
-		return &smtp.SMTPError{Code: v.Code, EnhancedCode: enhanced(v.EnhancedCode), Message: v.Reason}
 	}
 }
 

@@ -103,6 +103,12 @@ func startRelay(t testing.TB, next, dir string) string {
 func startRelayWith(t testing.TB, c config) string {
 	c.listen = "127.0.0.1:0"
 	c.hostname = "relay.test"
+	if c.mynetworks == "" {
+		c.mynetworks = "127.0.0.0/8,::1/128" // the flag's default
+	}
+	if c.mynetworks == "none" {
+		c.mynetworks = ""
+	}
 	if c.concurrency == 0 {
 		c.concurrency = 20
 	}
@@ -300,8 +306,9 @@ func TestRelaysShareThePoolPolicy(t *testing.T) {
 	write(`"alice"`)
 	web := freePort(t)
 	pdir := t.TempDir()
-	primary := startRelayWith(t, config{next: sink.addr, dir: pdir, httpAddr: web, policyFile: policy, secret: []byte(secret)})
-	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", policyKeys: publisherKey(t, pdir), secret: []byte(secret)})
+	// Both MXs see these clients as the Internet, not as their own network.
+	primary := startRelayWith(t, config{next: sink.addr, dir: pdir, httpAddr: web, policyFile: policy, secret: []byte(secret), mynetworks: "none"})
+	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", policyKeys: publisherKey(t, pdir), secret: []byte(secret), mynetworks: "none"})
 
 	for _, mx := range []string{primary, secondary} {
 		deadline := time.Now().Add(10 * time.Second)

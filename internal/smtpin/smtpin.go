@@ -14,7 +14,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -44,8 +46,29 @@ type Backend struct {
 	// larger SIZE= at MAIL and a longer body at DATA get 552 5.3.4. Zero
 	// or less means no limit beyond the server's own.
 	MaxSize func() int64
+	// Hostname names this node in the Received header it adds to every
+	// message (with the queue id, so that one grep finds a message on
+	// every node); "" means "localhost".
+	Hostname string
+	// MaxHops refuses a message with more Received headers than this as a
+	// mail loop (554 5.4.6, RFC 5321 section 6.3); zero means 50, as
+	// Postfix's hopcount_limit.
+	MaxHops int
 	// Logger receives a line per message; nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// ErrTooManyHops is the error the body reader returns when a message has
+// more Received headers than Backend.MaxHops: it is looping.
+var ErrTooManyHops = errors.New("smtpin: too many hops (Received headers): a mail loop")
+
+type clientKey struct{}
+
+// ClientIP returns the address of the SMTP client that the context passed
+// to Backend.Accept belongs to.
+func ClientIP(ctx context.Context) (netip.Addr, bool) {
+	a, ok := ctx.Value(clientKey{}).(netip.Addr)
+	return a, ok
 }
 
 // A Rejection is one recipient refused at RCPT: who sent it, from where,
@@ -121,7 +144,11 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		}
 	}
 	if s.b.Accept != nil {
-		if err := s.b.Accept(context.Background(), to); err != nil {
+		ctx := context.Background()
+		if ap, err := netip.ParseAddrPort(s.remote); err == nil {
+			ctx = context.WithValue(ctx, clientKey{}, ap.Addr().Unmap())
+		}
+		if err := s.b.Accept(ctx, to); err != nil {
 			return s.rejected(to, err)
 		}
 	}
@@ -178,7 +205,12 @@ func (s *session) Data(r io.Reader) error {
 			r = lr
 		}
 	}
-	id, err := s.b.Queue.Enqueue(context.Background(), env, r)
+	maxHops := s.b.MaxHops
+	if maxHops <= 0 {
+		maxHops = 50
+	}
+	body := io.MultiReader(strings.NewReader(s.received(env)), &hopCounter{r: r, max: maxHops})
+	id, err := s.b.Queue.Enqueue(context.Background(), env, body)
 	if lr != nil && lr.over {
 		s.log.Warn("smtp: message refused: larger than the limit", "msg_id", id, "remote", s.remote, "from", env.From)
 		return errTooLargeReply
@@ -221,6 +253,8 @@ func (l *limitReader) Read(p []byte) (int, error) {
 func replyFor(err error) error {
 	var ne net.Error
 	switch {
+	case errors.Is(err, ErrTooManyHops):
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6}, Message: "too many hops: a mail loop"}
 	case errors.As(err, &ne) && ne.Timeout():
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout while receiving the message, closing the connection"}
 	case errors.Is(err, queue.ErrTooLarge), errors.Is(err, smtp.ErrDataTooLarge):
@@ -232,4 +266,78 @@ func replyFor(err error) error {
 	default:
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure storing the message, try again later"}
 	}
+}
+
+// received returns the Received header (RFC 5321 section 4.4) this node
+// adds: who handed the message over, over what, and its queue id.
+func (s *session) received(env resilmail.Envelope) string {
+	host := s.b.Hostname
+	if host == "" {
+		host = "localhost"
+	}
+	ip := s.remote
+	if ap, err := netip.ParseAddrPort(s.remote); err == nil {
+		ip = ap.Addr().Unmap().String()
+	}
+	helo := s.conn.Hostname()
+	if helo == "" || strings.ContainsAny(helo, " \t\r\n()") {
+		helo = "unknown"
+	}
+	proto := "ESMTP"
+	if s.conn.Server().LMTP {
+		proto = "LMTP"
+	}
+	if _, ok := s.conn.TLSConnectionState(); ok {
+		proto += "S"
+	} else if c, ok := s.conn.Conn().(*Conn); ok {
+		if _, ok := c.TLS(); ok {
+			proto += "S"
+		}
+	}
+	if env.SMTPUTF8 {
+		proto = "UTF8" + proto // RFC 6531 section 3.7.3
+	}
+	h := "Received: from " + helo + " ([" + ip + "])\r\n\tby " + host + " (resilmail) with " + proto + " id " + env.ID
+	if len(env.To) == 1 && !strings.ContainsAny(env.To[0].Addr, "\r\n") {
+		h += "\r\n\tfor <" + env.To[0].Addr + ">"
+	}
+	return h + "; " + time.Now().Format(time.RFC1123Z) + "\r\n"
+}
+
+// hopCounter passes a message through and fails with ErrTooManyHops once
+// its header holds more than max Received fields.
+type hopCounter struct {
+	r       io.Reader
+	max     int
+	hops    int
+	line    []byte // the start of the current header line
+	started bool   // a byte of the current line was seen
+	done    bool   // past the header
+}
+
+func (h *hopCounter) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	if h.done {
+		return n, err
+	}
+	for _, b := range p[:n] {
+		if b == '\n' {
+			if !h.started || (len(h.line) == 1 && h.line[0] == '\r') {
+				h.done = true // the empty line that ends the header
+				break
+			}
+			h.line, h.started = h.line[:0], false
+			continue
+		}
+		h.started = true
+		if len(h.line) < 9 {
+			h.line = append(h.line, b)
+			if len(h.line) == 9 && strings.EqualFold(string(h.line), "received:") {
+				if h.hops++; h.hops > h.max {
+					return 0, ErrTooManyHops
+				}
+			}
+		}
+	}
+	return n, err
 }
