@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"strings"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/resilmail/resilmail/failover/proxyproto"
 	"github.com/resilmail/resilmail/imapstore"
 	"github.com/resilmail/resilmail/internal/loginguard"
 	"github.com/resilmail/resilmail/internal/passwd"
@@ -74,15 +77,16 @@ func startMailServers(c config, st *store.Store, log *slog.Logger) (*mailServers
 		if l.addr == "" {
 			continue
 		}
-		if l.tls {
-			*l.ln, err = tls.Listen("tcp", l.addr, tc)
-		} else {
-			*l.ln, err = net.Listen("tcp", l.addr)
-		}
+		ln, err := net.Listen("tcp", l.addr)
 		if err != nil {
 			ms.close()
 			return nil, err
 		}
+		ln = trustProxies(ln, c.proxyTrust, log) // the header comes before TLS
+		if l.tls {
+			ln = tls.NewListener(ln, tc)
+		}
+		*l.ln = ln
 	}
 	return ms, nil
 }
@@ -129,4 +133,34 @@ func (ms *mailServers) close() {
 			ln.Close()
 		}
 	}
+}
+
+// trustProxies reads a PROXY protocol v2 header on the connections from
+// the prefixes in trust (none: ln as is).
+func trustProxies(ln net.Listener, trust []netip.Prefix, log *slog.Logger) net.Listener {
+	if len(trust) == 0 {
+		return ln
+	}
+	return &proxyproto.Listener{Listener: ln, Trusted: trust, Logger: log}
+}
+
+// parsePrefixes reads comma-separated addresses or CIDR prefixes.
+func parsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither an address nor a CIDR prefix", f)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }

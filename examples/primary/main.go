@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,6 +65,7 @@ type config struct {
 	passwdFile string
 	pop3       string
 	pop3s      string
+	proxyTrust []netip.Prefix // -proxy-trust: proxies whose PROXY v2 headers are read
 }
 
 // parseFlags reads the command line (without the program name); getenv
@@ -89,12 +91,17 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&c.imaps, "imaps", "", "IMAP over implicit TLS listen address (needs -tls-cert), e.g. :993")
 	fs.StringVar(&c.pop3, "pop3", "127.0.0.1:1110", "POP3 listen address (STLS with -tls-cert; passwords in clear only from loopback); empty: none")
 	fs.StringVar(&c.pop3s, "pop3s", "", "POP3 over implicit TLS listen address (needs -tls-cert), e.g. :995")
+	proxyTrust := fs.String("proxy-trust", "", "comma-separated addresses or CIDR prefixes of the client proxies (a standby's) whose PROXY protocol v2 header gives the client's address on the LMTP, IMAP and POP3 ports; a connection from them without a valid header is refused; others never send one")
 	fs.StringVar(&c.passwdFile, "passwd", "", "Dovecot-format passwd-file of the IMAP and POP3 users (reloaded when it changes); without it IMAP and POP3 are off")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var err error
+	if c.proxyTrust, err = parsePrefixes(*proxyTrust); err != nil {
+		return c, fmt.Errorf("-proxy-trust: %w", err)
 	}
 	if c.secret == "" {
 		c.secret = getenv("RESILMAIL_SECRET")
@@ -222,6 +229,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 	if err != nil {
 		return err
 	}
+	ln = trustProxies(ln, c.proxyTrust, log)
 	hln, err := net.Listen("tcp", c.httpAddr)
 	if err != nil {
 		ln.Close()
