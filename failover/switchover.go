@@ -52,8 +52,9 @@ type Member interface {
 	// Promote makes the node primary at epoch, raised durably before its
 	// first write.
 	Promote(ctx context.Context, epoch resilmail.Epoch) error
-	// Demote makes the node read-only at epoch (streams to it end; it
-	// refuses writes from now on).
+	// Demote makes the node read-only (fenced), raising its epoch to
+	// epoch if that is higher; its streams end. A switchover passes the
+	// node's own epoch, a rollback a higher one.
 	Demote(ctx context.Context, epoch resilmail.Epoch) error
 	// Follow makes a demoted node replicate from primary.
 	Follow(ctx context.Context, primary string) error
@@ -66,7 +67,7 @@ const (
 	StepPosition = "position"  // the drained primary's final position
 	StepCatchUp  = "catch-up"  // the target holds everything
 	StepEpoch    = "epoch"     // the new epoch chosen (a lease's token)
-	StepDemote   = "demote"    // the old primary is read-only at the new epoch
+	StepDemote   = "demote"    // the old primary is read-only
 	StepPromote  = "promote"   // the target is primary at the new epoch
 	StepResume   = "resume"    // the new primary accepts writes
 	StepFollow   = "follow"    // the old primary replicates from the new one
@@ -138,7 +139,8 @@ type switchover struct {
 // Switchover moves the primary role from the primary from to the standby
 // to, in order: check both positions (the target must lag at most MaxLag),
 // drain from, read its final position, wait until to holds it, choose the
-// new epoch, demote from at it, promote to at it, and make from follow to.
+// new epoch, demote from (read-only at its own epoch), promote to at the
+// new epoch, and make from follow to.
 // Each step is logged and reported. A step that fails or times out rolls
 // back to the last safe state: from serves again (promoted at a higher
 // epoch if it was already demoted, after fencing a half-promoted to), and
@@ -260,8 +262,12 @@ func (s *switchover) run(ctx context.Context) error {
 	}); err != nil {
 		return fail(StepEpoch, err, false)
 	}
+	// The old primary is made read-only at its own epoch, not the new one:
+	// its stream carries the epoch to the target, whose store would then
+	// refuse a promotion to an epoch it has seen. It learns the new epoch
+	// when it follows the new primary.
 	if err := s.step(ctx, StepDemote, 0, func(ctx context.Context) error {
-		return s.from.Demote(ctx, s.rep.Epoch)
+		return s.from.Demote(ctx, max(fromPos.Epoch, s.rep.Position.Epoch))
 	}); err != nil {
 		return fail(StepDemote, err, true)
 	}
