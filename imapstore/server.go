@@ -59,9 +59,8 @@ type Server struct {
 	clear, secure *imapserver.Server
 
 	mu        sync.Mutex
-	listeners map[net.Listener]chan net.Conn
+	listeners map[net.Listener]chan struct{} // closed when its go-imap servers return
 	closed    bool
-	wg        sync.WaitGroup
 }
 
 // ErrServerClosed is returned by [Server.Serve] after [Server.Close].
@@ -99,7 +98,7 @@ func New(st *store.Store, auth Authenticator, opts *Options) (*Server, error) {
 	if o.MaxMessageSize <= 0 {
 		o.MaxMessageSize = 64 << 20
 	}
-	s := &Server{st: st, auth: auth, o: o, log: o.Logger, listeners: make(map[net.Listener]chan net.Conn)}
+	s := &Server{st: st, auth: auth, o: o, log: o.Logger, listeners: make(map[net.Listener]chan struct{})}
 	s.hub = newHub(st, o.Logger)
 	caps := imap.CapSet{
 		imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {},
@@ -167,13 +166,18 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	clearL := &chanListener{ch: make(chan net.Conn), addr: ln.Addr(), done: make(chan struct{})}
 	secureL := &chanListener{ch: make(chan net.Conn), addr: ln.Addr(), done: make(chan struct{})}
-	s.listeners[ln] = nil
-	s.wg.Add(2)
+	served := make(chan struct{})
+	s.listeners[ln] = served
 	s.mu.Unlock()
-	go func() { defer s.wg.Done(); s.clear.Serve(clearL) }()
-	go func() { defer s.wg.Done(); s.secure.Serve(secureL) }()
-	defer clearL.Close()
-	defer secureL.Close()
+	var wg sync.WaitGroup
+	wg.Go(func() { s.clear.Serve(clearL) })
+	wg.Go(func() { s.secure.Serve(secureL) })
+	defer func() {
+		clearL.Close()
+		secureL.Close()
+		wg.Wait()
+		close(served)
+	}()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -243,13 +247,20 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
-	for ln := range s.listeners {
+	var served []chan struct{}
+	for ln, ch := range s.listeners {
 		ln.Close()
+		served = append(served, ch)
 	}
 	s.mu.Unlock()
+	// go-imap's Close must not run while its Serve starts (its WaitGroup
+	// would race): let every Serve return first, then close the
+	// connections.
+	for _, ch := range served {
+		<-ch
+	}
 	s.clear.Close()
 	s.secure.Close()
-	s.wg.Wait()
 	s.hub.close()
 	return nil
 }
