@@ -61,6 +61,13 @@ const (
 	// when the primary's highest UIDs were expunged or its last changes
 	// touched no message the replica lacks.
 	ChangeReserve ChangeKind = 12
+	// ChangeRestore puts one message (the fields of ChangeAppend) back
+	// into a mailbox under its UID, even below the mailbox's UIDNEXT, if
+	// the mailbox lacks that UID. Repair sends it to give a replica a
+	// message of the primary that the replica lost; an append, by
+	// contrast, never goes below UIDNEXT (a UID below it was used, and its
+	// message expunged since).
+	ChangeRestore ChangeKind = 13
 )
 
 var changeKindNames = [...]string{
@@ -76,6 +83,7 @@ var changeKindNames = [...]string{
 	ChangeUserDelete:    "user-delete",
 	ChangeEpoch:         "epoch",
 	ChangeReserve:       "reserve",
+	ChangeRestore:       "restore",
 }
 
 // String returns the kind's name, e.g. "append".
@@ -359,7 +367,8 @@ type Change struct {
 	// UIDValidity is the mailbox's IMAP UIDVALIDITY; replicas keep it and
 	// refuse a message change for another incarnation of the mailbox.
 	UIDValidity uint32
-	// UID is the appended message's UID (ChangeAppend), or the highest UID
+	// UID is the appended or restored message's UID (ChangeAppend,
+	// ChangeRestore), or the highest UID
 	// a ChangeReserve marks as used.
 	UID uint32
 	// UIDs are the messages an expunge or a flag change applies to (only
@@ -442,7 +451,7 @@ func (c *Change) Validate() error {
 	}
 	var errs []error
 	switch c.Kind {
-	case ChangeAppend:
+	case ChangeAppend, ChangeRestore:
 		errs = append(errs, need(!c.MailboxID.IsZero(), "a mailbox id"), need(c.UIDValidity != 0, "a UIDVALIDITY"),
 			need(c.UID != 0, "a UID"), need(!c.Digest.IsZero(), "a digest"))
 	case ChangeExpunge, ChangeFlags:

@@ -37,6 +37,8 @@ func sampleChanges() []resilmail.Change {
 		{Seq: 10, Epoch: 2, Kind: resilmail.ChangeUnsubscribe, User: "alice", Mailbox: "Listes/Général"},
 		{Seq: 11, Epoch: 3, Kind: resilmail.ChangeEpoch, Time: testTime},
 		{Seq: 12, Epoch: 3, Kind: resilmail.ChangeUserDelete, Time: testTime, User: "alice"},
+		{Seq: 14, Epoch: 3, Kind: resilmail.ChangeRestore, Time: testTime, User: "alice", Mailbox: "INBOX", MailboxID: testMailboxID, UIDValidity: 1700000000,
+			UID: 7, Digest: resilmail.DigestOf([]byte("body")), Size: 4, InternalDate: testTime.Add(-time.Hour), Flags: []string{`\Seen`}, ModSeq: 9},
 		{Seq: 13, Epoch: 3, Kind: resilmail.ChangeReserve, Time: testTime, User: "alice", Mailbox: "INBOX", MailboxID: testMailboxID, UIDValidity: 1700000000, UID: 41, ModSeq: 77},
 		{Kind: resilmail.ChangeUserCreate, User: "b"}, // every optional field zero
 		{Seq: 1<<64 - 1, Epoch: 1<<64 - 1, Kind: resilmail.ChangeAppend, Time: time.Unix(-1<<40, 999999999).UTC(), User: strings.Repeat("u", resilmail.MaxUserLen),
@@ -102,6 +104,7 @@ func TestChangeValidate(t *testing.T) {
 		{"rename without new name", func(c *resilmail.Change) { c.Kind = resilmail.ChangeMailboxRename }, "without a new name"},
 		{"epoch without epoch", func(c *resilmail.Change) { c.Kind = resilmail.ChangeEpoch; c.Epoch = 0 }, "without an epoch"},
 		{"subscribe without name", func(c *resilmail.Change) { c.Kind = resilmail.ChangeSubscribe; c.Mailbox = "" }, "without a name"},
+		{"restore without digest", func(c *resilmail.Change) { c.Kind = resilmail.ChangeRestore; c.Digest = resilmail.Digest{} }, "restore change without a digest"},
 		{"reserve without uid", func(c *resilmail.Change) { c.Kind = resilmail.ChangeReserve; c.UID = 0 }, "reserve change without a UID"},
 		{"reserve without uidvalidity", func(c *resilmail.Change) { c.Kind = resilmail.ChangeReserve; c.UIDValidity = 0 }, "reserve change without a UIDVALIDITY"},
 	}

@@ -280,8 +280,14 @@ type MessageDiff struct {
 // of differences times the logarithm of the mailbox size. Mailboxes with a
 // damaged body (MailboxState.Corrupt) are listed to find it.
 //
-// The stores may be written meanwhile; what changes during the comparison
-// may be reported as a difference and vanishes on the next comparison.
+// The stores may be written meanwhile, and the replica may be applying
+// the primary's stream. Compare reads the replica before the primary at
+// every step (mailbox lists, subscriptions, message listings), so that
+// what it sees on the replica was on the primary first: a change made
+// during the comparison may show as the replica lagging (and vanishes on
+// the next comparison, or is repaired harmlessly), never as the replica
+// holding what the primary never had. [Repair] compares each user again
+// before it changes anything.
 //
 // A user that cannot be compared (a read fails) does not stop the others:
 // Compare then returns the report of the users it compared, with the
@@ -400,15 +406,19 @@ func subscriptionsOf(ctx context.Context, inv Inventory, user string) ([]string,
 	return l, err
 }
 
+// user compares one user. It reads the replica before the primary, at
+// every step: what the replica holds then was on the primary first, so a
+// change replicated during the comparison can make the replica look
+// behind, never ahead.
 func (c *comparer) user(ctx context.Context, user string) (*UserDiff, []MailboxDiff, userStats, error) {
 	var st userStats
-	pl, pok, err := mailboxesOf(ctx, c.p, user)
-	if err != nil {
-		return nil, nil, st, fmt.Errorf("primary: %w", err)
-	}
 	rl, rok, err := mailboxesOf(ctx, c.r, user)
 	if err != nil {
 		return nil, nil, st, fmt.Errorf("replica: %w", err)
+	}
+	pl, pok, err := mailboxesOf(ctx, c.p, user)
+	if err != nil {
+		return nil, nil, st, fmt.Errorf("primary: %w", err)
 	}
 	st.present = pok
 	st.mailboxes = len(pl)
@@ -425,15 +435,15 @@ func (c *comparer) user(ctx context.Context, user string) (*UserDiff, []MailboxD
 	if !pok {
 		return nil, nil, st, nil
 	}
-	ps, err := subscriptionsOf(ctx, c.p, user)
-	if err != nil {
-		return nil, nil, st, fmt.Errorf("primary's subscriptions: %w", err)
-	}
 	var rs []string
 	if rok {
 		if rs, err = subscriptionsOf(ctx, c.r, user); err != nil {
 			return nil, nil, st, fmt.Errorf("replica's subscriptions: %w", err)
 		}
+	}
+	ps, err := subscriptionsOf(ctx, c.p, user)
+	if err != nil {
+		return nil, nil, st, fmt.Errorf("primary's subscriptions: %w", err)
 	}
 	ud.MissingSubscriptions, ud.ExtraSubscriptions = setDiff(ps, rs), setDiff(rs, ps)
 	if !ud.Missing && len(ud.MissingSubscriptions) == 0 && len(ud.ExtraSubscriptions) == 0 {
@@ -580,15 +590,16 @@ func (c *comparer) bisect(ctx context.Context, user string, id resilmail.Mailbox
 	return c.bisect(ctx, user, id, mid+1, hi, rangeSum{p.d.Xor(pl.d), p.n - pl.n}, rangeSum{r.d.Xor(rl.d), r.n - rl.n}, diffs)
 }
 
-// leaf lists [lo, hi] on both sides and compares message by message.
+// leaf lists [lo, hi] on both sides, the replica first, and compares
+// message by message.
 func (c *comparer) leaf(ctx context.Context, user string, id resilmail.MailboxID, lo, hi uint32, diffs *[]MessageDiff) error {
-	pm, err := c.list(ctx, c.p, user, id, lo, hi)
-	if err != nil {
-		return fmt.Errorf("primary: %w", err)
-	}
 	rm, err := c.list(ctx, c.r, user, id, lo, hi)
 	if err != nil {
 		return fmt.Errorf("replica: %w", err)
+	}
+	pm, err := c.list(ctx, c.p, user, id, lo, hi)
+	if err != nil {
+		return fmt.Errorf("primary: %w", err)
 	}
 	i, j := 0, 0
 	for i < len(pm) || j < len(rm) {

@@ -55,6 +55,7 @@ func divergent(t *testing.T) (primary, replica *store.Store, replicaDir string, 
 	require.NoError(t, primary.RenameMailbox(ctx, "bob", "A", "tmp"))
 	require.NoError(t, primary.RenameMailbox(ctx, "bob", "B", "A"))
 	require.NoError(t, primary.RenameMailbox(ctx, "bob", "tmp", "B"))
+	add(t, primary, "carol", "Drafts", msgText("split", "on the primary"))
 
 	// The replica diverges on its own.
 	require.NoError(t, replica.CreateUser(ctx, "eve"))
@@ -63,7 +64,7 @@ func divergent(t *testing.T) (primary, replica *store.Store, replicaDir string, 
 	require.NoError(t, err)
 	add(t, replica, "alice", "Junk", msgText("junk", "extra"))
 	require.NoError(t, replica.Subscribe(ctx, "alice", "Junk"))
-	add(t, replica, "carol", "Drafts", msgText("split", "brain")) // ahead of the primary's UIDNEXT
+	add(t, replica, "carol", "Drafts", msgText("split", "brain")) // the same UID as the primary's, another body
 	// carol/Lists becomes another incarnation with the same id.
 	lists, err := replica.MailboxStatus(ctx, "carol", "Lists")
 	require.NoError(t, err)
@@ -104,7 +105,7 @@ bob/A: named "B" on the replica
 bob/B: named "A" on the replica
 bob/INBOX: UID 2 extra
 bob/Projects: named "Work" on the replica
-carol/Drafts: UID 6 extra
+carol/Drafts: UID 6 body differs
 carol/INBOX: UID 11 body corrupt on the replica
 carol/Lists: UIDVALIDITY `+uidValidity(t, replica, "carol", "Lists")+`, the primary's `+uidValidity(t, primary, "carol", "Lists")+`
 dave/INBOX: missing (2 messages)
@@ -115,19 +116,41 @@ dave/INBOX: missing (2 messages)
 
 	res, err := replicate.Repair(ctx, rep, primary, replicate.BodiesFrom(primary), replica, &replicate.RepairOptions{Logger: quietLogger()})
 	require.NoError(t, err)
-	assert.Empty(t, res.Held)
+	lists, drafts := mailboxID(t, primary, "carol", "Lists"), mailboxID(t, primary, "carol", "Drafts")
+	// What only the replica has is held, however small: carol/Lists is
+	// another incarnation holding a message, carol/Drafts UID 6 holds
+	// another body than the primary's.
+	assert.Equal(t, []replicate.HeldRemoval{
+		{Kind: replicate.HeldReplace, User: "carol", MailboxID: lists, Mailbox: "Lists", Messages: 1, Of: 1},
+		{Kind: replicate.HeldOrphan, User: "carol", MailboxID: drafts, Mailbox: "Drafts", Messages: 1, Of: 6, UIDs: resilmail.NewUIDSet(6)},
+	}, res.Held)
 	assert.Equal(t, 1, res.UsersCreated)
 	assert.Equal(t, 1, res.UsersDeleted)
 	assert.Equal(t, 3, res.MailboxesRenamed)
-	assert.Equal(t, 2, res.MailboxesReplaced) // carol/Lists (UIDVALIDITY), carol/Drafts (ahead)
-	assert.Equal(t, 2, res.MailboxesCreated)  // alice/Archive, dave/INBOX
-	assert.Equal(t, 1, res.MailboxesDeleted)  // alice/Junk
+	assert.Zero(t, res.MailboxesReplaced)
+	assert.Equal(t, 2, res.MailboxesCreated) // alice/Archive, dave/INBOX
+	assert.Equal(t, 1, res.MailboxesDeleted) // alice/Junk
 	assert.Equal(t, 1, res.Expunged)
 	assert.Equal(t, 1, res.FlagsSet)
 	assert.Equal(t, 1, res.BodiesRestored)
+	assert.Empty(t, res.Unrepairable)
+
+	again, err := replicate.Compare(ctx, primary, replica, opts)
+	require.NoError(t, err)
+	assert.Equal(t, `carol/Drafts: UID 6 body differs
+carol/Lists: UIDVALIDITY `+uidValidity(t, replica, "carol", "Lists")+`, the primary's `+uidValidity(t, primary, "carol", "Lists")+`
+`, again.String(), "only the held removals are left")
+
+	// The operator confirms them.
+	res, err = replicate.Repair(ctx, again, primary, replicate.BodiesFrom(primary), replica, &replicate.RepairOptions{Logger: quietLogger(), Confirmed: res.Held})
+	require.NoError(t, err)
+	assert.Empty(t, res.Held)
+	assert.Equal(t, 1, res.MailboxesReplaced)
+	assert.Equal(t, 1, res.Expunged, "the replica's carol/Drafts UID 6")
+	assert.Equal(t, 6, res.Appended, "the primary's UID 6 in its place, and carol/Lists's 5 messages")
 
 	requireSame(t, primary, replica)
-	again, err := replicate.Compare(ctx, primary, replica, opts)
+	again, err = replicate.Compare(ctx, primary, replica, opts)
 	require.NoError(t, err)
 	assert.True(t, again.Equal(), again.String())
 	assert.Zero(t, again.DigestCalls)
@@ -175,7 +198,9 @@ func TestCompareCarriesOnPastAFailingUser(t *testing.T) {
 	c, err := replicate.NewComparer(bad, replicate.BodiesFrom(primary), replica, &replicate.ComparerOptions{
 		Logger: quietLogger(), Repair: &replicate.RepairOptions{MaxRemoveShare: 1, Logger: quietLogger()}})
 	require.NoError(t, err)
-	_, _, err = c.RunOnce(context.Background())
+	_, res, err := c.RunOnce(context.Background())
+	require.Error(t, err)
+	_, _, err = c.RunOnce(context.Background(), res.Held...) // what only the replica has, confirmed
 	require.Error(t, err)
 	rep, err = replicate.Compare(context.Background(), primary, replica, &replicate.CompareOptions{Logger: quietLogger()})
 	require.NoError(t, err)

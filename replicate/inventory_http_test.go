@@ -51,7 +51,12 @@ func TestRemoteInventoryEqualsLocal(t *testing.T) {
 	assert.Equal(t, local.MailboxDiffs, over.MailboxDiffs)
 	assert.Equal(t, local.UserDiffs, over.UserDiffs)
 
-	_, err = replicate.Repair(ctx, over, ri, replicate.BodiesFrom(primary), replica, &replicate.RepairOptions{Logger: quietLogger()})
+	res, err := replicate.Repair(ctx, over, ri, replicate.BodiesFrom(primary), replica, &replicate.RepairOptions{Logger: quietLogger()})
+	require.NoError(t, err)
+	require.NotEmpty(t, res.Held)
+	over, err = replicate.Compare(ctx, ri, replica, opts)
+	require.NoError(t, err)
+	_, err = replicate.Repair(ctx, over, ri, replicate.BodiesFrom(primary), replica, &replicate.RepairOptions{Logger: quietLogger(), Confirmed: res.Held})
 	require.NoError(t, err)
 	requireSame(t, primary, replica)
 	again, err := replicate.Compare(ctx, ri, replica, opts)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/resilmail/resilmail"
@@ -74,15 +75,22 @@ const (
 	HeldMailboxDelete HeldKind = "mailbox-delete" // delete an extra mailbox
 	HeldExpunge       HeldKind = "expunge"        // expunge extra messages
 	// HeldReplace: replace the replica's mailbox by the primary's (another
-	// UIDVALIDITY, or differences Apply cannot patch), losing Messages of
-	// its messages.
+	// UIDVALIDITY: another incarnation of the mailbox), losing Messages of
+	// its messages. Always held when the replica's mailbox holds messages.
 	HeldReplace HeldKind = "replace"
+	// HeldOrphan: expunge messages only the replica has (UIDs the primary
+	// never gave, or under which the primary holds another body, which
+	// then takes their place). Always held: they are what an old primary
+	// acknowledged and never passed on, for the operator to bring back.
+	HeldOrphan HeldKind = "orphan"
 )
 
-// A HeldRemoval is a removal that [Repair] left alone because it takes more
-// than RepairOptions.MaxRemoveShare of a mailbox or user: a logical
-// disaster on the primary (a client deleting everything) must not be
-// copied blindly. Pass it back in RepairOptions.Confirmed to carry it out.
+// A HeldRemoval is a removal that [Repair] left alone: one that takes more
+// than RepairOptions.MaxRemoveShare of a mailbox or user (a logical
+// disaster on the primary, a client deleting everything, must not be
+// copied blindly), and any that removes messages only the replica has
+// (HeldOrphan, and HeldReplace of a mailbox with messages). Pass it back in
+// RepairOptions.Confirmed to carry it out.
 type HeldRemoval struct {
 	Kind      HeldKind            `json:"kind"`
 	User      string              `json:"user"`
@@ -90,6 +98,9 @@ type HeldRemoval struct {
 	Mailbox   string              `json:"mailbox,omitempty"`   // the replica's name
 	Messages  int                 `json:"messages"`            // messages it removes
 	Of        int                 `json:"of"`                  // messages the mailbox or user holds
+	// UIDs are the replica's messages an orphan removal takes (HeldOrphan
+	// only), for the operator to look at.
+	UIDs resilmail.UIDSet `json:"uids,omitempty"`
 }
 
 func (h HeldRemoval) covers(x HeldRemoval) bool {
@@ -123,32 +134,43 @@ type RepairTarget interface {
 // the primary's state and applies them with replica's Target.Apply, which
 // fetches the bodies it lacks through body and verifies them.
 //
+// The replica may be following the primary's stream meanwhile, and the
+// report may be old: Repair compares each user of the report again, as
+// [Compare] does (the replica read before the primary), and acts on what
+// it finds then. A difference that is only the replica lagging is
+// repaired the way the stream would have: changes the stream brings
+// later are skipped by Apply as already there.
+//
 // Per user, in order: a missing user is created, an extra one deleted;
 // subscriptions are added and removed; extra mailboxes are deleted;
 // renamed ones renamed (through a temporary name when names are swapped);
 // missing ones created with the primary's id and UIDVALIDITY and filled
 // with the primary's UIDs, flags, dates and mod-sequences; changed ones
-// patched: extra messages expunged, missing ones appended, flags set,
-// damaged bodies stored again.
+// patched, UID by UID: messages the primary expunged are expunged, missing
+// ones appended (or restored, below the replica's UIDNEXT, with
+// [resilmail.ChangeRestore]), flags set (a message whose flags changed on
+// the replica itself is restored with the primary's), damaged bodies
+// stored again, and
+// UIDNEXT and HIGHESTMODSEQ raised with [resilmail.ChangeReserve]. A
+// mailbox is replaced (deleted and created again from the primary) only
+// when its UIDVALIDITY differs: it is another incarnation.
 //
-// A mailbox whose UIDVALIDITY differs, or whose difference a Target cannot
-// patch (a body that differs under one UID, a missing UID below the
-// replica's UIDNEXT, a replica ahead of the primary's UIDNEXT or
-// HIGHESTMODSEQ), is replaced from the primary: deleted and created again
-// with the primary's id, UIDVALIDITY and messages. Unlike Cyrus, which
-// renumbers both sides' messages after a split brain, resilmail has one
-// writer, the primary: what only the replica has is lost. Every
-// replacement is logged at warning level with what it removes, and is a
-// removal subject to holding.
-//
-// Removals of more than RepairOptions.MaxRemoveShare of a mailbox (or
-// user) with at least MinHeldMessages messages are held: left alone and
-// returned in RepairResult.Held until the operator confirms them. Repair
-// carries on past a mailbox it cannot repair and returns the errors
-// joined; the report should then be made again.
+// Messages only the replica has (a UID at or above the primary's UIDNEXT,
+// or one under which the primary holds another body) are never removed
+// unconfirmed: they are held as [HeldOrphan], listed by UID, and so is the
+// replacement of a mailbox holding messages. Other removals of more than
+// RepairOptions.MaxRemoveShare of a mailbox (or user) with at least
+// MinHeldMessages messages are held too. Held removals are left alone and
+// returned in RepairResult.Held until the operator confirms them.
+// Differences Repair cannot remove (a body damaged on the primary, a
+// replica ahead of the primary's UIDNEXT or HIGHESTMODSEQ) are
+// logged and listed in RepairResult.Unrepairable. Repair carries on past a
+// user or mailbox it cannot repair and returns the errors joined; the
+// report should then be made again.
 func Repair(ctx context.Context, report *Report, primary Inventory, body BodyFunc, replica RepairTarget, opts *RepairOptions) (RepairResult, error) {
 	o := opts.withDefaults()
 	rp := &repairer{p: primary, r: replica, opts: o, log: o.Logger}
+	rp.cmp = &comparer{p: primary, r: replica, opts: (&CompareOptions{Logger: o.Logger, Now: o.Now}).withDefaults()}
 	rp.epoch = o.Epoch
 	if rp.epoch == 0 {
 		rp.epoch = replica.Epoch()
@@ -159,28 +181,22 @@ func Repair(ctx context.Context, report *Report, primary Inventory, body BodyFun
 		}
 		return body(ctx, d)
 	}
-	byUser := make(map[string][]*MailboxDiff)
 	var users []string
-	for i := range report.MailboxDiffs {
-		d := &report.MailboxDiffs[i]
-		if byUser[d.User] == nil {
-			users = append(users, d.User)
-		}
-		byUser[d.User] = append(byUser[d.User], d)
-	}
-	var errs []error
 	for i := range report.UserDiffs {
-		ud := &report.UserDiffs[i]
-		if err := rp.userLevel(ctx, ud); err != nil {
-			errs = append(errs, fmt.Errorf("replicate: repair user %q: %w", ud.User, err))
-		}
+		users = append(users, report.UserDiffs[i].User)
 	}
+	for i := range report.MailboxDiffs {
+		users = append(users, report.MailboxDiffs[i].User)
+	}
+	slices.Sort(users)
+	users = slices.Compact(users)
+	var errs []error
 	for _, u := range users {
 		if err := ctx.Err(); err != nil {
 			errs = append(errs, err)
 			break
 		}
-		errs = append(errs, rp.mailboxes(ctx, u, byUser[u]))
+		errs = append(errs, rp.user(ctx, u))
 	}
 	err := errors.Join(errs...)
 	o.Logger.Info("replicate: repair done", "changes", rp.res.Changes, "appended", rp.res.Appended, "expunged", rp.res.Expunged,
@@ -189,7 +205,32 @@ func Repair(ctx context.Context, report *Report, primary Inventory, body BodyFun
 	return rp.res, err
 }
 
+// user compares user again and repairs what differs now.
+func (rp *repairer) user(ctx context.Context, u string) error {
+	ud, mds, _, err := rp.cmp.user(ctx, u)
+	if err != nil {
+		return fmt.Errorf("replicate: repair user %q: comparing again: %w", u, err)
+	}
+	if ud != nil {
+		if err := rp.userLevel(ctx, ud); err != nil {
+			return fmt.Errorf("replicate: repair user %q: %w", u, err)
+		}
+		if ud.Extra {
+			return nil
+		}
+	}
+	if len(mds) == 0 {
+		return nil
+	}
+	diffs := make([]*MailboxDiff, len(mds))
+	for i := range mds {
+		diffs[i] = &mds[i]
+	}
+	return rp.mailboxes(ctx, u, diffs)
+}
+
 type repairer struct {
+	cmp   *comparer
 	p     Inventory
 	r     RepairTarget
 	body  BodyFunc
@@ -205,9 +246,12 @@ func mass(removed, total int, share float64, least int) bool {
 	return removed > 0 && total >= least && float64(removed) > share*float64(total)
 }
 
-// hold reports whether h must be held, and records it if so.
+// hold reports whether h must be held, and records it if so: a mass
+// removal, or any removal of messages only the replica has (HeldOrphan,
+// HeldReplace) that the operator has not confirmed.
 func (rp *repairer) hold(h HeldRemoval) bool {
-	if !mass(h.Messages, h.Of, rp.opts.MaxRemoveShare, rp.opts.MinHeldMessages) {
+	always := (h.Kind == HeldOrphan || h.Kind == HeldReplace) && h.Messages > 0
+	if !always && !mass(h.Messages, h.Of, rp.opts.MaxRemoveShare, rp.opts.MinHeldMessages) {
 		return false
 	}
 	for _, c := range rp.opts.Confirmed {
@@ -404,53 +448,25 @@ func (rp *repairer) rename(ctx context.Context, user string, d *MailboxDiff, fro
 }
 
 // planChanged decides whether a changed mailbox can be patched or must be
-// replaced.
+// replaced: only another UIDVALIDITY (another incarnation of the mailbox)
+// needs a replacement; every other difference is patched UID by UID.
 func (rp *repairer) planChanged(d *MailboxDiff) *plan {
 	pl := &plan{d: d}
-	p, r := d.Primary, d.Replica
-	for _, m := range d.Messages {
-		switch m.Kind {
-		case MessageExtra, MessageBodyDiffers:
-			pl.lost++
-		}
-	}
-	switch {
-	case d.UIDValidityDiffers:
-		pl.replace, pl.why = true, "UIDVALIDITY differs"
-		// Another incarnation: every message goes (those with the same
-		// body come back under the primary's UIDs).
-		pl.lost = r.Messages
-	case r.UIDNext > p.UIDNext:
-		pl.replace, pl.why = true, "the replica is ahead of the primary's UIDNEXT"
-	case r.HighestModSeq > p.HighestModSeq:
-		pl.replace, pl.why = true, "the replica is ahead of the primary's HIGHESTMODSEQ"
-	}
-	if pl.replace {
-		return pl
-	}
-	for _, m := range d.Messages {
-		switch m.Kind {
-		case MessageBodyDiffers:
-			pl.replace, pl.why = true, fmt.Sprintf("UID %d names another body", m.UID)
-		case MessageMissing:
-			if m.UID < r.UIDNext {
-				pl.replace, pl.why = true, fmt.Sprintf("UID %d is missing below the replica's UIDNEXT", m.UID)
-			}
-		case MessageMetaDiffers:
-			a, b := m.Primary, m.Replica
-			if b.ModSeq >= a.ModSeq || a.Size != b.Size || !a.InternalDate.Equal(b.InternalDate) {
-				pl.replace, pl.why = true, fmt.Sprintf("UID %d: the replica's metadata is not older than the primary's", m.UID)
-			}
-		}
-		if pl.replace {
-			return pl
-		}
+	if d.UIDValidityDiffers {
+		// Every message goes (those with the same body come back under
+		// the primary's UIDs).
+		pl.replace, pl.why, pl.lost = true, "UIDVALIDITY differs", d.Replica.Messages
 	}
 	return pl
 }
 
 func (rp *repairer) appendChange(user string, p *MailboxState, m *MessageState) resilmail.Change {
-	c := rp.change(resilmail.ChangeAppend, user)
+	return rp.messageChange(resilmail.ChangeAppend, user, p, m)
+}
+
+// messageChange returns an append or a restore of m.
+func (rp *repairer) messageChange(kind resilmail.ChangeKind, user string, p *MailboxState, m *MessageState) resilmail.Change {
+	c := rp.change(kind, user)
 	c.Mailbox, c.MailboxID, c.UIDValidity = p.Name, p.ID, p.UIDValidity
 	c.UID, c.Digest, c.Size, c.InternalDate, c.Flags, c.ModSeq = m.UID, m.Digest, m.Size, m.InternalDate, m.Flags, m.ModSeq
 	return c
@@ -527,28 +543,77 @@ func (rp *repairer) unrepairable(user, mailbox string, uid uint32) {
 	rp.res.Unrepairable = append(rp.res.Unrepairable, fmt.Sprintf("%s/%s: UID %d: body corrupt on the primary", user, mailbox, uid))
 }
 
+// primaryUIDNext reads the primary's UIDNEXT of mailbox id now, after
+// every read of the replica: a UID at or above it is one the primary never
+// gave. It returns 0 if the primary no longer has the mailbox.
+func (rp *repairer) primaryUIDNext(ctx context.Context, user string, id resilmail.MailboxID) (uint32, error) {
+	l, _, err := mailboxesOf(ctx, rp.p, user)
+	if err != nil {
+		return 0, fmt.Errorf("reading the primary's mailboxes again: %w", err)
+	}
+	for i := range l {
+		if l[i].ID == id {
+			return l[i].UIDNext, nil
+		}
+	}
+	return 0, nil
+}
+
 // patch removes the message differences of a mailbox that needs no
-// replacement.
+// replacement, UID by UID.
 func (rp *repairer) patch(ctx context.Context, user string, pl *plan) error {
 	d := pl.d
 	p, r := d.Primary, d.Replica
 	var (
-		extra    resilmail.UIDSet
+		extra    resilmail.UIDSet // expunged on the primary
+		orphans  resilmail.UIDSet // only the replica has them
 		cs       []resilmail.Change
 		appended int
 		flags    int
 		bodies   int
 	)
 	for _, m := range d.Messages {
-		if m.Kind == MessageExtra {
+		switch m.Kind {
+		case MessageExtra:
 			extra = extra.Add(m.UID)
+		case MessageBodyDiffers:
+			orphans = orphans.Add(m.UID)
 		}
+	}
+	if !extra.IsEmpty() && uint64(extra[len(extra)-1].Stop) >= uint64(p.UIDNext) {
+		// Some may be UIDs the primary never gave: ask it again, now that
+		// every read of the replica is done.
+		next, err := rp.primaryUIDNext(ctx, user, d.ID)
+		if err != nil {
+			return err
+		}
+		if next == 0 {
+			return nil // deleted on the primary meanwhile: the next comparison sees it
+		}
+		var expunged resilmail.UIDSet
+		for u := range extra.All() {
+			if u >= next {
+				orphans = orphans.Add(u)
+			} else {
+				expunged = expunged.Add(u)
+			}
+		}
+		extra = expunged
 	}
 	expunge := !extra.IsEmpty() && !rp.hold(HeldRemoval{Kind: HeldExpunge, User: user, MailboxID: d.ID, Mailbox: p.Name, Messages: int(extra.Len()), Of: r.Messages})
 	if expunge {
 		c := rp.change(resilmail.ChangeExpunge, user)
 		c.Mailbox, c.MailboxID, c.UIDValidity = p.Name, p.ID, p.UIDValidity
 		c.UIDs, c.ModSeq = extra, p.HighestModSeq
+		cs = append(cs, c)
+	}
+	dropOrphans := !orphans.IsEmpty() && !rp.hold(HeldRemoval{Kind: HeldOrphan, User: user, MailboxID: d.ID, Mailbox: p.Name,
+		Messages: int(orphans.Len()), Of: r.Messages, UIDs: orphans})
+	if dropOrphans {
+		rp.log.Warn("replicate: repair: expunging messages only the replica had (confirmed)", "user", user, "mailbox", p.Name, "uids", orphans.String())
+		c := rp.change(resilmail.ChangeExpunge, user)
+		c.Mailbox, c.MailboxID, c.UIDValidity = p.Name, p.ID, p.UIDValidity
+		c.UIDs, c.ModSeq = orphans, max(p.HighestModSeq, r.HighestModSeq)
 		cs = append(cs, c)
 	}
 	next, highest := r.UIDNext, r.HighestModSeq
@@ -562,15 +627,41 @@ func (rp *repairer) patch(ctx context.Context, user string, pl *plan) error {
 				rp.unrepairable(user, p.Name, m.UID)
 				continue
 			}
-			cs = append(cs, rp.appendChange(user, p, m.Primary))
+			kind := resilmail.ChangeAppend
+			if m.UID < r.UIDNext {
+				// The replica gave this UID and lost the message: put
+				// the primary's back in its place.
+				kind = resilmail.ChangeRestore
+			}
+			cs = append(cs, rp.messageChange(kind, user, p, m.Primary))
 			next, highest = max(next, m.UID+1), max(highest, m.Primary.ModSeq)
 			appended++
+		case MessageBodyDiffers:
+			if dropOrphans {
+				cs = append(cs, rp.messageChange(resilmail.ChangeRestore, user, p, m.Primary))
+				highest = max(highest, m.Primary.ModSeq)
+				appended++
+			}
 		case MessageMetaDiffers:
+			a, b := m.Primary, m.Replica
+			if b.ModSeq >= a.ModSeq || a.Size != b.Size || !a.InternalDate.Equal(b.InternalDate) {
+				// Changed on the replica itself: a flag change cannot go
+				// back in mod-sequence, so the message is taken out and
+				// put back at once with the primary's metadata (the same
+				// body: nothing is lost).
+				rp.log.Warn("replicate: repair: the replica's metadata is newer than the primary's; the primary's wins",
+					"user", user, "mailbox", p.Name, "uid", m.UID, "modseq", b.ModSeq, "primary_modseq", a.ModSeq)
+				x := rp.change(resilmail.ChangeExpunge, user)
+				x.Mailbox, x.MailboxID, x.UIDValidity, x.UIDs = p.Name, p.ID, p.UIDValidity, resilmail.NewUIDSet(m.UID)
+				cs = append(cs, x, rp.messageChange(resilmail.ChangeRestore, user, p, a))
+				flags++
+				continue
+			}
 			c := rp.change(resilmail.ChangeFlags, user)
 			c.Mailbox, c.MailboxID, c.UIDValidity = p.Name, p.ID, p.UIDValidity
-			c.UIDs, c.FlagOp, c.Flags, c.ModSeq = resilmail.NewUIDSet(m.UID), resilmail.FlagsSet, m.Primary.Flags, m.Primary.ModSeq
+			c.UIDs, c.FlagOp, c.Flags, c.ModSeq = resilmail.NewUIDSet(m.UID), resilmail.FlagsSet, a.Flags, a.ModSeq
 			cs = append(cs, c)
-			highest = max(highest, m.Primary.ModSeq)
+			highest = max(highest, a.ModSeq)
 			flags++
 		case MessageCorrupt:
 			// The same UID and body: the Target skips the message but
@@ -581,21 +672,33 @@ func (rp *repairer) patch(ctx context.Context, user string, pl *plan) error {
 			rp.unrepairable(user, p.Name, m.UID)
 		}
 	}
+	if r.UIDNext > p.UIDNext || r.HighestModSeq > p.HighestModSeq {
+		// Neither goes back; both heal once the primary passes them.
+		why := fmt.Sprintf("%s/%s: the replica is ahead of the primary (UIDNEXT %d/%d, HIGHESTMODSEQ %d/%d) until the primary passes it",
+			user, p.Name, r.UIDNext, p.UIDNext, r.HighestModSeq, p.HighestModSeq)
+		rp.log.Warn("replicate: repair: "+why, "user", user, "mailbox", p.Name)
+		rp.res.Unrepairable = append(rp.res.Unrepairable, why)
+	}
 	if expunge || extra.IsEmpty() {
 		cs = append(cs, rp.tail(user, p, next, highest)...)
 	}
 	if err := rp.apply(ctx, cs); err != nil {
 		return err
 	}
+	removed := 0
 	if expunge {
-		rp.res.Expunged += int(extra.Len())
+		removed += int(extra.Len())
 	}
+	if dropOrphans {
+		removed += int(orphans.Len())
+	}
+	rp.res.Expunged += removed
 	rp.res.Appended += appended
 	rp.res.FlagsSet += flags
 	rp.res.BodiesRestored += bodies
 	if len(cs) > 0 {
 		rp.log.Info("replicate: repair: patched mailbox", "user", user, "mailbox", p.Name, "appended", appended,
-			"expunged", map[bool]int{true: int(extra.Len())}[expunge], "flags", flags, "bodies", bodies)
+			"expunged", removed, "flags", flags, "bodies", bodies)
 	}
 	return nil
 }

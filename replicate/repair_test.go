@@ -146,3 +146,40 @@ func TestRepairReportsCorruptionOnThePrimary(t *testing.T) {
 	_, err = replica.Body(ctx, msgs[0].Digest)
 	require.NoError(t, err, "the replica's good copy is untouched")
 }
+
+// TestRepairHoldsWhatOnlyTheReplicaHas: messages under UIDs the primary
+// never gave are held, however few, listed by UID, and removed only once
+// confirmed; the mailbox is never replaced.
+func TestRepairHoldsWhatOnlyTheReplicaHas(t *testing.T) {
+	ctx := context.Background()
+	primary, replica := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	require.NoError(t, primary.CreateUser(ctx, "alice"))
+	addN(t, primary, "alice", "INBOX", 3)
+	replicateAll(t, primary, replica, 0)
+	addN(t, replica, "alice", "INBOX", 2) // UIDs 4 and 5: an old primary's acknowledged mail
+
+	opts := &replicate.RepairOptions{Logger: quietLogger()}
+	rep, err := replicate.Compare(ctx, primary, replica, &replicate.CompareOptions{Logger: quietLogger()})
+	require.NoError(t, err)
+	res, err := replicate.Repair(ctx, rep, primary, replicate.BodiesFrom(primary), replica, opts)
+	require.NoError(t, err)
+	inbox := mailboxID(t, primary, "alice", "INBOX")
+	require.Equal(t, []replicate.HeldRemoval{{Kind: replicate.HeldOrphan, User: "alice", MailboxID: inbox, Mailbox: "INBOX",
+		Messages: 2, Of: 5, UIDs: resilmail.NewUIDSet(4, 5)}}, res.Held)
+	assert.Zero(t, res.MailboxesReplaced)
+	assert.Zero(t, res.Expunged)
+	assert.Len(t, res.Unrepairable, 1, "the replica is ahead of the primary's UIDNEXT")
+	st, err := replica.MailboxStatus(ctx, "alice", "INBOX")
+	require.NoError(t, err)
+	assert.Equal(t, 5, st.Messages, "nothing removed")
+
+	opts.Confirmed = res.Held
+	res, err = replicate.Repair(ctx, rep, primary, replicate.BodiesFrom(primary), replica, opts)
+	require.NoError(t, err)
+	assert.Empty(t, res.Held)
+	assert.Equal(t, 2, res.Expunged)
+	assert.Zero(t, res.MailboxesReplaced)
+	st, err = replica.MailboxStatus(ctx, "alice", "INBOX")
+	require.NoError(t, err)
+	assert.Equal(t, 3, st.Messages)
+}

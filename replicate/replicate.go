@@ -44,11 +44,11 @@ type Target interface {
 	// durable. It fetches the bodies it lacks with body and verifies them.
 	// A change with an epoch lower than the highest seen is an error
 	// wrapping ErrFenced; one that contradicts the target's state wraps
-	// ErrConflict (compare and repair that mailbox). [Repair] relies on
-	// two behaviours of changes with Seq zero: a ChangeReserve raises a
-	// mailbox's UIDNEXT and HIGHESTMODSEQ and touches no message, and an
-	// append of a UID the mailbox lacks below its UIDNEXT puts the
-	// message back under that UID.
+	// ErrConflict (compare and repair that mailbox). [Repair] sends two
+	// kinds the stream does not: ChangeReserve, which raises a mailbox's
+	// UIDNEXT and HIGHESTMODSEQ and touches no message, and ChangeRestore,
+	// which puts a message back under its UID, below UIDNEXT, when the
+	// mailbox lacks it.
 	Apply(ctx context.Context, changes []resilmail.Change, body BodyFunc) error
 	// UpstreamPosition is the primary's position of the last change
 	// applied for user ("" for changes without a user).

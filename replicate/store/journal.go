@@ -208,11 +208,11 @@ func (s *Store) UpstreamPosition(user string) uint64 {
 // (whatever its epoch: it is history), and
 // so is one whose effect is already there (a known UID with the same body,
 // an existing mailbox id). A change with Seq zero (a repair, not from the
-// journal) is applied by content alone; an append with Seq zero of a UID
-// below the mailbox's UIDNEXT that the mailbox lacks puts the message back
-// under that UID (a journal's append of such a UID is skipped: expunged
-// since). A [resilmail.ChangeReserve] raises a mailbox's UIDNEXT and
-// HIGHESTMODSEQ without touching its messages. Bodies the store lacks are fetched
+// journal) is applied by content alone. An append of a UID below the
+// mailbox's UIDNEXT is skipped (expunged since), a
+// [resilmail.ChangeRestore] of such a UID puts the message back if the
+// mailbox lacks it, and a [resilmail.ChangeReserve] raises a mailbox's
+// UIDNEXT and HIGHESTMODSEQ without touching its messages. Bodies the store lacks are fetched
 // with body, verified against their digest (a mismatch is refused with
 // [ErrCorrupt] and nothing is stored) and written into the journal before
 // the change that references them, as Append does, so that the journal's
@@ -259,7 +259,7 @@ func (s *Store) Apply(ctx context.Context, changes []resilmail.Change, body Body
 	s.mu.Lock()
 	for i := range changes {
 		c := &changes[i]
-		if c.Kind != resilmail.ChangeAppend || seen[c.Digest] {
+		if (c.Kind != resilmail.ChangeAppend && c.Kind != resilmail.ChangeRestore) || seen[c.Digest] {
 			continue
 		}
 		seen[c.Digest] = true
@@ -356,7 +356,7 @@ func (s *Store) Apply(ctx context.Context, changes []resilmail.Change, body Body
 		}
 		c.Seq = 0
 		batch, ups := []resilmail.Change{c}, []uint64{up}
-		if c.Kind == resilmail.ChangeAppend && gone[c.Digest] && !have[c.Digest] && s.refs[c.Digest] == 0 {
+		if (c.Kind == resilmail.ChangeAppend || c.Kind == resilmail.ChangeRestore) && gone[c.Digest] && !have[c.Digest] && s.refs[c.Digest] == 0 {
 			// The primary expunged every message with this body since:
 			// the UID is used but the message is gone, as on the primary
 			// once the expunge that follows is applied.
@@ -475,7 +475,7 @@ func (s *Store) checkApplyLocked(c *resilmail.Change, have, gone map[resilmail.D
 		}
 		return c.UID < mb.uidNext && c.ModSeq <= mb.highest, nil
 	}
-	if c.Kind == resilmail.ChangeAppend {
+	if c.Kind == resilmail.ChangeAppend || c.Kind == resilmail.ChangeRestore {
 		if c.UID == math.MaxUint32 {
 			return conflict("UID %d", c.UID)
 		}
@@ -484,12 +484,10 @@ func (s *Store) checkApplyLocked(c *resilmail.Change, have, gone map[resilmail.D
 			if m != nil && m.digest != c.Digest {
 				return conflict("UID %d of %s holds body %s, the change %s", c.UID, mb.name, m.digest, c.Digest)
 			}
-			if m != nil || c.Seq != 0 {
-				return true, nil // there, or expunged since
+			if m != nil || c.Kind == resilmail.ChangeAppend {
+				return true, nil // there, or (an append) expunged since
 			}
-			// A repair's append (Seq zero: by content) of a UID the
-			// replica lacks below its UIDNEXT puts the primary's
-			// message back in its place.
+			// A restore puts the message back in its place.
 		}
 		if _, bad := s.corrupt[c.Digest]; (s.refs[c.Digest] == 0 || bad) && !have[c.Digest] && !gone[c.Digest] {
 			return false, fmt.Errorf("store: body %s of UID %d is not stored", c.Digest, c.UID)

@@ -63,10 +63,9 @@ func TestApplyReserve(t *testing.T) {
 	assert.ErrorIs(t, replica.Apply(ctx, []resilmail.Change{bad}, nil), store.ErrConflict)
 }
 
-// TestApplyRestoresBelowUIDNext: a repair's append (Seq zero) of a UID the
-// replica lacks below its UIDNEXT puts the message back in its place,
-// durably; the same append from a journal (Seq set) is history and is
-// skipped.
+// TestApplyRestoresBelowUIDNext: a restore of a UID the replica lacks below
+// its UIDNEXT puts the message back in its place, durably; an append of
+// that UID is history (expunged since) and is skipped.
 func TestApplyRestoresBelowUIDNext(t *testing.T) {
 	ctx := context.Background()
 	primary, _ := newStore(t)
@@ -87,15 +86,23 @@ func TestApplyRestoresBelowUIDNext(t *testing.T) {
 	require.NoError(t, replica.Apply(ctx, []resilmail.Change{x}, nil))
 	require.Equal(t, 4, inboxStatus(t, replica).Messages)
 
-	back := resilmail.Change{Epoch: replica.Epoch(), Kind: resilmail.ChangeAppend, User: "alice", Mailbox: store.Inbox,
+	back := resilmail.Change{Epoch: replica.Epoch(), Kind: resilmail.ChangeRestore, User: "alice", Mailbox: store.Inbox,
 		MailboxID: st.ID, UIDValidity: st.UIDValidity, UID: m.UID, Digest: m.Digest, Size: m.Size,
 		InternalDate: m.InternalDate, Flags: m.Flags, ModSeq: m.ModSeq}
-	fromJournal := back
-	fromJournal.Seq = pos + 1
-	require.NoError(t, replica.Apply(ctx, []resilmail.Change{fromJournal}, bodyFrom(primary)))
-	require.Equal(t, 4, inboxStatus(t, replica).Messages, "a journal's append below UIDNEXT was expunged since")
+	appended := back
+	appended.Kind = resilmail.ChangeAppend
+	require.NoError(t, replica.Apply(ctx, []resilmail.Change{appended}, bodyFrom(primary)))
+	appended.Seq = pos + 1
+	require.NoError(t, replica.Apply(ctx, []resilmail.Change{appended}, bodyFrom(primary)))
+	require.Equal(t, 4, inboxStatus(t, replica).Messages, "an append below UIDNEXT was expunged since")
 
 	require.NoError(t, replica.Apply(ctx, []resilmail.Change{back}, bodyFrom(primary)))
+	seq := replica.Stats().Seq
+	require.NoError(t, replica.Apply(ctx, []resilmail.Change{back}, bodyFrom(primary)))
+	assert.Equal(t, seq, replica.Stats().Seq, "a restore of a message there journals nothing")
+	other := back
+	other.Digest = resilmail.DigestOf([]byte("another body"))
+	assert.ErrorIs(t, replica.Apply(ctx, []resilmail.Change{other}, bodyFrom(primary)), store.ErrConflict)
 	assert.Equal(t, snap(t, primary, "alice").Messages, snap(t, replica, "alice").Messages)
 	assert.Equal(t, st.Digest, inboxStatus(t, replica).Digest)
 	assert.Equal(t, st.UIDNext, inboxStatus(t, replica).UIDNext)

@@ -668,9 +668,9 @@ func (s *Store) applyLocked(c *resilmail.Change, upstream uint64) {
 		if u := s.users[c.User]; u != nil {
 			delete(u.subs, c.Mailbox)
 		}
-	case resilmail.ChangeAppend:
+	case resilmail.ChangeAppend, resilmail.ChangeRestore:
 		mb := s.mailboxForLocked(c)
-		if mb == nil || c.UID == math.MaxUint32 {
+		if mb == nil || c.UID == math.MaxUint32 || (c.UID < mb.uidNext && c.Kind == resilmail.ChangeAppend) {
 			return
 		}
 		flags, _ := parseFlags(c.Flags)
@@ -680,8 +680,7 @@ func (s *Store) applyLocked(c *resilmail.Change, upstream uint64) {
 		}
 		m.hash = m.computeHash()
 		if c.UID < mb.uidNext {
-			// Only a repair journals an append below UIDNEXT (Apply
-			// skips the others): the message goes back in its place.
+			// A restore: the message goes back in its place.
 			i := mb.find(c.UID)
 			if i < len(mb.msgs) && mb.msgs[i].uid == c.UID {
 				return
