@@ -312,3 +312,34 @@ func TestIdleOnManySessions(t *testing.T) {
 		assert.Equal(t, uint32(1), recv(t, u.exists, "EXISTS in IDLE"))
 	}
 }
+
+func TestFetchHeaderAndText(t *testing.T) {
+	e := newEnv(t)
+	long := "X-Long: " + strings.Repeat("y", 5000) + "\r\n"
+	for _, m := range []struct{ header, text string }{
+		{"Subject: a\r\nFrom: b@example.org\r\n\r\n", "text\r\nmore\r\n"},
+		{"Subject: lf\n\n", "bare LF body\n"},
+		{"Subject: long\r\n" + long + "\r\n", "after a header of over 4 KiB\r\n"},
+		{"Subject: no body\r\n", ""},
+	} {
+		c := e.login(t, nil)
+		e.deliver(t, m.header+m.text)
+		sel, err := c.Select("INBOX", nil).Wait()
+		require.NoError(t, err)
+		msgs, err := c.Fetch(imap.SeqSetNum(sel.NumMessages), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{
+			{Specifier: imap.PartSpecifierHeader, Peek: true}, {Specifier: imap.PartSpecifierText, Peek: true},
+			{Specifier: imap.PartSpecifierHeader, Peek: true, Partial: &imap.SectionPartial{Offset: 2, Size: 5}}}}).Collect()
+		require.NoError(t, err)
+		require.Len(t, msgs, 1)
+		for _, bs := range msgs[0].BodySection {
+			switch {
+			case bs.Section.Partial != nil:
+				assert.Equal(t, m.header[2:7], string(bs.Bytes))
+			case bs.Section.Specifier == imap.PartSpecifierHeader:
+				assert.Equal(t, m.header, string(bs.Bytes))
+			default:
+				assert.Equal(t, m.text, string(bs.Bytes))
+			}
+		}
+	}
+}

@@ -267,7 +267,33 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, 
 			}
 			continue
 		}
-		b := imapserver.ExtractBodySection(bufio.NewReaderSize(r.Section(0, r.Size()), 16<<10), sec)
+		var b []byte
+		if hdr, ok := topLevel(sec); ok {
+			// BODY[HEADER] and BODY[TEXT] of the message: its bytes as
+			// stored, found without parsing it.
+			n, err := headerLen(r)
+			if err != nil {
+				rw.Close()
+				return s.storeErr("fetch", err)
+			}
+			var src *io.SectionReader
+			if hdr {
+				src = r.Section(0, n)
+			} else {
+				src = r.Section(n, r.Size()-n)
+			}
+			b = make([]byte, src.Size())
+			if _, err := io.ReadFull(src, b); err != nil {
+				rw.Close()
+				return s.storeErr("fetch", err)
+			}
+			if sec.Partial != nil {
+				off := min(sec.Partial.Offset, int64(len(b)))
+				b = b[off:min(off+sec.Partial.Size, int64(len(b)))]
+			}
+		} else {
+			b = imapserver.ExtractBodySection(bufio.NewReaderSize(r.Section(0, r.Size()), 16<<10), sec)
+		}
 		wc := rw.WriteBodySection(sec, int64(len(b)))
 		wc.Write(b)
 		if err := wc.Close(); err != nil {
@@ -712,4 +738,49 @@ func (c *candidate) match(cr *imap.SearchCriteria) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// topLevel reports whether sec is BODY[HEADER] (hdr) or BODY[TEXT] of the
+// message itself, without field lists.
+func topLevel(sec *imap.FetchItemBodySection) (hdr, ok bool) {
+	if len(sec.Part) > 0 || len(sec.HeaderFields) > 0 || len(sec.HeaderFieldsNot) > 0 {
+		return false, false
+	}
+	switch sec.Specifier {
+	case imap.PartSpecifierHeader:
+		return true, true
+	case imap.PartSpecifierText:
+		return false, true
+	}
+	return false, false
+}
+
+// headerLen returns the length of the message's header with the blank
+// line that ends it (the whole message if there is none), reading only as
+// far as needed.
+func headerLen(r *store.BodyReader) (int64, error) {
+	buf := make([]byte, 0, 4096)
+	for off := int64(0); off < r.Size(); {
+		n := min(int64(cap(buf)-len(buf)), r.Size()-off)
+		if n == 0 {
+			buf = append(buf, make([]byte, len(buf))...)[:len(buf)]
+			continue
+		}
+		chunk := buf[len(buf) : len(buf)+int(n)]
+		if _, err := r.ReadAt(chunk, off); err != nil && !errors.Is(err, io.EOF) {
+			return 0, err
+		}
+		// Search from a little before the new bytes, for a blank line
+		// across the boundary.
+		from := max(0, len(buf)-3)
+		buf = buf[:len(buf)+int(n)]
+		off += n
+		if i := bytes.Index(buf[from:], []byte("\r\n\r\n")); i >= 0 {
+			return int64(from + i + 4), nil
+		}
+		if i := bytes.Index(buf[from:], []byte("\n\n")); i >= 0 {
+			return int64(from + i + 2), nil
+		}
+	}
+	return r.Size(), nil
 }
