@@ -38,11 +38,12 @@
 // # Guarantees
 //
 //   - Order: a pack and its index are durable before the change segment
-//     that refers to their bodies, and segments before the snapshot that
-//     follows them. A run that fails or is killed at any instant leaves no
-//     snapshot or segment that refers to something missing; the next run
-//     continues from the last segment written (bodies already written are
-//     not written again).
+//     or the snapshot that refers to their bodies. A run that fails or is
+//     killed at any instant leaves no snapshot or segment that refers to
+//     something missing; the next run continues from the newest of the
+//     last segment and the last snapshot written (bodies already written
+//     are not written again). A run's last segment and its snapshot are
+//     written at once, each complete without the other.
 //   - Integrity: every object carries a CRC-32C or, when encrypted, an
 //     AES-256-GCM tag that also covers its kind; every body read back is
 //     checked against its SHA-256. A missing or damaged blob, a wrong key,

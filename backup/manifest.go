@@ -376,17 +376,20 @@ func decodeChanges(p []byte) (history string, out []resilmail.Change, err error)
 	return history, out, nil
 }
 
-// An indexEntry locates a body in a pack.
+// An indexEntry locates a body in a pack: in the frame (a sealed object
+// holding several bodies one after the other, compressed together) at off,
+// of length bytes, from inner in the frame's content, of size bytes.
 type indexEntry struct {
 	digest resilmail.Digest
-	off    int64 // of the sealed body in the pack
-	length int64 // of the sealed body
+	off    int64 // of the sealed frame in the pack
+	length int64 // of the sealed frame
+	inner  int64 // of the body in the frame's content
 	size   int64 // of the body
 }
 
 // encodeIndex encodes a pack's index (format version 1): version byte,
-// count, then each entry: digest 32 bytes, offset, length and size
-// uvarints.
+// count, then each entry: digest 32 bytes, then the frame's offset and
+// length, the body's offset in the frame and its size, as uvarints.
 func encodeIndex(entries []indexEntry) []byte {
 	e := &enc{b: make([]byte, 0, 8+48*len(entries))}
 	e.raw([]byte{indexVersion})
@@ -395,6 +398,7 @@ func encodeIndex(entries []indexEntry) []byte {
 		e.raw(x.digest[:])
 		e.u(uint64(x.off))
 		e.u(uint64(x.length))
+		e.u(uint64(x.inner))
 		e.u(uint64(x.size))
 	}
 	return e.b
@@ -408,16 +412,16 @@ func decodeIndex(p []byte) ([]indexEntry, error) {
 		return nil, fmt.Errorf("%w: index version %d, this build reads %d", ErrFormat, p[0], indexVersion)
 	}
 	d := &dec{b: p[1:]}
-	n := d.count("index entries", 35)
+	n := d.count("index entries", 36)
 	out := make([]indexEntry, 0, n)
 	for i := 0; i < n && d.err == nil; i++ {
 		var x indexEntry
 		copy(x.digest[:], d.raw("digest", 32))
-		off, length, size := d.u("offset"), d.u("length"), d.u("size")
-		if off > 1<<40 || length > 1<<40 || size > 1<<40 {
+		off, length, inner, size := d.u("offset"), d.u("length"), d.u("inner offset"), d.u("size")
+		if off > 1<<40 || length > 1<<40 || inner > 1<<40 || size > 1<<40 {
 			d.fail("index entry %d out of range", i)
 		}
-		x.off, x.length, x.size = int64(off), int64(length), int64(size)
+		x.off, x.length, x.inner, x.size = int64(off), int64(length), int64(inner), int64(size)
 		out = append(out, x)
 	}
 	if d.err == nil && len(d.b) != 0 {

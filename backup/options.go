@@ -22,8 +22,8 @@ type Options struct {
 	// KeepSnapshots is how many of the newest snapshots Prune keeps (on
 	// top of what Retention keeps); zero means 7.
 	KeepSnapshots int
-	// PackSize is the size at which a pack of bodies is closed and
-	// written; zero means 16 MiB.
+	// PackSize is the size of the bodies (before compression) at which a
+	// pack is closed and written; zero means 32 MiB.
 	PackSize int
 	// FlushEvery is how often Follow writes what it has read (bodies, then
 	// the changes); zero means 10 seconds.
@@ -82,7 +82,7 @@ func (o *Options) withDefaults() (Options, error) {
 		r.KeepSnapshots = 7
 	}
 	if r.PackSize == 0 {
-		r.PackSize = 16 << 20
+		r.PackSize = 32 << 20
 	}
 	if r.FlushEvery == 0 {
 		r.FlushEvery = 10 * time.Second

@@ -180,13 +180,14 @@ func (r *Repo) prunePacks(ctx context.Context, live map[resilmail.Digest]bool, s
 	seen := make(map[resilmail.Digest]bool) // a body kept in one pack is not kept in another
 	for _, p := range packs {
 		var keepEntries []indexEntry
-		var deadBytes int64
+		var deadBytes, rawBytes int64
 		for _, e := range p.entries {
+			rawBytes += e.size
 			if live[e.digest] && !seen[e.digest] {
 				keepEntries = append(keepEntries, e)
 				seen[e.digest] = true
 			} else {
-				deadBytes += e.length
+				deadBytes += e.size
 			}
 		}
 		switch {
@@ -199,13 +200,14 @@ func (r *Repo) prunePacks(ctx context.Context, live map[resilmail.Digest]bool, s
 			sum.PacksRemoved++
 			sum.BodiesRemoved += len(p.entries)
 			sum.BytesFreed += p.size
-		case float64(deadBytes) > repackThreshold*float64(p.size):
-			if err := r.repack(ctx, p, keepEntries); err != nil {
+		case float64(deadBytes) > repackThreshold*float64(rawBytes):
+			n, err := r.repack(ctx, p, keepEntries)
+			if err != nil {
 				return err
 			}
 			sum.PacksRewritten++
 			sum.BodiesRemoved += len(p.entries) - len(keepEntries)
-			sum.BytesFreed += deadBytes
+			sum.BytesFreed += p.size - n
 		}
 	}
 	return nil
@@ -223,26 +225,35 @@ func (r *Repo) dropPack(ctx context.Context, p *packInfo) error {
 	return r.deleteBlob(ctx, packsPrefix+p.id)
 }
 
-// repack writes the kept bodies of p into a new pack (their sealed bytes
-// as they are), its index, and only then deletes p.
-func (r *Repo) repack(ctx context.Context, p *packInfo, keep []indexEntry) error {
+// repack writes the kept bodies of p into a new pack, its index, and only
+// then deletes p. It returns the size of the new pack.
+func (r *Repo) repack(ctx context.Context, p *packInfo, keep []indexEntry) (int64, error) {
 	old, err := r.t.Get(ctx, packsPrefix+p.id, 0, -1)
 	if err != nil {
-		return fmt.Errorf("backup: prune: reading pack %s: %w", p.id, err)
+		return 0, fmt.Errorf("backup: prune: reading pack %s: %w", p.id, err)
 	}
 	w := packWriter{r: r}
+	frames := map[int64][]byte{}
 	for _, e := range keep {
-		if e.off+e.length > int64(len(old)) {
-			return fmt.Errorf("%w: pack %s is shorter than its index says", ErrCorrupt, p.id)
+		frame, ok := frames[e.off]
+		if !ok {
+			if e.off < 0 || e.length < 0 || e.off+e.length > int64(len(old)) {
+				return 0, fmt.Errorf("%w: pack %s is shorter than its index says", ErrCorrupt, p.id)
+			}
+			if frame, err = r.openFrame(p.id, e.off, old[e.off:e.off+e.length]); err != nil {
+				return 0, fmt.Errorf("backup: prune: %w", err)
+			}
+			frames[e.off] = frame
 		}
-		sealed := old[e.off : e.off+e.length]
-		if _, err := r.openBody(e.digest, p.id, sealed); err != nil {
-			return fmt.Errorf("backup: prune: %w", err)
+		b, err := r.bodyOf(frame, e, p.id)
+		if err != nil {
+			return 0, fmt.Errorf("backup: prune: %w", err)
 		}
-		w.add(e.digest, sealed, e.size)
+		w.add(e.digest, b)
 	}
-	if err := w.flush(ctx); err != nil {
-		return err
+	n, err := w.flush(ctx)
+	if err != nil {
+		return 0, err
 	}
-	return r.dropPack(ctx, p)
+	return n, r.dropPack(ctx, p)
 }

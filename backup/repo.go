@@ -61,11 +61,12 @@ type Repo struct {
 	packs map[string]*packInfo
 }
 
-// location is where a body is stored.
+// location is where a body is stored: see indexEntry.
 type location struct {
 	pack   string // pack id
 	off    int64
 	length int64
+	inner  int64
 	size   int64
 }
 
@@ -100,7 +101,7 @@ func Open(ctx context.Context, t Target, opts *Options) (*Repo, error) {
 		if o.Key != nil {
 			cfg.Encryption = "aes-256-gcm"
 		}
-		if r.c, err = newCodec(o.Key, cfg.ID, zstd.SpeedBetterCompression); err != nil {
+		if r.c, err = newCodec(o.Key, cfg.ID, zstd.SpeedDefault); err != nil {
 			return nil, err
 		}
 		cfg.KeyCheck = r.c.check
@@ -129,7 +130,7 @@ func Open(ctx context.Context, t Target, opts *Options) (*Repo, error) {
 		case cfg.Encryption != "none" && cfg.Encryption != "aes-256-gcm":
 			return nil, fmt.Errorf("%w: encryption %q", ErrFormat, cfg.Encryption)
 		}
-		if r.c, err = newCodec(o.Key, cfg.ID, zstd.SpeedBetterCompression); err != nil {
+		if r.c, err = newCodec(o.Key, cfg.ID, zstd.SpeedDefault); err != nil {
 			return nil, err
 		}
 		if r.c.check != cfg.KeyCheck {
@@ -208,7 +209,7 @@ func (r *Repo) addPackLocked(p *packInfo) {
 	r.packs[p.id] = p
 	for _, e := range p.entries {
 		if _, ok := r.index[e.digest]; !ok {
-			r.index[e.digest] = location{pack: p.id, off: e.off, length: e.length, size: e.size}
+			r.index[e.digest] = location{pack: p.id, off: e.off, length: e.length, inner: e.inner, size: e.size}
 		}
 	}
 }
@@ -226,7 +227,7 @@ func (r *Repo) rebuildIndexLocked() {
 		p := r.packs[id]
 		for _, e := range p.entries {
 			if _, ok := r.index[e.digest]; !ok {
-				r.index[e.digest] = location{pack: p.id, off: e.off, length: e.length, size: e.size}
+				r.index[e.digest] = location{pack: p.id, off: e.off, length: e.length, inner: e.inner, size: e.size}
 			}
 		}
 	}
@@ -241,77 +242,96 @@ func (r *Repo) has(d resilmail.Digest) bool {
 }
 
 // readBody returns the body d, checked against its digest. cache, if not
-// nil, keeps whole packs for a restore that reads many bodies.
-func (r *Repo) readBody(ctx context.Context, d resilmail.Digest, cache *packCache) ([]byte, error) {
+// nil, keeps decompressed frames for a restore that reads many bodies.
+func (r *Repo) readBody(ctx context.Context, d resilmail.Digest, cache *frameCache) ([]byte, error) {
 	r.mu.Lock()
 	loc, ok := r.index[d]
 	r.mu.Unlock()
 	if !ok {
 		return nil, fmt.Errorf("%w: body %s is not in the repository", ErrNotExist, d)
 	}
-	var sealed []byte
+	var frame []byte
 	var err error
 	if cache != nil {
-		var pack []byte
-		pack, err = cache.get(ctx, r, loc.pack)
-		if err == nil {
-			if loc.off+loc.length > int64(len(pack)) {
-				return nil, fmt.Errorf("%w: body %s beyond the end of pack %s", ErrCorrupt, d, loc.pack)
-			}
-			sealed = pack[loc.off : loc.off+loc.length]
-		}
+		frame, err = cache.get(loc.pack, loc.off, func() ([]byte, error) { return r.readFrame(ctx, loc.pack, loc.off, loc.length) })
 	} else {
-		sealed, err = r.t.Get(ctx, packsPrefix+loc.pack, loc.off, loc.length)
+		frame, err = r.readFrame(ctx, loc.pack, loc.off, loc.length)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("backup: body %s in pack %s: %w", d, loc.pack, err)
-	}
-	return r.openBody(d, loc.pack, sealed)
-}
-
-func (r *Repo) openBody(d resilmail.Digest, pack string, sealed []byte) ([]byte, error) {
-	b, err := r.c.open(kindBody, sealed)
-	if err != nil {
-		return nil, fmt.Errorf("backup: body %s in pack %s: %w", d, pack, err)
-	}
-	if got := resilmail.DigestOf(b); got != d {
-		return nil, fmt.Errorf("%w: body in pack %s: %w", ErrCorrupt, pack, &resilmail.CorruptError{Want: d, Got: got, Where: "pack " + pack})
-	}
-	return b, nil
-}
-
-// packCache keeps the last few packs read whole.
-type packCache struct {
-	mu    sync.Mutex
-	order []string
-	packs map[string][]byte
-	max   int
-}
-
-func newPackCache(n int) *packCache { return &packCache{packs: make(map[string][]byte), max: n} }
-
-func (c *packCache) get(ctx context.Context, r *Repo, id string) ([]byte, error) {
-	c.mu.Lock()
-	if b, ok := c.packs[id]; ok {
-		c.mu.Unlock()
-		return b, nil
-	}
-	c.mu.Unlock()
-	b, err := r.t.Get(ctx, packsPrefix+id, 0, -1)
 	if err != nil {
 		return nil, err
 	}
+	return r.bodyOf(frame, indexEntry{digest: d, inner: loc.inner, size: loc.size}, loc.pack)
+}
+
+// readFrame reads and opens the frame at off in a pack.
+func (r *Repo) readFrame(ctx context.Context, pack string, off, length int64) ([]byte, error) {
+	sealed, err := r.t.Get(ctx, packsPrefix+pack, off, length)
+	if err != nil {
+		return nil, fmt.Errorf("backup: pack %s: %w", pack, err)
+	}
+	return r.openFrame(pack, off, sealed)
+}
+
+func (r *Repo) openFrame(pack string, off int64, sealed []byte) ([]byte, error) {
+	b, err := r.c.open(kindBody, sealed)
+	if err != nil {
+		return nil, fmt.Errorf("backup: pack %s at %d: %w", pack, off, err)
+	}
+	return b, nil
+}
+
+// bodyOf cuts the body e out of its frame and checks its digest.
+func (r *Repo) bodyOf(frame []byte, e indexEntry, pack string) ([]byte, error) {
+	if e.inner < 0 || e.size < 0 || e.inner+e.size > int64(len(frame)) {
+		return nil, fmt.Errorf("%w: body %s beyond the end of its frame in pack %s", ErrCorrupt, e.digest, pack)
+	}
+	b := frame[e.inner : e.inner+e.size : e.inner+e.size]
+	if got := resilmail.DigestOf(b); got != e.digest {
+		return nil, fmt.Errorf("%w: body in pack %s: %w", ErrCorrupt, pack, &resilmail.CorruptError{Want: e.digest, Got: got, Where: "pack " + pack})
+	}
+	return b, nil
+}
+
+// frameCache keeps the last frames read, decompressed; concurrent readers
+// of one frame share one read.
+type frameCache struct {
+	mu     sync.Mutex
+	order  []frameKey
+	frames map[frameKey]*cachedFrame
+	max    int
+}
+
+type frameKey struct {
+	pack string
+	off  int64
+}
+
+type cachedFrame struct {
+	once sync.Once
+	b    []byte
+	err  error
+}
+
+func newFrameCache(n int) *frameCache {
+	return &frameCache{frames: make(map[frameKey]*cachedFrame), max: n}
+}
+
+func (c *frameCache) get(pack string, off int64, read func() ([]byte, error)) ([]byte, error) {
+	k := frameKey{pack, off}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.packs[id]; !ok {
-		c.packs[id] = b
-		c.order = append(c.order, id)
+	f := c.frames[k]
+	if f == nil {
+		f = &cachedFrame{}
+		c.frames[k] = f
+		c.order = append(c.order, k)
 		if len(c.order) > c.max {
-			delete(c.packs, c.order[0])
+			delete(c.frames, c.order[0])
 			c.order = c.order[1:]
 		}
 	}
-	return b, nil
+	c.mu.Unlock()
+	f.once.Do(func() { f.b, f.err = read() })
+	return f.b, f.err
 }
 
 // A Snapshot is a state of the backed-up store kept in the repository.

@@ -213,7 +213,7 @@ func (r *Repo) restoreKeep(ctx context.Context, dst Destination, st *state, sel 
 		boxes = append(boxes, b)
 		byBox[b.id] = []MessageInfo{}
 	}
-	cache := newPackCache(4)
+	cache := newFrameCache(256)
 	var done, bytesDone atomic.Int64
 	total := int64(len(msgs))
 	body := func(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error) {
@@ -307,9 +307,9 @@ func (r *Repo) restoreNew(ctx context.Context, dst Destination, msgs []MessageIn
 		mu.Unlock()
 		return nil
 	}
-	var cache *packCache
-	if len(msgs) > 16 {
-		cache = newPackCache(4)
+	var cache *frameCache
+	if len(msgs) > 1 {
+		cache = newFrameCache(256)
 	}
 	var done int64
 	g, gctx := errgroup.WithContext(ctx)

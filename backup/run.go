@@ -95,6 +95,9 @@ func (r *Repo) Backup(ctx context.Context, src Source) (Summary, error) {
 		return Summary{}, err
 	}
 	run, err := r.newRunner(lctx, src)
+	if run != nil {
+		defer run.pack.wait()
+	}
 	if err == nil {
 		err = run.catchUp(lctx)
 	}
@@ -103,9 +106,6 @@ func (r *Repo) Backup(ctx context.Context, src Source) (Summary, error) {
 	}
 	if lerr := lk.unlock(); err == nil && lerr != nil {
 		err = lerr
-	}
-	if run == nil {
-		return Summary{}, err
 	}
 	run.sum.Took = r.opts.Now().Sub(start)
 	if err != nil {
@@ -139,6 +139,9 @@ func (r *Repo) Follow(ctx context.Context, src Source) error {
 
 func (r *Repo) follow(ctx context.Context, src Source) error {
 	run, err := r.newRunner(ctx, src)
+	if run != nil {
+		defer run.pack.wait()
+	}
 	if err != nil {
 		return err
 	}
@@ -198,7 +201,7 @@ func (r *Repo) newRunner(ctx context.Context, src Source) (*runner, error) {
 	}
 	v, err := r.load(ctx, time.Time{})
 	if err != nil {
-		return nil, err
+		return run, err
 	}
 	reason := ""
 	switch {
@@ -219,7 +222,7 @@ func (r *Repo) newRunner(ctx context.Context, src Source) (*runner, error) {
 		old = v.st
 	}
 	if err := run.full(ctx, old, reason); err != nil {
-		return nil, err
+		return run, err
 	}
 	return run, nil
 }
@@ -418,9 +421,8 @@ func (run *runner) fetch(ctx context.Context, need []resilmail.Digest, lost func
 	r := run.r
 	const window = 256
 	type result struct {
-		sealed []byte
-		size   int64
-		err    error
+		body []byte
+		err  error
 	}
 	for len(need) > 0 {
 		n := min(window, len(need))
@@ -443,7 +445,7 @@ func (run *runner) fetch(ctx context.Context, need []resilmail.Digest, lost func
 					res[i].err = &resilmail.CorruptError{Want: d, Got: resilmail.DigestOf(b), Where: "the source's body"}
 					return nil
 				}
-				res[i].sealed, res[i].size = r.c.seal(kindBody, b, true), int64(len(b))
+				res[i].body = b
 				return nil
 			})
 		}
@@ -455,15 +457,14 @@ func (run *runner) fetch(ctx context.Context, need []resilmail.Digest, lost func
 				lost(d, res[i].err)
 				continue
 			}
-			run.pack.add(d, res[i].sealed, res[i].size)
+			run.pack.add(d, res[i].body)
 			run.sum.NewBodies++
-			run.sum.BodyBytes += res[i].size
-			run.sum.StoredBytes += int64(len(res[i].sealed))
+			run.sum.BodyBytes += int64(len(res[i].body))
 			if r.opts.Progress != nil {
 				r.opts.Progress(Progress{Phase: "backup", Done: int64(run.sum.NewBodies), Total: run.progressTotal, Bytes: run.sum.BodyBytes})
 			}
 			if run.pack.len() >= r.opts.PackSize {
-				if err := run.pack.flush(ctx); err != nil {
+				if err := run.flushPack(ctx); err != nil {
 					return err
 				}
 			}
@@ -472,9 +473,16 @@ func (run *runner) fetch(ctx context.Context, need []resilmail.Digest, lost func
 	return nil
 }
 
+// flushPack writes the open pack.
+func (run *runner) flushPack(ctx context.Context) error {
+	n, err := run.pack.flush(ctx)
+	run.sum.StoredBytes += n
+	return err
+}
+
 // flush writes the open pack and then the pending changes.
 func (run *runner) flush(ctx context.Context) error {
-	if err := run.pack.flush(ctx); err != nil {
+	if err := run.flushPack(ctx); err != nil {
 		return err
 	}
 	run.lastSeg = run.r.opts.Now()
@@ -529,7 +537,7 @@ func (run *runner) snapshot(ctx context.Context) error {
 		}
 		run.sum.Repaired += run.sum.NewBodies - before
 	}
-	if err := run.flush(ctx); err != nil {
+	if err := run.flushPack(ctx); err != nil {
 		return err
 	}
 	now := r.opts.Now()
@@ -539,9 +547,21 @@ func (run *runner) snapshot(ctx context.Context) error {
 			b.msgs[i].noBody = !r.has(b.msgs[i].digest)
 		}
 	}
+	// The last changes and the snapshot are written at once: each is
+	// complete without the other (the snapshot holds the state, the
+	// changes the detail between snapshots).
 	name := snapshotName(now, run.lineage, run.st.pos)
-	if err := r.t.Put(ctx, name, r.c.seal(kindSnapshot, encodeManifest(run.st), true)); err != nil {
-		return fmt.Errorf("backup: writing the snapshot: %w", err)
+	manifest := r.c.seal(kindSnapshot, encodeManifest(run.st), true)
+	var g errgroup.Group
+	g.Go(func() error { return run.flush(ctx) })
+	g.Go(func() error {
+		if err := r.t.Put(ctx, name, manifest); err != nil {
+			return fmt.Errorf("backup: writing the snapshot: %w", err)
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	run.sum.Snapshot = name
 	run.dirty = false
@@ -556,44 +576,119 @@ func (h *Hooks) call(fn func(string), name string) {
 	}
 }
 
-// packWriter collects sealed bodies into a pack.
+// frameSize is the raw size at which a frame of bodies is closed and
+// compressed: bodies are compressed together (messages share headers and
+// words) in frames small enough to read one message quickly.
+const frameSize = 256 << 10
+
+// packWriter collects bodies into frames, compresses and seals each frame
+// on a goroutine of its own (at most Options.Parallelism at once), and
+// writes the frames as a pack and then its index.
 type packWriter struct {
-	r       *Repo
-	buf     []byte
-	entries []indexEntry
-	in      map[resilmail.Digest]bool
+	r      *Repo
+	frame  []byte       // the open frame's content
+	open   []indexEntry // its bodies (inner, size, digest)
+	frames []*pendingFrame
+	raw    int // bytes of bodies in the pack
+	in     map[resilmail.Digest]bool
+	sem    chan struct{}
 }
 
-func (p *packWriter) len() int { return len(p.buf) }
+// pendingFrame is a closed frame being sealed.
+type pendingFrame struct {
+	entries []indexEntry
+	done    chan struct{}
+	sealed  []byte
+}
+
+// len returns the bytes of bodies in the pack being written.
+func (p *packWriter) len() int { return p.raw }
 
 func (p *packWriter) has(d resilmail.Digest) bool { return p.in[d] }
 
-func (p *packWriter) add(d resilmail.Digest, sealed []byte, size int64) {
+// add adds a body (checked against d by the caller).
+func (p *packWriter) add(d resilmail.Digest, body []byte) {
 	if p.in == nil {
 		p.in = make(map[resilmail.Digest]bool)
 	}
-	p.entries = append(p.entries, indexEntry{digest: d, off: int64(len(p.buf)), length: int64(len(sealed)), size: size})
-	p.buf = append(p.buf, sealed...)
+	p.open = append(p.open, indexEntry{digest: d, inner: int64(len(p.frame)), size: int64(len(body))})
+	p.frame = append(p.frame, body...)
+	p.raw += len(body)
 	p.in[d] = true
+	if len(p.frame) >= frameSize {
+		p.closeFrame()
+	}
+}
+
+func (p *packWriter) closeFrame() {
+	if len(p.open) == 0 {
+		return
+	}
+	if p.sem == nil {
+		p.sem = make(chan struct{}, p.r.opts.Parallelism)
+	}
+	f := &pendingFrame{entries: p.open, done: make(chan struct{})}
+	content := p.frame
+	p.frames = append(p.frames, f)
+	p.open, p.frame = nil, nil
+	p.sem <- struct{}{}
+	go func() {
+		defer func() { <-p.sem; close(f.done) }()
+		f.sealed = p.r.c.seal(kindBody, content, true)
+	}()
+}
+
+// wait waits for the frames being sealed (so that no goroutine outlives
+// a run).
+func (p *packWriter) wait() {
+	for _, f := range p.frames {
+		<-f.done
+	}
 }
 
 // flush writes the pack, then its index, and adds it to the repository's
-// index.
-func (p *packWriter) flush(ctx context.Context) error {
-	if len(p.entries) == 0 {
-		return nil
+// index. It returns the bytes written.
+func (p *packWriter) flush(ctx context.Context) (int64, error) {
+	p.closeFrame()
+	if len(p.frames) == 0 {
+		return 0, nil
 	}
+	p.wait()
+	var buf []byte
+	var entries []indexEntry
+	for _, f := range p.frames {
+		off := int64(len(buf))
+		buf = append(buf, f.sealed...)
+		for _, e := range f.entries {
+			e.off, e.length = off, int64(len(f.sealed))
+			entries = append(entries, e)
+		}
+	}
+	// The pack and its index are written at once (sharing the file
+	// system's journal commits); nothing refers to them before both are
+	// durable, and an index whose pack is missing is skipped at Open.
 	id := randomID()
-	if err := p.r.t.Put(ctx, packsPrefix+id, p.buf); err != nil {
-		return fmt.Errorf("backup: writing pack: %w", err)
-	}
-	if err := p.r.t.Put(ctx, indexPrefix+id, p.r.c.seal(kindIndex, encodeIndex(p.entries), true)); err != nil {
-		return fmt.Errorf("backup: writing the index of pack %s: %w", id, err)
+	idx := p.r.c.seal(kindIndex, encodeIndex(entries), true)
+	var g errgroup.Group
+	g.Go(func() error {
+		if err := p.r.t.Put(ctx, packsPrefix+id, buf); err != nil {
+			return fmt.Errorf("backup: writing pack: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := p.r.t.Put(ctx, indexPrefix+id, idx); err != nil {
+			return fmt.Errorf("backup: writing the index of pack %s: %w", id, err)
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return 0, err
 	}
 	p.r.mu.Lock()
-	p.r.addPackLocked(&packInfo{id: id, size: int64(len(p.buf)), entries: p.entries})
+	p.r.addPackLocked(&packInfo{id: id, size: int64(len(buf)), entries: entries})
 	p.r.mu.Unlock()
 	p.r.opts.Hooks.call(p.r.opts.Hooks.AfterPack, id)
-	p.buf, p.entries, p.in = nil, nil, nil
-	return nil
+	p.frames, p.in, p.raw = nil, nil, 0
+	return int64(len(buf)), nil
 }

@@ -165,8 +165,23 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 		}
 		rep.PacksRead++
 		rep.BytesRead += int64(len(b))
+		frames := map[int64][]byte{}
+		bad := map[int64]bool{}
 		for _, e := range p.entries {
-			if _, err := r.openBody(e.digest, p.id, b[e.off:e.off+e.length]); err != nil {
+			if bad[e.off] {
+				continue
+			}
+			frame, ok := frames[e.off]
+			if !ok {
+				frame, err = r.openFrame(p.id, e.off, b[e.off:e.off+e.length])
+				if err != nil {
+					bad[e.off] = true
+					rep.problem("%v", err)
+					continue
+				}
+				frames[e.off] = frame
+			}
+			if _, err := r.bodyOf(frame, e, p.id); err != nil {
 				rep.problem("%v", err)
 				continue
 			}
