@@ -4,12 +4,17 @@
 // max), for Dovecot's replicator (dsync over TCP; Debian's dovecot-core and
 // dovecot-lmtpd), Cyrus IMAP's rolling replication at its defaults
 // (sync_log, sync_client -r, sync_server; Debian's cyrus-imapd,
-// cyrus-replication and sasl2-bin) and resilmail (the reference store
-// behind its LMTP front end, replicated by package replicate, in this
-// process; asynchronously, or with every delivery answered only once the
-// replica has it). Each runs as a private pair on loopback.
+// cyrus-replication and sasl2-bin) and resilmail: examples/primary and
+// examples/secondary run as processes, as Dovecot and Cyrus run (each with
+// its own store, checkpoints and scrub; the stream over HTTP), either
+// asynchronously or with every delivery answered only once the replica has
+// it (-ack one). The tool builds both commands (run it from the module's
+// root) unless -primary-bin and -secondary-bin name them. The systems
+// resilmail-lib and resilmail-lib-ack run the same pair as a library in
+// this process, for comparison with earlier figures. Each runs as a private
+// pair on loopback, under $TMPDIR (put it on the file system to measure).
 //
-//	sudo go run ./internal/cmd/replcompare -rates 50,200,500 -duration 20s
+//	sudo TMPDIR=/mnt/bench go run ./internal/cmd/replcompare -rates 50,200,500 -duration 20s
 //
 // It needs root (Dovecot drops to the vmail user, which it creates if
 // missing; Cyrus to its cyrus user) and leaves the system's own servers
@@ -54,8 +59,11 @@ func main() {
 	duration := flag.Duration("duration", 20*time.Second, "how long to deliver at each rate")
 	size := flag.Int("size", 10<<10, "message size in bytes (each message adds its number)")
 	conns := flag.Int("conns", 8, "LMTP connections")
-	systems := flag.String("systems", "resilmail,resilmail-ack,dovecot,cyrus", "systems to measure, comma separated: resilmail (asynchronous), resilmail-ack (LMTP answered once the replica has it), dovecot, cyrus")
+	systems := flag.String("systems", "resilmail,resilmail-ack,dovecot,cyrus", "systems to measure, comma separated: resilmail (examples/primary and examples/secondary as processes, asynchronous), resilmail-ack (LMTP answered once the replica has it), resilmail-lib and resilmail-lib-ack (the same as a library in this process), dovecot, cyrus")
+	flag.StringVar(&bins.primary, "primary-bin", "", "examples/primary binary (default: built from ./examples/primary)")
+	flag.StringVar(&bins.secondary, "secondary-bin", "", "examples/secondary binary (default: built from ./examples/secondary)")
 	flag.Parse()
+	defer bins.remove()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
@@ -74,11 +82,20 @@ func main() {
 			res, err := measure(ctx, name, r, *duration, *size, *conns)
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "replcompare: %s at %d/s: %v\n", name, r, err)
+				bins.remove()
 				os.Exit(1)
 			}
 			fmt.Printf("%-10s %8d %10.1f %9.1f %9.1f %9.1f %10d\n", name, r, res.achieved, res.p50, res.p99, res.max, res.missing)
 		}
 	}
+}
+
+// bins are the resilmail commands the process systems run.
+var bins binaries
+
+// An expecter is told, before a run, the messages it will deliver.
+type expecter interface {
+	expect(n, size int)
 }
 
 type result struct {
@@ -94,8 +111,12 @@ func newSystem(name string) (system, error) {
 	case "cyrus":
 		return &cyrus{}, nil
 	case "resilmail":
-		return &resilmailPair{}, nil
+		return &processPair{bins: &bins}, nil
 	case "resilmail-ack":
+		return &processPair{ack: true, bins: &bins}, nil
+	case "resilmail-lib":
+		return &resilmailPair{}, nil
+	case "resilmail-lib-ack":
 		return &resilmailPair{ack: true}, nil
 	}
 	return nil, fmt.Errorf("unknown system %q", name)
@@ -119,10 +140,14 @@ func measure(ctx context.Context, name string, rate int, d time.Duration, size, 
 		defer os.RemoveAll(dir)
 	}
 	addr, err := sys.start(ctx, dir)
+	defer sys.stop()
 	if err != nil {
 		return result{}, err
 	}
-	defer sys.stop()
+	total := int(float64(rate) * d.Seconds())
+	if e, ok := sys.(expecter); ok {
+		e.expect(total, size)
+	}
 
 	var (
 		mu    sync.Mutex
@@ -155,7 +180,6 @@ func measure(ctx context.Context, name string, rate int, d time.Duration, size, 
 		}
 	}()
 
-	total := int(float64(rate) * d.Seconds())
 	jobs := make(chan int)
 	var wg sync.WaitGroup
 	var sendErr error
