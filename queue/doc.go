@@ -53,9 +53,12 @@
 //
 // # Storage (format version 1)
 //
-// The queue keeps one folder: a record log in "log" (see internal/wal: CRC
-// per record, torn tail truncated on open, group commit), a "LOCK" file that
-// keeps a second process out, and "corrupt" for damaged data moved aside.
+// The queue keeps one folder (mode 0700, files 0600, created with its
+// parents fsynced): a record log in "log" (see internal/wal: CRC per
+// record, torn tail truncated on open, group commit), a "LOCK" file that
+// keeps a second process out, "spool" for messages over 256 KiB while they
+// arrive (never acknowledged there; emptied by Open), and "corrupt" for
+// damaged data moved aside.
 // A message is one record holding its state as JSON and its body; state
 // changes are small update records appended after it. Memory holds an index
 // entry per message (envelope and state), never the bodies. The oldest log

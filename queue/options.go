@@ -145,7 +145,10 @@ type Options struct {
 	// check.
 	MinFreeBytes int64
 	// MaxMessageSize refuses larger messages permanently (SMTP 552); zero
-	// means 64 MiB. Enqueue holds a message in memory while it stores it.
+	// means 64 MiB. Enqueue holds a message of up to 256 KiB in memory
+	// while it stores it (about three copies); a larger one is spooled to
+	// the folder "spool" as it arrives and copied into the log in 256 KiB
+	// pieces, so an intake's memory does not grow with message sizes.
 	MaxMessageSize int64
 
 	// DedupWindow is how long the id of a delivered, bounced or deleted

@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base32"
 	"encoding/json"
 	"errors"
@@ -102,11 +103,21 @@ func Open(dir string, d resilmail.Deliverer, opts *Options) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := durable.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
 	unlock, err := durable.Lock(dir)
 	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	// Messages a crash cut short while they arrived: never acknowledged.
+	spoolDir := filepath.Join(dir, "spool")
+	err = os.RemoveAll(spoolDir)
+	if err == nil {
+		err = os.Mkdir(spoolDir, 0o700)
+	}
+	if err != nil {
+		unlock()
 		return nil, fmt.Errorf("queue: %w", err)
 	}
 	q := &Queue{
@@ -150,9 +161,9 @@ func (q *Queue) damaged(pos wal.Pos, data []byte, torn bool) {
 	}
 	dir := filepath.Join(q.dir, "corrupt")
 	name := filepath.Join(dir, fmt.Sprintf("%016x-%d.%s", pos.Seg, pos.Off, kind))
-	err := os.MkdirAll(dir, 0o750)
+	err := os.MkdirAll(dir, 0o700)
 	if err == nil {
-		err = durable.WriteFile(durable.OS, name, data, 0o640)
+		err = durable.WriteFile(durable.OS, name, data, 0o600)
 	}
 	q.counters.damagedBytes += uint64(len(data))
 	q.log.Warn("queue: log region skipped at open and moved aside", "pos", pos.String(), "bytes", len(data), "torn", torn, "copy", name, "err", err)
@@ -440,17 +451,35 @@ func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 	if err := env.Validate(); err != nil {
 		return env.ID, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	data, err := io.ReadAll(io.LimitReader(body, q.opts.MaxMessageSize+1))
+	// A small message is held in memory; a larger one is spooled to a
+	// file while it arrives and copied into the log from there, so that
+	// intake memory stays near spoolThreshold per message.
+	limit := q.opts.MaxMessageSize
+	data, err := io.ReadAll(io.LimitReader(body, min(limit, spoolThreshold)+1))
 	if err != nil {
 		return env.ID, fmt.Errorf("queue: reading message: %w", err)
 	}
-	if int64(len(data)) > q.opts.MaxMessageSize {
-		return env.ID, fmt.Errorf("%w: over %d bytes", ErrTooLarge, q.opts.MaxMessageSize)
+	var sp *spool
+	if int64(len(data)) > spoolThreshold && int64(len(data)) <= limit {
+		sp, err = q.spool(data, body, limit)
+		if err != nil {
+			return env.ID, err
+		}
+		defer sp.remove()
+		data = nil
 	}
-	env.Size = int64(len(data)) // what arrived, not what the client announced
+	size := int64(len(data))
+	digest := resilmail.DigestOf(data)
+	if sp != nil {
+		size, digest = sp.size, sp.digest
+	}
+	if size > limit {
+		return env.ID, fmt.Errorf("%w: over %d bytes", ErrTooLarge, limit)
+	}
+	env.Size = size // what arrived, not what the client announced
 	now := q.opts.Now()
-	m := &message{heapIdx: -1, size: int64(len(data)), synced: make(chan struct{})}
-	m.rec = msgRec{Env: env, Created: now.UnixNano(), Digest: resilmail.DigestOf(data), Rcpts: make([]rcptRec, len(env.To)), Next: now.UnixNano()}
+	m := &message{heapIdx: -1, size: size, synced: make(chan struct{})}
+	m.rec = msgRec{Env: env, Created: now.UnixNano(), Digest: digest, Rcpts: make([]rcptRec, len(env.To)), Next: now.UnixNano()}
 	rec, err := encode(recMessage, &m.rec, data)
 	if err != nil {
 		return env.ID, err
@@ -480,11 +509,16 @@ func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 		}
 		break
 	}
-	if err := q.admitLocked(int64(len(data)), now, internal); err != nil {
+	if err := q.admitLocked(size, now, internal); err != nil {
 		q.mu.Unlock()
 		return env.ID, err
 	}
-	pos, err := q.wal.Append(rec)
+	var pos wal.Pos
+	if sp != nil {
+		pos, err = q.wal.AppendFrom(rec, sp.f, sp.size)
+	} else {
+		pos, err = q.wal.Append(rec)
+	}
 	if err != nil {
 		q.mu.Unlock()
 		return env.ID, storageErr(err)
@@ -516,7 +550,7 @@ func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 	q.mu.Unlock()
 	close(wait)
 	q.poke()
-	q.log.Debug("queue: enqueued", "msg_id", env.ID, "from", env.From, "rcpts", len(env.To), "size", len(data))
+	q.log.Debug("queue: enqueued", "msg_id", env.ID, "from", env.From, "rcpts", len(env.To), "size", size)
 	q.event(Event{Kind: EventEnqueued, ID: env.ID, Time: now})
 	return env.ID, nil
 }
@@ -527,6 +561,23 @@ func (q *Queue) duplicate(id string) (string, error) {
 	q.mu.Unlock()
 	q.log.Info("queue: duplicate enqueue ignored", "msg_id", id)
 	return id, nil
+}
+
+// Admit reports whether a message of size bytes (zero: not yet known)
+// would be admitted now: nil, [ErrTooLarge], [ErrFull] (the queue or its
+// disk is full) or [ErrClosed]. An SMTP intake asks at MAIL FROM (with the
+// SIZE parameter) and at RCPT, so that a client is refused with 452 before
+// it sends any data. Enqueue decides again.
+func (q *Queue) Admit(size int64) error {
+	if size > q.opts.MaxMessageSize {
+		return fmt.Errorf("%w: over %d bytes", ErrTooLarge, q.opts.MaxMessageSize)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return ErrClosed
+	}
+	return q.admitLocked(max(size, 0), q.opts.Now(), false)
 }
 
 // admitLocked applies admission control.
@@ -594,9 +645,9 @@ func (q *Queue) quarantineCorrupt(m *message, cause error) {
 	q.compactMu.RUnlock()
 	dir := filepath.Join(q.dir, "corrupt")
 	name := filepath.Join(dir, m.id())
-	werr := os.MkdirAll(dir, 0o750)
+	werr := os.MkdirAll(dir, 0o700)
 	if werr == nil && raw != nil {
-		werr = durable.WriteFile(durable.OS, name, raw, 0o640)
+		werr = durable.WriteFile(durable.OS, name, raw, 0o600)
 	}
 	q.log.Error("queue: message body is corrupt; moved aside, not delivered",
 		"msg_id", m.id(), "pos", pos.String(), "err", cause, "copy", name, "copy_err", werr)
@@ -676,4 +727,53 @@ func (q *Queue) Shutdown(ctx context.Context) error {
 		err = cerr
 	}
 	return err
+}
+
+// spoolThreshold is the size above which Enqueue spools a message to a
+// file instead of holding it in memory.
+const spoolThreshold = 256 << 10
+
+// spool is a message being received into a file of the folder "spool".
+// It was never acknowledged: Open removes what a crash left there.
+type spool struct {
+	f      *os.File
+	size   int64
+	digest resilmail.Digest
+}
+
+// spool writes head and the rest of body (up to limit+1 bytes in all) to a
+// new spool file and rewinds it.
+func (q *Queue) spool(head []byte, body io.Reader, limit int64) (*spool, error) {
+	f, err := os.CreateTemp(filepath.Join(q.dir, "spool"), "msg-*")
+	if err != nil {
+		return nil, storageErr(err)
+	}
+	sp := &spool{f: f}
+	h := sha256.New()
+	w := io.MultiWriter(f, h)
+	if _, err := w.Write(head); err != nil {
+		sp.remove()
+		return nil, storageErr(err)
+	}
+	n, err := io.Copy(w, io.LimitReader(body, limit+1-int64(len(head))))
+	if err != nil {
+		sp.remove()
+		var werr *os.PathError
+		if errors.As(err, &werr) {
+			return nil, storageErr(err)
+		}
+		return nil, fmt.Errorf("queue: reading message: %w", err)
+	}
+	sp.size = int64(len(head)) + n
+	copy(sp.digest[:], h.Sum(nil))
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		sp.remove()
+		return nil, storageErr(err)
+	}
+	return sp, nil
+}
+
+func (sp *spool) remove() {
+	sp.f.Close()
+	os.Remove(sp.f.Name())
 }

@@ -131,3 +131,18 @@ func TestFreeSpace(t *testing.T) {
 	_, err = durable.FreeSpace(filepath.Join(t.TempDir(), "missing"))
 	assert.Error(t, err)
 }
+
+func TestMkdirAll(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "a", "b", "c")
+	require.NoError(t, durable.MkdirAll(dir, 0o700))
+	for _, d := range []string{filepath.Join(base, "a"), filepath.Join(base, "a", "b"), dir} {
+		fi, err := os.Stat(d)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o700), fi.Mode().Perm(), d)
+	}
+	require.NoError(t, durable.MkdirAll(dir, 0o700), "an existing folder is fine")
+	f := filepath.Join(base, "file")
+	require.NoError(t, os.WriteFile(f, nil, 0o600))
+	assert.Error(t, durable.MkdirAll(f, 0o700))
+}

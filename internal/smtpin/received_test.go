@@ -17,6 +17,7 @@ import (
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/smtpin"
+	"github.com/resilmail/resilmail/queue"
 )
 
 // capture is an Enqueuer that keeps what it is given.
@@ -116,4 +117,41 @@ func TestMailLoopIsRefused(t *testing.T) {
 	// A "Received:" in the body is no hop.
 	out = swaksArgs(t, addr, "--to", "rcpt@example.org", "--body", hops(20))
 	assert.Regexp(t, `<-  250 2\.0\.0 OK: queued as`, out)
+}
+
+// admitting is an Enqueuer that is also an Admitter.
+type admitting struct {
+	capture
+	mu   sync.Mutex
+	err  error
+	asks []int64
+}
+
+func (a *admitting) Admit(size int64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.asks = append(a.asks, size)
+	return a.err
+}
+
+func TestAdmissionBeforeData(t *testing.T) {
+	q := &admitting{err: queue.ErrFull}
+	addr := serveCapture(t, &smtpin.Backend{Queue: q, Hostname: "mx.test"}, nil)
+	out := swaksArgs(t, addr, "--to", "rcpt@example.org")
+	assert.Contains(t, out, "<** 452 4.3.1", "a full queue refuses at MAIL FROM, before any data")
+	assert.NotContains(t, out, "354")
+
+	q.mu.Lock()
+	q.err = nil
+	q.mu.Unlock()
+	s := dial(t, addr)
+	s.cmd("EHLO client.test")
+	assert.Regexp(t, `^250 `, s.cmd("MAIL FROM:<a@example.net> SIZE=1234"))
+	q.mu.Lock()
+	q.err = queue.ErrFull
+	q.mu.Unlock()
+	assert.Regexp(t, `^452 4\.3\.1 `, s.cmd("RCPT TO:<b@example.org>"), "and at RCPT")
+	q.mu.Lock()
+	assert.Equal(t, []int64{0, 1234, 1234}, q.asks, "asked with the SIZE the client announced")
+	q.mu.Unlock()
 }

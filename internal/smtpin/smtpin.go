@@ -29,6 +29,15 @@ type Enqueuer interface {
 	Enqueue(ctx context.Context, env resilmail.Envelope, body io.Reader) (string, error)
 }
 
+// An Admitter says whether a message would be taken now, before its data
+// is sent; *queue.Queue is one. A Backend whose Queue is an Admitter asks
+// it at MAIL FROM (with the SIZE parameter) and at every RCPT, and refuses
+// with 452 4.3.1 while the queue is full, 552 5.3.4 when SIZE is over the
+// limit.
+type Admitter interface {
+	Admit(size int64) error
+}
+
 // Backend is a go-smtp Backend that enqueues every message it receives.
 type Backend struct {
 	// Queue receives the messages.
@@ -131,6 +140,20 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			s.env.Return = resilmail.ReturnHeaders
 		}
 	}
+	return s.admit()
+}
+
+// admit asks the queue, when it can tell, whether it would take the
+// message now.
+func (s *session) admit() error {
+	a, ok := s.b.Queue.(Admitter)
+	if !ok {
+		return nil
+	}
+	if err := a.Admit(s.env.Size); err != nil {
+		s.log.Info("smtp: refused before data", "remote", s.remote, "from", s.env.From, "size", s.env.Size, "err", err)
+		return replyFor(err)
+	}
 	return nil
 }
 
@@ -142,6 +165,9 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		if strings.EqualFold(r.Addr, to) {
 			return nil // a repeated RCPT is accepted once
 		}
+	}
+	if err := s.admit(); err != nil {
+		return err
 	}
 	if s.b.Accept != nil {
 		ctx := context.Background()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -346,4 +347,38 @@ func BenchmarkAppendSync(b *testing.B) {
 			b.ReportMetric(float64(st.Syncs)/float64(st.Appends), "fsyncs/record")
 		})
 	}
+}
+
+func TestAppendFromStreams(t *testing.T) {
+	dir := t.TempDir()
+	l, _ := open(t, dir, wal.Options{SegmentSize: 4 << 20})
+	var want []string
+	for i := 0; i < 12; i++ {
+		var s string
+		if i%3 == 0 {
+			s = fmt.Sprintf("small %d", i)
+			_, err := l.Append([]byte(s))
+			require.NoError(t, err)
+		} else {
+			big := strings.Repeat(fmt.Sprintf("%d", i%10), 700<<10+i)
+			s = "head:" + big
+			pos, err := l.AppendFrom([]byte("head:"), strings.NewReader(big), int64(len(big)))
+			require.NoError(t, err)
+			b, err := l.ReadAt(pos)
+			require.NoError(t, err)
+			require.Equal(t, s, string(b))
+		}
+		want = append(want, s)
+	}
+	// A reader that ends early appends nothing and leaves the log usable.
+	_, err := l.AppendFrom([]byte("x"), strings.NewReader("short"), 100)
+	require.Error(t, err)
+	_, err = l.Append([]byte("after a short reader"))
+	require.NoError(t, err)
+	want = append(want, "after a short reader")
+	require.NoError(t, l.Sync())
+	assert.Greater(t, len(l.Segments()), 1, "big records roll segments too")
+	require.NoError(t, l.Close())
+	_, got := open(t, dir, wal.Options{SegmentSize: 4 << 20})
+	assert.Equal(t, want, payloads(got))
 }
