@@ -20,28 +20,40 @@
 // recipients: one publishes the pool's policy from a JSON file, the others
 // follow it (adding an MX is starting one more follower):
 //
-//	relay -listen :25 -http :8025 -policy pool.json -secret-file /etc/resilmail/pool.secret
-//	relay -listen :25 -follow http://mx1:8025/policy -policy-key HEX -secret-file /etc/resilmail/pool.secret
+//	relay -listen :25 -http :8025 -tls-cert mx1.pem -tls-key mx1.key -tls-ca pool-ca.pem \
+//	      -policy pool.json -secret-file /etc/resilmail/pool.secret
+//	relay -listen :25 -tls-cert mx2.pem -tls-key mx2.key -tls-ca pool-ca.pem \
+//	      -follow https://mx1:8025/policy -policy-key HEX -secret-file /etc/resilmail/pool.secret
+//
+// Between machines everything travels over TLS: -http serves HTTPS with
+// -tls-cert, the other nodes verify it with -tls-ca (a private CA; the
+// system's roots without it), and a node's certificate signed by that CA
+// is accepted instead of a token or password (mutual TLS). Plain HTTP is
+// refused beyond loopback unless -insecure-http says otherwise.
 //
 // The publisher signs the policy with an ed25519 key that it makes on first
 // start and keeps in its queue folder; it logs the public key, which every
-// follower is given with -policy-key. The secret only authorises fetching.
-//
-// The pool's secret comes from -secret-file (a file only its owner may
-// read) or $RESILMAIL_POOL_SECRET, never from the command line, which every
-// user of the machine can read: the relay refuses -secret.
+// follower is given with -policy-key. The pool's secret only authorises
+// fetching the policy; it comes from -secret-file (a file only its owner
+// may read) or $RESILMAIL_POOL_SECRET, never from the command line, which
+// every user of the machine can read: the relay refuses -secret.
 //
 // pool.json holds the domains and their recipients (local parts), e.g.
-// {"domains": {"example.org": {"recipients": ["alice", "bob"]}}}.
+// {"domains": {"example.org": {"recipients": ["alice", "bob"]}}}, and may
+// set max_message_size, which then applies on every MX instead of its
+// -max-size.
 //
 // What the pool refuses is kept in one quarantine: each MX records a
 // refused recipient before it answers 5xx (and answers 451 if it cannot),
 // and ships the record to the node that keeps the quarantine, which serves
-// it to the administrator (user "admin", the pool's secret as password) at
-// /quarantine/ on its -http address:
+// it at /quarantine/ on its -http address to the operators of -admin-passwd
+// (a Dovecot passwd-file). Each edge ships with a credential of its own,
+// which opens the ingest endpoint only: its certificate, or its password
+// (-ship-secret-file) checked against the centre's -quarantine-edges
+// passwd-file under the edge's -hostname:
 //
-//	relay ... -policy pool.json -quarantine /var/lib/quarantine
-//	relay ... -follow http://mx1:8025/policy -quarantine-ship http://mx1:8025/quarantine/ingest
+//	relay ... -policy pool.json -quarantine /var/lib/quarantine -admin-passwd ops.passwd -quarantine-edges edges.passwd
+//	relay ... -follow https://mx1:8025/policy -quarantine-ship https://mx1:8025/quarantine/ingest -ship-secret-file mx2.ship
 package main
 
 import (
@@ -87,15 +99,20 @@ type config struct {
 	secretSrc   secret.Source // -secret-file or $RESILMAIL_POOL_SECRET
 	verbose     bool
 
-	quarantine     string
-	quarantineShip string
+	quarantine      string
+	quarantineShip  string
+	quarantineEdges string        // the centre's passwd-file of the edges' shipping credentials
+	shipSecret      secret.Source // an edge's own shipping password
+	adminPasswd     string        // the operators' passwd-file
 
 	servers []mailServer // -mailserver: deliver to whichever is primary
 
 	relayDomains string // comma-separated domains accepted from anyone without a policy
 	mynetworks   string // comma-separated prefixes whose clients may relay anywhere
-	tlsCert      string
+	tlsCert      string // this node's certificate: STARTTLS, -http, and as a client
 	tlsKey       string
+	tlsCA        string // the private CA that signs the nodes' certificates
+	insecureHTTP bool
 	maxHops      int
 }
 
@@ -129,9 +146,14 @@ func parseFlags(args []string) (config, error) {
 	fs.Var(mailServerFlag{&c.servers}, "mailserver", "a mailbox server as name=lmtp-host:port,http://host:port (repeat for each): deliver over LMTP to whichever says it is primary on its /status, keeping mail queued while none does, instead of -next")
 	fs.StringVar(&c.relayDomains, "relay-domains", "", "without -policy or -follow: domains accepted from any client, comma-separated (others get 554 5.7.1 unless the client is in -mynetworks)")
 	fs.StringVar(&c.mynetworks, "mynetworks", "127.0.0.0/8,::1/128", "clients in these networks (comma-separated prefixes) may relay to any domain")
-	fs.StringVar(&c.tlsCert, "tls-cert", "", "offer STARTTLS with this certificate (PEM; with -tls-key)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "this node's certificate (PEM; with -tls-key): offered with STARTTLS, served on -http (HTTPS), and presented to the other nodes as a client certificate")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "the private key of -tls-cert (PEM)")
 	fs.IntVar(&c.maxHops, "max-hops", 50, "refuse a message with more Received headers than this as a mail loop (554 5.4.6)")
+	fs.StringVar(&c.quarantineEdges, "quarantine-edges", "", "with -quarantine: a Dovecot passwd-file of the edges' shipping credentials (user: the edge's -hostname); they open /quarantine/ingest only")
+	fs.StringVar(&c.shipSecret.File, "ship-secret-file", "", "with -quarantine-ship: file holding this edge's own shipping password (default: $RESILMAIL_SHIP_SECRET); or use -tls-cert")
+	fs.StringVar(&c.adminPasswd, "admin-passwd", "", "with -quarantine: a Dovecot passwd-file of the operators who may log in to /quarantine/")
+	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM certificates of a private CA: the publisher and the quarantine centre are verified with it, and nodes' client certificates it signed are accepted instead of tokens and passwords")
+	fs.BoolVar(&c.insecureHTTP, "insecure-http", false, "allow plain HTTP between machines (-http beyond loopback without -tls-cert, http:// URLs of other hosts)")
 	fs.BoolVar(&c.verbose, "v", false, "log every message")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -146,6 +168,7 @@ func parseFlags(args []string) (config, error) {
 		return c, errors.New("-tls-cert and -tls-key go together")
 	}
 	c.secretSrc.Env, c.secretSrc.Flag = "RESILMAIL_POOL_SECRET", "secret-file"
+	c.shipSecret.Env, c.shipSecret.Flag = "RESILMAIL_SHIP_SECRET", "ship-secret-file"
 	return c, nil
 }
 
@@ -213,14 +236,23 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	}
 	defer q.Close()
 
-	pl, err := openPool(c, log)
+	nt, err := loadNodeTLS(c)
+	if err != nil {
+		return err
+	}
+	if c.httpAddr != "" {
+		if err := nt.checkListen(c.httpAddr, c.insecureHTTP); err != nil {
+			return err
+		}
+	}
+	pl, err := openPool(c, nt, log)
 	if err != nil {
 		return err
 	}
 	if pl.close != nil {
 		defer pl.close()
 	}
-	qn, err := openQuarantine(c, q, log)
+	qn, err := openQuarantine(c, q, nt, log)
 	if err != nil {
 		return err
 	}
@@ -281,7 +313,10 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 			return err
 		}
 		log.Warn("relay: metrics", "url", "http://"+hln.Addr().String()+"/metrics")
-		hsrv = &http.Server{Handler: httpHandler(q, pl.handler, qn.handler), ReadHeaderTimeout: 10 * time.Second}
+		hsrv = &http.Server{Handler: httpHandler(q, pl.handler, qn.handler), ReadHeaderTimeout: httpReadHeaderTimeout, TLSConfig: nt.server}
+		if nt.server != nil {
+			hln = tls.NewListener(hln, nt.server)
+		}
 		g.Go(func() error {
 			if err := hsrv.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return err

@@ -34,7 +34,7 @@ type pool struct {
 
 // openPool opens the publisher or follower that c asks for, keeping its
 // state under the queue folder.
-func openPool(c config, log *slog.Logger) (*pool, error) {
+func openPool(c config, nt *nodeTLS, log *slog.Logger) (*pool, error) {
 	if c.policyFile == "" && c.follow == "" {
 		return &pool{}, nil
 	}
@@ -50,8 +50,11 @@ func openPool(c config, log *slog.Logger) (*pool, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := checkURL("follow", c.follow, c.insecureHTTP); err != nil {
+			return nil, err
+		}
 		trust := mxpool.Trust{Pool: c.pool, Keys: keys}
-		f, err := mxpool.OpenFollower(c.follow, secret, filepath.Join(c.dir, "policy-follower"), &mxpool.FollowerOptions{Logger: log, Name: c.hostname, Trust: trust})
+		f, err := mxpool.OpenFollower(c.follow, secret, filepath.Join(c.dir, "policy-follower"), &mxpool.FollowerOptions{Logger: log, Name: c.hostname, Trust: trust, HTTPClient: nt.client})
 		if err != nil {
 			return nil, err
 		}
@@ -60,7 +63,11 @@ func openPool(c config, log *slog.Logger) (*pool, error) {
 	if c.httpAddr == "" {
 		return nil, errors.New("-policy publishes the policy on the -http address: set -http")
 	}
-	p, err := mxpool.OpenPublisher(filepath.Join(c.dir, "policy-publisher"), secret, &mxpool.PublisherOptions{Logger: log, Pool: c.pool})
+	auth := mxpool.AuthToken
+	if nt.verifiedClients {
+		auth = mxpool.AuthTokenOrClientCert
+	}
+	p, err := mxpool.OpenPublisher(filepath.Join(c.dir, "policy-publisher"), secret, &mxpool.PublisherOptions{Logger: log, Pool: c.pool, Auth: auth})
 	if err != nil {
 		return nil, err
 	}

@@ -2,25 +2,24 @@ package main
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/passwd"
+	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/internal/smtpin"
 	"github.com/resilmail/resilmail/quarantine"
 	"github.com/resilmail/resilmail/queue"
 )
-
-// quarantineAdmin is the user name of the quarantine pages' administrator;
-// the password is the pool's secret.
-const quarantineAdmin = "admin"
 
 // pen is this relay's part in the pool's quarantine: the centre's store
 // (-quarantine DIR), or an edge's outbox and shipper (-quarantine-ship
@@ -32,25 +31,44 @@ type pen struct {
 	close   func() error
 }
 
-// openQuarantine opens what c asks for. The centre releases through q.
-func openQuarantine(c config, q *queue.Queue, log *slog.Logger) (*pen, error) {
+// openQuarantine opens what c asks for. The centre releases through q;
+// nt is how this node talks to the others.
+//
+// Every party has a credential of its own: an edge ships with its own
+// password (-ship-secret-file, checked against -quarantine-edges on the
+// centre) or its certificate from the private CA, and that credential
+// opens the ingest endpoint only; the operator logs in to the pages with
+// an account of the -admin-passwd file. The pool's secret opens neither.
+func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*pen, error) {
 	if c.quarantine == "" && c.quarantineShip == "" {
 		return &pen{}, nil
 	}
 	if c.quarantine != "" && c.quarantineShip != "" {
 		return nil, errors.New("-quarantine and -quarantine-ship exclude each other: one node keeps the quarantine, the others ship to it")
 	}
-	secret, err := poolSecret(c)
-	if err != nil {
-		return nil, fmt.Errorf("the quarantine: %w", err)
-	}
 	node := c.hostname
+	if node == "" {
+		node, _ = os.Hostname()
+	}
 	if c.quarantineShip != "" {
+		if err := checkURL("quarantine-ship", c.quarantineShip, c.insecureHTTP); err != nil {
+			return nil, err
+		}
+		client := nt.client
+		pass, err := c.shipSecret.Read(nil)
+		switch {
+		case err == nil:
+			client = &http.Client{Transport: &basicAuthTransport{user: node, password: string(pass), next: nt.client.Transport}}
+		case errors.Is(err, secret.ErrMissing) && c.tlsCert != "":
+			// The node's certificate is its credential.
+		default:
+			return nil, fmt.Errorf("-quarantine-ship: this edge's shipping credential: %w (or give -tls-cert for a client certificate)", err)
+		}
 		ob, err := quarantine.OpenOutbox(filepath.Join(c.dir, "quarantine-outbox"), &quarantine.OutboxOptions{Logger: log, Node: node, MaxSize: c.maxSize})
 		if err != nil {
 			return nil, err
 		}
-		sh, err := quarantine.NewShipper(ob, c.quarantineShip, &quarantine.ShipperOptions{Logger: log, Secret: secret})
+		sh, err := quarantine.NewShipper(ob, c.quarantineShip, &quarantine.ShipperOptions{Logger: log, HTTPClient: client})
 		if err != nil {
 			ob.Close()
 			return nil, err
@@ -62,13 +80,37 @@ func openQuarantine(c config, q *queue.Queue, log *slog.Logger) (*pen, error) {
 	if c.httpAddr == "" {
 		return nil, errors.New("-quarantine takes the other MXs' rejects on the -http address: set -http")
 	}
-	st, err := quarantine.Open(c.quarantine, &quarantine.StaticAuthorizer{Admins: []string{quarantineAdmin}}, &quarantine.Options{Logger: log, Deliverer: q, MaxSize: c.maxSize})
+	if c.adminPasswd == "" {
+		return nil, errors.New("-quarantine needs -admin-passwd, the operators' accounts (a Dovecot passwd-file)")
+	}
+	admins, err := passwd.Open(c.adminPasswd, &passwd.Options{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("-admin-passwd: %w", err)
+	}
+	var edges *passwd.File
+	if c.quarantineEdges != "" {
+		if edges, err = passwd.Open(c.quarantineEdges, &passwd.Options{Logger: log}); err != nil {
+			return nil, fmt.Errorf("-quarantine-edges: %w", err)
+		}
+	}
+	// Whoever logs in with an operator's account sees everything.
+	auth := quarantine.AuthorizerFunc(func(_ context.Context, who string) (quarantine.Scope, error) {
+		if slices.Contains(admins.Users().Names(), who) {
+			return quarantine.Scope{All: true}, nil
+		}
+		return quarantine.Scope{}, quarantine.ErrForbidden
+	})
+	st, err := quarantine.Open(c.quarantine, auth, &quarantine.Options{Logger: log, Deliverer: q, MaxSize: c.maxSize})
 	if err != nil {
 		return nil, err
 	}
+	scheme := "http://"
+	if nt.server != nil {
+		scheme = "https://"
+	}
 	ui, err := quarantine.NewHandler(st, &quarantine.HandlerOptions{
-		Authenticate: basicAdmin(secret),
-		BaseURL:      "http://" + httpHost(c.httpAddr) + "/quarantine",
+		Authenticate: basicLogin(admins),
+		BaseURL:      scheme + httpHost(c.httpAddr) + "/quarantine",
 		Realm:        "resilmail quarantine",
 		Logger:       log,
 	})
@@ -77,12 +119,44 @@ func openQuarantine(c config, q *queue.Queue, log *slog.Logger) (*pen, error) {
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/quarantine/ingest", st.IngestHandler(&quarantine.IngestOptions{Secret: secret, Logger: log}))
+	mux.Handle("/quarantine/ingest", st.IngestHandler(&quarantine.IngestOptions{Authenticate: edgeLogin(edges, nt.verifiedClients), Logger: log}))
 	mux.Handle("/quarantine/", http.StripPrefix("/quarantine", ui))
 	put := func(ctx context.Context, e quarantine.Entry) error {
 		return st.Put(ctx, e, nil)
 	}
 	return &pen{record: recorder(put, node), handler: mux, run: st.Run, close: st.Close}, nil
+}
+
+// basicLogin authenticates an operator with HTTP basic authentication
+// against the passwd-file f.
+func basicLogin(f *passwd.File) func(*http.Request) (string, error) {
+	return func(r *http.Request) (string, error) {
+		user, pass, ok := r.BasicAuth()
+		if !ok {
+			return "", errors.New("no credentials")
+		}
+		if err := f.Authenticate(user, pass); err != nil {
+			return "", err
+		}
+		return user, nil
+	}
+}
+
+// edgeLogin authenticates an edge at the ingest endpoint: a client
+// certificate the server verified against the private CA (when certs is
+// set), or the edge's own password in the edges' passwd-file (when edges
+// is not nil).
+func edgeLogin(edges *passwd.File, certs bool) func(*http.Request) error {
+	return func(r *http.Request) error {
+		if certs && verifiedPeer(r) != "" {
+			return nil
+		}
+		user, pass, ok := r.BasicAuth()
+		if !ok || edges == nil {
+			return errors.New("no edge credential (a client certificate or the edge's password)")
+		}
+		return edges.Authenticate(user, pass)
+	}
 }
 
 // recorder turns a refused recipient into a metadata-only entry, kept
@@ -114,23 +188,6 @@ func replyText(r smtpin.Rejection) string {
 		s += fmt.Sprintf(" %d.%d.%d", ec[0], ec[1], ec[2])
 	}
 	return s + " " + r.Reply.Message
-}
-
-// basicAdmin authenticates the pages' administrator with HTTP basic
-// authentication: user quarantineAdmin, the pool's secret as password.
-func basicAdmin(secret []byte) func(*http.Request) (string, error) {
-	return func(r *http.Request) (string, error) {
-		user, pass, ok := r.BasicAuth()
-		if !ok {
-			return "", errors.New("no credentials")
-		}
-		u := subtle.ConstantTimeCompare([]byte(user), []byte(quarantineAdmin))
-		p := subtle.ConstantTimeCompare([]byte(pass), secret)
-		if u&p != 1 {
-			return "", errors.New("bad credentials")
-		}
-		return quarantineAdmin, nil
-	}
 }
 
 // httpHost is the host:port at which addr is reached: the wildcard

@@ -3,14 +3,20 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -26,6 +32,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/quarantine"
 )
 
@@ -210,13 +217,14 @@ func TestRelayKeepsDebugAndSecretsOffItsPublicListener(t *testing.T) {
 	policy := filepath.Join(t.TempDir(), "policy.json")
 	require.NoError(t, os.WriteFile(policy, []byte(`{"domains": {"example.org": {"recipients": ["alice"]}}}`), 0o644))
 	web, debug := freePort(t), freePort(t)
-	startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web, debugAddr: debug, policyFile: policy, secret: []byte(secret), quarantine: t.TempDir()})
+	admins, edges, _ := credentials(t)
+	startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), httpAddr: web, debugAddr: debug, policyFile: policy, secret: []byte(secret), quarantine: t.TempDir(), adminPasswd: admins, quarantineEdges: edges})
 
 	get := func(url string, auth bool) (int, string) {
 		req, err := http.NewRequest("GET", url, nil)
 		require.NoError(t, err)
 		if auth {
-			req.SetBasicAuth("admin", secret)
+			req.SetBasicAuth(testOperator, testOperatorPass)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
@@ -237,6 +245,7 @@ func TestRelayKeepsDebugAndSecretsOffItsPublicListener(t *testing.T) {
 		for _, auth := range []bool{false, true} {
 			_, body := get("http://"+web+path, auth)
 			assert.NotContains(t, body, secret, "%s (credentials %v)", path, auth)
+			assert.NotContains(t, body, testOperatorPass, "%s (credentials %v)", path, auth)
 		}
 	}
 	code, body := get("http://"+debug+"/debug/pprof/goroutine?debug=1", false)
@@ -405,20 +414,55 @@ func publisherKey(t *testing.T, dir string) string {
 
 // quarantined lists the pool's quarantine as its administrator sees it
 // through the pages' JSON API.
-func quarantined(t *testing.T, web, secret string) []quarantine.Entry {
+func quarantined(t *testing.T, web, user, password string) []quarantine.Entry {
 	t.Helper()
-	req, err := http.NewRequest("GET", "http://"+web+"/quarantine/api/entries", nil)
-	require.NoError(t, err)
-	req.SetBasicAuth("admin", secret)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	return quarantinedAt(t, http.DefaultClient, "http://"+web, user, password)
+}
+
+func quarantinedAt(t *testing.T, client *http.Client, base, user, password string) []quarantine.Entry {
+	t.Helper()
+	code, body := adminGet(t, client, base, user, password)
+	require.Equal(t, http.StatusOK, code)
 	var page struct {
 		Entries []quarantine.Entry `json:"entries"`
 	}
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&page))
+	require.NoError(t, json.Unmarshal(body, &page))
 	return page.Entries
+}
+
+// adminGet asks the quarantine pages for the entries as user.
+func adminGet(t *testing.T, client *http.Client, base, user, password string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest("GET", base+"/quarantine/api/entries", nil)
+	require.NoError(t, err)
+	req.SetBasicAuth(user, password)
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, body
+}
+
+// The test pool's credentials: an operator's account, and the edge
+// relay.test's own shipping password.
+const (
+	testOperator     = "op"
+	testOperatorPass = "operator-password-0123"
+	testEdgePass     = "edge-password-0123456789"
+)
+
+// credentials writes the operators' and edges' passwd-files and the edge's
+// shipping secret file.
+func credentials(t *testing.T) (admins, edges string, ship secret.Source) {
+	t.Helper()
+	dir := t.TempDir()
+	admins, edges = filepath.Join(dir, "admins"), filepath.Join(dir, "edges")
+	require.NoError(t, os.WriteFile(admins, []byte(testOperator+":{PLAIN}"+testOperatorPass+"\n"), 0o600))
+	require.NoError(t, os.WriteFile(edges, []byte("relay.test:{PLAIN}"+testEdgePass+"\n"), 0o600))
+	ship = secret.Source{File: filepath.Join(dir, "ship"), Env: "RESILMAIL_SHIP_SECRET_UNSET"}
+	require.NoError(t, os.WriteFile(ship.File, []byte(testEdgePass+"\n"), 0o600))
+	return admins, edges, ship
 }
 
 func TestRejectsReachThePoolQuarantine(t *testing.T) {
@@ -430,10 +474,11 @@ func TestRejectsReachThePoolQuarantine(t *testing.T) {
 	require.NoError(t, os.WriteFile(policy, []byte(`{"domains": {"example.org": {"recipients": ["alice"]}}}`), 0o644))
 	web := freePort(t)
 	pdir := t.TempDir()
+	admins, edges, ship := credentials(t)
 	primary := startRelayWith(t, config{next: sink.addr, dir: pdir, httpAddr: web, policyFile: policy, secret: []byte(secret),
-		quarantine: t.TempDir()})
+		quarantine: t.TempDir(), adminPasswd: admins, quarantineEdges: edges})
 	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", policyKeys: publisherKey(t, pdir), secret: []byte(secret),
-		quarantineShip: "http://" + web + "/quarantine/ingest"})
+		quarantineShip: "http://" + web + "/quarantine/ingest", shipSecret: ship})
 
 	// The pages refuse strangers.
 	resp, err := http.Get("http://" + web + "/quarantine/api/entries")
@@ -457,7 +502,7 @@ func TestRejectsReachThePoolQuarantine(t *testing.T) {
 	shipped := time.Now()
 	var got []quarantine.Entry
 	for {
-		got = quarantined(t, web, secret)
+		got = quarantined(t, web, testOperator, testOperatorPass)
 		if len(got) == 2 {
 			break
 		}
@@ -482,4 +527,140 @@ func TestRejectsReachThePoolQuarantine(t *testing.T) {
 		assert.Equal(t, quarantine.Held, e.Recipients[0].Status)
 		assert.False(t, e.HasBody(), "refused at RCPT: no body")
 	}
+}
+
+// testPKI is a private CA and certificates it signed for the pool's nodes,
+// each valid for 127.0.0.1 as a server and as a client.
+type testPKI struct {
+	dir    string
+	ca     string // the CA's certificate, PEM
+	pool   *x509.CertPool
+	caCert *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+}
+
+func newTestPKI(t *testing.T) *testPKI {
+	t.Helper()
+	p := &testPKI{dir: t.TempDir()}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pool CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	p.ca = filepath.Join(p.dir, "ca.pem")
+	require.NoError(t, os.WriteFile(p.ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+	caCert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	p.pool = x509.NewCertPool()
+	p.pool.AddCert(caCert)
+	p.caCert, p.caKey = caCert, key
+	return p
+}
+
+// node makes a certificate for the node name, returning its files.
+func (p *testPKI) node(t *testing.T, name string) (cert, key string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &k.PublicKey, p.caKey)
+	require.NoError(t, err)
+	kd, err := x509.MarshalPKCS8PrivateKey(k)
+	require.NoError(t, err)
+	cert, key = filepath.Join(p.dir, name+".pem"), filepath.Join(p.dir, name+".key")
+	require.NoError(t, os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+	require.NoError(t, os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), 0o600))
+	return cert, key
+}
+
+func TestPoolOverTLSWithPrivateCA(t *testing.T) {
+	// Between the pool's nodes everything travels over TLS verified with
+	// a private CA: the policy, the shipped quarantine and the operator's
+	// pages. The edge proves who it is with its certificate (mutual TLS),
+	// which opens the ingest endpoint and nothing else; the operator logs
+	// in with an account of the passwd-file; the pool's secret opens
+	// neither.
+	const secret = "correct horse battery staple"
+	pki := newTestPKI(t)
+	mx1Cert, mx1Key := pki.node(t, "mx1")
+	mx2Cert, mx2Key := pki.node(t, "mx2")
+	sink := startSink(t)
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	require.NoError(t, os.WriteFile(policy, []byte(`{"domains": {"example.org": {"recipients": ["alice"]}}}`), 0o644))
+	web := freePort(t)
+	pdir := t.TempDir()
+	admins, _, _ := credentials(t)
+	startRelayWith(t, config{next: sink.addr, dir: pdir, httpAddr: web, policyFile: policy, secret: []byte(secret),
+		quarantine: t.TempDir(), adminPasswd: admins, tlsCert: mx1Cert, tlsKey: mx1Key, tlsCA: pki.ca})
+	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "https://" + web + "/policy", policyKeys: publisherKey(t, pdir),
+		secret: []byte(secret), quarantineShip: "https://" + web + "/quarantine/ingest", tlsCert: mx2Cert, tlsKey: mx2Key, tlsCA: pki.ca})
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, ok := swaksTo(t, secondary, "bob@example.org")
+		if !ok && strings.Contains(out, "<** 550 5.1.1") {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the secondary never refused bob over TLS: %s", out)
+		time.Sleep(50 * time.Millisecond)
+	}
+	operator := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.pool}}}
+	base := "https://" + web
+	require.Eventually(t, func() bool { return len(quarantinedAt(t, operator, base, testOperator, testOperatorPass)) == 1 }, 10*time.Second, 20*time.Millisecond,
+		"the edge's reject reaches the centre over mutual TLS")
+
+	code, _ := adminGet(t, operator, base, "admin", secret)
+	assert.Equal(t, http.StatusUnauthorized, code, "the pool's secret is no operator's password")
+	code, _ = adminGet(t, operator, base, testOperator, "wrong")
+	assert.Equal(t, http.StatusUnauthorized, code)
+	// The edge's certificate opens ingest, not the pages.
+	cert, err := tls.LoadX509KeyPair(mx2Cert, mx2Key)
+	require.NoError(t, err)
+	edge := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.pool, Certificates: []tls.Certificate{cert}}}}
+	code, _ = adminGet(t, edge, base, "", "")
+	assert.Equal(t, http.StatusUnauthorized, code, "an edge's credential does not open the operator's pages")
+	// Nothing is served in clear on the TLS port, and a client that does
+	// not trust the private CA gets no answer.
+	resp, err := http.Get("http://" + web + "/policy")
+	if err == nil {
+		assert.Equal(t, http.StatusBadRequest, resp.StatusCode, "plain HTTP to the TLS port")
+		resp.Body.Close()
+	}
+	_, err = http.Get(base + "/metrics")
+	assert.Error(t, err, "the node's certificate is verified against the private CA only")
+}
+
+func TestRelayRefusesPlainHTTPBetweenMachines(t *testing.T) {
+	for name, c := range map[string]config{
+		"-http beyond loopback":           {httpAddr: "0.0.0.0:0"},
+		"-follow over http elsewhere":     {follow: "http://192.0.2.1:8025/policy", policyKeys: strings.Repeat("00", 32)},
+		"-quarantine-ship http elsewhere": {quarantineShip: "http://192.0.2.1:8025/quarantine/ingest"},
+	} {
+		c.next, c.dir, c.listen, c.secret = "127.0.0.1:1", t.TempDir(), "127.0.0.1:0", []byte("correct horse battery staple")
+		// Refused at start; a relay that starts serving instead stops
+		// after a while without an error, and fails the test.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := run(ctx, c, slog.New(slog.DiscardHandler), nil)
+		cancel()
+		require.Error(t, err, name)
+		assert.Contains(t, err.Error(), "insecure-http", name)
+	}
+	// Asked for explicitly, it is allowed.
+	c := config{httpAddr: "0.0.0.0:0", insecureHTTP: true, next: "127.0.0.1:1", dir: t.TempDir(), listen: "127.0.0.1:0"}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c, slog.New(slog.DiscardHandler), ready) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("-insecure-http: %v", err)
+	}
+	cancel()
+	require.NoError(t, <-done)
 }
