@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -24,6 +25,27 @@ var (
 	// primary's journal (a replica of another history, or a forgery).
 	ErrAckBeyondEnd = errors.New("replicate: acknowledged position beyond the end of the journal")
 )
+
+// A JournalHolder is a Source that keeps its journal after a position for
+// a named reader (a retention hold), as replicate/store's Store does
+// (Store.HoldJournal). A Primary holds the journal of every replica at
+// the position it acknowledged, under the name "replica:" + its name, so
+// that the slowest known replica can resume from the journal rather than
+// compare in full (up to the Source's own bound).
+type JournalHolder interface {
+	HoldJournal(ctx context.Context, name string, pos uint64) error
+}
+
+// holdFor moves the journal hold of replica name to pos.
+func (p *Primary) holdFor(ctx context.Context, name string, pos uint64) {
+	jh, ok := p.src.(JournalHolder)
+	if !ok {
+		return
+	}
+	if err := jh.HoldJournal(ctx, "replica:"+name, pos); err != nil {
+		p.log.Warn("replicate: holding the journal for a replica", "replica", name, "position", pos, "err", err)
+	}
+}
 
 // identity is who a request is from: the replica its credential names
 // (bound), or any name it gives (a shared secret).

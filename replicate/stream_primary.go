@@ -660,12 +660,15 @@ func (p *Primary) serveAck(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, code, err.Error())
 		return
 	}
-	p.ack(a)
+	if p.ack(a) {
+		p.holdFor(r.Context(), a.Replica, a.Position)
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// ack records an acknowledgement and wakes the waiters.
-func (p *Primary) ack(a ackRequest) {
+// ack records an acknowledgement and wakes the waiters; it reports
+// whether the replica's position advanced.
+func (p *Primary) ack(a ackRequest) (advanced bool) {
 	mine := p.src.Epoch()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -675,12 +678,14 @@ func (p *Primary) ack(a ackRequest) {
 			"replica", a.Replica, "epoch", a.Epoch, "mine", mine)
 	}
 	l := p.linkLocked(a.Replica)
-	if a.Position > l.acked {
+	if a.Position > l.acked || l.ackedAt.IsZero() {
 		l.acked = a.Position
+		advanced = true
 	}
 	l.ackedAt = time.Now()
 	close(p.acked)
 	p.acked = make(chan struct{})
+	return advanced
 }
 
 // satisfiedLocked reports whether the acknowledgements Await waits for

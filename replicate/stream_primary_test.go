@@ -309,29 +309,37 @@ func TestPrimaryRefusesForgedAcks(t *testing.T) {
 	assert.NoError(t, p2.Await(ctx, end))
 }
 
-// TestPrimaryLagOfAReplicaOffTheJournal: a replica whose position the
-// journal no longer holds shows its real lag, not zero.
+// TestPrimaryLagOfAReplicaOffTheJournal: compaction keeps the journal
+// the slowest known replica needs, up to the store's HoldBytes; a replica
+// beyond that bound shows its real lag, not zero.
 func TestPrimaryLagOfAReplicaOffTheJournal(t *testing.T) {
 	ctx := context.Background()
-	src, err := store.Open(t.TempDir(), &store.Options{Logger: quietLogger(), KeepChanges: 1, SegmentSize: 4096, ScrubInterval: -1,
-		Now: (&clock{now: time.Now().Add(-time.Hour)}).Now})
-	require.NoError(t, err)
-	defer src.Close()
-	require.NoError(t, src.CreateUser(ctx, "alice"))
-	p, srv := servePrimary(t, src, &replicate.PrimaryOptions{ReplicaSecrets: replicaSecrets()})
-	require.Equal(t, http.StatusNoContent, postAckAs(t, srv.URL, secretA, "a", 1, 0))
-	for range 40 {
-		add(t, src, "alice", "INBOX", msgText("x", string(bytes.Repeat([]byte("y"), 200))))
-	}
-	require.NoError(t, src.Compact(ctx))
-	require.Greater(t, src.OldestPosition(), uint64(2), "compaction removed a's position")
-	var a replicate.ReplicaLinkStats
-	for _, l := range p.Stats().Replicas {
-		if l.Name == "a" {
-			a = l
+	for _, holdBytes := range []int64{0, 2048} {
+		src, err := store.Open(t.TempDir(), &store.Options{Logger: quietLogger(), KeepChanges: 1, SegmentSize: 4096, ScrubInterval: -1,
+			HoldBytes: holdBytes, Now: (&clock{now: time.Now().Add(-time.Hour)}).Now})
+		require.NoError(t, err)
+		defer src.Close()
+		require.NoError(t, src.CreateUser(ctx, "alice"))
+		p, srv := servePrimary(t, src, &replicate.PrimaryOptions{ReplicaSecrets: replicaSecrets()})
+		require.Equal(t, http.StatusNoContent, postAckAs(t, srv.URL, secretA, "a", 1, 0))
+		for i := range 40 {
+			add(t, src, "alice", "INBOX", msgText(strconv.Itoa(i), string(bytes.Repeat([]byte("y"), 200))))
 		}
+		require.NoError(t, src.Compact(ctx))
+		var a replicate.ReplicaLinkStats
+		for _, l := range p.Stats().Replicas {
+			if l.Name == "a" {
+				a = l
+			}
+		}
+		assert.Equal(t, src.Position()-1, a.LagChanges)
+		assert.Greater(t, a.LagAge, 50*time.Minute, "at least the age of the oldest change kept")
+		if holdBytes == 0 {
+			assert.Equal(t, uint64(1), src.OldestPosition(), "the journal is kept for replica a")
+			assert.False(t, a.TooFarBehind)
+			continue
+		}
+		assert.Greater(t, src.OldestPosition(), uint64(2), "beyond HoldBytes, compaction removed a's position")
+		assert.True(t, a.TooFarBehind)
 	}
-	assert.True(t, a.TooFarBehind)
-	assert.Equal(t, src.Position()-1, a.LagChanges)
-	assert.Greater(t, a.LagAge, 50*time.Minute, "at least the age of the oldest change kept")
 }

@@ -266,7 +266,7 @@ func (s *Store) release(d resilmail.Digest) {
 		return
 	}
 	delete(s.inflight, d)
-	if _, pending := s.pendingUnlink[d]; s.refs[d] == 0 && !pending {
+	if _, pending := s.pendingUnlink[d]; s.refs[d] == 0 && !pending && !s.retainedLocked(d) {
 		os.Remove(s.bodyPath(d))
 	}
 }
@@ -307,7 +307,7 @@ func (s *Store) checkServable(d resilmail.Digest) error {
 	if s.closed {
 		return ErrClosed
 	}
-	if s.refs[d] == 0 {
+	if s.refs[d] == 0 && !s.retainedLocked(d) {
 		return fmt.Errorf("%w: body %s", ErrNotFound, d)
 	}
 	if _, bad := s.corrupt[d]; bad {
@@ -552,7 +552,7 @@ func (s *Store) removeOrphans(ctx context.Context) (int, error) {
 			}
 			s.mu.Lock()
 			_, pending := s.pendingUnlink[d]
-			if s.refs[d] == 0 && s.inflight[d] == nil && !pending && !s.closed {
+			if s.refs[d] == 0 && s.inflight[d] == nil && !pending && !s.retainedLocked(d) && !s.closed {
 				if os.Remove(filepath.Join(dir, e.Name())) == nil {
 					n++
 					s.c.bodiesRemoved++

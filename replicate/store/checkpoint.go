@@ -222,6 +222,7 @@ func (s *Store) Compact(ctx context.Context) error {
 	}
 	buf := s.encodeCheckpointLocked()
 	seq := s.applied
+	rbuf := s.encodeRetentionLocked(seq)
 	s.mu.Unlock()
 	// The files of the bodies the checkpoint refers to are made durable
 	// before it is written, so that Open need only check the bodies the
@@ -233,6 +234,12 @@ func (s *Store) Compact(ctx context.Context) error {
 	}
 	// The checkpoint must not hold a change the journal could lose.
 	if err := s.waitDurable(seq); err != nil {
+		return err
+	}
+	// The holds and tombstones up to seq go first: a crash between the
+	// two files leaves a retention file ahead of the checkpoint, which
+	// Open reconciles (see loadRetention).
+	if err := s.writeRetention(rbuf); err != nil {
 		return err
 	}
 	if err := durable.WriteFile(durable.OS, filepath.Join(s.dir, checkpointFile), buf, 0o640); err != nil {
@@ -322,5 +329,5 @@ func (s *Store) compactCutLocked(seq uint64) uint64 {
 		}
 		byBytes = segs[i]
 	}
-	return min(need, max(keep, byBytes))
+	return min(need, max(keep, byBytes), s.holdCutLocked())
 }

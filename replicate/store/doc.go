@@ -59,6 +59,24 @@
 // journal, whichever comes first. A reader behind that gets [ErrTooFarBehind] and must
 // fall back to a full comparison ([Status.Digest], [Store.RangeDigest]).
 //
+// # Retention holds and tombstones
+//
+// A reader that follows the journal names its position with a hold:
+// [Store.HoldJournal] (a replica: replicate's Primary holds every
+// replica at the position it acknowledged) keeps the journal after it,
+// and [Store.Hold] (a backup) keeps, besides, the bodies of the messages
+// expunged after it. Compaction keeps the journal the lowest hold needs,
+// up to Options.HoldBytes (a reader gone for longer gets ErrTooFarBehind).
+// Every message removed (by an expunge, or with its mailbox or user)
+// after the lowest hold with bodies leaves a [Tombstone]: where it was,
+// its body's digest and size, its internal date, and when it was deleted
+// (the time of the change that removed it, which the journal also
+// carries); [Store.Tombstones] lists them and [Store.Body] serves their
+// bodies until every hold with bodies has moved past them ([Store.Release]
+// drops a hold). A new hold is durable when set; a hold moved on is
+// written with the next checkpoint (a crash keeps the older position:
+// more is kept, never less).
+//
 // # Epochs and replicas
 //
 // The store's epoch ([Store.Epoch]) is the highest it has seen; it only
@@ -96,6 +114,10 @@
 //	                  (until a checkpoint has fsynced its file)
 //	checkpoint        the index at one position (checksummed; see
 //	                  checkpoint.go), written atomically
+//	retention         the retention holds and the tombstones up to the
+//	                  checkpoint (its own version, checksummed; see
+//	                  retention.go), written atomically before the
+//	                  checkpoint and when a hold is set or released
 //	bodies/xx/<hex>   one file per distinct body, named by the hex SHA-256,
 //	                  in 256 folders by its first byte; shared by every
 //	                  message with that content and removed once the last

@@ -31,6 +31,12 @@ type Options struct {
 	// journal, 100 000 changes may be gigabytes. Zero means 1 GiB.
 	// Changes after the checkpoint are always kept.
 	KeepBytes int64
+	// HoldBytes bounds the journal that compaction keeps for retention
+	// holds ([Store.Hold], [Store.HoldJournal]) beyond what KeepChanges
+	// and KeepBytes keep: a reader whose hold needs more (a replica or a
+	// backup gone for long) is let go, and gets ErrTooFarBehind. Zero
+	// means 4 GiB.
+	HoldBytes int64
 	// CheckpointEvery is how many changes [Store.Run] lets pass before it
 	// writes a checkpoint and compacts the journal; zero means 50 000.
 	CheckpointEvery uint64
@@ -77,6 +83,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if r.KeepBytes <= 0 {
 		r.KeepBytes = 1 << 30
+	}
+	if r.HoldBytes <= 0 {
+		r.HoldBytes = 4 << 30
 	}
 	if r.CheckpointBytes <= 0 {
 		r.CheckpointBytes = 256 << 20

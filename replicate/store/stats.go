@@ -28,6 +28,8 @@ type Stats struct {
 	OldestSeq     uint64 // the oldest change Changes can still return
 	CheckpointSeq uint64 // the last change in the checkpoint
 	ReadOnly      bool   // local writes are refused
+	Holds         int    // retention holds (Store.Hold, Store.HoldJournal)
+	Tombstones    int    // expunged messages whose bodies holds keep
 
 	Changes         uint64 // changes written
 	Fsyncs          uint64 // fsyncs: journal, body files and their folders (at checkpoints)
@@ -70,8 +72,8 @@ func (s *Store) Stats() Stats {
 	return Stats{
 		Users: len(s.users), Mailboxes: len(s.byID), Messages: s.messages, Bodies: len(s.refs), BodyBytes: s.bodyBytes,
 		Epoch: uint64(s.epoch), Seq: s.applied, DurableSeq: s.durable, OldestSeq: s.oldestLocked(), CheckpointSeq: s.ckptSeq,
-		ReadOnly: s.readOnly,
-		Changes:  s.c.changes, Fsyncs: ws.Syncs + s.c.bodyFsyncs, JournalFsyncs: ws.Syncs,
+		ReadOnly: s.readOnly, Holds: len(s.ret.holds), Tombstones: len(s.ret.tombs),
+		Changes: s.c.changes, Fsyncs: ws.Syncs + s.c.bodyFsyncs, JournalFsyncs: ws.Syncs,
 		JournalSegments: ws.Segments, JournalBytes: ws.Bytes,
 		BodyWrites: s.c.bodyWrites, BodyShared: s.c.bodyShared, BodyReads: s.c.bodyReads, BodiesRemoved: s.c.bodiesRemoved,
 		BodySyncs: s.c.bodySyncs, BodiesRestored: s.c.bodiesRestored,

@@ -81,6 +81,7 @@ type Store struct {
 	messages        int
 	bodyBytes       int64
 	replayErr       error
+	ret             retention    // retention holds and tombstones (retention.go)
 	watch           watchState   // per-mailbox notifications and expunged UIDs (watch.go)
 	derived         derivedCache // values derived from bodies (bodyread.go); its own lock
 	c               counters
@@ -159,6 +160,9 @@ func (s *Store) open() error {
 	if err := s.loadCheckpoint(); err != nil {
 		return err
 	}
+	if err := s.loadRetention(); err != nil {
+		return err
+	}
 	s.applied = s.ckptSeq
 	l, err := wal.Open(filepath.Join(s.dir, journalDir), wal.Options{
 		Kind: walKind, Version: formatVersion, SegmentSize: s.opts.SegmentSize, Logger: s.log,
@@ -204,7 +208,7 @@ func (s *Store) restoreBodies() error {
 	s.walBodies, s.replayBodies = nil, nil
 	for d, pos := range bodies {
 		_, bad := s.corrupt[d]
-		if s.refs[d] == 0 || bad {
+		if s.refs[d] == 0 && !s.retainedLocked(d) || bad {
 			continue
 		}
 		path := s.bodyPath(d)
@@ -575,8 +579,8 @@ func (s *Store) unlinkLocked() {
 			continue
 		}
 		delete(s.pendingUnlink, d)
-		if s.refs[d] > 0 || s.inflight[d] != nil {
-			continue
+		if s.refs[d] > 0 || s.inflight[d] != nil || s.retainedLocked(d) {
+			continue // still used, or kept for a retention hold
 		}
 		delete(s.corrupt, d)
 		if err := os.Remove(s.bodyPath(d)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -617,6 +621,7 @@ func (s *Store) nextUIDValidityLocked() uint32 {
 // memory before. It trusts that the change was checked against the state
 // when it was made, and skips what no longer applies.
 func (s *Store) applyLocked(c *resilmail.Change, upstream uint64) {
+	s.ret.cur = c
 	s.touchLocked(c)
 	if c.Seq > s.applied {
 		s.applied = c.Seq
@@ -716,6 +721,7 @@ func (s *Store) applyLocked(c *resilmail.Change, upstream uint64) {
 				mb.unseen--
 			}
 			s.messages--
+			s.tombLocked(mb, m, c.Seq)
 			s.unrefLocked(m.digest, m.size, c.Seq)
 		}
 		clear(mb.msgs[len(keep):])
@@ -774,6 +780,7 @@ func (s *Store) userLocked(name string) *user {
 
 func (s *Store) dropMailboxLocked(mb *mailbox, seq uint64) {
 	for i := range mb.msgs {
+		s.tombLocked(mb, &mb.msgs[i], seq)
 		s.unrefLocked(mb.msgs[i].digest, mb.msgs[i].size, seq)
 	}
 	s.messages -= len(mb.msgs)
