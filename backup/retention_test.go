@@ -168,7 +168,8 @@ func TestJournalCompactedFallsBackToFullRead(t *testing.T) {
 	ctx := context.Background()
 	clk := newClock()
 	dir := t.TempDir()
-	src, err := store.Open(dir, &store.Options{Logger: quiet(), Now: clk.Now, SegmentSize: 4 << 10, KeepChanges: 1, KeepBytes: 1})
+	// HoldBytes: 1 lets compaction drop the journal the backup holds.
+	src, err := store.Open(dir, &store.Options{Logger: quiet(), Now: clk.Now, SegmentSize: 4 << 10, KeepChanges: 1, KeepBytes: 1, HoldBytes: 1})
 	require.NoError(t, err)
 	defer src.Close()
 	fill(t, src, 1, 1, 10)

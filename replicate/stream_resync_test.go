@@ -24,7 +24,8 @@ import (
 // the primary's inventory and repairs, then follows the stream again.
 func TestReplicaFullSyncWhenTooFarBehind(t *testing.T) {
 	ctx := context.Background()
-	src, err := store.Open(t.TempDir(), &store.Options{Logger: quietLogger(), KeepChanges: 1, SegmentSize: 4096, ScrubInterval: -1})
+	// HoldBytes: 1 lets compaction drop the journal held for the replica.
+	src, err := store.Open(t.TempDir(), &store.Options{Logger: quietLogger(), KeepChanges: 1, SegmentSize: 4096, ScrubInterval: -1, HoldBytes: 1})
 	require.NoError(t, err)
 	defer src.Close()
 	dst := openStore(t, t.TempDir())
