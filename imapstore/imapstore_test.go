@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -341,5 +343,37 @@ func TestFetchHeaderAndText(t *testing.T) {
 				assert.Equal(t, m.text, string(bs.Bytes))
 			}
 		}
+	}
+}
+
+// TestClientThatStopsReading: a session whose client stops reading blocks
+// only itself; the others are served, and it is cleaned up when the
+// client goes.
+func TestClientThatStopsReading(t *testing.T) {
+	e := newEnv(t)
+	other := e.login(t, nil)
+	big := "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef\r\n", 1<<16) // about 1 MiB
+	for range 20 {
+		e.deliver(t, big)
+	}
+	stuck := dialRaw(t, e.addr)
+	stuck.send("a LOGIN alice pw\r\nb SELECT INBOX\r\n")
+	stuck.until("b")
+	stuck.send("c FETCH 1:* BODY.PEEK[]\r\n") // 20 MiB, never read
+	require.Eventually(t, func() bool { return e.srv.Stats().Sessions == 2 }, 5*time.Second, 10*time.Millisecond)
+
+	_, err := other.Select("INBOX", nil).Wait()
+	require.NoError(t, err)
+	msgs, err := other.Fetch(imap.SeqSetNum(20), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{{Peek: true}}}).Collect()
+	require.NoError(t, err, "another session is served while one is stuck")
+	require.Len(t, msgs, 1)
+	assert.Len(t, msgs[0].BodySection[0].Bytes, len(big))
+	require.NoError(t, other.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagFlagged}}, nil).Close())
+
+	stuck.c.Close()
+	ok := assert.Eventually(t, func() bool { return e.srv.Stats().Sessions == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the stuck session ends with its connection")
+	if !ok {
+		pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
 	}
 }

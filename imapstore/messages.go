@@ -207,8 +207,18 @@ func hasFlag(flags []string, f string) bool {
 	return false
 }
 
-func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, o *imap.FetchOptions, seenSet bool) error {
+func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, o *imap.FetchOptions, seenSet bool) (err error) {
 	rw := w.CreateMessage(it.seq)
+	// The response holds the connection's writer until it is closed: close
+	// it on every path, or the tagged answer would wait forever.
+	closed := false
+	defer func() {
+		if !closed {
+			if cerr := rw.Close(); err == nil {
+				err = cerr
+			}
+		}
+	}()
 	if o.UID {
 		rw.WriteUID(imap.UID(it.uid))
 	}
@@ -224,7 +234,6 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, 
 	if o.Envelope || o.BodyStructure != nil {
 		st, err := s.structure(m.Digest)
 		if err != nil {
-			rw.Close()
 			return s.storeErr("fetch", err)
 		}
 		if o.Envelope {
@@ -235,11 +244,10 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, 
 		}
 	}
 	if len(o.BodySection) == 0 && len(o.BinarySection) == 0 && len(o.BinarySectionSize) == 0 {
-		return rw.Close()
+		return nil
 	}
 	r, err := s.srv.st.OpenBody(s.ctx(), m.Digest)
 	if err != nil {
-		rw.Close()
 		return s.storeErr("fetch", err)
 	}
 	defer r.Close()
@@ -273,7 +281,6 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, 
 			// stored, found without parsing it.
 			n, err := headerLen(r)
 			if err != nil {
-				rw.Close()
 				return s.storeErr("fetch", err)
 			}
 			var src *io.SectionReader
@@ -284,7 +291,6 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, 
 			}
 			b = make([]byte, src.Size())
 			if _, err := io.ReadFull(src, b); err != nil {
-				rw.Close()
 				return s.storeErr("fetch", err)
 			}
 			if sec.Partial != nil {
@@ -311,6 +317,7 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, 
 	for _, sec := range o.BinarySectionSize {
 		rw.WriteBinarySectionSize(sec, imapserver.ExtractBinarySectionSize(r.Section(0, r.Size()), sec))
 	}
+	closed = true
 	return rw.Close()
 }
 
