@@ -205,7 +205,14 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 	// Every delivery waits for Await: in async mode it returns at once,
 	// unless a replica has seen a newer epoch (this node was superseded),
 	// and then the delivery is refused with 451.
-	srv := smtp.NewServer(&lmtpstore.Backend{Store: st, Commit: p.Await, MaxSize: c.maxSize, Logger: log})
+	// A delivery answered 451 after it was stored (the replicas did not
+	// acknowledge in time) is remembered, so that the relay's retry is
+	// not stored twice.
+	deliveries, err := lmtpstore.OpenDeliveryLog(filepath.Join(c.dir, "lmtp-deliveries"), &lmtpstore.DeliveryLogOptions{Logger: log})
+	if err != nil {
+		return err
+	}
+	srv := smtp.NewServer(&lmtpstore.Backend{Store: st, Commit: p.Await, MaxSize: c.maxSize, Logger: log, Deliveries: deliveries})
 	srv.LMTP = true
 	srv.Domain = c.hostname
 	if srv.Domain == "" {

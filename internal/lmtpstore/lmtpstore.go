@@ -2,7 +2,9 @@
 // go-smtp backend (in LMTP mode) that delivers each message into the INBOX
 // of every recipient, answers each recipient on its own once the message
 // is durable there, and, in replication's waiting modes, only once the
-// replicas have it too.
+// replicas have it too. A message stored and then answered 451 because
+// the replicas did not acknowledge it in time is remembered in a
+// [DeliveryLog], so that the client's retry does not store it twice.
 package lmtpstore
 
 import (
@@ -38,6 +40,10 @@ type Backend struct {
 	// MaxSize is the largest message accepted; zero means 64 MiB (the
 	// store's default limit).
 	MaxSize int64
+	// Deliveries, if set, remembers the deliveries answered 451 after
+	// they were stored (Commit failed), so that the client's retry does
+	// not store a second copy: it is answered as Commit then says.
+	Deliveries *DeliveryLog
 	// Logger receives a line per delivery and per failure; nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -61,21 +67,25 @@ type session struct {
 	log    *slog.Logger
 	remote string
 	from   string
+	envID  string
 	rcpts  []rcpt
 }
 
 var _ smtp.LMTPSession = (*session)(nil)
 
-func (s *session) Reset()        { s.from, s.rcpts = "", nil }
+func (s *session) Reset()        { s.from, s.envID, s.rcpts = "", "", nil }
 func (s *session) Logout() error { return nil }
 
-func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if from != "" {
 		if err := resilmail.CheckAddress(from); err != nil {
 			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "bad sender address"}
 		}
 	}
 	s.from = from
+	if opts != nil {
+		s.envID = opts.EnvelopeID
+	}
 	return nil
 }
 
@@ -141,18 +151,40 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	start := time.Now()
 	replies := make([]error, len(s.rcpts))
 	stored := 0
+	var (
+		digest = resilmail.DigestOf(body)
+		keys   []deliveryKey // stored now, for the delivery log
+		uids   []uint32
+	)
 	for i, rc := range s.rcpts {
+		var key deliveryKey
+		if s.b.Deliveries != nil {
+			key = deliveryKeyOf(rc.user, s.from, s.envID, digest)
+			if uid, ok := s.b.Deliveries.lookup(key); ok {
+				// Stored by an attempt answered 451: answer for that copy.
+				stored++
+				s.log.Warn("lmtp: delivered again after a 451; not stored twice", "from", s.from, "rcpt", rc.addr,
+					"user", rc.user, "uid", uid, "digest", digest.String())
+				continue
+			}
+		}
 		uid, err := s.b.Store.Append(ctx, rc.user, store.Inbox, nil, time.Time{}, bytes.NewReader(body))
 		if err != nil {
 			replies[i] = s.appendFailed(rc, err)
 			continue
 		}
 		stored++
+		keys, uids = append(keys, key), append(uids, uid)
 		s.log.Info("lmtp: delivered", "from", s.from, "rcpt", rc.addr, "user", rc.user, "uid", uid, "size", len(body))
 	}
 	if stored > 0 && s.b.Commit != nil {
 		if err := s.b.Commit(ctx, s.b.Store.Position()); err != nil {
 			s.log.Error("lmtp: stored but not replicated; asking the client to deliver again", "from", s.from, "rcpts", stored, "err", err)
+			if s.b.Deliveries != nil && len(keys) > 0 {
+				if err := s.b.Deliveries.record(keys, uids); err != nil {
+					s.log.Error("lmtp: cannot remember the deliveries answered 451; their retry will store them again", "err", err)
+				}
+			}
 			for i := range replies {
 				if replies[i] == nil {
 					replies[i] = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "not replicated yet, try again later"}
