@@ -300,3 +300,15 @@ func FuzzWriteStuffed(f *testing.F) {
 		}
 	})
 }
+
+// TestReconnectAfterQuit logs in again as soon as QUIT is answered, as
+// poplib and mail clients that poll do: the maildrop must be free by then.
+func TestReconnectAfterQuit(t *testing.T) {
+	_, addr := newServer(t)
+	auth := base64.StdEncoding.EncodeToString([]byte("\x00alice\x00pw x"))
+	for i := range 50 {
+		c := dial(t, addr)
+		require.True(t, strings.HasPrefix(c.cmd("AUTH PLAIN "+auth), "+OK"), "login %d", i)
+		require.True(t, strings.HasPrefix(c.cmd("QUIT"), "+OK"))
+	}
+}

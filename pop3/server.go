@@ -662,5 +662,9 @@ func (c *session) update() {
 			return
 		}
 	}
+	// The maildrop is released before the answer, so a client that
+	// reconnects as soon as it reads +OK finds it free (RFC 1939 section 6).
+	c.srv.unlock(c.authed)
+	c.authed = ""
 	c.reply(fmt.Sprintf("+OK bye, %d messages deleted", len(del)))
 }
