@@ -71,9 +71,13 @@
 // Every mailbox carries a digest of its messages, flags and UIDs, kept up
 // to date on every change ([Inventory]). [Compare] compares two stores
 // cheaply (equal digests end the comparison) and bisects differing
-// mailboxes with range digests down to the exact UIDs; [Repair] brings the
-// replica in step from the primary (the primary wins), holding removals
-// larger than a configured share until an operator confirms them. A
+// mailboxes with range digests down to the exact UIDs, reading the replica
+// before the primary so that a change replicated meanwhile never looks
+// like the replica being ahead; [Repair] compares each user again and
+// brings the replica in step from the primary (the primary wins), UID by
+// UID (a mailbox is replaced only for another UIDVALIDITY), holding
+// removals larger than a configured share, and any removal of what only
+// the replica has, until an operator confirms them. A
 // [Comparer] runs comparisons on a schedule or on demand; an inventory can
 // be compared across machines ([InventoryHandler], [NewRemoteInventory]).
 // A replica's own comparer ([Replica.Comparer]) also heals the primary: a
