@@ -44,6 +44,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/resilmail/resilmail/failover"
 	"github.com/resilmail/resilmail/internal/cli"
 	"github.com/resilmail/resilmail/replicate"
 	"github.com/resilmail/resilmail/replicate/store"
@@ -61,6 +62,9 @@ type config struct {
 	guardMin   int
 	ca         string
 	verbose    bool
+
+	forwards     []forward // -forward: client proxies to the active node
+	forwardProxy bool      // -forward-proxy: send a PROXY v2 header
 }
 
 // parseFlags reads the command line (without the program name); getenv
@@ -78,6 +82,8 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.Float64Var(&c.guardShare, "guard-share", replicate.DefaultGuardShare, "hold an expunge of more than this share of a mailbox until confirmed")
 	fs.IntVar(&c.guardMin, "guard-min", replicate.DefaultGuardMinMessages, "smallest mailbox the guard watches, and smallest delete it holds")
 	fs.StringVar(&c.ca, "ca", "", "PEM certificates that sign an https:// primary's certificate (default: the system's)")
+	fs.Var(forwardFlag{&c.forwards}, "forward", "relay the clients of a protocol that reach this standby to the active node, as proto,listen-host:port,target-host:port with proto imap, pop3, lmtp or submission (repeat for each)")
+	fs.BoolVar(&c.forwardProxy, "forward-proxy", false, "with -forward: send the client's address in a PROXY protocol v2 header (the active node must trust this node: examples/primary -proxy-trust)")
 	fs.BoolVar(&c.verbose, "v", false, "log every reconnection and repair")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -195,6 +201,12 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	if err != nil {
 		return err
 	}
+	fwd, err := openForwards(c, log)
+	if err != nil {
+		hln.Close()
+		return err
+	}
+	defer fwd.close()
 	hsrv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	log.Warn("secondary: following", "primary", c.primary, "name", c.name, "http", "http://"+hln.Addr().String(),
 		"position", st.Position(), "apply_delay", c.applyDelay)
@@ -205,6 +217,15 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return st.Run(gctx) })
 	g.Go(func() error { return r.Run(gctx) })
+	for i, p := range fwd.proxies {
+		ln := fwd.lns[i]
+		g.Go(func() error {
+			if err := p.Serve(ln); err != nil && !errors.Is(err, failover.ErrProxyClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	if c.compare > 0 {
 		g.Go(func() error {
 			// The first comparison waits one interval: at start the
@@ -227,6 +248,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		fwd.close()
 		return hsrv.Shutdown(sctx)
 	})
 	err = g.Wait()
