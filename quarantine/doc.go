@@ -15,7 +15,11 @@
 // Guarantees:
 //
 //   - Durability: [Store.Put] and [Store.PutBatch] return nil only once the
-//     entry and its body are on stable storage; a batch shares its fsyncs.
+//     entry and its body are on stable storage; a batch shares its fsyncs,
+//     and so do concurrent Puts (the index commits through bbolt's Batch).
+//   - Bounded: the store holds at most Options.MaxEntries entries; a new
+//     one beyond is refused with ErrFull (the centre's ingest answers
+//     "retry", so the edges keep theirs until there is room).
 //   - Idempotency: an entry id stored twice with the same body is stored
 //     once; with another body it is refused ([ErrConflict]). So a shipper
 //     may send a batch again after any failure.

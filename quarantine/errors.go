@@ -24,6 +24,10 @@ var (
 	// ErrCorrupt is returned (wrapping a *resilmail.CorruptError) when a
 	// stored body does not match its digest. The body is never served.
 	ErrCorrupt = errors.New("quarantine: stored body is corrupt")
+	// ErrFull is returned by Put for a new entry while the store holds
+	// Options.MaxEntries: the cap that keeps a flood of rejects (a
+	// directory-harvest attack) from filling the disk.
+	ErrFull = errors.New("quarantine: store full")
 	// ErrTooLarge is returned when a body is over Options.MaxSize.
 	ErrTooLarge = errors.New("quarantine: message too large")
 	// ErrClosed is returned by a Store, Outbox or Shipper after Close.

@@ -34,6 +34,11 @@ type Options struct {
 	// MaxSize is the largest body stored. Zero means 64 MiB.
 	MaxSize int64
 
+	// MaxEntries caps the entries the whole store holds: a new entry
+	// beyond it is refused with ErrFull until expiry or deletion makes
+	// room. Zero means 1,000,000; negative means no cap.
+	MaxEntries int64
+
 	// ExpireEvery is how often Run expires entries and retries unfinished
 	// releases. Zero means 5 minutes.
 	ExpireEvery time.Duration
@@ -61,6 +66,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if out.MaxSize == 0 {
 		out.MaxSize = 64 << 20
+	}
+	if out.MaxEntries == 0 {
+		out.MaxEntries = 1_000_000
 	}
 	if out.MaxSize < 0 {
 		return out, fmt.Errorf("quarantine: negative MaxSize %d", out.MaxSize)

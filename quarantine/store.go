@@ -12,6 +12,7 @@ import (
 	"mime"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -187,10 +188,20 @@ func (s *Store) PutBatch(ctx context.Context, items []Item) []error {
 		return errs
 	}
 	var stored, dups int
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	// Batch lets concurrent Puts share one commit and its fsync; bbolt may
+	// run the function again (alone) when another of the batch fails, so
+	// it starts from what the items were before it ran.
+	before := slices.Clone(errs)
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
 		stored, dups = 0, 0
+		copy(errs, before)
+		held := counter(tx, kEntries)
 		for i := range prepared {
 			if errs[i] != nil {
+				continue
+			}
+			if s.opts.MaxEntries > 0 && held >= s.opts.MaxEntries && tx.Bucket(bEntries).Get([]byte(prepared[i].Entry.ID)) == nil {
+				errs[i] = fmt.Errorf("%w: %d entries held", ErrFull, held)
 				continue
 			}
 			dup, err := s.insertLocked(tx, &prepared[i].Entry)
@@ -205,6 +216,7 @@ func (s *Store) PutBatch(ctx context.Context, items []Item) []error {
 				dups++
 			} else {
 				stored++
+				held++
 			}
 		}
 		return nil

@@ -114,6 +114,7 @@ type config struct {
 	tlsCA        string // the private CA that signs the nodes' certificates
 	insecureHTTP bool
 	maxHops      int
+	errorDelay   time.Duration // the tarpit's first delay; zero: the listener's default (tests shorten it)
 }
 
 func main() {
@@ -282,7 +283,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		return err
 	}
 	// Exact answers, timeouts, the error limit and per-client limits.
-	ln := smtpin.NewListener(tcp, &smtpin.ListenerOptions{Logger: log, TLSConfig: tlsConfig})
+	ln := smtpin.NewListener(tcp, &smtpin.ListenerOptions{Logger: log, TLSConfig: tlsConfig, ErrorDelay: c.errorDelay})
 	ln.Configure(srv)
 	log.Warn("relay: listening", "addr", ln.Addr().String(), "next", next, "queue", c.dir, "queued", len(q.List(queue.Filter{})))
 

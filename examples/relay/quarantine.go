@@ -11,7 +11,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/passwd"
@@ -64,7 +67,10 @@ func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*p
 		default:
 			return nil, fmt.Errorf("-quarantine-ship: this edge's shipping credential: %w (or give -tls-cert for a client certificate)", err)
 		}
-		ob, err := quarantine.OpenOutbox(filepath.Join(c.dir, "quarantine-outbox"), &quarantine.OutboxOptions{Logger: log, Node: node, MaxSize: c.maxSize})
+		ob, err := quarantine.OpenOutbox(filepath.Join(c.dir, "quarantine-outbox"), &quarantine.OutboxOptions{Logger: log, Node: node, MaxSize: c.maxSize,
+			// Bounded while the centre is away or a flood of rejects
+			// comes in; beyond, refusals go out unrecorded.
+			MaxPending: 100_000, MaxPendingBytes: 1 << 30})
 		if err != nil {
 			return nil, err
 		}
@@ -74,7 +80,7 @@ func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*p
 			return nil, err
 		}
 		add := func(ctx context.Context, e quarantine.Entry) error { return ob.Add(ctx, e, nil) }
-		return &pen{record: recorder(add, node), run: sh.Run, close: ob.Close}, nil
+		return &pen{record: recorder(add, node, log), run: sh.Run, close: ob.Close}, nil
 	}
 
 	if c.httpAddr == "" {
@@ -100,7 +106,9 @@ func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*p
 		}
 		return quarantine.Scope{}, quarantine.ErrForbidden
 	})
-	st, err := quarantine.Open(c.quarantine, auth, &quarantine.Options{Logger: log, Deliverer: q, MaxSize: c.maxSize})
+	// About 2.2 KB of index per recorded reject: the cap keeps a flood of
+	// them near half a gigabyte.
+	st, err := quarantine.Open(c.quarantine, auth, &quarantine.Options{Logger: log, Deliverer: q, MaxSize: c.maxSize, MaxEntries: 250_000})
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +132,7 @@ func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*p
 	put := func(ctx context.Context, e quarantine.Entry) error {
 		return st.Put(ctx, e, nil)
 	}
-	return &pen{record: recorder(put, node), handler: mux, run: st.Run, close: st.Close}, nil
+	return &pen{record: recorder(put, node, log), handler: mux, run: st.Run, close: st.Close}, nil
 }
 
 // basicLogin authenticates an operator with HTTP basic authentication
@@ -161,8 +169,19 @@ func edgeLogin(edges *passwd.File, certs bool) func(*http.Request) error {
 
 // recorder turns a refused recipient into a metadata-only entry, kept
 // durably by keep before the client sees the refusal.
-func recorder(keep func(context.Context, quarantine.Entry) error, node string) func(context.Context, smtpin.Rejection) error {
+//
+// What costs a disk write is bounded: a recipient refused for its syntax or
+// because its domain is not the pool's (a relay probe) is not kept, only one
+// unknown in a domain of the pool is, whose owner may want to see it; and
+// when the outbox or the store is full, the refusal goes out unrecorded
+// (counted in dropped, logged once per thousand) rather than turning the
+// answer into 451 for everyone.
+func recorder(keep func(context.Context, quarantine.Entry) error, node string, log *slog.Logger) func(context.Context, smtpin.Rejection) error {
+	var dropped atomic.Uint64
 	return func(ctx context.Context, r smtpin.Rejection) error {
+		if !worthKeeping(r) {
+			return nil
+		}
 		now := time.Now()
 		e := quarantine.Entry{
 			ID:         quarantine.NewID(now),
@@ -174,8 +193,28 @@ func recorder(keep func(context.Context, quarantine.Entry) error, node string) f
 			Reason:     quarantine.Reason{Kind: quarantine.KindRecipient, Reply: replyText(r)},
 		}
 		e.Recipients = []quarantine.RecipientState{{Addr: r.Rcpt, Status: quarantine.Held, Changed: now}}
-		return keep(ctx, e)
+		err := keep(ctx, e)
+		if errors.Is(err, quarantine.ErrFull) || errors.Is(err, quarantine.ErrOutboxFull) {
+			if n := dropped.Add(1); n%1000 == 1 {
+				log.Warn("relay: quarantine full, refused recipients go unrecorded", "dropped", n, "err", err)
+			}
+			return nil
+		}
+		return err
 	}
+}
+
+// worthKeeping reports whether a refusal is kept in the quarantine: not a
+// relay probe (5.7.1) nor a malformed address (5.1.2, 5.1.3).
+func worthKeeping(r smtpin.Rejection) bool {
+	if r.Reply == nil {
+		return true
+	}
+	switch r.Reply.EnhancedCode {
+	case smtp.EnhancedCode{5, 7, 1}, smtp.EnhancedCode{5, 1, 2}, smtp.EnhancedCode{5, 1, 3}:
+		return false
+	}
+	return true
 }
 
 // replyText is the reply as the client sees it, e.g. "550 5.1.1 no such user".
