@@ -377,3 +377,28 @@ func TestClientThatStopsReading(t *testing.T) {
 		pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
 	}
 }
+
+func TestSearchTextInParallel(t *testing.T) {
+	e := newEnv(t)
+	c := e.login(t, nil)
+	var want []imap.UID
+	for i := 1; i <= 200; i++ {
+		body := fmt.Sprintf("Subject: m%d\r\nX-Tag: headerword\r\n\r\nline\r\n", i)
+		if i%10 == 0 {
+			body += "a NeEdLe here\r\n"
+			want = append(want, imap.UID(i))
+		}
+		e.deliver(t, body)
+	}
+	_, err := c.Select("INBOX", nil).Wait()
+	require.NoError(t, err)
+	sd, err := c.UIDSearch(&imap.SearchCriteria{Text: []string{"needle"}}, nil).Wait()
+	require.NoError(t, err)
+	assert.Equal(t, want, sd.AllUIDs())
+	sd, err = c.UIDSearch(&imap.SearchCriteria{Body: []string{"HEADERWORD"}}, nil).Wait()
+	require.NoError(t, err)
+	assert.Empty(t, sd.AllUIDs(), "BODY does not search the header")
+	sd, err = c.UIDSearch(&imap.SearchCriteria{Text: []string{"HEADERWORD"}, Not: []imap.SearchCriteria{{Body: []string{"needle"}}}}, nil).Wait()
+	require.NoError(t, err)
+	assert.Len(t, sd.AllUIDs(), 180)
+}

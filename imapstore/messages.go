@@ -6,7 +6,10 @@ import (
 	"errors"
 	"io"
 	"net/mail"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -510,18 +513,12 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 		seqSet imap.SeqSet
 		uidSet imap.UIDSet
 	)
-	for _, it := range items {
-		m, ok := meta[it.uid]
-		if !ok {
-			continue
-		}
-		c := &candidate{s: s, it: it, m: m}
-		match, err := c.match(criteria)
-		c.close()
-		if err != nil {
-			return nil, err
-		}
-		if !match {
+	matches, err := s.matchAll(items, meta, criteria)
+	if err != nil {
+		return nil, err
+	}
+	for i, it := range items {
+		if !matches[i] {
 			continue
 		}
 		uidSet.AddNum(imap.UID(it.uid))
@@ -579,6 +576,82 @@ func staticCriteria(c *imap.SearchCriteria, max, maxUID uint32, res imap.UIDSet)
 	}
 }
 
+// matchAll evaluates criteria on every item; when they read messages
+// (header or text keys) the messages are read by one worker per CPU.
+func (s *session) matchAll(items []item, meta map[uint32]store.Message, criteria *imap.SearchCriteria) ([]bool, error) {
+	out := make([]bool, len(items))
+	workers := 1
+	if readsMessages(criteria) && len(items) > 64 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	var (
+		next   atomic.Int64
+		wg     sync.WaitGroup
+		errMu  sync.Mutex
+		first  error
+		failed atomic.Bool
+	)
+	for range workers {
+		wg.Go(func() {
+			var buf []byte
+			for !failed.Load() {
+				i := int(next.Add(1) - 1)
+				if i >= len(items) {
+					return
+				}
+				m, ok := meta[items[i].uid]
+				if !ok {
+					continue
+				}
+				c := &candidate{s: s, it: items[i], m: m, buf: buf}
+				match, err := c.match(criteria)
+				buf = c.buf
+				c.close()
+				if err != nil {
+					errMu.Lock()
+					if first == nil {
+						first = err
+					}
+					errMu.Unlock()
+					failed.Store(true)
+					return
+				}
+				out[i] = match
+			}
+		})
+	}
+	wg.Wait()
+	return out, first
+}
+
+// readsMessages reports whether criteria need the messages' content.
+func readsMessages(c *imap.SearchCriteria) bool {
+	if len(c.Header) > 0 || len(c.Body) > 0 || len(c.Text) > 0 || !c.SentSince.IsZero() || !c.SentBefore.IsZero() {
+		return true
+	}
+	for i := range c.Not {
+		if readsMessages(&c.Not[i]) {
+			return true
+		}
+	}
+	for i := range c.Or {
+		if readsMessages(&c.Or[i][0]) || readsMessages(&c.Or[i][1]) {
+			return true
+		}
+	}
+	return false
+}
+
+// lowerASCII folds A-Z in b to a-z, in place: text keys match without
+// regard to ASCII case (other characters as they are stored).
+func lowerASCII(b []byte) {
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+}
+
 // candidate is a message being matched, with its header and body read at
 // most once.
 type candidate struct {
@@ -587,7 +660,8 @@ type candidate struct {
 	m      store.Message
 	r      *store.BodyReader
 	header *textproto.Header
-	raw    []byte // lower-cased whole message
+	raw    []byte // the whole message, ASCII lower-cased (in buf)
+	buf    []byte // reused between candidates of one worker
 	hdrLen int
 }
 
@@ -631,7 +705,10 @@ func (c *candidate) text() ([]byte, error) {
 	if err := c.open(); err != nil {
 		return nil, err
 	}
-	b := make([]byte, c.r.Size())
+	if int64(cap(c.buf)) < c.r.Size() {
+		c.buf = make([]byte, c.r.Size())
+	}
+	b := c.buf[:c.r.Size()]
 	if _, err := c.r.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
 		return nil, c.s.storeErr("search", err)
 	}
@@ -641,7 +718,8 @@ func (c *candidate) text() ([]byte, error) {
 	} else if i := bytes.Index(b, []byte("\n\n")); i >= 0 {
 		c.hdrLen = i + 2
 	}
-	c.raw = bytes.ToLower(b)
+	lowerASCII(b)
+	c.raw = b
 	return c.raw, nil
 }
 
@@ -715,12 +793,16 @@ func (c *candidate) match(cr *imap.SearchCriteria) (bool, error) {
 			return false, err
 		}
 		for _, k := range cr.Body {
-			if !bytes.Contains(raw[c.hdrLen:], []byte(strings.ToLower(k))) {
+			key := []byte(k)
+			lowerASCII(key)
+			if !bytes.Contains(raw[c.hdrLen:], key) {
 				return false, nil
 			}
 		}
 		for _, k := range cr.Text {
-			if !bytes.Contains(raw, []byte(strings.ToLower(k))) {
+			key := []byte(k)
+			lowerASCII(key)
+			if !bytes.Contains(raw, key) {
 				return false, nil
 			}
 		}

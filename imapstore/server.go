@@ -199,7 +199,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		if loginguard.Secure(c) {
 			l = clearL
 		}
-		c = &standbyConn{Conn: c, ro: s.o.ReadOnly}
+		c = &standbyConn{Conn: newCoalescingConn(c), ro: s.o.ReadOnly}
 		select {
 		case l.ch <- c:
 		case <-l.done:
