@@ -142,9 +142,24 @@ func (r *Repo) follow(ctx context.Context, src Source) error {
 	if run != nil {
 		defer run.pack.wait()
 	}
-	if err != nil {
-		return err
+	if err == nil {
+		err = run.followLoop(ctx)
 	}
+	if ctx.Err() != nil && run != nil && run.st != nil {
+		// Stopped: write what was read (every change applied has its
+		// bodies read), so that nothing waits for the next start.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if ferr := run.flush(fctx); ferr != nil {
+			return fmt.Errorf("backup: writing what was read before stopping: %w", ferr)
+		}
+		return nil
+	}
+	return err
+}
+
+func (run *runner) followLoop(ctx context.Context) error {
+	r := run.r
 	if err := run.catchUp(ctx); err != nil {
 		return err
 	}
@@ -162,13 +177,10 @@ func (r *Repo) follow(ctx context.Context, src Source) error {
 		}
 		if wait > 0 {
 			wctx, cancel := context.WithTimeout(ctx, wait)
-			_, werr := src.Wait(wctx, run.st.pos)
+			_, werr := run.src.Wait(wctx, run.st.pos)
 			cancel()
 			if ctx.Err() != nil {
-				fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-				err := run.flush(fctx)
-				fcancel()
-				return errors.Join(err, ctx.Err())
+				return ctx.Err()
 			}
 			if werr != nil && !errors.Is(werr, context.DeadlineExceeded) {
 				return fmt.Errorf("backup: waiting for changes: %w", werr)

@@ -2,9 +2,12 @@ package backup
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"strings"
 )
 
@@ -72,4 +75,35 @@ func ValidName(name string) error {
 		}
 	}
 	return nil
+}
+
+// TargetOptions say how [NewTarget] reaches a served repository.
+type TargetOptions struct {
+	// Secret is the secret shared with the server (see [NewHandler]).
+	Secret []byte
+	// RootCAs, if not nil, verifies the server's certificate instead of
+	// the system's roots (a private CA).
+	RootCAs *x509.CertPool
+	// Certificates are client certificates for mutual TLS.
+	Certificates []tls.Certificate
+}
+
+// NewTarget returns the target at location: a [Remote] for an https://
+// URL (http:// on loopback), else a [Folder] at that path.
+func NewTarget(location string, opts *TargetOptions) (Target, error) {
+	if !strings.HasPrefix(location, "https://") && !strings.HasPrefix(location, "http://") {
+		return NewFolder(location)
+	}
+	var o TargetOptions
+	if opts != nil {
+		o = *opts
+	}
+	client := http.DefaultClient
+	if o.RootCAs != nil || o.Certificates != nil {
+		client = &http.Client{Transport: &http.Transport{
+			TLSClientConfig:   &tls.Config{RootCAs: o.RootCAs, Certificates: o.Certificates, MinVersion: tls.VersionTLS12},
+			ForceAttemptHTTP2: true,
+		}}
+	}
+	return NewRemote(location, o.Secret, client)
 }

@@ -191,39 +191,27 @@ func openRepo(ctx context.Context, c config, log *slog.Logger, progress func(bac
 	if c.cmd == "run" {
 		opts.FlushEvery, opts.SnapshotEvery = c.flushEvery, c.snapshotEvery
 	}
-	var t backup.Target
-	if strings.HasPrefix(c.repo, "https://") || strings.HasPrefix(c.repo, "http://") {
-		var secret []byte
-		if c.secretFile != "" {
-			b, err := os.ReadFile(c.secretFile)
-			if err != nil {
-				return nil, err
-			}
-			secret = []byte(strings.TrimSpace(string(b)))
-		}
-		client := http.DefaultClient
-		if c.caFile != "" {
-			pem, err := os.ReadFile(c.caFile)
-			if err != nil {
-				return nil, err
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("-ca %s: no certificate", c.caFile)
-			}
-			client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
-		}
-		r, err := backup.NewRemote(c.repo, secret, client)
+	var to backup.TargetOptions
+	if c.secretFile != "" {
+		b, err := os.ReadFile(c.secretFile)
 		if err != nil {
 			return nil, err
 		}
-		t = r
-	} else {
-		f, err := backup.NewFolder(c.repo)
+		to.Secret = []byte(strings.TrimSpace(string(b)))
+	}
+	if c.caFile != "" {
+		pem, err := os.ReadFile(c.caFile)
 		if err != nil {
 			return nil, err
 		}
-		t = f
+		to.RootCAs = x509.NewCertPool()
+		if !to.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-ca %s: no certificate", c.caFile)
+		}
+	}
+	t, err := backup.NewTarget(c.repo, &to)
+	if err != nil {
+		return nil, err
 	}
 	return backup.Open(ctx, t, opts)
 }

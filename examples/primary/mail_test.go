@@ -27,7 +27,13 @@ type mailNode struct {
 // (SHA512-CRYPT), and waits until it serves.
 func startMailNode(t *testing.T, extra ...string) *mailNode {
 	t.Helper()
-	n := &mailNode{dir: t.TempDir(), lmtp: freeAddr(t), http: freeAddr(t), imap: freeAddr(t), pop3: freeAddr(t)}
+	return startMailNodeIn(t, t.TempDir(), extra...)
+}
+
+// startMailNodeIn is startMailNode with its data in dir.
+func startMailNodeIn(t *testing.T, dir string, extra ...string) *mailNode {
+	t.Helper()
+	n := &mailNode{dir: dir, lmtp: freeAddr(t), http: freeAddr(t), imap: freeAddr(t), pop3: freeAddr(t)}
 	n.passwd = filepath.Join(n.dir, "passwd")
 	require.NoError(t, os.WriteFile(n.passwd, []byte(
 		"alice@example.org:{PLAIN}alice-pw\n"+

@@ -63,6 +63,7 @@ type config struct {
 	imap       string
 	imaps      string
 	passwdFile string
+	backup     backupConfig
 	pop3       string
 	pop3s      string
 	proxyTrust []netip.Prefix // -proxy-trust: proxies whose PROXY v2 headers are read
@@ -93,6 +94,12 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&c.pop3s, "pop3s", "", "POP3 over implicit TLS listen address (needs -tls-cert), e.g. :995")
 	proxyTrust := fs.String("proxy-trust", "", "comma-separated addresses or CIDR prefixes of the client proxies (a standby's) whose PROXY protocol v2 header gives the client's address on the LMTP, IMAP and POP3 ports; a connection from them without a valid header is refused; others never send one")
 	fs.StringVar(&c.passwdFile, "passwd", "", "Dovecot-format passwd-file of the IMAP and POP3 users (reloaded when it changes); without it IMAP and POP3 are off")
+	fs.StringVar(&c.backup.repo, "backup", "", "back the store up continuously into this repository: a folder, or https://host:port/ of `backup serve` (see examples/backup)")
+	fs.StringVar(&c.backup.keyFile, "backup-key-file", "", "file holding the backup's encryption key")
+	fs.StringVar(&c.backup.secretFile, "backup-secret-file", "", "file holding the secret shared with the served repository")
+	fs.StringVar(&c.backup.caFile, "backup-ca", "", "PEM CA of the served repository's certificate")
+	fs.DurationVar(&c.backup.flushEvery, "backup-flush", 10*time.Second, "how often the backup writes what it has read")
+	fs.DurationVar(&c.backup.snapshotEvery, "backup-snapshot-every", 24*time.Hour, "how often the backup writes a snapshot")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -281,6 +288,15 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	if c.backup.repo != "" {
+		follow, err := startBackup(ctx, c.backup, st, log)
+		if err != nil {
+			ln.Close()
+			hln.Close()
+			return err
+		}
+		g.Go(func() error { return follow(gctx) })
+	}
 	ms.serve(g)
 	g.Go(func() error { return st.Run(gctx) })
 	g.Go(func() error {
