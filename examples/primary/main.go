@@ -19,6 +19,19 @@
 // it should be between machines) it serves the replication stream and
 // inventory at /replicate/ (bearer token derived from the secret), its
 // state as JSON at /status and Prometheus metrics at /metrics.
+//
+// Users read their mail over IMAP (-imap, default 127.0.0.1:1143; -imaps
+// for implicit TLS) and POP3 (-pop3, default 127.0.0.1:1110; -pop3s) once
+// -passwd names a Dovecot-format passwd-file ({PLAIN}, {BLF-CRYPT},
+// {SHA512-CRYPT}; read again when it changes):
+//
+//	go run ./examples/primary -passwd /etc/resilmail/passwd -tls-cert cert.pem -tls-key key.pem -imaps :993
+//
+// Passwords are taken over TLS (STARTTLS, STLS or the implicit-TLS ports,
+// with -tls-cert) or from loopback only; failed logins are delayed and
+// rate-limited per client address. IMAP sessions see deliveries at once
+// (IDLE); a user's Drafts, Sent, Trash, Junk and Archive are created at the
+// first login.
 package main
 
 import (
