@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/resilmail/resilmail/imapstore"
 	"github.com/resilmail/resilmail/internal/metrics"
 	"github.com/resilmail/resilmail/replicate"
 	"github.com/resilmail/resilmail/replicate/store"
@@ -13,7 +14,7 @@ import (
 // handler serves the primary's HTTP endpoints: the replication stream and
 // inventory at /replicate/ (for the replicas, with the secret's token),
 // /status (JSON, no user names) and /metrics (Prometheus).
-func handler(c config, st *store.Store, p *replicate.Primary) http.Handler {
+func handler(c config, st *store.Store, p *replicate.Primary, ms *mailServers) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/replicate/", http.StripPrefix("/replicate", p.Handler()))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
@@ -21,7 +22,12 @@ func handler(c config, st *store.Store, p *replicate.Primary) http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		json.NewEncoder(w).Encode(status(c, st, p))
 	})
-	mux.Handle("GET /metrics", metrics.Handler(func(m *metrics.Writer) { writeMetrics(m, st.Stats(), p.Stats()) }))
+	mux.Handle("GET /metrics", metrics.Handler(func(m *metrics.Writer) {
+		writeMetrics(m, st.Stats(), p.Stats())
+		if ms.imap != nil {
+			writeIMAPMetrics(m, ms.imap.Stats())
+		}
+	}))
 	return mux
 }
 
@@ -96,4 +102,14 @@ func writeMetrics(m *metrics.Writer, ss store.Stats, ps replicate.PrimaryStats) 
 	m.GaugeVec("resilmail_replicate_lag_changes", "Changes a replica has not acknowledged.", "replica", lag)
 	m.GaugeVec("resilmail_replicate_lag_seconds", "Age of the oldest change a replica has not acknowledged.", "replica", age)
 	m.GaugeVec("resilmail_replicate_sent_bytes", "Stream and body bytes sent to a replica.", "replica", sent)
+}
+
+func writeIMAPMetrics(m *metrics.Writer, s imapstore.Stats) {
+	m.Gauge("resilmail_imap_sessions", "IMAP sessions logged in.", float64(s.Sessions))
+	m.Gauge("resilmail_imap_open_mailboxes", "Mailboxes selected by at least one IMAP session.", float64(s.OpenMailboxes))
+	m.Counter("resilmail_imap_failed_logins_total", "Failed IMAP logins.", s.FailedLogins)
+	m.Counter("resilmail_imap_refused_readonly_total", "IMAP writes refused because the node is a standby.", s.RefusedReadOnly)
+	m.Counter("resilmail_store_derived_hits_total", "Envelopes and structures served from the per-body cache.", s.DerivedHits)
+	m.Counter("resilmail_store_derived_misses_total", "Envelopes and structures parsed from a body.", s.DerivedMisses)
+	m.Gauge("resilmail_store_derived_bytes", "Bytes held by the per-body cache.", float64(s.DerivedBytes))
 }

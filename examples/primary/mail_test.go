@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -189,6 +191,15 @@ func TestIMAPWithTheGoIMAPClient(t *testing.T) {
 	// The SHA512-CRYPT user logs in too.
 	c2 := dialIMAP(t, n.imap, nil)
 	require.NoError(t, c2.Login("bob@example.org", "pässword").Wait())
+
+	// The IMAP counters are on /metrics.
+	resp, err := http.Get("http://" + n.http + "/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Contains(t, string(body), "resilmail_imap_failed_logins_total 1\n")
+	assert.Contains(t, string(body), "resilmail_imap_sessions 2\n")
 }
 
 // TestIdleAnnouncesADeliveryAtOnce delivers over LMTP while a session

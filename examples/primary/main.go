@@ -262,7 +262,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		ln.Close()
 		return err
 	}
-	hsrv := &http.Server{Handler: handler(c, st, p), ReadHeaderTimeout: 10 * time.Second}
+	hsrv := &http.Server{ReadHeaderTimeout: 10 * time.Second}
 	scheme := "http"
 	if c.tlsCert != "" {
 		// Load now, so that a bad certificate stops the start.
@@ -280,6 +280,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		return err
 	}
 	defer ms.close()
+	hsrv.Handler = handler(c, st, p, ms)
 	log.Warn("primary: serving", "lmtp", ln.Addr().String(), "http", scheme+"://"+hln.Addr().String(),
 		"imap", addrString(ms.imapLn), "imaps", addrString(ms.imapsLn), "pop3", addrString(ms.pop3Ln), "pop3s", addrString(ms.pop3sLn),
 		"store", st.Stats().Seq, "users", st.Stats().Users, "ack", c.mode.String())
