@@ -66,9 +66,16 @@ func (q *Queue) compactOnce() bool {
 	for _, m := range inSeg {
 		body, err := q.body(m)
 		var ce *resilmail.CorruptError
-		if errors.As(err, &ce) {
+		switch {
+		case errors.As(err, &ce):
 			q.quarantineCorrupt(m, err)
 			body = nil // the damaged bytes are in the corrupt folder
+		case err != nil:
+			// Not damage (too many open files, an I/O error): keep the
+			// segment and try again later; never restate a good message
+			// without its body.
+			q.log.Error("queue: compaction stopped: cannot read a message", "segment", oldest, "msg_id", m.id(), "err", err)
+			return false
 		}
 		q.mu.Lock()
 		if m.removed || m.pos.Seg != oldest {

@@ -223,6 +223,13 @@ func (q *Queue) replay(pos wal.Pos, rec []byte) error {
 // replay share it, so that memory after a restart equals memory before.
 func (q *Queue) applyLocked(m *message, u *updRec, seg uint64) {
 	r := &m.rec
+	if u.Start != nil && !validIndexes(u.Start.Rcpts, len(r.Rcpts)) {
+		// A recipient index that does not exist (damage that kept its
+		// CRC): the attempt is ignored rather than trusted.
+		q.counters.badRecords++
+		q.log.Error("queue: ignoring an attempt record with a bad recipient index", "msg_id", r.Env.ID, "rcpts", u.Start.Rcpts)
+		u.Start = nil
+	}
 	if u.Start != nil {
 		r.Jobs = append(r.Jobs, *u.Start)
 		r.JobSeq = max(r.JobSeq, u.Start.Job)

@@ -29,8 +29,10 @@ chmod 755 "$work"
 conf=$work/postfix
 sinkpid=
 relaypid=
+samplerpid=
 cleanup() {
-	pkill -f "smtp-sink -u postfix -c 127.0.0.1:$SINK_PORT" 2>/dev/null || true
+	[ -f "$work/sink.pid" ] && kill "$(cat "$work/sink.pid")" 2>/dev/null || true
+	[ -n "$samplerpid" ] && kill "$samplerpid" 2>/dev/null || true
 	[ -n "$relaypid" ] && kill "$relaypid" 2>/dev/null || true
 	postfix -c "$conf" stop >/dev/null 2>&1 || true
 	[ -n "${KEEP:-}" ] || rm -rf "$work"
@@ -81,6 +83,7 @@ run() {
 	local name=$1 port=$2 out=$work/sink.out
 	smtp-sink -u postfix -c "127.0.0.1:$SINK_PORT" 1000 >"$out" 2>&1 &
 	sinkpid=$!
+	echo "$sinkpid" >"$work/sink.pid"
 	wait_port "$SINK_PORT"
 	local t0 t1 t2 got
 	t0=$(now)
@@ -111,6 +114,21 @@ wait_port "$PFX_PORT"
 relaypid=$!
 wait_port "$RELAY_PORT"
 
+# Postfix's memory: the largest sum of the resident sizes of its master and
+# the master's children (smtpd, cleanup, qmgr, smtp, ...), sampled.
+pfx_rss() {
+	local master max=0 sum
+	master=$(cat "$work/pfx-queue/pid/master.pid" 2>/dev/null | tr -d ' ')
+	[ -n "$master" ] || return 0
+	while :; do
+		sum=$( (ps -o rss= -p "$master"; ps -o rss= --ppid "$master") | awk '{s+=$1} END {print s+0}')
+		[ "$sum" -gt "$max" ] && max=$sum && echo "$max" >"$work/pfx-rss"
+		sleep 0.2
+	done
+}
+pfx_rss &
+samplerpid=$!
+
 echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE, $RUNS runs each, alternating"
 printf '%-8s %4s %10s %10s\n' server run accept/s e2e/s
 for i in $(seq "$RUNS"); do
@@ -128,6 +146,7 @@ pa=$(median <"$work/pa")
 pe=$(median <"$work/pe")
 ra=$(median <"$work/ra")
 re=$(median <"$work/re")
-echo "median   postfix accept $pa/s, end to end $pe/s"
+prss=$(cat "$work/pfx-rss" 2>/dev/null || echo 0)
+echo "median   postfix accept $pa/s, end to end $pe/s (peak RSS of master and children $((prss / 1024)) MiB)"
 echo "median   relay   accept $ra/s, end to end $re/s (peak RSS $((rss / 1024)) MiB)"
 echo "ratio    accept $(echo "scale=2; $ra / $pa" | bc)x, end to end $(echo "scale=2; $re / $pe" | bc)x"

@@ -16,21 +16,30 @@
 // the error, and the caller must reopen it, which replays what did reach the
 // disk.
 //
-// # On-disk format (version 1)
+// # On-disk format (version 2)
 //
-// A log is a folder of segment files named by a 16-digit hexadecimal
-// sequence number, "0000000000000001.wal", ... Each segment starts with a
-// 32-byte header: the magic "RMWAL\n", the log format version (uint16), the
-// caller's kind (up to 16 bytes, NUL-padded) and the caller's format version
-// (uint16), and a CRC-32C of the preceding bytes. Records follow, each as:
+// A log is a folder (mode 0700, created with its parents fsynced) of
+// segment files (mode 0600) named by a 16-digit hexadecimal sequence
+// number, "0000000000000001.wal", ... Each segment starts with a 40-byte
+// header: the magic "RMWAL\n", the log format version (uint16), the
+// caller's kind (up to 16 bytes, NUL-padded), the caller's format version
+// (uint16), two zero bytes, an 8-byte random salt, and a CRC-32C of the
+// preceding bytes. Records follow, each as:
 //
 //	length  uint32  payload length
-//	hcrc    uint32  CRC-32C of the 4 length bytes
-//	crc     uint32  CRC-32C of the payload
+//	hcrc    uint32  CRC-32C of the salt and the 4 length bytes
+//	crc     uint32  CRC-32C of the salt and the payload
 //	payload [length]byte
 //
+// The salt makes every record's CRCs depend on a secret of the segment:
+// bytes inside a payload (a message body) shaped as a record never pass for
+// one when Open resynchronises after a damaged region. Version 1 segments
+// (a 32-byte header without salt, plain CRC-32C) are still read.
+//
 // All integers are big-endian. The header CRC lets Open find the next record
-// after a damaged one without trusting a damaged length.
+// after a damaged one without trusting a damaged length. A read error that
+// is not a record cut short (too many open files, an I/O error) is returned
+// as such, never as ErrCorrupt.
 //
 // A segment is sealed (fsynced, never written again) before the next one is
 // created, so only the last segment can end in a torn write. Open truncates a

@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,14 +18,16 @@ import (
 	"github.com/resilmail/resilmail/internal/durable"
 )
 
-// Version is the log format version this package writes and reads.
-const Version = 1
+// Version is the log format version this package writes. It reads version
+// 1 too (segments without a salt).
+const Version = 2
 
 const (
-	magic         = "RMWAL\n"
-	segHeaderSize = 32
-	recHeaderSize = 12
-	maxKindLen    = 16
+	magic           = "RMWAL\n"
+	segHeaderSizeV1 = 32
+	segHeaderSize   = 40 // version 2
+	recHeaderSize   = 12
+	maxKindLen      = 16
 	// MaxRecord is the largest payload a record may carry.
 	MaxRecord = 1 << 30
 	segSuffix = ".wal"
@@ -106,7 +109,9 @@ type Stats struct {
 type segment struct {
 	seq  uint64
 	size int64
-	f    File // nil until opened for reading (sealed) or writing (last)
+	f    File   // nil until opened for reading (sealed) or writing (last)
+	hdr  int64  // header size: where records start
+	seed uint32 // CRC-32C of the segment's salt: the state record CRCs start from
 }
 
 // Log is an append-only record log. It is safe for concurrent use.
@@ -233,36 +238,49 @@ func (l *Log) segPath(seq uint64) string {
 	return filepath.Join(l.dir, fmt.Sprintf("%016x%s", seq, segSuffix))
 }
 
-func (l *Log) header() []byte {
+// header returns a new segment header with a random salt, and the seed
+// its records' CRCs start from.
+func (l *Log) header() ([]byte, uint32) {
 	h := make([]byte, segHeaderSize)
 	copy(h, magic)
 	binary.BigEndian.PutUint16(h[6:], Version)
 	copy(h[8:8+maxKindLen], l.opts.Kind)
 	binary.BigEndian.PutUint16(h[24:], l.opts.Version)
-	binary.BigEndian.PutUint32(h[28:], crc32.Checksum(h[:28], crcTable))
-	return h
+	rand.Read(h[28:36])
+	binary.BigEndian.PutUint32(h[36:], crc32.Checksum(h[:36], crcTable))
+	return h, crc32.Checksum(h[28:36], crcTable)
 }
 
-// checkHeader validates a segment header. It returns errTornHeader for a
-// header that is incomplete or fails its CRC.
-func (l *Log) checkHeader(h []byte, name string) error {
-	if len(h) < segHeaderSize || binary.BigEndian.Uint32(h[28:]) != crc32.Checksum(h[:28], crcTable) {
-		return errTornHeader
+// checkHeader validates a segment header and returns its size and the seed
+// of its record CRCs. It returns errTornHeader for a header that is
+// incomplete or fails its CRC.
+func (l *Log) checkHeader(h []byte, name string) (int64, uint32, error) {
+	if len(h) < 8 {
+		return 0, 0, errTornHeader
+	}
+	var size int64
+	var seed uint32
+	switch v := binary.BigEndian.Uint16(h[6:]); {
+	case v == 1 && len(h) >= segHeaderSizeV1 && binary.BigEndian.Uint32(h[28:]) == crc32.Checksum(h[:28], crcTable):
+		size = segHeaderSizeV1 // no salt: seed 0, a plain CRC-32C
+	case v == 2 && len(h) >= segHeaderSize && binary.BigEndian.Uint32(h[36:]) == crc32.Checksum(h[:36], crcTable):
+		size, seed = segHeaderSize, crc32.Checksum(h[28:36], crcTable)
+	case v > Version && string(h[:6]) == magic:
+		return 0, 0, fmt.Errorf("%w: %s has log format version %d; this build reads up to version %d", ErrFormat, name, v, Version)
+	default:
+		return 0, 0, errTornHeader
 	}
 	if string(h[:6]) != magic {
-		return fmt.Errorf("%w: %s is not a resilmail log segment", ErrFormat, name)
-	}
-	if v := binary.BigEndian.Uint16(h[6:]); v != Version {
-		return fmt.Errorf("%w: %s has log format version %d; this build reads version %d", ErrFormat, name, v, Version)
+		return 0, 0, fmt.Errorf("%w: %s is not a resilmail log segment", ErrFormat, name)
 	}
 	kind := strings.TrimRight(string(h[8:8+maxKindLen]), "\x00")
 	if kind != l.opts.Kind {
-		return fmt.Errorf("%w: %s holds %q records, not %q", ErrFormat, name, kind, l.opts.Kind)
+		return 0, 0, fmt.Errorf("%w: %s holds %q records, not %q", ErrFormat, name, kind, l.opts.Kind)
 	}
 	if v := binary.BigEndian.Uint16(h[24:]); v > l.opts.Version || v == 0 {
-		return fmt.Errorf("%w: %s has %s format version %d; this build reads up to version %d", ErrFormat, name, kind, v, l.opts.Version)
+		return 0, 0, fmt.Errorf("%w: %s has %s format version %d; this build reads up to version %d", ErrFormat, name, kind, v, l.opts.Version)
 	}
-	return nil
+	return size, seed, nil
 }
 
 var errTornHeader = errors.New("torn segment header")
@@ -282,8 +300,12 @@ func (l *Log) replaySegment(seq uint64, last bool, replay func(Pos, []byte) erro
 		f.Close()
 		return nil, fmt.Errorf("wal: read %s: %w", path, err)
 	}
-	if err := l.checkHeader(data, path); err != nil {
-		if errors.Is(err, errTornHeader) && last && !hasValidRecord(data, segHeaderSize) {
+	hdr, seed, err := l.checkHeader(data, path)
+	if err != nil {
+		// A crash while the segment was created leaves at most its header
+		// (written and fsynced before any record): nothing of it was
+		// acknowledged. A damaged header with more behind it is refused.
+		if errors.Is(err, errTornHeader) && last && len(data) <= segHeaderSize {
 			// Crash while creating the segment: nothing in it was synced.
 			f.Close()
 			l.log.Warn("wal: removing segment with torn header", "segment", path, "bytes", len(data))
@@ -299,10 +321,10 @@ func (l *Log) replaySegment(seq uint64, last bool, replay func(Pos, []byte) erro
 		}
 		return nil, err
 	}
-	off := int64(segHeaderSize)
+	off := hdr
 	end := int64(len(data))
 	for off < end {
-		n, ok := parseRecord(data[off:])
+		n, ok := parseRecord(data[off:], seed)
 		if ok {
 			if err := replay(Pos{Seg: seq, Off: off}, data[off+recHeaderSize:off+recHeaderSize+n]); err != nil {
 				f.Close()
@@ -311,7 +333,7 @@ func (l *Log) replaySegment(seq uint64, last bool, replay func(Pos, []byte) erro
 			off += recHeaderSize + n
 			continue
 		}
-		next := resync(data, off+1)
+		next := resync(data, off+1, seed)
 		if next < 0 {
 			// Nothing valid follows: a torn tail.
 			torn := end - off
@@ -345,7 +367,7 @@ func (l *Log) replaySegment(seq uint64, last bool, replay func(Pos, []byte) erro
 		}
 		off = next
 	}
-	seg := &segment{seq: seq, size: end}
+	seg := &segment{seq: seq, size: end, hdr: hdr, seed: seed}
 	if last {
 		seg.f = f
 	} else {
@@ -373,18 +395,18 @@ func readAll(f File) ([]byte, error) {
 
 // parseRecord reports whether b starts with a complete, valid record, and
 // its payload length.
-func parseRecord(b []byte) (int64, bool) {
+func parseRecord(b []byte, seed uint32) (int64, bool) {
 	if len(b) < recHeaderSize {
 		return 0, false
 	}
-	if crc32.Checksum(b[0:4], crcTable) != binary.BigEndian.Uint32(b[4:8]) {
+	if crc32.Update(seed, crcTable, b[0:4]) != binary.BigEndian.Uint32(b[4:8]) {
 		return 0, false
 	}
 	n := int64(binary.BigEndian.Uint32(b[0:4]))
 	if n > MaxRecord || int64(len(b)) < recHeaderSize+n {
 		return 0, false
 	}
-	if crc32.Checksum(b[recHeaderSize:recHeaderSize+n], crcTable) != binary.BigEndian.Uint32(b[8:12]) {
+	if crc32.Update(seed, crcTable, b[recHeaderSize:recHeaderSize+n]) != binary.BigEndian.Uint32(b[8:12]) {
 		return 0, false
 	}
 	return n, true
@@ -392,20 +414,16 @@ func parseRecord(b []byte) (int64, bool) {
 
 // resync returns the offset of the first valid record at or after from, or
 // -1.
-func resync(data []byte, from int64) int64 {
+func resync(data []byte, from int64, seed uint32) int64 {
 	for off := from; off+recHeaderSize <= int64(len(data)); off++ {
-		if crc32.Checksum(data[off:off+4], crcTable) != binary.BigEndian.Uint32(data[off+4:off+8]) {
+		if crc32.Update(seed, crcTable, data[off:off+4]) != binary.BigEndian.Uint32(data[off+4:off+8]) {
 			continue
 		}
-		if _, ok := parseRecord(data[off:]); ok {
+		if _, ok := parseRecord(data[off:], seed); ok {
 			return off
 		}
 	}
 	return -1
-}
-
-func hasValidRecord(data []byte, from int64) bool {
-	return int64(len(data)) > from && resync(data, from) >= 0
 }
 
 func (l *Log) createSegment(seq uint64) error {
@@ -414,7 +432,7 @@ func (l *Log) createSegment(seq uint64) error {
 	if err != nil {
 		return fmt.Errorf("wal: create segment: %w", err)
 	}
-	h := l.header()
+	h, seed := l.header()
 	if _, err := f.WriteAt(h, 0); err != nil {
 		f.Close()
 		return fmt.Errorf("wal: create segment: %w", err)
@@ -427,7 +445,7 @@ func (l *Log) createSegment(seq uint64) error {
 		f.Close()
 		return err
 	}
-	seg := &segment{seq: seq, size: int64(len(h)), f: f}
+	seg := &segment{seq: seq, size: int64(len(h)), f: f, hdr: int64(len(h)), seed: seed}
 	l.segs = append(l.segs, seg)
 	l.cur = seg
 	l.written = seg.size
@@ -448,7 +466,7 @@ func (l *Log) Append(rec []byte) (Pos, error) {
 		return Pos{}, err
 	}
 	size := int64(recHeaderSize + len(rec))
-	if l.cur.size > segHeaderSize && l.cur.size+size > l.opts.SegmentSize {
+	if l.cur.size > l.cur.hdr && l.cur.size+size > l.opts.SegmentSize {
 		if err := l.rollLocked(); err != nil {
 			return Pos{}, err
 		}
@@ -456,8 +474,8 @@ func (l *Log) Append(rec []byte) (Pos, error) {
 	pos := Pos{Seg: l.cur.seq, Off: l.cur.size}
 	var h [recHeaderSize]byte
 	binary.BigEndian.PutUint32(h[0:4], uint32(len(rec)))
-	binary.BigEndian.PutUint32(h[4:8], crc32.Checksum(h[0:4], crcTable))
-	binary.BigEndian.PutUint32(h[8:12], crc32.Checksum(rec, crcTable))
+	binary.BigEndian.PutUint32(h[4:8], crc32.Update(l.cur.seed, crcTable, h[0:4]))
+	binary.BigEndian.PutUint32(h[8:12], crc32.Update(l.cur.seed, crcTable, rec))
 	l.buf = append(l.buf, h[:]...)
 	l.buf = append(l.buf, rec...)
 	l.cur.size += size
@@ -493,7 +511,7 @@ func (l *Log) AppendFrom(prefix []byte, r io.Reader, n int64) (Pos, error) {
 			l.cond.Wait() // the leader writes buf at written
 			continue
 		}
-		if l.cur.size > segHeaderSize && l.cur.size+size > l.opts.SegmentSize {
+		if l.cur.size > l.cur.hdr && l.cur.size+size > l.opts.SegmentSize {
 			if err := l.rollLocked(); err != nil {
 				return Pos{}, err
 			}
@@ -505,12 +523,11 @@ func (l *Log) AppendFrom(prefix []byte, r io.Reader, n int64) (Pos, error) {
 		return Pos{}, err
 	}
 	pos := Pos{Seg: l.cur.seq, Off: l.cur.size}
-	crc := crc32.New(crcTable)
+	crc := crc32.Update(l.cur.seed, crcTable, prefix)
 	off := l.written + recHeaderSize
 	if _, err := l.cur.f.WriteAt(prefix, off); err != nil {
 		return Pos{}, l.failLocked(err)
 	}
-	crc.Write(prefix)
 	off += int64(len(prefix))
 	buf := make([]byte, min(n, 256<<10))
 	for left := n; left > 0; {
@@ -523,14 +540,14 @@ func (l *Log) AppendFrom(prefix []byte, r io.Reader, n int64) (Pos, error) {
 		if _, err := l.cur.f.WriteAt(buf[:k], off); err != nil {
 			return Pos{}, l.failLocked(err)
 		}
-		crc.Write(buf[:k])
+		crc = crc32.Update(crc, crcTable, buf[:k])
 		off += int64(k)
 		left -= int64(k)
 	}
 	var h [recHeaderSize]byte
 	binary.BigEndian.PutUint32(h[0:4], uint32(total))
-	binary.BigEndian.PutUint32(h[4:8], crc32.Checksum(h[0:4], crcTable))
-	binary.BigEndian.PutUint32(h[8:12], crc.Sum32())
+	binary.BigEndian.PutUint32(h[4:8], crc32.Update(l.cur.seed, crcTable, h[0:4]))
+	binary.BigEndian.PutUint32(h[8:12], crc)
 	if _, err := l.cur.f.WriteAt(h[:], l.written); err != nil {
 		return Pos{}, l.failLocked(err)
 	}
@@ -654,16 +671,20 @@ func (l *Log) AppendSync(rec []byte) (Pos, error) {
 // ErrCorrupt, so that the caller can move the damaged bytes aside.
 func (l *Log) ReadAt(pos Pos) ([]byte, error) {
 	l.mu.Lock()
-	f, err := l.readerLocked(pos)
+	f, seg, err := l.readerLocked(pos)
+	var seed uint32
+	if seg != nil {
+		seed = seg.seed
+	}
 	l.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
 	var h [recHeaderSize]byte
 	if _, err := f.ReadAt(h[:], pos.Off); err != nil {
-		return nil, fmt.Errorf("%w at %s: %w", ErrCorrupt, pos, err)
+		return nil, readErr(pos, err)
 	}
-	if crc32.Checksum(h[0:4], crcTable) != binary.BigEndian.Uint32(h[4:8]) {
+	if crc32.Update(seed, crcTable, h[0:4]) != binary.BigEndian.Uint32(h[4:8]) {
 		return nil, fmt.Errorf("%w at %s: bad header", ErrCorrupt, pos)
 	}
 	n := binary.BigEndian.Uint32(h[0:4])
@@ -672,24 +693,34 @@ func (l *Log) ReadAt(pos Pos) ([]byte, error) {
 	}
 	rec := make([]byte, n)
 	if _, err := f.ReadAt(rec, pos.Off+recHeaderSize); err != nil {
-		return nil, fmt.Errorf("%w at %s: %w", ErrCorrupt, pos, err)
+		return nil, readErr(pos, err)
 	}
-	if crc32.Checksum(rec, crcTable) != binary.BigEndian.Uint32(h[8:12]) {
+	if crc32.Update(seed, crcTable, rec) != binary.BigEndian.Uint32(h[8:12]) {
 		return rec, fmt.Errorf("%w at %s: checksum mismatch", ErrCorrupt, pos)
 	}
 	return rec, nil
 }
 
-func (l *Log) readerLocked(pos Pos) (File, error) {
+// readErr classifies a failed read: a record cut short by the end of its
+// file is corrupt; any other error (too many open files, an I/O error) is
+// returned as it is, for the caller to try again later.
+func readErr(pos Pos, err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w at %s: %w", ErrCorrupt, pos, err)
+	}
+	return fmt.Errorf("wal: read at %s: %w", pos, err)
+}
+
+func (l *Log) readerLocked(pos Pos) (File, *segment, error) {
 	if l.closed {
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
 	for _, s := range l.segs {
 		if s.seq != pos.Seg {
 			continue
 		}
-		if pos.Off < segHeaderSize || pos.Off >= s.size {
-			return nil, fmt.Errorf("wal: no record at %s", pos)
+		if pos.Off < s.hdr || pos.Off >= s.size {
+			return nil, nil, fmt.Errorf("wal: no record at %s", pos)
 		}
 		if s == l.cur {
 			// A Sync leader may be writing the bytes at pos right now.
@@ -698,23 +729,23 @@ func (l *Log) readerLocked(pos Pos) (File, error) {
 			}
 			if pos.Off >= l.written {
 				if err := l.usableLocked(); err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 				if err := l.flushLocked(); err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 			}
 		}
 		if s.f == nil {
 			f, err := l.opts.OpenFile(l.segPath(s.seq), os.O_RDONLY, 0)
 			if err != nil {
-				return nil, fmt.Errorf("wal: %w", err)
+				return nil, nil, fmt.Errorf("wal: %w", err)
 			}
 			s.f = f
 		}
-		return s.f, nil
+		return s.f, s, nil
 	}
-	return nil, fmt.Errorf("wal: no segment for %s", pos)
+	return nil, nil, fmt.Errorf("wal: no segment for %s", pos)
 }
 
 // Segments returns the sequence numbers of the segments, oldest first; the
@@ -749,7 +780,7 @@ func (l *Log) Roll() error {
 	if err := l.usableLocked(); err != nil {
 		return err
 	}
-	if l.cur.size == segHeaderSize {
+	if l.cur.size == l.cur.hdr {
 		return nil
 	}
 	return l.rollLocked()

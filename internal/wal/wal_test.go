@@ -1,8 +1,10 @@
 package wal_test
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -381,4 +383,34 @@ func TestAppendFromStreams(t *testing.T) {
 	require.NoError(t, l.Close())
 	_, got := open(t, dir, wal.Options{SegmentSize: 4 << 20})
 	assert.Equal(t, want, payloads(got))
+}
+
+// A record hidden in a payload (a message body that holds bytes shaped as
+// a record) is never taken for one when Open resynchronises after damage:
+// record CRCs start from the segment's random salt.
+func TestContentCannotForgeRecords(t *testing.T) {
+	dir := t.TempDir()
+	l, _ := open(t, dir, wal.Options{})
+	forged := []byte("FORGED: a record the sender wrote")
+	var hidden []byte
+	hidden = binary.BigEndian.AppendUint32(hidden, uint32(len(forged)))
+	hidden = binary.BigEndian.AppendUint32(hidden, crc32.Checksum(hidden[0:4], crc32.MakeTable(crc32.Castagnoli)))
+	hidden = binary.BigEndian.AppendUint32(hidden, crc32.Checksum(forged, crc32.MakeTable(crc32.Castagnoli)))
+	hidden = append(hidden, forged...)
+	_, err := l.Append([]byte("before"))
+	require.NoError(t, err)
+	pos, err := l.Append(append([]byte("a message whose body hides "), hidden...))
+	require.NoError(t, err)
+	_, err = l.Append([]byte("after"))
+	require.NoError(t, err)
+	require.NoError(t, l.Close())
+
+	// Damage the carrying record's length: Open must skip to "after".
+	name := filepath.Join(dir, fmt.Sprintf("%016x.wal", pos.Seg))
+	data, err := os.ReadFile(name)
+	require.NoError(t, err)
+	data[pos.Off+1] ^= 0xff
+	require.NoError(t, os.WriteFile(name, data, 0o600))
+	_, got := open(t, dir, wal.Options{})
+	assert.Equal(t, []string{"before", "after"}, payloads(got), "the hidden record is not replayed")
 }
