@@ -1,5 +1,4 @@
-// Package mxpool decides where mail goes next and keeps every MX of a pool
-// on one policy.
+// Package mxpool decides where mail goes next.
 //
 // # Outbound: planning the next hop
 //
@@ -46,26 +45,6 @@
 //
 // # Inbound: one policy for the whole pool
 //
-// Every MX of a pool must accept and reject exactly what the primary MX
-// would, or a secondary becomes the spammers' door. One node runs a
-// [Publisher]: it holds the pool's [Policy] (domains, recipients, aliases,
-// spam threshold and quarantine choice per domain, size limit, routes) as a
-// versioned snapshot with a digest, sealed with its ed25519 key (a [Seal]
-// names the pool, the key, the issue time, the version and the digest),
-// and serves it over HTTP with long polling, as deltas when the follower's
-// version is recent. Every other MX runs a [Follower]: it holds only the
-// publisher's public key ([Trust]), so no follower can make a policy
-// another accepts; it applies each verified snapshot atomically, keeps it
-// on disk, starts from the stored copy when the publisher is unreachable,
-// and answers recipients with the same [Verdict] the publisher would,
-// except that a follower that has not heard from the publisher for too
-// long answers 450 instead of 550 for an unknown recipient, so that a
-// stale secondary never bounces good mail. "Heard" means a seal of the
-// version it runs, issued within StaleAfter: the publisher seals its
-// version again at least every ResealEvery, and a recorded answer played
-// back by someone on the network is as old as its seal. Keys rotate with
-// [Publisher.Rotate] while followers trust both keys.
-//
-// The shared secret only derives the bearer token a follower presents to
-// fetch the policy (or use TLS client certificates, AuthClientCert).
+// The pool's shared inbound policy, its publisher and its followers are in
+// the sub-package mxpool/pool.
 package mxpool

@@ -14,11 +14,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"unicode/utf8"
-
-	"golang.org/x/net/idna"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/domainname"
 )
 
 // The causes a planning failure wraps, besides the [*DNSError] of a failed
@@ -55,10 +53,6 @@ const plannerDefaultCNAMEHops = 8
 
 // plannerParallel bounds the address lookups one Plan runs at once.
 const plannerParallel = 8
-
-// plannerMaxInput bounds the length of a domain given to Plan before it is
-// converted; anything longer cannot be valid.
-const plannerMaxInput = 1024
 
 // HopSource says where a [Hop] came from.
 type HopSource uint8
@@ -288,7 +282,7 @@ func NewPlanner(r Resolver, opts *PlannerOptions) (*Planner, error) {
 		}
 	}
 	for _, s := range o.Self {
-		h, err := plannerDomain(s)
+		h, err := domainname.ToASCII(s)
 		if err != nil {
 			return nil, fmt.Errorf("mxpool: PlannerOptions: Self %q: %w", s, err)
 		}
@@ -314,7 +308,7 @@ func NewPlanner(r Resolver, opts *PlannerOptions) (*Planner, error) {
 			p.wildcard = &pr
 			continue
 		}
-		d, err := plannerDomain(rt.Domain)
+		d, err := domainname.ToASCII(rt.Domain)
 		if err != nil {
 			return nil, fmt.Errorf("mxpool: PlannerOptions: route domain %q: %w", rt.Domain, err)
 		}
@@ -362,7 +356,7 @@ func plannerParseTarget(s string, defPort int) (plannerTarget, error) {
 		t.host, t.addr = a.String(), a
 		return t, nil
 	}
-	h, err := plannerDomain(host)
+	h, err := domainname.ToASCII(host)
 	if err != nil {
 		return t, fmt.Errorf("host %q: %w", s, err)
 	}
@@ -373,7 +367,7 @@ func plannerParseTarget(s string, defPort int) (plannerTarget, error) {
 // Plan returns where the mail for domain goes, or a *resilmail.DeliveryError
 // saying why it cannot go anywhere, now or ever. See [Planner].
 func (p *Planner) Plan(ctx context.Context, domain string) (*Plan, error) {
-	d, err := plannerDomain(domain)
+	d, err := domainname.ToASCII(domain)
 	if err != nil {
 		return nil, plannerFail(553, "5.1.2", true, fmt.Sprintf("invalid domain %.100q", domain),
 			fmt.Errorf("%w: %w", ErrPlanBadDomain, err))
@@ -762,87 +756,4 @@ func plannerInterleave(out, v4, v6 []netip.Addr) []netip.Addr {
 		}
 	}
 	return out
-}
-
-// plannerDomain returns a domain in lower-case A-label form without the
-// trailing dot: converted with IDNA (UTS #46 lookup profile), and checked
-// to be a host name of letters, digits and hyphens with labels of 1 to 63
-// octets and 253 in all, whose last label is not all digits (so no IP
-// address passes).
-func plannerDomain(s string) (string, error) {
-	if len(s) > plannerMaxInput {
-		return "", errors.New("too long")
-	}
-	s = strings.TrimSuffix(s, ".")
-	if plannerPlainLDH(s) {
-		// Already in the form IDNA would give: skip the conversion.
-		return s, nil
-	}
-	if !utf8.ValidString(s) {
-		// idna would turn invalid bytes into U+FFFD and encode that.
-		return "", errors.New("invalid UTF-8")
-	}
-	a, err := idna.Lookup.ToASCII(s)
-	if err != nil {
-		return "", err
-	}
-	if err := plannerCheckName(a); err != nil {
-		return "", err
-	}
-	return a, nil
-}
-
-// plannerPlainLDH reports whether s is a valid name that IDNA conversion
-// would leave as it is: lower-case letters, digits and hyphens only, and no
-// label with hyphens in its third and fourth place (as "xn--" has).
-func plannerPlainLDH(s string) bool {
-	if plannerCheckName(s) != nil {
-		return false
-	}
-	for label := range strings.SplitSeq(s, ".") {
-		if len(label) >= 4 && label[2] == '-' && label[3] == '-' {
-			return false
-		}
-	}
-	return true
-}
-
-// plannerCheckName checks an ASCII host name.
-func plannerCheckName(s string) error {
-	if s == "" {
-		return errors.New("empty name")
-	}
-	if len(s) > 253 {
-		return errors.New("name longer than 253 octets")
-	}
-	digits := true
-	start := 0
-	for i := 0; i <= len(s); i++ {
-		if i < len(s) && s[i] != '.' {
-			c := s[i]
-			switch {
-			case 'a' <= c && c <= 'z', c == '-':
-				digits = false
-			case '0' <= c && c <= '9':
-			default:
-				return fmt.Errorf("invalid character %q", c)
-			}
-			continue
-		}
-		label := s[start:i]
-		switch {
-		case label == "":
-			return errors.New("empty label")
-		case len(label) > 63:
-			return errors.New("label longer than 63 octets")
-		case label[0] == '-' || label[len(label)-1] == '-':
-			return errors.New("label starts or ends with a hyphen")
-		}
-		if i == len(s) && digits {
-			return errors.New("last label is all digits")
-		}
-		digits = true
-		start = i + 1
-	}
-	return nil
 }

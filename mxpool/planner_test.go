@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/idna"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/domainname"
 )
 
 func plannerTestAddrs(s ...string) []netip.Addr {
@@ -561,7 +562,7 @@ func TestPlanDomainNormalization(t *testing.T) {
 		"a-b.c0.org":                           "a-b.c0.org",
 		strings.Repeat("abcdefgh.", 27) + "or": strings.Repeat("abcdefgh.", 27) + "or", // 245
 	} {
-		got, err := plannerDomain(in)
+		got, err := domainname.ToASCII(in)
 		if assert.NoError(t, err, in) {
 			assert.Equal(t, want, got, in)
 		}
@@ -692,15 +693,15 @@ func FuzzPlanDomain(f *testing.F) {
 			return
 		}
 		d := plan.Domain
-		require.NoError(t, plannerCheckName(d), "%q gave %q", s, d)
+		require.NoError(t, domainname.CheckName(d), "%q gave %q", s, d)
 		require.True(t, utf8.ValidString(d))
 		require.LessOrEqual(t, len(d), 253)
-		again, err := plannerDomain(d)
+		again, err := domainname.ToASCII(d)
 		require.NoError(t, err)
 		require.Equal(t, d, again, "normalisation is idempotent")
 
 		trimmed := strings.TrimSuffix(s, ".")
-		if plannerPlainLDH(trimmed) {
+		if domainname.PlainLDH(trimmed) {
 			viaIDNA, err := idna.Lookup.ToASCII(trimmed)
 			require.NoError(t, err, "the fast path accepts only what IDNA accepts: %q", s)
 			require.Equal(t, viaIDNA, d, "the fast path gives what IDNA gives")

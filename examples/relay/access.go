@@ -10,7 +10,7 @@ import (
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/smtpin"
-	"github.com/resilmail/resilmail/mxpool"
+	"github.com/resilmail/resilmail/mxpool/pool"
 )
 
 // relayCheck keeps the relay from being an open relay: a recipient is
@@ -60,14 +60,14 @@ var relayDenied = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 
 
 // accept returns the relay's RCPT decision; check is the pool's policy,
 // nil when there is none.
-func (r *relayCheck) accept(check mxpool.Checker) func(ctx context.Context, rcpt string) error {
+func (r *relayCheck) accept(check pool.Checker) func(ctx context.Context, rcpt string) error {
 	return func(ctx context.Context, rcpt string) error {
 		if check != nil {
 			v := check.Check(rcpt)
 			switch {
-			case v.Action == mxpool.ActionAccept:
+			case v.Action == pool.ActionAccept:
 				return nil
-			case v.Action == mxpool.ActionReject && v.EnhancedCode == "5.7.1" && r.trusted(ctx):
+			case v.Action == pool.ActionReject && v.EnhancedCode == "5.7.1" && r.trusted(ctx):
 				return nil // not the pool's domain: outbound from a trusted client
 			}
 			return &smtp.SMTPError{Code: v.Code, EnhancedCode: enhanced(v.EnhancedCode), Message: v.Reason}

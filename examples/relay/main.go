@@ -75,7 +75,7 @@ import (
 	"github.com/resilmail/resilmail/internal/cli"
 	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/internal/smtpin"
-	"github.com/resilmail/resilmail/mxpool"
+	"github.com/resilmail/resilmail/mxpool/pool"
 	"github.com/resilmail/resilmail/queue"
 	"github.com/resilmail/resilmail/smtpout"
 )
@@ -139,7 +139,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.policyFile, "policy", "", "publish the MX pool's policy from this JSON file (reloaded when it changes) at /policy on -http")
 	fs.StringVar(&c.follow, "follow", "", "follow the pool's policy published at this URL (e.g. http://mx1:8025/policy)")
 	fs.StringVar(&c.policyKeys, "policy-key", "", "with -follow: the publisher's ed25519 public key in hex, as it logs it at start (two, comma-separated, while its key is replaced)")
-	fs.StringVar(&c.pool, "pool", mxpool.DefaultPool, "the pool's name, part of every policy signature: the same on every MX of the pool")
+	fs.StringVar(&c.pool, "pool", pool.DefaultPool, "the pool's name, part of every policy signature: the same on every MX of the pool")
 	fs.StringVar(&c.secretSrc.File, "secret-file", "", "file holding the pool's shared secret, readable by its owner only (default: $RESILMAIL_POOL_SECRET)")
 	refuse := secret.Refuse(fs, "secret", "RESILMAIL_POOL_SECRET", "secret-file")
 	fs.StringVar(&c.quarantine, "quarantine", "", "keep the pool's quarantine in this folder: this relay's rejects, and the other MXs' shipped to /quarantine/ingest on -http; pages for the administrator at /quarantine/")

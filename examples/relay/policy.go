@@ -18,25 +18,25 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/resilmail/resilmail/mxpool"
+	"github.com/resilmail/resilmail/mxpool/pool"
 )
 
-// pool is this relay's part in the MX pool's shared policy: the publisher
+// poolRole is this relay's part in the MX pool's shared policy: the publisher
 // (-policy FILE) or a follower (-follow URL), or nothing (every recipient
 // accepted).
-type pool struct {
-	check    mxpool.Checker          // nil: no pool policy (relayCheck decides)
-	snapshot func() *mxpool.Snapshot // the policy in use; nil without a pool
-	handler  http.Handler            // the publisher's, served at /policy
+type poolRole struct {
+	check    pool.Checker          // nil: no pool policy (relayCheck decides)
+	snapshot func() *pool.Snapshot // the policy in use; nil without a pool
+	handler  http.Handler          // the publisher's, served at /policy
 	run      func(ctx context.Context) error
 	close    func() error
 }
 
 // openPool opens the publisher or follower that c asks for, keeping its
 // state under the queue folder.
-func openPool(c config, nt *nodeTLS, log *slog.Logger) (*pool, error) {
+func openPool(c config, nt *nodeTLS, log *slog.Logger) (*poolRole, error) {
 	if c.policyFile == "" && c.follow == "" {
-		return &pool{}, nil
+		return &poolRole{}, nil
 	}
 	if c.policyFile != "" && c.follow != "" {
 		return nil, errors.New("-policy and -follow exclude each other: one node publishes, the others follow")
@@ -53,31 +53,31 @@ func openPool(c config, nt *nodeTLS, log *slog.Logger) (*pool, error) {
 		if err := checkURL("follow", c.follow, c.insecureHTTP); err != nil {
 			return nil, err
 		}
-		trust := mxpool.Trust{Pool: c.pool, Keys: keys}
-		f, err := mxpool.OpenFollower(c.follow, secret, filepath.Join(c.dir, "policy-follower"), &mxpool.FollowerOptions{Logger: log, Name: c.hostname, Trust: trust, HTTPClient: nt.client})
+		trust := pool.Trust{Pool: c.pool, Keys: keys}
+		f, err := pool.OpenFollower(c.follow, secret, filepath.Join(c.dir, "policy-follower"), &pool.FollowerOptions{Logger: log, Name: c.hostname, Trust: trust, HTTPClient: nt.client})
 		if err != nil {
 			return nil, err
 		}
-		return &pool{check: f, snapshot: f.Snapshot, run: f.Run, close: f.Close}, nil
+		return &poolRole{check: f, snapshot: f.Snapshot, run: f.Run, close: f.Close}, nil
 	}
 	if c.httpAddr == "" {
 		return nil, errors.New("-policy publishes the policy on the -http address: set -http")
 	}
-	auth := mxpool.AuthToken
+	auth := pool.AuthToken
 	if nt.verifiedClients {
-		auth = mxpool.AuthTokenOrClientCert
+		auth = pool.AuthTokenOrClientCert
 	}
-	p, err := mxpool.OpenPublisher(filepath.Join(c.dir, "policy-publisher"), secret, &mxpool.PublisherOptions{Logger: log, Pool: c.pool, Auth: auth})
+	p, err := pool.OpenPublisher(filepath.Join(c.dir, "policy-publisher"), secret, &pool.PublisherOptions{Logger: log, Pool: c.pool, Auth: auth})
 	if err != nil {
 		return nil, err
 	}
-	log.Warn("relay: the pool's policy is signed; give every follower -policy-key "+hex.EncodeToString(p.PublicKey()), "pool", c.pool, "key_id", mxpool.KeyID(p.PublicKey()))
+	log.Warn("relay: the pool's policy is signed; give every follower -policy-key "+hex.EncodeToString(p.PublicKey()), "pool", c.pool, "key_id", pool.KeyID(p.PublicKey()))
 	w := &policyWatcher{file: c.policyFile, pub: p, log: log}
 	if err := w.load(context.Background()); err != nil {
 		p.Close()
 		return nil, err
 	}
-	return &pool{check: p, snapshot: p.Snapshot, handler: p, run: w.run, close: p.Close}, nil
+	return &poolRole{check: p, snapshot: p.Snapshot, handler: p, run: w.run, close: p.Close}, nil
 }
 
 // parsePublicKeys reads -policy-key: the publisher's ed25519 public keys in
@@ -111,7 +111,7 @@ func poolSecret(c config) ([]byte, error) {
 // does not parse is logged and the last good policy stays in force.
 type policyWatcher struct {
 	file string
-	pub  *mxpool.Publisher
+	pub  *pool.Publisher
 	log  *slog.Logger
 	last []byte
 }
@@ -124,7 +124,7 @@ func (w *policyWatcher) load(ctx context.Context) error {
 	if bytes.Equal(data, w.last) {
 		return nil
 	}
-	var pol mxpool.Policy
+	var pol pool.Policy
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&pol); err != nil {
@@ -167,7 +167,7 @@ const maxPolicySize = 256 << 20
 // maxSize returns the message size limit in force: the pool's policy's,
 // when it sets one, so that every MX of the pool answers alike whatever
 // its -max-size, else def.
-func (pl *pool) maxSize(def int64) func() int64 {
+func (pl *poolRole) maxSize(def int64) func() int64 {
 	return func() int64 {
 		if pl.snapshot == nil {
 			return def

@@ -1,4 +1,4 @@
-package mxpool
+package pool
 
 // The pool's shared inbound policy: what it contains, its normal form, its
 // canonical digest, the authenticated snapshot and delta formats, and the
@@ -25,6 +25,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/domainname"
+	"github.com/resilmail/resilmail/mxpool"
 )
 
 // SnapshotFormat is the version of the policy wire and disk format that this
@@ -75,32 +77,6 @@ const (
 // followers present.
 const polMinSecret = 16
 
-// Errors about policy snapshots and deltas. Every error returned while
-// decoding or applying one wraps exactly one of them, with the detail in its
-// text.
-var (
-	// ErrPolicyFormat is returned for a snapshot, delta or stored file of a
-	// format version this build does not know.
-	ErrPolicyFormat = errors.New("mxpool: unknown policy format version")
-	// ErrPolicyMalformed is returned for input that is not a well-formed
-	// snapshot or delta: bad JSON, missing or unknown fields, names not in
-	// normal form, lists out of order, limits exceeded.
-	ErrPolicyMalformed = errors.New("mxpool: malformed policy")
-	// ErrPolicyDigest is returned when a policy does not hash to the digest
-	// that its snapshot or delta declares.
-	ErrPolicyDigest = errors.New("mxpool: policy digest mismatch")
-	// ErrPolicyAuth is returned when a snapshot's seal does not verify:
-	// no signature, another pool, a key not trusted, a bad signature.
-	ErrPolicyAuth = errors.New("mxpool: policy authentication failed")
-	// ErrPolicyVersion is returned for a snapshot whose version is lower
-	// than the one already applied (a replay or a publisher gone back).
-	ErrPolicyVersion = errors.New("mxpool: policy version older than the one applied")
-	// ErrPolicyDelta is returned for a delta that does not apply to the
-	// policy at hand: another starting version, or a change that adds what
-	// exists or removes what does not.
-	ErrPolicyDelta = errors.New("mxpool: policy delta does not apply")
-)
-
 // SpamAction says what the MX does with a message whose spam score reaches
 // its domain's threshold.
 type SpamAction string
@@ -132,7 +108,7 @@ type Policy struct {
 	// Routes are the pool's next hops for inbound delivery (for instance
 	// the pool's domains to the active mail server over LMTP). In normal
 	// form they are sorted by Domain, at most one per Domain.
-	Routes []Route `json:"routes,omitempty"`
+	Routes []mxpool.Route `json:"routes,omitempty"`
 }
 
 // DomainPolicy is the part of a [Policy] for one domain.
@@ -207,14 +183,14 @@ func (d *DomainPolicy) Clone() *DomainPolicy {
 // alias that is also a recipient, a negative size, an unknown spam action.
 func (p *Policy) Normalize() error {
 	if p.MaxMessageSize < 0 {
-		return fmt.Errorf("mxpool: negative message size limit %d", p.MaxMessageSize)
+		return fmt.Errorf("pool: negative message size limit %d", p.MaxMessageSize)
 	}
 	for i := range p.Routes {
 		r := &p.Routes[i]
 		if r.Domain != "*" {
 			d, err := polDomainToASCII(r.Domain)
 			if err != nil {
-				return fmt.Errorf("mxpool: route: %w", err)
+				return fmt.Errorf("pool: route: %w", err)
 			}
 			r.Domain = d
 		}
@@ -222,10 +198,10 @@ func (p *Policy) Normalize() error {
 			return err
 		}
 	}
-	slices.SortStableFunc(p.Routes, func(a, b Route) int { return strings.Compare(a.Domain, b.Domain) })
+	slices.SortStableFunc(p.Routes, func(a, b mxpool.Route) int { return strings.Compare(a.Domain, b.Domain) })
 	for i := 1; i < len(p.Routes); i++ {
 		if p.Routes[i].Domain == p.Routes[i-1].Domain {
-			return fmt.Errorf("mxpool: two routes for %q", p.Routes[i].Domain)
+			return fmt.Errorf("pool: two routes for %q", p.Routes[i].Domain)
 		}
 	}
 	doms := make(map[string]*DomainPolicy, len(p.Domains))
@@ -233,13 +209,13 @@ func (p *Policy) Normalize() error {
 		dp := p.Domains[name]
 		a, err := polDomainToASCII(name)
 		if err != nil {
-			return fmt.Errorf("mxpool: %w", err)
+			return fmt.Errorf("pool: %w", err)
 		}
 		if dp == nil {
-			return fmt.Errorf("mxpool: domain %q has no policy", name)
+			return fmt.Errorf("pool: domain %q has no policy", name)
 		}
 		if _, dup := doms[a]; dup {
-			return fmt.Errorf("mxpool: domain %q listed twice", a)
+			return fmt.Errorf("pool: domain %q listed twice", a)
 		}
 		if err := dp.polNormalize(a); err != nil {
 			return err
@@ -255,7 +231,7 @@ func (d *DomainPolicy) polNormalize(domain string) error {
 	for _, l := range d.Recipients {
 		n, err := polNormLocal(l)
 		if err != nil {
-			return fmt.Errorf("mxpool: domain %q: recipient: %w", domain, err)
+			return fmt.Errorf("pool: domain %q: recipient: %w", domain, err)
 		}
 		recips = append(recips, n)
 	}
@@ -269,17 +245,17 @@ func (d *DomainPolicy) polNormalize(domain string) error {
 		for _, k := range slices.Sorted(maps.Keys(d.Aliases)) {
 			n, err := polNormLocal(k)
 			if err != nil {
-				return fmt.Errorf("mxpool: domain %q: alias: %w", domain, err)
+				return fmt.Errorf("pool: domain %q: alias: %w", domain, err)
 			}
 			if _, dup := al[n]; dup {
-				return fmt.Errorf("mxpool: domain %q: alias %q listed twice", domain, n)
+				return fmt.Errorf("pool: domain %q: alias %q listed twice", domain, n)
 			}
 			if _, found := slices.BinarySearch(d.Recipients, n); found {
-				return fmt.Errorf("mxpool: domain %q: %q is both a recipient and an alias", domain, n)
+				return fmt.Errorf("pool: domain %q: %q is both a recipient and an alias", domain, n)
 			}
 			ts, err := polNormTargets(d.Aliases[k])
 			if err != nil {
-				return fmt.Errorf("mxpool: domain %q: alias %q: %w", domain, n, err)
+				return fmt.Errorf("pool: domain %q: alias %q: %w", domain, n, err)
 			}
 			al[n] = ts
 		}
@@ -290,13 +266,13 @@ func (d *DomainPolicy) polNormalize(domain string) error {
 	sub := []byte(d.Subaddress)
 	for _, c := range sub {
 		if !polSubaddressChar(c) {
-			return fmt.Errorf("mxpool: domain %q: %q cannot separate a subaddress", domain, c)
+			return fmt.Errorf("pool: domain %q: %q cannot separate a subaddress", domain, c)
 		}
 	}
 	slices.Sort(sub)
 	d.Subaddress = string(slices.Compact(sub))
 	if math.IsNaN(d.SpamThreshold) || math.IsInf(d.SpamThreshold, 0) || d.SpamThreshold < 0 {
-		return fmt.Errorf("mxpool: domain %q: bad spam threshold %v", domain, d.SpamThreshold)
+		return fmt.Errorf("pool: domain %q: bad spam threshold %v", domain, d.SpamThreshold)
 	}
 	if d.SpamThreshold == 0 {
 		d.SpamThreshold = 0 // -0 becomes +0
@@ -305,7 +281,7 @@ func (d *DomainPolicy) polNormalize(domain string) error {
 		d.SpamAction = SpamQuarantine
 	}
 	if !polKnownSpamAction(d.SpamAction) {
-		return fmt.Errorf("mxpool: domain %q: unknown spam action %q", domain, d.SpamAction)
+		return fmt.Errorf("pool: domain %q: unknown spam action %q", domain, d.SpamAction)
 	}
 	return nil
 }
@@ -342,11 +318,11 @@ func polSubaddressChar(c byte) bool {
 // polCheckRouteHost checks a Route's Host: printable ASCII without spaces.
 func polCheckRouteHost(h string) error {
 	if h == "" || len(h) > 1024 {
-		return fmt.Errorf("mxpool: route host %q is empty or too long", h)
+		return fmt.Errorf("pool: route host %q is empty or too long", h)
 	}
 	for i := 0; i < len(h); i++ {
 		if h[i] <= ' ' || h[i] >= 0x7f {
-			return fmt.Errorf("mxpool: route host %q has a forbidden character", h)
+			return fmt.Errorf("pool: route host %q has a forbidden character", h)
 		}
 	}
 	return nil
@@ -470,7 +446,7 @@ func polDomainToASCII(d string) (string, error) {
 	if strings.HasSuffix(d, ".") {
 		return "", fmt.Errorf("domain %q: trailing dot", d)
 	}
-	a, err := plannerDomain(d)
+	a, err := domainname.ToASCII(d)
 	if err != nil {
 		return "", fmt.Errorf("domain %q: %w", d, err)
 	}
@@ -516,7 +492,7 @@ func polValidate(p *Policy) error {
 	return nil
 }
 
-func polValidateRoutes(rs []Route) error {
+func polValidateRoutes(rs []mxpool.Route) error {
 	for i, r := range rs {
 		if r.Domain != "*" && !polValidDomain(r.Domain) {
 			return fmt.Errorf("%w: route domain %q is not in normal form", ErrPolicyMalformed, r.Domain)
@@ -676,10 +652,10 @@ type Snapshot struct {
 // sealed with key at issued. It normalises a copy of p and leaves p alone.
 func NewSnapshot(p *Policy, version uint64, pool string, key ed25519.PrivateKey, issued time.Time) (*Snapshot, error) {
 	if version == 0 {
-		return nil, errors.New("mxpool: snapshot version 0")
+		return nil, errors.New("pool: snapshot version 0")
 	}
 	if len(key) != ed25519.PrivateKeySize {
-		return nil, errors.New("mxpool: the signing key is not an ed25519 private key")
+		return nil, errors.New("pool: the signing key is not an ed25519 private key")
 	}
 	if err := checkPoolName(pool); err != nil {
 		return nil, err
@@ -1013,14 +989,14 @@ const (
 // polChange is one operation of a delta. Only the fields its Op uses may be
 // set.
 type polChange struct {
-	Op             string       `json:"op"`
-	Domain         string       `json:"domain,omitempty"`
-	Local          string       `json:"local,omitempty"`
-	Locals         []string     `json:"locals,omitempty"`
-	Targets        []string     `json:"targets,omitempty"`
-	Settings       *polSettings `json:"settings,omitempty"`
-	MaxMessageSize *int64       `json:"max_message_size,omitempty"`
-	Routes         []Route      `json:"routes,omitempty"`
+	Op             string         `json:"op"`
+	Domain         string         `json:"domain,omitempty"`
+	Local          string         `json:"local,omitempty"`
+	Locals         []string       `json:"locals,omitempty"`
+	Targets        []string       `json:"targets,omitempty"`
+	Settings       *polSettings   `json:"settings,omitempty"`
+	MaxMessageSize *int64         `json:"max_message_size,omitempty"`
+	Routes         []mxpool.Route `json:"routes,omitempty"`
 }
 
 // validate checks that c is well formed and names things in normal form.
@@ -1350,7 +1326,7 @@ func (p *Policy) AddRecipient(addr string) error {
 		return err
 	}
 	if _, ok := dp.Aliases[local]; ok {
-		return fmt.Errorf("mxpool: %q is an alias", addr)
+		return fmt.Errorf("pool: %q is an alias", addr)
 	}
 	i, found := slices.BinarySearch(dp.Recipients, local)
 	if !found {
@@ -1380,11 +1356,11 @@ func (p *Policy) SetAlias(addr string, targets ...string) error {
 		return err
 	}
 	if _, found := slices.BinarySearch(dp.Recipients, local); found {
-		return fmt.Errorf("mxpool: %q is a recipient", addr)
+		return fmt.Errorf("pool: %q is a recipient", addr)
 	}
 	ts, err := polNormTargets(targets)
 	if err != nil {
-		return fmt.Errorf("mxpool: alias %q: %w", addr, err)
+		return fmt.Errorf("pool: alias %q: %w", addr, err)
 	}
 	if dp.Aliases == nil {
 		dp.Aliases = map[string][]string{}
@@ -1410,11 +1386,11 @@ func (p *Policy) RemoveAlias(addr string) error {
 func (p *Policy) polDomainOf(addr string) (string, *DomainPolicy, error) {
 	local, domain, err := polSplitAddress(addr)
 	if err != nil {
-		return "", nil, fmt.Errorf("mxpool: %w", err)
+		return "", nil, fmt.Errorf("pool: %w", err)
 	}
 	dp := p.Domains[domain]
 	if dp == nil {
-		return "", nil, fmt.Errorf("mxpool: no domain %q in the policy", domain)
+		return "", nil, fmt.Errorf("pool: no domain %q in the policy", domain)
 	}
 	return local, dp, nil
 }

@@ -1,4 +1,4 @@
-package mxpool
+package pool
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package mxpool
+package pool
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/mxpool"
 )
 
 var polTestSecret = []byte("0123456789abcdef-pool-secret")
@@ -27,7 +29,7 @@ var (
 func polTestPolicy() *Policy {
 	return &Policy{
 		MaxMessageSize: 50 << 20,
-		Routes:         []Route{{Domain: "*", Host: "mail.internal:24", LMTP: true}},
+		Routes:         []mxpool.Route{{Domain: "*", Host: "mail.internal:24", LMTP: true}},
 		Domains: map[string]*DomainPolicy{
 			"Example.ORG": {
 				Recipients:    []string{"alice", "Bob", "jörg", "carol"},
@@ -106,7 +108,7 @@ func TestNormalize(t *testing.T) {
 		"spam action":       func(p *Policy) { p.Domains["Example.ORG"].SpamAction = "drop" },
 		"spam threshold":    func(p *Policy) { p.Domains["Example.ORG"].SpamThreshold = -1 },
 		"subaddress":        func(p *Policy) { p.Domains["Example.ORG"].Subaddress = "@" },
-		"two routes":        func(p *Policy) { p.Routes = append(p.Routes, Route{Domain: "*", Host: "x"}) },
+		"two routes":        func(p *Policy) { p.Routes = append(p.Routes, mxpool.Route{Domain: "*", Host: "x"}) },
 		"route host":        func(p *Policy) { p.Routes[0].Host = "a b" },
 		"route domain":      func(p *Policy) { p.Routes[0].Domain = "-x" },
 		"too many targets":  func(p *Policy) { p.Domains["Example.ORG"].Aliases["x"] = make([]string, MaxAliasTargets+1) },
@@ -134,7 +136,7 @@ func TestDigestCanonical(t *testing.T) {
 				SpamAction:    SpamQuarantine,
 			},
 		},
-		Routes:         []Route{{Domain: "*", Host: "mail.internal:24", LMTP: true}},
+		Routes:         []mxpool.Route{{Domain: "*", Host: "mail.internal:24", LMTP: true}},
 		MaxMessageSize: 50 << 20,
 	})
 	require.Equal(t, a.Digest(), b.Digest())
@@ -364,7 +366,7 @@ func TestDecodeSnapshotRefuses(t *testing.T) {
 func polRandomPolicy(t testing.TB, r *rand.Rand) *Policy {
 	p := &Policy{Domains: map[string]*DomainPolicy{}, MaxMessageSize: int64(r.IntN(3))}
 	if r.IntN(2) == 0 {
-		p.Routes = []Route{{Domain: "*", Host: fmt.Sprintf("h%d", r.IntN(2)), LMTP: r.IntN(2) == 0}}
+		p.Routes = []mxpool.Route{{Domain: "*", Host: fmt.Sprintf("h%d", r.IntN(2)), LMTP: r.IntN(2) == 0}}
 	}
 	for d := range 4 {
 		if r.IntN(4) == 0 {

@@ -1,4 +1,4 @@
-package mxpool
+package pool
 
 import (
 	"bytes"
@@ -22,62 +22,6 @@ import (
 	"github.com/resilmail/resilmail/internal/bearer"
 	"github.com/resilmail/resilmail/internal/durable"
 )
-
-// ErrFollowerClosed is returned by [Follower.Run] when the Follower is
-// closed before Run starts.
-var ErrFollowerClosed = errors.New("mxpool: follower closed")
-
-// ErrPolicyConflict is reported (in FollowerStatus.LastError and the log)
-// when the publisher answers that this follower holds a version it never
-// made: the publisher lost its folder, or two publishers serve one pool.
-// The follower keeps its policy; an operator must act (see
-// [OpenPublisher]).
-var ErrPolicyConflict = errors.New("mxpool: publisher and follower disagree on the policy history")
-
-// FollowerOptions configure a [Follower]. The zero value, or nil, gives the
-// defaults.
-type FollowerOptions struct {
-	// Logger receives a line for each version applied and each failed
-	// exchange; nil means slog.Default().
-	Logger *slog.Logger
-	// HTTPClient talks to the publisher; set its Transport's
-	// TLSClientConfig for TLS and client certificates. Its Timeout, if
-	// set, must exceed PollWait. Nil means a client of the Follower's own
-	// (a clone of http.DefaultTransport).
-	HTTPClient *http.Client
-	// Name identifies this follower to the publisher (PublisherStatus);
-	// empty means its address.
-	Name string
-	// PollWait is how long each long poll may wait for a change; zero means
-	// 30 seconds.
-	PollWait time.Duration
-	// RequestTimeout bounds a request beyond PollWait; zero means 15
-	// seconds.
-	RequestTimeout time.Duration
-	// StaleAfter is how long the follower may go without hearing from the
-	// publisher before its answers turn cautious (see [Follower.Check]);
-	// zero means 2 minutes. It must exceed PollWait, and the publisher's
-	// ResealEvery must be at most half of it. The follower hears from the
-	// publisher only through a seal that verifies, of the version it runs,
-	// and counts it from the seal's issue time, not from its arrival: a
-	// replayed answer, however recent its delivery, is as old as it was
-	// made.
-	StaleAfter time.Duration
-	// MinBackoff and MaxBackoff bound the jittered, doubling wait between
-	// failed exchanges; zero means 250 ms and 30 s.
-	MinBackoff, MaxBackoff time.Duration
-	// MaxSnapshotBytes caps a response's size; zero means 64 MiB.
-	MaxSnapshotBytes int64
-	// Trust is the pool's name and the publisher's public keys: every
-	// policy and every seal must verify with one of them. At least one
-	// key is required.
-	Trust Trust
-	// OnApply, when not nil, is called when each version is put in use
-	// (before it is stored), from Run's goroutine; it must not block.
-	OnApply func(version uint64)
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
-}
 
 // FollowerStatus describes a [Follower] at one instant.
 type FollowerStatus struct {
@@ -163,11 +107,11 @@ type Follower struct {
 // then starts without a policy and fetches the full snapshot.
 func OpenFollower(publisherURL string, secret []byte, dir string, opts *FollowerOptions) (*Follower, error) {
 	if len(secret) < polMinSecret {
-		return nil, fmt.Errorf("mxpool: secret shorter than %d bytes", polMinSecret)
+		return nil, fmt.Errorf("pool: secret shorter than %d bytes", polMinSecret)
 	}
 	u, err := url.Parse(publisherURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("mxpool: publisher URL %q is not an http or https URL", publisherURL)
+		return nil, fmt.Errorf("pool: publisher URL %q is not an http or https URL", publisherURL)
 	}
 	f := &Follower{base: u, token: polToken(secret), dir: dir}
 	if opts != nil {
@@ -187,7 +131,7 @@ func OpenFollower(publisherURL string, secret []byte, dir string, opts *Follower
 		o.StaleAfter = 2 * time.Minute
 	}
 	if o.StaleAfter <= o.PollWait {
-		return nil, fmt.Errorf("mxpool: StaleAfter %v must exceed PollWait %v", o.StaleAfter, o.PollWait)
+		return nil, fmt.Errorf("pool: StaleAfter %v must exceed PollWait %v", o.StaleAfter, o.PollWait)
 	}
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = 250 * time.Millisecond
@@ -211,7 +155,7 @@ func OpenFollower(publisherURL string, secret []byte, dir string, opts *Follower
 		f.client = &http.Client{Transport: f.owned}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("mxpool: follower folder: %w", err)
+		return nil, fmt.Errorf("pool: follower folder: %w", err)
 	}
 	unlock, err := durable.Lock(dir)
 	if err != nil {
@@ -232,22 +176,22 @@ func (f *Follower) folLoad() error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("mxpool: %w", err)
+		return fmt.Errorf("pool: %w", err)
 	}
 	snap, err := DecodeSnapshot(data, f.opts.Trust)
 	if errors.Is(err, ErrPolicyFormat) {
-		f.log.Error("mxpool: stored policy of an unknown format", "path", path, "err", err)
+		f.log.Error("pool: stored policy of an unknown format", "path", path, "err", err)
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	if err != nil {
 		aside := fmt.Sprintf("%s.bad-%d", path, f.opts.Now().UnixNano())
 		if rerr := os.Rename(path, aside); rerr != nil {
-			return fmt.Errorf("mxpool: stored policy refused (%v) and not renamed aside: %w", err, rerr)
+			return fmt.Errorf("pool: stored policy refused (%v) and not renamed aside: %w", err, rerr)
 		}
 		if serr := durable.SyncDir(f.dir); serr != nil {
 			return serr
 		}
-		f.log.Error("mxpool: stored policy refused, renamed aside; waiting for the publisher", "path", path, "aside", aside, "err", err)
+		f.log.Error("pool: stored policy refused, renamed aside; waiting for the publisher", "path", path, "aside", aside, "err", err)
 		f.folFailed(fmt.Errorf("stored policy refused: %w", err))
 		return nil
 	}
@@ -256,7 +200,7 @@ func (f *Follower) folLoad() error {
 		f.appliedAt = st.ModTime()
 	}
 	f.folHeard(snap.Issued)
-	f.log.Info("mxpool: stored policy loaded", "version", snap.Version, "digest", snap.Digest.String())
+	f.log.Info("pool: stored policy loaded", "version", snap.Version, "digest", snap.Digest.String())
 	return nil
 }
 
@@ -317,7 +261,7 @@ func (f *Follower) Run(ctx context.Context) error {
 	}
 	if f.running {
 		f.mu.Unlock()
-		return errors.New("mxpool: follower already running")
+		return errors.New("pool: follower already running")
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	f.running, f.cancel, f.runDone = true, cancel, make(chan struct{})
@@ -344,7 +288,7 @@ func (f *Follower) Run(ctx context.Context) error {
 		}
 		if err != nil {
 			f.folFailed(err)
-			f.log.Warn("mxpool: policy exchange failed", "publisher", f.base.Redacted(), "err", err)
+			f.log.Warn("pool: policy exchange failed", "publisher", f.base.Redacted(), "err", err)
 			if !full && (errors.Is(err, ErrPolicyDelta) || errors.Is(err, ErrPolicyDigest)) {
 				// The delta did not produce the publisher's policy:
 				// fetch the whole snapshot right away.
@@ -424,7 +368,7 @@ func (f *Follower) folPoll(ctx context.Context, full bool) (int, error) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, f.opts.MaxSnapshotBytes+1))
 	if err != nil {
-		return 0, fmt.Errorf("mxpool: reading the policy: %w", err)
+		return 0, fmt.Errorf("pool: reading the policy: %w", err)
 	}
 	switch resp.StatusCode {
 	case http.StatusOK:
@@ -436,7 +380,7 @@ func (f *Follower) folPoll(ctx context.Context, full bool) (int, error) {
 	case http.StatusConflict:
 		return 0, fmt.Errorf("%w: %s", ErrPolicyConflict, bytes.TrimSpace(body[:min(len(body), 512)]))
 	default:
-		return 0, fmt.Errorf("mxpool: publisher answered %s", resp.Status)
+		return 0, fmt.Errorf("pool: publisher answered %s", resp.Status)
 	}
 	if int64(len(body)) > f.opts.MaxSnapshotBytes {
 		return 0, fmt.Errorf("%w: response larger than %d bytes", ErrPolicyMalformed, f.opts.MaxSnapshotBytes)
@@ -478,7 +422,7 @@ func (f *Follower) folSealed(h string) error {
 // publisher's clock is wrong) and otherwise counts it as heard.
 func (f *Follower) folFresh(issued time.Time) error {
 	if now := f.opts.Now(); issued.Sub(now) > f.opts.StaleAfter {
-		return fmt.Errorf("mxpool: the publisher's seal is dated %v ahead of this node's clock", issued.Sub(now).Round(time.Second))
+		return fmt.Errorf("pool: the publisher's seal is dated %v ahead of this node's clock", issued.Sub(now).Round(time.Second))
 	}
 	f.folHeard(issued)
 	return nil
@@ -531,7 +475,7 @@ func (f *Follower) folApply(cur *Snapshot, body []byte) error {
 	// propagation path, and a crash in between only restarts the node on
 	// the previous version, which it then brings up to date.
 	if next.Issued.Sub(f.opts.Now()) > f.opts.StaleAfter {
-		return fmt.Errorf("mxpool: the publisher's seal is dated %v ahead of this node's clock", next.Issued.Sub(f.opts.Now()).Round(time.Second))
+		return fmt.Errorf("pool: the publisher's seal is dated %v ahead of this node's clock", next.Issued.Sub(f.opts.Now()).Round(time.Second))
 	}
 	now := f.opts.Now()
 	f.cur.Store(next)
@@ -551,7 +495,7 @@ func (f *Follower) folApply(cur *Snapshot, body []byte) error {
 	if cur != nil {
 		from = cur.Version
 	}
-	f.log.Info("mxpool: policy applied", "version", next.Version, "from", from, "delta", delta, "digest", next.Digest.String())
+	f.log.Info("pool: policy applied", "version", next.Version, "from", from, "delta", delta, "digest", next.Digest.String())
 	if body == nil {
 		body, err = next.Encode()
 	}
@@ -559,7 +503,7 @@ func (f *Follower) folApply(cur *Snapshot, body []byte) error {
 		err = durable.WriteFile(durable.OS, filepath.Join(f.dir, polSnapshotFile), body, 0o600)
 	}
 	if err != nil {
-		f.log.Error("mxpool: policy in use but not stored", "version", next.Version, "err", err)
+		f.log.Error("pool: policy in use but not stored", "version", next.Version, "err", err)
 		f.folFailed(fmt.Errorf("store policy version %d: %w", next.Version, err))
 	}
 	return nil

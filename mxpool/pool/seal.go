@@ -1,4 +1,4 @@
-package mxpool
+package pool
 
 // Seals: the publisher's signed, dated statement of which policy is the
 // pool's current one, and what followers check it with.
@@ -78,11 +78,11 @@ func (t Trust) check() error {
 		return err
 	}
 	if len(t.Keys) == 0 {
-		return errors.New("mxpool: no public key to check the publisher's signature with (Publisher.PublicKey gives it)")
+		return errors.New("pool: no public key to check the publisher's signature with (Publisher.PublicKey gives it)")
 	}
 	for _, k := range t.Keys {
 		if len(k) != ed25519.PublicKeySize {
-			return errors.New("mxpool: a trusted key is not an ed25519 public key")
+			return errors.New("pool: a trusted key is not an ed25519 public key")
 		}
 	}
 	return nil
@@ -90,11 +90,11 @@ func (t Trust) check() error {
 
 func checkPoolName(p string) error {
 	if p == "" || len(p) > maxPoolName {
-		return fmt.Errorf("mxpool: pool name must be 1 to %d bytes", maxPoolName)
+		return fmt.Errorf("pool: pool name must be 1 to %d bytes", maxPoolName)
 	}
 	for i := 0; i < len(p); i++ {
 		if p[i] <= ' ' || p[i] >= 0x7f {
-			return fmt.Errorf("mxpool: pool name %q: printable ASCII without spaces only", p)
+			return fmt.Errorf("pool: pool name %q: printable ASCII without spaces only", p)
 		}
 	}
 	return nil

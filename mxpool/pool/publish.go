@@ -1,4 +1,4 @@
-package mxpool
+package pool
 
 import (
 	"bytes"
@@ -37,64 +37,6 @@ const (
 	polHistoryFile  = "history.json"
 	polKeyFile      = "signing.key" // the publisher's private key, PKCS #8 in PEM
 )
-
-// ErrPublisherClosed is returned by [Publisher.Update] after
-// [Publisher.Close].
-var ErrPublisherClosed = errors.New("mxpool: publisher closed")
-
-// AuthMode says how a [Publisher] recognises its followers.
-type AuthMode uint8
-
-// The ways of authenticating a follower.
-const (
-	// AuthToken requires the header "Authorization: Bearer <token>",
-	// where the token is derived from the pool's secret (an HMAC of a
-	// fixed string, hex-encoded, so the secret itself never travels). It
-	// is compared in constant time.
-	AuthToken AuthMode = iota
-	// AuthClientCert requires a TLS client certificate that the server
-	// verified (r.TLS.VerifiedChains not empty): configure the
-	// http.Server's TLSConfig with ClientCAs and ClientAuth.
-	AuthClientCert
-	// AuthTokenOrClientCert accepts either.
-	AuthTokenOrClientCert
-)
-
-// PublisherOptions configure a [Publisher]. The zero value, or nil, gives
-// the defaults.
-type PublisherOptions struct {
-	// Logger receives a line for each published version, each refused
-	// request and each storage problem; nil means slog.Default().
-	Logger *slog.Logger
-	// Auth chooses how followers authenticate; zero is AuthToken.
-	Auth AuthMode
-	// MaxWait caps the wait a follower may ask for in a long poll; zero
-	// means 60 seconds.
-	MaxWait time.Duration
-	// MaxHistory is how many versions of deltas the publisher keeps, so a
-	// follower that far behind receives the changes rather than the whole
-	// policy; zero means 1000, negative keeps none.
-	MaxHistory int
-	// MaxHistoryBytes caps the encoded size of the deltas kept; zero means
-	// 8 MiB.
-	MaxHistoryBytes int64
-	// SigningKey is the ed25519 private key that seals every snapshot;
-	// followers hold only the public key ([Publisher.PublicKey]), so none
-	// of them can make a policy the others accept. Nil means the key kept
-	// in the folder (signing.key), made on first open. A key given here is
-	// used instead of the folder's.
-	SigningKey ed25519.PrivateKey
-	// Pool is the pool's name, part of every seal; empty means
-	// DefaultPool. Followers must be given the same ([Trust]).
-	Pool string
-	// ResealEvery is how old the current seal may grow before the
-	// publisher signs its version again, with the time of the request, so
-	// that a follower counts it as heard; it must be at most half the
-	// followers' StaleAfter. Zero means 30 seconds.
-	ResealEvery time.Duration
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
-}
 
 // PublisherStatus describes a [Publisher] at one instant.
 type PublisherStatus struct {
@@ -235,7 +177,7 @@ const pubMaxSeen = 1024
 // new key or pool name takes effect at once.
 func OpenPublisher(dir string, secret []byte, opts *PublisherOptions) (*Publisher, error) {
 	if len(secret) < polMinSecret {
-		return nil, fmt.Errorf("mxpool: secret shorter than %d bytes", polMinSecret)
+		return nil, fmt.Errorf("pool: secret shorter than %d bytes", polMinSecret)
 	}
 	p := &Publisher{
 		dir:     dir,
@@ -249,10 +191,10 @@ func OpenPublisher(dir string, secret []byte, opts *PublisherOptions) (*Publishe
 		p.opts = *opts
 	}
 	if p.opts.Auth > AuthTokenOrClientCert {
-		return nil, fmt.Errorf("mxpool: unknown AuthMode %d", p.opts.Auth)
+		return nil, fmt.Errorf("pool: unknown AuthMode %d", p.opts.Auth)
 	}
 	if p.opts.SigningKey != nil && len(p.opts.SigningKey) != ed25519.PrivateKeySize {
-		return nil, errors.New("mxpool: SigningKey is not an ed25519 private key")
+		return nil, errors.New("pool: SigningKey is not an ed25519 private key")
 	}
 	if p.pool = p.opts.Pool; p.pool == "" {
 		p.pool = DefaultPool
@@ -279,7 +221,7 @@ func OpenPublisher(dir string, secret []byte, opts *PublisherOptions) (*Publishe
 		p.opts.Now = time.Now
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("mxpool: publisher folder: %w", err)
+		return nil, fmt.Errorf("pool: publisher folder: %w", err)
 	}
 	unlock, err := durable.Lock(dir)
 	if err != nil {
@@ -296,7 +238,7 @@ func OpenPublisher(dir string, secret []byte, opts *PublisherOptions) (*Publishe
 		unlock()
 		return nil, err
 	}
-	p.log.Info("mxpool: publisher open", "pool", p.pool, "key", KeyID(p.key.Public().(ed25519.PublicKey)))
+	p.log.Info("pool: publisher open", "pool", p.pool, "key", KeyID(p.key.Public().(ed25519.PublicKey)))
 	return p, nil
 }
 
@@ -313,19 +255,19 @@ func pubLoadKey(dir string) (ed25519.PrivateKey, error) {
 		return key, pubStoreKey(dir, key)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mxpool: %w", err)
+		return nil, fmt.Errorf("pool: %w", err)
 	}
 	block, _ := pem.Decode(data)
 	if block == nil || block.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("mxpool: %s: not a PEM private key", path)
+		return nil, fmt.Errorf("pool: %s: not a PEM private key", path)
 	}
 	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("mxpool: %s: %w", path, err)
+		return nil, fmt.Errorf("pool: %s: %w", path, err)
 	}
 	key, ok := k.(ed25519.PrivateKey)
 	if !ok {
-		return nil, fmt.Errorf("mxpool: %s: not an ed25519 key", path)
+		return nil, fmt.Errorf("pool: %s: not an ed25519 key", path)
 	}
 	return key, nil
 }
@@ -338,7 +280,7 @@ func pubStoreKey(dir string, key ed25519.PrivateKey) error {
 	}
 	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	if err := durable.WriteFile(durable.OS, filepath.Join(dir, polKeyFile), data, 0o600); err != nil {
-		return fmt.Errorf("mxpool: store the signing key: %w", err)
+		return fmt.Errorf("pool: store the signing key: %w", err)
 	}
 	return nil
 }
@@ -358,7 +300,7 @@ func (p *Publisher) PublicKey() ed25519.PublicKey {
 // refuse the new seals and turn stale.
 func (p *Publisher) Rotate(ctx context.Context, key ed25519.PrivateKey) error {
 	if len(key) != ed25519.PrivateKeySize {
-		return errors.New("mxpool: Rotate: not an ed25519 private key")
+		return errors.New("pool: Rotate: not an ed25519 private key")
 	}
 	select {
 	case p.sem <- struct{}{}:
@@ -377,7 +319,7 @@ func (p *Publisher) Rotate(ctx context.Context, key ed25519.PrivateKey) error {
 	p.key = key
 	p.pubResealLocked(true)
 	p.mu.Unlock()
-	p.log.Warn("mxpool: signing key replaced", "key", KeyID(key.Public().(ed25519.PublicKey)))
+	p.log.Warn("pool: signing key replaced", "key", KeyID(key.Public().(ed25519.PublicKey)))
 	return nil
 }
 
@@ -395,7 +337,7 @@ func (p *Publisher) pubResealLocked(force bool) {
 	next := cur.resealed(sealWith(p.pool, cur.Version, cur.Digest, p.key, now))
 	full, err := next.Encode()
 	if err != nil {
-		p.log.Error("mxpool: encode policy", "err", err)
+		p.log.Error("pool: encode policy", "err", err)
 		return
 	}
 	p.cur.Store(next)
@@ -419,7 +361,7 @@ func (p *Publisher) pubLoad() error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("mxpool: %w", err)
+		return fmt.Errorf("pool: %w", err)
 	}
 	w, err := polDecodeWire(data)
 	var snap *Snapshot
@@ -427,7 +369,7 @@ func (p *Publisher) pubLoad() error {
 		snap, err = polSnapshotFromWire(w, nil)
 	}
 	if err != nil {
-		p.log.Error("mxpool: stored policy refused", "path", path, "err", err)
+		p.log.Error("pool: stored policy refused", "path", path, "err", err)
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	p.cur.Store(snap)
@@ -442,7 +384,7 @@ func (p *Publisher) pubLoad() error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("mxpool: %w", err)
+		return fmt.Errorf("pool: %w", err)
 	}
 	hist, err := pubDecodeHistory(hdata, snap.Version)
 	if errors.Is(err, ErrPolicyFormat) {
@@ -451,7 +393,7 @@ func (p *Publisher) pubLoad() error {
 	if err != nil {
 		// The history is an optimisation: without it followers fetch
 		// the full snapshot once.
-		p.log.Warn("mxpool: delta history dropped", "path", hpath, "err", err)
+		p.log.Warn("pool: delta history dropped", "path", hpath, "err", err)
 		return nil
 	}
 	p.history = hist
@@ -591,11 +533,11 @@ func (p *Publisher) Update(ctx context.Context, fn func(*Policy) error) (uint64,
 	snap := &Snapshot{Seal: sealWith(p.pool, version, digest, key, p.opts.Now()), Policy: work}
 	full, err := snap.Encode()
 	if err != nil {
-		return curVersion, fmt.Errorf("mxpool: encode policy: %w", err)
+		return curVersion, fmt.Errorf("pool: encode policy: %w", err)
 	}
 	if err := durable.WriteFile(durable.OS, filepath.Join(p.dir, polSnapshotFile), full, 0o600); err != nil {
-		p.log.Error("mxpool: policy not published: cannot store it", "version", version, "err", err)
-		return curVersion, fmt.Errorf("mxpool: store policy version %d: %w", version, err)
+		p.log.Error("pool: policy not published: cannot store it", "version", version, "err", err)
+		return curVersion, fmt.Errorf("pool: store policy version %d: %w", version, err)
 	}
 	entry, nchanges := p.pubDelta(base, work, curVersion, version, digest)
 
@@ -615,11 +557,11 @@ func (p *Publisher) Update(ctx context.Context, fn func(*Policy) error) (uint64,
 	hist := pubHistFile{Format: SnapshotFormat, Version: version, Deltas: slices.Clone(p.history)}
 	p.mu.Unlock()
 
-	p.log.Info("mxpool: policy published", "version", version, "digest", digest.String(), "changes", nchanges)
+	p.log.Info("pool: policy published", "version", version, "digest", digest.String(), "changes", nchanges)
 	if data, err := json.Marshal(hist); err != nil {
-		p.log.Error("mxpool: encode delta history", "err", err)
+		p.log.Error("pool: encode delta history", "err", err)
 	} else if err := durable.WriteFile(durable.OS, filepath.Join(p.dir, polHistoryFile), data, 0o600); err != nil {
-		p.log.Error("mxpool: delta history not stored; followers behind will fetch the full snapshot after a restart", "err", err)
+		p.log.Error("pool: delta history not stored; followers behind will fetch the full snapshot after a restart", "err", err)
 	}
 	return version, nil
 }
@@ -635,14 +577,14 @@ func (p *Publisher) pubDelta(base, work *Policy, from, to uint64, digest resilma
 	// The followers check the result's digest anyway; checking here
 	// keeps a wrong delta from reaching them at all.
 	if chk, err := polApply(base, changes); err != nil || chk.Digest() != digest {
-		p.log.Error("mxpool: delta self-check failed; followers will fetch the full snapshot", "from", from, "to", to, "err", err)
+		p.log.Error("pool: delta self-check failed; followers will fetch the full snapshot", "from", from, "to", to, "err", err)
 		return nil, len(changes)
 	}
 	e := &pubHistEntry{From: from, To: to}
 	for i := range changes {
 		raw, err := json.Marshal(&changes[i])
 		if err != nil {
-			p.log.Error("mxpool: encode delta", "err", err)
+			p.log.Error("pool: encode delta", "err", err)
 			return nil, len(changes)
 		}
 		e.Changes = append(e.Changes, raw)
@@ -719,7 +661,7 @@ func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if ok, why := p.pubAuthorized(r); !ok {
-		p.log.Warn("mxpool: policy request refused", "remote", r.RemoteAddr, "reason", why)
+		p.log.Warn("pool: policy request refused", "remote", r.RemoteAddr, "reason", why)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="mxpool"`)
 		http.Error(w, "unauthorized", http.StatusUnauthorized)
 		return
@@ -763,7 +705,7 @@ func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
 		switch {
 		case since > version || cur != nil && since == version && have != "" && have != cur.Digest.String():
-			p.log.Warn("mxpool: follower ahead of the publisher", "remote", r.RemoteAddr, "node", q.Get("node"), "since", since, "version", version)
+			p.log.Warn("pool: follower ahead of the publisher", "remote", r.RemoteAddr, "node", q.Get("node"), "since", since, "version", version)
 			http.Error(w, fmt.Sprintf("follower at version %d (%s) but publisher at %d: the follower holds versions this publisher never made", since, have, version), http.StatusConflict)
 			return
 		case since < version:
