@@ -41,7 +41,7 @@ func startMailNodeIn(t *testing.T, dir string, extra ...string) *mailNode {
 		"alice@example.org:{PLAIN}alice-pw\n"+
 			// doveadm pw -s SHA512-CRYPT -p 'pässword'
 			"bob@example.org:{SHA512-CRYPT}$6$yUrh2Ml5j1qx7b/t$WsPSnRRW772gq2K.orCQfI9iWsIN8npgs46MYqpIjNP3I/6VXU5CzfR12lt5dO72OSIJggI1/yhXTl0iFbKDc.\n"), 0o600))
-	args := append([]string{"-dir", n.dir, "-secret", testSecret, "-lmtp", n.lmtp, "-http", n.http,
+	args := append([]string{"-dir", n.dir, "-secret-file", secretFile(t), "-lmtp", n.lmtp, "-http", n.http,
 		"-imap", n.imap, "-pop3", n.pop3, "-passwd", n.passwd, "-users", "alice@example.org"}, extra...)
 	n.cmd = exec.Command(os.Args[0])
 	n.cmd.Env = append(os.Environ(), childEnv+"="+strings.Join(args, "\n"))

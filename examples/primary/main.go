@@ -3,8 +3,10 @@
 // streams every change, within milliseconds, to its replicas
 // (examples/secondary), which keep a verified copy on another machine.
 //
-//	export RESILMAIL_SECRET=...   # shared with the secondaries
-//	go run ./examples/primary -dir /var/lib/resilmail -users alice,bob -ack one
+//	export RESILMAIL_SECRET=...   # or -secret-file; never on the command line
+//	go run ./examples/primary -dir /var/lib/resilmail -users alice,bob -ack one \
+//	    -replicas mail2 -tls-cert cert.pem -tls-key key.pem -http :8026
+//	go run ./examples/primary -replica-secret mail2 > mail2.secret  # for mail2's -secret-file
 //
 // A relay (examples/relay -lmtp -next 127.0.0.1:2424) delivers into it.
 // Each recipient is answered on its own: 250 once the message is durable in
@@ -16,9 +18,14 @@
 // up on their own.
 //
 // On its -http address (HTTPS and HTTP/2 with -tls-cert and -tls-key, as
-// it should be between machines) it serves the replication stream and
-// inventory at /replicate/ (bearer token derived from the secret), its
-// state as JSON at /status and Prometheus metrics at /metrics.
+// it must be between machines: plain HTTP beyond loopback is refused
+// unless -insecure-http) it serves the replication stream and inventory at
+// /replicate/, its state as JSON at /status and Prometheus metrics at
+// /metrics. Each replica named in -replicas has its own secret, derived
+// from this primary's (-replica-secret NAME prints it), so that its name
+// is bound to its credential and one replica cannot acknowledge for
+// another (-ack all requires it); without -replicas the replicas use the
+// primary's secret itself.
 //
 // Users read their mail over IMAP (-imap, default 127.0.0.1:1143; -imaps
 // for implicit TLS) and POP3 (-pop3, default 127.0.0.1:1110; -pop3s) once
@@ -36,7 +43,10 @@ package main
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -54,6 +64,7 @@ import (
 
 	"github.com/resilmail/resilmail/internal/cli"
 	"github.com/resilmail/resilmail/internal/lmtpstore"
+	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/replicate"
 	"github.com/resilmail/resilmail/replicate/store"
 )
@@ -62,7 +73,8 @@ type config struct {
 	dir        string
 	lmtp       string
 	httpAddr   string
-	secret     string
+	secret     []byte
+	secretSrc  secret.Source
 	users      []string
 	mode       replicate.AckMode
 	replicas   []string
@@ -72,14 +84,17 @@ type config struct {
 	maxSize    int64
 	tlsCert    string
 	tlsKey     string
+	insecure   bool
 	verbose    bool
-	imap       string
-	imaps      string
-	passwdFile string
-	backup     backupConfig
-	pop3       string
-	pop3s      string
-	proxyTrust []netip.Prefix // -proxy-trust: proxies whose PROXY v2 headers are read
+	// printSecret names the replica whose secret -replica-secret prints.
+	printSecret string
+	imap        string
+	imaps       string
+	passwdFile  string
+	backup      backupConfig
+	pop3        string
+	pop3s       string
+	proxyTrust  []netip.Prefix // -proxy-trust: proxies whose PROXY v2 headers are read
 }
 
 // parseFlags reads the command line (without the program name); getenv
@@ -90,7 +105,10 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&c.dir, "dir", "", "data folder: the store under store/ (default: a new temporary folder, removed on exit)")
 	fs.StringVar(&c.lmtp, "lmtp", "127.0.0.1:2424", "LMTP listen address, host:port or the path of a Unix socket")
 	fs.StringVar(&c.httpAddr, "http", "127.0.0.1:8026", "HTTP listen address: /replicate/, /status, /metrics")
-	fs.StringVar(&c.secret, "secret", "", "secret shared with the replicas (default: $RESILMAIL_SECRET)")
+	fs.StringVar(&c.secretSrc.File, "secret-file", "", "file (mode 600) holding the replication secret (default: $RESILMAIL_SECRET)")
+	refuse := secret.Refuse(fs, "secret", "RESILMAIL_SECRET", "secret-file")
+	fs.StringVar(&c.printSecret, "replica-secret", "", "print the secret of the replica of this name (for its -secret-file) and exit")
+	fs.BoolVar(&c.insecure, "insecure-http", false, "allow -http beyond loopback without -tls-cert (the stream in clear)")
 	users := fs.String("users", "", "comma-separated users to create if missing, e.g. alice,bob")
 	mode := fs.String("ack", "async", "what a delivery waits for before 250: async, one (a replica), all (every replica in -replicas)")
 	replicas := fs.String("replicas", "", "comma-separated names of the replicas -ack all waits for")
@@ -123,12 +141,15 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	if c.proxyTrust, err = parsePrefixes(*proxyTrust); err != nil {
 		return c, fmt.Errorf("-proxy-trust: %w", err)
 	}
-	if c.secret == "" {
-		c.secret = getenv("RESILMAIL_SECRET")
+	if err := refuse(); err != nil {
+		return c, err
 	}
-	if c.secret == "" {
-		return c, errors.New("no secret: set -secret or $RESILMAIL_SECRET (the replicas use the same)")
+	c.secretSrc.Env, c.secretSrc.Flag = "RESILMAIL_SECRET", "secret-file"
+	sec, err := c.secretSrc.Read(getenv)
+	if err != nil {
+		return c, fmt.Errorf("no usable secret: %w", err)
 	}
+	c.secret = sec
 	c.users, c.replicas = splitList(*users), splitList(*replicas)
 	switch *mode {
 	case "async":
@@ -138,7 +159,7 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	case "all":
 		c.mode = replicate.AckAll
 		if len(c.replicas) == 0 {
-			return c, errors.New("-ack all needs -replicas: the names of the replicas to wait for")
+			return c, errors.New("-ack all needs -replicas: the names of the replicas to wait for (each gets its own secret, see -replica-secret)")
 		}
 	default:
 		return c, fmt.Errorf("-ack %q: want async, one or all", *mode)
@@ -157,10 +178,21 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return c, errors.New("-tls-cert and -tls-key go together")
 	}
+	if err := cli.CheckListen("http", c.httpAddr, c.tlsCert != "", c.insecure); err != nil {
+		return c, err
+	}
 	if (c.imaps != "" || c.pop3s != "") && c.tlsCert == "" {
 		return c, errors.New("-imaps and -pop3s need -tls-cert and -tls-key")
 	}
 	return c, nil
+}
+
+// replicaSecret is the secret of the replica name, derived from the
+// primary's: HMAC-SHA256(secret, label, name), in hex.
+func replicaSecret(secret []byte, name string) []byte {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("resilmail/examples/primary replica secret 1\x00" + name))
+	return []byte(hex.EncodeToString(m.Sum(nil)))
 }
 
 func splitList(s string) []string {
@@ -179,6 +211,10 @@ func main() { os.Exit(realMain(os.Args[1:])) }
 // its exit code.
 func realMain(args []string) int {
 	c, err := parseFlags(args, os.Getenv)
+	if err == nil && c.printSecret != "" {
+		fmt.Printf("%s\n", replicaSecret(c.secret, c.printSecret))
+		return 0
+	}
 	return cli.Main("primary", err, c.verbose, func(ctx context.Context, log *slog.Logger) error { return run(ctx, c, log, nil) })
 }
 
@@ -210,13 +246,21 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 			return fmt.Errorf("creating user %q: %w", u, err)
 		}
 	}
+	var perReplica map[string][]byte
+	if len(c.replicas) > 0 {
+		perReplica = make(map[string][]byte)
+		for _, name := range c.replicas {
+			perReplica[name] = replicaSecret(c.secret, name)
+		}
+	}
 	p, err := replicate.NewPrimary(st, &replicate.PrimaryOptions{
-		Secret:     []byte(c.secret),
-		Mode:       c.mode,
-		Replicas:   c.replicas,
-		AckTimeout: c.ackTimeout,
-		OnTimeout:  c.onTimeout,
-		Logger:     log,
+		Secret:         c.secret,
+		ReplicaSecrets: perReplica,
+		Mode:           c.mode,
+		Replicas:       c.replicas,
+		AckTimeout:     c.ackTimeout,
+		OnTimeout:      c.onTimeout,
+		Logger:         log,
 	})
 	if err != nil {
 		return err

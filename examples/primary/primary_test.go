@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -47,7 +48,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // loopback ports added) until the test ends, and returns its addresses.
 func startPrimary(t *testing.T, args ...string) addrs {
 	t.Helper()
-	args = append([]string{"-secret", testSecret, "-lmtp", "127.0.0.1:0", "-http", "127.0.0.1:0", "-hostname", "primary.test"}, args...)
+	args = append([]string{"-secret-file", secretFile(t), "-lmtp", "127.0.0.1:0", "-http", "127.0.0.1:0", "-hostname", "primary.test"}, args...)
 	c, err := parseFlags(args, func(string) string { return "" })
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -199,23 +200,70 @@ func TestNoReplicaAnswers(t *testing.T) {
 
 func TestFlags(t *testing.T) {
 	env := func(string) string { return "" }
+	withSecret := func(k string) string { return map[string]string{"RESILMAIL_SECRET": testSecret}[k] }
 	_, err := parseFlags(nil, env)
-	assert.ErrorContains(t, err, "no secret")
-	c, err := parseFlags(nil, func(k string) string { return map[string]string{"RESILMAIL_SECRET": "s"}[k] })
+	assert.ErrorContains(t, err, "no usable secret")
+	c, err := parseFlags(nil, withSecret)
 	require.NoError(t, err)
-	assert.Equal(t, "s", c.secret)
+	assert.Equal(t, testSecret, string(c.secret))
 	assert.Equal(t, replicate.AckAsync, c.mode)
-	_, err = parseFlags([]string{"-secret", "s", "-ack", "all"}, env)
+	_, err = parseFlags([]string{"-secret", testSecret}, withSecret)
+	assert.ErrorContains(t, err, "not taken on the command line")
+	assert.NotContains(t, err.Error(), testSecret, "the error does not repeat the secret")
+	_, err = parseFlags(nil, func(k string) string { return map[string]string{"RESILMAIL_SECRET": "short"}[k] })
+	assert.ErrorContains(t, err, "shorter than")
+	c, err = parseFlags([]string{"-secret-file", secretFile(t)}, env)
+	require.NoError(t, err)
+	assert.Equal(t, testSecret, string(c.secret))
+	_, err = parseFlags([]string{"-ack", "all"}, withSecret)
 	assert.ErrorContains(t, err, "-replicas")
-	_, err = parseFlags([]string{"-secret", "s", "-ack", "some"}, env)
+	_, err = parseFlags([]string{"-ack", "some"}, withSecret)
 	assert.ErrorContains(t, err, "want async, one or all")
-	_, err = parseFlags([]string{"-secret", "s", "-on-timeout", "maybe"}, env)
+	_, err = parseFlags([]string{"-on-timeout", "maybe"}, withSecret)
 	assert.ErrorContains(t, err, "want refuse or accept")
-	_, err = parseFlags([]string{"-secret", "s", "-tls-cert", "cert.pem"}, env)
+	_, err = parseFlags([]string{"-tls-cert", "cert.pem"}, withSecret)
 	assert.ErrorContains(t, err, "go together")
-	c, err = parseFlags([]string{"-secret", "s", "-ack", "all", "-replicas", "b, c"}, env)
+	c, err = parseFlags([]string{"-ack", "all", "-replicas", "b, c"}, withSecret)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"b", "c"}, c.replicas)
+	// Plain HTTP beyond loopback only when asked for.
+	_, err = parseFlags([]string{"-http", "0.0.0.0:8026"}, withSecret)
+	assert.ErrorContains(t, err, "-insecure-http")
+	_, err = parseFlags([]string{"-http", "0.0.0.0:8026", "-insecure-http"}, withSecret)
+	assert.NoError(t, err)
+	_, err = parseFlags([]string{"-http", "0.0.0.0:8026", "-tls-cert", "c.pem", "-tls-key", "k.pem"}, withSecret)
+	assert.NoError(t, err)
+}
+
+// secretFile writes testSecret to a file only its owner reads.
+func secretFile(t testing.TB) string {
+	path := filepath.Join(t.TempDir(), "secret")
+	require.NoError(t, os.WriteFile(path, []byte(testSecret+"\n"), 0o600))
+	return path
+}
+
+// TestReplicaSecretsBindNames: with -replicas each replica has its own
+// secret (-replica-secret prints it); the primary's own secret and
+// another replica's cannot acknowledge as that replica, so -ack all needs
+// both replicas.
+func TestReplicaSecretsBindNames(t *testing.T) {
+	a := startPrimary(t, "-users", "alice@example.org", "-ack", "all", "-replicas", "mail2,mail3", "-ack-timeout", "300ms")
+	base := "http://" + a.http.String() + "/replicate"
+	master := []byte(testSecret)
+	ack := func(secret []byte, name string) int {
+		body := strings.NewReader(`{"replica":"` + name + `","position":1}`)
+		req, err := http.NewRequest("POST", base+"/ack", body)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+replicate.StreamToken(secret))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	assert.Equal(t, http.StatusForbidden, ack(master, "mail2"), "the primary's secret cannot act as mail2")
+	assert.Equal(t, http.StatusForbidden, ack(replicaSecret(master, "mail3"), "mail2"), "nor can mail3's")
+	assert.Equal(t, http.StatusNoContent, ack(replicaSecret(master, "mail2"), "mail2"))
+	assert.NotEqual(t, string(replicaSecret(master, "mail2")), string(replicaSecret(master, "mail3")))
 }
 
 // crashMessage is the message of delivery id; its digest names it on the
@@ -296,7 +344,7 @@ func TestKilledPrimaryLosesNoAcknowledgedDelivery(t *testing.T) {
 	for round := range 3 {
 		cmd := exec.Command(os.Args[0])
 		cmd.Env = append(os.Environ(), childEnv+"="+strings.Join([]string{
-			"-dir", dir, "-secret", testSecret, "-lmtp", lmtpAddr, "-http", httpAddr,
+			"-dir", dir, "-secret-file", secretFile(t), "-lmtp", lmtpAddr, "-http", httpAddr,
 			"-users", "alice@example.org", "-ack", "one", "-ack-timeout", "20s",
 		}, "\n"))
 		stderr, err := cmd.StderrPipe()

@@ -37,6 +37,6 @@ func TestParsePrefixes(t *testing.T) {
 	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}, got)
 	_, err = parsePrefixes("mail.example.org")
 	assert.Error(t, err)
-	_, err = parseFlags([]string{"-secret", "s", "-proxy-trust", "nope"}, func(string) string { return "" })
+	_, err = parseFlags([]string{"-secret-file", secretFile(t), "-proxy-trust", "nope"}, func(string) string { return "" })
 	assert.ErrorContains(t, err, "-proxy-trust")
 }

@@ -55,3 +55,37 @@ func TestLoggerLevel(t *testing.T) {
 	assert.Contains(t, quiet.String(), "retrying")
 	assert.Contains(t, verbose.String(), "delivered")
 }
+
+func TestPlainHTTPOnlyOnLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		addr                  string
+		withTLS, insecure, ok bool
+	}{
+		{"127.0.0.1:80", false, false, true},
+		{"localhost:80", false, false, true},
+		{"[::1]:80", false, false, true},
+		{"0.0.0.0:80", false, false, false},
+		{":80", false, false, false},
+		{"192.0.2.1:80", false, false, false},
+		{"192.0.2.1:80", true, false, true},
+		{"192.0.2.1:80", false, true, true},
+	} {
+		err := CheckListen("http", tc.addr, tc.withTLS, tc.insecure)
+		if (err == nil) != tc.ok {
+			t.Errorf("CheckListen(%q, tls %v, insecure %v) = %v", tc.addr, tc.withTLS, tc.insecure, err)
+		}
+	}
+	for _, tc := range []struct {
+		url          string
+		insecure, ok bool
+	}{
+		{"http://127.0.0.1:8026", false, true},
+		{"https://mail1:8026", false, true},
+		{"http://mail1:8026", false, false},
+		{"http://mail1:8026", true, true},
+	} {
+		if err := CheckURL("primary", tc.url, tc.insecure); (err == nil) != tc.ok {
+			t.Errorf("CheckURL(%q, insecure %v) = %v", tc.url, tc.insecure, err)
+		}
+	}
+}
