@@ -51,11 +51,8 @@ func listenDebug(addr string) (net.Listener, error) {
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	if host != "localhost" {
-		ip := net.ParseIP(host)
-		if ip == nil || !ip.IsLoopback() {
-			return nil, fmt.Errorf("-debug-addr %q: debug handlers are served on loopback only (127.0.0.1, ::1 or localhost); reach them through ssh -L", addr)
-		}
+	if !isLoopback(host) {
+		return nil, fmt.Errorf("-debug-addr %q: debug handlers are served on loopback only (127.0.0.1, ::1 or localhost); reach them through ssh -L", addr)
 	}
 	return net.Listen("tcp", net.JoinHostPort(host, port))
 }
