@@ -34,6 +34,10 @@ type ProxyOptions struct {
 	Unavailable []byte
 	// DialTimeout bounds the connection to the backend. Zero means 5 s.
 	DialTimeout time.Duration
+	// LocalAddr, when set, is the local IP address connections to the
+	// backend come from (the address the backend trusts for PROXY
+	// headers). Empty lets the system choose.
+	LocalAddr string
 	// DrainTimeout is how long connections to a former backend go on after
 	// [Proxy.SetBackend] before they are closed. Zero means 30 s.
 	DrainTimeout time.Duration
@@ -216,7 +220,11 @@ func (p *Proxy) relay(client net.Conn) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.opts.DialTimeout)
-	server, err := (&net.Dialer{}).DialContext(ctx, "tcp", b.Addr)
+	d := &net.Dialer{}
+	if p.opts.LocalAddr != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(p.opts.LocalAddr)}
+	}
+	server, err := d.DialContext(ctx, "tcp", b.Addr)
 	cancel()
 	if err != nil {
 		p.refuse(client, "active node unreachable", err)

@@ -61,7 +61,7 @@ func openForwards(c config, log *slog.Logger) (*forwarder, error) {
 			return nil, err
 		}
 		p := failover.NewProxy(failover.Backend{Addr: fw.target, SendProxy: c.forwardProxy},
-			&failover.ProxyOptions{Unavailable: []byte(unavailable[fw.proto]), Logger: log})
+			&failover.ProxyOptions{Unavailable: []byte(unavailable[fw.proto]), LocalAddr: c.forwardFrom, Logger: log})
 		f.proxies = append(f.proxies, p)
 		f.lns = append(f.lns, ln)
 		log.Warn("secondary: forwarding clients to the active node", "proto", fw.proto, "listen", ln.Addr().String(), "to", fw.target, "proxy_protocol", c.forwardProxy)

@@ -65,6 +65,7 @@ type config struct {
 
 	forwards     []forward // -forward: client proxies to the active node
 	forwardProxy bool      // -forward-proxy: send a PROXY v2 header
+	forwardFrom  string    // -forward-from: local address to connect from
 }
 
 // parseFlags reads the command line (without the program name); getenv
@@ -84,6 +85,7 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&c.ca, "ca", "", "PEM certificates that sign an https:// primary's certificate (default: the system's)")
 	fs.Var(forwardFlag{&c.forwards}, "forward", "relay the clients of a protocol that reach this standby to the active node, as proto,listen-host:port,target-host:port with proto imap, pop3, lmtp or submission (repeat for each)")
 	fs.BoolVar(&c.forwardProxy, "forward-proxy", false, "with -forward: send the client's address in a PROXY protocol v2 header (the active node must trust this node: examples/primary -proxy-trust)")
+	fs.StringVar(&c.forwardFrom, "forward-from", "", "with -forward: the local IP address to connect to the active node from (the address it trusts for PROXY headers; default: the system's choice)")
 	fs.BoolVar(&c.verbose, "v", false, "log every reconnection and repair")
 	if err := fs.Parse(args); err != nil {
 		return c, err
