@@ -31,14 +31,17 @@
 // written as a segment, and at the end of a run ([Repo.Backup]) or on a
 // schedule ([Repo.Follow]) a snapshot manifest. A message that the store
 // no longer gives when the backup reads it (expunged since) is counted as
-// lost unless the store holds its journal and bodies for the backup
-// ([Holder]); a corrupt body is logged and never stored, and later runs
+// lost; replicate/store prevents that by holding its journal and the
+// bodies of expunged messages at the backup's position ([Holder]), which
+// every run moves on. A corrupt body is logged and never stored, and later runs
 // read again the bodies of live messages the repository lacks.
 //
 // # Guarantees
 //
-//   - Order: a pack and its index are durable before the change segment
-//     or the snapshot that refers to their bodies. A run that fails or is
+//   - Order: a pack and its index (written at once: a crash may leave one
+//     without the other, which nothing refers to and Prune removes) are
+//     durable before the change segment or the snapshot that refers to
+//     their bodies. A run that fails or is
 //     killed at any instant leaves no snapshot or segment that refers to
 //     something missing; the next run continues from the newest of the
 //     last segment and the last snapshot written (bodies already written

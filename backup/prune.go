@@ -115,7 +115,7 @@ func (r *Repo) prune(ctx context.Context) (PruneSummary, error) {
 			return sum, fmt.Errorf("backup: prune needs every kept change segment: %w", err)
 		}
 		for i := range changes {
-			if changes[i].Kind == resilmail.ChangeAppend {
+			if hasBody(&changes[i]) {
 				live[changes[i].Digest] = true
 			}
 		}
@@ -150,8 +150,8 @@ func (r *Repo) prune(ctx context.Context) (PruneSummary, error) {
 }
 
 // prunePacks deletes or rewrites the packs that hold unneeded bodies, and
-// deletes packs that have no index (written by a run killed before it
-// wrote the index).
+// deletes packs without an index and indexes without a pack (written by a
+// run killed between the two).
 func (r *Repo) prunePacks(ctx context.Context, live map[resilmail.Digest]bool, sum *PruneSummary) error {
 	list, err := r.t.List(ctx, packsPrefix)
 	if err != nil {
@@ -167,6 +167,22 @@ func (r *Repo) prunePacks(ctx context.Context, live map[resilmail.Digest]bool, s
 		known[id] = true
 	}
 	r.mu.Unlock()
+	present := make(map[string]bool, len(list))
+	for _, bi := range list {
+		present[strings.TrimPrefix(bi.Name, packsPrefix)] = true
+	}
+	// Indexes whose pack is missing (a run killed between the two).
+	idx, err := r.t.List(ctx, indexPrefix)
+	if err != nil {
+		return err
+	}
+	for _, bi := range idx {
+		if !present[strings.TrimPrefix(bi.Name, indexPrefix)] {
+			if err := r.deleteBlob(ctx, bi.Name); err != nil {
+				return err
+			}
+		}
+	}
 	for _, bi := range list {
 		if id := strings.TrimPrefix(bi.Name, packsPrefix); !known[id] {
 			if err := r.deleteBlob(ctx, bi.Name); err != nil {

@@ -190,11 +190,6 @@ func (r *Repo) progress(phase string, done, total, bytes int64) {
 	}
 }
 
-// placeholderDigest names no body: restoring UIDNEXT above a mailbox's
-// last message appends a message with it, which the destination records
-// as expunged at once.
-var placeholderDigest = resilmail.DigestOf([]byte("resilmail backup: a UID given and expunged\n"))
-
 // restoreKeep rebuilds the selected mailboxes with their UIDs.
 func (r *Repo) restoreKeep(ctx context.Context, dst Destination, st *state, sel Selection, msgs []MessageInfo, sum *RestoreSummary) error {
 	byBox := make(map[resilmail.MailboxID][]MessageInfo)
@@ -217,9 +212,6 @@ func (r *Repo) restoreKeep(ctx context.Context, dst Destination, st *state, sel 
 	var done, bytesDone atomic.Int64
 	total := int64(len(msgs))
 	body := func(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error) {
-		if d == placeholderDigest {
-			return nil, fmt.Errorf("%w: placeholder", ErrNotExist)
-		}
 		b, err := r.readBody(ctx, d, cache)
 		if err != nil {
 			return nil, err
@@ -258,11 +250,15 @@ func (r *Repo) restoreKeep(ctx context.Context, dst Destination, st *state, sel 
 			changes = append(changes, a)
 			last = m.UID
 		}
-		if b.uidNext > last+1 {
-			a := ch(resilmail.ChangeAppend)
-			a.Mailbox, a.MailboxID, a.UIDValidity = b.name, b.id, b.uidValidity
-			a.UID, a.Digest, a.Size, a.ModSeq = b.uidNext-1, placeholderDigest, 1, b.highest
-			changes = append(changes, a)
+		if b.uidNext > last+1 || b.highest > 0 {
+			// UIDNEXT above the last message (its UIDs were given, the
+			// messages expunged since) and HIGHESTMODSEQ.
+			x := ch(resilmail.ChangeReserve)
+			x.Mailbox, x.MailboxID, x.UIDValidity = b.name, b.id, b.uidValidity
+			x.UID, x.ModSeq = b.uidNext-1, b.highest
+			if x.UID > 0 {
+				changes = append(changes, x)
+			}
 		}
 		for len(changes) > 0 {
 			n := min(len(changes), 2000)
@@ -270,7 +266,7 @@ func (r *Repo) restoreKeep(ctx context.Context, dst Destination, st *state, sel 
 				return fmt.Errorf("backup: restoring %s/%s: %w", b.user, b.name, err)
 			}
 			for _, c := range changes[:n] {
-				if c.Kind == resilmail.ChangeAppend && c.Digest != placeholderDigest {
+				if c.Kind == resilmail.ChangeAppend {
 					done.Add(1)
 				}
 			}

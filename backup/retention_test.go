@@ -337,3 +337,35 @@ func TestLock(t *testing.T) {
 	_, err = repo.Backup(ctx, src)
 	require.NoError(t, err)
 }
+
+// The backup holds the store's journal and bodies at its position: a
+// message delivered and deleted between two runs is still read (the store
+// keeps its body for the hold), so nothing is lost; without the hold it
+// would be counted as lost.
+func TestHoldKeepsWhatArrivesAndGoesBetweenRuns(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir(), nil)
+	fill(t, src, 1, 1, 2)
+	repo := openRepo(t, newFolder(t), nil, nil)
+	_, err := repo.Backup(ctx, src)
+	require.NoError(t, err)
+	holds := src.Holds()
+	require.Len(t, holds, 1, "the backup holds the store at its position")
+	assert.True(t, holds[0].Bodies)
+
+	u := "user0@example.org"
+	before := time.Now()
+	uid, err := src.Append(ctx, u, "INBOX", nil, time.Time{}, strings.NewReader("Subject: brief\r\n\r\nhere and gone\r\n"))
+	require.NoError(t, err)
+	_, err = src.Expunge(ctx, u, "INBOX", uids(uid))
+	require.NoError(t, err)
+	sum, err := repo.Backup(ctx, src)
+	require.NoError(t, err)
+	assert.Equal(t, 0, sum.Lost)
+	assert.Equal(t, 1, sum.NewBodies)
+	gone, err := repo.Messages(ctx, backup.Selection{DeletedFrom: before})
+	require.NoError(t, err)
+	require.Len(t, gone, 1)
+	assert.False(t, gone[0].NoBody)
+	assert.Equal(t, src.Holds()[0].Position, src.Position(), "the hold moved on")
+}

@@ -371,7 +371,7 @@ func (run *runner) catchUp(ctx context.Context) error {
 			c := &changes[i]
 			run.st.apply(c)
 			switch c.Kind {
-			case resilmail.ChangeAppend:
+			case resilmail.ChangeAppend, resilmail.ChangeRestore:
 				run.sum.Appends++
 			case resilmail.ChangeExpunge:
 				run.sum.Expunges++
@@ -393,6 +393,11 @@ func (run *runner) catchUp(ctx context.Context) error {
 	}
 }
 
+// hasBody reports whether a change adds a message with a body.
+func hasBody(c *resilmail.Change) bool {
+	return c.Kind == resilmail.ChangeAppend || c.Kind == resilmail.ChangeRestore
+}
+
 // storeBodies reads, compresses, seals and packs the bodies of the appends
 // among changes that the repository lacks, in parallel.
 func (run *runner) storeBodies(ctx context.Context, changes []resilmail.Change) error {
@@ -401,7 +406,7 @@ func (run *runner) storeBodies(ctx context.Context, changes []resilmail.Change) 
 	where := make(map[resilmail.Digest]*resilmail.Change)
 	for i := range changes {
 		c := &changes[i]
-		if c.Kind != resilmail.ChangeAppend || seen[c.Digest] {
+		if !hasBody(c) || seen[c.Digest] {
 			continue
 		}
 		seen[c.Digest] = true

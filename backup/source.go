@@ -34,9 +34,9 @@ type Source interface {
 	Body(ctx context.Context, d resilmail.Digest) ([]byte, error)
 	// FullState calls fn with the whole state, as changes that build it
 	// (users, subscriptions, mailboxes with their ids, UIDVALIDITY and
-	// HIGHESTMODSEQ in ModSeq, messages as appends, and an expunge of
-	// UIDNEXT-1 where UIDNEXT is above the last message), all at one
-	// durable position, which it returns.
+	// HIGHESTMODSEQ in ModSeq, messages as appends, and a
+	// ChangeReserve of UIDNEXT-1 where UIDNEXT is above the last
+	// message), all at one durable position, which it returns.
 	FullState(ctx context.Context, fn func(resilmail.Change) error) (uint64, error)
 }
 
@@ -51,11 +51,13 @@ type Historian interface {
 // A Holder is a Source that keeps its journal and bodies from a position
 // on for a named reader (a retention hold), so that a backup that runs
 // once a night still finds every change and body after its position.
-// Backup holds the store at its position under the name given in
-// [Options]; without it a message that arrives and is expunged between two
-// runs may be gone before the backup reads its body (counted as Lost), and
-// a journal compacted past the position makes the backup read the whole
-// state again.
+// A backup holds the store at its position under the name
+// "backup-<first 12 digits of the repository's id>" (replicate/store's
+// Store.Hold; Store.Release frees what a repository no longer in use
+// holds). Without a hold, a message that arrives and is expunged between
+// two runs may be gone before the backup reads its body (counted as Lost),
+// and a journal compacted past the position makes the backup read the
+// whole state again.
 type Holder interface {
 	Hold(ctx context.Context, name string, pos uint64) error
 }

@@ -164,15 +164,39 @@ func (s *state) apply(c *resilmail.Change) {
 		if b := s.boxes[c.MailboxID]; b != nil && b.user == c.User {
 			s.deleteBox(b, t)
 		}
-	case resilmail.ChangeAppend:
+	case resilmail.ChangeAppend, resilmail.ChangeRestore:
 		b := s.boxFor(c)
-		if b == nil || c.UID < b.uidNext {
-			return // there already, or given before and expunged since
+		if b == nil || c.UID == 1<<32-1 {
+			return
 		}
-		b.msgs = append(b.msgs, msgEntry{uid: c.UID, modseq: c.ModSeq, digest: c.Digest, size: c.Size,
-			date: unixNano(c.InternalDate), flags: internFlags(c.Flags), added: t})
-		b.uidNext = c.UID + 1
+		m := msgEntry{uid: c.UID, modseq: c.ModSeq, digest: c.Digest, size: c.Size,
+			date: unixNano(c.InternalDate), flags: internFlags(c.Flags), added: t}
+		switch {
+		case c.UID >= b.uidNext:
+			b.msgs = append(b.msgs, m)
+			b.uidNext = c.UID + 1
+		case c.Kind == resilmail.ChangeAppend:
+			return // there already, or given before and expunged since
+		default:
+			// A restore puts a message back under its UID if the mailbox
+			// lacks it (a deleted entry of that UID is replaced: it is
+			// there again).
+			i := b.find(c.UID)
+			if i < len(b.msgs) && b.msgs[i].uid == c.UID {
+				if b.msgs[i].deleted == 0 {
+					return
+				}
+				b.msgs[i] = m
+			} else {
+				b.msgs = slices.Insert(b.msgs, i, m)
+			}
+		}
 		b.highest = max(b.highest, c.ModSeq)
+	case resilmail.ChangeReserve:
+		if b := s.boxFor(c); b != nil && c.UID < 1<<32-1 {
+			b.uidNext = max(b.uidNext, c.UID+1)
+			b.highest = max(b.highest, c.ModSeq)
+		}
 	case resilmail.ChangeExpunge:
 		b := s.boxFor(c)
 		if b == nil {

@@ -28,8 +28,8 @@ import (
 // mailbox's id, UIDVALIDITY and, in ModSeq, its HIGHESTMODSEQ), a
 // ChangeAppend per message (UID, body digest and size, internal date,
 // flags, MODSEQ), and, when the mailbox's UIDNEXT is above its last
-// message's UID plus one, a ChangeExpunge of the UID UIDNEXT-1 (which no
-// message holds) saying that every UID below UIDNEXT was given. The
+// message's UID plus one, a ChangeReserve of UIDNEXT-1 and HIGHESTMODSEQ
+// saying that every UID below UIDNEXT was given. The
 // changes carry Seq zero, the store's epoch and the time of the read. The
 // position returned is durable: every change up to it is on stable
 // storage, and the state is the result of exactly those changes.
@@ -89,9 +89,9 @@ func (s *Store) FullState(ctx context.Context, fn func(resilmail.Change) error) 
 				last = m.uid
 			}
 			if mb.uidNext > last+1 {
-				x := change(resilmail.ChangeExpunge, name)
+				x := change(resilmail.ChangeReserve, name)
 				x.Mailbox, x.MailboxID, x.UIDValidity = mb.name, mb.id, mb.uidValidity
-				x.UIDs, x.ModSeq = resilmail.NewUIDSet(mb.uidNext-1), mb.highest
+				x.UID, x.ModSeq = mb.uidNext-1, mb.highest
 				out = append(out, x)
 			}
 		}
@@ -112,8 +112,7 @@ func (s *Store) FullState(ctx context.Context, fn func(resilmail.Change) error) 
 // UIDVALIDITY and mailbox ids. body returns the body named by a digest;
 // an error wrapping [fs.ErrNotExist] means that the backup holds no such
 // body, and Apply then records the message's UID as used and the message
-// as expunged (this is how a mailbox's UIDNEXT above its last message is
-// restored). A mailbox name that the store holds with another mailbox id
+// as expunged. A mailbox name that the store holds with another mailbox id
 // is refused with [ErrConflict].
 func (s *Store) RestoreChanges(ctx context.Context, changes []resilmail.Change, body func(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error)) error {
 	return s.Apply(ctx, changes, func(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error) {
