@@ -28,7 +28,8 @@ type RepairOptions struct {
 	// Confirmed are held removals the operator confirmed (from an
 	// earlier RepairResult.Held). A confirmation matches the same kind,
 	// user and mailbox id, and covers a removal of at most as many
-	// messages as it states.
+	// messages as it states (and, for HeldOrphan, of no UID it does not
+	// list).
 	Confirmed []HeldRemoval
 	// BatchSize is how many changes one Target.Apply call carries; zero
 	// means 1000.
@@ -104,7 +105,15 @@ type HeldRemoval struct {
 }
 
 func (h HeldRemoval) covers(x HeldRemoval) bool {
-	return h.Kind == x.Kind && h.User == x.User && h.MailboxID == x.MailboxID && x.Messages <= h.Messages
+	if h.Kind != x.Kind || h.User != x.User || h.MailboxID != x.MailboxID || x.Messages > h.Messages {
+		return false
+	}
+	for u := range x.UIDs.All() {
+		if !h.UIDs.Contains(u) {
+			return false // an orphan the operator has not seen
+		}
+	}
+	return true
 }
 
 // RepairResult counts what [Repair] did.

@@ -183,3 +183,27 @@ func TestRepairHoldsWhatOnlyTheReplicaHas(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 3, st.Messages)
 }
+
+// TestRepairOrphanConfirmationNamesUIDs: confirming orphans covers the
+// UIDs the operator was shown, not others that appeared since.
+func TestRepairOrphanConfirmationNamesUIDs(t *testing.T) {
+	ctx := context.Background()
+	primary, replica := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	require.NoError(t, primary.CreateUser(ctx, "alice"))
+	addN(t, primary, "alice", "INBOX", 3)
+	replicateAll(t, primary, replica, 0)
+	add(t, replica, "alice", "INBOX", msgText("orphan", "4"))
+	inbox := mailboxID(t, primary, "alice", "INBOX")
+	seen := replicate.HeldRemoval{Kind: replicate.HeldOrphan, User: "alice", MailboxID: inbox, Mailbox: "INBOX", Messages: 2, Of: 4, UIDs: resilmail.NewUIDSet(4, 9)}
+	rep, err := replicate.Compare(ctx, primary, replica, &replicate.CompareOptions{Logger: quietLogger()})
+	require.NoError(t, err)
+	res, err := replicate.Repair(ctx, rep, primary, replicate.BodiesFrom(primary), replica, &replicate.RepairOptions{Logger: quietLogger(), Confirmed: []replicate.HeldRemoval{{
+		Kind: replicate.HeldOrphan, User: "alice", MailboxID: inbox, Messages: 1, UIDs: resilmail.NewUIDSet(5)}}})
+	require.NoError(t, err)
+	require.Len(t, res.Held, 1, "UID 4 was not confirmed")
+	assert.Zero(t, res.Expunged)
+	res, err = replicate.Repair(ctx, rep, primary, replicate.BodiesFrom(primary), replica, &replicate.RepairOptions{Logger: quietLogger(), Confirmed: []replicate.HeldRemoval{seen}})
+	require.NoError(t, err)
+	assert.Empty(t, res.Held)
+	assert.Equal(t, 1, res.Expunged)
+}
