@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -13,13 +12,9 @@ import (
 	"github.com/resilmail/resilmail/replicate"
 )
 
-// admin is the user name of the operator's endpoints; the password is the
-// secret.
-const admin = "admin"
-
 // handler serves the secondary's endpoints (see the command's doc).
 func (n *node) handler() (http.Handler, error) {
-	inv, err := replicate.InventoryHandler(n.st, &replicate.InventoryHandlerOptions{Secret: []byte(n.c.secret), Logger: n.log})
+	inv, err := replicate.InventoryHandler(n.st, &replicate.InventoryHandlerOptions{Secret: n.c.secret, Logger: n.log})
 	if err != nil {
 		return nil, err
 	}
@@ -33,14 +28,17 @@ func (n *node) handler() (http.Handler, error) {
 	return mux, nil
 }
 
-// operator lets only the operator through: HTTP basic auth as "admin"
-// with the secret as password.
+// operator lets only the operators of -admin-passwd through (HTTP basic
+// auth); without -admin-passwd nobody.
 func (n *node) operator(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if n.admins == nil {
+			writeJSON(w, http.StatusForbidden, errorReply{"no operator accounts: start the secondary with -admin-passwd"})
+			return
+		}
 		user, pass, ok := r.BasicAuth()
-		good := subtle.ConstantTimeCompare([]byte(user), []byte(admin)) & subtle.ConstantTimeCompare([]byte(pass), []byte(n.c.secret))
-		if !ok || good != 1 {
-			n.log.Warn("secondary: refused an operator request", "path", r.URL.Path, "remote", r.RemoteAddr)
+		if !ok || n.admins.Authenticate(user, pass) != nil {
+			n.log.Warn("secondary: refused an operator request", "path", r.URL.Path, "remote", r.RemoteAddr, "user", user)
 			w.Header().Set("WWW-Authenticate", `Basic realm="resilmail secondary"`)
 			writeJSON(w, http.StatusUnauthorized, errorReply{"operator credentials needed"})
 			return
@@ -72,19 +70,22 @@ type statusReport struct {
 	PrimaryTime     time.Time `json:"primary_time,omitzero"`
 	ApplyDelay      string    `json:"apply_delay"`
 	Held            int       `json:"held"`
-	LastError       string    `json:"last_error,omitempty"`
-	Reconnects      uint64    `json:"reconnects"`
-	CorruptRefused  uint64    `json:"corrupt_bodies_refused"`
-	Repairs         uint64    `json:"repairs"`
-	Epoch           uint64    `json:"epoch"`
-	Users           int       `json:"users"`
-	Messages        int       `json:"messages"`
-	CorruptBodies   int       `json:"corrupt_bodies"`
-	Comparisons     int       `json:"comparisons"`
-	LastComparison  time.Time `json:"last_comparison,omitzero"`
-	CompareError    string    `json:"compare_error,omitempty"`
-	Differences     int       `json:"differences"`
-	HeldRemovals    int       `json:"held_removals"`
+	// Parked counts the changes waiting for a body the primary cannot
+	// serve (damaged there); the other users go on.
+	Parked         int       `json:"parked"`
+	LastError      string    `json:"last_error,omitempty"`
+	Reconnects     uint64    `json:"reconnects"`
+	CorruptRefused uint64    `json:"corrupt_bodies_refused"`
+	Repairs        uint64    `json:"repairs"`
+	Epoch          uint64    `json:"epoch"`
+	Users          int       `json:"users"`
+	Messages       int       `json:"messages"`
+	CorruptBodies  int       `json:"corrupt_bodies"`
+	Comparisons    int       `json:"comparisons"`
+	LastComparison time.Time `json:"last_comparison,omitzero"`
+	CompareError   string    `json:"compare_error,omitempty"`
+	Differences    int       `json:"differences"`
+	HeldRemovals   int       `json:"held_removals"`
 	// PrimaryRestored counts the bodies the primary held damaged that
 	// comparisons restored there from this replica's copies.
 	PrimaryRestored int `json:"primary_bodies_restored"`
@@ -96,7 +97,7 @@ func (n *node) status() statusReport {
 		Role: "secondary", Name: n.c.name, Primary: n.c.primary,
 		Connected: rs.Connected, Received: rs.Received, Applied: rs.Applied,
 		PrimaryPosition: rs.PrimaryPosition, PrimaryTime: rs.PrimaryTime, ApplyDelay: n.c.applyDelay.String(),
-		Held: rs.Held, LastError: rs.LastError, Reconnects: rs.Reconnects, CorruptRefused: rs.CorruptBodies, Repairs: rs.Repairs,
+		Held: rs.Held, Parked: rs.Parked, LastError: rs.LastError, Reconnects: rs.Reconnects, CorruptRefused: rs.CorruptBodies, Repairs: rs.Repairs,
 		Epoch: ss.Epoch, Users: ss.Users, Messages: ss.Messages, CorruptBodies: ss.CorruptBodies,
 		Comparisons: cs.Runs, LastComparison: cs.LastRun, CompareError: cs.LastError, Differences: cs.Differences, HeldRemovals: len(cs.LastHeld),
 		PrimaryRestored: cs.TotalPrimaryRestored,
@@ -196,6 +197,7 @@ func (n *node) writeMetrics(m *metrics.Writer) {
 	m.Gauge("resilmail_replica_applied_position", "Highest position of the primary applied, with everything before it.", float64(rs.Applied))
 	m.Gauge("resilmail_replica_primary_position", "The primary's position in its last heartbeat.", float64(rs.PrimaryPosition))
 	m.Gauge("resilmail_replica_held_changes", "Changes held for an operator's confirmation.", float64(rs.Held))
+	m.Gauge("resilmail_replica_parked_changes", "Changes waiting for a body the primary cannot serve.", float64(rs.Parked))
 	m.Counter("resilmail_replica_received_bytes_total", "Stream and body bytes received.", rs.Bytes)
 	m.Counter("resilmail_replica_changes_total", "Changes received.", rs.Changes)
 	m.Counter("resilmail_replica_reconnects_total", "Streams that ended in an error.", rs.Reconnects)

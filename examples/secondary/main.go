@@ -4,8 +4,9 @@
 // keeping it, acknowledges each change once it is durable here, and applies
 // the changes to a store of its own, in order per user.
 //
-//	export RESILMAIL_SECRET=...   # the primary's
-//	go run ./examples/secondary -primary https://mail1:8026 -ca ca.pem -dir /var/lib/resilmail -name mail2
+//	export RESILMAIL_SECRET=...   # or -secret-file: mail2's (primary -replica-secret mail2)
+//	go run ./examples/secondary -primary https://mail1:8026 -ca ca.pem -dir /var/lib/resilmail -name mail2 \
+//	    -admin-passwd ops.passwd -tls-cert cert.pem -tls-key key.pem -http :8027
 //
 // Guard rails: an expunge of more than -guard-share of a mailbox (or a
 // mailbox or user delete) is held until an operator confirms it, so that a
@@ -14,10 +15,17 @@
 // with the primary (per-mailbox digests, bisected down to UIDs) runs every
 // -compare and repairs what differs, holding large removals likewise.
 //
-// On its -http address it serves /status (JSON) and /metrics to anyone;
-// its inventory at /inventory/ (bearer token derived from the secret,
-// as the primary's); and to the operator (HTTP basic auth, user "admin",
-// the secret as password):
+// Its secret is its own when the primary names it in -replicas (the
+// primary's -replica-secret NAME prints it), else the primary's; it comes
+// from -secret-file or $RESILMAIL_SECRET, never from the command line. An
+// http:// primary on another machine is refused unless -insecure-http.
+//
+// On its -http address (HTTPS and HTTP/2 with -tls-cert and -tls-key;
+// plain HTTP beyond loopback is refused unless -insecure-http) it serves
+// /status (JSON) and /metrics to anyone; its inventory at /inventory/
+// (bearer token derived from its secret); and to the operators of
+// -admin-passwd (a Dovecot-format passwd-file: {PLAIN}, {BLF-CRYPT},
+// {SHA512-CRYPT}; HTTP basic auth; without it these answer 403):
 //
 //	GET  /held                      held changes and removals
 //	POST /confirm?user=U&seq=N      apply a held change
@@ -46,6 +54,8 @@ import (
 
 	"github.com/resilmail/resilmail/failover"
 	"github.com/resilmail/resilmail/internal/cli"
+	"github.com/resilmail/resilmail/internal/passwd"
+	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/replicate"
 	"github.com/resilmail/resilmail/replicate/store"
 )
@@ -54,7 +64,12 @@ type config struct {
 	dir        string
 	primary    string
 	name       string
-	secret     string
+	secret     []byte
+	secretSrc  secret.Source
+	adminFile  string
+	tlsCert    string
+	tlsKey     string
+	insecure   bool
 	httpAddr   string
 	applyDelay time.Duration
 	compare    time.Duration
@@ -76,7 +91,12 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&c.dir, "dir", "", "data folder: the store under store/, the replication inbox under inbox/ (default: a new temporary folder, removed on exit)")
 	fs.StringVar(&c.primary, "primary", "http://127.0.0.1:8026", "the primary's HTTP address (examples/primary -http)")
 	fs.StringVar(&c.name, "name", "", "this replica's name, as the primary's -replicas and status know it (default: the host name)")
-	fs.StringVar(&c.secret, "secret", "", "secret shared with the primary (default: $RESILMAIL_SECRET)")
+	fs.StringVar(&c.secretSrc.File, "secret-file", "", "file (mode 600) holding this replica's secret: its own (primary -replica-secret NAME) or the primary's (default: $RESILMAIL_SECRET)")
+	refuse := secret.Refuse(fs, "secret", "RESILMAIL_SECRET", "secret-file")
+	fs.StringVar(&c.adminFile, "admin-passwd", "", "Dovecot passwd-file of the operators who may use /held, /confirm and /compare (default: nobody)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "serve -http as HTTPS (HTTP/2) with this PEM certificate chain")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "the PEM private key of -tls-cert")
+	fs.BoolVar(&c.insecure, "insecure-http", false, "allow plain HTTP between machines: -http beyond loopback without -tls-cert, an http:// -primary on another host")
 	fs.StringVar(&c.httpAddr, "http", "127.0.0.1:8027", "HTTP listen address: /status, /metrics, /inventory/, /held, /confirm, /compare")
 	fs.DurationVar(&c.applyDelay, "apply-delay", 0, "apply each change only once it is this old (a delayed replica); it is acknowledged at once")
 	fs.DurationVar(&c.compare, "compare", time.Hour, "compare with the primary and repair this often; 0 compares only on demand (POST /compare)")
@@ -93,15 +113,27 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if c.secret == "" {
-		c.secret = getenv("RESILMAIL_SECRET")
+	if err := refuse(); err != nil {
+		return c, err
 	}
-	if c.secret == "" {
-		return c, errors.New("no secret: set -secret or $RESILMAIL_SECRET (the primary's)")
+	c.secretSrc.Env, c.secretSrc.Flag = "RESILMAIL_SECRET", "secret-file"
+	sec, err := c.secretSrc.Read(getenv)
+	if err != nil {
+		return c, fmt.Errorf("no usable secret: %w", err)
 	}
+	c.secret = sec
 	u, err := url.Parse(c.primary)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return c, fmt.Errorf("-primary %q: want the primary's http:// or https:// address", c.primary)
+	}
+	if err := cli.CheckURL("primary", c.primary, c.insecure); err != nil {
+		return c, err
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return c, errors.New("-tls-cert and -tls-key go together")
+	}
+	if err := cli.CheckListen("http", c.httpAddr, c.tlsCert != "", c.insecure); err != nil {
+		return c, err
 	}
 	c.primary = strings.TrimSuffix(c.primary, "/")
 	if c.name == "" {
@@ -151,6 +183,7 @@ type node struct {
 	st       *store.Store
 	replica  *replicate.Replica
 	comparer *replicate.Comparer
+	admins   *passwd.File // -admin-passwd; nil: no operator
 	log      *slog.Logger
 }
 
@@ -179,7 +212,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	}
 	r, err := replicate.NewReplica(st, c.primary+"/replicate", filepath.Join(c.dir, "inbox"), &replicate.ReplicaOptions{
 		Name:       c.name,
-		Secret:     []byte(c.secret),
+		Secret:     c.secret,
 		HTTPClient: client,
 		ApplyDelay: c.applyDelay,
 		Hold:       replicate.NewExpungeGuard(st, &replicate.ExpungeGuardOptions{MaxShare: c.guardShare, MinMessages: c.guardMin, Logger: log}),
@@ -195,6 +228,19 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		return err
 	}
 	n := &node{c: c, st: st, replica: r, comparer: cmp, log: log}
+	if c.adminFile != "" {
+		if n.admins, err = passwd.Open(c.adminFile, &passwd.Options{Logger: log}); err != nil {
+			return fmt.Errorf("-admin-passwd: %w", err)
+		}
+	}
+	scheme := "http"
+	if c.tlsCert != "" {
+		// Load now, so that a bad certificate stops the start.
+		if _, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey); err != nil {
+			return fmt.Errorf("-tls-cert, -tls-key: %w", err)
+		}
+		scheme = "https"
+	}
 	h, err := n.handler()
 	if err != nil {
 		return err
@@ -210,7 +256,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	}
 	defer fwd.close()
 	hsrv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	log.Warn("secondary: following", "primary", c.primary, "name", c.name, "http", "http://"+hln.Addr().String(),
+	log.Warn("secondary: following", "primary", c.primary, "name", c.name, "http", scheme+"://"+hln.Addr().String(),
 		"position", st.Position(), "apply_delay", c.applyDelay)
 	if ready != nil {
 		ready <- hln.Addr()
@@ -241,7 +287,13 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		})
 	}
 	g.Go(func() error {
-		if err := hsrv.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if c.tlsCert != "" {
+			err = hsrv.ServeTLS(hln, c.tlsCert, c.tlsKey) // HTTP/2 negotiated by ALPN
+		} else {
+			err = hsrv.Serve(hln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil

@@ -27,12 +27,35 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/replicate"
 	"github.com/resilmail/resilmail/replicate/store"
 )
 
-const testSecret = "secondary test secret"
+const (
+	testSecret = "secondary test secret"
+	// opsPass is the operator's password in the tests' -admin-passwd.
+	opsPass = "operator's own password"
+)
+
+// secretFile writes secret to a file only its owner reads.
+func secretFile(t testing.TB, secret string) string {
+	path := filepath.Join(t.TempDir(), "secret")
+	require.NoError(t, os.WriteFile(path, []byte(secret+"\n"), 0o600))
+	return path
+}
+
+// adminFile writes a passwd-file of two operators: admin ({PLAIN}) and
+// ops ({BLF-CRYPT}), both with opsPass.
+func adminFile(t testing.TB) string {
+	hash, err := bcrypt.GenerateFromPassword([]byte(opsPass), bcrypt.MinCost)
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "ops.passwd")
+	require.NoError(t, os.WriteFile(path, []byte("admin:{PLAIN}"+opsPass+"\nops:{BLF-CRYPT}"+string(hash)+"\n"), 0o600))
+	return path
+}
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -59,7 +82,8 @@ func primary(t *testing.T) (*store.Store, string) {
 // stop is called, and returns its HTTP base URL.
 func startSecondary(t *testing.T, dir, primaryURL string, args ...string) (base string, stop func()) {
 	t.Helper()
-	args = append([]string{"-secret", testSecret, "-primary", primaryURL, "-http", "127.0.0.1:0", "-name", "mail2", "-dir", dir}, args...)
+	args = append([]string{"-secret-file", secretFile(t, testSecret), "-admin-passwd", adminFile(t), "-primary", primaryURL,
+		"-http", "127.0.0.1:0", "-name", "mail2", "-dir", dir}, args...)
 	c, err := parseFlags(args, func(string) string { return "" })
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -208,7 +232,9 @@ func TestSecondaryHoldsAMassExpunge(t *testing.T) {
 	assert.Equal(t, http.StatusUnauthorized, code)
 	code, _ = operator(t, "GET", base+"/held", "wrong", nil)
 	assert.Equal(t, http.StatusUnauthorized, code)
-	code, b := operator(t, "GET", base+"/held", testSecret, nil)
+	code, _ = operator(t, "GET", base+"/held", testSecret, nil)
+	assert.Equal(t, http.StatusUnauthorized, code, "the replication secret is no operator's password")
+	code, b := operator(t, "GET", base+"/held", opsPass, nil)
 	require.Equal(t, http.StatusOK, code, "%s", b)
 	var held heldReply
 	require.NoError(t, json.Unmarshal(b, &held))
@@ -221,9 +247,9 @@ func TestSecondaryHoldsAMassExpunge(t *testing.T) {
 
 	code, _ = operator(t, "POST", fmt.Sprintf("%s/confirm?user=%s&seq=%d", base, h.User, h.Seq), "", nil)
 	assert.Equal(t, http.StatusUnauthorized, code)
-	code, b = operator(t, "POST", fmt.Sprintf("%s/confirm?user=%s&seq=%d", base, h.User, h.Seq+1), testSecret, nil)
+	code, b = operator(t, "POST", fmt.Sprintf("%s/confirm?user=%s&seq=%d", base, h.User, h.Seq+1), opsPass, nil)
 	assert.Equal(t, http.StatusNotFound, code, "%s", b)
-	code, b = operator(t, "POST", fmt.Sprintf("%s/confirm?user=%s&seq=%d", base, h.User, h.Seq), testSecret, nil)
+	code, b = operator(t, "POST", fmt.Sprintf("%s/confirm?user=%s&seq=%d", base, h.User, h.Seq), opsPass, nil)
 	require.Equal(t, http.StatusOK, code, "%s", b)
 	waitApplied(t, base, src)
 	assert.Equal(t, 5, getStatus(t, base).Messages)
@@ -257,7 +283,7 @@ func TestSecondaryRepairsOnDemand(t *testing.T) {
 	assert.Equal(t, 2, remoteCompare(t, src, base).Differences())
 	code, _ := operator(t, "POST", base+"/compare", "", nil)
 	assert.Equal(t, http.StatusUnauthorized, code)
-	code, b := operator(t, "POST", base+"/compare", testSecret, nil)
+	code, b := operator(t, "POST", base+"/compare", opsPass, nil)
 	require.Equal(t, http.StatusOK, code, "%s", b)
 	var reply compareReply
 	require.NoError(t, json.Unmarshal(b, &reply))
@@ -271,7 +297,7 @@ func TestSecondaryRepairsOnDemand(t *testing.T) {
 	waitApplied(t, base, src)
 	assert.True(t, remoteCompare(t, src, base).Equal())
 
-	code, b = operator(t, "POST", base+"/compare", testSecret, map[string]any{"confirm": []replicate.HeldRemoval{}})
+	code, b = operator(t, "POST", base+"/compare", opsPass, map[string]any{"confirm": []replicate.HeldRemoval{}})
 	require.Equal(t, http.StatusOK, code, "%s", b)
 	require.NoError(t, json.Unmarshal(b, &reply))
 	assert.Zero(t, reply.Differences)
@@ -280,19 +306,101 @@ func TestSecondaryRepairsOnDemand(t *testing.T) {
 
 func TestFlags(t *testing.T) {
 	env := func(string) string { return "" }
+	withSecret := func(k string) string { return map[string]string{"RESILMAIL_SECRET": testSecret}[k] }
 	_, err := parseFlags([]string{"-name", "x"}, env)
-	assert.ErrorContains(t, err, "no secret")
-	_, err = parseFlags([]string{"-name", "x", "-secret", "s", "-primary", "mail1:8026"}, env)
+	assert.ErrorContains(t, err, "no usable secret")
+	_, err = parseFlags([]string{"-name", "x", "-secret", testSecret}, withSecret)
+	assert.ErrorContains(t, err, "not taken on the command line")
+	assert.NotContains(t, err.Error(), testSecret)
+	_, err = parseFlags([]string{"-name", "x", "-primary", "mail1:8026"}, withSecret)
 	assert.ErrorContains(t, err, "http:// or https://")
-	_, err = parseFlags([]string{"-name", "x", "-secret", "s", "-guard-share", "0"}, env)
+	_, err = parseFlags([]string{"-name", "x", "-guard-share", "0"}, withSecret)
 	assert.ErrorContains(t, err, "-guard-share")
-	c, err := parseFlags([]string{"-name", "x", "-primary", "https://mail1:8026/"}, func(k string) string {
-		return map[string]string{"RESILMAIL_SECRET": "s"}[k]
-	})
+	c, err := parseFlags([]string{"-name", "x", "-primary", "https://mail1:8026/"}, withSecret)
 	require.NoError(t, err)
 	assert.Equal(t, "https://mail1:8026", c.primary)
-	assert.Equal(t, "s", c.secret)
+	assert.Equal(t, testSecret, string(c.secret))
 	assert.Equal(t, time.Hour, c.compare)
+	c, err = parseFlags([]string{"-name", "x", "-secret-file", secretFile(t, "from a file, long enough")}, env)
+	require.NoError(t, err)
+	assert.Equal(t, "from a file, long enough", string(c.secret))
+
+	// Plain HTTP between machines only when asked for.
+	_, err = parseFlags([]string{"-name", "x", "-primary", "http://mail1:8026"}, withSecret)
+	assert.ErrorContains(t, err, "-insecure-http")
+	_, err = parseFlags([]string{"-name", "x", "-primary", "http://mail1:8026", "-insecure-http"}, withSecret)
+	assert.NoError(t, err)
+	_, err = parseFlags([]string{"-name", "x", "-http", "0.0.0.0:8027"}, withSecret)
+	assert.ErrorContains(t, err, "-insecure-http")
+	_, err = parseFlags([]string{"-name", "x", "-http", "0.0.0.0:8027", "-tls-cert", "c.pem", "-tls-key", "k.pem"}, withSecret)
+	assert.NoError(t, err)
+	_, err = parseFlags([]string{"-name", "x", "-tls-cert", "c.pem"}, withSecret)
+	assert.ErrorContains(t, err, "go together")
+}
+
+// TestOperatorNeedsAccounts: without -admin-passwd nobody may use the
+// operator's endpoints; with it, a {BLF-CRYPT} account logs in too.
+func TestOperatorNeedsAccounts(t *testing.T) {
+	_, url := primary(t)
+	base, stop := startSecondary(t, t.TempDir(), url)
+	req, err := http.NewRequest("GET", base+"/held", nil)
+	require.NoError(t, err)
+	req.SetBasicAuth("ops", opsPass)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	stop()
+
+	dir := t.TempDir()
+	args := []string{"-secret-file", secretFile(t, testSecret), "-primary", url, "-http", "127.0.0.1:0", "-name", "mail2", "-dir", dir}
+	c, err := parseFlags(args, func(string) string { return "" })
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c, quiet, ready) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	a := <-ready
+	code, b := operator(t, "GET", "http://"+a.String()+"/held", testSecret, nil)
+	assert.Equal(t, http.StatusForbidden, code)
+	assert.Contains(t, string(b), "-admin-passwd")
+}
+
+// TestServesTLS: with -tls-cert and -tls-key the secondary serves HTTPS
+// and HTTP/2, as the primary does.
+func TestServesTLS(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, caFile := writeCertificate(t, dir)
+	_, url := primary(t)
+	args := []string{"-secret-file", secretFile(t, testSecret), "-primary", url, "-http", "127.0.0.1:0", "-name", "mail2",
+		"-dir", t.TempDir(), "-tls-cert", certFile, "-tls-key", keyFile}
+	c, err := parseFlags(args, func(string) string { return "" })
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, c, quiet, ready) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	a := <-ready
+	client, err := httpClient(caFile)
+	require.NoError(t, err)
+	resp, err := client.Get("https://" + a.String() + "/status")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, 2, resp.ProtoMajor, "HTTP/2")
+	resp, err = http.Get("http://" + a.String() + "/status")
+	if err == nil {
+		resp.Body.Close()
+		assert.NotEqual(t, http.StatusOK, resp.StatusCode, "no plain HTTP")
+	}
 }
 
 // TestWithThePrimaryCommand runs the pair as an operator does between
@@ -309,8 +417,14 @@ func TestWithThePrimaryCommand(t *testing.T) {
 	certFile, keyFile, caFile := writeCertificate(t, dir)
 	lmtpAddr, httpAddr := freeAddr(t), freeAddr(t)
 	cmd := exec.Command(bin, "-dir", t.TempDir(), "-lmtp", lmtpAddr, "-http", httpAddr, "-tls-cert", certFile, "-tls-key", keyFile,
-		"-users", "alice@example.org", "-ack", "one", "-ack-timeout", "10s")
+		"-users", "alice@example.org", "-ack", "all", "-replicas", "mail2", "-ack-timeout", "10s")
 	cmd.Env = append(os.Environ(), "RESILMAIL_SECRET="+testSecret)
+	// mail2's own secret, as the operator gets it.
+	pr := exec.Command(bin, "-replica-secret", "mail2")
+	pr.Env = cmd.Env
+	own, err := pr.Output()
+	require.NoError(t, err)
+	ownFile := secretFile(t, strings.TrimSpace(string(own)))
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
 		cmd.Process.Signal(os.Interrupt)
@@ -318,12 +432,19 @@ func TestWithThePrimaryCommand(t *testing.T) {
 	})
 
 	// Without the CA, the primary's certificate is refused.
-	base, stop := startSecondary(t, t.TempDir(), "https://"+httpAddr)
+	base, stop := startSecondary(t, t.TempDir(), "https://"+httpAddr, "-secret-file", ownFile)
 	require.Eventually(t, func() bool { return strings.Contains(getStatus(t, base).LastError, "certificate") },
 		20*time.Second, 20*time.Millisecond)
 	stop()
 
-	base, _ = startSecondary(t, t.TempDir(), "https://"+httpAddr, "-ca", caFile)
+	// With the primary's own secret, mail2 cannot act as mail2: -ack all
+	// would otherwise take its acknowledgements.
+	base, stop = startSecondary(t, t.TempDir(), "https://"+httpAddr, "-ca", caFile)
+	require.Eventually(t, func() bool { return strings.Contains(getStatus(t, base).LastError, "403") },
+		20*time.Second, 20*time.Millisecond)
+	stop()
+
+	base, _ = startSecondary(t, t.TempDir(), "https://"+httpAddr, "-ca", caFile, "-secret-file", ownFile)
 	require.Eventually(t, func() bool { return getStatus(t, base).Connected }, 20*time.Second, 20*time.Millisecond)
 
 	host, port, _ := net.SplitHostPort(lmtpAddr)
