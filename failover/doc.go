@@ -29,10 +29,34 @@
 // returned after its session expired (a known pitfall of etcd's
 // Election.Campaign): it renews the lease and checks its key first.
 //
+// # Switchover
+//
+// [Switchover] moves the primary role between two [Member]s in steps that
+// are logged and reported as they happen: check the target's lag (at most
+// MaxLag, so a failback waits until the old primary has caught up), drain
+// the primary, read its final position, wait until the target holds it,
+// choose the new epoch, demote the primary, promote the target, make the
+// old primary follow. A step that fails or times out rolls back to the old
+// primary serving. Package failover/storenode implements Member (and
+// [Candidate]) over replicate's stores.
+//
+// # Following the primary
+//
+// A [Watcher] reads the nodes' /status and names the active node;
+// [FollowDeliverer] sends a relay's deliveries to it (temporary failures
+// while there is none, so mail stays queued); a [Proxy] relays the clients
+// that reach a standby to it, with a PROXY protocol v2 header
+// (failover/proxyproto) for nodes that trust it, and drains the old
+// connections when the backend changes. Package failover/statuspage is the
+// status page.
+//
 // # Goroutines
 //
 // [Elector.Run] owns every goroutine it starts and returns when its
 // context ends, after demoting its node and releasing the term. An etcd
 // term runs a timer that closes Lost; it stops on Release or loss. A
 // [Candidate]'s methods are called from the Elector's goroutine only.
+// [Watcher.Run] polls in its caller's goroutine (one more per node and
+// round). A [Proxy] runs two goroutines per relayed connection; Close
+// ends them and waits.
 package failover
