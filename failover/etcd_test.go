@@ -311,3 +311,35 @@ func TestKillHolderProcess(t *testing.T) {
 	cancel()
 	wg.Wait()
 }
+
+// TestEtcdUnreachable kills every etcd member with SIGKILL: the primary
+// cannot renew and demotes itself before its lease could have expired.
+func TestEtcdUnreachable(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	w := &writers{t: t}
+	promoted, demoted := make(chan string, 10), make(chan string, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	el, err := failover.NewElector(newEtcd(t, c.Client(), "a", nil), w.candidate("a", promoted, demoted), &failover.ElectorOptions{Timers: fastTimers, Logger: quiet()})
+	require.NoError(t, err)
+	wg.Go(func() { el.Run(ctx) })
+	<-promoted
+	waitPrimary(t, el)
+	for _, m := range c.Members {
+		m.Kill()
+	}
+	killed := time.Now()
+	select {
+	case <-demoted:
+	case <-time.After(2 * fastTimers.TTL):
+		t.Fatal("the primary did not demote itself with etcd gone")
+	}
+	took := time.Since(killed)
+	t.Logf("etcd gone: primary demoted after %v (TTL %v)", took.Round(time.Millisecond), fastTimers.TTL)
+	assert.Less(t, took, fastTimers.TTL)
+	require.Eventually(t, func() bool { return !el.Status().Primary }, 5*time.Second, 5*time.Millisecond)
+	assert.Contains(t, el.Status().LastError, "lease lost")
+	cancel()
+	wg.Wait()
+}
