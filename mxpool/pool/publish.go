@@ -718,6 +718,11 @@ func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-changed:
 		case <-timer:
+			// The seal set before the wait may be as old as the wait:
+			// send the one in force now.
+			if cur, _, _ := p.pubCurrent(); cur != nil {
+				w.Header().Set(sealHeader, cur.Seal.header())
+			}
 			w.WriteHeader(http.StatusNotModified)
 			return
 		case <-r.Context().Done():

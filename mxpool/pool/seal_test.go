@@ -288,3 +288,21 @@ func FuzzParseSealHeader(f *testing.F) {
 		}
 	})
 }
+
+func TestNotModifiedCarriesTheSealOfItsAnswerTime(t *testing.T) {
+	// A long poll that ends without a change answers with a seal made
+	// when it answers, not when it began to wait: otherwise a follower's
+	// last word from the publisher would be a whole PollWait old already.
+	clock := newTestClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	p := pubOpen(t, t.TempDir(), &PublisherOptions{Now: clock.Now, ResealEvery: 10 * time.Second})
+	srv := pubServe(t, p)
+	_, err := p.Publish(context.Background(), polTestPolicy())
+	require.NoError(t, err)
+	f := folOpen(t, srv.URL, t.TempDir(), &FollowerOptions{Now: clock.Now, PollWait: 300 * time.Millisecond, StaleAfter: 2 * time.Minute})
+	folRun(t, f)
+	folWait(t, f, 1)
+	waitPolls(t, f, 1) // the next poll is waiting now
+	clock.Advance(time.Minute)
+	waitPolls(t, f, 1)
+	assert.Equal(t, clock.Now(), f.Status().LastHeard.UTC(), "the 304 that ended the wait carried a seal of its own time")
+}
