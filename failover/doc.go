@@ -25,7 +25,9 @@
 // succeeded was sent; etcd cannot expire it earlier than TTL after it
 // received that renewal, so a primary cut from etcd demotes itself before
 // another node can win. [Timers.Check] refuses timers under which that
-// could fail. Acquire never hands out a term from a campaign that
+// could fail. Validity is measured on the monotonic clock (Go's
+// time.Now/time.Until), so a jump of the wall clock neither extends nor
+// cuts a term. Acquire never hands out a term from a campaign that
 // returned after its session expired (a known pitfall of etcd's
 // Election.Campaign): it renews the lease and checks its key first.
 //
