@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -93,6 +94,10 @@ func TestCrashRecovery(t *testing.T) {
 	rounds := 12
 	if testing.Short() {
 		rounds = 3
+	}
+	// The soak: RESILMAIL_QUEUE_CRASH_ROUNDS=1000 go test -run TestCrashRecovery -timeout 2h ./queue
+	if n, err := strconv.Atoi(os.Getenv("RESILMAIL_QUEUE_CRASH_ROUNDS")); err == nil && n > 0 {
+		rounds = n
 	}
 	dir := t.TempDir()
 	acked := map[string]bool{}

@@ -9,8 +9,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/resilmail/resilmail"
-	"github.com/resilmail/resilmail/internal/smtpin"
 	"github.com/resilmail/resilmail/mxpool/pool"
+	"github.com/resilmail/resilmail/queue/intake"
 )
 
 // relayCheck keeps the relay from being an open relay: a recipient is
@@ -44,7 +44,7 @@ func newRelayCheck(c config) (*relayCheck, error) {
 }
 
 func (r *relayCheck) trusted(ctx context.Context) bool {
-	ip, ok := smtpin.ClientIP(ctx)
+	ip, ok := intake.ClientIP(ctx)
 	if !ok {
 		return false
 	}

@@ -14,7 +14,7 @@
 // gets a Received header carrying its queue id (one grep finds it on every
 // node), and one with more than -max-hops Received headers is refused as
 // a loop (554 5.4.6). Commands out of sequence get 503, timeouts 421, and
-// a client making errors is slowed down, then dropped (internal/smtpin).
+// a client making errors is slowed down, then dropped (queue/intake).
 //
 // Several relays form an MX pool that accepts and rejects exactly the same
 // recipients: one publishes the pool's policy from a JSON file, the others
@@ -74,9 +74,9 @@ import (
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/cli"
 	"github.com/resilmail/resilmail/internal/secret"
-	"github.com/resilmail/resilmail/internal/smtpin"
 	"github.com/resilmail/resilmail/mxpool/pool"
 	"github.com/resilmail/resilmail/queue"
+	"github.com/resilmail/resilmail/queue/intake"
 	"github.com/resilmail/resilmail/smtpout"
 )
 
@@ -114,6 +114,7 @@ type config struct {
 	tlsCA        string // the private CA that signs the nodes' certificates
 	insecureHTTP bool
 	maxHops      int
+	maxPerClient int
 	errorDelay   time.Duration // the tarpit's first delay; zero: the listener's default (tests shorten it)
 }
 
@@ -149,6 +150,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.mynetworks, "mynetworks", "127.0.0.0/8,::1/128", "clients in these networks (comma-separated prefixes) may relay to any domain")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "this node's certificate (PEM; with -tls-key): offered with STARTTLS, served on -http (HTTPS), and presented to the other nodes as a client certificate")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "the private key of -tls-cert (PEM)")
+	fs.IntVar(&c.maxPerClient, "max-conns-per-client", 50, "SMTP sessions open at once from one address; more get 421 4.7.0 (negative: no limit)")
 	fs.IntVar(&c.maxHops, "max-hops", 50, "refuse a message with more Received headers than this as a mail loop (554 5.4.6)")
 	fs.StringVar(&c.quarantineEdges, "quarantine-edges", "", "with -quarantine: a Dovecot passwd-file of the edges' shipping credentials (user: the edge's -hostname); they open /quarantine/ingest only")
 	fs.StringVar(&c.shipSecret.File, "ship-secret-file", "", "with -quarantine-ship: file holding this edge's own shipping password (default: $RESILMAIL_SHIP_SECRET); or use -tls-cert")
@@ -260,7 +262,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	if qn.close != nil {
 		defer qn.close()
 	}
-	be := &smtpin.Backend{Queue: q, Logger: log, Rejected: qn.record, MaxSize: pl.maxSize(c.maxSize), Hostname: c.hostname, MaxHops: c.maxHops}
+	be := &intake.Backend{Queue: q, Logger: log, Rejected: qn.record, MaxSize: pl.maxSize(c.maxSize), Hostname: c.hostname, MaxHops: c.maxHops}
 	be.Accept = relay.accept(pl.check)
 	srv := smtp.NewServer(be)
 	srv.Addr = c.listen
@@ -283,7 +285,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		return err
 	}
 	// Exact answers, timeouts, the error limit and per-client limits.
-	ln := smtpin.NewListener(tcp, &smtpin.ListenerOptions{Logger: log, TLSConfig: tlsConfig, ErrorDelay: c.errorDelay})
+	ln := intake.NewListener(tcp, &intake.ListenerOptions{Logger: log, TLSConfig: tlsConfig, ErrorDelay: c.errorDelay, MaxConnsPerClient: c.maxPerClient})
 	ln.Configure(srv)
 	log.Warn("relay: listening", "addr", ln.Addr().String(), "next", next, "queue", c.dir, "queued", len(q.List(queue.Filter{})))
 

@@ -19,16 +19,16 @@ import (
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/passwd"
 	"github.com/resilmail/resilmail/internal/secret"
-	"github.com/resilmail/resilmail/internal/smtpin"
 	"github.com/resilmail/resilmail/quarantine"
 	"github.com/resilmail/resilmail/queue"
+	"github.com/resilmail/resilmail/queue/intake"
 )
 
 // pen is this relay's part in the pool's quarantine: the centre's store
 // (-quarantine DIR), or an edge's outbox and shipper (-quarantine-ship
 // URL), or nothing (rejects are not kept).
 type pen struct {
-	record  func(ctx context.Context, r smtpin.Rejection) error // nil: not kept
+	record  func(ctx context.Context, r intake.Rejection) error // nil: not kept
 	handler http.Handler                                        // the centre's, served at /quarantine/
 	run     func(ctx context.Context) error
 	close   func() error
@@ -176,9 +176,9 @@ func edgeLogin(edges *passwd.File, certs bool) func(*http.Request) error {
 // when the outbox or the store is full, the refusal goes out unrecorded
 // (counted in dropped, logged once per thousand) rather than turning the
 // answer into 451 for everyone.
-func recorder(keep func(context.Context, quarantine.Entry) error, node string, log *slog.Logger) func(context.Context, smtpin.Rejection) error {
+func recorder(keep func(context.Context, quarantine.Entry) error, node string, log *slog.Logger) func(context.Context, intake.Rejection) error {
 	var dropped atomic.Uint64
-	return func(ctx context.Context, r smtpin.Rejection) error {
+	return func(ctx context.Context, r intake.Rejection) error {
 		if !worthKeeping(r) {
 			return nil
 		}
@@ -206,7 +206,7 @@ func recorder(keep func(context.Context, quarantine.Entry) error, node string, l
 
 // worthKeeping reports whether a refusal is kept in the quarantine: not a
 // relay probe (5.7.1) nor a malformed address (5.1.2, 5.1.3).
-func worthKeeping(r smtpin.Rejection) bool {
+func worthKeeping(r intake.Rejection) bool {
 	if r.Reply == nil {
 		return true
 	}
@@ -218,7 +218,7 @@ func worthKeeping(r smtpin.Rejection) bool {
 }
 
 // replyText is the reply as the client sees it, e.g. "550 5.1.1 no such user".
-func replyText(r smtpin.Rejection) string {
+func replyText(r intake.Rejection) string {
 	if r.Reply == nil {
 		return ""
 	}

@@ -9,16 +9,16 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 
-	"github.com/resilmail/resilmail/internal/smtpin"
 	"github.com/resilmail/resilmail/quarantine"
+	"github.com/resilmail/resilmail/queue/intake"
 )
 
 func TestRecorderBoundsTheCostOfRejects(t *testing.T) {
 	var kept int
 	var fail error
 	rec := recorder(func(context.Context, quarantine.Entry) error { kept++; return fail }, "mx1", slog.New(slog.DiscardHandler))
-	rej := func(code smtp.EnhancedCode) smtpin.Rejection {
-		return smtpin.Rejection{From: "x@bad.example", Rcpt: "who@example.org", Reply: &smtp.SMTPError{Code: 550, EnhancedCode: code}}
+	rej := func(code smtp.EnhancedCode) intake.Rejection {
+		return intake.Rejection{From: "x@bad.example", Rcpt: "who@example.org", Reply: &smtp.SMTPError{Code: 550, EnhancedCode: code}}
 	}
 	// Relay probes and malformed addresses cost no disk write.
 	for _, code := range []smtp.EnhancedCode{{5, 7, 1}, {5, 1, 2}, {5, 1, 3}} {

@@ -1,4 +1,4 @@
-package smtpin_test
+package intake_test
 
 import (
 	"context"
@@ -16,8 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail"
-	"github.com/resilmail/resilmail/internal/smtpin"
 	"github.com/resilmail/resilmail/queue"
+	"github.com/resilmail/resilmail/queue/intake"
 )
 
 // capture is an Enqueuer that keeps what it is given.
@@ -48,7 +48,7 @@ func (c *capture) last() (resilmail.Envelope, string) {
 	return c.envs[len(c.envs)-1], c.bodies[len(c.bodies)-1]
 }
 
-func serveCapture(t *testing.T, be *smtpin.Backend, lo *smtpin.ListenerOptions) string {
+func serveCapture(t *testing.T, be *intake.Backend, lo *intake.ListenerOptions) string {
 	t.Helper()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	be.Logger = quiet
@@ -57,10 +57,10 @@ func serveCapture(t *testing.T, be *smtpin.Backend, lo *smtpin.ListenerOptions) 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	if lo == nil {
-		lo = &smtpin.ListenerOptions{}
+		lo = &intake.ListenerOptions{}
 	}
 	lo.Logger = quiet
-	l := smtpin.NewListener(ln, lo)
+	l := intake.NewListener(ln, lo)
 	l.Configure(srv)
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
@@ -78,14 +78,14 @@ func swaksArgs(t *testing.T, addr string, args ...string) string {
 func TestReceivedHeaderCarriesTheQueueID(t *testing.T) {
 	cap := &capture{}
 	var client netip.Addr
-	be := &smtpin.Backend{Queue: cap, Hostname: "mx1.example.org", Accept: func(ctx context.Context, rcpt string) error {
+	be := &intake.Backend{Queue: cap, Hostname: "mx1.example.org", Accept: func(ctx context.Context, rcpt string) error {
 		cap.mu.Lock()
-		client, _ = smtpin.ClientIP(ctx)
+		client, _ = intake.ClientIP(ctx)
 		cap.mu.Unlock()
 		return nil
 	}}
 	cfg, _, _ := testCert(t)
-	addr := serveCapture(t, be, &smtpin.ListenerOptions{TLSConfig: cfg})
+	addr := serveCapture(t, be, &intake.ListenerOptions{TLSConfig: cfg})
 	out := swaksArgs(t, addr, "--to", "rcpt@example.org")
 	env, body := cap.last()
 	require.NotEmpty(t, env.ID, out)
@@ -103,7 +103,7 @@ func TestReceivedHeaderCarriesTheQueueID(t *testing.T) {
 
 func TestMailLoopIsRefused(t *testing.T) {
 	cap := &capture{}
-	addr := serveCapture(t, &smtpin.Backend{Queue: cap, Hostname: "mx.test", MaxHops: 5}, nil)
+	addr := serveCapture(t, &intake.Backend{Queue: cap, Hostname: "mx.test", MaxHops: 5}, nil)
 	hops := func(n int) string {
 		return strings.Repeat("Received: from a by b; Mon, 7 Dec 2026 10:00:00 +0000\n", n)
 	}
@@ -136,7 +136,7 @@ func (a *admitting) Admit(size int64) error {
 
 func TestAdmissionBeforeData(t *testing.T) {
 	q := &admitting{err: queue.ErrFull}
-	addr := serveCapture(t, &smtpin.Backend{Queue: q, Hostname: "mx.test"}, nil)
+	addr := serveCapture(t, &intake.Backend{Queue: q, Hostname: "mx.test"}, nil)
 	out := swaksArgs(t, addr, "--to", "rcpt@example.org")
 	assert.Contains(t, out, "<** 452 4.3.1", "a full queue refuses at MAIL FROM, before any data")
 	assert.NotContains(t, out, "354")

@@ -1,12 +1,4 @@
-// Package smtpin is the SMTP (and LMTP) front end that puts received mail
-// into a queue: a go-smtp Backend whose DATA answers 250 only once the
-// message is on stable storage, with the DSN, SIZE, 8BITMIME and SMTPUTF8
-// parameters carried into the envelope, and a Listener that makes go-smtp
-// answer exactly (503 out of sequence, 500 unrecognized, 421 on timeouts,
-// an error limit with a growing delay, sessions per client, STARTTLS).
-// A message over the size limit gets 552 5.3.4; the queue stores the size
-// that arrived, not the one announced.
-package smtpin
+package intake
 
 import (
 	"context"
@@ -69,7 +61,7 @@ type Backend struct {
 
 // ErrTooManyHops is the error the body reader returns when a message has
 // more Received headers than Backend.MaxHops: it is looping.
-var ErrTooManyHops = errors.New("smtpin: too many hops (Received headers): a mail loop")
+var ErrTooManyHops = errors.New("intake: too many hops (Received headers): a mail loop")
 
 type clientKey struct{}
 
@@ -235,6 +227,9 @@ func (s *session) Data(r io.Reader) error {
 	if maxHops <= 0 {
 		maxHops = 50
 	}
+	// Content scanners at DATA (issue 17) go here: they read body (or a
+	// spooled copy) and decide before Enqueue, so that a refused message
+	// is never acknowledged.
 	body := io.MultiReader(strings.NewReader(s.received(env)), &hopCounter{r: r, max: maxHops})
 	id, err := s.b.Queue.Enqueue(context.Background(), env, body)
 	if lr != nil && lr.over {

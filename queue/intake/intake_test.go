@@ -1,4 +1,4 @@
-package smtpin_test
+package intake_test
 
 import (
 	"context"
@@ -17,12 +17,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail"
-	"github.com/resilmail/resilmail/internal/smtpin"
 	"github.com/resilmail/resilmail/queue"
+	"github.com/resilmail/resilmail/queue/intake"
 )
 
 // serve runs be on a loopback port until the test ends.
-func serve(t *testing.T, be *smtpin.Backend) string {
+func serve(t *testing.T, be *intake.Backend) string {
 	t.Helper()
 	srv := smtp.NewServer(be)
 	srv.Domain = "mx.test"
@@ -54,10 +54,10 @@ func TestRefusedRecipientIsRecordedBeforeTheReply(t *testing.T) {
 
 	var (
 		mu       sync.Mutex
-		recorded []smtpin.Rejection
+		recorded []intake.Rejection
 		broken   bool
 	)
-	be := &smtpin.Backend{Queue: q, Logger: quiet,
+	be := &intake.Backend{Queue: q, Logger: quiet,
 		Accept: func(_ context.Context, rcpt string) error {
 			switch {
 			case strings.HasPrefix(rcpt, "busy@"):
@@ -67,7 +67,7 @@ func TestRefusedRecipientIsRecordedBeforeTheReply(t *testing.T) {
 			}
 			return nil
 		},
-		Rejected: func(_ context.Context, r smtpin.Rejection) error {
+		Rejected: func(_ context.Context, r intake.Rejection) error {
 			mu.Lock()
 			defer mu.Unlock()
 			if broken {

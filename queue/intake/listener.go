@@ -1,4 +1,4 @@
-package smtpin
+package intake
 
 import (
 	"bufio"

@@ -1,0 +1,57 @@
+// Package intake is an SMTP (and LMTP) server front end for a durable
+// queue: a go-smtp Backend that answers 250 to a message only once the
+// queue holds it on stable storage, and a Listener that makes go-smtp
+// answer exactly. Anyone embedding package queue gets a correct SMTP intake
+// from it without copying the relay example.
+//
+// # Guarantees
+//
+//   - Durability: DATA (or BDAT LAST) is answered 250 "OK: queued as ID"
+//     only after [Enqueuer.Enqueue] returned nil, which for a *queue.Queue
+//     means the message is fsynced. Every other outcome is a 4xx or 5xx the
+//     client can act on; nothing is acknowledged and then lost.
+//   - Admission before data: when the Enqueuer is also an [Admitter] (a
+//     *queue.Queue is), MAIL FROM (with its SIZE) and every RCPT ask it
+//     first: a full queue or disk answers 452 4.3.1, an announced size over
+//     the limit 552 5.3.4, before the client sends the message.
+//   - Memory: the Backend streams the body into the queue; the queue holds
+//     at most 256 KiB of a message in memory and spools the rest to disk
+//     (see queue.Options.MaxMessageSize). A session costs about 300 KiB at
+//     most, whatever the message size.
+//   - Loops: a Received header naming this node and the queue id is added
+//     to every message (one grep of the id finds it on every node); a
+//     message that arrives with more than Backend.MaxHops Received headers
+//     is refused with 554 5.4.6 (RFC 5321 section 6.3).
+//
+// # Replies
+//
+//	situation                                 reply
+//	message queued                            250 2.0.0 OK: queued as ID
+//	command out of sequence (e.g. RCPT first) 503 5.5.1   (Listener; go-smtp says 502)
+//	line that is no command                   500 5.5.2   (Listener; go-smtp says 501)
+//	recipient refused by Backend.Accept       its own reply (451 if Rejected cannot record it)
+//	too many recipients (Server.MaxRecipients) 452 4.5.3
+//	queue or disk full                        452 4.3.1   (at MAIL, RCPT or DATA)
+//	message over the size limit               552 5.3.4   (permanent: never 451)
+//	mail loop                                 554 5.4.6
+//	queue storage failed                      451 4.3.0
+//	client silent (command, data timeout)     421 4.4.2, connection closed
+//	too many errors in a session              421 4.7.0, connection closed
+//	too many sessions from one address        421 4.7.0 at connect
+//
+// Past Listener's soft error limit every error reply is delayed by a delay
+// growing with each error (Postfix's smtpd_error_sleep_time, growing).
+//
+// # Content scanning
+//
+// Backend.Data hands the body to the queue through a chain of readers (the
+// Received header, the hop counter, the size limit). A content scanner at
+// DATA (rspamd, milter) belongs there, between the received body and
+// Enqueue, deciding before the 250: see the comment in Data.
+//
+// # Goroutines
+//
+// The package starts none: go-smtp runs one goroutine per session and
+// calls the Backend from it; the Listener's Conn is used by that goroutine
+// alone.
+package intake
