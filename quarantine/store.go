@@ -85,6 +85,9 @@ func Open(dir string, auth Authorizer, opts *Options) (*Store, error) {
 		_ = unlock()
 		return nil, fmt.Errorf("quarantine: open index: %w", err)
 	}
+	// Concurrent Puts share a commit (Batch); a lone one waits at most
+	// this long for company.
+	db.MaxBatchDelay = time.Millisecond
 	s := &Store{dir: dir, auth: auth, opts: o, log: o.Logger, db: db, locks: make(map[string]*entryLock), unlock: unlock}
 	if err := db.Update(s.initBuckets); err != nil {
 		_ = db.Close()
