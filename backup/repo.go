@@ -166,6 +166,7 @@ func (r *Repo) loadIndex(ctx context.Context) error {
 		sizes[strings.TrimPrefix(p.Name, packsPrefix)] = p.Size
 	}
 	var mu sync.Mutex
+	r.index = make(map[resilmail.Digest]location, 1024*len(idx)) // a pack of 32 MiB holds thousands of bodies
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.opts.Parallelism)
 	for _, bi := range idx {

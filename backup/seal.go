@@ -62,7 +62,8 @@ func ReadKeyFile(path string) ([]byte, error) {
 type codec struct {
 	aead  cipher.AEAD // nil: not encrypted
 	check string      // hex key check, stored in the config
-	enc   *zstd.Encoder
+	enc   *zstd.Encoder // bodies
+	fast  *zstd.Encoder // manifests, indexes, changes: written on every run
 	dec   *zstd.Decoder
 }
 
@@ -71,11 +72,15 @@ func newCodec(key []byte, repoID string, level zstd.EncoderLevel) (*codec, error
 	if err != nil {
 		return nil, err
 	}
+	fast, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxObject))
 	if err != nil {
 		return nil, err
 	}
-	c := &codec{enc: enc, dec: dec}
+	c := &codec{enc: enc, fast: fast, dec: dec}
 	if key != nil {
 		master, err := hkdf.Key(sha256.New, key, []byte(repoID), "resilmail-backup 1 encryption", 32)
 		if err != nil {
@@ -105,7 +110,11 @@ func (c *codec) seal(kind byte, payload []byte, compress bool) []byte {
 	flags := byte(0)
 	data := payload
 	if compress {
-		z := c.enc.EncodeAll(payload, make([]byte, 0, len(payload)/2+64))
+		enc := c.fast
+		if kind == kindBody {
+			enc = c.enc
+		}
+		z := enc.EncodeAll(payload, make([]byte, 0, len(payload)/2+64))
 		if len(z) < len(payload) {
 			data, flags = z, flagZstd
 		}
