@@ -60,8 +60,8 @@ func ReadKeyFile(path string) ([]byte, error) {
 // codec seals and opens objects: zstd compression, then AES-256-GCM when
 // the repository is encrypted, or a CRC-32C when it is not.
 type codec struct {
-	aead  cipher.AEAD // nil: not encrypted
-	check string      // hex key check, stored in the config
+	aead  cipher.AEAD   // nil: not encrypted
+	check string        // hex key check, stored in the config
 	enc   *zstd.Encoder // bodies
 	fast  *zstd.Encoder // manifests, indexes, changes: written on every run
 	dec   *zstd.Decoder
