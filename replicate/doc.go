@@ -58,14 +58,32 @@
 // ([ErrNotReplicated]) or to accept and have the window counted and logged
 // ([TimeoutPolicy]).
 //
-// # Epochs
+// # Epochs, histories and orphans
 //
 // Every change carries the epoch of the primary that made it. A replica
 // refuses a stream or a change with an epoch lower than the highest it has
-// seen ([ErrFenced]); a primary that learns of a higher epoch from a
-// replica's acknowledgement knows it was superseded, and Await fails with
-// ErrFenced from then on.
+// seen ([ErrFenced]); a primary that learns of a higher epoch, from a
+// replica's acknowledgement or from a replica's position, is fenced: its
+// Source is demoted ([Demoter]: local writes refused, durably), Await
+// fails with ErrFenced, and its streams end with a "fenced" error frame.
+// [Primary.Demote] does the same on purpose, ending the streams with
+// "shutting down".
 //
+// A position is (history, epoch, seq) ([Position]): every journal has a
+// [HistoryID] and an epoch-start table ([EpochStart]), and a store that
+// is promoted records the history it continued and up to where
+// ([Predecessor]). A resuming replica of a [HistoryTarget] names its
+// position; the primary of a [HistorySource] checks it (raft's (term,
+// index) check, Kafka's leader epochs) and answers with the stream or
+// with a [Divergence]: where the two histories agree and where the
+// replica resumes. The replica then re-delivers what it holds beyond that
+// point into the new primary as new messages ([KeepOrphans]: orphans are
+// kept, counted and listed, never deleted), resumes at once where the new
+// primary continued its history, or otherwise compares and repairs, and
+// resets its positions to the new history: a resync that finishes on its
+// own. [Replica.Promote] drains what the replica received and
+// acknowledged and makes its target a primary at a higher epoch, durably.
+
 // # Divergence and guard rails
 //
 // Every mailbox carries a digest of its messages, flags and UIDs, kept up

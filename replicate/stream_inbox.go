@@ -15,7 +15,8 @@ import (
 //
 //	'c' change      resilmail.Change binary
 //	'b' body        32-byte digest, then the body
-//	'p' position    uvarint: every change up to it was received
+//	'p' position    uvarint: every change up to it was received; then,
+//	                optionally, the epoch of that change (uvarint)
 //	'r' resync      uvarint: a full sync brought the target up to it;
 //	                earlier changes of the inbox are moot
 //	'k' confirm     uvarint seq, then the user: a held change confirmed
@@ -32,10 +33,11 @@ const (
 
 // inboxState is what replaying an inbox finds.
 type inboxState struct {
-	received  uint64
-	changes   []inboxChange
-	bodies    map[resilmail.Digest]wal.Pos
-	confirmed map[string]uint64
+	received      uint64
+	receivedEpoch resilmail.Epoch // of the change at received, if known
+	changes       []inboxChange
+	bodies        map[resilmail.Digest]wal.Pos
+	confirmed     map[string]uint64
 }
 
 type inboxChange struct {
@@ -57,7 +59,9 @@ func openInbox(dir string, segSize int64, log *slog.Logger, openFile func(string
 				if err := c.UnmarshalBinary(data); err != nil {
 					return fmt.Errorf("replicate: inbox record at %s: %w", pos, err)
 				}
-				st.received = max(st.received, c.Seq)
+				if c.Seq >= st.received {
+					st.received, st.receivedEpoch = c.Seq, c.Epoch
+				}
 				st.changes = append(st.changes, inboxChange{c, pos.Seg})
 			case recBody:
 				if len(data) < len(resilmail.Digest{}) {
@@ -70,10 +74,18 @@ func openInbox(dir string, segSize int64, log *slog.Logger, openFile func(string
 					return fmt.Errorf("replicate: bad position record at %s", pos)
 				}
 				if rec[0] == recResync {
+					// Another numbering may follow: earlier changes and
+					// confirmations are moot.
 					st.changes = st.changes[:0]
-					st.received = v
+					clear(st.confirmed)
+					st.received, st.receivedEpoch = v, 0
 				}
-				st.received = max(st.received, v)
+				if v > st.received {
+					st.received, st.receivedEpoch = v, 0
+					if e, m := binary.Uvarint(data[n:]); m > 0 {
+						st.receivedEpoch = resilmail.Epoch(e)
+					}
+				}
 			case recConfirm:
 				v, n := binary.Uvarint(data)
 				if n <= 0 {
@@ -94,4 +106,9 @@ func openInbox(dir string, segSize int64, log *slog.Logger, openFile func(string
 func uvarintRecord(typ byte, v uint64, tail string) []byte {
 	b := binary.AppendUvarint([]byte{typ}, v)
 	return append(b, tail...)
+}
+
+func positionRecord(pos uint64, e resilmail.Epoch) []byte {
+	b := binary.AppendUvarint([]byte{recPosition}, pos)
+	return binary.AppendUvarint(b, uint64(e))
 }

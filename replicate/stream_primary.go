@@ -163,10 +163,13 @@ type Primary struct {
 	// replicaTokens are the bearer tokens of ReplicaSecrets, by name.
 	replicaTokens map[string]string
 
-	mu          sync.Mutex
-	acked       chan struct{} // closed and replaced at every acknowledgement
-	replicas    map[string]*link
-	fencedBy    resilmail.Epoch // epoch of the primary that superseded this one
+	mu       sync.Mutex
+	acked    chan struct{} // closed and replaced at every acknowledgement
+	replicas map[string]*link
+	fencedBy resilmail.Epoch // epoch of the primary that superseded this one
+	ended    string          // why the streams ended (Demote, fenced); "" while serving
+	// stopStreams is closed when the streams must end (see ended).
+	stopStreams chan struct{}
 	ring        [ringSize]posTime
 	ringLen     int
 	ringNext    int
@@ -175,6 +178,7 @@ type Primary struct {
 	corrupt     uint64 // corrupt bodies refused
 	restored    uint64 // damaged bodies restored from a replica's copy
 	refusedAcks uint64 // acknowledgements refused (unknown name, beyond the end)
+	orphans     uint64 // orphans of rejoining nodes kept
 }
 
 const ringSize = 1 << 14
@@ -243,7 +247,8 @@ func NewPrimary(src Source, opts *PrimaryOptions) (*Primary, error) {
 		o.Logger = slog.Default()
 	}
 	p := &Primary{src: src, opts: o, token: StreamToken(o.Secret), log: o.Logger,
-		acked: make(chan struct{}), replicas: make(map[string]*link), replicaTokens: make(map[string]string)}
+		acked: make(chan struct{}), replicas: make(map[string]*link), replicaTokens: make(map[string]string),
+		stopStreams: make(chan struct{})}
 	for name, secret := range o.ReplicaSecrets {
 		if err := checkName("replica", name, resilmail.MaxUserLen); err != nil {
 			return nil, fmt.Errorf("replicate: ReplicaSecrets: %w", err)
@@ -287,6 +292,16 @@ func (p *Primary) linkLocked(name string) *link {
 //	PUT  body/{hex digest}?replica=NAME a replica's good copy of a body the
 //	                                   Source holds damaged, if it is a
 //	                                   [BodyRestorer]: 204 once restored
+//	POST orphan?replica=NAME&mailbox=M  an orphan of a rejoining node (see
+//	                                   [KeepOrphans]), if the Source is an
+//	                                   [OrphanSink]: 200 with a [KeptOrphan]
+//
+// A replica that names its position's history (&history=H&epoch=E) is
+// checked against the Source's journal if it is a [HistorySource]: a
+// position the journal does not hold is answered 409 with a [Divergence]
+// (code "diverged"), and a stream carries the primary's history in the
+// Resilmail-History header. A demoted or fenced primary answers 503
+// ("fenced") and ends its streams with an error frame saying why.
 //
 // Errors are {"error": "...", "code": "..."} with status 400
 // ("bad_request"), 401 ("unauthorized"), 403 ("unknown_replica": an
@@ -302,6 +317,7 @@ func (p *Primary) Handler() http.Handler {
 	mux.HandleFunc("GET /body/{digest}", p.serveBody)
 	mux.HandleFunc("PUT /body/{digest}", p.restoreBody)
 	mux.HandleFunc("POST /ack", p.serveAck)
+	mux.HandleFunc("POST /orphan", p.serveOrphan)
 	mux.HandleFunc("GET /position", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
@@ -373,6 +389,14 @@ func (p *Primary) serveChanges(w http.ResponseWriter, r *http.Request) {
 		p.badRequest(w, r, fmt.Errorf("parameter after: %w", err))
 		return
 	}
+	claim, hasClaim, err := claimFromQuery(q, after)
+	if err != nil {
+		p.badRequest(w, r, err)
+		return
+	}
+	if p.refuseEnded(w) {
+		return
+	}
 	version := 2
 	if v := q.Get("v"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -381,6 +405,23 @@ func (p *Primary) serveChanges(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		version = min(n, StreamVersion)
+	}
+	if hs, ok := p.src.(HistorySource); ok {
+		if hasClaim {
+			if d, fenced := checkClaim(hs, claim); d != nil {
+				p.noteError(name, errors.New(d.Error))
+				p.log.Warn("replicate: replica's position is not in this primary's history", "replica", name,
+					"claim", claim.String(), "agreed", d.Agreed, "known", d.Known, "resume", d.Resume, "why", d.Error)
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusConflict)
+				json.NewEncoder(w).Encode(d)
+				if fenced {
+					p.fence(claim.Epoch, name)
+				}
+				return
+			}
+		}
+		w.Header().Set(historyHeader, hs.History().String())
 	}
 	ctx := r.Context()
 	changes, err := p.src.Changes(ctx, after, p.opts.Batch)
@@ -460,6 +501,14 @@ func (p *Primary) stream(ctx context.Context, w http.ResponseWriter, name string
 		return err
 	}
 	for {
+		if p.streamsEnded() {
+			p.mu.Lock()
+			why := p.ended
+			p.mu.Unlock()
+			fw.WriteError(why)
+			flush(0)
+			return errors.New(why)
+		}
 		p.remember(changes)
 		for i := range changes {
 			if err := p.inline(ctx, fw, name, &changes[i], inline); err != nil {
@@ -482,10 +531,20 @@ func (p *Primary) stream(ctx context.Context, w http.ResponseWriter, name string
 		}
 		if len(changes) == 0 {
 			wctx, cancel := context.WithTimeout(ctx, p.opts.Heartbeat)
+			go func() {
+				select {
+				case <-p.stopStreams:
+					cancel()
+				case <-wctx.Done():
+				}
+			}()
 			_, err := p.src.Wait(wctx, after)
 			cancel()
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if p.streamsEnded() {
+				continue // the loop's head ends the stream
 			}
 			if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 				fw.WriteError(err.Error())
@@ -652,6 +711,12 @@ func (p *Primary) serveAck(w http.ResponseWriter, r *http.Request) {
 		p.badRequest(w, r, err)
 		return
 	}
+	if a.Epoch > p.src.Epoch() {
+		// An authenticated replica has seen a newer primary, whatever it
+		// acknowledges (a position of that primary's journal, perhaps
+		// beyond this one's end): this primary is fenced.
+		p.fence(a.Epoch, a.Replica)
+	}
 	if status, code, err := p.checkAck(id, &a); err != nil {
 		p.mu.Lock()
 		p.refusedAcks++
@@ -667,16 +732,14 @@ func (p *Primary) serveAck(w http.ResponseWriter, r *http.Request) {
 }
 
 // ack records an acknowledgement and wakes the waiters; it reports
-// whether the replica's position advanced.
+// whether the replica's position advanced. An acknowledgement with a
+// higher epoch than the Source's fences this primary.
 func (p *Primary) ack(a ackRequest) (advanced bool) {
-	mine := p.src.Epoch()
+	if a.Epoch > p.src.Epoch() {
+		p.fence(a.Epoch, a.Replica)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if a.Epoch > mine && a.Epoch > p.fencedBy {
-		p.fencedBy = a.Epoch
-		p.log.Error("replicate: a replica has seen a newer epoch: this primary is fenced",
-			"replica", a.Replica, "epoch", a.Epoch, "mine", mine)
-	}
 	l := p.linkLocked(a.Replica)
 	if a.Position > l.acked || l.ackedAt.IsZero() {
 		l.acked = a.Position
@@ -771,6 +834,8 @@ type PrimaryStats struct {
 	// AcksRefused counts acknowledgements refused: from an unknown name,
 	// with another replica's credential, or beyond the journal's end.
 	AcksRefused uint64
+	// OrphansKept counts orphans of rejoining nodes kept (POST orphan).
+	OrphansKept uint64
 	// Replicas are per replica, by name.
 	Replicas []ReplicaLinkStats
 }
@@ -808,7 +873,7 @@ func (p *Primary) Stats() PrimaryStats {
 	p.mu.Lock()
 	st := PrimaryStats{Position: pos, Epoch: ep, FencedBy: p.fencedBy,
 		AcceptedUnreplicated: p.accepted, RefusedUnreplicated: p.refused, CorruptBodies: p.corrupt, BodiesRestored: p.restored,
-		AcksRefused: p.refusedAcks}
+		AcksRefused: p.refusedAcks, OrphansKept: p.orphans}
 	var unknown []int
 	for name, l := range p.replicas {
 		rs := ReplicaLinkStats{Name: name, Connected: l.connected > 0, Acked: l.acked, AckedAt: l.ackedAt,

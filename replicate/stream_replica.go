@@ -90,6 +90,10 @@ type ReplicaOptions struct {
 	InboxSegment int64
 	// MaxFrame is the largest frame accepted; zero means DefaultMaxFrame.
 	MaxFrame int
+	// OrphanMailbox is the mailbox of the primary that orphans are
+	// re-delivered into when this node rejoins a new primary (see
+	// [KeepOrphans]); empty means DefaultOrphanMailbox.
+	OrphanMailbox string
 	// Logger receives a line per error, reconnection and held change;
 	// nil means slog.Default().
 	Logger *slog.Logger
@@ -132,8 +136,16 @@ type Replica struct {
 	received   uint64
 	primaryPos uint64
 	primaryAt  time.Time
-	stats      ReplicaStats
-	inboxFile  func(string, int, os.FileMode) (wal.File, error) // tests inject faults
+	// receivedEpoch is the epoch of the change at received, if known.
+	receivedEpoch resilmail.Epoch
+	// promoted is set by Promote: Run connects no more.
+	promoted bool
+	// endSession ends the current session (Promote); nil between them.
+	endSession  context.CancelCauseFunc
+	sessionDone chan struct{}
+	orphanMu    sync.Mutex // serialises the orphan list
+	stats       ReplicaStats
+	inboxFile   func(string, int, os.FileMode) (wal.File, error) // tests inject faults
 }
 
 // NewReplica returns a Replica that applies to t the stream of the primary
@@ -212,6 +224,14 @@ type ReplicaStats struct {
 	// Repairs the comparisons and repairs run for them and for full syncs;
 	// RepairsHeld the removals those repairs held for an operator.
 	Conflicts, Repairs, RepairsHeld uint64
+	// Rejoins counts the times the replica found its history parted
+	// from the primary's and aligned itself (see Divergence); Orphans is
+	// how many orphans it has re-delivered into its primaries in all
+	// (listed by Replica.Orphans).
+	Rejoins uint64
+	Orphans int
+	// Promoted reports that Promote made the target a primary.
+	Promoted bool
 }
 
 // Stats returns the replica's counters.
@@ -222,6 +242,7 @@ func (r *Replica) Stats() ReplicaStats {
 	st.Received = r.received
 	st.PrimaryPosition, st.PrimaryTime = r.primaryPos, r.primaryAt
 	st.Applied = r.appliedLocked()
+	st.Promoted = r.promoted
 	for _, l := range r.lanes {
 		if l.held != nil {
 			st.Held++
@@ -300,8 +321,19 @@ func (r *Replica) Run(ctx context.Context) error {
 	}()
 	r.startLanes(ctx, &lanes)
 
+	if list, err := readOrphanLog(r.dir); err == nil {
+		r.mu.Lock()
+		r.stats.Orphans = len(list)
+		r.mu.Unlock()
+	}
 	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
+		if r.isPromoted() {
+			// A promoted replica only applies what is confirmed after
+			// the promotion; it follows no one.
+			<-ctx.Done()
+			break
+		}
 		if r.inboxFailed() {
 			// A failed write (a full disk) leaves the inbox unusable: open
 			// it again, which also tells whether the fault has cleared.
@@ -333,7 +365,14 @@ func (r *Replica) Run(ctx context.Context) error {
 			r.stats.Reconnects++
 			r.mu.Unlock()
 			r.log.Warn("replicate: stream failed, reconnecting", "replica", r.opts.Name, "err", err, "backoff", backoff)
-			if errors.Is(err, ErrTooFarBehind) || errors.Is(err, ErrPosition) {
+			var de *divergedError
+			switch {
+			case errors.As(err, &de):
+				if err := r.rejoin(ctx, de.d); err != nil && ctx.Err() == nil {
+					r.noteError(err, nil)
+					r.log.Error("replicate: aligning with the primary's history failed, retrying", "replica", r.opts.Name, "err", err)
+				}
+			case errors.Is(err, ErrTooFarBehind) || errors.Is(err, ErrPosition):
 				r.fullSync(ctx)
 			}
 		}
@@ -368,7 +407,9 @@ func (r *Replica) openInbox(first bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.inbox, r.bodies, r.confirmed = l, st.bodies, st.confirmed
-	r.received = max(r.received, st.received)
+	if st.received >= r.received {
+		r.received, r.receivedEpoch = st.received, st.receivedEpoch
+	}
 	for _, ic := range st.changes {
 		if ic.c.Seq <= r.t.UpstreamPosition(ic.c.User) {
 			continue
@@ -474,14 +515,26 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
 	r.mu.Lock()
-	after := r.received
 	inbox := r.inbox
+	r.endSession, r.sessionDone = cancel, make(chan struct{})
+	done := r.sessionDone
 	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.endSession, r.sessionDone = nil, nil
+		r.mu.Unlock()
+		close(done)
+	}()
 	if inbox == nil {
 		return false, errors.New("replicate: inbox not open")
 	}
-	resp, err := r.request(ctx, "GET", "/changes?after="+strconv.FormatUint(after, 10)+"&replica="+url.QueryEscape(r.opts.Name)+
-		"&v="+strconv.Itoa(StreamVersion), nil)
+	claim, kind := r.claim()
+	after := claim.Seq
+	q := "/changes?after=" + strconv.FormatUint(after, 10) + "&replica=" + url.QueryEscape(r.opts.Name) + "&v=" + strconv.Itoa(StreamVersion)
+	if kind != claimNone {
+		q += "&history=" + claim.History.String() + "&epoch=" + strconv.FormatUint(uint64(claim.Epoch), 10)
+	}
+	resp, err := r.request(ctx, "GET", q, nil)
 	if err != nil {
 		return false, fmt.Errorf("replicate: connecting to the primary: %w", err)
 	}
@@ -492,7 +545,10 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 		helpers.Wait()
 	}()
 	if resp.StatusCode != http.StatusOK {
-		return false, statusError("stream", resp)
+		return false, streamStatusError(resp)
+	}
+	if err := r.settleHistory(ctx, resp, claim, kind); err != nil {
+		return false, err
 	}
 	r.setConnected(true)
 	defer r.setConnected(false)
@@ -568,6 +624,8 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 			return progressed, fmt.Errorf("replicate: the primary reports: %s", f.Error)
 		case FrameHeartbeat:
 			if mine := r.t.Epoch(); f.Heartbeat.Epoch < mine {
+				// Tell the old primary, so that it demotes itself.
+				r.ack(ctx)
 				return progressed, fmt.Errorf("%w: the primary has epoch %d, this replica has seen %d", ErrFenced, f.Heartbeat.Epoch, mine)
 			}
 			r.mu.Lock()
@@ -697,7 +755,9 @@ func (r *Replica) commit(inbox *wal.Log, batch []inboxChange, received uint64) e
 			return fmt.Errorf("replicate: inbox: %w", err)
 		}
 		r.mu.Lock()
-		r.received = max(r.received, received)
+		if received >= r.received {
+			r.received, r.receivedEpoch = received, batch[len(batch)-1].c.Epoch
+		}
 		r.stats.Changes += uint64(len(batch))
 		for _, ic := range batch {
 			r.enqueueLocked(ic.c, ic.seg)
@@ -908,7 +968,10 @@ func (r *Replica) compact(inbox *wal.Log) {
 		r.noteError(err, &r.stats.InboxErrors)
 		return
 	}
-	if _, err := inbox.AppendSync(uvarintRecord(recPosition, received, "")); err != nil {
+	r.mu.Lock()
+	ep := r.receivedEpoch
+	r.mu.Unlock()
+	if _, err := inbox.AppendSync(positionRecord(received, ep)); err != nil {
 		r.noteError(err, &r.stats.InboxErrors)
 		return
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/resilmail/resilmail"
-	"github.com/resilmail/resilmail/internal/bearer"
 )
 
 // How a replica brings itself back in step with its primary, by comparing
@@ -44,16 +43,7 @@ func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // primaryInventory is the primary's inventory, reached next to its stream
 // with the stream's credentials.
 func (r *Replica) primaryInventory() (*RemoteInventory, error) {
-	c := *r.client
-	c.Timeout = time.Minute
-	if len(r.opts.Secret) > 0 {
-		base := c.Transport
-		if base == nil {
-			base = http.DefaultTransport
-		}
-		c.Transport = authTransport{base: base, header: bearer.Header(r.token)}
-	}
-	return NewRemoteInventory(r.base+"/inventory", &RemoteInventoryOptions{Client: &c})
+	return NewRemoteInventory(r.base+"/inventory", &RemoteInventoryOptions{Client: r.authClient()})
 }
 
 // primaryPosition asks the primary for its position.
@@ -80,6 +70,12 @@ func (r *Replica) primaryPosition(ctx context.Context) (uint64, error) {
 // held, logged and counted; the scheduled comparison (a [Comparer]) is
 // where an operator confirms them.
 func (r *Replica) repairUsers(ctx context.Context, rt RepairTarget, users []string) error {
+	return r.repairUsersWith(ctx, rt, users, r.opts.Repair)
+}
+
+// repairUsersWith is repairUsers with repair options opts (nil: the
+// defaults).
+func (r *Replica) repairUsersWith(ctx context.Context, rt RepairTarget, users []string, opts *RepairOptions) error {
 	inv, err := r.primaryInventory()
 	if err != nil {
 		return err
@@ -91,8 +87,8 @@ func (r *Replica) repairUsers(ctx context.Context, rt RepairTarget, users []stri
 		return fmt.Errorf("replicate: comparing with the primary: %w", err)
 	}
 	var ro RepairOptions
-	if r.opts.Repair != nil {
-		ro = *r.opts.Repair
+	if opts != nil {
+		ro = *opts
 	}
 	if ro.Logger == nil {
 		ro.Logger = r.log

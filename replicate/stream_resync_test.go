@@ -78,6 +78,9 @@ func conflictingPair(t *testing.T, primaryMessages, replicaMessages int) (src, d
 	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
 	require.NoError(t, src.CreateUser(ctx, "alice"))
 	addN(t, src, "alice", "INBOX", primaryMessages)
+	// The replica follows src from its start: its own mailbox is not
+	// another history but state that contradicts the stream's changes.
+	require.NoError(t, dst.AdoptUpstream(ctx, src.History()))
 	return src, dst, srv.URL
 }
 
@@ -115,29 +118,48 @@ func TestReplicaConflictRepairHoldsALargeRemoval(t *testing.T) {
 }
 
 // TestReplicaOfAnotherHistory points a replica that followed one primary
-// at another whose journal is shorter: the primary answers 409, the
-// replica repairs from it, and then refuses to resume with a clear error,
-// since the target would skip the new primary's changes up to positions
-// it applied from the old one.
+// at another, unrelated one whose journal is shorter: the primary answers
+// with a divergence (a history it does not know), and the replica
+// compares with it, repairs, resets its positions to the new history and
+// follows it on its own: no change of the new primary is skipped, and the
+// stores end equal.
 func TestReplicaOfAnotherHistory(t *testing.T) {
 	ctx := context.Background()
 	old, other := openStore(t, t.TempDir()), openStore(t, t.TempDir())
 	dst := openStore(t, t.TempDir())
 	inbox := t.TempDir()
 	require.NoError(t, old.CreateUser(ctx, "alice"))
-	addN(t, old, "alice", "INBOX", 20)
+	addN(t, old, "alice", "INBOX", 12)
 	_, srv := servePrimary(t, old, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
 	r, stop := startReplica(t, dst, srv.URL, inbox, nil)
 	waitApplied(t, r, old)
 	stop()
+	require.Equal(t, old.History(), dst.UpstreamHistory())
 
 	require.NoError(t, other.CreateUser(ctx, "alice"))
 	addN(t, other, "alice", "INBOX", 2)
+	require.NoError(t, other.CreateUser(ctx, "bob"))
+	addN(t, other, "bob", "INBOX", 2)
 	_, srv2 := servePrimary(t, other, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
 	var logs lockedBuffer
-	r, _ = startReplica(t, dst, srv2.URL, inbox, &replicate.ReplicaOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "another history") }, 10*time.Second, 5*time.Millisecond, "%+v", r.Stats())
+	r, _ = startReplica(t, dst, srv2.URL, inbox, &replicate.ReplicaOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Repair: &replicate.RepairOptions{MaxRemoveShare: 1}})
+	require.Eventually(t, func() bool { return r.Stats().Rejoins > 0 }, 10*time.Second, 5*time.Millisecond, "%+v", r.Stats())
+	waitApplied(t, r, other)
+	requireSame(t, other, dst)
 	assert.Positive(t, r.Stats().Repairs)
+	assert.Contains(t, logs.String(), "is unknown to this primary")
+	assert.Equal(t, other.History(), dst.UpstreamHistory())
+
+	// No change of the new history is skipped: its positions are lower
+	// than those the replica applied from the old one.
+	for range 3 {
+		add(t, other, "alice", "INBOX", msgText("next", "n"))
+	}
+	_, err := other.AddFlags(ctx, "alice", "INBOX", resilmail.NewUIDSet(1), []string{`\Seen`})
+	require.NoError(t, err)
+	waitApplied(t, r, other)
+	requireSame(t, other, dst)
 }
 
 // lockedBuffer is a bytes.Buffer for concurrent writers.

@@ -203,8 +203,12 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		return err
 	}
 	defer st.Close()
-	// Only the primary writes; the replica applies its changes.
-	st.SetReadOnly(true)
+	// Only the primary writes; the replica applies its changes. The role
+	// is durable: a store that was a primary (it rejoins) stays refusing
+	// local writes after a restart.
+	if err := st.SetReadOnly(true); err != nil {
+		return err
+	}
 	repair := &replicate.RepairOptions{MaxRemoveShare: c.guardShare, MinHeldMessages: c.guardMin, Logger: log}
 	client, err := httpClient(c.ca)
 	if err != nil {

@@ -224,6 +224,11 @@ func (s *Store) Compact(ctx context.Context) error {
 	seq := s.applied
 	rbuf := s.encodeRetentionLocked(seq)
 	s.mu.Unlock()
+	// The epoch table and upstream history of the changes the checkpoint
+	// holds must not live only in the journal it frees.
+	if err := s.saveHistory(); err != nil {
+		return err
+	}
 	// The files of the bodies the checkpoint refers to are made durable
 	// before it is written, so that Open need only check the bodies the
 	// journal holds after it. bodyMu makes sure every body of a change up

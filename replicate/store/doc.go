@@ -87,8 +87,20 @@
 // [BodyFunc] and verifies them, refuses a change with a lower epoch than
 // it has seen ([ErrFenced]) and one that contradicts its state
 // ([ErrConflict]). A replica numbers the changes in its own journal and
-// remembers the primary's position per user ([Store.UpstreamPosition]).
-// [Store.SetReadOnly] refuses local writes on a replica.
+// remembers the primary's position per user ([Store.UpstreamPosition]),
+// and which history those positions belong to ([Store.UpstreamHistory];
+// [Store.ResetUpstream] moves them to another, [Store.AdoptUpstream]
+// records the first).
+//
+// Every store has a history id ([Store.History]), an epoch-start table
+// ([Store.Epochs]) and a durable role ([Store.Role]): a primary takes
+// local writes; a standby ([Store.SetReadOnly], [Store.SetRole]) or a
+// fenced store ([Store.Demote]) refuses them with [ErrReadOnly], after a
+// restart too. [Store.Promote] raises the epoch durably, records the
+// history the store continued ([Store.Predecessors]) and takes local
+// writes; it is idempotent. [Store.Orphans] lists the messages appended
+// after a point of a history (an old primary's acknowledged tail), and
+// [Store.KeepOrphan] keeps another node's orphan as a new message.
 //
 // # Mailbox digests
 //
@@ -107,6 +119,9 @@
 //	                  own, outside the journal) included: it is not
 //	                  converted
 //	LOCK              keeps a second process out (flock)
+//	HISTORY           history id, role, epoch-start table, predecessors
+//	                  and upstream history (see history.go), written
+//	                  atomically
 //	journal/          the change journal: internal/wal segments of kind
 //	                  "rstore" (length and CRC-32C per record, torn tail
 //	                  truncated at Open); records are described in record.go:

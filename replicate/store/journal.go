@@ -30,15 +30,10 @@ func (s *Store) Epoch() resilmail.Epoch {
 // the highest the store has seen is refused with [ErrFenced]; the same
 // epoch is a no-op.
 func (s *Store) SetEpoch(ctx context.Context, e resilmail.Epoch) error {
-	if err := s.begin(ctx); err != nil {
+	if err := s.beginLocked(ctx); err != nil {
 		return err
 	}
 	defer s.ops.Done()
-	s.mu.Lock()
-	if err := s.usableLocked(); err != nil {
-		s.mu.Unlock()
-		return err
-	}
 	switch {
 	case e < s.epoch:
 		s.c.fenced++
@@ -52,15 +47,6 @@ func (s *Store) SetEpoch(ctx context.Context, e resilmail.Epoch) error {
 	c := s.changeLocked(resilmail.ChangeEpoch, "")
 	c.Epoch = e
 	return s.commitAndUnlock([]resilmail.Change{c}, nil)
-}
-
-// SetReadOnly makes local writes (everything but Apply, SetEpoch, Compact
-// and Scrub) fail with [ErrReadOnly] while ro is true, as a replica must.
-// It is not persisted: the node's role decides it at every start.
-func (s *Store) SetReadOnly(ro bool) {
-	s.mu.Lock()
-	s.readOnly = ro
-	s.mu.Unlock()
 }
 
 // Position returns the position of the last change on stable storage: the
@@ -196,7 +182,7 @@ type BodyFunc = replicate.BodyFunc
 func (s *Store) UpstreamPosition(user string) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.upstream[user]
+	return s.upstreamLocked(user)
 }
 
 // Apply applies changes made by a primary, in order, keeping its UIDs,
@@ -269,7 +255,7 @@ func (s *Store) Apply(ctx context.Context, changes []resilmail.Change, body Body
 			s.pinLocked(c.Digest)
 			reserved = append(reserved, c.Digest)
 			have[c.Digest] = true
-		} else if c.Seq == 0 || c.Seq > s.upstream[c.User] {
+		} else if c.Seq == 0 || c.Seq > s.upstreamLocked(c.User) {
 			needs = append(needs, missing{c.Digest, c.Size})
 		}
 	}
@@ -327,7 +313,7 @@ func (s *Store) Apply(ctx context.Context, changes []resilmail.Change, body Body
 			s.mu.Unlock()
 			return fail(err)
 		}
-		if c.Seq != 0 && c.Seq <= s.upstream[c.User] {
+		if c.Seq != 0 && c.Seq <= s.upstreamLocked(c.User) {
 			s.c.skipped++ // applied before: history, whatever its epoch
 			s.mu.Unlock()
 			continue

@@ -10,6 +10,7 @@ type counters struct {
 	corruptFound, corruptReceived, repaired   uint64
 	scrubs, scrubbed, checkpoints             uint64
 	applied, skipped, fenced, conflicts, gone uint64
+	orphansKept                               uint64
 	lastScrub                                 time.Time
 }
 
@@ -30,6 +31,8 @@ type Stats struct {
 	ReadOnly      bool   // local writes are refused
 	Holds         int    // retention holds (Store.Hold, Store.HoldJournal)
 	Tombstones    int    // expunged messages whose bodies holds keep
+	Role          Role   // the durable role (primary, standby, fenced)
+	OrphansKept   uint64 // orphans of other nodes kept as new messages (KeepOrphan)
 
 	Changes         uint64 // changes written
 	Fsyncs          uint64 // fsyncs: journal, body files and their folders (at checkpoints)
@@ -72,12 +75,12 @@ func (s *Store) Stats() Stats {
 	return Stats{
 		Users: len(s.users), Mailboxes: len(s.byID), Messages: s.messages, Bodies: len(s.refs), BodyBytes: s.bodyBytes,
 		Epoch: uint64(s.epoch), Seq: s.applied, DurableSeq: s.durable, OldestSeq: s.oldestLocked(), CheckpointSeq: s.ckptSeq,
-		ReadOnly: s.readOnly, Holds: len(s.ret.holds), Tombstones: len(s.ret.tombs),
+		ReadOnly: s.meta.Role != RolePrimary, Role: s.meta.Role, Holds: len(s.ret.holds), Tombstones: len(s.ret.tombs),
 		Changes: s.c.changes, Fsyncs: ws.Syncs + s.c.bodyFsyncs, JournalFsyncs: ws.Syncs,
 		JournalSegments: ws.Segments, JournalBytes: ws.Bytes,
 		BodyWrites: s.c.bodyWrites, BodyShared: s.c.bodyShared, BodyReads: s.c.bodyReads, BodiesRemoved: s.c.bodiesRemoved,
 		BodySyncs: s.c.bodySyncs, BodiesRestored: s.c.bodiesRestored,
-		Checkpoints:   s.c.checkpoints,
+		Checkpoints: s.c.checkpoints, OrphansKept: s.c.orphansKept,
 		CorruptBodies: len(s.corrupt), CorruptFound: s.c.corruptFound, CorruptReceived: s.c.corruptReceived, Repaired: s.c.repaired,
 		Scrubs: s.c.scrubs, Scrubbed: s.c.scrubbed, LastScrub: s.c.lastScrub,
 		Applied: s.c.applied, Skipped: s.c.skipped, Fenced: s.c.fenced, Conflicts: s.c.conflicts, Gone: s.c.gone,

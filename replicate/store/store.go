@@ -55,11 +55,14 @@ type Store struct {
 	bodyMu sync.RWMutex
 	// ops counts calls in progress, for Close to wait for.
 	ops sync.WaitGroup
+	// metaMu serialises writes of HISTORY.
+	metaMu sync.Mutex
 
 	mu              sync.Mutex
 	closed          bool
 	failed          error
-	readOnly        bool
+	meta            historyMeta // what HISTORY holds (history.go)
+	metaDirty       bool        // meta changed since HISTORY was written
 	users           map[string]*user
 	byID            map[resilmail.MailboxID]*mailbox
 	refs            map[resilmail.Digest]int32      // messages per body
@@ -157,11 +160,17 @@ func (s *Store) open() error {
 	if err := s.makeDirs(); err != nil {
 		return err
 	}
+	if err := s.loadHistory(); err != nil {
+		return err
+	}
 	if err := s.loadCheckpoint(); err != nil {
 		return err
 	}
 	if err := s.loadRetention(); err != nil {
 		return err
+	}
+	if s.ckptSeq <= s.meta.Upstream.ResetSeq && s.meta.Upstream.ResetSeq > 0 {
+		clear(s.upstream) // positions of the history followed before the reset
 	}
 	s.applied = s.ckptSeq
 	l, err := wal.Open(filepath.Join(s.dir, journalDir), wal.Options{
@@ -192,6 +201,9 @@ func (s *Store) open() error {
 	s.mu.Lock()
 	s.advanceLocked(s.applied)
 	s.mu.Unlock()
+	if err := s.saveHistory(); err != nil {
+		return err
+	}
 	return s.restoreBodies()
 }
 
@@ -444,8 +456,8 @@ func (s *Store) localWritableLocked() error {
 	if err := s.usableLocked(); err != nil {
 		return err
 	}
-	if s.readOnly {
-		return ErrReadOnly
+	if s.meta.Role != RolePrimary {
+		return fmt.Errorf("%w: the store is %s", ErrReadOnly, s.meta.Role)
 	}
 	return nil
 }
@@ -626,8 +638,11 @@ func (s *Store) applyLocked(c *resilmail.Change, upstream uint64) {
 	if c.Seq > s.applied {
 		s.applied = c.Seq
 	}
-	s.epoch = max(s.epoch, c.Epoch)
-	if upstream > s.upstream[c.User] {
+	if c.Epoch > s.epoch {
+		s.noteEpochLocked(c.Epoch, c.Seq)
+		s.epoch = c.Epoch
+	}
+	if upstream > s.upstream[c.User] && c.Seq > s.meta.Upstream.ResetSeq {
 		s.upstream[c.User] = upstream
 	}
 	switch c.Kind {

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/replicate"
 	"github.com/resilmail/resilmail/replicate/store"
 )
 
@@ -515,18 +516,99 @@ func TestEpochAndReadOnly(t *testing.T) {
 	assert.Equal(t, resilmail.Epoch(3), last.Epoch)
 	assert.Equal(t, resilmail.ChangeEpoch, changes[len(changes)-2].Kind)
 
-	s.SetReadOnly(true)
+	require.NoError(t, s.SetReadOnly(true))
 	_, err = s.Append(ctx, "alice", "INBOX", nil, time.Time{}, strings.NewReader("x"))
 	assert.ErrorIs(t, err, store.ErrReadOnly)
 	_, err = s.CreateMailbox(ctx, "alice", "X")
 	assert.ErrorIs(t, err, store.ErrReadOnly)
 	assert.True(t, s.Stats().ReadOnly)
-	s.SetReadOnly(false)
 
 	require.NoError(t, s.Close())
 	s = open(t, dir, nil)
 	assert.Equal(t, resilmail.Epoch(3), s.Epoch(), "the epoch is durable")
 	assert.ErrorIs(t, s.SetEpoch(ctx, 1), store.ErrFenced)
+	assert.Equal(t, store.RoleStandby, s.Role(), "read-only is durable")
+	_, err = s.CreateMailbox(ctx, "alice", "X")
+	assert.ErrorIs(t, err, store.ErrReadOnly)
+	require.NoError(t, s.SetReadOnly(false))
+	_, err = s.CreateMailbox(ctx, "alice", "X")
+	assert.NoError(t, err)
+}
+
+// TestHistoryPromoteDemote: a store keeps its history id, its epoch-start
+// table and its role across restarts and checkpoints; Demote refuses local
+// writes durably and a fenced store is not made writable but by Promote,
+// which raises the epoch once (a second call is a no-op) and records the
+// history it continued.
+func TestHistoryPromoteDemote(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newStore(t)
+	h := s.History()
+	require.False(t, h.IsZero())
+	appendMsg(t, s, "alice", "INBOX", msg("a", "a"))
+	require.NoError(t, s.SetEpoch(ctx, 2))
+	appendMsg(t, s, "alice", "INBOX", msg("b", "b"))
+	head := s.Head()
+	assert.Equal(t, resilmail.Epoch(2), head.Epoch)
+	epochs := s.Epochs()
+	require.Len(t, epochs, 1)
+	assert.Equal(t, resilmail.Epoch(2), epochs[0].Epoch)
+	assert.Equal(t, replicate.EpochAt(epochs, epochs[0].Seq-1), resilmail.Epoch(0))
+	assert.Equal(t, epochs[0].Seq-1, replicate.EpochEnd(epochs, 0, head.Seq))
+
+	require.NoError(t, s.Demote(ctx, 5))
+	assert.Equal(t, store.RoleFenced, s.Role())
+	assert.Equal(t, resilmail.Epoch(5), s.Epoch(), "the epoch it heard of")
+	_, err := s.Append(ctx, "alice", "INBOX", nil, time.Time{}, strings.NewReader("x"))
+	assert.ErrorIs(t, err, store.ErrReadOnly)
+	assert.ErrorIs(t, s.SetReadOnly(false), store.ErrFenced, "only Promote makes a fenced store writable")
+	require.NoError(t, s.Compact(ctx))
+	require.NoError(t, s.Close())
+
+	s = open(t, dir, nil)
+	assert.Equal(t, h, s.History(), "the history id is durable")
+	assert.Equal(t, store.RoleFenced, s.Role(), "the role is durable")
+	assert.Equal(t, []replicate.EpochStart{epochs[0], {Epoch: 5, Seq: epochs[0].Seq + 2}}, s.Epochs())
+	assert.ErrorIs(t, s.Promote(ctx, 5, 0), store.ErrFenced, "a promotion raises the epoch")
+	require.NoError(t, s.Promote(ctx, 6, 0))
+	require.NoError(t, s.Promote(ctx, 6, 0), "idempotent")
+	appendMsg(t, s, "alice", "INBOX", msg("c", "c"))
+	assert.Equal(t, resilmail.Epoch(6), s.Head().Epoch)
+	require.NoError(t, s.Close())
+	s = open(t, dir, nil)
+	assert.Equal(t, store.RolePrimary, s.Role())
+	assert.Len(t, s.Epochs(), 3)
+}
+
+// TestResetUpstream: a replica store that followed one history and is
+// reset to another at a position takes no change of the new history at or
+// before it and skips none after it, across a restart and a checkpoint.
+func TestResetUpstream(t *testing.T) {
+	ctx := context.Background()
+	primary, _ := newStore(t)
+	for i := range 5 {
+		appendMsg(t, primary, "alice", "INBOX", msg("m", strings.Repeat("x", i)))
+	}
+	dir := t.TempDir()
+	replica := open(t, dir, nil)
+	require.NoError(t, replica.AdoptUpstream(ctx, primary.History()))
+	pos := replicateAll(t, primary, replica, 0)
+	assert.Equal(t, pos, replica.UpstreamPosition("alice"))
+	require.NoError(t, replica.Compact(ctx))
+
+	other := replicate.NewHistoryID()
+	require.NoError(t, replica.ResetUpstream(ctx, other, 2))
+	assert.Equal(t, uint64(2), replica.UpstreamPosition("alice"))
+	assert.Equal(t, uint64(2), replica.UpstreamPosition("bob"), "every user")
+	assert.Error(t, replica.AdoptUpstream(ctx, primary.History()))
+	require.NoError(t, replica.Close())
+	replica = open(t, dir, nil)
+	assert.Equal(t, other, replica.UpstreamHistory())
+	assert.Equal(t, uint64(2), replica.UpstreamPosition("alice"), "the old history's positions stay forgotten after a restart")
+	require.NoError(t, replica.Compact(ctx))
+	require.NoError(t, replica.Close())
+	replica = open(t, dir, nil)
+	assert.Equal(t, uint64(2), replica.UpstreamPosition("alice"), "and after a checkpoint")
 }
 
 func TestSecondOpenRefused(t *testing.T) {
