@@ -124,7 +124,10 @@ func TestKilledPrimaryLosesNoAcknowledgedWrite(t *testing.T) {
 			}
 			close(lines)
 		}()
-		killAt := time.After(time.Duration(700+rand.IntN(1500)) * time.Millisecond)
+		// The kill comes at a random moment once the pair replicates (a
+		// loaded machine may take a while to start the child and connect).
+		var killAt <-chan time.Time
+		first := time.After(20 * time.Second)
 		before := len(acked)
 	read:
 		for {
@@ -135,7 +138,14 @@ func TestKilledPrimaryLosesNoAcknowledgedWrite(t *testing.T) {
 				}
 				if id, ok := strings.CutPrefix(l, "K "); ok {
 					acked[id] = true
+					if first != nil {
+						first = nil
+						killAt = time.After(time.Duration(300+rand.IntN(1500)) * time.Millisecond)
+					}
 				}
+			case <-first:
+				require.NoError(t, cmd.Process.Kill())
+				first = nil
 			case <-killAt:
 				require.NoError(t, cmd.Process.Kill())
 				killAt = nil
@@ -143,7 +153,7 @@ func TestKilledPrimaryLosesNoAcknowledgedWrite(t *testing.T) {
 		}
 		cmd.Wait()
 		t.Logf("round %d: %d writes acknowledged before SIGKILL", round, len(acked)-before)
-		require.Greater(t, len(acked), before, "round %d acknowledged nothing: is the replica following?", round)
+		require.Greater(t, len(acked), before, "round %d acknowledged nothing: is the replica following? %+v", round, r.Stats())
 	}
 
 	// The primary is dead; what the replica acknowledged is in its inbox
