@@ -311,3 +311,108 @@ func (r *Replica) Orphans() ([]Orphan, error) {
 	defer r.orphanMu.Unlock()
 	return readOrphanLog(r.dir)
 }
+
+// A HighWater is how far a mailbox of a rejoining node has gone: the UIDs
+// it gave (below UIDNext) and its HIGHESTMODSEQ. The new primary raises
+// its own mailbox (same id and UIDVALIDITY) to at least these before the
+// node is aligned, so that a UID the node gave to an orphan is never given
+// to another message (IMAP clients of the node may have cached it), and
+// the node's mod-sequences stay behind the primary's.
+type HighWater struct {
+	User          string              `json:"user"`
+	MailboxID     resilmail.MailboxID `json:"mailbox_id"`
+	UIDValidity   uint32              `json:"uidvalidity"`
+	UIDNext       uint32              `json:"uidnext"`
+	HighestModSeq uint64              `json:"highestmodseq"`
+}
+
+// A Reserver is a Source that raises its mailboxes to a rejoining node's
+// high-water marks (POST reserve): replicate/store's Store is one. Reserve
+// raises the mailbox hw names (if it has it, with that UIDVALIDITY) to
+// UIDNEXT hw.UIDNext and HIGHESTMODSEQ hw.HighestModSeq at least, durably,
+// and reports whether it changed anything.
+type Reserver interface {
+	Reserve(ctx context.Context, hw HighWater) (bool, error)
+}
+
+// highWaters returns the high-water marks of every mailbox of inv.
+func highWaters(ctx context.Context, inv Inventory) ([]HighWater, error) {
+	users, err := inv.Users(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []HighWater
+	for _, u := range users {
+		list, err := inv.Mailboxes(ctx, u)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, mb := range list {
+			out = append(out, HighWater{User: u, MailboxID: mb.ID, UIDValidity: mb.UIDValidity, UIDNext: mb.UIDNext, HighestModSeq: mb.HighestModSeq})
+		}
+	}
+	return out, nil
+}
+
+// postHighWaters sends hws to the primary's POST reserve.
+func (r *Replica) postHighWaters(ctx context.Context, hws []HighWater) (int, error) {
+	b, err := json.Marshal(hws)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	resp, err := r.request(ctx, "POST", "/reserve?replica="+url.QueryEscape(r.opts.Name), bytes.NewReader(b))
+	if err != nil {
+		return 0, fmt.Errorf("replicate: reserving UIDs on the primary: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, statusError("reserving UIDs on the primary", resp)
+	}
+	var n struct {
+		Raised int `json:"raised"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&n); err != nil {
+		return 0, fmt.Errorf("replicate: the primary's answer to reserve: %w", err)
+	}
+	return n.Raised, nil
+}
+
+// maxHighWaters bounds the marks one POST reserve carries.
+const maxHighWaters = 1 << 20
+
+// serveReserve raises the Source's mailboxes to a rejoining node's
+// high-water marks, if it is a Reserver.
+func (p *Primary) serveReserve(w http.ResponseWriter, r *http.Request) {
+	rs, ok := p.src.(Reserver)
+	if !ok {
+		writeError(w, http.StatusMethodNotAllowed, "not_supported", "this primary's source cannot reserve UIDs")
+		return
+	}
+	var hws []HighWater
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 256<<20)).Decode(&hws); err != nil || len(hws) > maxHighWaters {
+		p.badRequest(w, r, fmt.Errorf("reserve: %v (%d marks)", err, len(hws)))
+		return
+	}
+	raised := 0
+	for _, hw := range hws {
+		ok, err := rs.Reserve(r.Context(), hw)
+		if err != nil {
+			p.log.Error("replicate: reserving a rejoining node's UIDs", "user", hw.User, "mailbox", hw.MailboxID, "err", err)
+			writeError(w, http.StatusInternalServerError, "internal", err.Error())
+			return
+		}
+		if ok {
+			raised++
+		}
+	}
+	if raised > 0 {
+		p.log.Warn("replicate: mailboxes raised to a rejoining node's UIDs and mod-sequences", "replica", r.URL.Query().Get("replica"), "mailboxes", raised)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]int{"raised": raised})
+}

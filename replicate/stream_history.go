@@ -420,6 +420,19 @@ func (r *Replica) rejoin(ctx context.Context, d Divergence) error {
 	} else if d.Known {
 		orphansKept = true
 	}
+	// The UIDs and mod-sequences this node gave are never given again by
+	// the primary.
+	if inv, ok := r.t.(Inventory); ok {
+		hws, err := highWaters(ctx, inv)
+		if err != nil {
+			return fmt.Errorf("replicate: reading the replica's mailboxes: %w", err)
+		}
+		if len(hws) > 0 {
+			if _, err := r.postHighWaters(ctx, hws); err != nil {
+				return err
+			}
+		}
+	}
 	var resume uint64
 	if d.ResumeKnown && d.Claim.Seq == d.Agreed && len(held) == 0 {
 		resume = d.Resume
@@ -435,13 +448,20 @@ func (r *Replica) rejoin(ctx context.Context, d Divergence) error {
 		if r.opts.Repair != nil {
 			ro = *r.opts.Repair
 		}
-		if orphansKept {
-			// What only this node holds is either kept on the primary
-			// by now or was removed there after the histories parted.
-			ro.MaxRemoveShare = 1
-		}
-		if err := r.repairUsersWith(ctx, rt, nil, &ro); err != nil {
+		held, err := r.repairUsersWith(ctx, rt, nil, &ro)
+		if err != nil {
 			return err
+		}
+		if len(held) > 0 && orphansKept {
+			// What only this node holds is kept on the primary by now
+			// (its orphans) or was removed there after the histories
+			// parted: the removals the repair held are confirmed.
+			r.log.Warn("replicate: the orphans are kept on the primary; confirming the removals the repair held", "replica", r.opts.Name,
+				"removals", len(held))
+			ro.Confirmed = append(ro.Confirmed, held...)
+			if _, err := r.repairUsersWith(ctx, rt, nil, &ro); err != nil {
+				return err
+			}
 		}
 	}
 	if err := ht.ResetUpstream(ctx, d.History, resume); err != nil {

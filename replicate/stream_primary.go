@@ -295,6 +295,9 @@ func (p *Primary) linkLocked(name string) *link {
 //	POST orphan?replica=NAME&mailbox=M  an orphan of a rejoining node (see
 //	                                   [KeepOrphans]), if the Source is an
 //	                                   [OrphanSink]: 200 with a [KeptOrphan]
+//	POST reserve?replica=NAME          a rejoining node's [HighWater] marks
+//	                                   (JSON list), if the Source is a
+//	                                   [Reserver]: 200 {"raised": N}
 //
 // A replica that names its position's history (&history=H&epoch=E) is
 // checked against the Source's journal if it is a [HistorySource]: a
@@ -318,6 +321,7 @@ func (p *Primary) Handler() http.Handler {
 	mux.HandleFunc("PUT /body/{digest}", p.restoreBody)
 	mux.HandleFunc("POST /ack", p.serveAck)
 	mux.HandleFunc("POST /orphan", p.serveOrphan)
+	mux.HandleFunc("POST /reserve", p.serveReserve)
 	mux.HandleFunc("GET /position", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")

@@ -70,21 +70,22 @@ func (r *Replica) primaryPosition(ctx context.Context) (uint64, error) {
 // held, logged and counted; the scheduled comparison (a [Comparer]) is
 // where an operator confirms them.
 func (r *Replica) repairUsers(ctx context.Context, rt RepairTarget, users []string) error {
-	return r.repairUsersWith(ctx, rt, users, r.opts.Repair)
+	_, err := r.repairUsersWith(ctx, rt, users, r.opts.Repair)
+	return err
 }
 
 // repairUsersWith is repairUsers with repair options opts (nil: the
-// defaults).
-func (r *Replica) repairUsersWith(ctx context.Context, rt RepairTarget, users []string, opts *RepairOptions) error {
+// defaults); it returns the removals the repair held.
+func (r *Replica) repairUsersWith(ctx context.Context, rt RepairTarget, users []string, opts *RepairOptions) ([]HeldRemoval, error) {
 	inv, err := r.primaryInventory()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	rep, err := Compare(ctx, inv, rt, &CompareOptions{Users: users, Logger: r.log})
 	if err != nil {
 		// Even a partial report is not repaired: the full sync resumes
 		// the stream only once every user is in step.
-		return fmt.Errorf("replicate: comparing with the primary: %w", err)
+		return nil, fmt.Errorf("replicate: comparing with the primary: %w", err)
 	}
 	var ro RepairOptions
 	if opts != nil {
@@ -103,11 +104,11 @@ func (r *Replica) repairUsersWith(ctx context.Context, rt RepairTarget, users []
 			"kind", h.Kind, "user", h.User, "mailbox", h.Mailbox, "messages", h.Messages, "of", h.Of)
 	}
 	if err != nil {
-		return fmt.Errorf("replicate: repairing from the primary: %w", err)
+		return res.Held, fmt.Errorf("replicate: repairing from the primary: %w", err)
 	}
 	r.log.Info("replicate: repaired from the primary", "replica", r.opts.Name, "users", len(users),
 		"differences", rep.Differences(), "changes", res.Changes, "held", len(res.Held))
-	return nil
+	return res.Held, nil
 }
 
 // defaultFullSync is the FullSync of a replica whose target can be

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/resilmail/resilmail"
@@ -169,4 +170,34 @@ var (
 	_ replicate.HistorySource = (*Store)(nil)
 	_ replicate.HistoryTarget = (*Store)(nil)
 	_ replicate.Demoter       = (*Store)(nil)
+	_ replicate.Reserver      = (*Store)(nil)
 )
+
+// Reserve raises the mailbox hw names (if the store has it, for that user
+// and with that UIDVALIDITY) to UIDNEXT hw.UIDNext and HIGHESTMODSEQ
+// hw.HighestModSeq at least, with a local ChangeReserve, durably, and
+// reports whether it changed anything: a primary gives a rejoining node's
+// UIDs no other message. It needs a writable store.
+func (s *Store) Reserve(ctx context.Context, hw replicate.HighWater) (bool, error) {
+	if err := s.begin(ctx); err != nil {
+		return false, err
+	}
+	defer s.ops.Done()
+	if err := s.lockLocal(); err != nil {
+		return false, err
+	}
+	mb := s.byID[hw.MailboxID]
+	if mb == nil || mb.uidValidity != hw.UIDValidity || mb.user.name != hw.User ||
+		(hw.UIDNext <= mb.uidNext && hw.HighestModSeq <= mb.highest) || hw.UIDNext == 0 || hw.UIDNext == math.MaxUint32 {
+		s.mu.Unlock()
+		return false, nil
+	}
+	c := s.changeLocked(resilmail.ChangeReserve, hw.User)
+	c.Mailbox, c.MailboxID, c.UIDValidity = mb.name, mb.id, mb.uidValidity
+	c.UID = max(hw.UIDNext, mb.uidNext) - 1
+	c.ModSeq = max(hw.HighestModSeq, mb.highest)
+	if err := s.commitAndUnlock([]resilmail.Change{c}, nil); err != nil {
+		return false, err
+	}
+	return true, nil
+}
