@@ -115,7 +115,9 @@ type config struct {
 	insecureHTTP bool
 	maxHops      int
 	maxPerClient int
-	errorDelay   time.Duration // the tarpit's first delay; zero: the listener's default (tests shorten it)
+
+	onPolicyError func(error)   // tests: called when -policy's file is read and refused
+	errorDelay    time.Duration // the tarpit's first delay; zero: the listener's default (tests shorten it)
 }
 
 func main() {

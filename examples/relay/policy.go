@@ -72,7 +72,7 @@ func openPool(c config, nt *nodeTLS, log *slog.Logger) (*poolRole, error) {
 		return nil, err
 	}
 	log.Warn("relay: the pool's policy is signed; give every follower -policy-key "+hex.EncodeToString(p.PublicKey()), "pool", c.pool, "key_id", pool.KeyID(p.PublicKey()))
-	w := &policyWatcher{file: c.policyFile, pub: p, log: log}
+	w := &policyWatcher{file: c.policyFile, pub: p, log: log, onError: c.onPolicyError}
 	if err := w.load(context.Background()); err != nil {
 		p.Close()
 		return nil, err
@@ -110,10 +110,11 @@ func poolSecret(c config) ([]byte, error) {
 // policyWatcher publishes the policy file whenever it changes. A file that
 // does not parse is logged and the last good policy stays in force.
 type policyWatcher struct {
-	file string
-	pub  *pool.Publisher
-	log  *slog.Logger
-	last []byte
+	file    string
+	pub     *pool.Publisher
+	log     *slog.Logger
+	last    []byte
+	onError func(error) // tests: a policy file was read and refused
 }
 
 func (w *policyWatcher) load(ctx context.Context) error {
@@ -150,6 +151,9 @@ func (w *policyWatcher) run(ctx context.Context) error {
 		case <-t.C:
 		}
 		if err := w.load(ctx); err != nil && ctx.Err() == nil {
+			if w.onError != nil {
+				w.onError(err)
+			}
 			if err.Error() != lastErr {
 				w.log.Error("relay: policy file not published; the last good policy stays in force", "err", err)
 			}

@@ -316,7 +316,14 @@ func TestRelaysShareThePoolPolicy(t *testing.T) {
 	web := freePort(t)
 	pdir := t.TempDir()
 	// Both MXs see these clients as the Internet, not as their own network.
-	primary := startRelayWith(t, config{next: sink.addr, dir: pdir, httpAddr: web, policyFile: policy, secret: []byte(secret), mynetworks: "none"})
+	refused := make(chan error, 100)
+	primary := startRelayWith(t, config{next: sink.addr, dir: pdir, httpAddr: web, policyFile: policy, secret: []byte(secret), mynetworks: "none",
+		onPolicyError: func(err error) {
+			select {
+			case refused <- err:
+			default:
+			}
+		}})
 	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", policyKeys: publisherKey(t, pdir), secret: []byte(secret), mynetworks: "none"})
 
 	for _, mx := range []string{primary, secondary} {
@@ -348,8 +355,16 @@ func TestRelaysShareThePoolPolicy(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	// A broken policy file keeps the last good policy in force.
+	for len(refused) > 0 {
+		<-refused // a half-written good file read earlier
+	}
 	require.NoError(t, os.WriteFile(policy, []byte(`{"domains": `), 0o644))
-	time.Sleep(600 * time.Millisecond)
+	select {
+	case err := <-refused: // the broken file was read, and refused
+		t.Logf("policy file refused: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the broken policy file was never read")
+	}
 	_, ok := swaksTo(t, primary, "bob@example.org")
 	assert.True(t, ok, "a bad policy file does not take the pool down")
 	waitCount(t, sink, 4)
