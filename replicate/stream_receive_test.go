@@ -19,26 +19,15 @@ import (
 
 // gatedTarget holds the changes of one user while gated is set.
 type gatedTarget struct {
-	*store.Store
-	user    string
-	gated   atomic.Bool
-	release chan struct{}
+	blockingTarget
+	gated atomic.Bool
 }
 
 func (g *gatedTarget) Apply(ctx context.Context, changes []resilmail.Change, body replicate.BodyFunc) error {
-	if g.gated.Load() {
-		for _, c := range changes {
-			if c.User == g.user {
-				select {
-				case <-g.release:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-				break
-			}
-		}
+	if !g.gated.Load() {
+		return g.Store.Apply(ctx, changes, body)
 	}
-	return g.Store.Apply(ctx, changes, body)
+	return g.blockingTarget.Apply(ctx, changes, body)
 }
 
 func messages(t testing.TB, s *store.Store, user, mailbox string) int {
@@ -69,7 +58,7 @@ func TestSharedBodySurvivesAnotherUsersExpunge(t *testing.T) {
 			ctx := context.Background()
 			src := openStore(t, t.TempDir())
 			dst := openStore(t, t.TempDir())
-			gt := &gatedTarget{Store: dst, user: "bob", release: make(chan struct{})}
+			gt := &gatedTarget{blockingTarget: blockingTarget{Store: dst, user: "bob", release: make(chan struct{})}}
 			p, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond, Mode: replicate.AckOne})
 			inbox := t.TempDir()
 			opts := func() *replicate.ReplicaOptions { return &replicate.ReplicaOptions{InboxSegment: 4096} }

@@ -355,22 +355,33 @@ func TestOperatorNeedsAccounts(t *testing.T) {
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	stop()
 
-	dir := t.TempDir()
-	args := []string{"-secret-file", secretFile(t, testSecret), "-primary", url, "-http", "127.0.0.1:0", "-name", "mail2", "-dir", dir}
+	a := runSecondary(t, "-secret-file", secretFile(t, testSecret), "-primary", url, "-http", "127.0.0.1:0", "-name", "mail2", "-dir", t.TempDir())
+	code, b := operator(t, "GET", "http://"+a.String()+"/held", testSecret, nil)
+	assert.Equal(t, http.StatusForbidden, code)
+	assert.Contains(t, string(b), "-admin-passwd")
+}
+
+// runSecondary runs the command with args (nothing added) in this
+// process until the test ends, and returns its HTTP address.
+func runSecondary(t *testing.T, args ...string) net.Addr {
+	t.Helper()
 	c, err := parseFlags(args, func(string) string { return "" })
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan net.Addr, 1)
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, c, quiet, ready) }()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		require.NoError(t, <-done)
-	}()
-	a := <-ready
-	code, b := operator(t, "GET", "http://"+a.String()+"/held", testSecret, nil)
-	assert.Equal(t, http.StatusForbidden, code)
-	assert.Contains(t, string(b), "-admin-passwd")
+	})
+	select {
+	case a := <-ready:
+		return a
+	case err := <-done:
+		t.Fatalf("secondary did not start: %v", err)
+		return nil
+	}
 }
 
 // TestServesTLS: with -tls-cert and -tls-key the secondary serves HTTPS
@@ -379,19 +390,8 @@ func TestServesTLS(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile, caFile := writeCertificate(t, dir)
 	_, url := primary(t)
-	args := []string{"-secret-file", secretFile(t, testSecret), "-primary", url, "-http", "127.0.0.1:0", "-name", "mail2",
-		"-dir", t.TempDir(), "-tls-cert", certFile, "-tls-key", keyFile}
-	c, err := parseFlags(args, func(string) string { return "" })
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, c, quiet, ready) }()
-	defer func() {
-		cancel()
-		require.NoError(t, <-done)
-	}()
-	a := <-ready
+	a := runSecondary(t, "-secret-file", secretFile(t, testSecret), "-primary", url, "-http", "127.0.0.1:0", "-name", "mail2",
+		"-dir", t.TempDir(), "-tls-cert", certFile, "-tls-key", keyFile)
 	client, err := httpClient(caFile)
 	require.NoError(t, err)
 	resp, err := client.Get("https://" + a.String() + "/status")

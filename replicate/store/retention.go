@@ -182,7 +182,9 @@ func (s *Store) Holds() []Hold {
 // after, in journal order, at most limit (zero means 1000), and the
 // position at or before which tombstones may be missing (a crash between
 // two files; zero in general). Their bodies can be read with [Store.Body]
-// while a hold with bodies is before their Seq.
+// while a hold with bodies is before their Seq. Tombstones exist only
+// while such a hold needs them; QRESYNC's expunged UIDs by mod-sequence
+// come from [Store.MailboxDelta] instead, which needs no hold.
 func (s *Store) Tombstones(ctx context.Context, after uint64, limit int) ([]Tombstone, uint64, error) {
 	if err := s.begin(ctx); err != nil {
 		return nil, 0, err
