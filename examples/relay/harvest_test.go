@@ -91,7 +91,7 @@ func realMail(t *testing.T, addr string, n int) time.Duration {
 	return time.Since(start)
 }
 
-func TestHarvestCostsRealMailLittle(t *testing.T) {
+func TestHarvestAtFullSpeed(t *testing.T) {
 	// A directory-harvest attack: RCPTs to unknown users (and relay
 	// probes) at full speed, with the tarpit shortened to nothing so that
 	// only the cost of refusing and recording counts, while real mail is
