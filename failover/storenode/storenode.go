@@ -1,0 +1,237 @@
+// Package storenode runs a mailbox store (replicate/store) as a node whose
+// primary role a [failover.Switchover] moves: as primary it serves the
+// replication stream (replicate.Primary), as standby it follows a peer's
+// (replicate.Replica), and [Node] implements [failover.Member] over the
+// store's durable roles and epochs (Promote raises the epoch before the
+// first write, Demote fences the store and ends its streams, a demoted
+// node that follows the new primary hands its unreplicated tail over as
+// orphans).
+//
+// Goroutines: a standby's replica runs in a goroutine the Node owns; it
+// stops on Promote and Close.
+package storenode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/failover"
+	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+// Options configure a [Node].
+type Options struct {
+	// Name names the node (the replica name it follows others with).
+	Name string
+	// Secret authenticates the replication stream both ways.
+	Secret []byte
+	// Dir holds the replicas' inboxes (one per primary followed).
+	Dir string
+	// Peers maps node names to the base URL of their [Node.Handler].
+	Peers map[string]string
+	// Heartbeat of the stream when primary; zero means replicate's default.
+	Heartbeat time.Duration
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// A Node is a store with its role-dependent replication.
+type Node struct {
+	st   *store.Store
+	opts Options
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	primary *replicate.Primary
+	replica *replicate.Replica
+	follows string
+	inboxes int
+	done    chan error
+}
+
+var _ failover.Member = (*Node)(nil)
+
+// New returns a node over st. It starts nothing: call [Node.Serve] (as
+// primary) or [Node.Follow].
+func New(st *store.Store, opts Options) *Node {
+	n := &Node{st: st, opts: opts, log: opts.Logger}
+	if n.log == nil {
+		n.log = slog.Default()
+	}
+	return n
+}
+
+// Name returns the node's name.
+func (n *Node) Name() string { return n.opts.Name }
+
+// Store returns the node's store.
+func (n *Node) Store() *store.Store { return n.st }
+
+// Handler serves the replication stream while the node is primary and
+// answers 503 otherwise.
+func (n *Node) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.mu.Lock()
+		p := n.primary
+		n.mu.Unlock()
+		if p == nil {
+			http.Error(w, "not the primary", http.StatusServiceUnavailable)
+			return
+		}
+		p.Handler().ServeHTTP(w, r)
+	})
+}
+
+// Serve makes an existing primary store serve its stream.
+func (n *Node) Serve() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.servePrimaryLocked()
+}
+
+func (n *Node) servePrimaryLocked() error {
+	p, err := replicate.NewPrimary(n.st, &replicate.PrimaryOptions{Secret: n.opts.Secret, Heartbeat: n.opts.Heartbeat, Logger: n.log})
+	if err != nil {
+		return err
+	}
+	n.primary = p
+	return nil
+}
+
+// Drain makes the store refuse local writes until resume.
+func (n *Node) Drain(ctx context.Context) (func(context.Context) error, error) {
+	if err := n.st.SetRole(ctx, store.RoleStandby); err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) error { return n.st.SetRole(ctx, store.RolePrimary) }, nil
+}
+
+// Position is the store's head as primary, or what its replica applied of
+// its primary's journal as standby.
+func (n *Node) Position(ctx context.Context) (failover.Position, error) {
+	n.mu.Lock()
+	r := n.replica
+	n.mu.Unlock()
+	if r != nil {
+		return failover.Position{History: n.st.UpstreamHistory().String(), Epoch: n.st.Epoch(), Seq: r.Stats().Applied}, nil
+	}
+	h := n.st.Head()
+	return failover.Position{History: h.History.String(), Epoch: h.Epoch, Seq: h.Seq}, nil
+}
+
+// WaitCaughtUp waits until the replica has applied pos.
+func (n *Node) WaitCaughtUp(ctx context.Context, pos failover.Position) error {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		n.mu.Lock()
+		r := n.replica
+		n.mu.Unlock()
+		if r == nil {
+			return errors.New("storenode: not following a primary")
+		}
+		if r.Stats().Applied >= pos.Seq {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("storenode: %s applied %d of %d: %w", n.opts.Name, r.Stats().Applied, pos.Seq, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// Promote stops following, promotes the store at epoch (continuing the
+// followed history up to what was received) and serves the stream.
+func (n *Node) Promote(ctx context.Context, epoch resilmail.Epoch) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.st.Role() == store.RolePrimary && n.st.Epoch() == epoch && n.primary != nil {
+		return nil
+	}
+	var until uint64
+	if n.replica != nil {
+		until = n.replica.Stats().Received
+		if err := n.stopReplicaLocked(); err != nil {
+			return err
+		}
+	}
+	if err := n.st.Promote(ctx, epoch, until); err != nil {
+		return err
+	}
+	return n.servePrimaryLocked()
+}
+
+// Demote fences the store at epoch and ends its streams.
+func (n *Node) Demote(ctx context.Context, epoch resilmail.Epoch) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.primary != nil {
+		if err := n.primary.Demote(ctx, epoch); err != nil {
+			return err
+		}
+		n.primary = nil
+		return nil
+	}
+	return n.st.Demote(ctx, epoch)
+}
+
+// Follow makes the node a replica of the peer primary.
+func (n *Node) Follow(ctx context.Context, primary string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.replica != nil && n.follows == primary {
+		return nil
+	}
+	url, ok := n.opts.Peers[primary]
+	if !ok {
+		return fmt.Errorf("storenode: no URL for peer %q", primary)
+	}
+	if n.replica != nil {
+		if err := n.stopReplicaLocked(); err != nil {
+			return err
+		}
+	}
+	n.inboxes++
+	r, err := replicate.NewReplica(n.st, url, filepath.Join(n.opts.Dir, fmt.Sprintf("inbox-%s-%d", primary, n.inboxes)),
+		&replicate.ReplicaOptions{Name: n.opts.Name, Secret: n.opts.Secret, MaxBackoff: 100 * time.Millisecond, Logger: n.log})
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	n.replica, n.follows, n.done = r, primary, done
+	return nil
+}
+
+func (n *Node) stopReplicaLocked() error {
+	err := n.replica.Close()
+	<-n.done
+	n.replica, n.follows, n.done = nil, "", nil
+	return err
+}
+
+// Replica returns the running replica, nil when primary.
+func (n *Node) Replica() *replicate.Replica {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.replica
+}
+
+// Close stops the replica, if any.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.replica != nil {
+		return n.stopReplicaLocked()
+	}
+	return nil
+}
