@@ -1,0 +1,62 @@
+package storenode
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/failover"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+// Candidate returns the node as a [failover.Candidate] for an Elector: it
+// is eligible while primary, or as a standby whose replica lags its
+// primary's last announced position by at most maxLag changes (a node
+// that follows nobody, such as a fenced old primary that has not rejoined,
+// is not). Promote raises the store's epoch to at least the term's token;
+// Demote fences the store at its own epoch.
+func (n *Node) Candidate(maxLag uint64) failover.Candidate {
+	return failover.CandidateFuncs{
+		EligibleFunc: func(ctx context.Context) error {
+			if n.st.Role() == store.RolePrimary {
+				return nil
+			}
+			r := n.Replica()
+			if r == nil {
+				return fmt.Errorf("%s follows no primary", n.opts.Name)
+			}
+			st := r.Stats()
+			if st.PrimaryPosition > st.Applied+maxLag {
+				return fmt.Errorf("%s lags its primary by %d changes (at most %d)", n.opts.Name, st.PrimaryPosition-st.Applied, maxLag)
+			}
+			return nil
+		},
+		PromoteFunc: func(ctx context.Context, token uint64) error {
+			return n.Promote(ctx, max(resilmail.Epoch(token), n.st.Epoch()+1))
+		},
+		DemoteFunc: func(ctx context.Context, reason error) error {
+			n.log.Warn("storenode: demoted", "node", n.opts.Name, "reason", reason)
+			return n.Demote(ctx, n.st.Epoch())
+		},
+	}
+}
+
+// FollowLeader makes the node, while it is not primary, follow the holder
+// of the lease that l names, checking every interval, until ctx ends.
+func (n *Node) FollowLeader(ctx context.Context, l failover.Leader, every time.Duration) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if name, _, err := l.Leader(ctx); err == nil && name != "" && name != n.opts.Name && n.st.Role() != store.RolePrimary {
+			if err := n.Follow(ctx, name); err != nil {
+				n.log.Warn("storenode: cannot follow the primary", "node", n.opts.Name, "primary", name, "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
