@@ -119,16 +119,21 @@ type writers struct {
 }
 
 func (w *writers) candidate(name string, promoted, demoted chan<- string) failover.Candidate {
+	var primary atomic.Bool
 	return failover.CandidateFuncs{
 		PromoteFunc: func(ctx context.Context, token uint64) error {
 			if n := w.n.Add(1); n > 1 {
 				w.max.Store(n)
 				w.t.Errorf("%s promoted while another node is primary", name)
 			}
+			primary.Store(true)
 			promoted <- name
 			return nil
 		},
 		DemoteFunc: func(ctx context.Context, reason error) error {
+			if !primary.Swap(false) {
+				return nil // not writing: nothing to stop
+			}
 			w.n.Add(-1)
 			demoted <- name
 			return nil

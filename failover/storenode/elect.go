@@ -36,22 +36,26 @@ func (n *Node) Candidate(maxLag uint64) failover.Candidate {
 			return n.Promote(ctx, max(resilmail.Epoch(token), n.st.Epoch()+1))
 		},
 		DemoteFunc: func(ctx context.Context, reason error) error {
+			if n.st.Role() != store.RolePrimary {
+				return nil
+			}
 			n.log.Warn("storenode: demoted", "node", n.opts.Name, "reason", reason)
 			return n.Demote(ctx, n.st.Epoch())
 		},
 	}
 }
 
-// FollowLeader makes the node, while it is not primary, follow the holder
-// of the lease that l names, checking every interval, until ctx ends.
+// FollowLeader makes the node, while it does not hold the lease, follow
+// the holder that l names, checking every interval, until ctx ends. A
+// node whose store says primary while another node holds the lease (a
+// primary restarted after a crash or a partition) is fenced first: call
+// [Node.CheckLeader] once before taking writes.
 func (n *Node) FollowLeader(ctx context.Context, l failover.Leader, every time.Duration) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		if name, _, err := l.Leader(ctx); err == nil && name != "" && name != n.opts.Name && n.st.Role() != store.RolePrimary {
-			if err := n.Follow(ctx, name); err != nil {
-				n.log.Warn("storenode: cannot follow the primary", "node", n.opts.Name, "primary", name, "err", err)
-			}
+		if err := n.CheckLeader(ctx, l); err != nil && ctx.Err() == nil {
+			n.log.Warn("storenode: cannot follow the primary", "node", n.opts.Name, "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -59,4 +63,20 @@ func (n *Node) FollowLeader(ctx context.Context, l failover.Leader, every time.D
 		case <-t.C:
 		}
 	}
+}
+
+// CheckLeader asks l who holds the lease; if another node does, it fences
+// this node's store if it says primary and follows that node.
+func (n *Node) CheckLeader(ctx context.Context, l failover.Leader) error {
+	name, _, err := l.Leader(ctx)
+	if err != nil || name == "" || name == n.opts.Name {
+		return err
+	}
+	if n.st.Role() == store.RolePrimary {
+		n.log.Warn("storenode: another node holds the lease: fencing this store", "node", n.opts.Name, "primary", name)
+		if err := n.Demote(ctx, n.st.Epoch()); err != nil {
+			return err
+		}
+	}
+	return n.Follow(ctx, name)
 }
