@@ -17,7 +17,8 @@
 //   - Memory: the Backend streams the body into the queue; the queue holds
 //     at most 256 KiB of a message in memory and spools the rest to disk
 //     (see queue.Options.MaxMessageSize). A session costs about 300 KiB at
-//     most, whatever the message size.
+//     most, whatever the message size, plus Backend.ScanLimit (1 MiB by
+//     default) when a Scanner is set.
 //   - Loops: a Received header naming this node and the queue id is added
 //     to every message (one grep of the id finds it on every node); a
 //     message that arrives with more than Backend.MaxHops Received headers
@@ -35,6 +36,11 @@
 //	message over the size limit               552 5.3.4   (permanent: never 451)
 //	mail loop                                 554 5.4.6
 //	queue storage failed                      451 4.3.0
+//	scanner verdict reject                    550 5.7.1 with the scanner's message
+//	scanner verdict tempfail                  451 4.7.1 with the scanner's message
+//	scanner down, slow, or answering garbage  451 4.7.1 (or 250 and tagged: ScanFailAcceptTag)
+//	quarantine verdict, message kept          250 2.0.0 (or the Quarantine hook's own reply)
+//	quarantine verdict, cannot be kept        451 4.3.0 (550 5.7.1 without a Quarantine hook)
 //	client silent (command, data timeout)     421 4.4.2, connection closed
 //	too many errors in a session              421 4.7.0, connection closed
 //	too many sessions from one address        421 4.7.0 at connect
@@ -45,9 +51,26 @@
 // # Content scanning
 //
 // Backend.Data hands the body to the queue through a chain of readers (the
-// Received header, the hop counter, the size limit). A content scanner at
-// DATA (rspamd, milter) belongs there, between the received body and
-// Enqueue, deciding before the 250: see the comment in Data.
+// Received header, the hop counter, the size limit). When Backend.Scanner
+// is set, Data first reads up to Backend.ScanLimit bytes of the message
+// into memory and asks the [Scanner] for a [Verdict], within
+// Backend.ScanTimeout, before Enqueue; the client's reply follows the
+// verdict's Action:
+//
+//   - accept: enqueued as it is;
+//   - tag: enqueued with X-Spam-Flag, X-Spam-Status (score, required
+//     score, symbols) and X-Spam-Checker-Version header fields after the
+//     Received field;
+//   - quarantine: handed, tagged, to Backend.Quarantine and not enqueued;
+//   - tempfail and reject: refused, nothing is kept.
+//
+// No verdict (an error, the timeout, an unknown action, or a verdict that
+// came after the deadline) is never answered 250 unless Backend.ScanFailure
+// is ScanFailAcceptTag, which enqueues with "X-Spam-Status: No, unchecked".
+// A message longer than ScanLimit is scanned on its first ScanLimit bytes
+// (ScanEnvelope.Truncated) or, with ScanSkip, not scanned and tagged
+// "unchecked". A policy (per domain thresholds, say) wraps a Scanner as
+// a [ScanMiddleware] and rewrites the verdict's Action.
 //
 // # Goroutines
 //

@@ -1,6 +1,7 @@
 package intake
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -57,6 +58,26 @@ type Backend struct {
 	MaxHops int
 	// Logger receives a line per message; nil means slog.Default().
 	Logger *slog.Logger
+
+	// Scanner, if set, judges every message at the end of DATA, before
+	// the reply (see the package doc, "Content scanning").
+	Scanner Scanner
+	// ScanTimeout bounds one scan; zero means DefaultScanTimeout.
+	ScanTimeout time.Duration
+	// ScanLimit is how many bytes of a message the Scanner gets (and the
+	// session holds in memory); zero means DefaultScanLimit.
+	ScanLimit int64
+	// ScanOversize says what happens to a message longer than ScanLimit.
+	ScanOversize ScanOversize
+	// ScanFailure says what happens when the Scanner gives no verdict.
+	ScanFailure ScanFailure
+	// Quarantine, if set, keeps a message whose verdict is
+	// ActionQuarantine instead of enqueueing it; body is the whole message
+	// with the Received and X-Spam headers. When it returns nil the client
+	// gets 250, when it returns an *smtp.SMTPError that reply, and any
+	// other error 451. Without it such a message is refused with 550 5.7.1:
+	// it is never delivered.
+	Quarantine func(ctx context.Context, env resilmail.Envelope, v Verdict, body io.Reader) error
 }
 
 // ErrTooManyHops is the error the body reader returns when a message has
@@ -227,10 +248,31 @@ func (s *session) Data(r io.Reader) error {
 	if maxHops <= 0 {
 		maxHops = 50
 	}
-	// Content scanners at DATA (issue 17) go here: they read body (or a
-	// spooled copy) and decide before Enqueue, so that a refused message
-	// is never acknowledged.
-	body := io.MultiReader(strings.NewReader(s.received(env)), &hopCounter{r: r, max: maxHops})
+	var src io.Reader = &hopCounter{r: r, max: maxHops}
+	head := ""
+	if s.b.Scanner != nil {
+		// The scanner decides before Enqueue, on the first ScanLimit
+		// bytes held in memory, so that a refused message is never
+		// acknowledged.
+		start, res, err := s.scan(env, src)
+		if err != nil {
+			if lr != nil && lr.over {
+				s.log.Warn("smtp: message refused: larger than the limit", "msg_id", env.ID, "remote", s.remote, "from", env.From)
+				return errTooLargeReply
+			}
+			s.log.Warn("smtp: message refused", "msg_id", env.ID, "remote", s.remote, "from", env.From, "err", err)
+			return replyFor(err)
+		}
+		if reply := res.reply(s.b.ScanFailure); reply != nil {
+			s.log.Info("smtp: message refused by the content scanner", "msg_id", env.ID, "remote", s.remote, "from", env.From, "reply", reply.Code)
+			return reply
+		}
+		src, head = io.MultiReader(bytes.NewReader(start), src), res.header
+		if res.err == nil && res.verdict.Action == ActionQuarantine {
+			return s.quarantine(env, res.verdict, io.MultiReader(strings.NewReader(s.received(env)+head), src), lr)
+		}
+	}
+	body := io.MultiReader(strings.NewReader(s.received(env)+head), src)
 	id, err := s.b.Queue.Enqueue(context.Background(), env, body)
 	if lr != nil && lr.over {
 		s.log.Warn("smtp: message refused: larger than the limit", "msg_id", id, "remote", s.remote, "from", env.From)
@@ -242,6 +284,30 @@ func (s *session) Data(r io.Reader) error {
 	}
 	s.log.Info("smtp: message queued", "msg_id", id, "remote", s.remote, "from", env.From, "rcpts", len(env.To))
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
+}
+
+// quarantine hands a message to Backend.Quarantine and returns the reply.
+func (s *session) quarantine(env resilmail.Envelope, v Verdict, body io.Reader, lr *limitReader) error {
+	if s.b.Quarantine == nil {
+		s.log.Info("smtp: message refused: quarantine verdict and no quarantine", "msg_id", env.ID, "remote", s.remote, "from", env.From)
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: replyText(v.Message, "message refused as spam")}
+	}
+	err := s.b.Quarantine(context.Background(), env, v, body)
+	if lr != nil && lr.over {
+		return errTooLargeReply
+	}
+	var se *smtp.SMTPError
+	switch {
+	case err == nil:
+		s.log.Info("smtp: message quarantined", "msg_id", env.ID, "remote", s.remote, "from", env.From, "score", v.Score)
+		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + env.ID}
+	case errors.As(err, &se):
+		s.log.Info("smtp: message quarantined and refused", "msg_id", env.ID, "remote", s.remote, "from", env.From, "reply", se.Code)
+		return se
+	default:
+		s.log.Error("smtp: cannot quarantine a message, answering 451", "msg_id", env.ID, "remote", s.remote, "from", env.From, "err", err)
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure storing the message, try again later"}
+	}
 }
 
 // errTooLargeReply is the reply to a message larger than the limit.

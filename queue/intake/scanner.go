@@ -1,0 +1,293 @@
+package intake
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/resilmail/resilmail"
+)
+
+// A Scanner judges a message's content at the end of DATA, before the
+// client gets its reply: rspamd, a milter, a virus scanner. Scan is called
+// from the SMTP session's goroutine, concurrently for different sessions,
+// so it must be safe for concurrent use. It must not keep body (the
+// Backend reuses it) and should return when ctx is done. An error means
+// "no verdict": the Backend then answers 451 4.7.1 (or accepts and tags,
+// see Backend.ScanFailure), never 250 as if the message had been judged.
+type Scanner interface {
+	Scan(ctx context.Context, env *ScanEnvelope, body []byte) (Verdict, error)
+}
+
+// ScannerFunc adapts a function to a Scanner.
+type ScannerFunc func(ctx context.Context, env *ScanEnvelope, body []byte) (Verdict, error)
+
+// Scan calls f.
+func (f ScannerFunc) Scan(ctx context.Context, env *ScanEnvelope, body []byte) (Verdict, error) {
+	return f(ctx, env, body)
+}
+
+var _ Scanner = ScannerFunc(nil)
+
+// A ScanMiddleware wraps a Scanner, as HTTP middleware wraps a handler: to
+// apply a policy to its verdicts, measure it, log it.
+type ScanMiddleware func(Scanner) Scanner
+
+// WrapScanner returns s wrapped by mw, the first one outermost:
+// WrapScanner(s, a, b) is a(b(s)).
+func WrapScanner(s Scanner, mw ...ScanMiddleware) Scanner {
+	for i := len(mw) - 1; i >= 0; i-- {
+		s = mw[i](s)
+	}
+	return s
+}
+
+// ScanEnvelope is what a Scanner learns about a message besides its body:
+// the envelope (with the queue id the message will have), and the SMTP
+// session it came in.
+type ScanEnvelope struct {
+	resilmail.Envelope
+	// ClientIP is the address of the SMTP client (invalid if unknown).
+	ClientIP netip.Addr
+	// HELO is the name the client gave in HELO/EHLO.
+	HELO string
+	// TLS says whether the session was encrypted.
+	TLS bool
+	// User is the authenticated user, "" when the session did not
+	// authenticate.
+	User string
+	// Truncated says that body holds only the first Backend.ScanLimit
+	// bytes of a larger message.
+	Truncated bool
+}
+
+// An Action is what a verdict asks the MX to do with a message.
+type Action string
+
+// The actions, from the mildest. The zero Action is ActionAccept.
+const (
+	ActionAccept     Action = "accept"     // enqueue as it is
+	ActionTag        Action = "tag"        // enqueue with X-Spam headers
+	ActionQuarantine Action = "quarantine" // keep it in quarantine (Backend.Quarantine), do not deliver
+	ActionTempFail   Action = "tempfail"   // 451 4.7.1: the client tries again later (greylisting, soft reject)
+	ActionReject     Action = "reject"     // 550 5.7.1 with Verdict.Message
+)
+
+// Verdict is a Scanner's judgement of one message.
+type Verdict struct {
+	// Action is what the scanner (or a policy wrapping it) asks for.
+	Action Action
+	// Score is the spam score; Required the score the scanner itself
+	// deems spam from (zero if it has no such notion).
+	Score, Required float64
+	// Symbols are the rules that matched, as the scanner names them.
+	Symbols []string
+	// Message, if set, is the text of a reject or tempfail reply.
+	Message string
+	// Scanner names the scanner and its version ("rspamd 3.4").
+	Scanner string
+}
+
+// ScanFailure says what the Backend does when the scanner gave no
+// verdict: it failed, timed out, or answered garbage.
+type ScanFailure int
+
+const (
+	// ScanFailTempFail answers 451 4.7.1, so that the client tries again
+	// (Postfix's milter_default_action = tempfail). The default.
+	ScanFailTempFail ScanFailure = iota
+	// ScanFailAcceptTag accepts the message with an X-Spam-Status header
+	// saying it was not scanned.
+	ScanFailAcceptTag
+)
+
+// ScanOversize says what the Backend does with a message longer than
+// Backend.ScanLimit.
+type ScanOversize int
+
+const (
+	// ScanPrefix scans the first ScanLimit bytes (ScanEnvelope.Truncated
+	// is set). The default.
+	ScanPrefix ScanOversize = iota
+	// ScanSkip does not scan the message and accepts it with an
+	// X-Spam-Status header saying so.
+	ScanSkip
+)
+
+// Defaults of the Backend's scanner settings.
+const (
+	DefaultScanTimeout = 30 * time.Second
+	DefaultScanLimit   = 1 << 20
+)
+
+// ErrNoVerdict wraps the error of a scan that gave no verdict.
+var ErrNoVerdict = errors.New("intake: no verdict from the content scanner")
+
+// scanResult is what scanning decided for one message.
+type scanResult struct {
+	verdict Verdict
+	header  string // header fields to prepend, CRLF-terminated
+	err     error  // the scanner's error, if it gave no verdict
+}
+
+// scan reads the start of the message from src (up to the scan limit),
+// asks the scanner, and returns the bytes read, the decision, and a reply
+// when the message is refused here. An error is a read error of src.
+func (s *session) scan(env resilmail.Envelope, src io.Reader) (head []byte, res scanResult, err error) {
+	limit := s.b.ScanLimit
+	if limit <= 0 {
+		limit = DefaultScanLimit
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, 64<<10))
+	n, err := io.Copy(buf, io.LimitReader(src, limit+1))
+	if err != nil {
+		return nil, res, err
+	}
+	head = buf.Bytes()
+	se := &ScanEnvelope{Envelope: env, HELO: s.conn.Hostname()}
+	if ap, perr := netip.ParseAddrPort(s.remote); perr == nil {
+		se.ClientIP = ap.Addr().Unmap()
+	}
+	if _, ok := s.conn.TLSConnectionState(); ok {
+		se.TLS = true
+	} else if c, ok := s.conn.Conn().(*Conn); ok {
+		_, se.TLS = c.TLS()
+	}
+	body := head
+	if n > limit {
+		if s.b.ScanOversize == ScanSkip {
+			s.log.Info("smtp: message not scanned: larger than the scan limit", "msg_id", env.ID, "remote", s.remote, "limit", limit)
+			return head, scanResult{header: "X-Spam-Status: No, unchecked (larger than the scan limit)\r\n"}, nil
+		}
+		body, se.Truncated = head[:limit], true
+	}
+	timeout := s.b.ScanTimeout
+	if timeout <= 0 {
+		timeout = DefaultScanTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	v, serr := s.b.Scanner.Scan(ctx, se, body)
+	if serr == nil && ctx.Err() != nil {
+		serr = ctx.Err() // a verdict after the deadline is not trusted: the client may have given up
+	}
+	if serr == nil {
+		if _, ok := knownActions[v.Action]; !ok {
+			serr = fmt.Errorf("unknown action %q", v.Action)
+		}
+	}
+	if serr != nil {
+		s.log.Warn("smtp: content scanner gave no verdict", "msg_id", env.ID, "remote", s.remote, "took", time.Since(start), "err", serr)
+		return head, scanResult{err: fmt.Errorf("%w: %w", ErrNoVerdict, serr), header: "X-Spam-Status: No, unchecked (scanner unavailable)\r\n"}, nil
+	}
+	if v.Action == "" {
+		v.Action = ActionAccept
+	}
+	s.log.Info("smtp: message scanned", "msg_id", env.ID, "remote", s.remote, "action", string(v.Action), "score", v.Score, "symbols", len(v.Symbols), "scanner", v.Scanner, "took", time.Since(start))
+	res = scanResult{verdict: v}
+	if v.Action == ActionTag || v.Action == ActionQuarantine {
+		res.header = spamHeaders(v)
+	}
+	return head, res, nil
+}
+
+var knownActions = map[Action]struct{}{"": {}, ActionAccept: {}, ActionTag: {}, ActionQuarantine: {}, ActionTempFail: {}, ActionReject: {}}
+
+// reply returns the SMTP reply for a verdict that refuses the message
+// here, or nil when the message is to be kept (enqueued or quarantined).
+func (r scanResult) reply(failure ScanFailure) *smtp.SMTPError {
+	if r.err != nil {
+		if failure == ScanFailAcceptTag {
+			return nil
+		}
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "content scanner unavailable, try again later"}
+	}
+	switch r.verdict.Action {
+	case ActionReject:
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: replyText(r.verdict.Message, "message refused as spam")}
+	case ActionTempFail:
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: replyText(r.verdict.Message, "message deferred by the content scanner, try again later")}
+	}
+	return nil
+}
+
+// replyText makes a scanner's message safe for an SMTP reply line: printable
+// ASCII, at most 200 bytes; def when nothing is left.
+func replyText(msg, def string) string {
+	var b strings.Builder
+	for _, c := range msg {
+		if b.Len() >= 200 {
+			break
+		}
+		if c >= 0x20 && c < 0x7f {
+			b.WriteRune(c)
+		} else {
+			b.WriteByte(' ')
+		}
+	}
+	if t := strings.TrimSpace(b.String()); t != "" {
+		return t
+	}
+	return def
+}
+
+// spamHeaders returns the X-Spam header fields (as SpamAssassin and rspamd
+// write them) for a verdict, CRLF-terminated and folded.
+func spamHeaders(v Verdict) string {
+	var b strings.Builder
+	b.WriteString("X-Spam-Flag: YES\r\n")
+	b.WriteString("X-Spam-Status: Yes, score=" + strconv.FormatFloat(v.Score, 'f', 2, 64))
+	if v.Required != 0 {
+		b.WriteString(" required=" + strconv.FormatFloat(v.Required, 'f', 2, 64))
+	}
+	if len(v.Symbols) > 0 {
+		b.WriteString("\r\n\ttests=")
+		line, first := 7, true
+		for _, sym := range v.Symbols {
+			sym = headerToken(sym)
+			if sym == "" {
+				continue
+			}
+			if !first {
+				b.WriteByte(',')
+				line++
+			}
+			if line+len(sym) > 76 {
+				b.WriteString("\r\n\t")
+				line = 1
+			}
+			b.WriteString(sym)
+			line, first = line+len(sym), false
+		}
+	}
+	b.WriteString("\r\n")
+	if v.Scanner != "" {
+		if name := replyText(v.Scanner, ""); name != "" {
+			b.WriteString("X-Spam-Checker-Version: " + name + "\r\n")
+		}
+	}
+	return b.String()
+}
+
+// headerToken keeps the characters of s that are safe in a header field
+// value: printable ASCII without ',' (which separates symbols).
+func headerToken(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r > 0x20 && r < 0x7f && r != ',' {
+			return r
+		}
+		if r == ' ' {
+			return '_'
+		}
+		return -1
+	}, s)
+}
