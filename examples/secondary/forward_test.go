@@ -66,7 +66,9 @@ func TestForwardsClientsToTheActiveNode(t *testing.T) {
 
 func TestForwardFlag(t *testing.T) {
 	for _, bad := range []string{"imap,127.0.0.1:1", "smtp,127.0.0.1:1,127.0.0.1:2", "imap,nohost,127.0.0.1:2"} {
-		_, err := parseFlags([]string{"-name", "x", "-secret", "s", "-forward", bad}, func(string) string { return "" })
-		assert.Error(t, err, bad)
+		_, err := parseFlags([]string{"-name", "x", "-forward", bad}, func(k string) string {
+			return map[string]string{"RESILMAIL_SECRET": testSecret}[k]
+		})
+		assert.ErrorContains(t, err, "forward", bad)
 	}
 }
