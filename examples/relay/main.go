@@ -41,7 +41,9 @@
 // pool.json holds the domains and their recipients (local parts), e.g.
 // {"domains": {"example.org": {"recipients": ["alice", "bob"]}}}, and may
 // set max_message_size, which then applies on every MX instead of its
-// -max-size.
+// -max-size, and routes, which send a domain's mail (or every domain's,
+// "*") to fixed hosts on every MX instead of its -next or -mailserver:
+// "routes": [{"domain": "example.org", "host": "mail.internal:24", "lmtp": true}].
 //
 // What the pool refuses is kept in one quarantine: each MX records a
 // refused recipient before it answers 5xx (and answers 451 if it cannot),
@@ -202,6 +204,22 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	nt, err := loadNodeTLS(c)
+	if err != nil {
+		return err
+	}
+	if c.httpAddr != "" {
+		if err := nt.checkListen(c.httpAddr, c.insecureHTTP); err != nil {
+			return err
+		}
+	}
+	pl, err := openPool(c, nt, log)
+	if err != nil {
+		return err
+	}
+	if pl.close != nil {
+		defer pl.close()
+	}
 	// Keep a session per delivery slot: the next hop is one host, or the
 	// -mailserver that is primary now.
 	var deliverer resilmail.Deliverer
@@ -223,6 +241,13 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		defer out.Close()
 		deliverer = out
 	}
+	if pl.snapshot != nil {
+		// The pool's routes apply on every MX alike, before its own next hop.
+		rt := &poolRoutes{routes: pl.routes, def: deliverer, defDest: destination, log: log,
+			smtp: smtpout.Options{LocalName: c.hostname, MaxIdle: c.concurrency, Logger: log}}
+		defer rt.close()
+		deliverer, destination = rt, rt.destination
+	}
 	queueMax := c.maxSize
 	if c.policyFile != "" || c.follow != "" {
 		queueMax = max(queueMax, maxPolicySize) // the policy's limit applies at the door
@@ -241,22 +266,6 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	}
 	defer q.Close()
 
-	nt, err := loadNodeTLS(c)
-	if err != nil {
-		return err
-	}
-	if c.httpAddr != "" {
-		if err := nt.checkListen(c.httpAddr, c.insecureHTTP); err != nil {
-			return err
-		}
-	}
-	pl, err := openPool(c, nt, log)
-	if err != nil {
-		return err
-	}
-	if pl.close != nil {
-		defer pl.close()
-	}
 	qn, err := openQuarantine(c, q, nt, log)
 	if err != nil {
 		return err

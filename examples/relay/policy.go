@@ -18,6 +18,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/resilmail/resilmail/mxpool"
 	"github.com/resilmail/resilmail/mxpool/pool"
 )
 
@@ -181,6 +182,15 @@ func (pl *poolRole) maxSize(def int64) func() int64 {
 		}
 		return def
 	}
+}
+
+// routes returns the routes of the pool's policy in force, none before
+// the policy is known.
+func (pl *poolRole) routes() []mxpool.Route {
+	if s := pl.snapshot(); s != nil {
+		return s.Policy.Routes
+	}
+	return nil
 }
 
 func enhanced(s string) smtp.EnhancedCode {

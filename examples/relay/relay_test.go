@@ -679,3 +679,41 @@ func TestRelayRefusesPlainHTTPBetweenMachines(t *testing.T) {
 	cancel()
 	require.NoError(t, <-done)
 }
+
+func TestPoolMXsRouteAlike(t *testing.T) {
+	// Two MXs with different -next flags once sent a routed domain's mail
+	// each to its own next hop; the pool's routes now decide for both.
+	const secret = "correct horse battery staple"
+	routed, own1, own2 := startSink(t), startSink(t), startSink(t)
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	require.NoError(t, os.WriteFile(policy, []byte(`{"domains": {"example.org": {"recipients": ["alice"]}, "example.com": {"recipients": ["bob"]}},
+		"routes": [{"domain": "example.org", "host": "`+routed.addr+`"}]}`), 0o644))
+	web := freePort(t)
+	pdir := t.TempDir()
+	primary := startRelayWith(t, config{next: own1.addr, dir: pdir, httpAddr: web, policyFile: policy, secret: []byte(secret), mynetworks: "none"})
+	secondary := startRelayWith(t, config{next: own2.addr, dir: t.TempDir(), follow: "http://" + web + "/policy", policyKeys: publisherKey(t, pdir), secret: []byte(secret), mynetworks: "none"})
+	for _, mx := range []string{primary, secondary} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			out, ok := swaksTo(t, mx, "alice@example.org")
+			if ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never accepted alice@example.org: %s", mx, out)
+			}
+			time.Sleep(20 * time.Millisecond) // the follower has not the policy yet
+		}
+	}
+	waitCount(t, routed, 2)
+	// A domain without a route goes to each MX's own next hop.
+	for _, mx := range []string{primary, secondary} {
+		out, ok := swaksTo(t, mx, "bob@example.com")
+		require.True(t, ok, out)
+	}
+	waitCount(t, own1, 1)
+	waitCount(t, own2, 1)
+	assert.EqualValues(t, 2, routed.count.Load(), "only example.org is routed")
+	assert.EqualValues(t, 1, own1.count.Load())
+	assert.EqualValues(t, 1, own2.count.Load())
+}
