@@ -9,7 +9,10 @@
 //     fsyncs (group commit); none is skipped. A crash or kill -9 at any
 //     instant loses no message Enqueue acknowledged.
 //   - Idempotency: the envelope id is the key. Enqueueing an id that is
-//     queued, or that left the queue within Options.DedupWindow, is a no-op.
+//     queued with the same content, or that left the queue within
+//     Options.DedupWindow, is a no-op; an id queued with other content is
+//     refused with [ErrConflict] (a finished id keeps no digest: within the
+//     window it is a no-op whatever the content).
 //   - Integrity: every body is stored with its SHA-256 and a CRC, and both
 //     are checked whenever it is read. A body that fails is moved aside into
 //     the folder "corrupt", reported (log, [Stats], [Hooks]) and never

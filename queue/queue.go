@@ -424,9 +424,10 @@ func NewID() string {
 // or kill -9 from then on loses neither. Concurrent calls share fsyncs.
 //
 // When env.ID is empty a new id is assigned ([NewID]). Enqueueing an id that
-// is queued, or was delivered, bounced or deleted within DedupWindow, is a
-// no-op that returns nil: a caller that retries after losing the reply never
-// causes a second delivery.
+// is queued with the same content, or was delivered, bounced or deleted
+// within DedupWindow, is a no-op that returns nil: a caller that retries
+// after losing the reply never causes a second delivery. An id queued with
+// other content is refused with [ErrConflict].
 //
 // Enqueue reads body to EOF. It returns [ErrInvalid] or [ErrTooLarge]
 // (permanent), [ErrFull] (temporary: admission control), [ErrStorage]
@@ -442,7 +443,7 @@ func (q *Queue) Enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 // temporary.
 func (q *Queue) Deliver(ctx context.Context, env resilmail.Envelope, body io.Reader) error {
 	_, err := q.Enqueue(ctx, env, body)
-	if errors.Is(err, ErrInvalid) || errors.Is(err, ErrTooLarge) {
+	if errors.Is(err, ErrInvalid) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrConflict) {
 		return &resilmail.DeliveryError{Command: "enqueue", Code: 554, EnhancedCode: "5.3.4", Message: err.Error(), Permanent: true, Err: err}
 	}
 	return err
@@ -499,8 +500,13 @@ func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 		}
 		if old := q.msgs[env.ID]; old != nil {
 			wait := old.synced
+			same := old.rec.Digest == digest
 			q.mu.Unlock()
 			if wait == nil {
+				if !same && !internal { // a notification rebuilt after a crash differs in its Date
+					q.log.Warn("queue: id reused with other content; refused", "msg_id", env.ID)
+					return env.ID, fmt.Errorf("%w: %s", ErrConflict, env.ID)
+				}
 				return q.duplicate(env.ID)
 			}
 			select {

@@ -68,3 +68,19 @@ func TestAdmitBeforeData(t *testing.T) {
 	require.NoError(t, err)
 	assert.ErrorIs(t, q.Admit(100), queue.ErrFull)
 }
+
+func TestIDReusedWithOtherContentIsAConflict(t *testing.T) {
+	q := open(t, t.TempDir(), newSink(nil), nil)
+	ctx := context.Background()
+	_, err := q.Enqueue(ctx, envelope("same-id", "u@example.org"), strings.NewReader("first"))
+	require.NoError(t, err)
+	_, err = q.Enqueue(ctx, envelope("same-id", "u@example.org"), strings.NewReader("first"))
+	assert.NoError(t, err, "the same message again is a duplicate")
+	_, err = q.Enqueue(ctx, envelope("same-id", "u@example.org"), strings.NewReader("second, different"))
+	assert.ErrorIs(t, err, queue.ErrConflict)
+	err = q.Deliver(ctx, envelope("same-id", "u@example.org"), strings.NewReader("third"))
+	var de *resilmail.DeliveryError
+	require.ErrorAs(t, err, &de)
+	assert.True(t, de.Permanent)
+	assert.Equal(t, uint64(1), q.Stats().Duplicates)
+}
