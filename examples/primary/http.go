@@ -49,15 +49,19 @@ type statusReport struct {
 }
 
 type replicaReport struct {
-	Name        string    `json:"name"`
-	Connected   bool      `json:"connected"`
-	Acked       uint64    `json:"acked"`
-	AckedAt     time.Time `json:"acked_at,omitzero"`
-	LagChanges  uint64    `json:"lag_changes"`
-	LagSeconds  float64   `json:"lag_seconds"`
-	LastError   string    `json:"last_error,omitempty"`
-	BytesSent   uint64    `json:"bytes_sent"`
-	ChangesSent uint64    `json:"changes_sent"`
+	Name       string    `json:"name"`
+	Connected  bool      `json:"connected"`
+	Acked      uint64    `json:"acked"`
+	AckedAt    time.Time `json:"acked_at,omitzero"`
+	LagChanges uint64    `json:"lag_changes"`
+	LagSeconds float64   `json:"lag_seconds"`
+	// TooFarBehind: the journal no longer reaches back to what the
+	// replica acknowledged (it compares in full); lag_seconds is then at
+	// least the age of the oldest change kept.
+	TooFarBehind bool   `json:"too_far_behind,omitempty"`
+	LastError    string `json:"last_error,omitempty"`
+	BytesSent    uint64 `json:"bytes_sent"`
+	ChangesSent  uint64 `json:"changes_sent"`
 }
 
 func status(c config, st *store.Store, p *replicate.Primary) statusReport {
@@ -71,7 +75,7 @@ func status(c config, st *store.Store, p *replicate.Primary) statusReport {
 	for _, r := range ps.Replicas {
 		s.Replicas = append(s.Replicas, replicaReport{
 			Name: r.Name, Connected: r.Connected, Acked: r.Acked, AckedAt: r.AckedAt,
-			LagChanges: r.LagChanges, LagSeconds: r.LagAge.Seconds(), LastError: r.LastError,
+			LagChanges: r.LagChanges, LagSeconds: r.LagAge.Seconds(), TooFarBehind: r.TooFarBehind, LastError: r.LastError,
 			BytesSent: r.BytesSent, ChangesSent: r.ChangesSent,
 		})
 	}
