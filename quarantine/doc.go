@@ -52,8 +52,11 @@
 // nothing is lost). A [Shipper] ([NewShipper]) posts the outbox in batches
 // (the RMQBATCH wire format, [BatchWriter], [BatchReader]) to the centre's
 // [Store.IngestHandler], authenticated by a token derived from the pool's
-// secret ([ShipToken]) or by TLS client certificates, retrying with backoff
-// while the centre is down. An entry leaves the outbox only once the
+// secret ([ShipToken]) or by each edge's own credential (its password or
+// TLS client certificate, [IngestOptions].Identify), retrying with backoff
+// while the centre is down. With Identify the centre records an edge's
+// entries under the name its credential proves, and refuses those it ships
+// as another node. An entry leaves the outbox only once the
 // centre acknowledged storing it; ingestion is idempotent by entry id and
 // digest, so a batch sent again stores nothing twice.
 //

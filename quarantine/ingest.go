@@ -57,7 +57,7 @@ type IngestResponse struct {
 }
 
 // IngestOptions configure [Store.IngestHandler]. The zero value accepts no
-// request: set Secret or Authenticate.
+// request: set Secret, Authenticate or Identify.
 type IngestOptions struct {
 	// Secret is the secret shared with the edges: a request must carry
 	// "Authorization: Bearer " + ShipToken(Secret), compared in constant
@@ -69,6 +69,15 @@ type IngestOptions struct {
 	// r.TLS.VerifiedChains here) or to accept either. The error is logged,
 	// not sent.
 	Authenticate func(r *http.Request) error
+	// Identify, when not nil, authenticates instead of Authenticate and
+	// Secret, and names the edge the request is from (the user of its
+	// own shipping credential, or the name in its verified client
+	// certificate): an error refuses the request with 401. The entries of
+	// the batch are then recorded under that name only: one without a
+	// Node gets it, and one naming another node is answered IngestInvalid
+	// and logged, so that an edge cannot file entries as another node.
+	// With Secret or Authenticate, Node is what the entries say.
+	Identify func(r *http.Request) (node string, err error)
 	// Logger receives a line per batch and per refused request or item;
 	// nil means slog.Default(). Bodies and secrets are never logged.
 	Logger *slog.Logger
@@ -141,7 +150,8 @@ func (h *ingestHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	if err := h.authenticate(r); err != nil {
+	node, err := h.authenticate(r)
+	if err != nil {
 		h.log.Warn("quarantine: ingest request refused", "remote", r.RemoteAddr, "batch", batch, "err", err)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="quarantine"`)
 		http.Error(w, "unauthorized", http.StatusUnauthorized)
@@ -172,6 +182,15 @@ func (h *ingestHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			h.badBatch(w, r, batch, err)
 			return
+		}
+		if node != "" && it.Entry.Node == "" {
+			it.Entry.Node = node
+		}
+		if node != "" && it.Entry.Node != node {
+			err := fmt.Errorf("%w: the entry names node %q, the edge authenticated as %q", ErrInvalid, it.Entry.Node, node)
+			results = append(results, IngestResult{ID: it.Entry.ID, Status: IngestInvalid, Error: errText(err)})
+			h.log.Warn("quarantine: batch item refused: an edge shipped an entry under another node's name", "batch", batch, "remote", r.RemoteAddr, "entry", it.Entry.ID, "node", node, "claimed", it.Entry.Node)
+			continue
 		}
 		if err := checkHeld(&it.Entry); err != nil {
 			results = append(results, IngestResult{ID: it.Entry.ID, Status: IngestInvalid, Error: errText(err)})
@@ -234,14 +253,23 @@ func (h *ingestHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (h *ingestHandler) authenticate(r *http.Request) error {
+// authenticate checks the request's credentials and returns the node they
+// name, empty unless IngestOptions.Identify names one.
+func (h *ingestHandler) authenticate(r *http.Request) (string, error) {
+	if h.opts.Identify != nil {
+		node, err := h.opts.Identify(r)
+		if err == nil && node == "" {
+			err = errors.New("the edge's credential names no node")
+		}
+		return node, err
+	}
 	if h.opts.Authenticate != nil {
-		return h.opts.Authenticate(r)
+		return "", h.opts.Authenticate(r)
 	}
 	if h.token == "" {
-		return errors.New("no Secret or Authenticate configured: every request is refused")
+		return "", errors.New("no Secret, Authenticate or Identify configured: every request is refused")
 	}
-	return bearer.Check(r, h.token)
+	return "", bearer.Check(r, h.token)
 }
 
 // badBatch answers a batch that cannot be read.

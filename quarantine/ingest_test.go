@@ -231,3 +231,45 @@ func TestIngestRefusesNonHeld(t *testing.T) {
 	_, err := c.store.Get(context.Background(), "admin", "rel")
 	assert.ErrorIs(t, err, ErrNotFound)
 }
+
+func TestIngestBindsEntriesToTheEdgesName(t *testing.T) {
+	// With Identify, the node recorded on an entry is the one whose
+	// credential shipped it: an edge cannot file entries as another node.
+	st := shStore(t)
+	h := st.IngestHandler(&IngestOptions{Logger: shLogger(), Identify: func(r *http.Request) (string, error) {
+		user, pass, ok := r.BasicAuth()
+		if !ok || pass != "mx2's own password" {
+			return "", errors.New("wrong credential")
+		}
+		return user, nil
+	}})
+	own, unnamed, other := shEntry("own"), shEntry("unnamed"), shEntry("other")
+	own.Node, unnamed.Node, other.Node = "mx2", "", "mx1"
+	req := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(shBatch(t, Item{Entry: own}, Item{Entry: unnamed}, Item{Entry: other})))
+	req.SetBasicAuth("mx2", "mx2's own password")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	var resp IngestResponse
+	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &resp))
+	require.Len(t, resp.Results, 3)
+	assert.Equal(t, IngestStored, resp.Results[0].Status, resp.Results[0].Error)
+	assert.Equal(t, IngestStored, resp.Results[1].Status, resp.Results[1].Error)
+	assert.Equal(t, IngestInvalid, resp.Results[2].Status, "mx2 shipped an entry as mx1")
+	assert.Contains(t, resp.Results[2].Error, `"mx1"`)
+
+	ctx := context.Background()
+	for id, node := range map[string]string{"own": "mx2", "unnamed": "mx2"} {
+		e, err := st.Get(ctx, "admin", id)
+		require.NoError(t, err)
+		assert.Equal(t, node, e.Node, id)
+	}
+	_, err := st.Get(ctx, "admin", "other")
+	assert.ErrorIs(t, err, ErrNotFound)
+
+	// A credential that names no node opens nothing.
+	h = st.IngestHandler(&IngestOptions{Logger: shLogger(), Identify: func(*http.Request) (string, error) { return "", nil }})
+	w = httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(shBatch(t, Item{Entry: shEntry("x")}))))
+	assert.Equal(t, http.StatusUnauthorized, w.Code)
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -63,7 +64,13 @@ func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*p
 		case err == nil:
 			client = &http.Client{Transport: &basicAuthTransport{user: node, password: string(pass), next: nt.client.Transport}}
 		case errors.Is(err, secret.ErrMissing) && c.tlsCert != "":
-			// The node's certificate is its credential.
+			// The node's certificate is its credential, and the centre
+			// records this edge's entries under the certificate's name.
+			if cn, err := certName(c.tlsCert, c.tlsKey); err != nil {
+				return nil, err
+			} else if cn != node {
+				return nil, fmt.Errorf("-quarantine-ship with -tls-cert: -hostname %q is not the certificate's name %q, under which the centre records this edge's entries", node, cn)
+			}
 		default:
 			return nil, fmt.Errorf("-quarantine-ship: this edge's shipping credential: %w (or give -tls-cert for a client certificate)", err)
 		}
@@ -127,7 +134,7 @@ func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*p
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/quarantine/ingest", st.IngestHandler(&quarantine.IngestOptions{Authenticate: edgeLogin(edges, nt.verifiedClients), Logger: log}))
+	mux.Handle("/quarantine/ingest", st.IngestHandler(&quarantine.IngestOptions{Identify: edgeLogin(edges, nt.verifiedClients), Logger: log}))
 	mux.Handle("/quarantine/", http.StripPrefix("/quarantine", ui))
 	put := func(ctx context.Context, e quarantine.Entry) error {
 		return st.Put(ctx, e, nil)
@@ -150,20 +157,20 @@ func basicLogin(f *passwd.File) func(*http.Request) (string, error) {
 	}
 }
 
-// edgeLogin authenticates an edge at the ingest endpoint: a client
-// certificate the server verified against the private CA (when certs is
-// set), or the edge's own password in the edges' passwd-file (when edges
-// is not nil).
-func edgeLogin(edges *passwd.File, certs bool) func(*http.Request) error {
-	return func(r *http.Request) error {
-		if certs && verifiedPeer(r) != "" {
-			return nil
+// edgeLogin authenticates an edge at the ingest endpoint and names it: the
+// user of the edge's own password in the edges' passwd-file (when edges is
+// not nil), or the name of a client certificate the server verified
+// against the private CA (when certs is set). The centre records the
+// edge's entries under that name only.
+func edgeLogin(edges *passwd.File, certs bool) func(*http.Request) (string, error) {
+	return func(r *http.Request) (string, error) {
+		if user, pass, ok := r.BasicAuth(); ok && edges != nil {
+			return user, edges.Authenticate(user, pass)
 		}
-		user, pass, ok := r.BasicAuth()
-		if !ok || edges == nil {
-			return errors.New("no edge credential (a client certificate or the edge's password)")
+		if name := verifiedPeer(r); certs && name != "" {
+			return name, nil
 		}
-		return edges.Authenticate(user, pass)
+		return "", errors.New("no edge credential (a client certificate or the edge's password)")
 	}
 }
 
@@ -243,4 +250,14 @@ func httpHost(addr string) string {
 		return "[" + host + "]:" + port
 	}
 	return host + ":" + port
+}
+
+// certName is the common name of the certificate in certFile, the name a
+// centre that verifies it knows this node by.
+func certName(certFile, keyFile string) (string, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return "", fmt.Errorf("-tls-cert/-tls-key: %w", err)
+	}
+	return cert.Leaf.Subject.CommonName, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -32,6 +33,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/quarantine"
 )
@@ -109,7 +111,9 @@ func startRelay(t testing.TB, next, dir string) string {
 
 func startRelayWith(t testing.TB, c config) string {
 	c.listen = "127.0.0.1:0"
-	c.hostname = "relay.test"
+	if c.hostname == "" {
+		c.hostname = "relay.test"
+	}
 	if c.mynetworks == "" {
 		c.mynetworks = "127.0.0.0/8,::1/128" // the flag's default
 	}
@@ -542,6 +546,29 @@ func TestRejectsReachThePoolQuarantine(t *testing.T) {
 		assert.Equal(t, quarantine.Held, e.Recipients[0].Status)
 		assert.False(t, e.HasBody(), "refused at RCPT: no body")
 	}
+
+	// The edge's password opens ingest for its own name only: an entry it
+	// ships as another node is refused.
+	now := time.Now()
+	forged := quarantine.Entry{ID: quarantine.NewID(now), Node: "mx1", Time: now,
+		Envelope:   resilmail.Envelope{From: "sender@example.net", To: []resilmail.Recipient{{Addr: "dave@example.org"}}},
+		Recipients: []quarantine.RecipientState{{Addr: "dave@example.org", Status: quarantine.Held, Changed: now}},
+		Reason:     quarantine.Reason{Kind: quarantine.KindRecipient, Reply: "550 5.1.1 forged"}}
+	var batch bytes.Buffer
+	bw := quarantine.NewBatchWriter(&batch)
+	require.NoError(t, bw.Add(forged, nil))
+	require.NoError(t, bw.Close())
+	req, err := http.NewRequest(http.MethodPost, "http://"+web+"/quarantine/ingest", &batch)
+	require.NoError(t, err)
+	req.SetBasicAuth("relay.test", testEdgePass)
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	var ir quarantine.IngestResponse
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&ir))
+	resp.Body.Close()
+	require.Len(t, ir.Results, 1)
+	assert.Equal(t, quarantine.IngestInvalid, ir.Results[0].Status, "relay.test shipped an entry as mx1")
+	assert.Len(t, quarantined(t, web, testOperator, testOperatorPass), 2)
 }
 
 // testPKI is a private CA and certificates it signed for the pool's nodes,
@@ -613,7 +640,7 @@ func TestPoolOverTLSWithPrivateCA(t *testing.T) {
 	startRelayWith(t, config{next: sink.addr, dir: pdir, httpAddr: web, policyFile: policy, secret: []byte(secret),
 		quarantine: t.TempDir(), adminPasswd: admins, tlsCert: mx1Cert, tlsKey: mx1Key, tlsCA: pki.ca})
 	secondary := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), follow: "https://" + web + "/policy", policyKeys: publisherKey(t, pdir),
-		secret: []byte(secret), quarantineShip: "https://" + web + "/quarantine/ingest", tlsCert: mx2Cert, tlsKey: mx2Key, tlsCA: pki.ca})
+		secret: []byte(secret), quarantineShip: "https://" + web + "/quarantine/ingest", tlsCert: mx2Cert, tlsKey: mx2Key, tlsCA: pki.ca, hostname: "mx2"})
 
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -628,6 +655,13 @@ func TestPoolOverTLSWithPrivateCA(t *testing.T) {
 	base := "https://" + web
 	require.Eventually(t, func() bool { return len(quarantinedAt(t, operator, base, testOperator, testOperatorPass)) == 1 }, 10*time.Second, 20*time.Millisecond,
 		"the edge's reject reaches the centre over mutual TLS")
+	assert.Equal(t, "mx2", quarantinedAt(t, operator, base, testOperator, testOperatorPass)[0].Node, "recorded under the certificate's name")
+	// An edge whose -hostname is not its certificate's name would have its
+	// entries refused by the centre: it does not start.
+	c := config{next: sink.addr, dir: t.TempDir(), listen: "127.0.0.1:0", hostname: "mx1", maxSize: 10 << 20, follow: "https://" + web + "/policy", policyKeys: publisherKey(t, pdir),
+		secret: []byte(secret), quarantineShip: "https://" + web + "/quarantine/ingest", tlsCert: mx2Cert, tlsKey: mx2Key, tlsCA: pki.ca}
+	err := run(context.Background(), c, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	require.ErrorContains(t, err, `the certificate's name "mx2"`)
 
 	code, _ := adminGet(t, operator, base, "admin", secret)
 	assert.Equal(t, http.StatusUnauthorized, code, "the pool's secret is no operator's password")
