@@ -10,31 +10,9 @@ import (
 	"strings"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/mxpool/sts"
 	"github.com/resilmail/resilmail/smtpout"
 )
-
-// DelivererOptions configures a [Deliverer]. A nil *DelivererOptions, and
-// every zero field, gives working defaults.
-type DelivererOptions struct {
-	// SMTP is the template of the SMTP and LMTP clients: LocalName,
-	// TLSConfig, Auth, timeouts, pool sizes, Dial, Logger. Addr, LMTP and
-	// TLS are ignored: the plan and the TLS policy decide them per hop.
-	// Nil means smtpout's defaults.
-	SMTP *smtpout.Options
-	// TLS decides, per domain, which MX hosts may be used and whether TLS
-	// is required (configuration and MTA-STS). Nil means opportunistic TLS
-	// with every host.
-	TLS *TLSPolicy
-	// Health is shared by every delivery and may be shared with other
-	// Deliverers. Nil means a new one with default options.
-	Health *Health
-	// MaxAddrs is the number of addresses (over all hosts) tried in one
-	// delivery before giving up until the next attempt, as Postfix's
-	// smtp_mx_address_limit. Skipped hosts do not count. Zero means 5.
-	MaxAddrs int
-	// Logger receives a line per failed host. Nil means slog.Default.
-	Logger *slog.Logger
-}
 
 // Deliverer is a [resilmail.Deliverer] that delivers through a [Planner]:
 // for each recipient domain it plans the next hops, applies the TLS policy,
@@ -51,7 +29,7 @@ type DelivererOptions struct {
 // another host.
 type Deliverer struct {
 	planner  *Planner
-	tls      *TLSPolicy
+	tls      *sts.TLSPolicy
 	health   *Health
 	smtp     *smtpout.Deliverer
 	lmtp     *smtpout.Deliverer
@@ -219,7 +197,7 @@ func (d *Deliverer) deliverDomain(ctx context.Context, domain string, env resilm
 func (d *Deliverer) tries(ctx context.Context, plan *Plan) ([]hopTry, error) {
 	var out []hopTry
 	hops := plan.Hops
-	var tlsFor map[string]TLSHost
+	var tlsFor map[string]sts.TLSHost
 	verified := false // the domain's mail may only travel over verified TLS
 	if d.tls != nil && len(hops) > 0 && (hops[0].Source == HopMX || hops[0].Source == HopImplicitMX) {
 		names := make([]string, len(hops))
@@ -230,8 +208,8 @@ func (d *Deliverer) tries(ctx context.Context, plan *Plan) ([]hopTry, error) {
 		if err != nil {
 			return nil, err
 		}
-		verified = dec.Required || dec.STS != nil && dec.STS.Mode == STSEnforce
-		tlsFor = make(map[string]TLSHost, len(dec.Hosts))
+		verified = dec.Required || dec.STS != nil && dec.STS.Mode == sts.Enforce
+		tlsFor = make(map[string]sts.TLSHost, len(dec.Hosts))
 		for _, th := range dec.Hosts {
 			tlsFor[th.Host] = th
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/mxpool/sts"
 	"github.com/resilmail/resilmail/smtpout"
 )
 
@@ -358,7 +359,7 @@ func TestDelivererRouteOverLMTP(t *testing.T) {
 
 func TestDelivererRequiredTLSNeverFallsBackToPlainText(t *testing.T) {
 	plain := startMX(t, false, nil) // offers no STARTTLS
-	pol, err := NewTLSPolicy(nil, &TLSPolicyOptions{Required: []string{"secure.example"}, Logger: discardLogger()})
+	pol, err := sts.NewTLSPolicy(nil, &sts.TLSPolicyOptions{Required: []string{"secure.example"}, Logger: discardLogger()})
 	require.NoError(t, err)
 	e := newDeliverEnv(t, nil, &DelivererOptions{TLS: pol})
 	e.zone.AddMX("secure.example", 10, "mx.secure.example")
@@ -389,7 +390,7 @@ func TestDelivererFallbackRelayInheritsRequiredTLS(t *testing.T) {
 	// other domains still use it.
 	relay := startMX(t, false, nil) // offers no STARTTLS
 	stripped := startMX(t, false, nil)
-	pol, err := NewTLSPolicy(nil, &TLSPolicyOptions{Required: []string{"secure.example"}, Logger: discardLogger()})
+	pol, err := sts.NewTLSPolicy(nil, &sts.TLSPolicyOptions{Required: []string{"secure.example"}, Logger: discardLogger()})
 	require.NoError(t, err)
 	e := newDeliverEnv(t, &PlannerOptions{FallbackRelay: []string{"relay.isp.example"}}, &DelivererOptions{TLS: pol})
 	e.zone.AddMX("secure.example", 10, "mx.secure.example")

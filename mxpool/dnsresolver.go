@@ -32,51 +32,6 @@ const dnsMaxChain = 16
 // asked in the DNS.
 var errDNSInvalidName = errors.New("invalid domain name")
 
-// DNSOptions configures a [DNSResolver]. A nil *DNSOptions, and every zero
-// field, gives working defaults.
-type DNSOptions struct {
-	// Servers are the recursive resolvers asked, as "host:port" (a bare IP
-	// address means port 53), in the order they are tried. Empty means
-	// the nameservers listed in ResolvConf, or 127.0.0.1:53 when that file
-	// cannot be read or lists none.
-	Servers []string
-
-	// ResolvConf is the file read for Servers when Servers is empty.
-	// Empty means /etc/resolv.conf.
-	ResolvConf string
-
-	// Timeout bounds one exchange with one server (a UDP query, or the TCP
-	// query that follows a truncated UDP answer). Zero means
-	// 2 seconds.
-	Timeout time.Duration
-
-	// Attempts is how many times the whole server list is tried before a
-	// lookup fails temporarily. Zero means 2.
-	Attempts int
-
-	// CacheSize is the most answers kept in the cache. Zero means
-	// 10000; a negative value disables the cache (concurrent
-	// identical lookups still share one query).
-	CacheSize int
-
-	// MaxTTL caps how long an answer, positive or negative, is cached.
-	// Zero means one hour.
-	MaxTTL time.Duration
-
-	// NegativeTTL is how long a name that does not exist (NXDOMAIN) or has
-	// no records of the type asked (NODATA) is cached when the answer
-	// carries no SOA record to take the TTL from (RFC 2308 §5). Zero means
-	// one minute.
-	NegativeTTL time.Duration
-
-	// UDPSize is the EDNS0 payload size advertised in queries. Zero means
-	// 1232, the size recommended by DNS flag day 2020.
-	UDPSize uint16
-
-	// Now returns the current time for cache expiry. Nil means time.Now.
-	Now func() time.Time
-}
-
 // DNSStats counts what a [DNSResolver] did since it was created.
 type DNSStats struct {
 	Lookups      uint64 // lookups, by Lookup or by a Planner reading the cache

@@ -18,6 +18,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/internal/testclock"
 )
 
 // dnsTestServer is a recursive DNS server on 127.0.0.1 (UDP and TCP, same
@@ -203,7 +205,7 @@ func dnsTestSilent(t testing.TB) string {
 // dnsTestResolver returns a resolver asking servers once each. Its timeout
 // is long enough for a loaded machine: tests that wait for a timeout set
 // their own.
-func dnsTestResolver(t testing.TB, clock *testClock, servers ...string) *DNSResolver {
+func dnsTestResolver(t testing.TB, clock *testclock.Clock, servers ...string) *DNSResolver {
 	t.Helper()
 	opts := &DNSOptions{Servers: servers, Timeout: 2 * time.Second, Attempts: 1}
 	if clock != nil {
@@ -392,7 +394,7 @@ func TestDNSResolverCache(t *testing.T) {
 		"capped.example.org. 86400 IN A 192.0.2.1",
 		"zero.example.org. 0 IN A 192.0.2.1",
 	)
-	clock := newTestClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	clock := testclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	r, err := NewDNSResolver(&DNSOptions{Servers: []string{srv.addr}, Timeout: time.Second, Now: clock.Now, MaxTTL: time.Hour})
 	require.NoError(t, err)
 	ctx := dnsTestCtx(t)
@@ -445,7 +447,7 @@ func TestDNSResolverNegativeCache(t *testing.T) {
 				srv.add(t, dnsTestSOA)
 				want = 30 * time.Second // SOA MINIMUM, smaller than its TTL
 			}
-			clock := newTestClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+			clock := testclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 			r, err := NewDNSResolver(&DNSOptions{Servers: []string{srv.addr}, Timeout: time.Second, Now: clock.Now, NegativeTTL: 10 * time.Second})
 			require.NoError(t, err)
 			ctx := dnsTestCtx(t)

@@ -31,10 +31,12 @@
 // # Outbound: delivering through the plan
 //
 // A [Deliverer] is a resilmail.Deliverer for the queue. Per recipient
-// domain it plans, asks the [TLSPolicy] which hosts may be used and with
+// domain it plans, asks the [sts.TLSPolicy] which hosts may be used and with
 // what TLS (opportunistic by default; verified for configured domains and
-// for MTA-STS policies in enforce mode, fetched and cached by [MTASTS]),
-// and tries the addresses in order. A failed session (no connection, a
+// for MTA-STS policies in enforce mode, fetched and cached by
+// [sts.MTASTS]: MTA-STS and the TLS policy are the sub-package mxpool/sts,
+// which learns TXT records through a [DNSResolver] or [StaticResolver], or
+// any [Resolver] adapted by [TXT]), and tries the addresses in order. A failed session (no connection, a
 // refusal of the whole session, 421, a TLS failure) moves on to the next
 // host with the same recipients; anything a host says about a recipient or
 // about the message is the outcome of this attempt; a message that may have
@@ -42,6 +44,19 @@
 // host's recent failures across all deliveries: after consecutive failures
 // its circuit opens and the host is skipped without a connection attempt
 // until a single probe finds it working again.
+//
+// # Goroutines and state
+//
+// Every type here is safe for concurrent use, and nothing runs in the
+// background between calls. [Planner.Plan] looks up the addresses of
+// several hosts at once in up to 8 goroutines that end before it returns.
+// A [DNSResolver] runs a query that concurrent callers share in a goroutine
+// of its own, which ends within the query's time budget even when every
+// caller gave up. A [Deliverer] keeps idle SMTP and LMTP sessions in
+// smtpout's pools until [Deliverer.Close]. Nothing in this package writes
+// to disk: caches and host health live in memory; the MTA-STS cache folder
+// and its format are described in mxpool/sts, the pool policy's files in
+// mxpool/pool.
 //
 // # Inbound: one policy for the whole pool
 //

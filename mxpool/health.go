@@ -8,28 +8,6 @@ import (
 	"time"
 )
 
-// HealthOptions configures a [Health]. A nil *HealthOptions, and every zero
-// field, gives the defaults.
-type HealthOptions struct {
-	// Failures is the number of consecutive failures of a host that open
-	// its circuit. Zero means 2.
-	Failures int
-	// MinBackoff is how long a circuit first stays open. Zero means 30s.
-	MinBackoff time.Duration
-	// MaxBackoff caps the open time, which doubles each time a probe
-	// fails. Zero means 10 minutes.
-	MaxBackoff time.Duration
-	// ProbeTimeout is how long a half-open probe may take before another
-	// caller may probe instead (the first never reported). Zero means 2
-	// minutes.
-	ProbeTimeout time.Duration
-	// Now returns the current time. Nil means time.Now.
-	Now func() time.Time
-	// Logger receives a line when a circuit opens or closes. Nil means
-	// slog.Default.
-	Logger *slog.Logger
-}
-
 // CircuitState is the state of one host's circuit.
 type CircuitState string
 

@@ -11,10 +11,12 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/internal/testclock"
 )
 
-func newTestHealth() (*Health, *testClock) {
-	c := newTestClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+func newTestHealth() (*Health, *testclock.Clock) {
+	c := testclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	return NewHealth(&HealthOptions{Failures: 2, MinBackoff: 30 * time.Second, MaxBackoff: 2 * time.Minute, Now: c.Now, Logger: discardLogger()}), c
 }
 

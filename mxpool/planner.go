@@ -19,29 +19,6 @@ import (
 	"github.com/resilmail/resilmail/internal/domainname"
 )
 
-// The causes a planning failure wraps, besides the [*DNSError] of a failed
-// lookup. Match them with errors.Is on the error Plan returns.
-var (
-	// ErrPlanBadDomain is the cause of the failure to plan for a domain
-	// that is not a valid host name (5.1.2, permanent).
-	ErrPlanBadDomain = errors.New("mxpool: invalid domain")
-	// ErrPlanNullMX is the cause of the failure to plan for a domain that
-	// publishes a null MX, RFC 7505 (556 5.1.10, permanent).
-	ErrPlanNullMX = errors.New("mxpool: domain accepts no mail (null MX)")
-	// ErrPlanLoopsBack is the cause of the failure to plan for a domain
-	// this node is the best MX of (554 5.4.6, permanent).
-	ErrPlanLoopsBack = errors.New("mxpool: mail loops back to myself")
-	// ErrPlanNoHost is the cause of the failure to plan for a domain none
-	// of whose hosts has an address: permanent (554 5.4.4) when every
-	// address lookup had a definite answer, temporary (451 4.4.3) when one
-	// failed temporarily, and always temporary for a route.
-	ErrPlanNoHost = errors.New("mxpool: no usable host")
-	// ErrPlanCNAMELoop is the cause of the failure to plan when a CNAME
-	// chain loops or is longer than PlannerOptions.MaxCNAMEHops (451 4.4.3,
-	// temporary: the DNS may be fixed).
-	ErrPlanCNAMELoop = errors.New("mxpool: CNAME loop or chain too long")
-)
-
 // The ports a Hop has when its name gives none.
 const (
 	plannerSMTPPort = 25
@@ -128,62 +105,6 @@ type Plan struct {
 	// every hop failed temporarily. It is empty for a routed domain and for
 	// a domain this node is an MX of.
 	Fallback []Hop
-}
-
-// PlannerOptions configures a [Planner]. A nil *PlannerOptions, and every
-// zero field, gives working defaults.
-type PlannerOptions struct {
-	// Self are this node's host names, as the MX records of the domains it
-	// serves name it. When a domain's MX records name one of them, the plan
-	// drops it and every MX of equal or greater preference, as RFC 5321
-	// §5.1 requires, and has no fallback relay: this node hands mail only
-	// to better MXs. If no better MX is left the mail "loops back to
-	// myself", a permanent failure. Empty means this node is no domain's
-	// MX.
-	Self []string
-
-	// SelfAddrs are this node's addresses. An MX (or the implicit MX)
-	// with an address among them is this node whatever its name, and is
-	// dropped with every MX of equal or greater preference, as for Self:
-	// an MX record that names this machine under another name, or an IP
-	// literal, must not make mail loop.
-	SelfAddrs []netip.Addr
-	// NoInterfaceAddrs, when false (the default), adds to SelfAddrs the
-	// addresses of this machine's network interfaces, read once by
-	// NewPlanner, and counts every loopback and unspecified address as
-	// this node's. Set it when the MX hosts really are on this machine's
-	// addresses, as in tests that stand for remote hosts on loopback.
-	NoInterfaceAddrs bool
-
-	// Routes send a domain's mail to fixed hosts instead of its MX hosts.
-	// The route of the domain itself applies first, then the route of "*"
-	// (a smart host); a domain without either is planned from the DNS.
-	// A route whose hosts have no address fails temporarily: a route is
-	// local configuration, and bouncing mail for its mistakes would lose
-	// mail.
-	Routes []Route
-
-	// FallbackRelay are hosts ("host", "host:port" or an IP address, port
-	// 25 when absent) to try after the planned hosts failed temporarily,
-	// like Postfix's smtp_fallback_relay. They are not used for a routed
-	// domain, nor for a domain this node is an MX of, where they would
-	// make a loop.
-	FallbackRelay []string
-
-	// MaxCNAMEHops bounds the aliases Plan follows for one name when the
-	// resolver answers with a CNAME but without the target's records (a
-	// resolver such as DNSResolver follows chains itself and applies its
-	// own bound). Zero means 8.
-	MaxCNAMEHops int
-
-	// Rand returns a uniformly random int in [0, n); it orders MX hosts of
-	// equal preference. Nil means math/rand/v2's IntN. The Planner never
-	// calls it concurrently.
-	Rand func(n int) int
-
-	// Logger receives debug records of the hosts a plan skips. Nil means
-	// slog.Default().
-	Logger *slog.Logger
 }
 
 // Planner turns a recipient domain into a [Plan]: the ordered hosts to

@@ -2,9 +2,12 @@ package mxpool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/resilmail/resilmail/mxpool/sts"
 )
 
 // Type is a DNS record type that planning asks for.
@@ -62,29 +65,42 @@ type Resolver interface {
 	Lookup(ctx context.Context, name string, t Type) (Result, error)
 }
 
-// DNSError is a failed lookup.
-type DNSError struct {
-	Name      string
-	Type      Type
-	NotFound  bool  // the name does not exist (NXDOMAIN)
-	Temporary bool  // no usable answer now (SERVFAIL, timeout, refused): try later
-	Err       error // the cause, if any
+// TXT adapts r to the TXT lookups of MTA-STS ([sts.TXTResolver]): a name
+// that does not exist has no records rather than an error.
+func TXT(r Resolver) sts.TXTResolver { return txtResolver{r} }
+
+type txtResolver struct{ r Resolver }
+
+func (t txtResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	return lookupTXT(ctx, t.r, name)
 }
 
-// Error describes the failure.
-func (e *DNSError) Error() string {
-	what := "lookup failed"
-	switch {
-	case e.NotFound:
-		what = "no such domain"
-	case e.Temporary:
-		what = "temporary DNS failure"
+// lookupTXT asks r for the TXT records of name, a name that does not
+// exist (NXDOMAIN) having none.
+func lookupTXT(ctx context.Context, r Resolver, name string) ([]string, error) {
+	res, err := r.Lookup(ctx, name, TypeTXT)
+	if de := (*DNSError)(nil); errors.As(err, &de) && de.NotFound {
+		return nil, nil
 	}
-	if e.Err != nil {
-		return fmt.Sprintf("dns: %s %s: %s: %v", e.Type, e.Name, what, e.Err)
+	if err != nil {
+		return nil, err
 	}
-	return fmt.Sprintf("dns: %s %s: %s", e.Type, e.Name, what)
+	return res.TXT, nil
 }
 
-// Unwrap returns the cause.
-func (e *DNSError) Unwrap() error { return e.Err }
+// LookupTXT returns the TXT records of name for MTA-STS
+// ([sts.TXTResolver]): none, without an error, when name does not exist.
+func (r *DNSResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	return lookupTXT(ctx, r, name)
+}
+
+// LookupTXT returns the TXT records of name for MTA-STS
+// ([sts.TXTResolver]): none, without an error, when name does not exist.
+func (s *StaticResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	return lookupTXT(ctx, s, name)
+}
+
+var (
+	_ sts.TXTResolver = (*DNSResolver)(nil)
+	_ sts.TXTResolver = (*StaticResolver)(nil)
+)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/mxpool/sts"
 )
 
 func TestStaticResolverAnswers(t *testing.T) {
@@ -173,4 +175,24 @@ func TestStaticResolverConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+func TestLookupTXTForMTASTS(t *testing.T) {
+	// MTA-STS reads a name that does not exist as one without records,
+	// and a failure to get an answer as an error.
+	var z StaticResolver
+	z.AddTXT("_mta-sts.example.com", "v=STSv1; id=1")
+	ctx := context.Background()
+	for name, r := range map[string]sts.TXTResolver{"StaticResolver": &z, "TXT": TXT(&z)} {
+		txt, err := r.LookupTXT(ctx, "_mta-sts.example.com")
+		require.NoError(t, err, name)
+		assert.Equal(t, []string{"v=STSv1; id=1"}, txt, name)
+		txt, err = r.LookupTXT(ctx, "_mta-sts.nowhere.example")
+		assert.NoError(t, err, "%s: NXDOMAIN is no record", name)
+		assert.Empty(t, txt, name)
+	}
+	z.SetTemporaryFailure("_mta-sts.example.com", TypeTXT)
+	_, err := TXT(&z).LookupTXT(ctx, "_mta-sts.example.com")
+	var de *DNSError
+	assert.ErrorAs(t, err, &de, "a temporary failure is an error")
 }

@@ -77,6 +77,8 @@ func CheckName(s string) error {
 			case 'a' <= c && c <= 'z', c == '-':
 				digits = false
 			case '0' <= c && c <= '9':
+			case c >= 0x80:
+				return errors.New("not in A-label (ASCII) form")
 			default:
 				return fmt.Errorf("invalid character %q", c)
 			}

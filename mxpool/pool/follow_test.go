@@ -19,6 +19,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/internal/testclock"
 )
 
 // folOpen opens a follower with short test timings; the test closes it.
@@ -383,7 +385,7 @@ func TestFollowerStoredCopyWithoutNetwork(t *testing.T) {
 	srv.Close()
 	st, err := os.Stat(filepath.Join(dir, polSnapshotFile))
 	require.NoError(t, err)
-	clock := newTestClock(st.ModTime().Add(30 * time.Second))
+	clock := testclock.New(st.ModTime().Add(30 * time.Second))
 	f = folOpen(t, url, dir, &FollowerOptions{Now: clock.Now})
 	assert.Equal(t, uint64(2), f.Status().Version, "the stored copy is loaded at open")
 	assert.Equal(t, ActionAccept, f.Check("dan@example.org").Action)
@@ -441,7 +443,7 @@ func TestFollowerBadStoredCopy(t *testing.T) {
 
 func TestFollowerStaleness(t *testing.T) {
 	ctx := context.Background()
-	clock := newTestClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	clock := testclock.New(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	p := pubOpen(t, t.TempDir(), &PublisherOptions{Now: clock.Now})
 	srv := pubServe(t, p)
 	_, err := p.Publish(ctx, polTestPolicy())

@@ -16,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/internal/testclock"
 )
 
 // polReplayer stands between a follower and its publisher, as a man in the
@@ -70,7 +72,7 @@ func TestFollowerBehindAReplayingProxyGoesStale(t *testing.T) {
 	// was made: a follower behind a live publisher stays fresh, one
 	// behind the replayer turns stale (450) after StaleAfter.
 	ctx := context.Background()
-	clock := newTestClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	clock := testclock.New(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	p := pubOpen(t, t.TempDir(), &PublisherOptions{Now: clock.Now, ResealEvery: 10 * time.Second})
 	srv := pubServe(t, p)
 	_, err := p.Publish(ctx, polTestPolicy())
@@ -293,7 +295,7 @@ func TestNotModifiedCarriesTheSealOfItsAnswerTime(t *testing.T) {
 	// A long poll that ends without a change answers with a seal made
 	// when it answers, not when it began to wait: otherwise a follower's
 	// last word from the publisher would be a whole PollWait old already.
-	clock := newTestClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	clock := testclock.New(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	p := pubOpen(t, t.TempDir(), &PublisherOptions{Now: clock.Now, ResealEvery: 10 * time.Second})
 	srv := pubServe(t, p)
 	_, err := p.Publish(context.Background(), polTestPolicy())

@@ -1,4 +1,4 @@
-package mxpool
+package sts
 
 import (
 	"bytes"
@@ -50,7 +50,7 @@ func newTestTLSPolicy(t testing.TB, e *stsEnv, opts *TLSPolicyOptions) *TLSPolic
 
 func TestTLSPolicyEnforceDropsNonMatching(t *testing.T) {
 	e := newSTSEnv(t, "example.com")
-	e.publish("example.com", "id1", STSEnforce, 86400, "mx1.example.com", "*.backup.example.net")
+	e.publish("example.com", "id1", Enforce, 86400, "mx1.example.com", "*.backup.example.net")
 	p := newTestTLSPolicy(t, e, nil)
 
 	hosts := []string{"MX1.example.com.", "mx.attacker.example", "b1.backup.example.net", "a.b1.backup.example.net"}
@@ -83,7 +83,7 @@ func TestTLSPolicyEnforceDropsNonMatching(t *testing.T) {
 
 func TestTLSPolicyEnforceAllDropped(t *testing.T) {
 	e := newSTSEnv(t, "example.com")
-	e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+	e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 	p := newTestTLSPolicy(t, e, nil)
 
 	dec, err := p.Decide(stsCtx(t), "example.com", []string{"evil1.example", "evil2.example"})
@@ -95,7 +95,7 @@ func TestTLSPolicyEnforceAllDropped(t *testing.T) {
 	assert.Equal(t, "mta-sts", de.Command)
 	assert.Equal(t, "4.7.5", de.EnhancedCode)
 	assert.Contains(t, de.Message, "evil1.example")
-	assert.ErrorIs(t, err, ErrSTSNoAllowedMX)
+	assert.ErrorIs(t, err, ErrNoAllowedMX)
 	assert.Empty(t, dec.Allowed())
 	assert.Len(t, dec.Hosts, 2, "the decision still says why each host was dropped")
 }
@@ -103,7 +103,7 @@ func TestTLSPolicyEnforceAllDropped(t *testing.T) {
 func TestTLSPolicyTestingReportsOnly(t *testing.T) {
 	e := newSTSEnv(t, "example.com")
 	var logs stsLogBuffer
-	e.publish("example.com", "t1", STSTesting, 86400, "mx.example.com")
+	e.publish("example.com", "t1", Testing, 86400, "mx.example.com")
 	p := newTestTLSPolicy(t, e, &TLSPolicyOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 
 	dec, err := p.Decide(stsCtx(t), "example.com", []string{"mx.example.com", "other.example"})
@@ -126,7 +126,7 @@ func TestTLSPolicyOpportunistic(t *testing.T) {
 		setup func(e *stsEnv)
 	}{
 		{"no record", func(e *stsEnv) {}},
-		{"mode none", func(e *stsEnv) { e.publish("example.com", "n1", STSNone, 86400) }},
+		{"mode none", func(e *stsEnv) { e.publish("example.com", "n1", None, 86400) }},
 		{"policy cannot be fetched", func(e *stsEnv) {
 			e.res.setID("example.com", "x1")
 			e.srv.set("example.com", stsReply{status: http.StatusInternalServerError})
@@ -148,7 +148,7 @@ func TestTLSPolicyOpportunistic(t *testing.T) {
 				assert.False(t, h.STSMismatch)
 			}
 			if tt.name == "policy cannot be fetched" {
-				var se *STSError
+				var se *Error
 				assert.ErrorAs(t, dec.STSErr, &se, "failure reported for TLSRPT-style reporting")
 			} else {
 				assert.NoError(t, dec.STSErr)
@@ -178,7 +178,7 @@ func TestTLSPolicyRequired(t *testing.T) {
 	assert.Equal(t, smtpout.TLSOpportunistic, dec.Hosts[0].TLS)
 
 	// Required and MTA-STS enforce together: both apply.
-	e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+	e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 	dec, err = p.Decide(ctx, "example.com", []string{"mx.example.com", "other.example"})
 	require.NoError(t, err)
 	assert.Equal(t, smtpout.TLSRequired, dec.Hosts[0].TLS)
@@ -210,8 +210,8 @@ func TestTLSPolicyContextDone(t *testing.T) {
 func BenchmarkTLSPolicyCached(b *testing.B) {
 	e := newSTSEnv(b, "example.com")
 	e.opts.Logger = slog.New(slog.DiscardHandler)
-	e.publish("example.com", "id1", STSEnforce, 86400, "mx1.example.com", "*.example.net")
-	m, err := OpenMTASTS(e.res, &e.opts)
+	e.publish("example.com", "id1", Enforce, 86400, "mx1.example.com", "*.example.net")
+	m, err := Open(e.res, &e.opts)
 	require.NoError(b, err)
 	p, err := NewTLSPolicy(m, &TLSPolicyOptions{Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(b, err)

@@ -1,4 +1,4 @@
-package mxpool
+package sts
 
 import (
 	"bytes"
@@ -28,12 +28,14 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/internal/testclock"
 )
 
 // ---- test doubles ----
 
 // stsFakeResolver answers TXT questions from a map; names absent from it
-// do not exist (NXDOMAIN).
+// have no records (NXDOMAIN).
 type stsFakeResolver struct {
 	mu      sync.Mutex
 	txt     map[string][]string
@@ -45,7 +47,7 @@ func newSTSFakeResolver() *stsFakeResolver {
 	return &stsFakeResolver{txt: map[string][]string{}, fail: map[string]error{}}
 }
 
-func (r *stsFakeResolver) Lookup(ctx context.Context, name string, t Type) (Result, error) {
+func (r *stsFakeResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
 	r.mu.Lock()
 	txt, ok := r.txt[name]
 	err := r.fail[name]
@@ -55,19 +57,21 @@ func (r *stsFakeResolver) Lookup(ctx context.Context, name string, t Type) (Resu
 		ch <- name
 	}
 	if err := ctx.Err(); err != nil {
-		return Result{}, err
+		return nil, err
 	}
 	if err != nil {
-		return Result{}, err
-	}
-	if t != TypeTXT {
-		return Result{}, nil
+		return nil, err
 	}
 	if !ok {
-		return Result{}, &DNSError{Name: name, Type: t, NotFound: true}
+		return nil, nil // NXDOMAIN: no records
 	}
-	return Result{TXT: append([]string(nil), txt...), TTL: time.Minute}, nil
+	return append([]string(nil), txt...), nil
 }
+
+// stsLookupError is the fake resolver's temporary failure.
+type stsLookupError struct{ name string }
+
+func (e *stsLookupError) Error() string { return "dns: TXT " + e.name + ": temporary DNS failure" }
 
 // setID publishes "v=STSv1; id=<id>" for domain; an empty id removes the
 // record.
@@ -94,7 +98,7 @@ func (r *stsFakeResolver) setTempFail(domain string, on bool) {
 	defer r.mu.Unlock()
 	name := "_mta-sts." + domain
 	if on {
-		r.fail[name] = &DNSError{Name: name, Type: TypeTXT, Temporary: true}
+		r.fail[name] = &stsLookupError{name: name}
 	} else {
 		delete(r.fail, name)
 	}
@@ -190,7 +194,7 @@ func (s *stsServer) serve(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/elsewhere" {
 		s.redirected.Add(1)
 		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprint(w, stsPolicyText(STSEnforce, 86400, "mx.example.com"))
+		fmt.Fprint(w, stsPolicyText(Enforce, 86400, "mx.example.com"))
 		return
 	}
 	s.requests.Add(1)
@@ -258,7 +262,7 @@ func (s *stsServer) client(t testing.TB, pool *x509.CertPool) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
 
-func stsPolicyText(mode STSMode, maxAge int, mx ...string) string {
+func stsPolicyText(mode Mode, maxAge int, mx ...string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "version: STSv1\r\nmode: %s\r\n", mode)
 	for _, m := range mx {
@@ -275,17 +279,17 @@ func stsTestLogger(t testing.TB) *slog.Logger {
 // stsEnv is a resolver, clock, CA and policy server wired to an MTASTS.
 type stsEnv struct {
 	res   *stsFakeResolver
-	clock *testClock
+	clock *testclock.Clock
 	ca    *stsCA
 	srv   *stsServer
-	opts  STSOptions
+	opts  Options
 }
 
 func newSTSEnv(t testing.TB, domains ...string) *stsEnv {
 	t.Helper()
-	e := &stsEnv{res: newSTSFakeResolver(), clock: newTestClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)), ca: newSTSCA(t)}
+	e := &stsEnv{res: newSTSFakeResolver(), clock: testclock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)), ca: newSTSCA(t)}
 	e.srv = newSTSServer(t, e.ca, domains...)
-	e.opts = STSOptions{
+	e.opts = Options{
 		HTTPClient:   e.srv.client(t, e.ca.pool),
 		Now:          e.clock.Now,
 		Logger:       stsTestLogger(t),
@@ -296,13 +300,13 @@ func newSTSEnv(t testing.TB, domains ...string) *stsEnv {
 
 func (e *stsEnv) new(t testing.TB) *MTASTS {
 	t.Helper()
-	m, err := OpenMTASTS(e.res, &e.opts)
+	m, err := Open(e.res, &e.opts)
 	require.NoError(t, err)
 	return m
 }
 
 // publish serves a policy for domain under id.
-func (e *stsEnv) publish(domain, id string, mode STSMode, maxAge int, mx ...string) {
+func (e *stsEnv) publish(domain, id string, mode Mode, maxAge int, mx ...string) {
 	e.res.setID(domain, id)
 	e.srv.set(domain, stsReply{body: stsPolicyText(mode, maxAge, mx...)})
 }
@@ -319,7 +323,7 @@ func TestParseSTSRecord(t *testing.T) {
 	tests := []struct {
 		txt  string
 		id   string
-		want error // nil, ErrSTSNotRecord or ErrSTSSyntax
+		want error // nil, ErrNotRecord or ErrSyntax
 	}{
 		{"v=STSv1; id=20160831085700Z;", "20160831085700Z", nil},
 		{"v=STSv1;id=abc", "abc", nil},
@@ -328,31 +332,31 @@ func TestParseSTSRecord(t *testing.T) {
 		{"v=STSv1; id=first; id=second", "first", nil},
 		{"v=STSv1; id=" + strings.Repeat("a", 32), strings.Repeat("a", 32), nil},
 
-		{"v=spf1 -all", "", ErrSTSNotRecord},
-		{"", "", ErrSTSNotRecord},
-		{"v=STSv10; id=abc", "", ErrSTSNotRecord},
-		{"V=STSv1; id=abc", "", ErrSTSNotRecord}, // case-sensitive
-		{" v=STSv1; id=abc", "", ErrSTSNotRecord},
+		{"v=spf1 -all", "", ErrNotRecord},
+		{"", "", ErrNotRecord},
+		{"v=STSv10; id=abc", "", ErrNotRecord},
+		{"V=STSv1; id=abc", "", ErrNotRecord}, // case-sensitive
+		{" v=STSv1; id=abc", "", ErrNotRecord},
 
-		{"v=STSv1", "", ErrSTSSyntax},                                // no id
-		{"v=STSv1;", "", ErrSTSSyntax},                               // no id
-		{"v=STSv1; ext=1", "", ErrSTSSyntax},                         // no id
-		{"v=STSv1; id=", "", ErrSTSSyntax},                           // empty id
-		{"v=STSv1; id=" + strings.Repeat("a", 33), "", ErrSTSSyntax}, // too long
-		{"v=STSv1; id=abc-def", "", ErrSTSSyntax},                    // not alphanumeric
-		{"v=STSv1; id=abc def", "", ErrSTSSyntax},                    // space inside
-		{"v=STSv1;; id=abc", "", ErrSTSSyntax},                       // empty field
-		{"v=STSv1; id=abc; =x", "", ErrSTSSyntax},                    // no name
-		{"v=STSv1; id=abc; _x=1", "", ErrSTSSyntax},                  // name starts badly
-		{"v=STSv1; id=abc; x=a=b", "", ErrSTSSyntax},                 // "=" in value
-		{"v=STSv1; id=abc; novalue", "", ErrSTSSyntax},               // not name=value
-		{"v=STSv1 id=abc", "", ErrSTSSyntax},                         // no ";"
-		{"v=STSv1; id=abc; x=\x01", "", ErrSTSSyntax},                // control char
-		{"v=STSv1; id=abc; x=é", "", ErrSTSSyntax},                   // not ASCII
+		{"v=STSv1", "", ErrSyntax},                                // no id
+		{"v=STSv1;", "", ErrSyntax},                               // no id
+		{"v=STSv1; ext=1", "", ErrSyntax},                         // no id
+		{"v=STSv1; id=", "", ErrSyntax},                           // empty id
+		{"v=STSv1; id=" + strings.Repeat("a", 33), "", ErrSyntax}, // too long
+		{"v=STSv1; id=abc-def", "", ErrSyntax},                    // not alphanumeric
+		{"v=STSv1; id=abc def", "", ErrSyntax},                    // space inside
+		{"v=STSv1;; id=abc", "", ErrSyntax},                       // empty field
+		{"v=STSv1; id=abc; =x", "", ErrSyntax},                    // no name
+		{"v=STSv1; id=abc; _x=1", "", ErrSyntax},                  // name starts badly
+		{"v=STSv1; id=abc; x=a=b", "", ErrSyntax},                 // "=" in value
+		{"v=STSv1; id=abc; novalue", "", ErrSyntax},               // not name=value
+		{"v=STSv1 id=abc", "", ErrSyntax},                         // no ";"
+		{"v=STSv1; id=abc; x=\x01", "", ErrSyntax},                // control char
+		{"v=STSv1; id=abc; x=é", "", ErrSyntax},                   // not ASCII
 	}
 	for _, tt := range tests {
 		t.Run(tt.txt, func(t *testing.T) {
-			id, err := ParseSTSRecord(tt.txt)
+			id, err := ParseRecord(tt.txt)
 			if tt.want == nil {
 				require.NoError(t, err)
 				assert.Equal(t, tt.id, id)
@@ -368,32 +372,32 @@ func TestParseSTSPolicy(t *testing.T) {
 	valid := []struct {
 		name   string
 		text   string
-		mode   STSMode
+		mode   Mode
 		mx     []string
 		maxAge time.Duration
 	}{
 		{"rfc example CRLF", "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmx: backupmx.example.com\r\nmax_age: 604800\r\n",
-			STSEnforce, []string{"mail.example.com", "*.example.net", "backupmx.example.com"}, 604800 * time.Second},
+			Enforce, []string{"mail.example.com", "*.example.net", "backupmx.example.com"}, 604800 * time.Second},
 		{"LF, no final newline, any order", "mx: MX.Example.COM\nmax_age: 86400\nmode: testing\nversion: STSv1",
-			STSTesting, []string{"mx.example.com"}, 86400 * time.Second},
+			Testing, []string{"mx.example.com"}, 86400 * time.Second},
 		{"white space around values", "version:STSv1 \nmode:\t enforce\t\nmx:  a.example\nmax_age: 0\n",
-			STSEnforce, []string{"a.example"}, 0},
+			Enforce, []string{"a.example"}, 0},
 		{"unknown keys ignored", "version: STSv1\nmode: enforce\nfoo.bar-baz_1: anything goes, even ünïcode\nmx: a.example\nmax_age: 31557600\n",
-			STSEnforce, []string{"a.example"}, 31557600 * time.Second},
+			Enforce, []string{"a.example"}, 31557600 * time.Second},
 		{"first of duplicated keys counts", "version: STSv1\nmode: testing\nmode: enforce\nmax_age: 10\nmax_age: bogus\nversion: STSv2\nmx: a.example\n",
-			STSTesting, []string{"a.example"}, 10 * time.Second},
+			Testing, []string{"a.example"}, 10 * time.Second},
 		{"duplicate mx kept once", "version: STSv1\nmode: enforce\nmx: a.example\nmx: A.example\nmx: b.example\nmax_age: 1\n",
-			STSEnforce, []string{"a.example", "b.example"}, time.Second},
+			Enforce, []string{"a.example", "b.example"}, time.Second},
 		{"mode none needs no mx", "version: STSv1\nmode: none\nmax_age: 86400\n",
-			STSNone, nil, 86400 * time.Second},
+			None, nil, 86400 * time.Second},
 		{"blank lines ignored", "\nversion: STSv1\r\n\r\nmode: enforce\n  \nmx: a.example\nmax_age: 5\n\n",
-			STSEnforce, []string{"a.example"}, 5 * time.Second},
+			Enforce, []string{"a.example"}, 5 * time.Second},
 		{"leading zeros", "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 0000000042\n",
-			STSEnforce, []string{"a.example"}, 42 * time.Second},
+			Enforce, []string{"a.example"}, 42 * time.Second},
 	}
 	for _, tt := range valid {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := ParseSTSPolicy([]byte(tt.text))
+			p, err := ParsePolicy([]byte(tt.text))
 			require.NoError(t, err)
 			assert.Equal(t, tt.mode, p.Mode)
 			assert.Equal(t, tt.mx, p.MX)
@@ -441,17 +445,17 @@ func TestParseSTSPolicy(t *testing.T) {
 	}
 	for _, tt := range invalid {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := ParseSTSPolicy([]byte(tt.text))
+			p, err := ParsePolicy([]byte(tt.text))
 			require.Error(t, err)
 			assert.Nil(t, p)
-			assert.ErrorIs(t, err, ErrSTSSyntax)
+			assert.ErrorIs(t, err, ErrSyntax)
 			assert.Contains(t, err.Error(), tt.msg)
 		})
 	}
 }
 
 func TestSTSPolicyMatch(t *testing.T) {
-	p := &STSPolicy{Mode: STSEnforce, MX: []string{"mail.example.com", "*.example.net"}}
+	p := &Policy{Mode: Enforce, MX: []string{"mail.example.com", "*.example.net"}}
 	tests := []struct {
 		host string
 		want bool
@@ -479,8 +483,8 @@ func TestSTSPolicyMatch(t *testing.T) {
 }
 
 func TestSTSPolicyStringRoundTrip(t *testing.T) {
-	p := &STSPolicy{Mode: STSTesting, MX: []string{"a.example", "*.b.example"}, MaxAge: 3600 * time.Second}
-	q, err := ParseSTSPolicy([]byte(p.String()))
+	p := &Policy{Mode: Testing, MX: []string{"a.example", "*.b.example"}, MaxAge: 3600 * time.Second}
+	q, err := ParsePolicy([]byte(p.String()))
 	require.NoError(t, err)
 	assert.Equal(t, p, q)
 }
@@ -489,14 +493,14 @@ func TestSTSPolicyStringRoundTrip(t *testing.T) {
 
 func TestMTASTSFetchAndCacheByID(t *testing.T) {
 	e := newSTSEnv(t, "example.com")
-	e.publish("example.com", "id1", STSEnforce, 86400, "mx1.example.com", "*.example.net")
+	e.publish("example.com", "id1", Enforce, 86400, "mx1.example.com", "*.example.net")
 	m := e.new(t)
 	ctx := stsCtx(t)
 
 	p, err := m.Policy(ctx, "Example.COM.")
 	require.NoError(t, err)
 	require.NotNil(t, p)
-	assert.Equal(t, STSEnforce, p.Mode)
+	assert.Equal(t, Enforce, p.Mode)
 	assert.Equal(t, []string{"mx1.example.com", "*.example.net"}, p.MX)
 	assert.Equal(t, "id1", p.ID)
 	assert.Equal(t, e.clock.Now().Add(86400*time.Second), p.Expires)
@@ -518,14 +522,14 @@ func TestMTASTSFetchAndCacheByID(t *testing.T) {
 
 func TestMTASTSIDChangeRefetches(t *testing.T) {
 	e := newSTSEnv(t, "example.com")
-	e.publish("example.com", "id1", STSEnforce, 86400, "old.example.com")
+	e.publish("example.com", "id1", Enforce, 86400, "old.example.com")
 	m := e.new(t)
 	ctx := stsCtx(t)
 	p, err := m.Policy(ctx, "example.com")
 	require.NoError(t, err)
 	require.Equal(t, []string{"old.example.com"}, p.MX)
 
-	e.publish("example.com", "id2", STSEnforce, 86400, "new.example.com")
+	e.publish("example.com", "id2", Enforce, 86400, "new.example.com")
 	p, err = m.Policy(ctx, "example.com")
 	require.NoError(t, err)
 	assert.Equal(t, "id2", p.ID)
@@ -536,7 +540,7 @@ func TestMTASTSIDChangeRefetches(t *testing.T) {
 func TestMTASTSMaxAgeExpiry(t *testing.T) {
 	t.Run("max_age", func(t *testing.T) {
 		e := newSTSEnv(t, "example.com")
-		e.publish("example.com", "id1", STSEnforce, 600, "mx.example.com")
+		e.publish("example.com", "id1", Enforce, 600, "mx.example.com")
 		m := e.new(t)
 		ctx := stsCtx(t)
 		_, err := m.Policy(ctx, "example.com")
@@ -551,7 +555,7 @@ func TestMTASTSMaxAgeExpiry(t *testing.T) {
 		e.clock.Advance(302 * time.Second)
 		p, err := m.Policy(ctx, "example.com")
 		assert.Nil(t, p, "expired policy must not apply")
-		var se *STSError
+		var se *Error
 		require.ErrorAs(t, err, &se)
 		assert.EqualValues(t, 2, e.srv.requests.Load())
 		assert.Empty(t, m.Cached())
@@ -559,7 +563,7 @@ func TestMTASTSMaxAgeExpiry(t *testing.T) {
 	t.Run("cap", func(t *testing.T) {
 		e := newSTSEnv(t, "example.com")
 		e.opts.MaxAge = time.Hour
-		e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+		e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 		m := e.new(t)
 		ctx := stsCtx(t)
 		p, err := m.Policy(ctx, "example.com")
@@ -572,7 +576,7 @@ func TestMTASTSMaxAgeExpiry(t *testing.T) {
 	})
 	t.Run("zero", func(t *testing.T) {
 		e := newSTSEnv(t, "example.com")
-		e.publish("example.com", "id1", STSEnforce, 0, "mx.example.com")
+		e.publish("example.com", "id1", Enforce, 0, "mx.example.com")
 		m := e.new(t)
 		ctx := stsCtx(t)
 		for range 2 {
@@ -586,7 +590,7 @@ func TestMTASTSMaxAgeExpiry(t *testing.T) {
 
 func TestMTASTSRefreshBeforeExpiry(t *testing.T) {
 	e := newSTSEnv(t, "example.com")
-	e.publish("example.com", "id1", STSEnforce, 4*86400, "mx.example.com")
+	e.publish("example.com", "id1", Enforce, 4*86400, "mx.example.com")
 	m := e.new(t)
 	ctx := stsCtx(t)
 	first, err := m.Policy(ctx, "example.com")
@@ -611,7 +615,7 @@ func TestMTASTSRefreshBeforeExpiry(t *testing.T) {
 
 func TestMTASTSRecordRemovedCacheStillApplies(t *testing.T) {
 	e := newSTSEnv(t, "example.com")
-	e.publish("example.com", "id1", STSEnforce, 3600, "mx.example.com")
+	e.publish("example.com", "id1", Enforce, 3600, "mx.example.com")
 	m := e.new(t)
 	ctx := stsCtx(t)
 	p, err := m.Policy(ctx, "example.com")
@@ -641,7 +645,7 @@ func TestMTASTSFailureUsesCache(t *testing.T) {
 		e := newSTSEnv(t, "example.com")
 		var logs stsLogBuffer
 		e.opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
-		e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+		e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 		m := e.new(t)
 		ctx := stsCtx(t)
 		p, err := m.Policy(ctx, "example.com")
@@ -658,7 +662,7 @@ func TestMTASTSFailureUsesCache(t *testing.T) {
 	})
 	t.Run("lookup fails", func(t *testing.T) {
 		e := newSTSEnv(t, "example.com")
-		e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+		e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 		m := e.new(t)
 		ctx := stsCtx(t)
 		p, err := m.Policy(ctx, "example.com")
@@ -687,15 +691,15 @@ func TestMTASTSFailureWithoutCache(t *testing.T) {
 
 	p, err := m.Policy(ctx, "example.com")
 	assert.Nil(t, p)
-	var se *STSError
+	var se *Error
 	require.ErrorAs(t, err, &se)
 	assert.True(t, se.Temporary())
 	assert.Equal(t, "fetch", se.Op)
 	assert.Equal(t, "id1", se.ID)
-	assert.ErrorIs(t, err, ErrSTSStatus)
+	assert.ErrorIs(t, err, ErrStatus)
 
 	// No new fetch of the same id for RetryAfter (five minutes).
-	e.srv.set("example.com", stsReply{body: stsPolicyText(STSEnforce, 86400, "mx.example.com")})
+	e.srv.set("example.com", stsReply{body: stsPolicyText(Enforce, 86400, "mx.example.com")})
 	e.clock.Advance(4 * time.Minute)
 	_, err = m.Policy(ctx, "example.com")
 	require.ErrorAs(t, err, &se)
@@ -714,8 +718,8 @@ func TestMTASTSFailureWithoutCache(t *testing.T) {
 	assert.Nil(t, p)
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, "lookup", se.Op)
-	var de *DNSError
-	assert.ErrorAs(t, err, &de)
+	var le *stsLookupError
+	assert.ErrorAs(t, err, &le)
 }
 
 func TestMTASTSRetryAfterElapses(t *testing.T) {
@@ -726,11 +730,11 @@ func TestMTASTSRetryAfterElapses(t *testing.T) {
 	ctx := stsCtx(t)
 	_, err := m.Policy(ctx, "example.com")
 	require.Error(t, err)
-	e.srv.set("example.com", stsReply{body: stsPolicyText(STSTesting, 86400, "mx.example.com")})
+	e.srv.set("example.com", stsReply{body: stsPolicyText(Testing, 86400, "mx.example.com")})
 	e.clock.Advance(5 * time.Minute)
 	p, err := m.Policy(ctx, "example.com")
 	require.NoError(t, err)
-	assert.Equal(t, STSTesting, p.Mode)
+	assert.Equal(t, Testing, p.Mode)
 	assert.EqualValues(t, 2, e.srv.requests.Load())
 }
 
@@ -748,7 +752,7 @@ func TestMTASTSNoPolicy(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newSTSEnv(t, "example.com")
-			e.srv.set("example.com", stsReply{body: stsPolicyText(STSEnforce, 86400, "mx.example.com")})
+			e.srv.set("example.com", stsReply{body: stsPolicyText(Enforce, 86400, "mx.example.com")})
 			if tt.txt != nil {
 				e.res.setTXT("example.com", tt.txt...)
 			}
@@ -763,25 +767,25 @@ func TestMTASTSNoPolicy(t *testing.T) {
 
 func TestMTASTSModeNoneReplacesPolicy(t *testing.T) {
 	e := newSTSEnv(t, "example.com")
-	e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+	e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 	m := e.new(t)
 	ctx := stsCtx(t)
 	_, err := m.Policy(ctx, "example.com")
 	require.NoError(t, err)
 
-	e.publish("example.com", "id2", STSNone, 86400)
+	e.publish("example.com", "id2", None, 86400)
 	p, err := m.Policy(ctx, "example.com")
 	require.NoError(t, err)
-	assert.Equal(t, STSNone, p.Mode)
+	assert.Equal(t, None, p.Mode)
 
 	e.res.setID("example.com", "") // record removed after the withdrawal
 	p, err = m.Policy(ctx, "example.com")
 	require.NoError(t, err)
-	assert.Equal(t, STSNone, p.Mode, "the old enforce policy must not come back")
+	assert.Equal(t, None, p.Mode, "the old enforce policy must not come back")
 }
 
 func TestMTASTSFetchRefused(t *testing.T) {
-	valid := stsPolicyText(STSEnforce, 86400, "mx.example.com")
+	valid := stsPolicyText(Enforce, 86400, "mx.example.com")
 	// pad returns a valid policy of exactly n bytes.
 	pad := func(n int) string {
 		s := valid + "x-pad: "
@@ -793,23 +797,23 @@ func TestMTASTSFetchRefused(t *testing.T) {
 		check func(t *testing.T, err error)
 	}{
 		{"redirect", stsReply{status: http.StatusFound, location: "https://mta-sts.example.com/elsewhere", body: valid},
-			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrSTSRedirect) }},
+			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrRedirect) }},
 		{"permanent redirect", stsReply{status: http.StatusPermanentRedirect, location: "/elsewhere", body: valid},
-			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrSTSRedirect) }},
+			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrRedirect) }},
 		{"text/html", stsReply{ctype: "text/html; charset=utf-8", body: valid},
-			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrSTSMediaType) }},
+			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrMediaType) }},
 		{"application/octet-stream", stsReply{ctype: "application/octet-stream", body: valid},
-			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrSTSMediaType) }},
-		{"too large, chunked", stsReply{body: pad(STSMaxPolicySize + 1)},
-			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrSTSTooLarge) }},
-		{"too large, Content-Length", stsReply{body: pad(STSMaxPolicySize + 1), length: true},
-			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrSTSTooLarge) }},
+			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrMediaType) }},
+		{"too large, chunked", stsReply{body: pad(MaxPolicySize + 1)},
+			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrTooLarge) }},
+		{"too large, Content-Length", stsReply{body: pad(MaxPolicySize + 1), length: true},
+			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrTooLarge) }},
 		{"status 404", stsReply{status: http.StatusNotFound, body: valid},
-			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrSTSStatus) }},
+			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrStatus) }},
 		{"status 204", stsReply{status: http.StatusNoContent},
-			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrSTSStatus) }},
+			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrStatus) }},
 		{"invalid policy", stsReply{body: "version: STSv1\nmode: enforce\nmax_age: 1\n"},
-			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrSTSSyntax) }},
+			func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrSyntax) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -819,7 +823,7 @@ func TestMTASTSFetchRefused(t *testing.T) {
 			m := e.new(t)
 			p, err := m.Policy(stsCtx(t), "example.com")
 			assert.Nil(t, p)
-			var se *STSError
+			var se *Error
 			require.ErrorAs(t, err, &se)
 			tt.check(t, err)
 			assert.EqualValues(t, 1, e.srv.requests.Load())
@@ -830,16 +834,16 @@ func TestMTASTSFetchRefused(t *testing.T) {
 	t.Run("exactly the size limit", func(t *testing.T) {
 		e := newSTSEnv(t, "example.com")
 		e.res.setID("example.com", "id1")
-		e.srv.set("example.com", stsReply{body: pad(STSMaxPolicySize), length: true})
+		e.srv.set("example.com", stsReply{body: pad(MaxPolicySize), length: true})
 		m := e.new(t)
 		p, err := m.Policy(stsCtx(t), "example.com")
 		require.NoError(t, err)
-		assert.Equal(t, STSEnforce, p.Mode)
+		assert.Equal(t, Enforce, p.Mode)
 	})
 
 	t.Run("certificate not trusted", func(t *testing.T) {
 		e := newSTSEnv(t, "example.com")
-		e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+		e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 		// The server's certificate names the right host, but its issuer
 		// is not in the client's roots.
 		other := newSTSCA(t)
@@ -847,7 +851,7 @@ func TestMTASTSFetchRefused(t *testing.T) {
 		m := e.new(t)
 		p, err := m.Policy(stsCtx(t), "example.com")
 		assert.Nil(t, p)
-		var se *STSError
+		var se *Error
 		require.ErrorAs(t, err, &se)
 		var ua x509.UnknownAuthorityError
 		assert.ErrorAs(t, err, &ua)
@@ -855,7 +859,7 @@ func TestMTASTSFetchRefused(t *testing.T) {
 
 	t.Run("certificate for another name", func(t *testing.T) {
 		e := newSTSEnv(t, "example.org")
-		e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+		e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 		m := e.new(t)
 		p, err := m.Policy(stsCtx(t), "example.com")
 		assert.Nil(t, p)
@@ -867,7 +871,7 @@ func TestMTASTSFetchRefused(t *testing.T) {
 func TestMTASTSConcurrentCallersShareFetch(t *testing.T) {
 	const n = 8
 	e := newSTSEnv(t, "example.com")
-	e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+	e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 	lookups := make(chan string, n)
 	e.res.lookups = lookups
 	release := make(chan struct{})
@@ -876,7 +880,7 @@ func TestMTASTSConcurrentCallersShareFetch(t *testing.T) {
 	ctx := stsCtx(t)
 
 	var wg sync.WaitGroup
-	got := make([]*STSPolicy, n)
+	got := make([]*Policy, n)
 	errs := make([]error, n)
 	for i := range n {
 		wg.Go(func() { got[i], errs[i] = m.Policy(ctx, "example.com") })
@@ -901,7 +905,7 @@ func TestMTASTSConcurrentCallersShareFetch(t *testing.T) {
 
 func TestMTASTSCallerCancelled(t *testing.T) {
 	e := newSTSEnv(t, "example.com")
-	e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+	e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 	release := make(chan struct{})
 	entered := make(chan struct{}, 1)
 	e.srv.hook = func() { entered <- struct{}{}; <-release }
@@ -928,8 +932,8 @@ func TestMTASTSCallerCancelled(t *testing.T) {
 func TestMTASTSPersistence(t *testing.T) {
 	e := newSTSEnv(t, "example.com", "example.org")
 	e.opts.Dir = filepath.Join(t.TempDir(), "sts")
-	e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
-	e.publish("example.org", "org1", STSTesting, 600, "mx.example.org")
+	e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
+	e.publish("example.org", "org1", Testing, 600, "mx.example.org")
 	m1 := e.new(t)
 	ctx := stsCtx(t)
 	p1, err := m1.Policy(ctx, "example.com")
@@ -962,7 +966,7 @@ func TestMTASTSPersistence(t *testing.T) {
 	require.Len(t, cached, 1, "the expired example.org policy is not loaded")
 	assert.Equal(t, "example.com", cached[0].Domain)
 	assert.Equal(t, "id1", cached[0].ID)
-	assert.Equal(t, STSEnforce, cached[0].Mode)
+	assert.Equal(t, Enforce, cached[0].Mode)
 	assert.True(t, cached[0].Expires.Equal(p1.Expires))
 	_, err = os.Stat(filepath.Join(e.opts.Dir, "example.org.sts"))
 	assert.ErrorIs(t, err, os.ErrNotExist, "expired file removed")
@@ -971,7 +975,7 @@ func TestMTASTSPersistence(t *testing.T) {
 func TestMTASTSCacheVersionRefused(t *testing.T) {
 	e := newSTSEnv(t, "example.com")
 	e.opts.Dir = t.TempDir()
-	e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+	e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 	_, err := e.new(t).Policy(stsCtx(t), "example.com")
 	require.NoError(t, err)
 
@@ -982,8 +986,8 @@ func TestMTASTSCacheVersionRefused(t *testing.T) {
 	future := bytes.Replace(data, []byte("mxpool-mta-sts 1 "), []byte("mxpool-mta-sts 2 "), 1)
 	require.NoError(t, os.WriteFile(path, future, 0o644))
 
-	_, err = OpenMTASTS(e.res, &e.opts)
-	assert.ErrorIs(t, err, ErrSTSCacheVersion)
+	_, err = Open(e.res, &e.opts)
+	assert.ErrorIs(t, err, ErrCacheVersion)
 	assert.Contains(t, err.Error(), path)
 	after, rerr := os.ReadFile(path)
 	require.NoError(t, rerr)
@@ -993,7 +997,7 @@ func TestMTASTSCacheVersionRefused(t *testing.T) {
 func TestMTASTSCorruptCacheRenamedAside(t *testing.T) {
 	e := newSTSEnv(t, "example.com")
 	e.opts.Dir = t.TempDir()
-	e.publish("example.com", "id1", STSEnforce, 86400, "mx.example.com")
+	e.publish("example.com", "id1", Enforce, 86400, "mx.example.com")
 	_, err := e.new(t).Policy(stsCtx(t), "example.com")
 	require.NoError(t, err)
 	path := filepath.Join(e.opts.Dir, "example.com.sts")
@@ -1009,7 +1013,7 @@ func TestMTASTSCorruptCacheRenamedAside(t *testing.T) {
 	for name, content := range tests {
 		t.Run(name, func(t *testing.T) {
 			require.NoError(t, os.WriteFile(path, content, 0o644))
-			m, err := OpenMTASTS(e.res, &e.opts)
+			m, err := Open(e.res, &e.opts)
 			require.NoError(t, err)
 			assert.Empty(t, m.Cached())
 			aside, err := os.ReadFile(path + ".corrupt")
@@ -1023,11 +1027,11 @@ func TestMTASTSCorruptCacheRenamedAside(t *testing.T) {
 }
 
 func TestOpenMTASTSOptions(t *testing.T) {
-	_, err := OpenMTASTS(nil, nil)
+	_, err := Open(nil, nil)
 	assert.Error(t, err)
-	_, err = OpenMTASTS(newSTSFakeResolver(), &STSOptions{MaxAge: -1})
+	_, err = Open(newSTSFakeResolver(), &Options{MaxAge: -1})
 	assert.Error(t, err)
-	m, err := OpenMTASTS(newSTSFakeResolver(), nil)
+	m, err := Open(newSTSFakeResolver(), nil)
 	require.NoError(t, err)
 	_, err = m.Policy(stsCtx(t), "bad domain")
 	assert.Error(t, err)
@@ -1036,6 +1040,6 @@ func TestOpenMTASTSOptions(t *testing.T) {
 }
 
 func TestSTSErrorMessage(t *testing.T) {
-	err := &STSError{Domain: "example.com", Op: "fetch", ID: "x1", Err: errors.New("boom")}
-	assert.Equal(t, "mxpool: MTA-STS policy of example.com (id x1): boom", err.Error())
+	err := &Error{Domain: "example.com", Op: "fetch", ID: "x1", Err: errors.New("boom")}
+	assert.Equal(t, "sts: MTA-STS policy of example.com (id x1): boom", err.Error())
 }

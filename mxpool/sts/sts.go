@@ -1,4 +1,4 @@
-package mxpool
+package sts
 
 // MTA-STS (RFC 8461): parsing of the "_mta-sts" TXT record and of the policy
 // file, and the MTASTS fetcher with its cache.
@@ -26,35 +26,36 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/resilmail/resilmail/internal/domainname"
 	"github.com/resilmail/resilmail/internal/durable"
 )
 
-// STSMode is the mode of an MTA-STS policy (RFC 8461 §5).
-type STSMode string
+// Mode is the mode of an MTA-STS policy (RFC 8461 §5).
+type Mode string
 
 // The modes a policy may have.
 const (
-	// STSEnforce: deliver only to MX hosts that match the policy, over
+	// Enforce: deliver only to MX hosts that match the policy, over
 	// TLS with a certificate valid for the host name.
-	STSEnforce STSMode = "enforce"
-	// STSTesting: deliver as without a policy, but report failures.
-	STSTesting STSMode = "testing"
-	// STSNone: the domain has withdrawn its policy.
-	STSNone STSMode = "none"
+	Enforce Mode = "enforce"
+	// Testing: deliver as without a policy, but report failures.
+	Testing Mode = "testing"
+	// None: the domain has withdrawn its policy.
+	None Mode = "none"
 )
 
-// STSMaxAge is the largest max_age a policy may declare: one year (RFC 8461
+// MaxPolicyAge is the largest max_age a policy may declare: one year (RFC 8461
 // §3.2).
-const STSMaxAge = 31557600 * time.Second
+const MaxPolicyAge = 31557600 * time.Second
 
-// STSMaxPolicySize is the largest policy file accepted, the limit RFC 8461
+// MaxPolicySize is the largest policy file accepted, the limit RFC 8461
 // §3.3 suggests.
-const STSMaxPolicySize = 64 << 10
+const MaxPolicySize = 64 << 10
 
-// An STSPolicy is a parsed MTA-STS policy. A policy returned by
+// An Policy is a parsed MTA-STS policy. A policy returned by
 // [MTASTS.Policy] is shared and must not be modified.
-type STSPolicy struct {
-	Mode STSMode
+type Policy struct {
+	Mode Mode
 	// MX holds the policy's mx patterns in lower case, in the order given,
 	// without duplicates: a host name, or "*." and a name for any host one
 	// label below it.
@@ -63,10 +64,10 @@ type STSPolicy struct {
 	MaxAge time.Duration
 
 	// ID is the id of the TXT record the policy was fetched under; empty
-	// from ParseSTSPolicy.
+	// from ParsePolicy.
 	ID string
 	// Expires is when the cached policy stops applying: the fetch time plus
-	// MaxAge, capped by STSOptions.MaxAge. Zero from ParseSTSPolicy.
+	// MaxAge, capped by Options.MaxAge. Zero from ParsePolicy.
 	Expires time.Time
 }
 
@@ -75,7 +76,7 @@ type STSPolicy struct {
 // as is a trailing dot. A wildcard pattern "*.example.com" matches exactly
 // one label more: "mx.example.com", but neither "example.com" nor
 // "a.mx.example.com".
-func (p *STSPolicy) Match(host string) bool {
+func (p *Policy) Match(host string) bool {
 	host = strings.TrimSuffix(host, ".")
 	if host == "" || strings.IndexByte(host, '*') >= 0 {
 		return false
@@ -95,7 +96,7 @@ func (p *STSPolicy) Match(host string) bool {
 
 // String returns the policy in the policy file format, LF-terminated; it
 // parses back to the same Mode, MX and MaxAge.
-func (p *STSPolicy) String() string {
+func (p *Policy) String() string {
 	var b strings.Builder
 	b.WriteString("version: STSv1\nmode: ")
 	b.WriteString(string(p.Mode))
@@ -111,35 +112,23 @@ func (p *STSPolicy) String() string {
 	return b.String()
 }
 
-// Parse errors.
-var (
-	// ErrSTSNotRecord is returned by ParseSTSRecord for a TXT record that
-	// does not begin with "v=STSv1": another kind of record at the same
-	// name, which RFC 8461 §3.1 says to discard.
-	ErrSTSNotRecord = errors.New("mxpool: not an MTA-STS record")
-	// ErrSTSSyntax is wrapped by every other error of ParseSTSRecord and
-	// ParseSTSPolicy: the record or policy is invalid, and a domain whose
-	// record or policy is invalid has no policy.
-	ErrSTSSyntax = errors.New("mxpool: MTA-STS syntax error")
-)
-
 func stsSyntaxf(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{ErrSTSSyntax}, args...)...)
+	return fmt.Errorf("%w: "+format, append([]any{ErrSyntax}, args...)...)
 }
 
-// ParseSTSRecord parses the text of one "_mta-sts.<domain>" TXT record (its
+// ParseRecord parses the text of one "_mta-sts.<domain>" TXT record (its
 // strings joined without spaces) as RFC 8461 §3.1 defines it, e.g.
 // "v=STSv1; id=20160831085700Z", and returns its id: 1 to 32 ASCII letters
 // and digits. The record must begin with "v=STSv1"; fields are separated by
 // ";" with optional white space; unknown fields are ignored (their syntax is
 // still checked); of several id fields the first counts. A record that does
-// not begin with "v=STSv1" gives an error wrapping ErrSTSNotRecord, any other
-// defect one wrapping ErrSTSSyntax.
-func ParseSTSRecord(txt string) (id string, err error) {
+// not begin with "v=STSv1" gives an error wrapping ErrNotRecord, any other
+// defect one wrapping ErrSyntax.
+func ParseRecord(txt string) (id string, err error) {
 	const version = "v=STSv1"
 	rest, ok := strings.CutPrefix(txt, version)
 	if !ok || rest != "" && rest[0] != ';' && rest[0] != ' ' && rest[0] != '\t' {
-		return "", ErrSTSNotRecord
+		return "", ErrNotRecord
 	}
 	for i := 0; i < len(txt); i++ {
 		if txt[i] >= 0x80 || txt[i] < 0x20 && txt[i] != '\t' || txt[i] == 0x7f {
@@ -216,7 +205,7 @@ func stsAlnum(s string) bool {
 	return s != ""
 }
 
-// ParseSTSPolicy parses a policy file as RFC 8461 §3.2 defines it: lines
+// ParsePolicy parses a policy file as RFC 8461 §3.2 defines it: lines
 // "key: value" ended by LF or CRLF (the last one optionally unterminated).
 // Keys and the values of version and mode are case-sensitive. version must
 // be "STSv1"; mode "enforce", "testing" or "none"; max_age 1 to 10 digits, at
@@ -225,12 +214,12 @@ func stsAlnum(s string) bool {
 // label). version, mode and max_age are required, and at least one mx
 // unless mode is none. Of duplicated keys other than mx the first counts;
 // unknown keys are ignored (their syntax is still checked). Blank lines
-// are ignored. Errors wrap ErrSTSSyntax and give the line number.
-func ParseSTSPolicy(text []byte) (*STSPolicy, error) {
+// are ignored. Errors wrap ErrSyntax and give the line number.
+func ParsePolicy(text []byte) (*Policy, error) {
 	if !utf8.Valid(text) {
 		return nil, stsSyntaxf("policy is not valid UTF-8")
 	}
-	p := &STSPolicy{}
+	p := &Policy{}
 	var haveVersion, haveMode, haveMaxAge bool
 	seenMX := make(map[string]struct{})
 	s := string(text)
@@ -271,8 +260,8 @@ func ParseSTSPolicy(text []byte) (*STSPolicy, error) {
 				continue
 			}
 			haveMode = true
-			switch m := STSMode(value); m {
-			case STSEnforce, STSTesting, STSNone:
+			switch m := Mode(value); m {
+			case Enforce, Testing, None:
 				p.Mode = m
 			default:
 				return nil, stsSyntaxf("policy line %d: mode %q is not enforce, testing or none", n, value)
@@ -286,8 +275,8 @@ func ParseSTSPolicy(text []byte) (*STSPolicy, error) {
 				return nil, stsSyntaxf("policy line %d: max_age %q is not 1 to 10 digits", n, value)
 			}
 			secs, _ := strconv.ParseInt(value, 10, 64) // 10 digits fit
-			if secs > int64(STSMaxAge/time.Second) {
-				return nil, stsSyntaxf("policy line %d: max_age %d exceeds %d", n, secs, int64(STSMaxAge/time.Second))
+			if secs > int64(MaxPolicyAge/time.Second) {
+				return nil, stsSyntaxf("policy line %d: max_age %d exceeds %d", n, secs, int64(MaxPolicyAge/time.Second))
 			}
 			p.MaxAge = time.Duration(secs) * time.Second
 		case "mx":
@@ -308,7 +297,7 @@ func ParseSTSPolicy(text []byte) (*STSPolicy, error) {
 		return nil, stsSyntaxf("policy has no mode")
 	case !haveMaxAge:
 		return nil, stsSyntaxf("policy has no max_age")
-	case len(p.MX) == 0 && p.Mode != STSNone:
+	case len(p.MX) == 0 && p.Mode != None:
 		return nil, stsSyntaxf("policy in mode %s has no mx", p.Mode)
 	}
 	return p, nil
@@ -329,132 +318,18 @@ func stsValidPattern(pat string) error {
 	if strings.IndexByte(name, '*') >= 0 {
 		return errors.New("a wildcard may only be the whole leftmost label")
 	}
-	return stsValidName(name)
+	return domainname.CheckName(name)
 }
 
-// stsValidName checks a lower-case domain name in A-label form: labels of
-// letters, digits and inner hyphens, 1 to 63 bytes each, at most 253 bytes
-// in all, no trailing dot.
-func stsValidName(name string) error {
-	if name == "" {
-		return errors.New("empty name")
-	}
-	if len(name) > 253 {
-		return errors.New("name longer than 253 bytes")
-	}
-	for label := range strings.SplitSeq(name, ".") {
-		if label == "" {
-			return errors.New("empty label")
-		}
-		if len(label) > 63 {
-			return fmt.Errorf("label %q longer than 63 bytes", label)
-		}
-		if label[0] == '-' || label[len(label)-1] == '-' {
-			return fmt.Errorf("label %q begins or ends with a hyphen", label)
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-				if c >= 0x80 {
-					return fmt.Errorf("label %q is not in A-label (ASCII) form", label)
-				}
-				return fmt.Errorf("label %q has invalid character %q", label, c)
-			}
-		}
-	}
-	return nil
-}
-
-// stsDomain returns domain in the canonical form used as cache key: lower
-// case, without a trailing dot, checked to be an ASCII host name.
+// stsDomain returns domain, given in A-label form, in the canonical form
+// used as cache key: lower case, without a trailing dot, checked by
+// internal/domainname.
 func stsDomain(domain string) (string, error) {
 	d := strings.ToLower(strings.TrimSuffix(domain, "."))
-	if err := stsValidName(d); err != nil {
-		return "", fmt.Errorf("mxpool: MTA-STS: domain %q: %w", domain, err)
+	if err := domainname.CheckName(d); err != nil {
+		return "", fmt.Errorf("sts: MTA-STS: domain %q: %w", domain, err)
 	}
 	return d, nil
-}
-
-// Fetch errors, wrapped by an *STSError.
-var (
-	// ErrSTSRedirect is returned when the policy URL answers with a
-	// redirect, which RFC 8461 §3.3 forbids following.
-	ErrSTSRedirect = errors.New("mxpool: MTA-STS policy URL redirects")
-	// ErrSTSStatus is returned when the policy URL answers with a status
-	// other than 200 OK.
-	ErrSTSStatus = errors.New("mxpool: MTA-STS policy URL answered without 200 OK")
-	// ErrSTSMediaType is returned when the policy is not served as
-	// text/plain.
-	ErrSTSMediaType = errors.New("mxpool: MTA-STS policy is not text/plain")
-	// ErrSTSTooLarge is returned when the policy is larger than
-	// STSMaxPolicySize.
-	ErrSTSTooLarge = errors.New("mxpool: MTA-STS policy is too large")
-	// ErrSTSCacheVersion is returned by OpenMTASTS when a file in
-	// STSOptions.Dir has a format version this code does not know (written
-	// by a newer release, say). The file is left as it is.
-	ErrSTSCacheVersion = errors.New("mxpool: MTA-STS cache file has an unknown format version")
-)
-
-// An STSError reports that a domain's MTA-STS policy could not be learnt
-// while no unexpired cached policy exists: the TXT lookup failed (Op
-// "lookup"), or the domain publishes a record but its policy could not be
-// fetched or is invalid (Op "fetch"). It is temporary. RFC 8461 §3.3 says
-// to deliver then as if the domain had no policy, and to report the
-// failure; [TLSPolicy] does so.
-type STSError struct {
-	Domain string
-	Op     string // "lookup" or "fetch"
-	ID     string // the record's id; empty when Op is "lookup"
-	Err    error  // the cause: a *DNSError, an HTTP or TLS error, ErrSTSRedirect, ErrSTSSyntax, ...
-}
-
-// Error describes the failure.
-func (e *STSError) Error() string {
-	if e.Op == "lookup" {
-		return fmt.Sprintf("mxpool: MTA-STS record of %s: %v", e.Domain, e.Err)
-	}
-	return fmt.Sprintf("mxpool: MTA-STS policy of %s (id %s): %v", e.Domain, e.ID, e.Err)
-}
-
-// Unwrap returns the cause.
-func (e *STSError) Unwrap() error { return e.Err }
-
-// Temporary reports true: a later attempt may learn the policy.
-func (e *STSError) Temporary() bool { return true }
-
-// STSOptions configures an [MTASTS]. A nil *STSOptions, and every zero
-// field, gives working defaults.
-type STSOptions struct {
-	// HTTPClient fetches policies. Nil means a client using
-	// http.DefaultTransport, which verifies certificates against the
-	// system roots. MTASTS uses a copy that never follows redirects.
-	HTTPClient *http.Client
-
-	// Dir, when set, is a folder where every fetched policy is also
-	// written, one file per domain, so that a restarted node keeps
-	// enforcing the policies it knew. OpenMTASTS creates it if needed and
-	// loads it. Empty means the cache lives in memory only.
-	Dir string
-
-	// MaxAge caps how long a policy is cached, whatever its max_age.
-	// Zero means STSMaxAge, i.e. max_age as published.
-	MaxAge time.Duration
-
-	// FetchTimeout bounds one policy fetch. Zero means one minute, as RFC
-	// 8461 §3.3 suggests.
-	FetchTimeout time.Duration
-
-	// RetryAfter is how long after a failed fetch the same record id is
-	// not fetched again (the cached policy, if any, or the failure is
-	// returned meanwhile). Zero means five minutes (RFC 8461 §3.3).
-	RetryAfter time.Duration
-
-	// Now returns the current time. Nil means time.Now.
-	Now func() time.Time
-
-	// Logger receives log lines keyed domain, sts_id, mode, expires and
-	// err. Nil means slog.Default.
-	Logger *slog.Logger
 }
 
 // MTASTS learns the MTA-STS policies of recipient domains (RFC 8461 §3, §5)
@@ -464,7 +339,7 @@ type STSOptions struct {
 // cached, unexpired policy with the record's id is returned without a
 // fetch; otherwise the policy is fetched from
 // https://mta-sts.<domain>/.well-known/mta-sts.txt and cached for its
-// max_age (capped by STSOptions.MaxAge). A policy past half its lifetime,
+// max_age (capped by Options.MaxAge). A policy past half its lifetime,
 // or older than a day, is fetched again before it expires. While a cached
 // policy is unexpired it stays in force when the record disappears, when
 // the lookup fails and when a fetch fails; only a newly fetched policy,
@@ -472,10 +347,10 @@ type STSOptions struct {
 //
 // The only goroutine MTASTS starts runs one fetch shared by the callers
 // that wait for it. It runs to the end of the fetch (bounded by
-// STSOptions.FetchTimeout) even when every caller has given up, so that
+// Options.FetchTimeout) even when every caller has given up, so that
 // the result is cached, and then exits.
 type MTASTS struct {
-	resolver     Resolver
+	resolver     TXTResolver
 	client       http.Client
 	dir          string
 	maxAge       time.Duration
@@ -494,7 +369,7 @@ type MTASTS struct {
 }
 
 type stsEntry struct {
-	policy  *STSPolicy // ID and Expires set
+	policy  *Policy // ID and Expires set
 	fetched time.Time
 	refresh time.Time // fetch again from then on, keeping this one if that fails
 }
@@ -505,16 +380,16 @@ type stsFailure struct {
 	err   error
 }
 
-// OpenMTASTS returns an MTASTS that looks records up with r. When opts.Dir
+// Open returns an MTASTS that looks records up with r. When opts.Dir
 // is set it creates the folder if needed and loads the policies cached
-// there: this is OpenMTASTS's only I/O. A cache file of unknown format
-// version makes it fail with an error wrapping ErrSTSCacheVersion; a
+// there: this is Open's only I/O. A cache file of unknown format
+// version makes it fail with an error wrapping ErrCacheVersion; a
 // damaged file is renamed aside (suffix ".corrupt") and logged.
-func OpenMTASTS(r Resolver, opts *STSOptions) (*MTASTS, error) {
+func Open(r TXTResolver, opts *Options) (*MTASTS, error) {
 	if r == nil {
-		return nil, errors.New("mxpool: OpenMTASTS: nil Resolver")
+		return nil, errors.New("sts: Open: nil TXTResolver")
 	}
-	var o STSOptions
+	var o Options
 	if opts != nil {
 		o = *opts
 	}
@@ -534,12 +409,12 @@ func OpenMTASTS(r Resolver, opts *STSOptions) (*MTASTS, error) {
 		v    *time.Duration
 		def  time.Duration
 	}{
-		{"MaxAge", &m.maxAge, STSMaxAge},
+		{"MaxAge", &m.maxAge, MaxPolicyAge},
 		{"FetchTimeout", &m.fetchTimeout, time.Minute},
 		{"RetryAfter", &m.retryAfter, 5 * time.Minute},
 	} {
 		if *f.v < 0 {
-			return nil, fmt.Errorf("mxpool: negative STSOptions.%s", f.name)
+			return nil, fmt.Errorf("sts: negative Options.%s", f.name)
 		}
 		if *f.v == 0 {
 			*f.v = f.def
@@ -567,34 +442,31 @@ func OpenMTASTS(r Resolver, opts *STSOptions) (*MTASTS, error) {
 // A-label form), or nil, nil when the domain has none: no "_mta-sts" TXT
 // record, several, or an invalid one, and no cached policy. A policy in
 // mode none is returned as such. When the policy cannot be learnt and no
-// unexpired policy is cached the error is an *STSError (temporary; RFC 8461
+// unexpired policy is cached the error is an *Error (temporary; RFC 8461
 // says to deliver as without a policy). Concurrent calls for one domain
 // share one fetch. Policy returns ctx's error when ctx is done first.
-func (m *MTASTS) Policy(ctx context.Context, domain string) (*STSPolicy, error) {
+func (m *MTASTS) Policy(ctx context.Context, domain string) (*Policy, error) {
 	d, err := stsDomain(domain)
 	if err != nil {
 		return nil, err
 	}
 	m.lookups.Add(1)
-	res, lerr := m.resolver.Lookup(ctx, "_mta-sts."+d, TypeTXT)
+	txt, lerr := m.resolver.LookupTXT(ctx, "_mta-sts."+d)
 	now := m.now()
 	cached := m.stsCached(d, now)
 	if lerr != nil {
-		if de := (*DNSError)(nil); !errors.As(lerr, &de) || !de.NotFound {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			if cached != nil {
-				m.staleUses.Add(1)
-				m.log.Warn("mta-sts: record lookup failed, cached policy still applies",
-					"domain", d, "sts_id", cached.policy.ID, "expires", cached.policy.Expires, "err", lerr)
-				return cached.policy, nil
-			}
-			return nil, &STSError{Domain: d, Op: "lookup", Err: lerr}
+		if err := ctx.Err(); err != nil {
+			return nil, err
 		}
-		res.TXT = nil // NXDOMAIN: no record
+		if cached != nil {
+			m.staleUses.Add(1)
+			m.log.Warn("mta-sts: record lookup failed, cached policy still applies",
+				"domain", d, "sts_id", cached.policy.ID, "expires", cached.policy.Expires, "err", lerr)
+			return cached.policy, nil
+		}
+		return nil, &Error{Domain: d, Op: "lookup", Err: lerr}
 	}
-	id, n, rerr := stsPickRecord(res.TXT)
+	id, n, rerr := stsPickRecord(txt)
 	if n != 1 || rerr != nil {
 		if n > 1 {
 			m.log.Warn("mta-sts: several records, ignored", "domain", d, "records", n)
@@ -629,7 +501,7 @@ func (m *MTASTS) Policy(ctx context.Context, domain string) (*STSPolicy, error) 
 				"domain", d, "sts_id", id, "cached_id", cached.policy.ID, "expires", cached.policy.Expires, "err", r.Err)
 			return cached.policy, nil
 		}
-		return nil, &STSError{Domain: d, Op: "fetch", ID: id, Err: r.Err}
+		return nil, &Error{Domain: d, Op: "fetch", ID: id, Err: r.Err}
 	}
 	return r.Val.(*stsEntry).policy, nil
 }
@@ -639,8 +511,8 @@ func (m *MTASTS) Policy(ctx context.Context, domain string) (*STSPolicy, error) 
 // others. Only when n is 1 and err is nil is id usable.
 func stsPickRecord(txts []string) (id string, n int, err error) {
 	for _, txt := range txts {
-		rid, rerr := ParseSTSRecord(txt)
-		if errors.Is(rerr, ErrSTSNotRecord) {
+		rid, rerr := ParseRecord(txt)
+		if errors.Is(rerr, ErrNotRecord) {
 			continue
 		}
 		n++
@@ -727,7 +599,7 @@ func (m *MTASTS) stsFetchAndStore(ctx context.Context, d, id string) (*stsEntry,
 }
 
 // stsNewEntry sets the policy's id and expiry for a fetch at fetched.
-func stsNewEntry(p *STSPolicy, id string, fetched time.Time, maxAge time.Duration) *stsEntry {
+func stsNewEntry(p *Policy, id string, fetched time.Time, maxAge time.Duration) *stsEntry {
 	life := min(p.MaxAge, maxAge)
 	p.ID = id
 	p.Expires = fetched.Add(life)
@@ -735,7 +607,7 @@ func stsNewEntry(p *STSPolicy, id string, fetched time.Time, maxAge time.Duratio
 }
 
 // stsFetch fetches and parses d's policy file.
-func (m *MTASTS) stsFetch(ctx context.Context, d string) ([]byte, *STSPolicy, error) {
+func (m *MTASTS) stsFetch(ctx context.Context, d string) ([]byte, *Policy, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.fetchTimeout)
 	defer cancel()
 	url := "https://mta-sts." + d + "/.well-known/mta-sts.txt"
@@ -750,52 +622,52 @@ func (m *MTASTS) stsFetch(ctx context.Context, d string) ([]byte, *STSPolicy, er
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
-		return nil, nil, fmt.Errorf("%w: %s to %q, not followed", ErrSTSRedirect, resp.Status, resp.Header.Get("Location"))
+		return nil, nil, fmt.Errorf("%w: %s to %q, not followed", ErrRedirect, resp.Status, resp.Header.Get("Location"))
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, nil, fmt.Errorf("%w: %s", ErrSTSStatus, resp.Status)
+		return nil, nil, fmt.Errorf("%w: %s", ErrStatus, resp.Status)
 	}
 	ct := resp.Header.Get("Content-Type")
 	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "text/plain" {
-		return nil, nil, fmt.Errorf("%w: Content-Type %q", ErrSTSMediaType, ct)
+		return nil, nil, fmt.Errorf("%w: Content-Type %q", ErrMediaType, ct)
 	}
-	if resp.ContentLength > STSMaxPolicySize {
-		return nil, nil, fmt.Errorf("%w: %d bytes, limit %d", ErrSTSTooLarge, resp.ContentLength, STSMaxPolicySize)
+	if resp.ContentLength > MaxPolicySize {
+		return nil, nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, resp.ContentLength, MaxPolicySize)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, STSMaxPolicySize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxPolicySize+1))
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading %s: %w", url, err)
 	}
-	if len(body) > STSMaxPolicySize {
-		return nil, nil, fmt.Errorf("%w: more than %d bytes", ErrSTSTooLarge, STSMaxPolicySize)
+	if len(body) > MaxPolicySize {
+		return nil, nil, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, MaxPolicySize)
 	}
-	p, err := ParseSTSPolicy(body)
+	p, err := ParsePolicy(body)
 	if err != nil {
 		return nil, nil, err
 	}
 	return body, p, nil
 }
 
-// STSCacheEntry describes one cached policy, for status pages.
-type STSCacheEntry struct {
+// CacheEntry describes one cached policy, for status pages.
+type CacheEntry struct {
 	Domain  string    // the policy domain
 	ID      string    // the id of the record the policy was fetched under
-	Mode    STSMode   // enforce, testing or none
+	Mode    Mode      // enforce, testing or none
 	MX      []string  // the mx patterns
 	Fetched time.Time // when the policy was last fetched
 	Expires time.Time // when it stops applying unless fetched again
 }
 
 // Cached lists the unexpired cached policies, sorted by domain.
-func (m *MTASTS) Cached() []STSCacheEntry {
+func (m *MTASTS) Cached() []CacheEntry {
 	now := m.now()
 	m.mu.Lock()
-	out := make([]STSCacheEntry, 0, len(m.entries))
+	out := make([]CacheEntry, 0, len(m.entries))
 	for d, e := range m.entries {
 		if !now.Before(e.policy.Expires) {
 			continue
 		}
-		out = append(out, STSCacheEntry{
+		out = append(out, CacheEntry{
 			Domain:  d,
 			ID:      e.policy.ID,
 			Mode:    e.policy.Mode,
@@ -805,12 +677,12 @@ func (m *MTASTS) Cached() []STSCacheEntry {
 		})
 	}
 	m.mu.Unlock()
-	slices.SortFunc(out, func(a, b STSCacheEntry) int { return strings.Compare(a.Domain, b.Domain) })
+	slices.SortFunc(out, func(a, b CacheEntry) int { return strings.Compare(a.Domain, b.Domain) })
 	return out
 }
 
-// STSStats counts an MTASTS's work since it was made.
-type STSStats struct {
+// Stats counts an MTASTS's work since it was made.
+type Stats struct {
 	Cached      int    // unexpired cached policies
 	Lookups     uint64 // Policy calls that looked up a TXT record
 	CacheHits   uint64 // calls answered from the cache without a fetch
@@ -820,7 +692,7 @@ type STSStats struct {
 }
 
 // Stats returns the counters.
-func (m *MTASTS) Stats() STSStats {
+func (m *MTASTS) Stats() Stats {
 	now := m.now()
 	m.mu.Lock()
 	n := 0
@@ -830,7 +702,7 @@ func (m *MTASTS) Stats() STSStats {
 		}
 	}
 	m.mu.Unlock()
-	return STSStats{
+	return Stats{
 		Cached:      n,
 		Lookups:     m.lookups.Load(),
 		CacheHits:   m.hits.Load(),
@@ -887,7 +759,7 @@ func (m *MTASTS) stsWrite(d string, e *stsEntry, text []byte) error {
 var errSTSCorrupt = errors.New("damaged cache file")
 
 // stsDecodeFile decodes a cache file's content.
-func stsDecodeFile(data []byte) (stsFile, *STSPolicy, error) {
+func stsDecodeFile(data []byte) (stsFile, *Policy, error) {
 	var f stsFile
 	header, body, ok := bytes.Cut(data, []byte{'\n'})
 	fields := strings.Fields(string(header))
@@ -899,7 +771,7 @@ func stsDecodeFile(data []byte) (stsFile, *STSPolicy, error) {
 		return f, nil, fmt.Errorf("%w: bad version %q", errSTSCorrupt, fields[1])
 	}
 	if version != stsFileVersion {
-		return f, nil, fmt.Errorf("%w: version %d, this code reads %d", ErrSTSCacheVersion, version, stsFileVersion)
+		return f, nil, fmt.Errorf("%w: version %d, this code reads %d", ErrCacheVersion, version, stsFileVersion)
 	}
 	n, err1 := strconv.Atoi(fields[2])
 	sum, err2 := strconv.ParseUint(fields[3], 16, 32)
@@ -909,11 +781,11 @@ func stsDecodeFile(data []byte) (stsFile, *STSPolicy, error) {
 	if err := json.Unmarshal(body, &f); err != nil {
 		return f, nil, fmt.Errorf("%w: %v", errSTSCorrupt, err)
 	}
-	p, err := ParseSTSPolicy([]byte(f.Policy))
+	p, err := ParsePolicy([]byte(f.Policy))
 	if err != nil {
 		return f, nil, fmt.Errorf("%w: %v", errSTSCorrupt, err)
 	}
-	if _, err := ParseSTSRecord("v=STSv1; id=" + f.ID); err != nil {
+	if _, err := ParseRecord("v=STSv1; id=" + f.ID); err != nil {
 		return f, nil, fmt.Errorf("%w: id %q", errSTSCorrupt, f.ID)
 	}
 	return f, p, nil
@@ -922,11 +794,11 @@ func stsDecodeFile(data []byte) (stsFile, *STSPolicy, error) {
 // stsLoad creates the cache folder if needed and loads its policies.
 func (m *MTASTS) stsLoad() error {
 	if err := os.MkdirAll(m.dir, 0o755); err != nil {
-		return fmt.Errorf("mxpool: MTA-STS cache: %w", err)
+		return fmt.Errorf("sts: MTA-STS cache: %w", err)
 	}
 	des, err := os.ReadDir(m.dir)
 	if err != nil {
-		return fmt.Errorf("mxpool: MTA-STS cache: %w", err)
+		return fmt.Errorf("sts: MTA-STS cache: %w", err)
 	}
 	now := m.now()
 	for _, de := range des {
@@ -938,20 +810,20 @@ func (m *MTASTS) stsLoad() error {
 		path := filepath.Join(m.dir, name)
 		data, err := stsReadFile(path)
 		if err != nil {
-			return fmt.Errorf("mxpool: MTA-STS cache: %w", err)
+			return fmt.Errorf("sts: MTA-STS cache: %w", err)
 		}
 		f, p, err := stsDecodeFile(data)
 		if err == nil && f.Domain != d {
 			err = fmt.Errorf("%w: holds domain %q", errSTSCorrupt, f.Domain)
 		}
-		if errors.Is(err, ErrSTSCacheVersion) {
-			return fmt.Errorf("%w: %s: %v", ErrSTSCacheVersion, path, err)
+		if errors.Is(err, ErrCacheVersion) {
+			return fmt.Errorf("%w: %s: %v", ErrCacheVersion, path, err)
 		}
 		if err != nil {
 			aside := path + ".corrupt"
 			m.log.Error("mta-sts: damaged cache file renamed aside", "file", path, "renamed", aside, "err", err)
 			if rerr := os.Rename(path, aside); rerr != nil {
-				return fmt.Errorf("mxpool: MTA-STS cache: %s: %v; renaming it aside: %w", path, err, rerr)
+				return fmt.Errorf("sts: MTA-STS cache: %s: %v; renaming it aside: %w", path, err, rerr)
 			}
 			continue
 		}

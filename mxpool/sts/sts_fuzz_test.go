@@ -1,4 +1,4 @@
-package mxpool
+package sts
 
 import (
 	"strings"
@@ -7,15 +7,15 @@ import (
 	"unicode/utf8"
 )
 
-// FuzzParseSTSPolicy checks that ParseSTSPolicy never panics, that what it
+// FuzzParseSTSPolicy checks that ParsePolicy never panics, that what it
 // accepts obeys RFC 8461's limits, and that an accepted policy survives a
 // round trip through String.
 func FuzzParseSTSPolicy(f *testing.F) {
 	f.Fuzz(func(t *testing.T, text []byte) {
-		if len(text) > STSMaxPolicySize {
+		if len(text) > MaxPolicySize {
 			return // MTASTS never parses more
 		}
-		p, err := ParseSTSPolicy(text)
+		p, err := ParsePolicy(text)
 		if err != nil {
 			if p != nil {
 				t.Fatalf("policy %+v with error %v", p, err)
@@ -26,15 +26,15 @@ func FuzzParseSTSPolicy(f *testing.F) {
 			t.Fatalf("accepted invalid UTF-8")
 		}
 		switch p.Mode {
-		case STSEnforce, STSTesting:
+		case Enforce, Testing:
 			if len(p.MX) == 0 {
 				t.Fatalf("mode %s without mx", p.Mode)
 			}
-		case STSNone:
+		case None:
 		default:
 			t.Fatalf("mode %q", p.Mode)
 		}
-		if p.MaxAge < 0 || p.MaxAge > STSMaxAge || p.MaxAge%time.Second != 0 {
+		if p.MaxAge < 0 || p.MaxAge > MaxPolicyAge || p.MaxAge%time.Second != 0 {
 			t.Fatalf("max_age %v", p.MaxAge)
 		}
 		for i, mx := range p.MX {
@@ -52,7 +52,7 @@ func FuzzParseSTSPolicy(f *testing.F) {
 				t.Fatalf("pattern %q does not match %q", mx, host)
 			}
 		}
-		q, err := ParseSTSPolicy([]byte(p.String()))
+		q, err := ParsePolicy([]byte(p.String()))
 		if err != nil {
 			t.Fatalf("String output %q does not parse: %v", p.String(), err)
 		}
@@ -62,17 +62,17 @@ func FuzzParseSTSPolicy(f *testing.F) {
 	})
 }
 
-// FuzzParseSTSRecord checks that ParseSTSRecord never panics, that an
+// FuzzParseSTSRecord checks that ParseRecord never panics, that an
 // accepted id is 1 to 32 letters and digits, and that the id parses back
 // from a minimal record.
 func FuzzParseSTSRecord(f *testing.F) {
 	f.Fuzz(func(t *testing.T, txt string) {
-		id, err := ParseSTSRecord(txt)
+		id, err := ParseRecord(txt)
 		if err != nil {
 			if id != "" {
 				t.Fatalf("id %q with error %v", id, err)
 			}
-			if !strings.HasPrefix(txt, "v=STSv1") && err != ErrSTSNotRecord {
+			if !strings.HasPrefix(txt, "v=STSv1") && err != ErrNotRecord {
 				t.Fatalf("record without v=STSv1: %v", err)
 			}
 			return
@@ -83,7 +83,7 @@ func FuzzParseSTSRecord(f *testing.F) {
 		if !strings.Contains(txt, "id="+id) {
 			t.Fatalf("id %q not in %q", id, txt)
 		}
-		again, err := ParseSTSRecord("v=STSv1; id=" + id + ";")
+		again, err := ParseRecord("v=STSv1; id=" + id + ";")
 		if err != nil || again != id {
 			t.Fatalf("id %q does not round-trip: %q, %v", id, again, err)
 		}

@@ -1,11 +1,10 @@
-package mxpool
+package sts
 
 // TLSPolicy: which MX hosts of a destination may be used, and with what
 // TLS, from configuration and MTA-STS.
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -13,25 +12,6 @@ import (
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/smtpout"
 )
-
-// ErrSTSNoAllowedMX is wrapped by the error of [TLSPolicy.Decide] when a
-// domain's MTA-STS policy in mode enforce matches none of its MX hosts.
-var ErrSTSNoAllowedMX = errors.New("mxpool: MTA-STS policy allows none of the MX hosts")
-
-// TLSPolicyOptions configures a [TLSPolicy]. A nil *TLSPolicyOptions, and
-// every zero field, gives working defaults.
-type TLSPolicyOptions struct {
-	// Required lists recipient domains (A-label form; case and a trailing
-	// dot ignored) whose mail must go over TLS with a certificate valid
-	// for the MX host name, whatever MTA-STS says: Postfix's "secure"
-	// level. Each name is one domain, not its subdomains. Empty means
-	// none.
-	Required []string
-
-	// Logger receives log lines keyed domain, host, sts_id and err. Nil
-	// means slog.Default.
-	Logger *slog.Logger
-}
 
 // TLSPolicy decides, per destination domain, which of its MX hosts may be
 // used and how TLS is required with each. It is safe for concurrent use.
@@ -60,7 +40,7 @@ func NewTLSPolicy(sts *MTASTS, opts *TLSPolicyOptions) (*TLSPolicy, error) {
 	for _, d := range o.Required {
 		n, err := stsDomain(d)
 		if err != nil {
-			return nil, fmt.Errorf("mxpool: TLSPolicyOptions.Required: %w", err)
+			return nil, fmt.Errorf("sts: TLSPolicyOptions.Required: %w", err)
 		}
 		p.required[n] = struct{}{}
 	}
@@ -100,9 +80,9 @@ type TLSDecision struct {
 	// Required is set when the domain is in TLSPolicyOptions.Required.
 	Required bool
 	// STS is the MTA-STS policy that applied, nil if none.
-	STS *STSPolicy
+	STS *Policy
 	// STSErr is set when the domain's policy could not be learnt (an
-	// *STSError): delivery goes ahead as without a policy, as RFC 8461
+	// *Error): delivery goes ahead as without a policy, as RFC 8461
 	// §3.3 says, but the failure should be reported.
 	STSErr error
 	// Hosts holds one entry per host given, in the same order.
@@ -125,7 +105,7 @@ func (d TLSDecision) Allowed() []TLSHost {
 // required with each. Hosts not allowed stay in the decision with the
 // reason. When a policy in mode enforce allows none of the hosts, the
 // decision comes with a temporary *resilmail.DeliveryError (Command
-// "mta-sts", EnhancedCode "4.7.5", Err wrapping ErrSTSNoAllowedMX): the
+// "mta-sts", EnhancedCode "4.7.5", Err wrapping ErrNoAllowedMX): the
 // mail waits for the domain, or the operator, to mend the policy rather
 // than bounce. Decide returns ctx's error when ctx is done. With a cached
 // policy it costs one TXT lookup and no fetch.
@@ -144,11 +124,11 @@ func (p *TLSPolicy) Decide(ctx context.Context, domain string, hosts []string) (
 		case err != nil:
 			dec.STSErr = err
 			p.log.Warn("mta-sts: policy unknown, delivering without it", "domain", d, "err", err)
-		case pol != nil && pol.Mode != STSNone:
+		case pol != nil && pol.Mode != None:
 			dec.STS = pol
 		}
 	}
-	enforce := dec.STS != nil && dec.STS.Mode == STSEnforce
+	enforce := dec.STS != nil && dec.STS.Mode == Enforce
 	allowed := 0
 	for i, host := range hosts {
 		name := strings.ToLower(strings.TrimSuffix(host, "."))
@@ -182,7 +162,7 @@ func (p *TLSPolicy) Decide(ctx context.Context, domain string, hosts []string) (
 			EnhancedCode: "4.7.5",
 			Message: fmt.Sprintf("MTA-STS policy id %s of %s (mx %s) allows none of the MX hosts %s",
 				dec.STS.ID, d, strings.Join(dec.STS.MX, ", "), strings.Join(hosts, ", ")),
-			Err: ErrSTSNoAllowedMX,
+			Err: ErrNoAllowedMX,
 		}
 	}
 	return dec, nil
