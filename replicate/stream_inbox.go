@@ -20,15 +20,20 @@ import (
 //	'r' resync      uvarint: a full sync brought the target up to it;
 //	                earlier changes of the inbox are moot
 //	'k' confirm     uvarint seq, then the user: a held change confirmed
+//	'd' delayed     uvarint length and reason, then the resilmail.Change
+//	                binary: a destructive change set aside until confirmed
+//	'x' delay done  uvarint seq, then the user: a delayed change applied
 const (
 	inboxKind    = "replica-inbox"
 	inboxVersion = 1
 
-	recChange   = 'c'
-	recBody     = 'b'
-	recPosition = 'p'
-	recResync   = 'r'
-	recConfirm  = 'k'
+	recChange    = 'c'
+	recBody      = 'b'
+	recPosition  = 'p'
+	recResync    = 'r'
+	recConfirm   = 'k'
+	recDelayed   = 'd'
+	recDelayDone = 'x'
 )
 
 // inboxState is what replaying an inbox finds.
@@ -38,6 +43,14 @@ type inboxState struct {
 	changes       []inboxChange
 	bodies        map[resilmail.Digest]wal.Pos
 	confirmed     map[string]uint64
+	delayed       map[uint64]inboxDelayed // by seq
+	confirmedSeq  map[uint64]bool
+}
+
+type inboxDelayed struct {
+	c      resilmail.Change
+	reason string
+	seg    uint64
 }
 
 type inboxChange struct {
@@ -46,7 +59,8 @@ type inboxChange struct {
 }
 
 func openInbox(dir string, segSize int64, log *slog.Logger, openFile func(string, int, os.FileMode) (wal.File, error)) (*wal.Log, *inboxState, error) {
-	st := &inboxState{bodies: make(map[resilmail.Digest]wal.Pos), confirmed: make(map[string]uint64)}
+	st := &inboxState{bodies: make(map[resilmail.Digest]wal.Pos), confirmed: make(map[string]uint64),
+		delayed: make(map[uint64]inboxDelayed), confirmedSeq: make(map[uint64]bool)}
 	l, err := wal.Open(dir, wal.Options{Kind: inboxKind, Version: inboxVersion, SegmentSize: segSize, Logger: log, OpenFile: openFile},
 		func(pos wal.Pos, rec []byte) error {
 			if len(rec) == 0 {
@@ -78,6 +92,8 @@ func openInbox(dir string, segSize int64, log *slog.Logger, openFile func(string
 					// confirmations are moot.
 					st.changes = st.changes[:0]
 					clear(st.confirmed)
+					clear(st.delayed)
+					clear(st.confirmedSeq)
 					st.received, st.receivedEpoch = v, 0
 				}
 				if v > st.received {
@@ -92,6 +108,19 @@ func openInbox(dir string, segSize int64, log *slog.Logger, openFile func(string
 					return fmt.Errorf("replicate: bad confirm record at %s", pos)
 				}
 				st.confirmed[string(data[n:])] = max(st.confirmed[string(data[n:])], v)
+				st.confirmedSeq[v] = true
+			case recDelayed:
+				c, reason, err := decodeDelayed(data)
+				if err != nil {
+					return fmt.Errorf("replicate: inbox record at %s: %w", pos, err)
+				}
+				st.delayed[c.Seq] = inboxDelayed{c, reason, pos.Seg}
+			case recDelayDone:
+				v, n := binary.Uvarint(data)
+				if n <= 0 {
+					return fmt.Errorf("replicate: bad delay record at %s", pos)
+				}
+				delete(st.delayed, v)
 			default:
 				return fmt.Errorf("replicate: unknown inbox record %q at %s", rec[0], pos)
 			}

@@ -29,25 +29,23 @@ type HeldChange struct {
 
 // lane applies the changes of one user, in order.
 type lane struct {
-	user   string
-	queue  []resilmail.Change // received, not applied; guarded by Replica.mu
-	last   uint64             // highest position queued
-	wake   chan struct{}
+	user  string
+	queue []resilmail.Change // received, not applied; guarded by Replica.mu
+	last  uint64             // highest position queued
+	wake  chan struct{}
+	// held is the delayed change the lane waits for: its head needs it
+	// first (see stream_delay.go); nil while the lane goes on.
 	held   *HeldChange
 	parked *ParkedChange
+	// delayed are the destructive changes set aside until confirmed, in
+	// journal order; guarded by Replica.mu.
+	delayed []delayed
 }
 
 // enqueueLocked queues a durable change for its user's lane; seg is the
 // inbox segment of its record.
 func (r *Replica) enqueueLocked(c resilmail.Change, seg uint64) {
-	l := r.lanes[c.User]
-	if l == nil {
-		l = &lane{user: c.User, wake: make(chan struct{}, 1)}
-		r.lanes[c.User] = l
-		if r.laneCtx != nil {
-			r.startLaneLocked(l)
-		}
-	}
+	l := r.laneLocked(c.User)
 	if c.Seq <= l.last {
 		return
 	}
@@ -61,6 +59,19 @@ func (r *Replica) enqueueLocked(c resilmail.Change, seg uint64) {
 	case l.wake <- struct{}{}:
 	default:
 	}
+}
+
+// laneLocked returns user's lane, creating (and starting) it.
+func (r *Replica) laneLocked(user string) *lane {
+	l := r.lanes[user]
+	if l == nil {
+		l = &lane{user: user, wake: make(chan struct{}, 1)}
+		r.lanes[user] = l
+		if r.laneCtx != nil {
+			r.startLaneLocked(l)
+		}
+	}
+	return l
 }
 
 // startLanes starts a goroutine per lane, now and for every lane created
@@ -138,6 +149,18 @@ func (r *Replica) runLane(ctx context.Context, l *lane) {
 	backoff := 100 * time.Millisecond
 	singles := false
 	for ctx.Err() == nil {
+		r.mu.Lock()
+		dc, confirmed := l.nextConfirmedLocked()
+		r.mu.Unlock()
+		if confirmed {
+			if err := r.applyDelayed(ctx, l, dc); err != nil && ctx.Err() == nil {
+				r.noteError(err, &r.stats.ApplyErrors)
+				r.log.Error("replicate: applying a confirmed change failed, retrying", "replica", r.opts.Name, "err", err, "backoff", backoff)
+				sleepCtx(ctx, backoff)
+				backoff = min(2*backoff, r.opts.MaxBackoff)
+			}
+			continue
+		}
 		r.mu.Lock()
 		batch := r.takeLocked(l, singles)
 		gate := r.gate
@@ -251,78 +274,117 @@ func (r *Replica) repairConflict(ctx context.Context, l *lane, c resilmail.Chang
 func (r *Replica) retire(l *lane) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(l.queue) > 0 || l.held != nil || l.parked != nil || r.lanes[l.user] != l {
+	if len(l.queue) > 0 || l.held != nil || l.parked != nil || len(l.delayed) > 0 || r.lanes[l.user] != l {
 		return false
 	}
 	delete(r.lanes, l.user)
 	return true
 }
 
-// hold asks Hold about the changes of batch not yet confirmed and returns
-// those before the first held one; if that is the first, it waits for
-// Confirm and returns ok false.
+// hold returns the changes at the head of batch that can be applied now:
+// those before the first one that needs a delayed change first, or that
+// Hold holds. A held change at the head is delayed (set aside, durably)
+// and the lane goes on with the next; a change at the head that needs a
+// delayed one makes the lane wait until that is confirmed. ok is false
+// when nothing is to be applied this round.
 func (r *Replica) hold(ctx context.Context, l *lane, batch []resilmail.Change) ([]resilmail.Change, bool) {
-	for i, c := range batch {
+	for i := range batch {
+		c := &batch[i]
 		r.mu.Lock()
-		confirmed := r.confirmed[l.user] >= c.Seq
+		confirmed := r.confirmed[l.user] >= c.Seq // confirmed before a restart, by an older replica
+		dep := l.dependsLocked(c)
 		r.mu.Unlock()
+		if dep != nil {
+			if i > 0 {
+				return batch[:i], true
+			}
+			r.waitFor(ctx, l, dep)
+			return nil, false
+		}
 		if confirmed {
 			continue
 		}
-		held, reason := r.opts.Hold(ctx, c)
+		held, reason := r.opts.Hold(ctx, *c)
 		if !held {
 			continue
 		}
 		if i > 0 {
 			return batch[:i], true
 		}
-		r.mu.Lock()
-		l.held = &HeldChange{Change: c, Reason: reason, Since: time.Now()}
-		r.openGateLocked()
-		r.mu.Unlock()
-		r.log.Warn("replicate: change held until confirmed", "replica", r.opts.Name, "user", l.user,
-			"seq", c.Seq, "kind", c.Kind, "reason", reason)
-		for {
-			r.mu.Lock()
-			confirmed := r.confirmed[l.user] >= c.Seq
-			if confirmed || ctx.Err() != nil {
-				l.held = nil
-				r.openGateLocked()
-			}
-			r.mu.Unlock()
-			if confirmed || ctx.Err() != nil {
-				return nil, false
-			}
-			select {
-			case <-l.wake:
-			case <-ctx.Done():
-			}
+		if err := r.delay(l, *c, reason); err != nil {
+			r.log.Error("replicate: delaying a change failed, retrying", "replica", r.opts.Name, "err", err)
+			sleepCtx(ctx, time.Second)
 		}
+		return nil, false
 	}
 	return batch, true
 }
 
-// Held returns the changes held until Confirm, in journal order.
+// waitFor makes l wait until the delayed change d is confirmed (and
+// applied) or ctx is done.
+func (r *Replica) waitFor(ctx context.Context, l *lane, d *delayed) {
+	r.mu.Lock()
+	seq := d.Change.Seq
+	hc := d.HeldChange
+	l.held = &hc
+	r.openGateLocked()
+	r.mu.Unlock()
+	r.log.Warn("replicate: change waits for a delayed change to be confirmed", "replica", r.opts.Name, "user", l.user,
+		"waits_for", seq)
+	for {
+		r.mu.Lock()
+		pending := false
+		for _, x := range l.delayed {
+			if x.Change.Seq == seq && !x.confirmed {
+				pending = true
+			}
+		}
+		if !pending || ctx.Err() != nil {
+			l.held = nil
+			r.openGateLocked()
+		}
+		r.mu.Unlock()
+		if !pending || ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-l.wake:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// Held returns the changes delayed until Confirm, in journal order.
 func (r *Replica) Held() []HeldChange {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var hs []HeldChange
 	for _, l := range r.lanes {
-		if l.held != nil {
-			hs = append(hs, *l.held)
+		for _, d := range l.delayed {
+			if !d.confirmed {
+				hs = append(hs, d.HeldChange)
+			}
 		}
 	}
 	slices.SortFunc(hs, func(a, b HeldChange) int { return cmp.Compare(a.Change.Seq, b.Change.Seq) })
 	return hs
 }
 
-// Confirm lets the held change seq of user be applied. The confirmation is
-// durable in the inbox: after a restart the change is not held again. It
-// is an error if that change is not held.
+// Confirm lets the delayed change seq of user be applied. The
+// confirmation is durable in the inbox: after a restart the change is
+// applied, not held again. It is an error if that change is not delayed.
 func (r *Replica) Confirm(user string, seq uint64) error {
 	r.mu.Lock()
 	l := r.lanes[user]
-	if l == nil || l.held == nil || l.held.Change.Seq != seq {
+	var d *delayed
+	if l != nil {
+		for i := range l.delayed {
+			if l.delayed[i].Change.Seq == seq {
+				d = &l.delayed[i]
+			}
+		}
+	}
+	if d == nil {
 		r.mu.Unlock()
 		return fmt.Errorf("replicate: no held change %d for user %q", seq, user)
 	}
@@ -336,7 +398,11 @@ func (r *Replica) Confirm(user string, seq uint64) error {
 		return fmt.Errorf("replicate: recording the confirmation: %w", err)
 	}
 	r.mu.Lock()
-	r.confirmed[user] = max(r.confirmed[user], seq)
+	for i := range l.delayed {
+		if l.delayed[i].Change.Seq == seq {
+			l.delayed[i].confirmed = true
+		}
+	}
 	r.mu.Unlock()
 	select {
 	case l.wake <- struct{}{}:

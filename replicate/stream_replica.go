@@ -138,8 +138,10 @@ type Replica struct {
 	primaryAt  time.Time
 	// receivedEpoch is the epoch of the change at received, if known.
 	receivedEpoch resilmail.Epoch
-	// promoted is set by Promote: Run connects no more.
-	promoted bool
+	// promoted is set by Promote: Run connects no more; promotion is
+	// its result.
+	promoted  bool
+	promotion PromoteResult
 	// endSession ends the current session (Promote); nil between them.
 	endSession  context.CancelCauseFunc
 	sessionDone chan struct{}
@@ -244,8 +246,10 @@ func (r *Replica) Stats() ReplicaStats {
 	st.Applied = r.appliedLocked()
 	st.Promoted = r.promoted
 	for _, l := range r.lanes {
-		if l.held != nil {
-			st.Held++
+		for _, d := range l.delayed {
+			if !d.confirmed {
+				st.Held++
+			}
 		}
 		if l.parked != nil {
 			st.Parked++
@@ -411,11 +415,12 @@ func (r *Replica) openInbox(first bool) error {
 		r.received, r.receivedEpoch = st.received, st.receivedEpoch
 	}
 	for _, ic := range st.changes {
-		if ic.c.Seq <= r.t.UpstreamPosition(ic.c.User) {
+		if _, ok := st.delayed[ic.c.Seq]; ok || ic.c.Seq <= r.t.UpstreamPosition(ic.c.User) {
 			continue
 		}
 		r.enqueueLocked(ic.c, ic.seg)
 	}
+	r.restoreDelayedLocked(st)
 	if first {
 		r.log.Info("replicate: inbox opened", "replica", r.opts.Name, "received", r.received,
 			"pending", len(r.unapplied))
@@ -515,6 +520,10 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
 	r.mu.Lock()
+	if r.promoted {
+		r.mu.Unlock()
+		return false, errPromoting
+	}
 	inbox := r.inbox
 	r.endSession, r.sessionDone = cancel, make(chan struct{})
 	done := r.sessionDone

@@ -1,0 +1,141 @@
+package replicate_test
+
+import (
+	"context"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/store"
+)
+
+// TestGuardDelaysInsteadOfHolding: a held expunge no longer holds its
+// user's lane: the user's later deliveries apply while it waits, and a
+// restart keeps it delayed until it is confirmed.
+func TestGuardDelaysInsteadOfHolding(t *testing.T) {
+	ctx := context.Background()
+	src, dst := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	require.NoError(t, dst.SetReadOnly(true))
+	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	addN(t, src, "alice", "INBOX", 3)
+	inbox := t.TempDir()
+	r, stop := startReplica(t, dst, srv.URL, inbox, &replicate.ReplicaOptions{Hold: holdExpunges})
+	waitApplied(t, r, src)
+	_, err := src.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(1, 2, 3))
+	require.NoError(t, err)
+	add(t, src, "alice", "INBOX", msgText("later", "1"))
+	add(t, src, "alice", "INBOX", msgText("later", "2"))
+	delayed := func() {
+		require.Eventually(t, func() bool {
+			st, err := dst.MailboxStatus(ctx, "alice", "INBOX")
+			return err == nil && st.Messages == 5 && len(r.Held()) == 1
+		}, 10*time.Second, 5*time.Millisecond, "the later deliveries apply while the expunge waits")
+	}
+	delayed()
+	stop()
+	r, _ = startReplica(t, dst, srv.URL, inbox, &replicate.ReplicaOptions{Hold: holdExpunges})
+	delayed()
+	require.NoError(t, r.Confirm("alice", r.Held()[0].Change.Seq))
+	require.Eventually(t, func() bool { return r.Stats().Held == 0 && r.Stats().Applied >= src.Position() }, 10*time.Second, 5*time.Millisecond)
+	requireSame(t, src, dst)
+}
+
+// TestPromoteWhileHeldAndInFlight promotes a replica while a destructive
+// change of one user is delayed and deliveries are still arriving:
+// everything the replica acknowledged is applied before the store becomes
+// a primary at the new epoch, durably; the delayed change waits for the
+// operator and applies as a change of the new primary once confirmed.
+func TestPromoteWhileHeldAndInFlight(t *testing.T) {
+	ctx := context.Background()
+	src, dst := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	require.NoError(t, dst.SetReadOnly(true))
+	p, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond, Mode: replicate.AckOne, AckTimeout: 300 * time.Millisecond})
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	require.NoError(t, src.CreateUser(ctx, "bob"))
+	addN(t, src, "alice", "INBOX", 3)
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), &replicate.ReplicaOptions{Hold: holdExpunges})
+	waitApplied(t, r, src)
+	_, err := src.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(1, 2, 3))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(r.Held()) == 1 }, 10*time.Second, 5*time.Millisecond)
+
+	// Deliveries keep coming while the replica is promoted; the ones
+	// acknowledged must all be there.
+	done := make(chan struct{})
+	acked := make(chan uint64, 1000)
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			user := []string{"alice", "bob"}[i%2]
+			if _, err := src.Append(ctx, user, "INBOX", nil, time.Time{}, stringsReader(msgText("in flight", string(rune('a'+i%26))))); err != nil {
+				return
+			}
+			pos := src.Position()
+			if p.Await(ctx, pos) != nil {
+				return // the replica was promoted: it acknowledges no more
+			}
+			acked <- pos
+			if i == 200 {
+				return
+			}
+		}
+	}()
+	require.Eventually(t, func() bool { return len(acked) > 20 }, 10*time.Second, time.Millisecond)
+	res, err := r.Promote(ctx, src.Epoch()+1)
+	require.NoError(t, err)
+	<-done
+	close(acked)
+	var last uint64
+	for pos := range acked {
+		last = max(last, pos)
+	}
+	t.Logf("promotion: drained %d changes, took %v, until %d", res.Drained, res.Took, res.Until)
+	assert.GreaterOrEqual(t, res.Until, last, "everything acknowledged was received")
+	assert.Equal(t, store.RolePrimary, dst.Role())
+	assert.Equal(t, res.Epoch, dst.Epoch())
+	require.Len(t, res.Held, 1, "the expunge waits for the operator")
+	again, err := r.Promote(ctx, res.Epoch)
+	require.NoError(t, err)
+	assert.Equal(t, res.Until, again.Until, "idempotent")
+
+	// Every acknowledged delivery is on the new primary: the source's
+	// state up to Until, but for the delayed expunge.
+	for _, user := range []string{"alice", "bob"} {
+		want := messageBodies(t, src, user, "INBOX")
+		got := messageBodies(t, dst, user, "INBOX")
+		if user == "alice" {
+			got = got[3:] // the three the delayed expunge would remove
+		}
+		require.GreaterOrEqual(t, len(got), 1)
+		assert.Equal(t, want[:len(got)], got, "user %s", user)
+	}
+	_, err = dst.CreateMailbox(ctx, "alice", "new")
+	require.NoError(t, err, "the new primary takes writes")
+
+	before := len(messageBodies(t, dst, "alice", "INBOX"))
+	require.NoError(t, r.Confirm("alice", res.Held[0].Change.Seq))
+	require.Eventually(t, func() bool {
+		return len(r.Held()) == 0 && len(messageBodies(t, dst, "alice", "INBOX")) == before-3
+	}, 10*time.Second, 5*time.Millisecond, "the confirmed expunge applies on the new primary")
+	got := messageBodies(t, dst, "alice", "INBOX")
+	assert.Equal(t, messageBodies(t, src, "alice", "INBOX")[:len(got)], got)
+}
+
+func stringsReader(s string) *stringReader { return &stringReader{s: s} }
+
+type stringReader struct{ s string }
+
+func (r *stringReader) Read(p []byte) (int, error) {
+	if r.s == "" {
+		return 0, io.EOF
+	}
+	n := copy(p, r.s)
+	r.s = r.s[n:]
+	return n, nil
+}
