@@ -44,7 +44,11 @@ type ExpungeGuardOptions struct {
 //   - an expunge of more than MaxShare (default 50 %) of a mailbox holding
 //     at least MinMessages (default 20) messages;
 //   - a mailbox delete removing at least MinMessages messages;
-//   - a user delete removing at least MinMessages messages in all.
+//   - a user delete removing at least MinMessages messages in all;
+//   - a flag removal or replacement (a mass flag wipe) on more than
+//     MaxShare of a mailbox holding at least MinMessages messages;
+//   - a rename over an existing mailbox that holds messages (the rename
+//     removes it).
 //
 // Every other change passes, as does a destructive change of a user or
 // mailbox the replica does not have (it removes nothing). The guard reads
@@ -66,7 +70,11 @@ func NewExpungeGuard(replica Inventory, opts *ExpungeGuardOptions) func(ctx cont
 	}
 	verdict := func(ctx context.Context, c *resilmail.Change) (bool, string, error) {
 		switch c.Kind {
-		case resilmail.ChangeExpunge, resilmail.ChangeMailboxDelete, resilmail.ChangeUserDelete:
+		case resilmail.ChangeExpunge, resilmail.ChangeMailboxDelete, resilmail.ChangeUserDelete, resilmail.ChangeMailboxRename:
+		case resilmail.ChangeFlags:
+			if c.FlagOp == resilmail.FlagsAdd {
+				return false, "", nil
+			}
 		default:
 			return false, "", nil
 		}
@@ -93,6 +101,15 @@ func NewExpungeGuard(replica Inventory, opts *ExpungeGuardOptions) func(ctx cont
 				mb = &list[i]
 			}
 		}
+		if c.Kind == resilmail.ChangeMailboxRename {
+			// A rename over an existing mailbox removes that mailbox.
+			for i := range list {
+				if other := &list[i]; other.Name == c.NewName && other.ID != c.MailboxID && other.Messages > 0 {
+					return true, fmt.Sprintf("rename of %s/%s over %s removes its %d messages", c.User, c.Mailbox, other.Name, other.Messages), nil
+				}
+			}
+			return false, "", nil
+		}
 		if mb == nil {
 			return false, "", nil
 		}
@@ -103,6 +120,12 @@ func NewExpungeGuard(replica Inventory, opts *ExpungeGuardOptions) func(ctx cont
 			return false, "", nil
 		}
 		removed := int(min(c.UIDs.Len(), uint64(mb.Messages)))
+		if c.Kind == resilmail.ChangeFlags {
+			if mass(removed, mb.Messages, o.MaxShare, o.MinMessages) {
+				return true, fmt.Sprintf("flag %s on %d of the %d messages of %s/%s (more than %.0f %%)", c.FlagOp, removed, mb.Messages, c.User, mb.Name, 100*o.MaxShare), nil
+			}
+			return false, "", nil
+		}
 		if mass(removed, mb.Messages, o.MaxShare, o.MinMessages) {
 			return true, fmt.Sprintf("expunge of %d of the %d messages of %s/%s (more than %.0f %%)", removed, mb.Messages, c.User, mb.Name, 100*o.MaxShare), nil
 		}

@@ -139,3 +139,39 @@ func (r *stringReader) Read(p []byte) (int, error) {
 	r.s = r.s[n:]
 	return n, nil
 }
+
+// TestGuardFlagWipeAndRenameOver: the guard holds a mass flag wipe and a
+// rename over a mailbox that holds messages, and lets a small flag change
+// and a rename to a free name through.
+func TestGuardFlagWipeAndRenameOver(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir())
+	require.NoError(t, s.CreateUser(ctx, "alice"))
+	addN(t, s, "alice", "INBOX", 30)
+	_, err := s.CreateMailbox(ctx, "alice", "Old")
+	require.NoError(t, err)
+	addN(t, s, "alice", "Old", 1)
+	guard := replicate.NewExpungeGuard(s, &replicate.ExpungeGuardOptions{Logger: quietLogger()})
+	inbox, old := mailboxID(t, s, "alice", "INBOX"), mailboxID(t, s, "alice", "Old")
+	st, err := s.MailboxStatus(ctx, "alice", "INBOX")
+	require.NoError(t, err)
+	flags := func(op resilmail.FlagOp, uids resilmail.UIDSet) resilmail.Change {
+		return resilmail.Change{Kind: resilmail.ChangeFlags, User: "alice", Mailbox: "INBOX", MailboxID: inbox, UIDValidity: st.UIDValidity,
+			FlagOp: op, UIDs: uids, Flags: []string{`\Seen`}}
+	}
+	all := resilmail.UIDSet{{Start: 1, Stop: 30}}
+	hold, reason := guard(ctx, flags(resilmail.FlagsRemove, all))
+	assert.True(t, hold, reason)
+	hold, _ = guard(ctx, flags(resilmail.FlagsSet, all))
+	assert.True(t, hold)
+	hold, _ = guard(ctx, flags(resilmail.FlagsAdd, all))
+	assert.False(t, hold, "adding flags removes nothing")
+	hold, _ = guard(ctx, flags(resilmail.FlagsRemove, resilmail.NewUIDSet(1, 2)))
+	assert.False(t, hold)
+	rename := resilmail.Change{Kind: resilmail.ChangeMailboxRename, User: "alice", Mailbox: "INBOX", MailboxID: inbox, NewName: "Old"}
+	hold, reason = guard(ctx, rename)
+	assert.True(t, hold, reason)
+	rename.NewName, rename.MailboxID = "Free", old
+	hold, _ = guard(ctx, rename)
+	assert.False(t, hold)
+}
