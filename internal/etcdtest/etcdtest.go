@@ -52,12 +52,28 @@ func freePort(t testing.TB) int {
 }
 
 // Start starts n members and waits until the cluster answers. They are
-// killed when the test ends.
+// killed when the test ends. A member that exits while the cluster starts
+// (a port taken by another test between freePort and etcd's bind) makes it
+// start again on new ports, up to three times.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
 	if _, err := os.Stat(Binary); err != nil {
 		t.Fatalf("etcdtest: %v (install the Debian package etcd-server)", err)
 	}
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		var c *Cluster
+		if c, err = try(t, n); err == nil {
+			return c
+		}
+		t.Logf("etcdtest: start %d of 3: %v", attempt, err)
+	}
+	t.Fatalf("etcdtest: %v", err)
+	return nil
+}
+
+func try(t testing.TB, n int) (*Cluster, error) {
+	t.Helper()
 	c := &Cluster{t: t}
 	var peers []string
 	for i := range n {
@@ -70,17 +86,22 @@ func Start(t testing.TB, n int) *Cluster {
 		peers = append(peers, m.Name+"="+m.PeerURL)
 		c.Members = append(c.Members, m)
 	}
-	for _, m := range c.Members {
-		m.cluster = strings.Join(peers, ",")
-		m.start(t, "new")
-	}
 	t.Cleanup(func() {
 		for _, m := range c.Members {
 			m.Kill()
 		}
 	})
-	c.WaitHealthy(30 * time.Second)
-	return c
+	for _, m := range c.Members {
+		m.cluster = strings.Join(peers, ",")
+		m.start(t, "new")
+	}
+	if err := c.waitHealthy(30 * time.Second); err != nil {
+		for _, m := range c.Members {
+			m.Kill()
+		}
+		return nil, err
+	}
+	return c, nil
 }
 
 func (m *Member) start(t testing.TB, state string) {
@@ -136,19 +157,36 @@ func (m *Member) Healthy() bool {
 // WaitHealthy waits until every running member is healthy.
 func (c *Cluster) WaitHealthy(d time.Duration) {
 	c.t.Helper()
+	if err := c.waitHealthy(d); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *Cluster) waitHealthy(d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for _, m := range c.Members {
 		for !m.Healthy() {
 			select {
 			case <-m.exited:
-				c.t.Fatalf("etcdtest: member %s exited; see %s", m.Name, filepath.Join(m.dir, "etcd.log"))
+				return fmt.Errorf("etcdtest: member %s exited; its log ends:\n%s", m.Name, m.logTail())
 			case <-time.After(50 * time.Millisecond):
 			}
 			if time.Now().After(deadline) {
-				c.t.Fatalf("etcdtest: member %s not healthy after %v", m.Name, d)
+				return fmt.Errorf("etcdtest: member %s not healthy after %v; its log ends:\n%s", m.Name, d, m.logTail())
 			}
 		}
 	}
+	return nil
+}
+
+// logTail is the end of the member's log, for a failure message that
+// outlives the test's temporary folder.
+func (m *Member) logTail() string {
+	b, _ := os.ReadFile(filepath.Join(m.dir, "etcd.log"))
+	if len(b) > 2048 {
+		b = b[len(b)-2048:]
+	}
+	return string(b)
 }
 
 // Endpoints returns the members' client URLs.
