@@ -102,7 +102,7 @@ type config struct {
 func parseFlags(args []string, getenv func(string) string) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("primary", flag.ContinueOnError)
-	fs.StringVar(&c.dir, "dir", "", "data folder: the store under store/ (default: a new temporary folder, removed on exit)")
+	fs.StringVar(&c.dir, "dir", "resilmail-primary", "data folder, created if missing and never removed by the program: the store under store/")
 	fs.StringVar(&c.lmtp, "lmtp", "127.0.0.1:2424", "LMTP listen address, host:port or the path of a Unix socket")
 	fs.StringVar(&c.httpAddr, "http", "127.0.0.1:8026", "HTTP listen address: /replicate/, /status, /metrics")
 	fs.StringVar(&c.secretSrc.File, "secret-file", "", "file (mode 600) holding the replication secret (default: $RESILMAIL_SECRET)")
@@ -229,12 +229,7 @@ type addrs struct {
 // addresses.
 func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) error {
 	if c.dir == "" {
-		dir, err := os.MkdirTemp("", "resilmail-primary-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		c.dir = dir
+		return errors.New("-dir is empty: the data folder holds mail and is never a temporary one")
 	}
 	st, err := store.Open(filepath.Join(c.dir, "store"), &store.Options{Logger: log, MaxMessageSize: c.maxSize})
 	if err != nil {

@@ -48,7 +48,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // loopback ports added) until the test ends, and returns its addresses.
 func startPrimary(t *testing.T, args ...string) addrs {
 	t.Helper()
-	args = append([]string{"-secret-file", secretFile(t), "-lmtp", "127.0.0.1:0", "-http", "127.0.0.1:0", "-hostname", "primary.test"}, args...)
+	args = append([]string{"-dir", t.TempDir(), "-secret-file", secretFile(t), "-lmtp", "127.0.0.1:0", "-http", "127.0.0.1:0", "-hostname", "primary.test"}, args...)
 	c, err := parseFlags(args, func(string) string { return "" })
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -207,6 +207,8 @@ func TestFlags(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, testSecret, string(c.secret))
 	assert.Equal(t, replicate.AckAsync, c.mode)
+	assert.Equal(t, "resilmail-primary", c.dir, "mail is kept in a named folder by default, never a temporary one")
+	assert.ErrorContains(t, run(context.Background(), config{}, quiet, nil), "-dir is empty")
 	_, err = parseFlags([]string{"-secret", testSecret}, withSecret)
 	assert.ErrorContains(t, err, "not taken on the command line")
 	assert.NotContains(t, err.Error(), testSecret, "the error does not repeat the secret")

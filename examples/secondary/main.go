@@ -88,7 +88,7 @@ type config struct {
 func parseFlags(args []string, getenv func(string) string) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("secondary", flag.ContinueOnError)
-	fs.StringVar(&c.dir, "dir", "", "data folder: the store under store/, the replication inbox under inbox/ (default: a new temporary folder, removed on exit)")
+	fs.StringVar(&c.dir, "dir", "resilmail-secondary", "data folder, created if missing and never removed by the program: the store under store/, the replication inbox under inbox/")
 	fs.StringVar(&c.primary, "primary", "http://127.0.0.1:8026", "the primary's HTTP address (examples/primary -http)")
 	fs.StringVar(&c.name, "name", "", "this replica's name, as the primary's -replicas and status know it (default: the host name)")
 	fs.StringVar(&c.secretSrc.File, "secret-file", "", "file (mode 600) holding this replica's secret: its own (primary -replica-secret NAME) or the primary's (default: $RESILMAIL_SECRET)")
@@ -191,12 +191,7 @@ type node struct {
 // listening address.
 func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr) error {
 	if c.dir == "" {
-		dir, err := os.MkdirTemp("", "resilmail-secondary-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		c.dir = dir
+		return errors.New("-dir is empty: the data folder holds mail and is never a temporary one")
 	}
 	st, err := store.Open(filepath.Join(c.dir, "store"), &store.Options{Logger: log})
 	if err != nil {

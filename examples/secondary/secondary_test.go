@@ -324,6 +324,8 @@ func TestFlags(t *testing.T) {
 	assert.Equal(t, "https://mail1:8026", c.primary)
 	assert.Equal(t, testSecret, string(c.secret))
 	assert.Equal(t, time.Hour, c.compare)
+	assert.Equal(t, "resilmail-secondary", c.dir, "mail is kept in a named folder by default, never a temporary one")
+	assert.ErrorContains(t, run(context.Background(), config{}, quiet, nil), "-dir is empty")
 	c, err = parseFlags([]string{"-name", "x", "-secret-file", secretFile(t, "from a file, long enough")}, env)
 	require.NoError(t, err)
 	assert.Equal(t, "from a file, long enough", string(c.secret))
