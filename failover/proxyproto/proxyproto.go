@@ -11,6 +11,12 @@
 // Read consumes exactly the header's bytes and never more, so the
 // connection's own data is left for the server. Headers longer than
 // [MaxLen] are refused.
+//
+// A server trusting a proxy on loopback:
+//
+//	ln := &proxyproto.Listener{Listener: tcp, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+//	c, _ := ln.Accept()
+//	c.RemoteAddr() // the client's address from the proxy's header
 package proxyproto
 
 import (

@@ -6,7 +6,13 @@
 // # MTA-STS
 //
 // [ParseRecord] reads the "_mta-sts" TXT record and [ParsePolicy] the policy
-// file. [MTASTS] learns a domain's policy: it looks up the record with a
+// file:
+//
+//	id, err := sts.ParseRecord("v=STSv1; id=20260101T000000")
+//	p, err := sts.ParsePolicy(body) // "version: STSv1\nmode: enforce\nmx: ..."
+//	p.Match("mx1.example.org")      // may mail go to this MX host?
+//
+// [MTASTS] learns a domain's policy: it looks up the record with a
 // [TXTResolver] on each call, fetches the policy over HTTPS (certificates
 // verified, no redirects, at most [MaxPolicySize] bytes, text/plain only)
 // when the record's id is new or the cached policy is past half its life,
