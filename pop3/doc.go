@@ -2,6 +2,12 @@
 // with CAPA and response codes (RFC 2449, RFC 3206), STLS (RFC 2595),
 // USER/PASS and AUTH PLAIN (RFC 5034).
 //
+// Serving a store's INBOXes to the users an [Authenticator] knows:
+//
+//	srv, err := pop3.New(st, auth, &pop3.Options{Hostname: "pop.example.org"})
+//	go srv.Serve(ln) // USER/PASS, STAT, LIST, UIDL, RETR, DELE, QUIT ...
+//	defer srv.Close()
+//
 // # Behaviour
 //
 //   - Passwords (USER/PASS, AUTH PLAIN) only over TLS (STLS or an
