@@ -11,6 +11,10 @@
 // What a node does not report is shown as unknown, never guessed. The
 // fields read are documented on [NodeStatus].
 //
+//	p, err := statuspage.NewPoller([]statuspage.Node{{Name: "a", URL: "https://a.example.org:8443"}}, nil)
+//	go p.Run(ctx)                                    // polls every Interval
+//	http.ListenAndServe(addr, statuspage.Handler(p)) // / and /status.json
+//
 // Goroutines: [Poller.Run] owns one goroutine per poll round and node, and
 // returns when its context ends.
 package statuspage
