@@ -23,6 +23,15 @@
 // The shared secret only derives the bearer token a follower presents to
 // fetch the policy (or use TLS client certificates, AuthClientCert).
 //
+//	pub, _ := pool.OpenPublisher(dir, secret, nil) // on the primary MX
+//	pub.Publish(ctx, pol) // pol normalized
+//	http.Serve(ln, pub) // followers poll it
+//	f, _ := pool.OpenFollower(url, secret, dir2, &pool.FollowerOptions{
+//		Trust: pool.Trust{Keys: []ed25519.PublicKey{pub.PublicKey()}},
+//	}) // on every other MX
+//	go f.Run(ctx)
+//	f.Check("alice@example.org") // the same Verdict as pub.Check
+//
 // # On disk
 //
 // A publisher's folder holds snapshot.json (the current [Snapshot] in the
