@@ -2,6 +2,10 @@
 // (v2.0.0-beta.8) server backend with logins from an [Authenticator]
 // (a Dovecot-format passwd-file, internal/passwd).
 //
+//	srv, err := imapstore.New(st, auth, &imapstore.Options{TLSConfig: cfg})
+//	go srv.Serve(ln) // LOGIN, SELECT INBOX, FETCH ... over st's mailboxes
+//	defer srv.Close()
+//
 // # What it serves
 //
 // IMAP4rev1 and IMAP4rev2 as go-imap parses them: CAPABILITY, LOGIN and
