@@ -31,6 +31,14 @@
 // returned after its session expired (a known pitfall of etcd's
 // Election.Campaign): it renews the lease and checks its key first.
 //
+// With the manual lease, the operator promotes a node:
+//
+//	lease := failover.NewManual(lastEpoch)
+//	el, err := failover.NewElector(lease, node, nil) // node: a Candidate
+//	go el.Run(ctx)
+//	lease.Grant(lastEpoch + 1) // node.Promote(ctx, lastEpoch+1)
+//	lease.Revoke()             // node.Demote(ctx, ErrLeaseLost...)
+//
 // # Switchover
 //
 // [Switchover] moves the primary role between two [Member]s in steps that
