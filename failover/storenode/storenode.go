@@ -7,6 +7,11 @@
 // node that follows the new primary hands its unreplicated tail over as
 // orphans).
 //
+//	a, b := storenode.New(stA, optsA), storenode.New(stB, optsB) // Options.Peers: name -> URL of Handler
+//	a.Serve()                                                    // a's store is primary
+//	b.Follow(ctx, "a")                                           // b replicates a
+//	rep, err := failover.Switchover(ctx, a, b, nil)              // b primary at a higher epoch, a follows b
+//
 // Goroutines: a standby's replica runs in a goroutine the Node owns; it
 // stops on Promote and Close.
 package storenode
