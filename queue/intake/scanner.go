@@ -3,6 +3,7 @@ package intake
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -59,8 +60,11 @@ type ScanEnvelope struct {
 	ClientIP netip.Addr
 	// HELO is the name the client gave in HELO/EHLO.
 	HELO string
-	// TLS says whether the session was encrypted.
-	TLS bool
+	// TLS says whether the session was encrypted; TLSVersion and
+	// TLSCipher name its version and cipher suite ("TLS 1.3",
+	// "TLS_AES_128_GCM_SHA256") when it was.
+	TLS                   bool
+	TLSVersion, TLSCipher string
 	// User is the authenticated user, "" when the session did not
 	// authenticate.
 	User string
@@ -156,10 +160,14 @@ func (s *session) scan(env resilmail.Envelope, src io.Reader) (head []byte, res 
 	if ap, perr := netip.ParseAddrPort(s.remote); perr == nil {
 		se.ClientIP = ap.Addr().Unmap()
 	}
-	if _, ok := s.conn.TLSConnectionState(); ok {
-		se.TLS = true
-	} else if c, ok := s.conn.Conn().(*Conn); ok {
-		_, se.TLS = c.TLS()
+	cs, ok := s.conn.TLSConnectionState()
+	if !ok {
+		if c, isConn := s.conn.Conn().(*Conn); isConn {
+			cs, ok = c.TLS()
+		}
+	}
+	if ok {
+		se.TLS, se.TLSVersion, se.TLSCipher = true, tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite)
 	}
 	body := head
 	if n > limit {
