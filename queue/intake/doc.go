@@ -40,6 +40,8 @@
 //	scanner verdict tempfail                  451 4.7.1 with the scanner's message
 //	scanner down, slow, or answering garbage  451 4.7.1 (or 250 and tagged: ScanFailAcceptTag)
 //	quarantine verdict, message kept          250 2.0.0 (or the Quarantine hook's own reply)
+//	discard verdict                           250 2.0.0, and the message is dropped
+//	sender refused by Backend.CheckSender     its own reply at MAIL (451 4.7.1 for a plain error)
 //	quarantine verdict, cannot be kept        451 4.3.0 (550 5.7.1 without a Quarantine hook)
 //	client silent (command, data timeout)     421 4.4.2, connection closed
 //	too many errors in a session              421 4.7.0, connection closed
@@ -62,6 +64,8 @@
 //     score, symbols) and X-Spam-Checker-Version header fields after the
 //     Received field;
 //   - quarantine: handed, tagged, to Backend.Quarantine and not enqueued;
+//   - discard: answered 250 and dropped (a milter's discard): never
+//     delivered, logged with its queue id;
 //   - tempfail and reject: refused, nothing is kept.
 //
 // No verdict (an error, the timeout, an unknown action, or a verdict that
@@ -71,6 +75,14 @@
 // (ScanEnvelope.Truncated) or, with ScanSkip, not scanned and tagged
 // "unchecked". A policy (per domain thresholds, say) wraps a Scanner as
 // a [ScanMiddleware] and rewrites the verdict's Action.
+//
+// A verdict may carry header edits ([HeaderEdit]: append, insert, change
+// or remove a field, as a milter asks). They apply to the header the
+// client sent, below this node's Received field, before the message is
+// enqueued or quarantined; edits that cannot be applied safely (a bad
+// name or value, a header longer than ScanLimit) make the scan count as
+// no verdict. Sender authentication (package auth) is such a Scanner
+// middleware, plus Backend.CheckSender at MAIL FROM.
 //
 // # Goroutines
 //

@@ -59,6 +59,14 @@ type Backend struct {
 	// Logger receives a line per message; nil means slog.Default().
 	Logger *slog.Logger
 
+	// CheckSender, if set, is asked at MAIL FROM, once the address is
+	// well formed and before the queue is asked, about the sender: env
+	// carries From, ClientIP, HELO and TLS (no recipients yet). A non-nil
+	// error refuses the sender: an *smtp.SMTPError is the reply (a null
+	// MX sender domain gets 550 5.7.27, RFC 7505), any other error 451
+	// 4.7.1. Sender authentication (package auth) hooks in here.
+	CheckSender func(ctx context.Context, env *ScanEnvelope) error
+
 	// Scanner, if set, judges every message at the end of DATA, before
 	// the reply (see the package doc, "Content scanning").
 	Scanner Scanner
@@ -136,6 +144,12 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			return errTooLargeReply
 		}
 	}
+	if s.b.CheckSender != nil {
+		if err := s.checkSender(from); err != nil {
+			s.env = resilmail.Envelope{}
+			return err
+		}
+	}
 	if opts != nil {
 		s.env.Size = opts.Size
 		s.env.SMTPUTF8 = opts.UTF8
@@ -154,6 +168,33 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		}
 	}
 	return s.admit()
+}
+
+// checkSender asks Backend.CheckSender about the sender and returns the
+// reply when it is refused.
+func (s *session) checkSender(from string) error {
+	env := &ScanEnvelope{Envelope: resilmail.Envelope{From: from}, HELO: s.conn.Hostname()}
+	ctx := context.Background()
+	if ap, err := netip.ParseAddrPort(s.remote); err == nil {
+		env.ClientIP = ap.Addr().Unmap()
+		ctx = context.WithValue(ctx, clientKey{}, env.ClientIP)
+	}
+	if _, ok := s.conn.TLSConnectionState(); ok {
+		env.TLS = true
+	} else if c, ok := s.conn.Conn().(*Conn); ok {
+		_, env.TLS = c.TLS()
+	}
+	err := s.b.CheckSender(ctx, env)
+	if err == nil {
+		return nil
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		s.log.Info("smtp: sender refused", "remote", s.remote, "from", from, "reply", se.Code, "err", se.Message)
+		return se
+	}
+	s.log.Warn("smtp: sender check failed, answering 451", "remote", s.remote, "from", from, "err", err)
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "sender check failed, try again later"}
 }
 
 // admit asks the queue, when it can tell, whether it would take the
@@ -268,6 +309,9 @@ func (s *session) Data(r io.Reader) error {
 			return reply
 		}
 		src, head = io.MultiReader(bytes.NewReader(start), src), res.header
+		if res.err == nil && res.verdict.Action == ActionDiscard {
+			return s.discard(env, src, lr)
+		}
 		if res.err == nil && res.verdict.Action == ActionQuarantine {
 			return s.quarantine(env, res.verdict, io.MultiReader(strings.NewReader(s.received(env)+head), src), lr)
 		}
@@ -284,6 +328,22 @@ func (s *session) Data(r io.Reader) error {
 	}
 	s.log.Info("smtp: message queued", "msg_id", id, "remote", s.remote, "from", env.From, "rcpts", len(env.To))
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
+}
+
+// discard reads the rest of a message the scanner said to drop and
+// answers 250 (552 if it was too large): the client is told it was taken,
+// and it is never delivered (a milter's SMFIR_DISCARD).
+func (s *session) discard(env resilmail.Envelope, src io.Reader, lr *limitReader) error {
+	_, err := io.Copy(io.Discard, src)
+	if lr != nil && lr.over {
+		return errTooLargeReply
+	}
+	if err != nil {
+		s.log.Warn("smtp: message refused", "msg_id", env.ID, "remote", s.remote, "from", env.From, "err", err)
+		return replyFor(err)
+	}
+	s.log.Info("smtp: message discarded by the content scanner", "msg_id", env.ID, "remote", s.remote, "from", env.From, "rcpts", len(env.To))
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + env.ID}
 }
 
 // quarantine hands a message to Backend.Quarantine and returns the reply.

@@ -81,6 +81,7 @@ const (
 	ActionAccept     Action = "accept"     // enqueue as it is
 	ActionTag        Action = "tag"        // enqueue with X-Spam headers
 	ActionQuarantine Action = "quarantine" // keep it in quarantine (Backend.Quarantine), do not deliver
+	ActionDiscard    Action = "discard"    // 250 to the client, then dropped: never delivered (a milter's SMFIR_DISCARD)
 	ActionTempFail   Action = "tempfail"   // 451 4.7.1: the client tries again later (greylisting, soft reject)
 	ActionReject     Action = "reject"     // 550 5.7.1 with Verdict.Message
 )
@@ -98,6 +99,10 @@ type Verdict struct {
 	Message string
 	// Scanner names the scanner and its version ("rspamd 3.4").
 	Scanner string
+	// Edits change the message's header before it is kept (enqueued or
+	// quarantined), in order. Edits that cannot be applied make the scan
+	// count as no verdict (ErrBadEdit).
+	Edits []HeaderEdit
 }
 
 // ScanFailure says what the Backend does when the scanner gave no
@@ -197,6 +202,14 @@ func (s *session) scan(env resilmail.Envelope, src io.Reader) (head []byte, res 
 		s.log.Warn("smtp: content scanner gave no verdict", "msg_id", env.ID, "remote", s.remote, "took", time.Since(start), "err", serr)
 		return head, scanResult{err: fmt.Errorf("%w: %w", ErrNoVerdict, serr), header: "X-Spam-Status: No, unchecked (scanner unavailable)\r\n"}, nil
 	}
+	if len(v.Edits) > 0 && v.Action != ActionReject && v.Action != ActionTempFail && v.Action != ActionDiscard {
+		edited, eerr := applyEdits(head, n <= limit, v.Edits)
+		if eerr != nil {
+			s.log.Warn("smtp: content scanner gave no verdict", "msg_id", env.ID, "remote", s.remote, "took", time.Since(start), "err", eerr)
+			return head, scanResult{err: fmt.Errorf("%w: %w", ErrNoVerdict, eerr), header: "X-Spam-Status: No, unchecked (scanner unavailable)\r\n"}, nil
+		}
+		head = edited
+	}
 	if v.Action == "" {
 		v.Action = ActionAccept
 	}
@@ -208,7 +221,7 @@ func (s *session) scan(env resilmail.Envelope, src io.Reader) (head []byte, res 
 	return head, res, nil
 }
 
-var knownActions = map[Action]struct{}{"": {}, ActionAccept: {}, ActionTag: {}, ActionQuarantine: {}, ActionTempFail: {}, ActionReject: {}}
+var knownActions = map[Action]struct{}{"": {}, ActionAccept: {}, ActionTag: {}, ActionQuarantine: {}, ActionDiscard: {}, ActionTempFail: {}, ActionReject: {}}
 
 // reply returns the SMTP reply for a verdict that refuses the message
 // here, or nil when the message is to be kept (enqueued or quarantined).

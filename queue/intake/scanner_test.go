@@ -137,7 +137,7 @@ func TestVerdictActions(t *testing.T) {
 			"X-Spam-Checker-Version: rspamd 3.4\r\n"+testMessage, rest)
 	})
 	t.Run("unknown action", func(t *testing.T) {
-		addr, rec := scanServer(t, verdict(intake.Verdict{Action: "discard"}), nil)
+		addr, rec := scanServer(t, verdict(intake.Verdict{Action: "bounce"}), nil)
 		assert.Equal(t, "451 4.7.1 content scanner unavailable, try again later", sendMessage(t, addr, testMessage))
 		assert.Empty(t, rec.got())
 	})
