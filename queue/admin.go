@@ -226,7 +226,10 @@ func (q *Queue) each(f Filter, fn func(m *message, now time.Time) (bool, error))
 }
 
 // Hold stops delivery of the selected messages until Release. An attempt
-// already in flight finishes. Held messages do not expire.
+// already in flight finishes. A held message is a pause, not a store: its
+// sender still gets the delay warnings, and when the message's lifetime
+// runs out its recipients fail (4.4.7) with a DSN saying that the
+// postmaster held it.
 func (q *Queue) Hold(f Filter) (int, error) {
 	return q.each(f, func(m *message, now time.Time) (bool, error) {
 		if m.rec.Held {
@@ -235,6 +238,7 @@ func (q *Queue) Hold(f Filter) (int, error) {
 		if err := q.appendLocked(m, &updRec{ID: m.id(), Held: ptr(true)}); err != nil {
 			return false, err
 		}
+		m.next = q.waitDeadlineLocked(m)
 		q.scheduleLocked(m)
 		q.log.Info("queue: held", "msg_id", m.id())
 		return true, nil

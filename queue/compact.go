@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 
 	"github.com/resilmail/resilmail"
@@ -106,7 +107,11 @@ func (q *Queue) compactOnce() bool {
 		if t.seg != oldest {
 			continue
 		}
-		rec, err := encode(recTombstone, &tombRec{ID: id, At: t.at}, nil)
+		tr := &tombRec{ID: id, At: t.at}
+		if t.sum != (sum128{}) {
+			tr.Sum = hex.EncodeToString(t.sum[:])
+		}
+		rec, err := encode(recTombstone, tr, nil)
 		if err == nil {
 			var pos wal.Pos
 			if pos, err = q.wal.Append(rec); err == nil {

@@ -38,7 +38,9 @@ func (h *msgHeap) Pop() any {
 // scheduleLocked puts m on the schedule at m.next if it has something to
 // deliver and nothing stops it.
 func (q *Queue) scheduleLocked(m *message) {
-	deliverable := !m.removed && !m.inRound && !m.notifing && !m.rec.Held && !m.rec.Corrupt && m.synced == nil && m.doom == "" &&
+	// A held message stays on the schedule, at its next delay warning or
+	// its expiry (heldDueLocked), not at an attempt.
+	deliverable := !m.removed && !m.inRound && !m.notifing && !m.rec.Corrupt && m.synced == nil && m.doom == "" &&
 		(m.hasPending() || m.owesFailureNotice() || m.hasMaybe())
 	switch {
 	case deliverable && m.heapIdx >= 0:
@@ -172,6 +174,10 @@ func (q *Queue) dispatchLocked(ctx context.Context) time.Duration {
 			return m.next.Sub(now)
 		}
 		heap.Pop(&q.sched)
+		if m.rec.Held {
+			q.heldDueLocked(m, now)
+			continue
+		}
 		q.startRoundLocked(ctx, m, now)
 	}
 	if q.sched.Len() > 0 && q.active < q.opts.MaxDeliveries && q.wal.Err() == nil {
@@ -460,22 +466,36 @@ func (q *Queue) finishRoundLocked(r *round) {
 		m.next = r.deferTo
 	}
 	now := q.opts.Now()
-	if m.doom == "" && (m.hasPending() || m.hasMaybe()) && now.Sub(time.Unix(0, m.rec.Created)) >= q.opts.Retry.Lifetime && !m.rec.Held {
+	if m.doom == "" && (m.hasPending() || m.hasMaybe()) && now.Sub(time.Unix(0, m.rec.Created)) >= q.opts.Retry.Lifetime {
 		q.expireLocked(m, now)
 	}
-	if !m.hasPending() && m.hasMaybe() {
-		m.next = q.maybeDeadlineLocked(m)
+	if m.rec.Held || !m.hasPending() && m.hasMaybe() {
+		m.next = q.waitDeadlineLocked(m)
 	}
 	q.afterRoundLocked(m)
 }
 
-// maybeDeadlineLocked returns when a message whose recipients wait as
-// maybe-delivered (and nothing else) needs the queue again: its next delay
-// warning or its expiry.
-func (q *Queue) maybeDeadlineLocked(m *message) time.Time {
+// heldDueLocked is the scheduler's visit to a message an operator held:
+// nothing is sent, but the sender gets the delay warnings and the message
+// expires with its lifetime like any other (a hold is a pause, never a
+// way to keep mail for ever unseen). Its next visit is the next warning
+// or the expiry.
+func (q *Queue) heldDueLocked(m *message, now time.Time) {
+	if m.doom == "" && (m.hasPending() || m.hasMaybe()) && now.Sub(time.Unix(0, m.rec.Created)) >= q.opts.Retry.Lifetime {
+		q.expireLocked(m, now)
+	}
+	m.next = q.waitDeadlineLocked(m)
+	q.afterRoundLocked(m)
+}
+
+// waitDeadlineLocked returns when a message that waits for an operator
+// (held, or with recipients held as maybe-delivered and nothing else)
+// needs the queue again: its next delay warning, if one will be sent, or
+// its expiry.
+func (q *Queue) waitDeadlineLocked(m *message) time.Time {
 	created := time.Unix(0, m.rec.Created)
 	t := created.Add(q.opts.Retry.Lifetime)
-	if w := q.opts.Retry.DelayWarnings; m.rec.Warned < len(w) {
+	if w := q.opts.Retry.DelayWarnings; m.rec.Warned < len(w) && q.wantsDelayWarning(m) {
 		if wt := created.Add(w[m.rec.Warned]); wt.Before(t) {
 			t = wt
 		}
@@ -492,6 +512,9 @@ func (q *Queue) expireLocked(m *message, now time.Time) {
 			continue
 		}
 		reply := "message expired after " + q.opts.Retry.Lifetime.String() + " in the queue"
+		if m.rec.Held {
+			reply = "message expired after " + q.opts.Retry.Lifetime.String() + " in the queue, held by the postmaster and never released"
+		}
 		if rc.State == MaybeDelivered {
 			reply = "message expired after " + q.opts.Retry.Lifetime.String() + " in the queue, held because it may already have been delivered to this recipient and no operator released or deleted it; it may or may not have arrived"
 		}
@@ -592,11 +615,16 @@ func (q *Queue) needsNotifyLocked(m *message, now time.Time) bool {
 
 func (q *Queue) delayWarningDueLocked(m *message, now time.Time) bool {
 	warnings := q.opts.Retry.DelayWarnings
-	if m.rec.Warned >= len(warnings) || m.rec.Env.From == "" || m.rec.Held {
+	if m.rec.Warned >= len(warnings) || !q.wantsDelayWarning(m) {
 		return false
 	}
-	if now.Sub(time.Unix(0, m.rec.Created)) < warnings[m.rec.Warned] {
-		return false
-	}
-	return slices.ContainsFunc(m.rec.Env.To, func(r resilmail.Recipient) bool { return r.Notify.Has(resilmail.NotifyDelay) }) && (m.hasPending() || m.hasMaybe())
+	return now.Sub(time.Unix(0, m.rec.Created)) >= warnings[m.rec.Warned]
+}
+
+// wantsDelayWarning reports whether m's sender would be told of a delay
+// now: it has a sender, a recipient that asked for delay notices, and
+// recipients still waiting.
+func (q *Queue) wantsDelayWarning(m *message) bool {
+	return m.rec.Env.From != "" && (m.hasPending() || m.hasMaybe()) &&
+		slices.ContainsFunc(m.rec.Env.To, func(r resilmail.Recipient) bool { return r.Notify.Has(resilmail.NotifyDelay) })
 }

@@ -20,8 +20,9 @@ var (
 	// ErrInvalid is returned by Enqueue for an envelope that fails
 	// validation. It is permanent.
 	ErrInvalid = errors.New("queue: invalid envelope")
-	// ErrConflict is returned by Enqueue for an id that is queued with
-	// other content (another digest): a caller reusing ids by mistake is
+	// ErrConflict is returned by Enqueue for an id that is queued, or was
+	// finished within the DedupWindow, with other content (another
+	// digest): a caller reusing ids by mistake is
 	// told so instead of being acknowledged and dropped as a duplicate.
 	// It is permanent.
 	ErrConflict = errors.New("queue: id already queued with other content")

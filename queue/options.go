@@ -152,8 +152,9 @@ type Options struct {
 	MaxMessageSize int64
 
 	// DedupWindow is how long the id of a delivered, bounced or deleted
-	// message is remembered, so that enqueueing it again is a no-op; zero
-	// means 24 h, negative means only while queued.
+	// message is remembered, with its body's digest, so that enqueueing it
+	// again is a no-op (and enqueueing it with other content is
+	// ErrConflict); zero means 24 h, negative means only while queued.
 	DedupWindow time.Duration
 	// DedupMax caps the remembered ids; the oldest are forgotten first.
 	// Zero means 1 000 000.

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base32"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,7 +69,15 @@ type Queue struct {
 type tomb struct {
 	at  int64 // unix nanoseconds
 	seg uint64
+	sum sum128 // the body's digest, cut to 128 bits; zero: not known
 }
+
+// sum128 is the first half of a body's digest: enough to tell a reused id
+// with other content from a repeat (a chance collision needs 2^64 tries),
+// at half the memory of the whole digest for each remembered id.
+type sum128 [16]byte
+
+func cut(d resilmail.Digest) sum128 { return sum128(d[:16]) }
 
 // message is the in-memory index entry of a queued message. Its body stays
 // on disk.
@@ -209,11 +218,15 @@ func (q *Queue) replay(pos wal.Pos, rec []byte) error {
 		if m := q.msgs[r.ID]; m != nil {
 			q.applyLocked(m, r, pos.Seg)
 		} else if r.Removed != "" {
-			q.rememberLocked(r.ID, r.At, pos.Seg)
+			q.rememberLocked(r.ID, r.At, pos.Seg, sum128{})
 		}
 	case *tombRec:
 		if q.msgs[r.ID] == nil {
-			q.rememberLocked(r.ID, r.At, pos.Seg)
+			var sum sum128
+			if b, err := hex.DecodeString(r.Sum); err == nil && len(b) == len(sum) {
+				sum = sum128(b)
+			}
+			q.rememberLocked(r.ID, r.At, pos.Seg, sum)
 		}
 	}
 	return nil
@@ -273,19 +286,20 @@ func (q *Queue) applyLocked(m *message, u *updRec, seg uint64) {
 		if m.heapIdx >= 0 {
 			heap.Remove(&q.sched, m.heapIdx)
 		}
-		q.rememberLocked(r.Env.ID, u.At, seg)
+		q.rememberLocked(r.Env.ID, u.At, seg, cut(r.Digest))
 	}
 }
 
-// rememberLocked records a finished id for deduplication.
-func (q *Queue) rememberLocked(id string, at int64, seg uint64) {
+// rememberLocked records a finished id, with the digest of its body when
+// known, for deduplication.
+func (q *Queue) rememberLocked(id string, at int64, seg uint64, sum sum128) {
 	if q.opts.DedupWindow < 0 {
 		return
 	}
 	if _, ok := q.dedup[id]; !ok {
 		q.dedupFIFO = append(q.dedupFIFO, id)
 	}
-	q.dedup[id] = tomb{at: at, seg: seg}
+	q.dedup[id] = tomb{at: at, seg: seg, sum: sum}
 	q.expireDedupLocked(q.opts.Now())
 }
 
@@ -516,8 +530,12 @@ func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 				return env.ID, ctx.Err()
 			}
 		}
-		if _, ok := q.dedup[env.ID]; ok {
+		if t, ok := q.dedup[env.ID]; ok {
 			q.mu.Unlock()
+			if t.sum != (sum128{}) && t.sum != cut(digest) && !internal {
+				q.log.Warn("queue: id of a finished message reused with other content; refused", "msg_id", env.ID)
+				return env.ID, fmt.Errorf("%w: %s", ErrConflict, env.ID)
+			}
 			return q.duplicate(env.ID)
 		}
 		break

@@ -168,16 +168,21 @@ func TestDuplicateEnqueueIsNoop(t *testing.T) {
 	assert.Len(t, q.List(queue.Filter{}), 1)
 	run(t, q)
 	waitFor(t, "delivery", func() bool { return len(q.List(queue.Filter{})) == 0 })
+	_, err = q.Enqueue(context.Background(), env, body("one"))
+	require.NoError(t, err, "a recently delivered id with the same content is a no-op")
 	_, err = q.Enqueue(context.Background(), env, body("three"))
-	require.NoError(t, err, "a recently delivered id is a no-op")
+	require.ErrorIs(t, err, queue.ErrConflict, "a recently delivered id with other content is refused, not acknowledged and dropped")
 	assert.Equal(t, uint64(2), q.Stats().Duplicates)
 	require.NoError(t, q.Close())
 
-	// The memory of delivered ids survives a restart.
+	// The memory of delivered ids, and of their content, survives a
+	// restart.
 	q2 := open(t, dir, s, nil)
 	run(t, q2)
-	_, err = q2.Enqueue(context.Background(), env, body("four"))
+	_, err = q2.Enqueue(context.Background(), env, body("one"))
 	require.NoError(t, err)
+	_, err = q2.Enqueue(context.Background(), env, body("four"))
+	require.ErrorIs(t, err, queue.ErrConflict)
 	assert.Empty(t, q2.List(queue.Filter{}))
 	assert.Equal(t, []string{"release-42"}, s.delivered("a@example.org"), "delivered exactly once")
 	assert.NotContains(t, s.bodies["release-42"], "three")
@@ -721,8 +726,10 @@ func TestCompactionKeepsLiveMessagesAndDedup(t *testing.T) {
 	held := q2.List(queue.Filter{State: queue.StateHeld})
 	require.Len(t, held, 5, "held messages survive compaction and restart")
 	for i := 0; i < 200; i += 20 {
-		_, err := q2.Enqueue(ctx, envelope(fmt.Sprint("d", i), "u@example.org"), body("again"))
+		_, err := q2.Enqueue(ctx, envelope(fmt.Sprint("d", i), "u@example.org"), body(fmt.Sprint("d", i, pad)))
 		require.NoError(t, err)
+		_, err = q2.Enqueue(ctx, envelope(fmt.Sprint("d", i), "u@example.org"), body("again"))
+		require.ErrorIs(t, err, queue.ErrConflict, "the content of delivered ids is remembered through compaction")
 	}
 	assert.Equal(t, uint64(10), q2.Stats().Duplicates, "delivered ids are remembered through compaction")
 	run(t, q2)

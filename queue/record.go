@@ -119,8 +119,9 @@ type updRec struct {
 
 // tombRec remembers a finished message for deduplication.
 type tombRec struct {
-	ID string `json:"id"`
-	At int64  `json:"a"`
+	ID  string `json:"id"`
+	At  int64  `json:"a"`
+	Sum string `json:"d,omitempty"` // the first 128 bits of the body's digest in hex; absent in older records
 }
 
 // encode builds a record: type, 4-byte length of the JSON part, JSON, body.
