@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math"
 	"slices"
 	"strings"
@@ -16,43 +15,6 @@ import (
 
 	"github.com/resilmail/resilmail"
 )
-
-// CompareOptions configure [Compare]. A nil *CompareOptions or the zero
-// value gives working defaults; each field says what its zero value means.
-type CompareOptions struct {
-	// LeafSize is how many messages (both sides together) a UID range may
-	// hold for bisection to stop and list them; zero means 64.
-	LeafSize int
-	// Parallelism is how many users are compared at once; zero means 4.
-	Parallelism int
-	// Users, if not nil, restricts the comparison to these users.
-	Users []string
-	// Logger receives a summary line per comparison; nil means
-	// slog.Default().
-	Logger *slog.Logger
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
-}
-
-func (o *CompareOptions) withDefaults() CompareOptions {
-	var r CompareOptions
-	if o != nil {
-		r = *o
-	}
-	if r.LeafSize <= 0 {
-		r.LeafSize = 64
-	}
-	if r.Parallelism <= 0 {
-		r.Parallelism = 4
-	}
-	if r.Logger == nil {
-		r.Logger = slog.Default()
-	}
-	if r.Now == nil {
-		r.Now = time.Now
-	}
-	return r
-}
 
 // A Report is what [Compare] found: every difference of the replica from
 // the primary, which [Repair] removes. Its slices are sorted by user, then
@@ -660,8 +622,3 @@ func listMessages(ctx context.Context, inv Inventory, user string, id resilmail.
 	}
 	return out, nil
 }
-
-// ErrBadInventory is wrapped by errors about an [Inventory]'s answers that
-// break its contract (UIDs out of range or order, malformed responses of a
-// remote inventory).
-var ErrBadInventory = errors.New("replicate: bad inventory answer")

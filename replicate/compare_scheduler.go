@@ -12,28 +12,6 @@ import (
 	"github.com/resilmail/resilmail"
 )
 
-// ComparerOptions configure a [Comparer]. A nil pointer or the zero value
-// gives working defaults; each field says what its zero value means.
-type ComparerOptions struct {
-	// Interval is the time between the end of one run and the start of
-	// the next; zero means one hour.
-	Interval time.Duration
-	// ReportOnly makes runs compare and report without repairing.
-	ReportOnly bool
-	// Compare and Repair configure each run's [Compare] and [Repair]; nil
-	// means their defaults (with this Logger and Now).
-	Compare *CompareOptions
-	Repair  *RepairOptions
-	// RestorePrimary, if set, is called (unless ReportOnly) with every
-	// body a run finds damaged on the primary, to send the primary the
-	// replica's good copy; [Replica.Comparer] sets it.
-	RestorePrimary func(ctx context.Context, d resilmail.Digest) error
-	// Logger receives a line per run; nil means slog.Default().
-	Logger *slog.Logger
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
-}
-
 // ComparerStats describe a [Comparer]'s runs.
 type ComparerStats struct {
 	Runs        int           // runs finished, with or without error

@@ -14,7 +14,9 @@
 //
 // A [Primary] ([NewPrimary]) serves its Source over HTTP ([Primary.Handler];
 // HTTP/2 over TLS between machines, plain HTTP on loopback): a long-lived,
-// versioned stream of CRC-checked frames ([FrameWriter], [FrameReader]) that
+// versioned stream of CRC-checked frames (the internal package
+// replicate/internal/wire: the bytes on the wire are versioned, their Go
+// codec is not public API) that
 // carries each change as soon as it is durable, small bodies (up to 64
 // KiB) ahead of the changes that append them, and a heartbeat with the
 // primary's position, epoch and clock; the other bodies by digest, always
@@ -83,7 +85,7 @@
 // resets its positions to the new history: a resync that finishes on its
 // own. [Replica.Promote] drains what the replica received and
 // acknowledged and makes its target a primary at a higher epoch, durably.
-
+//
 // # Divergence and guard rails
 //
 // Every mailbox carries a digest of its messages, flags and UIDs, kept up
@@ -105,6 +107,26 @@
 // [NewExpungeGuard] makes a replica hold a mass expunge or deletion for
 // confirmation instead of copying a logical disaster blindly, and
 // ReplicaOptions.ApplyDelay keeps a replica behind on purpose.
+//
+// # Layout
+//
+// The package does four jobs; each has its own files, and its errors and
+// options in files of their own:
+//
+//   - the wire codec: replicate/internal/wire (frames, the stream header,
+//     heartbeats; fuzzed), internal so that its Go API can change while
+//     the format on the wire stays versioned;
+//   - the stream: stream_*.go ([Primary], [Replica], acknowledgements,
+//     the inbox, lanes, delayed changes, promotion, resync and orphans),
+//     with stream_errors.go, stream_options.go and stream_stats.go;
+//   - compare and repair: compare*.go ([Compare], [Repair], [Comparer], the
+//     [Inventory] and its HTTP form), with compare_errors.go and
+//     compare_options.go;
+//   - the guard: guard*.go ([NewExpungeGuard]), with guard_options.go.
+//
+// What they share is in replicate.go ([Source], [Target]), history.go
+// (positions and histories) and errors.go (errors of Sources and
+// Targets).
 //
 // # Goroutines
 //

@@ -11,21 +11,6 @@ import (
 	"github.com/resilmail/resilmail/internal/bearer"
 )
 
-// Why an acknowledgement is refused (answered 403 "unknown_replica", 403
-// "wrong_replica" or 409 "position"; counted in PrimaryStats.AcksRefused).
-var (
-	// ErrUnknownReplica: the acknowledgement names a replica the primary
-	// does not know: not in PrimaryOptions.Replicas or ReplicaSecrets,
-	// or, when neither is set, one that never opened a stream.
-	ErrUnknownReplica = errors.New("replicate: unknown replica")
-	// ErrWrongReplica: the credential of the request belongs to another
-	// replica than the one named.
-	ErrWrongReplica = errors.New("replicate: the credential is another replica's")
-	// ErrAckBeyondEnd: the acknowledged position is beyond the end of the
-	// primary's journal (a replica of another history, or a forgery).
-	ErrAckBeyondEnd = errors.New("replicate: acknowledged position beyond the end of the journal")
-)
-
 // A JournalHolder is a Source that keeps its journal after a position for
 // a named reader (a retention hold), as replicate/store's Store does
 // (Store.HoldJournal). A Primary holds the journal of every replica at

@@ -107,10 +107,6 @@ type Divergence struct {
 	Resume      uint64 `json:"resume"`
 }
 
-// ErrDiverged is wrapped by a replica's error when the primary's history
-// and its own part ([Divergence]).
-var ErrDiverged = errors.New("replicate: histories diverge")
-
 // divergedError carries a Divergence.
 type divergedError struct{ d Divergence }
 

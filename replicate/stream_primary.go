@@ -17,6 +17,7 @@ import (
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/bearer"
+	"github.com/resilmail/resilmail/replicate/internal/wire"
 )
 
 // StreamPurpose labels the bearer token of the replication stream: the
@@ -31,125 +32,6 @@ func StreamToken(secret []byte) string { return bearer.Token(secret, StreamPurpo
 // carries a heartbeat, so that it can tell a silent connection from a
 // quiet primary.
 const heartbeatHeader = "Resilmail-Heartbeat"
-
-// Defaults of [PrimaryOptions].
-const (
-	DefaultHeartbeat  = time.Second
-	DefaultAckTimeout = 2 * time.Second
-	DefaultBatch      = 256
-	// DefaultInlineBody is the largest body a version 3 stream carries
-	// ahead of its change instead of letting the replica fetch it.
-	DefaultInlineBody = 64 << 10
-)
-
-// ErrNotReplicated is wrapped by the error of [Primary.Await] when the
-// replicas did not acknowledge a change in time and OnTimeout is
-// TimeoutRefuse. The error is temporary: the change is durable on the
-// primary and will reach the replicas; the caller may refuse its client's
-// command with a temporary failure and let it retry.
-var ErrNotReplicated = errors.New("replicate: change not acknowledged by the replicas in time")
-
-// An AckMode says what [Primary.Await] waits for.
-type AckMode int
-
-// The acknowledgement modes.
-const (
-	// AckAsync: Await returns at once; replicas catch up on their own.
-	AckAsync AckMode = iota
-	// AckOne: Await returns once any replica has acknowledged the
-	// position.
-	AckOne
-	// AckAll: Await returns once every replica named in
-	// PrimaryOptions.Replicas has acknowledged the position.
-	AckAll
-)
-
-// String returns "async", "one" or "all".
-func (m AckMode) String() string {
-	switch m {
-	case AckAsync:
-		return "async"
-	case AckOne:
-		return "one"
-	case AckAll:
-		return "all"
-	}
-	return "AckMode(" + strconv.Itoa(int(m)) + ")"
-}
-
-// A TimeoutPolicy says what [Primary.Await] does when the acknowledgements
-// it waits for do not come within AckTimeout.
-type TimeoutPolicy int
-
-// The timeout policies.
-const (
-	// TimeoutRefuse: Await returns an error wrapping ErrNotReplicated.
-	TimeoutRefuse TimeoutPolicy = iota
-	// TimeoutAccept: Await returns nil; the event is logged and counted
-	// in PrimaryStats.AcceptedUnreplicated.
-	TimeoutAccept
-)
-
-// PrimaryOptions configure [NewPrimary]. One of Secret, ReplicaSecrets,
-// Identify or Authenticate must be set; every other zero field means its
-// default.
-//
-// A replica's name is bound to its credential with ReplicaSecrets or
-// Identify: the primary then takes the name from the credential, never
-// from the request, so two replicas (two copies of one configuration, both
-// with the default name) cannot pass for one another, nor one ack count
-// for two. AckAll requires it. With a shared Secret (or Authenticate),
-// names are what the requests say.
-type PrimaryOptions struct {
-	// Secret is shared with the replicas: a request must carry
-	// "Authorization: Bearer " + StreamToken(Secret). The name a replica
-	// gives is not bound to it.
-	Secret []byte
-	// ReplicaSecrets gives each replica, by name, its own secret: a
-	// request carrying StreamToken(secret) is from that replica, and
-	// only it may acknowledge as that name. Other requests are checked as
-	// Secret (or Authenticate) says.
-	ReplicaSecrets map[string][]byte
-	// Identify, if set, authenticates every request and returns the name
-	// of the replica it is from (for example the common name of a
-	// verified client certificate in r.TLS.PeerCertificates); an error
-	// refuses the request with 401. It takes precedence over the others.
-	Identify func(r *http.Request) (name string, err error)
-	// Authenticate, if set, decides instead of Secret: nil lets a request
-	// in (for example after checking r.TLS.PeerCertificates), an error
-	// refuses it with 401. The name a replica gives is not bound to it.
-	Authenticate func(r *http.Request) error
-	// Heartbeat is how often a stream carries a heartbeat; zero means
-	// DefaultHeartbeat (1 s).
-	Heartbeat time.Duration
-	// Batch is the most changes read from the Source at once; zero means
-	// DefaultBatch.
-	Batch int
-	// InlineBody is the largest body sent in the stream ahead of the
-	// change that appends it, saving the replica a request per body;
-	// larger ones are fetched. Zero means DefaultInlineBody (64 KiB), a
-	// negative value sends none. A stream sends each body at most once
-	// (among the last several thousand), and a replica of version 2
-	// fetches them all.
-	InlineBody int
-	// Mode is what Await waits for; zero is AckAsync.
-	Mode AckMode
-	// Replicas names the replicas AckAll waits for and that Stats lists
-	// even before they connect; nil means the names of ReplicaSecrets.
-	// When set (or ReplicaSecrets is), an acknowledgement from another
-	// name is refused; when neither is, a name is known once it opened a
-	// stream.
-	Replicas []string
-	// AckTimeout is how long Await waits; zero means DefaultAckTimeout
-	// (2 s).
-	AckTimeout time.Duration
-	// OnTimeout is what Await does after AckTimeout; zero is
-	// TimeoutRefuse.
-	OnTimeout TimeoutPolicy
-	// Logger receives a line per refused request, stream error, corrupt
-	// body and accepted timeout; nil means slog.Default().
-	Logger *slog.Logger
-}
 
 // A Primary serves its Source's change journal and bodies to replicas over
 // HTTP, records their acknowledgements, and lets writers wait for them. It
@@ -408,7 +290,7 @@ func (p *Primary) serveChanges(w http.ResponseWriter, r *http.Request) {
 			p.badRequest(w, r, fmt.Errorf("parameter v: %q is not a stream version", v))
 			return
 		}
-		version = min(n, StreamVersion)
+		version = min(n, wire.CurrentVersion)
 	}
 	if hs, ok := p.src.(HistorySource); ok {
 		if hasClaim {
@@ -473,7 +355,7 @@ func (p *Primary) serveChanges(w http.ResponseWriter, r *http.Request) {
 func (p *Primary) stream(ctx context.Context, w http.ResponseWriter, name string, version int, after uint64, changes []resilmail.Change) error {
 	rc := http.NewResponseController(w)
 	bw := bufio.NewWriterSize(w, 64<<10)
-	fw, err := NewFrameWriterVersion(bw, version)
+	fw, err := wire.NewWriterVersion(bw, version)
 	if err != nil {
 		return err
 	}
@@ -499,7 +381,7 @@ func (p *Primary) stream(ctx context.Context, w http.ResponseWriter, name string
 	var lastBeat time.Time
 	beat := func() error {
 		lastBeat = time.Now()
-		return fw.WriteHeartbeat(Heartbeat{Position: p.src.Position(), Epoch: p.src.Epoch(), Time: lastBeat})
+		return fw.WriteHeartbeat(wire.Heartbeat{Position: p.src.Position(), Epoch: p.src.Epoch(), Time: lastBeat})
 	}
 	if err := beat(); err != nil {
 		return err
@@ -571,7 +453,7 @@ func (p *Primary) stream(ctx context.Context, w http.ResponseWriter, name string
 // bodies, the body is small enough and the stream has not sent it lately.
 // A body the Source cannot give is left for the replica to fetch, which
 // reports why.
-func (p *Primary) inline(ctx context.Context, fw *FrameWriter, name string, c *resilmail.Change, sent map[resilmail.Digest]struct{}) error {
+func (p *Primary) inline(ctx context.Context, fw *wire.Writer, name string, c *resilmail.Change, sent map[resilmail.Digest]struct{}) error {
 	if fw.Version() < 3 || c.Kind != resilmail.ChangeAppend || c.Size < 0 || c.Size > int64(p.opts.InlineBody) {
 		return nil
 	}
@@ -817,55 +699,6 @@ func (p *Primary) Await(ctx context.Context, pos uint64) error {
 			return fmt.Errorf("%w: position %d, mode %s, after %v", ErrNotReplicated, pos, p.opts.Mode, p.opts.AckTimeout)
 		}
 	}
-}
-
-// PrimaryStats describe a [Primary] and its replicas.
-type PrimaryStats struct {
-	// Position and Epoch are the Source's.
-	Position uint64
-	Epoch    resilmail.Epoch
-	// FencedBy is the epoch a replica acknowledged with that is higher
-	// than Epoch: this primary was superseded; zero if not.
-	FencedBy resilmail.Epoch
-	// AcceptedUnreplicated counts Await calls that returned nil after
-	// AckTimeout (TimeoutAccept); RefusedUnreplicated those that returned
-	// ErrNotReplicated.
-	AcceptedUnreplicated, RefusedUnreplicated uint64
-	// CorruptBodies counts bodies refused because the Source's copy is
-	// damaged; BodiesRestored those a replica then restored with its good
-	// copy.
-	CorruptBodies, BodiesRestored uint64
-	// AcksRefused counts acknowledgements refused: from an unknown name,
-	// with another replica's credential, or beyond the journal's end.
-	AcksRefused uint64
-	// OrphansKept counts orphans of rejoining nodes kept (POST orphan).
-	OrphansKept uint64
-	// Replicas are per replica, by name.
-	Replicas []ReplicaLinkStats
-}
-
-// ReplicaLinkStats describe one replica as the primary sees it.
-type ReplicaLinkStats struct {
-	Name string
-	// Connected reports whether a stream to the replica is open.
-	Connected bool
-	// Acked is the position the replica has acknowledged as durable.
-	Acked uint64
-	// AckedAt is when it last acknowledged.
-	AckedAt time.Time
-	// LagChanges is Position - Acked; LagAge the age of the oldest change
-	// it has not acknowledged (zero when none). For a replica the journal
-	// no longer reaches back to (TooFarBehind), LagAge is at least the
-	// age of the oldest change the journal keeps.
-	LagChanges   uint64
-	LagAge       time.Duration
-	TooFarBehind bool
-	// LastError and LastErrorTime describe the last failed stream.
-	LastError     string
-	LastErrorTime time.Time
-	// BytesSent counts stream and body bytes; ChangesSent changes;
-	// BodiesServed bodies; CorruptBodies bodies refused as corrupt.
-	BytesSent, ChangesSent, BodiesServed, CorruptBodies uint64
 }
 
 // Stats returns the primary's counters. Computing a replica's lag age may

@@ -16,6 +16,7 @@ import (
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/bearer"
 	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/internal/wire"
 	"github.com/resilmail/resilmail/replicate/store"
 )
 
@@ -91,7 +92,7 @@ func TestPrimaryStreamsChangesAndHeartbeats(t *testing.T) {
 	resp := get(t, ctx, srv.URL+"/changes?after=0&replica=r1", streamSecret)
 	defer resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
-	fr := replicate.NewFrameReader(resp.Body, nil)
+	fr := wire.NewReader(resp.Body, nil)
 	var seqs []uint64
 	beats := 0
 	pos0 := int(src.Position())
@@ -104,9 +105,9 @@ func TestPrimaryStreamsChangesAndHeartbeats(t *testing.T) {
 		f, err := fr.Next()
 		require.NoError(t, err)
 		switch f.Type {
-		case replicate.FrameChange:
+		case wire.FrameChange:
 			seqs = append(seqs, f.Change.Seq)
-		case replicate.FrameHeartbeat:
+		case wire.FrameHeartbeat:
 			beats++
 			assert.Equal(t, src.Epoch(), f.Heartbeat.Epoch)
 		}

@@ -12,16 +12,6 @@ import (
 	"github.com/resilmail/resilmail/internal/wal"
 )
 
-// ErrBodyUnavailable is wrapped by the error of a body the primary answered
-// for but could not serve: its copy is damaged (it never sends a corrupt
-// body), the bytes did not match the digest, or it answered another error
-// status. The replica keeps and acknowledges the change without its body,
-// parks the change (its user's lane waits at it and retries, other users go
-// on: [Replica.Parked]) and reports it. A body the primary explicitly says
-// it no longer has (404 with the code "not_found") is ErrNotFound instead:
-// the message was expunged since.
-var ErrBodyUnavailable = errors.New("replicate: the primary cannot serve the body")
-
 // A ParkedChange is a change whose body the primary could not serve: its
 // user's lane waits at it, retrying, while other users go on.
 type ParkedChange struct {

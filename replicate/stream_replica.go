@@ -24,6 +24,7 @@ import (
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/bearer"
 	"github.com/resilmail/resilmail/internal/wal"
+	"github.com/resilmail/resilmail/replicate/internal/wire"
 )
 
 // A BodyChecker is a Target that can say whether it already holds a body,
@@ -31,72 +32,6 @@ import (
 // [replicate/store.Store] implements it.
 type BodyChecker interface {
 	HasBody(d resilmail.Digest) bool
-}
-
-// Defaults of [ReplicaOptions].
-const (
-	DefaultMaxBackoff = 5 * time.Second
-	DefaultInboxSize  = 8 << 20
-)
-
-// ReplicaOptions configure [NewReplica]. Either Secret or HTTPClient (with
-// its own authentication, e.g. client certificates) must be set; every
-// other zero field means its default.
-type ReplicaOptions struct {
-	// Name identifies the replica to the primary (acknowledgements,
-	// statistics); required.
-	Name string
-	// Secret is shared with the primary: requests carry
-	// "Authorization: Bearer " + StreamToken(Secret).
-	Secret []byte
-	// HTTPClient makes the requests; nil means a client without timeout
-	// (the stream is long-lived; other requests get their own).
-	HTTPClient *http.Client
-	// ApplyDelay keeps every change in the inbox until it is this old
-	// (by the primary's clock) before applying it: a delayed replica.
-	ApplyDelay time.Duration
-	// Hold, if set, is asked about every change before it is applied; a
-	// change it holds stops its user's lane until Confirm. NewExpungeGuard
-	// returns such a function.
-	Hold func(ctx context.Context, c resilmail.Change) (hold bool, reason string)
-	// FullSync is called when the primary no longer has the position the
-	// replica needs (410) or the replica followed another history (409);
-	// it brings the target in step and returns the primary's position the
-	// stream resumes after. Nil means, for a target that is a
-	// [RepairTarget] (as replicate/store's Store is), a comparison with
-	// the inventory the primary serves next to its stream and a repair
-	// (see Repair), once the lanes have applied what the inbox holds; for
-	// another target, logging the error and retrying.
-	FullSync func(ctx context.Context) (resumeAfter uint64, err error)
-	// Repair configures the repairs of a full sync and of a user whose
-	// change conflicts with the target's state (another UIDVALIDITY, a
-	// mailbox id taken): the replica compares that user with the primary
-	// and repairs it, then goes on after the change. Nil means the
-	// defaults of RepairOptions: large removals are held for an operator
-	// (see Comparer).
-	Repair *RepairOptions
-	// MaxBackoff caps the wait between reconnections; zero means
-	// DefaultMaxBackoff (5 s).
-	MaxBackoff time.Duration
-	// StreamTimeout drops a stream on which no frame arrived for this
-	// long (a half-open connection, a length garbled on the way that
-	// leaves the reader waiting for bytes that never come) and connects
-	// again. Zero means five heartbeats of the primary (it says how often
-	// it sends them), or 15 s if it does not say.
-	StreamTimeout time.Duration
-	// InboxSegment is the size of an inbox segment: segments whose
-	// changes are all applied are removed whole. Zero means
-	// DefaultInboxSize (8 MiB).
-	InboxSegment int64
-	// MaxFrame is the largest frame accepted; zero means DefaultMaxFrame.
-	MaxFrame int
-	// OrphanMailbox is the mailbox of the primary that orphans are
-	// re-delivered into when this node rejoins a new primary (see
-	// [KeepOrphans]); empty means DefaultOrphanMailbox.
-	OrphanMailbox string
-	// Logger receives a line per error, reconnection and held change;
-	// nil means slog.Default().
-	Logger *slog.Logger
 }
 
 // A Replica follows a primary's stream: it keeps every change and the
@@ -187,53 +122,6 @@ func NewReplica(t Target, primaryURL, dir string, opts *ReplicaOptions) (*Replic
 	return &Replica{t: t, base: strings.TrimSuffix(primaryURL, "/"), dir: dir, opts: o, log: o.Logger,
 		client: o.HTTPClient, token: StreamToken(o.Secret), gate: make(chan struct{}),
 		lanes: make(map[string]*lane), unapplied: make(map[uint64]uint64)}, nil
-}
-
-// ReplicaStats describe a [Replica].
-type ReplicaStats struct {
-	// Received is the highest position durably received (and
-	// acknowledged); Applied the highest such that every change up to it
-	// is applied.
-	Received, Applied uint64
-	// PrimaryPosition and PrimaryTime are from the last heartbeat.
-	PrimaryPosition uint64
-	PrimaryTime     time.Time
-	// Connected reports whether the stream is open.
-	Connected bool
-	// Held is how many changes wait for Confirm; Parked how many wait
-	// for a body the primary cannot serve ([Replica.Parked]), and
-	// ParkedTotal counts the changes ever parked.
-	Held, Parked int
-	ParkedTotal  uint64
-	// BodiesPinned counts the bodies the target held that were copied
-	// into the inbox for a change that needs them (see [BodyReader]).
-	BodiesPinned uint64
-	// LastError and LastErrorTime describe the last error of the stream or
-	// of an applier.
-	LastError     string
-	LastErrorTime time.Time
-	// Bytes counts stream and body bytes received; Changes the changes
-	// received; Bodies the bodies fetched.
-	Bytes, Changes, Bodies uint64
-	// Reconnects counts the streams that ended in an error.
-	Reconnects uint64
-	// CorruptBodies counts bodies refused because they did not match
-	// their digest; Fenced the streams and changes refused for an old
-	// epoch; ApplyErrors the failed Apply calls; InboxErrors failed inbox
-	// writes (each reopens the inbox).
-	CorruptBodies, Fenced, ApplyErrors, InboxErrors uint64
-	// Conflicts counts the changes that contradicted the target's state;
-	// Repairs the comparisons and repairs run for them and for full syncs;
-	// RepairsHeld the removals those repairs held for an operator.
-	Conflicts, Repairs, RepairsHeld uint64
-	// Rejoins counts the times the replica found its history parted
-	// from the primary's and aligned itself (see Divergence); Orphans is
-	// how many orphans it has re-delivered into its primaries in all
-	// (listed by Replica.Orphans).
-	Rejoins uint64
-	Orphans int
-	// Promoted reports that Promote made the target a primary.
-	Promoted bool
 }
 
 // Stats returns the replica's counters.
@@ -539,7 +427,7 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 	}
 	claim, kind := r.claim()
 	after := claim.Seq
-	q := "/changes?after=" + strconv.FormatUint(after, 10) + "&replica=" + url.QueryEscape(r.opts.Name) + "&v=" + strconv.Itoa(StreamVersion)
+	q := "/changes?after=" + strconv.FormatUint(after, 10) + "&replica=" + url.QueryEscape(r.opts.Name) + "&v=" + strconv.Itoa(wire.CurrentVersion)
 	if kind != claimNone {
 		q += "&history=" + claim.History.String() + "&epoch=" + strconv.FormatUint(uint64(claim.Epoch), 10)
 	}
@@ -564,10 +452,10 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 	silence := r.streamTimeout(resp)
 	r.idle.Store(int64(silence))
 
-	frames := make(chan Frame, 256)
+	frames := make(chan wire.Frame, 256)
 	// fr is the reader goroutine's; the session reads only its version,
 	// set before the first frame is sent.
-	fr := NewFrameReader(resp.Body, &FrameReaderOptions{MaxFrame: r.opts.MaxFrame})
+	fr := wire.NewReader(resp.Body, &wire.ReaderOptions{MaxFrame: r.opts.MaxFrame})
 	helpers.Go(func() {
 		defer close(frames)
 		watchdog := time.AfterFunc(silence, func() {
@@ -615,7 +503,7 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 		received = after
 	)
 	for {
-		var f Frame
+		var f wire.Frame
 		select {
 		case f = <-frames:
 		case <-ctx.Done():
@@ -629,9 +517,9 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 		progressed = true
 		bytes += int64(f.Size)
 		switch f.Type {
-		case FrameError:
+		case wire.FrameError:
 			return progressed, fmt.Errorf("replicate: the primary reports: %s", f.Error)
-		case FrameHeartbeat:
+		case wire.FrameHeartbeat:
 			if mine := r.t.Epoch(); f.Heartbeat.Epoch < mine {
 				// Tell the old primary, so that it demotes itself.
 				r.ack(ctx)
@@ -640,7 +528,7 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 			r.mu.Lock()
 			r.primaryPos, r.primaryAt = f.Heartbeat.Position, f.Heartbeat.Time
 			r.mu.Unlock()
-		case FrameBody:
+		case wire.FrameBody:
 			if resilmail.DigestOf(f.Body) != f.Digest {
 				// Left for the fetch, which refuses it again if the
 				// primary's copy is bad.
@@ -654,7 +542,7 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 				inline[f.Digest] = f.Body
 				inlined += len(f.Body)
 			}
-		case FrameChange:
+		case wire.FrameChange:
 			c := f.Change
 			if c.Seq <= received {
 				continue // already have it
@@ -668,7 +556,7 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 		// Keep what arrived once nothing more is waiting, at the end of a
 		// batch (a version 3 stream ends each with a heartbeat; in version
 		// 2 the end is unknown), or at a bound.
-		batchEnd := len(frames) == 0 && (f.Type == FrameHeartbeat || fr.Version() < 3)
+		batchEnd := len(frames) == 0 && (f.Type == wire.FrameHeartbeat || fr.Version() < 3)
 		if !batchEnd && len(queued) < 1024 && inlined < 16<<20 {
 			continue
 		}

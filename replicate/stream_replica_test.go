@@ -16,6 +16,7 @@ import (
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/replicate"
+	"github.com/resilmail/resilmail/replicate/internal/wire"
 	"github.com/resilmail/resilmail/replicate/store"
 )
 
@@ -328,21 +329,21 @@ func TestPrimaryWritesVersion2ToAnOldReplica(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		resp := get(t, ctx, srv.URL+"/changes?after=0&replica=old"+q, streamSecret)
 		require.Equal(t, http.StatusOK, resp.StatusCode)
-		fr := replicate.NewFrameReader(resp.Body, nil)
-		var types []replicate.FrameType
+		fr := wire.NewReader(resp.Body, nil)
+		var types []wire.FrameType
 		for changes := 0; changes < 3; {
 			f, err := fr.Next()
 			require.NoError(t, err)
-			if f.Type == replicate.FrameChange {
+			if f.Type == wire.FrameChange {
 				changes++
 			}
 			types = append(types, f.Type)
 		}
 		assert.Equal(t, int(want[len(want)-2]-'0'), fr.Version(), q)
 		if fr.Version() == 2 {
-			assert.NotContains(t, types, replicate.FrameBody)
+			assert.NotContains(t, types, wire.FrameBody)
 		} else {
-			assert.Contains(t, types, replicate.FrameBody)
+			assert.Contains(t, types, wire.FrameBody)
 		}
 		resp.Body.Close()
 		cancel()
@@ -367,7 +368,7 @@ func TestReplicaRefusesAForgedInlineBody(t *testing.T) {
 	var fetched atomic.Int64
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /changes", func(w http.ResponseWriter, r *http.Request) {
-		fw, err := replicate.NewFrameWriter(w)
+		fw, err := wire.NewWriter(w)
 		if err != nil {
 			return
 		}
@@ -377,7 +378,7 @@ func TestReplicaRefusesAForgedInlineBody(t *testing.T) {
 			fw.WriteBody(d, []byte(strings.Replace(good, "real", "fake", 1)))
 			fw.WriteChange(&changes[2])
 		}
-		fw.WriteHeartbeat(replicate.Heartbeat{Position: 3, Epoch: 1, Time: time.Now()})
+		fw.WriteHeartbeat(wire.Heartbeat{Position: 3, Epoch: 1, Time: time.Now()})
 		w.(http.Flusher).Flush()
 		<-r.Context().Done()
 	})

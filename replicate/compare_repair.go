@@ -9,63 +9,9 @@ import (
 	"log/slog"
 	"math"
 	"slices"
-	"time"
 
 	"github.com/resilmail/resilmail"
 )
-
-// RepairOptions configure [Repair]. A nil *RepairOptions or the zero value
-// gives working defaults; each field says what its zero value means.
-type RepairOptions struct {
-	// MaxRemoveShare is the share of a mailbox's (or, for a user delete,
-	// a user's) messages that repair removes without confirmation; a
-	// removal of more is held. Zero means 0.5; 1 or more holds nothing.
-	MaxRemoveShare float64
-	// MinHeldMessages is the smallest removal that can be held: removals
-	// from a mailbox (or user) with fewer messages are never held. Zero
-	// means 20.
-	MinHeldMessages int
-	// Confirmed are held removals the operator confirmed (from an
-	// earlier RepairResult.Held). A confirmation matches the same kind,
-	// user and mailbox id, and covers a removal of at most as many
-	// messages as it states (and, for HeldOrphan, of no UID it does not
-	// list).
-	Confirmed []HeldRemoval
-	// BatchSize is how many changes one Target.Apply call carries; zero
-	// means 1000.
-	BatchSize int
-	// Epoch stamps the repair's changes; zero means the replica's
-	// Target.Epoch() (so that the replica never fences its own repair).
-	Epoch resilmail.Epoch
-	// Logger receives a line per repaired mailbox and per held removal;
-	// nil means slog.Default().
-	Logger *slog.Logger
-	// Now is the clock that stamps changes; nil means time.Now.
-	Now func() time.Time
-}
-
-func (o *RepairOptions) withDefaults() RepairOptions {
-	var r RepairOptions
-	if o != nil {
-		r = *o
-	}
-	if r.MaxRemoveShare <= 0 {
-		r.MaxRemoveShare = 0.5
-	}
-	if r.MinHeldMessages <= 0 {
-		r.MinHeldMessages = 20
-	}
-	if r.BatchSize <= 0 {
-		r.BatchSize = 1000
-	}
-	if r.Logger == nil {
-		r.Logger = slog.Default()
-	}
-	if r.Now == nil {
-		r.Now = time.Now
-	}
-	return r
-}
 
 // A HeldKind says what a held removal would have done.
 type HeldKind string

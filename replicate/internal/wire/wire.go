@@ -1,9 +1,8 @@
-package replicate
+package wire
 
 import (
 	"bufio"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -14,41 +13,18 @@ import (
 	"github.com/resilmail/resilmail"
 )
 
-// The replication stream's wire format.
-//
-// A stream starts with a header line naming the format and its version,
-// StreamMagic + " " + version + "\n", e.g. "resilmail-stream 3\n". Frames
-// follow, each as
-//
-//	type    uint8   FrameChange, FrameHeartbeat, FrameError or FrameBody
-//	length  uint32  payload length
-//	crc     uint32  CRC-32C (Castagnoli) of type, length and payload
-//	payload [length]byte
-//
-// with integers big-endian. A change frame's payload is the change's
-// [resilmail.Change.MarshalBinary]; a heartbeat's is the primary's durable
-// position and epoch as uvarints, then (from version 2) the primary's clock
-// as int64 Unix nanoseconds; an error frame's is UTF-8 text; a body frame's
-// (from version 3) is the body's SHA-256 digest followed by the body.
-//
-// A version 3 stream may carry a body frame before the change that appends
-// it, so that the replica need not fetch small bodies separately, and ends
-// every batch of changes with a heartbeat, so that the replica knows where
-// to make what it received durable and acknowledge it (in version 2, where
-// its read buffer runs empty). A primary writes version 3 only to a
-// replica that asks for it, and version 2 otherwise.
 const (
-	// StreamMagic names the format in the header line.
-	StreamMagic = "resilmail-stream"
-	// StreamVersion is the version a [FrameWriter] writes by default. A
-	// [FrameReader] reads every version from MinStreamVersion to
-	// StreamVersion.
-	StreamVersion = 3
-	// MinStreamVersion is the oldest version a [FrameReader] reads:
+	// Magic names the format in the header line.
+	Magic = "resilmail-stream"
+	// CurrentVersion is the version a [Writer] writes by default. A
+	// [Reader] reads every version from MinVersion to
+	// CurrentVersion.
+	CurrentVersion = 3
+	// MinVersion is the oldest version a [Reader] reads:
 	// version 1's heartbeats carry no time, versions 1 and 2 have no body
 	// frames.
-	MinStreamVersion = 1
-	// DefaultMaxFrame is the largest frame payload a [FrameReader] accepts
+	MinVersion = 1
+	// DefaultMaxFrame is the largest frame payload a [Reader] accepts
 	// by default: 4 MiB, more than the largest valid change.
 	DefaultMaxFrame = 4 << 20
 	// MaxErrorFrame is the longest text an error frame carries.
@@ -91,10 +67,6 @@ const frameHeaderSize = 9
 
 var streamCRC = crc32.MakeTable(crc32.Castagnoli)
 
-// ErrFrame is wrapped by every error of a [FrameReader] about the bytes it
-// read: a bad header, a truncated, oversized, corrupt or malformed frame.
-var ErrFrame = errors.New("replicate: bad stream frame")
-
 // A Heartbeat is what the primary says when it has no change to send.
 type Heartbeat struct {
 	// Position is the primary's newest durable position.
@@ -121,42 +93,42 @@ type Frame struct {
 	Size int
 }
 
-// A FrameWriter writes a stream. It is not safe for concurrent use and does
+// A Writer writes a stream. It is not safe for concurrent use and does
 // not buffer beyond one frame: wrap w in a bufio.Writer and flush it after
 // each batch.
-type FrameWriter struct {
+type Writer struct {
 	w       io.Writer
 	version int
 	buf     []byte
 	written int64
 }
 
-// NewFrameWriter writes the header line of a version StreamVersion stream
-// to w and returns a FrameWriter for its frames.
-func NewFrameWriter(w io.Writer) (*FrameWriter, error) {
-	return NewFrameWriterVersion(w, StreamVersion)
+// NewWriter writes the header line of a version CurrentVersion stream
+// to w and returns a Writer for its frames.
+func NewWriter(w io.Writer) (*Writer, error) {
+	return NewWriterVersion(w, CurrentVersion)
 }
 
-// NewFrameWriterVersion is NewFrameWriter for an older reader: version is
-// 2 or StreamVersion.
-func NewFrameWriterVersion(w io.Writer, version int) (*FrameWriter, error) {
-	if version < 2 || version > StreamVersion {
-		return nil, fmt.Errorf("replicate: cannot write stream version %d", version)
+// NewWriterVersion is NewWriter for an older reader: version is
+// 2 or CurrentVersion.
+func NewWriterVersion(w io.Writer, version int) (*Writer, error) {
+	if version < 2 || version > CurrentVersion {
+		return nil, fmt.Errorf("wire: cannot write stream version %d", version)
 	}
-	fw := &FrameWriter{w: w, version: version}
-	hdr := StreamMagic + " " + strconv.Itoa(version) + "\n"
+	fw := &Writer{w: w, version: version}
+	hdr := Magic + " " + strconv.Itoa(version) + "\n"
 	n, err := io.WriteString(w, hdr)
 	fw.written += int64(n)
 	return fw, err
 }
 
 // Version returns the version of the stream being written.
-func (w *FrameWriter) Version() int { return w.version }
+func (w *Writer) Version() int { return w.version }
 
 // Written returns the bytes written so far, header included.
-func (w *FrameWriter) Written() int64 { return w.written }
+func (w *Writer) Written() int64 { return w.written }
 
-func (w *FrameWriter) frame(t FrameType, payload func([]byte) ([]byte, error)) error {
+func (w *Writer) frame(t FrameType, payload func([]byte) ([]byte, error)) error {
 	b := append(w.buf[:0], byte(t), 0, 0, 0, 0, 0, 0, 0, 0)
 	b, err := payload(b)
 	if err != nil {
@@ -164,7 +136,7 @@ func (w *FrameWriter) frame(t FrameType, payload func([]byte) ([]byte, error)) e
 	}
 	n := len(b) - frameHeaderSize
 	if n > DefaultMaxFrame {
-		return fmt.Errorf("replicate: %s frame of %d bytes is too large", t, n)
+		return fmt.Errorf("wire: %s frame of %d bytes is too large", t, n)
 	}
 	binary.BigEndian.PutUint32(b[1:5], uint32(n))
 	binary.BigEndian.PutUint32(b[5:9], frameCRC(b[:5], b[frameHeaderSize:]))
@@ -179,15 +151,15 @@ func frameCRC(hdr, payload []byte) uint32 {
 }
 
 // WriteChange writes a change frame.
-func (w *FrameWriter) WriteChange(c *resilmail.Change) error {
+func (w *Writer) WriteChange(c *resilmail.Change) error {
 	return w.frame(FrameChange, c.AppendBinary)
 }
 
 // WriteBody writes a body frame; a version 2 stream has none, and a body
 // too large for a frame is an error.
-func (w *FrameWriter) WriteBody(d resilmail.Digest, body []byte) error {
+func (w *Writer) WriteBody(d resilmail.Digest, body []byte) error {
 	if w.version < 3 {
-		return fmt.Errorf("replicate: a version %d stream carries no bodies", w.version)
+		return fmt.Errorf("wire: a version %d stream carries no bodies", w.version)
 	}
 	return w.frame(FrameBody, func(b []byte) ([]byte, error) {
 		return append(append(b, d[:]...), body...), nil
@@ -195,7 +167,7 @@ func (w *FrameWriter) WriteBody(d resilmail.Digest, body []byte) error {
 }
 
 // WriteHeartbeat writes a heartbeat frame.
-func (w *FrameWriter) WriteHeartbeat(h Heartbeat) error {
+func (w *Writer) WriteHeartbeat(h Heartbeat) error {
 	return w.frame(FrameHeartbeat, func(b []byte) ([]byte, error) {
 		b = binary.AppendUvarint(b, h.Position)
 		b = binary.AppendUvarint(b, uint64(h.Epoch))
@@ -205,7 +177,7 @@ func (w *FrameWriter) WriteHeartbeat(h Heartbeat) error {
 
 // WriteError writes an error frame with msg, cut to MaxErrorFrame bytes
 // and made valid UTF-8.
-func (w *FrameWriter) WriteError(msg string) error {
+func (w *Writer) WriteError(msg string) error {
 	msg = truncateUTF8(msg, MaxErrorFrame)
 	return w.frame(FrameError, func(b []byte) ([]byte, error) { return append(b, msg...), nil })
 }
@@ -221,19 +193,11 @@ func truncateUTF8(s string, n int) string {
 	return s[:n]
 }
 
-// FrameReaderOptions configure a [FrameReader]; nil or the zero value gives
-// the defaults.
-type FrameReaderOptions struct {
-	// MaxFrame is the largest payload accepted; zero means
-	// DefaultMaxFrame.
-	MaxFrame int
-}
-
-// A FrameReader decodes a stream. It never panics on any input: every
+// A Reader decodes a stream. It never panics on any input: every
 // malformed input is an error wrapping ErrFrame, except a stream that ends
 // cleanly between frames, which is io.EOF, and an error of the underlying
 // reader, returned wrapped. After an error, Next returns it again.
-type FrameReader struct {
+type Reader struct {
 	r       *bufio.Reader
 	max     int
 	version int
@@ -242,10 +206,10 @@ type FrameReader struct {
 	buf     []byte
 }
 
-// NewFrameReader returns a FrameReader of the stream r; it reads the header
+// NewReader returns a Reader of the stream r; it reads the header
 // on the first call to Next.
-func NewFrameReader(r io.Reader, opts *FrameReaderOptions) *FrameReader {
-	fr := &FrameReader{r: bufio.NewReaderSize(r, 64<<10), max: DefaultMaxFrame}
+func NewReader(r io.Reader, opts *ReaderOptions) *Reader {
+	fr := &Reader{r: bufio.NewReaderSize(r, 64<<10), max: DefaultMaxFrame}
 	if opts != nil && opts.MaxFrame > 0 {
 		fr.max = opts.MaxFrame
 	}
@@ -253,17 +217,17 @@ func NewFrameReader(r io.Reader, opts *FrameReaderOptions) *FrameReader {
 }
 
 // Version returns the stream's version, or 0 before the header is read.
-func (r *FrameReader) Version() int { return r.version }
+func (r *Reader) Version() int { return r.version }
 
 // BytesRead returns the bytes read so far, header included.
-func (r *FrameReader) BytesRead() int64 { return r.read }
+func (r *Reader) BytesRead() int64 { return r.read }
 
 func frameErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrFrame, fmt.Sprintf(format, args...))
 }
 
-func (r *FrameReader) header() error {
-	const maxLine = len(StreamMagic) + 12
+func (r *Reader) header() error {
+	const maxLine = len(Magic) + 12
 	var line []byte
 	for len(line) <= maxLine {
 		c, err := r.r.ReadByte()
@@ -274,7 +238,7 @@ func (r *FrameReader) header() error {
 				}
 				return frameErr("truncated header")
 			}
-			return fmt.Errorf("replicate: reading stream header: %w", err)
+			return fmt.Errorf("wire: reading stream header: %w", err)
 		}
 		r.read++
 		if c == '\n' {
@@ -282,12 +246,12 @@ func (r *FrameReader) header() error {
 		}
 		line = append(line, c)
 	}
-	if len(line) > maxLine || len(line) < len(StreamMagic)+2 || string(line[:len(StreamMagic)+1]) != StreamMagic+" " {
+	if len(line) > maxLine || len(line) < len(Magic)+2 || string(line[:len(Magic)+1]) != Magic+" " {
 		return frameErr("not a replication stream (header %q)", truncateUTF8(string(line), 64))
 	}
-	v, err := strconv.Atoi(string(line[len(StreamMagic)+1:]))
-	if err != nil || v < MinStreamVersion || v > StreamVersion {
-		return frameErr("unsupported stream version %q (want %d to %d)", line[len(StreamMagic)+1:], MinStreamVersion, StreamVersion)
+	v, err := strconv.Atoi(string(line[len(Magic)+1:]))
+	if err != nil || v < MinVersion || v > CurrentVersion {
+		return frameErr("unsupported stream version %q (want %d to %d)", line[len(Magic)+1:], MinVersion, CurrentVersion)
 	}
 	r.version = v
 	return nil
@@ -295,10 +259,10 @@ func (r *FrameReader) header() error {
 
 // Buffered returns how many bytes are read from the stream and not yet
 // decoded: zero between batches that the writer flushed separately.
-func (r *FrameReader) Buffered() int { return r.r.Buffered() }
+func (r *Reader) Buffered() int { return r.r.Buffered() }
 
 // Next returns the next frame.
-func (r *FrameReader) Next() (Frame, error) {
+func (r *Reader) Next() (Frame, error) {
 	if r.err != nil {
 		return Frame{}, r.err
 	}
@@ -309,7 +273,7 @@ func (r *FrameReader) Next() (Frame, error) {
 	return f, err
 }
 
-func (r *FrameReader) next() (Frame, error) {
+func (r *Reader) next() (Frame, error) {
 	if r.version == 0 {
 		if err := r.header(); err != nil {
 			return Frame{}, err
@@ -324,7 +288,7 @@ func (r *FrameReader) next() (Frame, error) {
 	case err == io.ErrUnexpectedEOF:
 		return Frame{}, frameErr("truncated frame header")
 	case err != nil:
-		return Frame{}, fmt.Errorf("replicate: reading stream: %w", err)
+		return Frame{}, fmt.Errorf("wire: reading stream: %w", err)
 	}
 	t := FrameType(h[0])
 	size := binary.BigEndian.Uint32(h[1:5])
@@ -343,7 +307,7 @@ func (r *FrameReader) next() (Frame, error) {
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		return Frame{}, frameErr("truncated %s frame: %d of %d bytes", t, n, size)
 	} else if err != nil {
-		return Frame{}, fmt.Errorf("replicate: reading stream: %w", err)
+		return Frame{}, fmt.Errorf("wire: reading stream: %w", err)
 	}
 	if frameCRC(h[:5], p) != binary.BigEndian.Uint32(h[5:9]) {
 		return Frame{}, frameErr("%s frame of %d bytes fails its CRC", t, size)

@@ -1,4 +1,4 @@
-package replicate
+package wire
 
 import (
 	"bytes"
@@ -26,7 +26,7 @@ func wireChange(seq uint64) resilmail.Change {
 // wireStream returns a stream with a change, a heartbeat and an error.
 func wireStream(t testing.TB) []byte {
 	var b bytes.Buffer
-	w, err := NewFrameWriter(&b)
+	w, err := NewWriter(&b)
 	require.NoError(t, err)
 	c := wireChange(1)
 	require.NoError(t, w.WriteChange(&c))
@@ -38,10 +38,10 @@ func wireStream(t testing.TB) []byte {
 
 func TestFrameRoundTrip(t *testing.T) {
 	data := wireStream(t)
-	r := NewFrameReader(bytes.NewReader(data), nil)
+	r := NewReader(bytes.NewReader(data), nil)
 	f, err := r.Next()
 	require.NoError(t, err)
-	assert.Equal(t, StreamVersion, r.Version())
+	assert.Equal(t, CurrentVersion, r.Version())
 	assert.Equal(t, FrameChange, f.Type)
 	want := wireChange(1)
 	assert.Equal(t, want.String(), f.Change.String())
@@ -69,7 +69,7 @@ func TestFrameReaderAcceptsPreviousVersion(t *testing.T) {
 	binary.BigEndian.PutUint32(h[5:], frameCRC(h[:5], p))
 	b.Write(h)
 	b.Write(p)
-	r := NewFrameReader(&b, nil)
+	r := NewReader(&b, nil)
 	f, err := r.Next()
 	require.NoError(t, err)
 	assert.Equal(t, 1, r.Version())
@@ -103,7 +103,7 @@ func TestFrameReaderRejects(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			r := NewFrameReader(bytes.NewReader(tc.data), &FrameReaderOptions{MaxFrame: tc.max})
+			r := NewReader(bytes.NewReader(tc.data), &ReaderOptions{MaxFrame: tc.max})
 			var err error
 			for range 4 {
 				if _, err = r.Next(); err != nil {
@@ -123,12 +123,12 @@ func TestBodyFrames(t *testing.T) {
 	body := []byte("Subject: hi\r\n\r\nhello\r\n")
 	d := resilmail.DigestOf(body)
 	var b bytes.Buffer
-	w, err := NewFrameWriter(&b)
+	w, err := NewWriter(&b)
 	require.NoError(t, err)
 	require.NoError(t, w.WriteBody(d, body))
 	require.NoError(t, w.WriteBody(d, nil)) // a frame carries any bytes; the replica verifies them
 	data := bytes.Clone(b.Bytes())
-	r := NewFrameReader(&b, nil)
+	r := NewReader(&b, nil)
 	f, err := r.Next()
 	require.NoError(t, err)
 	assert.Equal(t, FrameBody, f.Type)
@@ -142,33 +142,33 @@ func TestBodyFrames(t *testing.T) {
 	// Version 2 has no body frames: the writer refuses them, and a reader
 	// of a version 2 stream does not accept one.
 	var v2 bytes.Buffer
-	w2, err := NewFrameWriterVersion(&v2, 2)
+	w2, err := NewWriterVersion(&v2, 2)
 	require.NoError(t, err)
 	assert.Error(t, w2.WriteBody(d, body))
 	forged := append([]byte("resilmail-stream 2\n"), data[len("resilmail-stream 3\n"):]...)
-	_, err = NewFrameReader(bytes.NewReader(forged), nil).Next()
+	_, err = NewReader(bytes.NewReader(forged), nil).Next()
 	require.ErrorIs(t, err, ErrFrame)
 	assert.Contains(t, err.Error(), "unknown frame type 4 in a version 2 stream")
 
 	// A body frame too short to hold a digest.
 	var short bytes.Buffer
-	w, err = NewFrameWriter(&short)
+	w, err = NewWriter(&short)
 	require.NoError(t, err)
 	require.NoError(t, w.frame(FrameBody, func(p []byte) ([]byte, error) { return append(p, 1, 2, 3), nil }))
-	_, err = NewFrameReader(&short, nil).Next()
+	_, err = NewReader(&short, nil).Next()
 	require.ErrorIs(t, err, ErrFrame)
 	assert.Contains(t, err.Error(), "no digest")
-	_, err = NewFrameWriterVersion(io.Discard, 1)
+	_, err = NewWriterVersion(io.Discard, 1)
 	assert.Error(t, err, "version 1 is read, never written")
 }
 
 func TestFrameReaderValidCRCBadPayload(t *testing.T) {
 	var b bytes.Buffer
-	w, err := NewFrameWriter(&b)
+	w, err := NewWriter(&b)
 	require.NoError(t, err)
 	require.NoError(t, w.frame(FrameChange, func(p []byte) ([]byte, error) { return append(p, 0xff, 1, 2), nil }))
 	require.NoError(t, w.frame(FrameHeartbeat, func(p []byte) ([]byte, error) { return append(p, 1, 2, 3), nil }))
-	r := NewFrameReader(&b, nil)
+	r := NewReader(&b, nil)
 	_, err = r.Next()
 	require.ErrorIs(t, err, ErrFrame)
 	assert.Contains(t, err.Error(), "change frame")
@@ -176,10 +176,10 @@ func TestFrameReaderValidCRCBadPayload(t *testing.T) {
 
 func TestWriteErrorTruncates(t *testing.T) {
 	var b bytes.Buffer
-	w, err := NewFrameWriter(&b)
+	w, err := NewWriter(&b)
 	require.NoError(t, err)
 	require.NoError(t, w.WriteError(string(bytes.Repeat([]byte("é"), MaxErrorFrame))+"\xff"))
-	f, err := NewFrameReader(&b, nil).Next()
+	f, err := NewReader(&b, nil).Next()
 	require.NoError(t, err)
 	assert.LessOrEqual(t, len(f.Error), MaxErrorFrame)
 }
@@ -190,7 +190,7 @@ func TestWriteErrorTruncates(t *testing.T) {
 func FuzzFrameReader(f *testing.F) {
 	f.Add(wireStream(f))
 	var withBody bytes.Buffer
-	w, err := NewFrameWriter(&withBody)
+	w, err := NewWriter(&withBody)
 	require.NoError(f, err)
 	require.NoError(f, w.WriteBody(resilmail.DigestOf([]byte("body")), []byte("body")))
 	c := wireChange(2)
@@ -199,7 +199,7 @@ func FuzzFrameReader(f *testing.F) {
 	f.Add([]byte("resilmail-stream 1\n"))
 	f.Add([]byte("resilmail-stream 2\n\x02\x00\x00\x00\x03\x00\x00\x00\x00\x01\x02\x03"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := NewFrameReader(bytes.NewReader(data), &FrameReaderOptions{MaxFrame: 1 << 16})
+		r := NewReader(bytes.NewReader(data), &ReaderOptions{MaxFrame: 1 << 16})
 		for {
 			fr, err := r.Next()
 			if err != nil {
@@ -209,7 +209,7 @@ func FuzzFrameReader(f *testing.F) {
 				return
 			}
 			var b bytes.Buffer
-			w, err := NewFrameWriter(&b)
+			w, err := NewWriter(&b)
 			require.NoError(t, err)
 			switch fr.Type {
 			case FrameChange:
@@ -221,7 +221,7 @@ func FuzzFrameReader(f *testing.F) {
 			case FrameBody:
 				require.NoError(t, w.WriteBody(fr.Digest, fr.Body))
 			}
-			again, err := NewFrameReader(&b, nil).Next()
+			again, err := NewReader(&b, nil).Next()
 			require.NoError(t, err)
 			assert.Equal(t, fr.Type, again.Type)
 			assert.Equal(t, fr.Change.String(), again.Change.String())

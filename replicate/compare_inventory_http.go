@@ -34,22 +34,6 @@ func InventoryToken(secret []byte) string {
 	return bearer.Token(secret, InventoryPurpose)
 }
 
-// InventoryHandlerOptions configure [InventoryHandler]. Either Secret or
-// Authenticate must be set.
-type InventoryHandlerOptions struct {
-	// Secret is the secret shared with the clients: a request must carry
-	// "Authorization: Bearer " + InventoryToken(Secret), compared in
-	// constant time.
-	Secret []byte
-	// Authenticate, if set, decides instead of Secret: it returns nil to
-	// let a request in (for example after checking
-	// r.TLS.PeerCertificates), or an error to refuse it with 401.
-	Authenticate func(r *http.Request) error
-	// Logger receives a line per refused or failed request; nil means
-	// slog.Default(). Secrets and tokens are never logged.
-	Logger *slog.Logger
-}
-
 // InventoryHandler returns the HTTP API a primary serves so that replicas
 // compare with it through [NewRemoteInventory]. Mounted at a base URL, it
 // answers GET requests with JSON:
@@ -376,19 +360,6 @@ func decodeMessages(b []byte, lo, hi uint32, limit int) ([]MessageState, error) 
 		}
 	}
 	return r.Messages, nil
-}
-
-// RemoteInventoryOptions configure [NewRemoteInventory].
-type RemoteInventoryOptions struct {
-	// Secret is the secret shared with the server (see
-	// [InventoryHandlerOptions]); nil sends no token (for client
-	// certificates, set Client's TLS configuration).
-	Secret []byte
-	// Client sends the requests; nil means a client with a 30 s timeout.
-	Client *http.Client
-	// MaxResponseBytes bounds a response body; zero means 64 MiB. A
-	// longer one is an error wrapping ErrBadInventory.
-	MaxResponseBytes int64
 }
 
 // A RemoteInventory is an [Inventory] reached over HTTP, served by
