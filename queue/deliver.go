@@ -86,11 +86,45 @@ func (m *message) hasPending() bool {
 // slow-down after failures that every message for it obeys.
 type dest struct {
 	key      string
+	limits   destLimits
 	active   int
 	window   int // current concurrency limit; 1 after a failure, doubling
 	failures int // consecutive destination failures
 	paused   time.Time
 	waiting  []*job
+	// nextStart is the earliest start of the next attempt under the
+	// destination's rate; zero without a rate.
+	nextStart time.Time
+}
+
+// destLimits are the limits in force for one destination.
+type destLimits struct {
+	conc     int
+	rcpts    int
+	interval time.Duration // between attempt starts; zero: no rate
+}
+
+// limitsFor returns the limits of destination key: the Options', with its
+// PerDestination override.
+func (q *Queue) limitsFor(key string) destLimits {
+	l := destLimits{conc: q.opts.MaxPerDestination, rcpts: q.opts.MaxRcptsPerTransaction}
+	if o, ok := q.opts.PerDestination[key]; ok {
+		if o.MaxConcurrency > 0 {
+			l.conc = o.MaxConcurrency
+		}
+		if o.MaxRcptsPerTransaction > 0 {
+			l.rcpts = o.MaxRcptsPerTransaction
+		}
+		if o.Rate > 0 {
+			l.interval = max(time.Duration(float64(time.Second)/o.Rate), time.Microsecond)
+		}
+	}
+	return l
+}
+
+// rateBlocked reports whether d's rate keeps an attempt from starting now.
+func (d *dest) rateBlocked(now time.Time) bool {
+	return d.limits.interval > 0 && now.Before(d.nextStart)
 }
 
 // round is one delivery attempt of one message: a job per destination.
@@ -168,10 +202,11 @@ func (q *Queue) dispatchLocked(ctx context.Context) time.Duration {
 	if q.draining || ctx.Err() != nil {
 		return time.Hour // Shutdown: nothing new starts
 	}
+	rated := q.releaseRatedLocked(ctx, now)
 	for q.sched.Len() > 0 && q.active < q.opts.MaxDeliveries && q.wal.Err() == nil {
 		m := q.sched[0]
 		if m.next.After(now) {
-			return m.next.Sub(now)
+			return min(m.next.Sub(now), rated)
 		}
 		heap.Pop(&q.sched)
 		if m.rec.Held {
@@ -181,9 +216,32 @@ func (q *Queue) dispatchLocked(ctx context.Context) time.Duration {
 		q.startRoundLocked(ctx, m, now)
 	}
 	if q.sched.Len() > 0 && q.active < q.opts.MaxDeliveries && q.wal.Err() == nil {
-		return max(q.sched[0].next.Sub(now), 0)
+		return min(max(q.sched[0].next.Sub(now), 0), rated)
 	}
-	return time.Hour
+	return min(time.Hour, rated)
+}
+
+// releaseRatedLocked starts the attempts that waited for their
+// destination's rate and are due, and returns how long until the next one
+// is (an hour if none waits).
+func (q *Queue) releaseRatedLocked(ctx context.Context, now time.Time) time.Duration {
+	wait := time.Hour
+	for d := range q.rated {
+		for len(d.waiting) > 0 && (now.Before(d.paused) || d.active < d.window && !d.rateBlocked(now)) {
+			next := d.waiting[0]
+			d.waiting = d.waiting[1:]
+			q.offerLocked(ctx, next, now)
+		}
+		if len(d.waiting) == 0 {
+			delete(q.rated, d)
+			q.forgetDestLocked(d)
+			continue
+		}
+		if d.rateBlocked(now) {
+			wait = min(wait, d.nextStart.Sub(now))
+		}
+	}
+	return wait
 }
 
 func (q *Queue) startRoundLocked(ctx context.Context, m *message, now time.Time) {
@@ -201,9 +259,21 @@ func (q *Queue) startRoundLocked(ctx context.Context, m *message, now time.Time)
 		}
 		groups[k] = append(groups[k], i)
 	}
-	r.pending = len(keys)
+	// Each destination's recipients go in transactions of at most its
+	// recipient limit.
+	var jobs []*job
 	for _, k := range keys {
-		q.offerLocked(ctx, &job{r: r, rcpts: groups[k], d: q.destLocked(k)}, now)
+		d := q.destLocked(k)
+		rcpts := groups[k]
+		for len(rcpts) > 0 {
+			n := min(len(rcpts), d.limits.rcpts)
+			jobs = append(jobs, &job{r: r, rcpts: rcpts[:n:n], d: d})
+			rcpts = rcpts[n:]
+		}
+	}
+	r.pending = len(jobs)
+	for _, j := range jobs {
+		q.offerLocked(ctx, j, now)
 	}
 	if r.pending == 0 {
 		q.finishRoundLocked(r)
@@ -213,10 +283,20 @@ func (q *Queue) startRoundLocked(ctx context.Context, m *message, now time.Time)
 func (q *Queue) destLocked(key string) *dest {
 	d := q.dests[key]
 	if d == nil {
-		d = &dest{key: key, window: q.opts.MaxPerDestination}
+		l := q.limitsFor(key)
+		d = &dest{key: key, limits: l, window: l.conc}
 		q.dests[key] = d
 	}
 	return d
+}
+
+// forgetDestLocked drops the state of a destination that has nothing in
+// flight, nothing waiting and no failures to remember; its rate is kept
+// until its next start is past.
+func (q *Queue) forgetDestLocked(d *dest) {
+	if len(d.waiting) == 0 && d.active == 0 && d.failures == 0 && !d.rateBlocked(q.opts.Now()) && q.dests[d.key] == d {
+		delete(q.dests, d.key)
+	}
 }
 
 // offerLocked starts j, parks it until its destination has a free slot, or
@@ -228,7 +308,16 @@ func (q *Queue) offerLocked(ctx context.Context, j *job, now time.Time) {
 		q.deferJobLocked(j, d.paused)
 	case d.active >= d.window:
 		d.waiting = append(d.waiting, j)
+	case d.rateBlocked(now):
+		d.waiting = append(d.waiting, j)
+		q.rated[d] = struct{}{} // the dispatcher starts it in its turn
 	default:
+		if d.limits.interval > 0 {
+			if d.nextStart.Before(now) {
+				d.nextStart = now
+			}
+			d.nextStart = d.nextStart.Add(d.limits.interval)
+		}
 		q.startJobLocked(ctx, j, now)
 	}
 }
@@ -318,6 +407,12 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 	u := &updRec{ID: m.id(), End: &j.num}
 	h := &attemptRec{At: now.UnixNano(), Dest: j.d.key}
 	anyAccepted, anyPermanent := false, false
+	for k := range j.rcpts {
+		if de := out[addrs[k]]; de == nil || de.MaybeDelivered {
+			anyAccepted = true
+		}
+	}
+	var rest []int // refused with 452 after others were taken: sent again at once
 	for k, i := range j.rcpts {
 		if err == errNotStarted {
 			break
@@ -351,6 +446,11 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 			q.counters.failed++
 			ev.Kind, ev.Host, ev.Err = EventFailed, de.Host, de
 			q.log.Info("queue: delivery failed permanently", "msg_id", m.id(), "rcpt", addrs[k], "host", de.Host, "err", de)
+		case tooManyRcpts(de) && anyAccepted && ctx.Err() == nil:
+			rc = rcptRec{State: Pending, Reply: de.Reply() + " (sent again at once in another transaction)", Host: de.Host, Code: statusCode(de)}
+			rest = append(rest, i)
+			q.counters.split++
+			ev.Kind, ev.Host, ev.Err = EventDeferred, de.Host, de
 		default:
 			rc = rcptRec{State: Pending, Reply: de.Reply(), Host: de.Host, Code: statusCode(de)}
 			q.counters.deferred++
@@ -388,16 +488,24 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 	} else if anyAccepted || anyPermanent {
 		d.failures = 0
 		d.paused = time.Time{}
-		d.window = min(d.window*2, q.opts.MaxPerDestination)
+		d.window = min(d.window*2, d.limits.conc)
 	}
-	for len(d.waiting) > 0 && (d.active < d.window || now.Before(d.paused)) {
+	if len(rest) > 0 && !q.draining {
+		// The next hop took part of the transaction and asked for the
+		// rest in another (RFC 5321 section 4.5.3.1.10): it goes now,
+		// first in the destination's line.
+		j.r.pending++
+		d.waiting = append([]*job{{r: j.r, rcpts: rest, d: d}}, d.waiting...)
+	}
+	for len(d.waiting) > 0 && (d.active < d.window && !d.rateBlocked(now) || now.Before(d.paused)) {
 		next := d.waiting[0]
 		d.waiting = d.waiting[1:]
 		q.offerLocked(ctx, next, now)
 	}
-	if len(d.waiting) == 0 && d.active == 0 && d.failures == 0 {
-		delete(q.dests, d.key)
+	if len(d.waiting) > 0 && d.rateBlocked(now) {
+		q.rated[d] = struct{}{}
 	}
+	q.forgetDestLocked(d)
 	j.r.pending--
 	if j.r.pending == 0 {
 		q.finishRoundLocked(j.r)
@@ -416,6 +524,13 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 	for _, ev := range events {
 		q.event(ev)
 	}
+}
+
+// tooManyRcpts reports whether de is a next hop's 452 to RCPT: too many
+// recipients for this transaction (or, as some servers say it, not enough
+// storage for more of them).
+func tooManyRcpts(de *resilmail.DeliveryError) bool {
+	return de.Code == 452 && !de.Permanent && !de.MaybeDelivered && de.Command == "RCPT TO"
 }
 
 // destinationFailure reports whether err says the destination itself is

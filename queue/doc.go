@@ -10,9 +10,10 @@
 //     instant loses no message Enqueue acknowledged.
 //   - Idempotency: the envelope id is the key. Enqueueing an id that is
 //     queued with the same content, or that left the queue within
-//     Options.DedupWindow, is a no-op; an id queued with other content is
-//     refused with [ErrConflict] (a finished id keeps no digest: within the
-//     window it is a no-op whatever the content).
+//     Options.DedupWindow, is a no-op; an id queued, or finished within the
+//     window, with other content is refused with [ErrConflict] (a finished
+//     id keeps the first 128 bits of its body's digest, carried through
+//     restarts and compaction).
 //   - Integrity: every body is stored with its SHA-256 and a CRC, and both
 //     are checked whenever it is read. A body that fails is moved aside into
 //     the folder "corrupt", reported (log, [Stats], [Hooks]) and never
@@ -31,6 +32,9 @@
 //     recipients carry on. A held recipient still gets delay warnings and
 //     fails at the end of the message's lifetime with a DSN that says it
 //     may have been delivered: no acknowledged message waits unseen.
+//   - Held: a message the postmaster held ([Queue.Hold]) is not sent, but
+//     its sender still gets delay warnings and it fails at the end of its
+//     lifetime (4.4.7) with a DSN saying it was held.
 //   - Stopping: [Queue.Shutdown] starts no new delivery and lets those in
 //     flight finish up to its context's deadline; nothing is started on a
 //     cancelled context.
@@ -44,8 +48,14 @@
 // [Queue.Run] delivers through a [resilmail.Deliverer], which reports an
 // outcome per recipient ([resilmail.Outcomes]). Recipients of one message are
 // grouped by Options.Destination (the next-hop host when known, else the
-// domain), and each group is one delivery. At most Options.MaxDeliveries run
-// at once, and at most Options.MaxPerDestination per destination. A
+// domain), and each group is sent in transactions of at most
+// Options.MaxRcptsPerTransaction recipients (50 by default), each one
+// delivery. When a next hop takes some recipients of a transaction and
+// answers 452 to the others, those go at once in another transaction. At
+// most Options.MaxDeliveries run at once, and at most
+// Options.MaxPerDestination per destination; Options.PerDestination sets
+// another concurrency, recipient limit or a rate of attempts for some
+// destinations. A
 // destination that refuses connections, answers 421 or times out is slowed
 // down for every message: its concurrency drops to one and it is paused for
 // 10 s (or the first retry interval, if shorter), doubling to 5 min while it

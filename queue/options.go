@@ -3,6 +3,7 @@ package queue
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"time"
@@ -115,6 +116,21 @@ const (
 	MaybeAssumeDelivered
 )
 
+// DestinationLimits override, for one destination, the limits that
+// [Options] set for all. Zero fields keep the Options' values.
+type DestinationLimits struct {
+	// MaxConcurrency limits deliveries in flight to the destination, in
+	// place of MaxPerDestination.
+	MaxConcurrency int
+	// MaxRcptsPerTransaction is the most recipients in one transaction, in
+	// place of Options.MaxRcptsPerTransaction.
+	MaxRcptsPerTransaction int
+	// Rate is the most delivery attempts started per second (a fraction
+	// for fewer: 0.1 is one every 10 s); zero means no limit. Attempts over
+	// the rate wait their turn in the queue, in order.
+	Rate float64
+}
+
 // Options configure a Queue. A nil *Options, and every zero field, gives
 // working defaults.
 type Options struct {
@@ -133,6 +149,18 @@ type Options struct {
 	// one message with different keys are delivered separately. Nil means
 	// the recipient's domain.
 	Destination func(rcpt string) string
+
+	// MaxRcptsPerTransaction is the most recipients of one message sent to
+	// one destination in one transaction; more are split into several
+	// (each an attempt of its own, under the destination's concurrency).
+	// Zero means 50, like Postfix's default recipient limit. When a next
+	// hop takes some recipients and answers 452 to the others (too many
+	// recipients, RFC 5321 section 4.5.3.1.10), the others are sent at
+	// once in a new transaction, not after the retry backoff.
+	MaxRcptsPerTransaction int
+	// PerDestination overrides the limits for some destinations, keyed by
+	// what Destination returns.
+	PerDestination map[string]DestinationLimits
 
 	// MaxMessages refuses new messages (a temporary error, SMTP 452) while
 	// the queue holds this many; zero means no limit.
@@ -195,6 +223,14 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if opts.MaxPerDestination <= 0 {
 		opts.MaxPerDestination = 20
+	}
+	if opts.MaxRcptsPerTransaction <= 0 {
+		opts.MaxRcptsPerTransaction = 50
+	}
+	for k, l := range opts.PerDestination {
+		if l.MaxConcurrency < 0 || l.MaxRcptsPerTransaction < 0 || l.Rate < 0 || math.IsNaN(l.Rate) || math.IsInf(l.Rate, 0) {
+			return opts, fmt.Errorf("queue: PerDestination[%q]: negative or invalid limit", k)
+		}
 	}
 	if opts.Destination == nil {
 		opts.Destination = resilmail.Domain

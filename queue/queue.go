@@ -47,6 +47,7 @@ type Queue struct {
 	dedupFIFO []string
 	sched     msgHeap
 	dests     map[string]*dest
+	rated     map[*dest]struct{} // destinations with attempts waiting for their rate
 	bytes     int64
 	active    int // jobs in flight
 	counters  counters
@@ -134,6 +135,7 @@ func Open(dir string, d resilmail.Deliverer, opts *Options) (*Queue, error) {
 		msgs:      make(map[string]*message),
 		dedup:     make(map[string]tomb),
 		dests:     make(map[string]*dest),
+		rated:     make(map[*dest]struct{}),
 		rnd:       mrand.New(mrand.NewPCG(mrand.Uint64(), mrand.Uint64())),
 		wake:      make(chan struct{}, 1),
 		compactCh: make(chan struct{}, 1),

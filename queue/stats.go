@@ -10,7 +10,7 @@ type counters struct {
 	expired, maybeDelivered, dsns        uint64
 	corrupt, throttled, badRecords       uint64
 	compactions, rewritten, damagedBytes uint64
-	interrupted, notStarted              uint64
+	interrupted, notStarted, split       uint64
 }
 
 // Stats is a snapshot of a queue's state and counters, like sql.DBStats.
@@ -50,6 +50,7 @@ type Stats struct {
 	Throttled      uint64 // deliveries put off because their destination was slowed down
 	Interrupted    uint64 // recipients whose attempt a crash cut short, found at Open and retried
 	NotStarted     uint64 // deliveries dropped before they started because the queue was stopping
+	Resent452      uint64 // recipients refused with 452 after others of their transaction were taken, sent again at once
 
 	// Storage.
 	Fsyncs         uint64 // fsyncs of the log
@@ -76,7 +77,7 @@ func (q *Queue) Stats() Stats {
 		Delivered: q.counters.delivered, Deferred: q.counters.deferred, Failed: q.counters.failed,
 		Expired: q.counters.expired, MaybeDelivered: q.counters.maybeDelivered, Notifications: q.counters.dsns,
 		Corrupt: q.counters.corrupt, Throttled: q.counters.throttled,
-		Interrupted: q.counters.interrupted, NotStarted: q.counters.notStarted,
+		Interrupted: q.counters.interrupted, NotStarted: q.counters.notStarted, Resent452: q.counters.split,
 		Fsyncs: ws.Syncs, Appends: ws.Appends, Segments: ws.Segments, DiskBytes: ws.Bytes,
 		CorruptRegions: ws.CorruptRegions, BadRecords: q.counters.badRecords, DamagedBytes: q.counters.damagedBytes,
 		Compactions: q.counters.compactions, Rewritten: q.counters.rewritten, Dedup: len(q.dedup),
