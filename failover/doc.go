@@ -7,10 +7,11 @@
 // # Roles and epochs
 //
 // A node's [State] is its [Role] (standby, primary, fenced) and its epoch.
-// [State.Next] is the pure transition function; a [RoleFile] applies
-// events durably (file "role" in the node's folder, JSON, format version
-// 1, replaced atomically with fsync) before the node acts on them, so a
-// restart resumes in the same role. Only a primary writes. A promotion
+// [State.Next] is the pure transition function. The durable copy of a
+// node's role and epoch is its store's (replicate/store: Role, Epoch,
+// Promote, Demote, kept in the store's HISTORY file), so a restart resumes
+// in the role the store had; this package keeps no second copy that could
+// disagree with it. Only a primary writes. A promotion
 // raises the epoch; a primary that hears of a higher epoch, or loses its
 // lease, is fenced: it writes nothing until it rejoins as a standby, with
 // its unreplicated tail kept aside.

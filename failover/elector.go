@@ -97,8 +97,13 @@ type Elector struct {
 	timers Timers
 	log    *slog.Logger
 
+	// kick wakes the loop when Pause or Resume changes paused.
+	kick chan struct{}
+
 	mu     sync.Mutex
 	status ElectorStatus
+	paused string        // why the node does not campaign; empty: it may
+	held   chan struct{} // closed when the current hold ends; nil when none
 }
 
 // NewElector returns an elector for node under lease. It checks the timers
@@ -111,7 +116,7 @@ func NewElector(lease Lease, node Candidate, opts *ElectorOptions) (*Elector, er
 	if err != nil {
 		return nil, err
 	}
-	e := &Elector{lease: lease, node: node, timers: t, log: opts.Logger}
+	e := &Elector{lease: lease, node: node, timers: t, log: opts.Logger, kick: make(chan struct{}, 1)}
 	if e.log == nil {
 		e.log = slog.Default()
 	}
@@ -131,6 +136,47 @@ func (e *Elector) note(f func(s *ElectorStatus)) {
 	f(&e.status)
 }
 
+// Pause makes the node ineligible, for reason, until [Elector.Resume]: if
+// it holds the lease, it is demoted and the term released now (not at the
+// next renewal), and Pause returns once that is done or ctx ends; it does
+// not campaign meanwhile. A controlled switchover under an [Etcd] lease
+// pauses the old primary's elector, so that the lease passes to the
+// target, whose elector promotes it.
+func (e *Elector) Pause(ctx context.Context, reason string) error {
+	if reason == "" {
+		reason = "paused"
+	}
+	e.mu.Lock()
+	e.paused = reason
+	held := e.held
+	e.mu.Unlock()
+	e.wake()
+	if held == nil {
+		return nil
+	}
+	select {
+	case <-held:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("failover: pause: the term is still held: %w", ctx.Err())
+	}
+}
+
+// Resume lets a paused node campaign again.
+func (e *Elector) Resume() {
+	e.mu.Lock()
+	e.paused = ""
+	e.mu.Unlock()
+	e.wake()
+}
+
+func (e *Elector) wake() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
 // Run campaigns, holds and gives up the lease until ctx ends; then it
 // demotes the node if it is primary, releases the term and returns nil.
 func (e *Elector) Run(ctx context.Context) error {
@@ -141,6 +187,8 @@ func (e *Elector) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return false
 		case <-t.C:
+			return true
+		case <-e.kick:
 			return true
 		}
 	}
@@ -175,6 +223,12 @@ func (e *Elector) refuse(err error) {
 }
 
 func (e *Elector) eligible(ctx context.Context) error {
+	e.mu.Lock()
+	paused := e.paused
+	e.mu.Unlock()
+	if paused != "" {
+		return fmt.Errorf("%w: %s", ErrNotEligible, paused)
+	}
 	hctx, cancel := context.WithTimeout(ctx, e.timers.HealthTimeout)
 	defer cancel()
 	if err := e.node.Eligible(hctx); err != nil {
@@ -197,6 +251,11 @@ func (e *Elector) acquire(ctx context.Context) (Term, error) {
 			select {
 			case <-actx.Done():
 				return
+			case <-e.kick:
+				if err := e.eligible(actx); err != nil && actx.Err() == nil {
+					cancel(err)
+					return
+				}
 			case <-t.C:
 				if err := e.eligible(actx); err != nil && actx.Err() == nil {
 					cancel(err)
@@ -220,6 +279,16 @@ func (e *Elector) acquire(ctx context.Context) (Term, error) {
 // hold promotes the node under term and keeps it primary while the term
 // lasts and the node stays eligible.
 func (e *Elector) hold(ctx context.Context, term Term) {
+	held := make(chan struct{})
+	e.mu.Lock()
+	e.held = held
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		e.held = nil
+		e.mu.Unlock()
+		close(held)
+	}()
 	release := func(reason error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.timers.RequestTimeout)
 		defer cancel()
@@ -269,6 +338,12 @@ func (e *Elector) hold(ctx context.Context, term Term) {
 			e.demote(ctx, err)
 			release(err)
 			return
+		case <-e.kick:
+			if err := e.eligible(ctx); err != nil {
+				e.demote(ctx, err)
+				release(err)
+				return
+			}
 		case <-tick.C:
 			if err := e.eligible(ctx); err != nil {
 				e.demote(ctx, err)

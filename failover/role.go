@@ -1,16 +1,9 @@
 package failover
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sync"
-	"time"
 
 	"github.com/resilmail/resilmail"
-	"github.com/resilmail/resilmail/internal/durable"
 )
 
 // A Role is what a mailbox-server node does.
@@ -58,7 +51,10 @@ func (r *Role) UnmarshalText(b []byte) error {
 }
 
 // State is a node's role and epoch: pure data, changed only by
-// [State.Next]. It is what a [RoleFile] keeps across restarts.
+// [State.Next]. It is not kept by this package: a node's durable role and
+// epoch are its store's (replicate/store's Role and Epoch, changed by
+// Promote and Demote), and State is the view of them that a node
+// reports and reasons about.
 type State struct {
 	Role  Role            `json:"role"`
 	Epoch resilmail.Epoch `json:"epoch"`
@@ -159,93 +155,3 @@ func (s State) Next(e Event) (State, error) {
 
 // Writable reports whether a node in s accepts writes.
 func (s State) Writable() bool { return s.Role == RolePrimary }
-
-// roleFileVersion is the version of the role file's format.
-const roleFileVersion = 1
-
-type roleRecord struct {
-	Version int       `json:"version"`
-	State   State     `json:"state"`
-	Changed time.Time `json:"changed"`
-}
-
-// A RoleFile keeps a node's [State] on disk (the file "role" in its
-// folder, JSON with a format version, replaced atomically and fsynced), so
-// that a restart resumes in the role the node had: a primary that crashed
-// comes back primary only at its own epoch, and learns a higher one from
-// its peers before writing. Methods are safe for concurrent use.
-type RoleFile struct {
-	path    string
-	mu      sync.Mutex
-	rec     roleRecord
-	onApply func(old, new State, e Event)
-}
-
-// OpenRoleFile reads the role file in dir, or starts with initial when
-// there is none (nothing is written until the first change). A file of an
-// unknown version or that does not parse is refused.
-func OpenRoleFile(dir string, initial State) (*RoleFile, error) {
-	f := &RoleFile{path: filepath.Join(dir, "role")}
-	b, err := os.ReadFile(f.path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		if initial.Role == 0 {
-			initial.Role = RoleStandby
-		}
-		f.rec = roleRecord{Version: roleFileVersion, State: initial}
-		return f, nil
-	case err != nil:
-		return nil, fmt.Errorf("failover: read role file: %w", err)
-	}
-	if err := json.Unmarshal(b, &f.rec); err != nil {
-		return nil, fmt.Errorf("failover: role file %s: %w", f.path, err)
-	}
-	if f.rec.Version != roleFileVersion {
-		return nil, fmt.Errorf("failover: role file %s has version %d, this program reads %d", f.path, f.rec.Version, roleFileVersion)
-	}
-	if f.rec.State.Role.String()[0] == 'r' {
-		return nil, fmt.Errorf("failover: role file %s: invalid role", f.path)
-	}
-	return f, nil
-}
-
-// OnApply sets a function called (under the file's lock) after every
-// change made durable; nil removes it.
-func (f *RoleFile) OnApply(fn func(old, new State, e Event)) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.onApply = fn
-}
-
-// State returns the current state and when it last changed.
-func (f *RoleFile) State() (State, time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.rec.State, f.rec.Changed
-}
-
-// Apply computes the state after e and makes it durable before returning
-// it. On error (a transition not allowed, a failed write) the state is
-// unchanged.
-func (f *RoleFile) Apply(e Event) (State, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	old := f.rec.State
-	next, err := old.Next(e)
-	if err != nil || next == old {
-		return next, err
-	}
-	rec := roleRecord{Version: roleFileVersion, State: next, Changed: time.Now().UTC()}
-	b, err := json.MarshalIndent(rec, "", "  ")
-	if err != nil {
-		return old, err
-	}
-	if err := durable.WriteFile(durable.OS, f.path, append(b, '\n'), 0o600); err != nil {
-		return old, fmt.Errorf("failover: write role file: %w", err)
-	}
-	f.rec = rec
-	if f.onApply != nil {
-		f.onApply(old, next, e)
-	}
-	return next, nil
-}

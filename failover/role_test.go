@@ -1,8 +1,6 @@
 package failover
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -49,34 +47,4 @@ func TestStateNext(t *testing.T) {
 			assert.Equal(t, tc.want.Role == RolePrimary, got.Writable())
 		})
 	}
-}
-
-func TestRoleFileDurable(t *testing.T) {
-	dir := t.TempDir()
-	f, err := OpenRoleFile(dir, State{})
-	require.NoError(t, err)
-	st, _ := f.State()
-	assert.Equal(t, RoleStandby, st.Role, "a new node is a standby")
-	var seen []Event
-	f.OnApply(func(old, new State, e Event) { seen = append(seen, e) })
-	_, err = f.Apply(Event{Kind: EventPromote, Epoch: 2, Primary: "a"})
-	require.NoError(t, err)
-	_, err = f.Apply(Event{Kind: EventPromote, Epoch: 1})
-	require.ErrorIs(t, err, ErrTransition)
-	_, err = f.Apply(Event{Kind: EventObserve, Epoch: 5, Primary: "b"})
-	require.NoError(t, err)
-	assert.Len(t, seen, 2)
-
-	g, err := OpenRoleFile(dir, State{Role: RolePrimary, Epoch: 100})
-	require.NoError(t, err)
-	st, changed := g.State()
-	assert.Equal(t, State{RoleFenced, 2, "b"}, st, "the role survives a restart; the initial state is ignored")
-	assert.False(t, changed.IsZero())
-
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "role"), []byte(`{"version":9,"state":{"role":"primary","epoch":1}}`), 0o600))
-	_, err = OpenRoleFile(dir, State{})
-	require.ErrorContains(t, err, "version 9")
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "role"), []byte(`{"version":1,"state":{"role":"boss","epoch":1}}`), 0o600))
-	_, err = OpenRoleFile(dir, State{})
-	require.ErrorContains(t, err, "unknown role")
 }
