@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"net/http"
 	"time"
 
@@ -11,29 +10,42 @@ import (
 	"github.com/resilmail/resilmail/replicate/store"
 )
 
-// handler serves the primary's HTTP endpoints: the replication stream and
-// inventory at /replicate/ (for the replicas, with the secret's token),
-// /status (JSON, no user names) and /metrics (Prometheus).
-func handler(c config, st *store.Store, p *replicate.Primary, ms *mailServers) http.Handler {
+// handler serves the node's HTTP endpoints: the replication stream and
+// inventory at /replicate/ (for the replicas, with the secret's token;
+// 503 while the node is not the primary), /status (JSON, no user names),
+// /metrics (Prometheus) and the operator's /operator/.
+func handler(n *server, ms *mailServers) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/replicate/", http.StripPrefix("/replicate", p.Handler()))
+	mux.Handle("/replicate/", http.StripPrefix("/replicate", n.n.Handler()))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		json.NewEncoder(w).Encode(status(c, st, p))
+		writeJSON(w, http.StatusOK, n.status())
 	})
 	mux.Handle("GET /metrics", metrics.Handler(func(m *metrics.Writer) {
-		writeMetrics(m, st.Stats(), p.Stats())
+		var ps replicate.PrimaryStats
+		if p := n.n.Primary(); p != nil {
+			ps = p.Stats()
+		}
+		writeMetrics(m, n.st.Stats(), ps)
 		if ms.imap != nil {
 			writeIMAPMetrics(m, ms.imap.Stats())
 		}
 	}))
+	mux.Handle("/operator/", n.operatorHandler())
 	return mux
 }
 
 // statusReport is what /status answers.
 type statusReport struct {
+	// Name, Role (primary, standby, fenced; "starting" before a primary
+	// serves its stream), Epoch and History are the node's, as its store
+	// keeps them; Follows names the peer a standby replicates.
+	Name       string          `json:"name"`
 	Role       string          `json:"role"`
+	History    string          `json:"history"`
+	Follows    string          `json:"follows,omitempty"`
+	Lease      string          `json:"lease"`
+	LeaseHeld  bool            `json:"lease_held"`
+	Active     string          `json:"active,omitempty"`
 	Ack        string          `json:"ack"`
 	AckTimeout string          `json:"ack_timeout"`
 	Position   uint64          `json:"position"`
@@ -46,6 +58,21 @@ type statusReport struct {
 	Accepted   uint64          `json:"accepted_unreplicated"`
 	Refused    uint64          `json:"refused_unreplicated"`
 	Replicas   []replicaReport `json:"replicas"`
+	// Standby: the stream from the primary followed.
+	Standby *standbyReport `json:"standby,omitempty"`
+}
+
+// standbyReport is a standby's side of /status.
+type standbyReport struct {
+	Connected       bool   `json:"connected"`
+	Received        uint64 `json:"received"`
+	Applied         uint64 `json:"applied"`
+	PrimaryPosition uint64 `json:"primary_position"`
+	LagChanges      uint64 `json:"lag_changes"`
+	Held            int    `json:"held"`
+	Parked          int    `json:"parked"`
+	Orphans         int    `json:"orphans"`
+	LastError       string `json:"last_error,omitempty"`
 }
 
 type replicaReport struct {
@@ -64,13 +91,31 @@ type replicaReport struct {
 	ChangesSent  uint64 `json:"changes_sent"`
 }
 
-func status(c config, st *store.Store, p *replicate.Primary) statusReport {
-	ss, ps := st.Stats(), p.Stats()
+func (n *server) status() statusReport {
+	c, st := n.c, n.st
+	ss := st.Stats()
+	var ps replicate.PrimaryStats
+	if p := n.n.Primary(); p != nil {
+		ps = p.Stats()
+	}
 	s := statusReport{
-		Role: "primary", Ack: c.mode.String(), AckTimeout: c.ackTimeout.String(),
-		Position: ps.Position, Epoch: uint64(ps.Epoch), Users: ss.Users, Messages: ss.Messages, Corrupt: ss.CorruptBodies, Restored: ps.BodiesRestored,
+		Name: c.node.name, Role: n.roleName(), History: st.History().String(), Follows: n.n.Follows(),
+		Lease: c.node.lease, LeaseHeld: n.el.Status().Primary,
+		Ack: c.mode.String(), AckTimeout: c.ackTimeout.String(),
+		Position: st.Position(), Epoch: uint64(st.Epoch()), Users: ss.Users, Messages: ss.Messages, Corrupt: ss.CorruptBodies, Restored: ps.BodiesRestored,
 		Superseded: ps.FencedBy != 0, Accepted: ps.AcceptedUnreplicated, Refused: ps.RefusedUnreplicated,
 		Replicas: []replicaReport{},
+	}
+	if n.watcher != nil {
+		s.Active, _, _ = n.watcher.Active()
+	}
+	if r := n.n.Replica(); r != nil {
+		rs := r.Stats()
+		s.Standby = &standbyReport{Connected: rs.Connected, Received: rs.Received, Applied: rs.Applied, PrimaryPosition: rs.PrimaryPosition,
+			Held: rs.Held, Parked: rs.Parked, Orphans: rs.Orphans, LastError: rs.LastError}
+		if rs.PrimaryPosition > rs.Applied {
+			s.Standby.LagChanges = rs.PrimaryPosition - rs.Applied
+		}
 	}
 	for _, r := range ps.Replicas {
 		s.Replicas = append(s.Replicas, replicaReport{

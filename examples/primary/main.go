@@ -62,6 +62,8 @@ import (
 	"github.com/emersion/go-smtp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/failover"
 	"github.com/resilmail/resilmail/internal/cli"
 	"github.com/resilmail/resilmail/internal/lmtpstore"
 	"github.com/resilmail/resilmail/internal/secret"
@@ -95,6 +97,7 @@ type config struct {
 	pop3        string
 	pop3s       string
 	proxyTrust  []netip.Prefix // -proxy-trust: proxies whose PROXY v2 headers are read
+	node        nodeConfig
 }
 
 // parseFlags reads the command line (without the program name); getenv
@@ -131,6 +134,7 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&c.backup.caFile, "backup-ca", "", "PEM CA of the served repository's certificate")
 	fs.DurationVar(&c.backup.flushEvery, "backup-flush", 10*time.Second, "how often the backup writes what it has read")
 	fs.DurationVar(&c.backup.snapshotEvery, "backup-snapshot-every", 24*time.Hour, "how often the backup writes a snapshot")
+	nodeFlags(fs, &c.node)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -184,6 +188,9 @@ func parseFlags(args []string, getenv func(string) string) (config, error) {
 	if (c.imaps != "" || c.pop3s != "") && c.tlsCert == "" {
 		return c, errors.New("-imaps and -pop3s need -tls-cert and -tls-key")
 	}
+	if err := c.node.check(getenv, c.secret, c.insecure); err != nil {
+		return c, err
+	}
 	return c, nil
 }
 
@@ -236,34 +243,27 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		return err
 	}
 	defer st.Close()
+	m, err := openNode(c, st, log)
+	if err != nil {
+		return err
+	}
+	defer m.close()
+	if err := m.start(ctx); err != nil {
+		return err
+	}
 	for _, u := range c.users {
+		if st.Role() != store.RolePrimary {
+			break // a standby gets its users from the primary
+		}
 		if err := st.CreateUser(ctx, u); err != nil && !errors.Is(err, store.ErrExists) {
 			return fmt.Errorf("creating user %q: %w", u, err)
 		}
 	}
-	var perReplica map[string][]byte
-	if len(c.replicas) > 0 {
-		perReplica = make(map[string][]byte)
-		for _, name := range c.replicas {
-			perReplica[name] = replicaSecret(c.secret, name)
-		}
-	}
-	p, err := replicate.NewPrimary(st, &replicate.PrimaryOptions{
-		Secret:         c.secret,
-		ReplicaSecrets: perReplica,
-		Mode:           c.mode,
-		Replicas:       c.replicas,
-		AckTimeout:     c.ackTimeout,
-		OnTimeout:      c.onTimeout,
-		Logger:         log,
-	})
-	if err != nil {
-		return err
-	}
 
 	// Every delivery waits for Await: in async mode it returns at once,
 	// unless a replica has seen a newer epoch (this node was superseded),
-	// and then the delivery is refused with 451.
+	// and then the delivery is refused with 451, as it is on a standby
+	// (whose store refuses it first).
 	// A delivery answered 451 after it was stored (the replicas did not
 	// acknowledge in time) is remembered, so that the relay's retry is
 	// not stored twice.
@@ -271,7 +271,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 	if err != nil {
 		return err
 	}
-	srv := smtp.NewServer(&lmtpstore.Backend{Store: st, Commit: p.Await, MaxSize: c.maxSize, Logger: log, Deliveries: deliveries})
+	srv := smtp.NewServer(&lmtpstore.Backend{Store: st, Commit: m.n.Await, MaxSize: c.maxSize, Logger: log, Deliveries: deliveries})
 	srv.LMTP = true
 	srv.Domain = c.hostname
 	if srv.Domain == "" {
@@ -319,8 +319,30 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		return err
 	}
 	defer ms.close()
-	hsrv.Handler = handler(c, st, p, ms)
-	log.Warn("primary: serving", "lmtp", ln.Addr().String(), "http", scheme+"://"+hln.Addr().String(),
+	fwd, err := openForwards(c.node.forwards, c.node.fwdProxy, c.node.fwdFrom, c.node.name, log)
+	if err != nil {
+		ln.Close()
+		hln.Close()
+		return err
+	}
+	defer fwd.close()
+	m.fwd = fwd
+	hsrv.Handler = handler(m, ms)
+	if len(c.node.peers) > 0 {
+		nodes := []failover.WatchedNode{{Name: c.node.name, StatusURL: scheme + "://" + loopbackIfAny(hln.Addr()) + "/status"}}
+		for _, name := range c.node.peerOrder {
+			nodes = append(nodes, failover.WatchedNode{Name: name, StatusURL: c.node.peers[name] + "/status"})
+		}
+		client, err := peerClient(c.node.ca, time.Second)
+		if err != nil {
+			ln.Close()
+			hln.Close()
+			return err
+		}
+		m.watcher = failover.NewWatcher(nodes, &failover.WatcherOptions{Interval: 200 * time.Millisecond, Client: client, Logger: log,
+			OnChange: func(name string, _ resilmail.Epoch) { fwd.setActive(name) }})
+	}
+	log.Warn("primary: serving", "name", c.node.name, "role", st.Role().String(), "epoch", uint64(st.Epoch()), "lease", c.node.lease, "lmtp", ln.Addr().String(), "http", scheme+"://"+hln.Addr().String(),
 		"imap", addrString(ms.imapLn), "imaps", addrString(ms.imapsLn), "pop3", addrString(ms.pop3Ln), "pop3s", addrString(ms.pop3sLn),
 		"store", st.Stats().Seq, "users", st.Stats().Users, "ack", c.mode.String())
 	if ready != nil {
@@ -352,6 +374,36 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 	}
 	ms.serve(g)
 	g.Go(func() error { return st.Run(gctx) })
+	g.Go(func() error { return m.el.Run(gctx) })
+	if m.watcher != nil {
+		g.Go(func() error { return m.watcher.Run(gctx) })
+		if m.etcd == nil {
+			g.Go(func() error {
+				t := time.NewTicker(200 * time.Millisecond)
+				defer t.Stop()
+				for {
+					select {
+					case <-gctx.Done():
+						return nil
+					case <-t.C:
+						m.reconcile(gctx)
+					}
+				}
+			})
+		}
+	}
+	if m.etcd != nil {
+		g.Go(func() error { return m.n.FollowLeader(gctx, m.etcd, m.etcd.Timers().Renew) })
+	}
+	for i, p := range fwd.proxies {
+		ln := fwd.lns[i]
+		g.Go(func() error {
+			if err := p.Serve(ln); err != nil && !errors.Is(err, failover.ErrProxyClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) && gctx.Err() == nil {
 			return err
@@ -376,11 +428,25 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		defer cancel()
 		srv.Shutdown(sctx)
 		ms.close()
+		fwd.close()
 		// The replicas' streams never end on their own.
 		hsrv.Close()
 		return nil
 	})
 	err = g.Wait()
-	log.Warn("primary: stopped", "position", st.Position())
+	log.Warn("primary: stopped", "role", st.Role().String(), "epoch", uint64(st.Epoch()), "position", st.Position())
 	return err
+}
+
+// loopbackIfAny is addr, with an unspecified host (a listener on every
+// address) replaced by the loopback address, to reach it from here.
+func loopbackIfAny(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }

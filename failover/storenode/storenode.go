@@ -38,12 +38,23 @@ type Options struct {
 	Name string
 	// Secret authenticates the replication stream both ways.
 	Secret []byte
-	// Dir holds the replicas' inboxes (one per primary followed).
+	// Dir holds the replicas' inboxes, one per primary followed
+	// ("inbox-" and its name), kept across restarts: what a replica
+	// acknowledged and had not applied when its process died is applied
+	// when it follows that primary again.
 	Dir string
 	// Peers maps node names to the base URL of their [Node.Handler].
 	Peers map[string]string
 	// Heartbeat of the stream when primary; zero means replicate's default.
 	Heartbeat time.Duration
+	// Primary, if set, is the template of the options the node serves its
+	// stream with while primary (acknowledgement mode, replica secrets,
+	// ...); its zero Secret, Heartbeat and Logger take the fields above.
+	Primary *replicate.PrimaryOptions
+	// Replica, if set, is the template of the options the node follows a
+	// primary with (guard, repair, HTTP client, ...); its zero Name,
+	// Secret and Logger take the fields above, a zero MaxBackoff 100 ms.
+	Replica *replicate.ReplicaOptions
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -54,12 +65,12 @@ type Node struct {
 	opts Options
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	primary *replicate.Primary
-	replica *replicate.Replica
-	follows string
-	inboxes int
-	done    chan error
+	mu       sync.Mutex
+	primary  *replicate.Primary
+	replica  *replicate.Replica
+	follows  string
+	done     chan error
+	promoted replicate.PromoteResult // the last promotion from standby
 }
 
 var _ failover.Member = (*Node)(nil)
@@ -103,7 +114,20 @@ func (n *Node) Serve() error {
 }
 
 func (n *Node) servePrimaryLocked() error {
-	p, err := replicate.NewPrimary(n.st, &replicate.PrimaryOptions{Secret: n.opts.Secret, Heartbeat: n.opts.Heartbeat, Logger: n.log})
+	var po replicate.PrimaryOptions
+	if n.opts.Primary != nil {
+		po = *n.opts.Primary
+	}
+	if po.Secret == nil {
+		po.Secret = n.opts.Secret
+	}
+	if po.Heartbeat == 0 {
+		po.Heartbeat = n.opts.Heartbeat
+	}
+	if po.Logger == nil {
+		po.Logger = n.log
+	}
+	p, err := replicate.NewPrimary(n.st, &po)
 	if err != nil {
 		return err
 	}
@@ -154,25 +178,73 @@ func (n *Node) WaitCaughtUp(ctx context.Context, pos failover.Position) error {
 	}
 }
 
-// Promote stops following, promotes the store at epoch (continuing the
-// followed history up to what was received) and serves the stream.
+// Promote makes the node primary at epoch and serves the stream. A
+// standby is promoted by its replica (replicate.Replica.Promote: every
+// change it acknowledged is applied first, delayed destructive changes
+// resolved by the guard's rule, then the store continues the followed
+// history at the new epoch); a node that follows nobody (a fenced old
+// primary, a primary raising its epoch under a new lease term) by its
+// store. A node that is primary at epoch already returns nil.
 func (n *Node) Promote(ctx context.Context, epoch resilmail.Epoch) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.st.Role() == store.RolePrimary && n.st.Epoch() == epoch && n.primary != nil {
 		return nil
 	}
-	var until uint64
 	if n.replica != nil {
-		until = n.replica.Stats().Received
-		if err := n.stopReplicaLocked(); err != nil {
+		res, err := n.replica.Promote(ctx, epoch)
+		if err != nil {
 			return err
 		}
-	}
-	if err := n.st.Promote(ctx, epoch, until); err != nil {
+		n.promoted = res
+		if err := n.stopReplicaLocked(); err != nil {
+			n.log.Warn("storenode: the promoted replica stopped with an error", "node", n.opts.Name, "err", err)
+		}
+		n.log.Warn("storenode: promoted from standby", "node", n.opts.Name, "epoch", uint64(epoch), "until", res.Until,
+			"drained", res.Drained, "held", len(res.Held), "took", res.Took)
+	} else if err := n.st.Promote(ctx, epoch, 0); err != nil {
 		return err
 	}
+	if n.primary != nil {
+		// A primary raising its epoch keeps its stream: the next change
+		// carries the new epoch to the replicas.
+		return nil
+	}
 	return n.servePrimaryLocked()
+}
+
+// LastPromotion returns what the last promotion from standby did (zero if
+// none since the node started).
+func (n *Node) LastPromotion() replicate.PromoteResult {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.promoted
+}
+
+// Primary returns the stream the node serves while primary, nil otherwise.
+func (n *Node) Primary() *replicate.Primary {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.primary
+}
+
+// Follows returns the name of the peer the node replicates, empty when it
+// follows none.
+func (n *Node) Follows() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.follows
+}
+
+// Await waits, as replicate.Primary.Await does, until the change at pos
+// is acknowledged as the primary's mode asks; it fails when the node is
+// not serving as primary (a delivery then answers 451 and is retried).
+func (n *Node) Await(ctx context.Context, pos uint64) error {
+	p := n.Primary()
+	if p == nil {
+		return ErrNotPrimary
+	}
+	return p.Await(ctx, pos)
 }
 
 // Demote fences the store at epoch and ends its streams.
@@ -205,9 +277,23 @@ func (n *Node) Follow(ctx context.Context, primary string) error {
 			return err
 		}
 	}
-	n.inboxes++
-	r, err := replicate.NewReplica(n.st, url, filepath.Join(n.opts.Dir, fmt.Sprintf("inbox-%s-%d", primary, n.inboxes)),
-		&replicate.ReplicaOptions{Name: n.opts.Name, Secret: n.opts.Secret, MaxBackoff: 100 * time.Millisecond, Logger: n.log})
+	var ro replicate.ReplicaOptions
+	if n.opts.Replica != nil {
+		ro = *n.opts.Replica
+	}
+	if ro.Name == "" {
+		ro.Name = n.opts.Name
+	}
+	if ro.Secret == nil {
+		ro.Secret = n.opts.Secret
+	}
+	if ro.Logger == nil {
+		ro.Logger = n.log
+	}
+	if ro.MaxBackoff == 0 {
+		ro.MaxBackoff = 100 * time.Millisecond
+	}
+	r, err := replicate.NewReplica(n.st, url, filepath.Join(n.opts.Dir, "inbox-"+primary), &ro)
 	if err != nil {
 		return err
 	}
@@ -240,3 +326,7 @@ func (n *Node) Close() error {
 	}
 	return nil
 }
+
+// ErrNotPrimary is returned by [Node.Await] when the node does not serve
+// as primary.
+var ErrNotPrimary = errors.New("storenode: not the primary")

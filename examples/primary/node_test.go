@@ -1,0 +1,457 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-smtp"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/internal/etcdtest"
+)
+
+const operatorSecret = "operator test secret, not the replication one"
+
+// pairNode is one mail-server node of a pair, run as a real process (this
+// test binary re-executed) that the test can kill with SIGKILL and start
+// again on the same folder and ports.
+type pairNode struct {
+	t                     *testing.T
+	name                  string
+	dir, lmtp, http, imap string
+	args                  []string
+	mu                    sync.Mutex
+	cmd                   *exec.Cmd
+	exited                chan struct{}
+}
+
+func (n *pairNode) start() {
+	t := n.t
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), childEnv+"="+strings.Join(n.args, "\n"), "RESILMAIL_OPERATOR_SECRET="+operatorSecret)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	serving := make(chan struct{})
+	exited := make(chan struct{})
+	logf, err := os.OpenFile(filepath.Join(os.TempDir(), "pair-"+n.name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	require.NoError(t, err)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			fmt.Fprintln(logf, sc.Text())
+			if strings.Contains(sc.Text(), "primary: serving") {
+				once.Do(func() { close(serving) })
+			}
+		}
+		cmd.Wait()
+		logf.Close()
+		close(exited)
+	}()
+	select {
+	case <-serving:
+	case <-exited:
+		b, _ := os.ReadFile(filepath.Join(os.TempDir(), "pair-"+n.name+".log"))
+		t.Fatalf("node %s exited at start:\n%s", n.name, b)
+	case <-time.After(60 * time.Second):
+		t.Fatalf("node %s did not start", n.name)
+	}
+	n.mu.Lock()
+	n.cmd, n.exited = cmd, exited
+	n.mu.Unlock()
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (n *pairNode) kill() {
+	n.mu.Lock()
+	cmd, exited := n.cmd, n.exited
+	n.mu.Unlock()
+	cmd.Process.Kill()
+	<-exited
+}
+
+func (n *pairNode) stop() {
+	n.mu.Lock()
+	cmd, exited := n.cmd, n.exited
+	n.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-exited:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+	}
+}
+
+func (n *pairNode) status() (statusReport, error) {
+	var s statusReport
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + n.http + "/status")
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	return s, json.NewDecoder(resp.Body).Decode(&s)
+}
+
+// operator posts to the node's /operator/ path with the operator's token.
+func (n *pairNode) operator(path string, out any) error {
+	req, _ := http.NewRequest(http.MethodPost, "http://"+n.http+"/operator/"+path, nil)
+	req.Header.Set("Authorization", "Bearer "+operatorSecret)
+	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e errorReply
+		json.NewDecoder(resp.Body).Decode(&e)
+		return fmt.Errorf("%s: %s: %s", path, resp.Status, e.Error)
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	return nil
+}
+
+// newPair prepares two nodes a and b that name each other as peers, with
+// extra flags for both; a's store starts primary, b's standby.
+func newPair(t *testing.T, extra ...string) (a, b *pairNode) {
+	root := t.TempDir()
+	a = &pairNode{t: t, name: "a", dir: filepath.Join(root, "a"), lmtp: freeAddr(t), http: freeAddr(t), imap: freeAddr(t)}
+	b = &pairNode{t: t, name: "b", dir: filepath.Join(root, "b"), lmtp: freeAddr(t), http: freeAddr(t), imap: freeAddr(t)}
+	passwd := filepath.Join(root, "passwd")
+	require.NoError(t, os.WriteFile(passwd, []byte("alice@example.org:{PLAIN}alice-pw\n"), 0o600))
+	sec := secretFile(t)
+	for _, p := range [][2]*pairNode{{a, b}, {b, a}} {
+		n, peer := p[0], p[1]
+		n.args = append([]string{"-dir", n.dir, "-name", n.name, "-secret-file", sec, "-lmtp", n.lmtp, "-http", n.http, "-imap", n.imap, "-pop3", "",
+			"-passwd", passwd, "-users", "alice@example.org", "-peer", peer.name + "=http://" + peer.http, "-hostname", n.name + ".test"}, extra...)
+	}
+	b.args = append(b.args, "-standby")
+	t.Cleanup(func() { a.stop(); b.stop() })
+	return a, b
+}
+
+// waitRoles waits until want (node name -> role) holds, every standby
+// connected to its primary.
+func waitRoles(t *testing.T, d time.Duration, want map[*pairNode]string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok := true
+		var got []string
+		for n, role := range want {
+			s, err := n.status()
+			got = append(got, fmt.Sprintf("%s=%s/%d (err %v)", n.name, s.Role, s.Epoch, err))
+			if err != nil || s.Role != role || (role == "standby" && (s.Standby == nil || !s.Standby.Connected)) {
+				ok = false
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("roles not reached in %v: %v", d, got)
+		}
+		time.Sleep(20 * time.Millisecond) // polls other processes
+	}
+}
+
+// lmtpLoad delivers numbered messages from several writers to whichever
+// node answers 250, trying a then b, and records every acknowledgement.
+type lmtpLoad struct {
+	nodes []*pairNode
+	stop  atomic.Bool
+	wg    sync.WaitGroup
+	seq   atomic.Int64
+
+	mu    sync.Mutex
+	acked map[string]string    // subject -> node
+	at    map[string]time.Time // node -> last 250
+	first map[string]time.Time // node -> first 250 after mark
+	mark  time.Time
+	gaps  []time.Duration
+	last  time.Time
+}
+
+func startLoad(writers int, nodes ...*pairNode) *lmtpLoad {
+	l := &lmtpLoad{nodes: nodes, acked: map[string]string{}, at: map[string]time.Time{}, first: map[string]time.Time{}}
+	for range writers {
+		l.wg.Go(func() {
+			for !l.stop.Load() {
+				subj := fmt.Sprintf("load %d", l.seq.Add(1))
+				for !l.stop.Load() {
+					if node := l.deliver(subj); node != "" {
+						break
+					}
+					time.Sleep(5 * time.Millisecond) // a sender's retry pace
+				}
+			}
+		})
+	}
+	return l
+}
+
+// deliver tries each node once and returns the one that answered 250.
+func (l *lmtpLoad) deliver(subj string) string {
+	for _, n := range l.nodes {
+		conn, err := net.DialTimeout("tcp", n.lmtp, time.Second)
+		if err != nil {
+			continue
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		c := smtp.NewClientLMTP(conn)
+		msg := "From: load@example.net\r\nTo: alice@example.org\r\nSubject: " + subj + "\r\n\r\nbody of " + subj + "\r\n"
+		err = lmtpSend(c, msg)
+		c.Close()
+		if err == nil {
+			now := time.Now()
+			l.mu.Lock()
+			l.acked[subj] = n.name
+			if !l.last.IsZero() {
+				l.gaps = append(l.gaps, now.Sub(l.last))
+			}
+			l.last = now
+			l.at[n.name] = now
+			if !l.mark.IsZero() && l.first[n.name].IsZero() && now.After(l.mark) {
+				l.first[n.name] = now
+			}
+			l.mu.Unlock()
+			return n.name
+		}
+	}
+	return ""
+}
+
+// markNow forgets the first 250s seen so far and returns the instant.
+func (l *lmtpLoad) markNow() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.mark = time.Now()
+	l.first = map[string]time.Time{}
+	l.gaps = nil
+	return l.mark
+}
+
+// firstOn waits until node answered 250 after the mark.
+func (l *lmtpLoad) firstOn(t *testing.T, node string, d time.Duration) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		l.mu.Lock()
+		at := l.first[node]
+		l.mu.Unlock()
+		if !at.IsZero() {
+			return at
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no 250 from %s within %v", node, d)
+		}
+		time.Sleep(5 * time.Millisecond) // polls the writers' record
+	}
+}
+
+// maxGap is the longest time without any 250 since the mark.
+func (l *lmtpLoad) maxGap() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Max(append(l.gaps, 0))
+}
+
+func (l *lmtpLoad) finish() map[string]string {
+	l.stop.Store(true)
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.acked
+}
+
+// subjects reads every message's subject in every mailbox of alice on
+// the node, over IMAP.
+func subjects(t *testing.T, n *pairNode) map[string]string {
+	t.Helper()
+	c := dialIMAP(t, n.imap, nil)
+	require.NoError(t, c.Login("alice@example.org", "alice-pw").Wait())
+	boxes, err := c.List("", "*", nil).Collect()
+	require.NoError(t, err)
+	got := map[string]string{}
+	for _, b := range boxes {
+		sel, err := c.Select(b.Mailbox, &imap.SelectOptions{ReadOnly: true}).Wait()
+		require.NoError(t, err)
+		if sel.NumMessages == 0 {
+			continue
+		}
+		var all imap.SeqSet
+		all.AddRange(1, sel.NumMessages)
+		msgs, err := c.Fetch(all, &imap.FetchOptions{Envelope: true}).Collect()
+		require.NoError(t, err)
+		for _, m := range msgs {
+			got[m.Envelope.Subject] = b.Mailbox
+		}
+	}
+	return got
+}
+
+// TestPairFailoverUnderLMTPLoad runs two real mail-server processes on a
+// real etcd under LMTP load with -ack one: a controlled switchover, a
+// failback, a kill -9 of the primary followed by automatic promotion of
+// the standby, and the old primary's restart as a standby. Every message
+// answered 250 is readable over IMAP on the primary at the end; the
+// times are measured through LMTP.
+func TestPairFailoverUnderLMTPLoad(t *testing.T) {
+	etcd := etcdtest.Start(t, 3)
+	a, b := newPair(t, "-lease", "etcd", "-etcd", strings.Join(etcd.Endpoints(), ","), "-lease-ttl", "2s",
+		"-ack", "one", "-ack-timeout", "1s", "-on-timeout", "accept")
+	a.start()
+	b.start()
+	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "primary", b: "standby"})
+
+	load := startLoad(4, a, b)
+	defer load.finish()
+	load.markNow()
+	load.firstOn(t, "a", 20*time.Second)
+
+	// Controlled switchover: the window without a 250 through LMTP.
+	type report struct {
+		Epoch         uint64  `json:"Epoch"`
+		WriteWindowMS float64 `json:"write_window_ms"`
+	}
+	var rep report
+	mark := load.markNow()
+	require.NoError(t, a.operator("switchover?to=b", &rep))
+	first := load.firstOn(t, "b", 20*time.Second)
+	time.Sleep(300 * time.Millisecond) // let the writers run on the new primary
+	switchGap := load.maxGap()
+	t.Logf("switchover a->b: epoch %d, refused-write window %.0f ms (switchover report); through LMTP: first 250 on b %v after the call, longest gap without a 250 %v",
+		rep.Epoch, rep.WriteWindowMS, first.Sub(mark).Round(time.Millisecond), switchGap.Round(time.Millisecond))
+	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "standby", b: "primary"})
+
+	// Failback, once a has caught up.
+	mark = load.markNow()
+	require.NoError(t, b.operator("switchover?to=a", &rep))
+	first = load.firstOn(t, "a", 20*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	backGap := load.maxGap()
+	t.Logf("failback b->a: epoch %d, refused-write window %.0f ms; through LMTP: first 250 on a %v after the call, longest gap %v",
+		rep.Epoch, rep.WriteWindowMS, first.Sub(mark).Round(time.Millisecond), backGap.Round(time.Millisecond))
+	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "primary", b: "standby"})
+
+	// kill -9 of the primary under load: b takes over on its own.
+	time.Sleep(200 * time.Millisecond)
+	mark = load.markNow()
+	a.kill()
+	var promoted time.Duration
+	for promoted == 0 {
+		if s, err := b.status(); err == nil && s.Role == "primary" {
+			promoted = time.Since(mark)
+		}
+		require.Less(t, time.Since(mark), 30*time.Second, "b was not promoted")
+		time.Sleep(5 * time.Millisecond) // polls b
+	}
+	first = load.firstOn(t, "b", 30*time.Second)
+	failover := first.Sub(mark)
+	t.Logf("automatic failover: kill -9 of a to b primary (its /status): %v; to the first 250 on b: %v (lease TTL 2s; b has no replica then, so a delivery waits -ack-timeout 1s and is accepted unreplicated)",
+		promoted.Round(time.Millisecond), failover.Round(time.Millisecond))
+	s, err := b.status()
+	require.NoError(t, err)
+	assert.Equal(t, "primary", s.Role)
+	assert.Greater(t, s.Epoch, rep.Epoch, "promoted at a higher epoch")
+
+	// The old primary comes back (a supervisor's restart): fenced by
+	// etcd's leader, it rejoins as b's standby.
+	a.start()
+	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "standby", b: "primary"})
+	time.Sleep(500 * time.Millisecond)
+	acked := load.finish()
+
+	// Every 250 is readable on the primary once a has caught up.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		sa, errA := a.status()
+		sb, errB := b.status()
+		if errA == nil && errB == nil && sa.Standby != nil && sa.Standby.Applied >= sb.Position {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a did not catch up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	got := subjects(t, b)
+	var lost []string
+	orphans := 0
+	for subj := range acked {
+		box, ok := got[subj]
+		if !ok {
+			lost = append(lost, subj)
+		}
+		if box != "INBOX" && ok {
+			orphans++
+		}
+	}
+	t.Logf("%d deliveries answered 250 (%d on a, %d on b at the end); %d read back on b, %d of them as orphans", len(acked),
+		count(acked, "a"), count(acked, "b"), len(acked)-len(lost), orphans)
+	assert.Empty(t, lost, "acknowledged deliveries missing on the primary")
+	assert.Less(t, failover, 10*time.Second)
+}
+
+func count(m map[string]string, v string) int {
+	n := 0
+	for _, x := range m {
+		if x == v {
+			n++
+		}
+	}
+	return n
+}
+
+// lmtpSend delivers msg to alice and returns nil on her 250.
+func lmtpSend(c *smtp.Client, msg string) error {
+	if err := c.Hello("load.test"); err != nil {
+		return err
+	}
+	if err := c.Mail("load@example.net", nil); err != nil {
+		return err
+	}
+	if err := c.Rcpt("alice@example.org", nil); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(w, msg); err != nil {
+		return err
+	}
+	ok, err := w.CloseWithLMTPResponse()
+	if err != nil {
+		return err
+	}
+	if len(ok) != 1 {
+		return fmt.Errorf("%d answers", len(ok))
+	}
+	return nil
+}
