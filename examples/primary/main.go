@@ -1,7 +1,9 @@
-// Command primary is the mailbox server of the reference deployment: it
-// takes mail over LMTP into resilmail's mailbox store (replicate/store) and
-// streams every change, within milliseconds, to its replicas
-// (examples/secondary), which keep a verified copy on another machine.
+// Command primary is the mailbox server of the reference deployment, as a
+// node that can be primary or standby and change role without a restart:
+// it takes mail over LMTP into resilmail's mailbox store (replicate/store)
+// and, while primary, streams every change within milliseconds to its
+// replicas; while standby it follows the primary's stream, verifying every
+// body, and refuses writes (LMTP answers 451, IMAP writes NO).
 //
 //	export RESILMAIL_SECRET=...   # or -secret-file; never on the command line
 //	go run ./examples/primary -dir /var/lib/resilmail -users alice,bob -ack one \
@@ -17,15 +19,63 @@
 // logged (-on-timeout accept). With -ack async (the default) replicas catch
 // up on their own.
 //
+// # Roles, epochs and failover
+//
+// The node's role (primary, standby, fenced) and epoch are its store's,
+// durable across restarts: it starts in the role it had. A new store is a
+// primary, or a standby with -standby (or -primary URL, which follows that
+// fixed primary as examples/secondary does). Two nodes name each other
+// with -peer, share the replication secret (each follows with the secret
+// derived for its -name) and run the same command line but for -name,
+// -peer and their addresses:
+//
+//	primary -name mail1 -peer mail2=https://mail2:8026 -lease etcd -etcd https://etcd1:2379,... -ack one ...
+//	primary -name mail2 -peer mail1=https://mail1:8026 -lease etcd -etcd ... -standby ...
+//
+// A standby follows whichever peer says it is primary with the highest
+// epoch. A node that starts as primary while a peer is primary at a higher
+// epoch (it was superseded while down) fences itself and rejoins as that
+// peer's standby, its unreplicated tail handed over as orphans (the new
+// primary's "Orphaned" mailbox); one whose peer is the primary of its own
+// history (a copied data folder) or of the same epoch refuses to start: it
+// would be a second writable primary.
+//
+// With -lease manual (the default) the operator decides; with -lease etcd
+// the nodes hold an election on etcd (-lease-ttl, default 2 s): the holder
+// is primary at an epoch of at least the election's revision, demotes
+// itself when it cannot renew in time, and a standby lagging more than
+// -max-lag changes is not eligible.
+//
 // On its -http address (HTTPS and HTTP/2 with -tls-cert and -tls-key, as
 // it must be between machines: plain HTTP beyond loopback is refused
 // unless -insecure-http) it serves the replication stream and inventory at
-// /replicate/, its state as JSON at /status and Prometheus metrics at
-// /metrics. Each replica named in -replicas has its own secret, derived
-// from this primary's (-replica-secret NAME prints it), so that its name
-// is bound to its credential and one replica cannot acknowledge for
-// another (-ack all requires it); without -replicas the replicas use the
+// /replicate/ (503 while not primary), its state as JSON at /status (name,
+// role, epoch, history, the peer it follows) and Prometheus metrics at
+// /metrics. Each replica named in -replicas or -peer has its own secret,
+// derived from this node's (-replica-secret NAME prints it), so that its
+// name is bound to its credential and one replica cannot acknowledge for
+// another (-ack all requires it); without them the replicas use the
 // primary's secret itself.
+//
+// The operators' endpoints need the bearer token of -operator-secret-file
+// (or $RESILMAIL_OPERATOR_SECRET; never the replication secret; without it
+// they answer 403):
+//
+//	POST /operator/switchover?to=NAME  move the primary role to peer NAME: drain, wait until it
+//	                                   has everything, raise the epoch, promote it, follow it
+//	                                   (under etcd the lease moves with it); the report, timed
+//	POST /operator/promote[?epoch=N]   manual failover: promote this standby; says how far behind it was
+//	POST /operator/demote              fence this primary
+//	POST /operator/follow?primary=NAME a fenced node rejoins as NAME's standby
+//	POST /operator/grant?token=N       grant the manual lease (its elector promotes the node)
+//	POST /operator/revoke              end the manual lease's term (the node is demoted)
+//	/operator/member/...               a switchover's steps, driven by the peer that runs it
+//
+// -forward relays the clients of a protocol that reach this node to the
+// active node (proto,listen,node=addr,node=addr...: each node's port; the
+// proxy follows role changes and drains the old connections), with the
+// client's address in a PROXY v2 header with -forward-proxy for nodes that
+// trust this one (-proxy-trust).
 //
 // Users read their mail over IMAP (-imap, default 127.0.0.1:1143; -imaps
 // for implicit TLS) and POP3 (-pop3, default 127.0.0.1:1110; -pop3s) once

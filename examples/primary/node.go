@@ -193,14 +193,13 @@ type server struct {
 	log    *slog.Logger
 	client *http.Client // to the peers
 
-	manual  *failover.Manual       // -lease manual
-	etcd    *failover.Etcd         // -lease etcd
-	etcdCli *clientv3.Client       // closed by close
-	el      *failover.Elector      // runs with either lease
-	watcher *failover.Watcher      // nil without peers
-	fwd     *forwarder             // -forward
-	busy    atomic.Bool            // a switchover or an operator's role change runs
-	self    atomic.Pointer[string] // this node's /status URL, once listening
+	manual  *failover.Manual  // -lease manual
+	etcd    *failover.Etcd    // -lease etcd
+	etcdCli *clientv3.Client  // closed by close
+	el      *failover.Elector // runs with either lease
+	watcher *failover.Watcher // nil without peers
+	fwd     *forwarder        // -forward
+	busy    atomic.Bool       // a switchover or an operator's role change runs
 }
 
 // openNode prepares the node over st: its start role (a new store given
