@@ -5,6 +5,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -12,15 +14,33 @@ import (
 )
 
 // TestDemo runs the README's first command: the whole deployment on
-// loopback, mail through both relays, read back over IMAP through the
-// standby, the status page showing every node and one primary.
+// loopback with a real etcd, mail through both relays, a switchover and a
+// failback, a kill -9 of the primary and the standby's automatic
+// promotion, the old primary's rejoin, every acknowledged message read
+// back over IMAP through a forwarded port, the status page showing every
+// node and one primary.
 func TestDemo(t *testing.T) {
 	var out bytes.Buffer
-	err := run(context.Background(), config{dir: t.TempDir(), demo: true, out: &out}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	dir := t.TempDir()
+	err := run(context.Background(), config{dir: dir, demo: true, etcd: "etcd", out: &out}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		for _, n := range []string{"mail1", "mail2"} {
+			b, _ := os.ReadFile(filepath.Join(dir, n+".log"))
+			t.Logf("%s.log:\n%s", n, b)
+		}
+	}
 	require.NoError(t, err, "%s", out.String())
 	t.Log(out.String())
-	assert.Contains(t, out.String(), "demo: IMAP through the standby's forwarded port: INBOX holds 20 messages")
-	assert.Contains(t, out.String(), "4 nodes reachable, one primary; nothing lost")
+	for _, want := range []string{
+		"demo: switchover mail1 -> mail2 at epoch ",
+		"demo: failback mail2 -> mail1 at epoch ",
+		"demo: kill -9 of mail1 (primary, epoch ",
+		"demo: mail1 restarted and rejoined as mail2's standby",
+		"acknowledged messages readable",
+		"4 nodes reachable, one primary; nothing lost",
+	} {
+		assert.Contains(t, out.String(), want)
+	}
 }
 
 func TestFlags(t *testing.T) {
@@ -28,6 +48,7 @@ func TestFlags(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, c.demo)
 	assert.Equal(t, "resilmail-cluster", c.dir)
+	assert.Equal(t, "etcd", c.etcd)
 	_, err = parseFlags([]string{"extra"})
 	assert.Error(t, err)
 }

@@ -1,24 +1,33 @@
 // Command cluster runs the reference deployment on one machine, on
-// loopback: two relays (MX 10 and MX 20) that deliver over LMTP to
-// whichever mail server is primary, a primary mail server, a standby that
-// replicates it and forwards the IMAP and LMTP clients that reach it to
-// the primary (with the client's address in a PROXY v2 header, sent from
-// 127.0.0.2, the one address the primary trusts for it), and the status
-// page. It builds the example commands, starts each as its own
-// process with its data under -dir, prints every address and the status
-// page's URL, and runs until interrupted.
+// loopback: an etcd member (the Debian etcd-server's binary) that holds the
+// failover lease, two mail-server nodes (examples/primary, the same
+// promotable program: mail1 starts primary, mail2 standby) that elect their
+// primary on it, two relays (MX 10 and MX 20) that deliver over LMTP to
+// whichever node is primary, and the status page. Each node also forwards
+// the IMAP and LMTP clients that reach it to the active node (with the
+// client's address in a PROXY v2 header, sent from 127.0.0.2, the one
+// address the nodes trust for it), following role changes. It builds the
+// example commands, starts each as its own process with its data under
+// -dir, prints every address, the status page's URL and the operator's
+// commands, and runs until interrupted.
 //
 //	go run ./examples/cluster -dir resilmail-cluster
 //	go run ./examples/cluster -demo
 //
-// With -demo it sends mail through both relays, waits until the standby
-// has it, reads it back over IMAP through the standby, prints what
-// happened and stops.
+// With -demo it sends mail through both relays, performs a controlled
+// switchover to mail2 and a failback to mail1 (each timed: the window in
+// which writes were refused), kills the primary's process with SIGKILL
+// while mail keeps arriving and times the automatic promotion of the
+// standby (kill to the first LMTP 250 on the new primary), starts the
+// old primary again, which rejoins as a standby with any unreplicated
+// deliveries reported as orphans, and reads every acknowledged message
+// back over IMAP through a forwarded port: it prints what happened, the
+// times, and that nothing was lost.
 //
-// Not yet: switchover, failback and automatic failover (the embedded etcd
-// and a standby that can be promoted) wait for examples/primary and
-// examples/secondary to become one promotable mail server; the failover
-// package and failover/storenode already do it in-process.
+// The nodes run with -ack one: a delivery is answered 250 once the standby
+// has it too. While one node is down the other waits -ack-timeout (1 s
+// here) and then accepts alone (-on-timeout accept; counted, and kept as
+// orphans if that node dies before the other returns).
 package main
 
 import (
@@ -41,6 +50,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-smtp"
 
@@ -50,6 +60,7 @@ import (
 type config struct {
 	dir     string
 	demo    bool
+	etcd    string
 	verbose bool
 	out     io.Writer
 }
@@ -58,7 +69,8 @@ func parseFlags(args []string) (config, error) {
 	c := config{out: os.Stdout}
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
 	fs.StringVar(&c.dir, "dir", "resilmail-cluster", "folder for every node's data, created if missing and kept")
-	fs.BoolVar(&c.demo, "demo", false, "send mail through the relays, read it back through the standby, print what happened and stop")
+	fs.BoolVar(&c.demo, "demo", false, "send mail, switch over, fail back, kill the primary, let the standby take over, read everything back, print what happened and stop")
+	fs.StringVar(&c.etcd, "etcd", "etcd", "the etcd server binary (Debian: apt-get install etcd-server)")
 	fs.BoolVar(&c.verbose, "v", false, "show the nodes' logs")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -86,18 +98,23 @@ func freeAddr() (string, error) {
 // node is one started process.
 type node struct {
 	name string
+	prog string
+	args []string
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
 type cluster struct {
-	c     config
-	log   *slog.Logger
-	bin   string
-	env   []string
-	nodes []*node
-	addr  map[string]string
-	pass  string
+	c        config
+	log      *slog.Logger
+	bin      string
+	env      []string
+	nodes    []*node
+	byName   map[string]*node
+	addr     map[string]string
+	pass     string
+	operator string
+	expected []string // subjects of the messages answered 250
 }
 
 // build compiles the example commands into dir/bin.
@@ -108,7 +125,7 @@ func (cl *cluster) build(ctx context.Context) error {
 	}
 	root := filepath.Dir(strings.TrimSpace(string(out)))
 	cl.bin = filepath.Join(cl.c.dir, "bin")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", cl.bin+string(filepath.Separator), "./examples/primary", "./examples/secondary", "./examples/relay", "./examples/status")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", cl.bin+string(filepath.Separator), "./examples/primary", "./examples/relay", "./examples/status")
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("cluster: building the examples: %v\n%s", err, b)
@@ -116,28 +133,46 @@ func (cl *cluster) build(ctx context.Context) error {
 	return nil
 }
 
-func (cl *cluster) start(name string, args ...string) error {
-	prog := map[string]string{"primary": "primary", "standby": "secondary", "mx1": "relay", "mx2": "relay", "status": "status"}[name]
-	cmd := exec.Command(filepath.Join(cl.bin, prog), args...)
+// start starts the program prog as the node name.
+func (cl *cluster) start(name, prog string, args ...string) error {
+	n := &node{name: name, prog: prog, args: args}
+	cl.nodes = append(cl.nodes, n)
+	cl.byName[name] = n
+	return cl.launch(n)
+}
+
+func (cl *cluster) launch(n *node) error {
+	path := n.prog
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(cl.bin, n.prog)
+	}
+	cmd := exec.Command(path, n.args...)
 	cmd.Env = append(os.Environ(), cl.env...)
-	logf, err := os.OpenFile(filepath.Join(cl.c.dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(filepath.Join(cl.c.dir, n.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if cl.c.verbose {
-		w := io.MultiWriter(logf, prefixWriter{name, os.Stderr})
+		w := io.MultiWriter(logf, prefixWriter{n.name, os.Stderr})
 		cmd.Stdout, cmd.Stderr = w, w
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("cluster: start %s: %w", name, err)
+		return fmt.Errorf("cluster: start %s: %w", n.name, err)
 	}
-	n := &node{name: name, cmd: cmd, done: make(chan struct{})}
-	go func() { cmd.Wait(); logf.Close(); close(n.done) }()
-	cl.nodes = append(cl.nodes, n)
+	done := make(chan struct{})
+	n.cmd, n.done = cmd, done
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
 	return nil
+}
+
+// kill sends SIGKILL to the node's process and waits until it is gone.
+func (cl *cluster) kill(name string) {
+	n := cl.byName[name]
+	n.cmd.Process.Kill()
+	<-n.done
 }
 
 type prefixWriter struct {
@@ -154,13 +189,28 @@ func (p prefixWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// waitListening waits until addr accepts connections or the node exits.
+// waitListening waits until addr accepts connections or a node exits.
 func (cl *cluster) waitListening(ctx context.Context, addr string) error {
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	return cl.poll(ctx, 60*time.Second, "nothing listens on "+addr, func() (bool, error) {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
+			return true, nil
+		}
+		return false, nil
+	})
+}
+
+// poll calls cond every 20 ms until it is true, it fails, a node exits
+// or d passes.
+func (cl *cluster) poll(ctx context.Context, d time.Duration, what string, cond func() (bool, error)) error {
+	deadline := time.Now().Add(d)
+	for {
+		ok, err := cond()
+		if err != nil {
+			return err
+		}
+		if ok {
 			return nil
 		}
 		for _, n := range cl.nodes {
@@ -171,12 +221,12 @@ func (cl *cluster) waitListening(ctx context.Context, addr string) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("cluster: nothing listens on %s", addr)
+			return fmt.Errorf("cluster: after %v: %s", d, what)
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(20 * time.Millisecond): // polls a process we do not control
+		case <-time.After(20 * time.Millisecond): // polls processes we do not control
 		}
 	}
 }
@@ -184,6 +234,11 @@ func (cl *cluster) waitListening(ctx context.Context, addr string) error {
 func (cl *cluster) stop() {
 	for i := len(cl.nodes) - 1; i >= 0; i-- {
 		n := cl.nodes[i]
+		select {
+		case <-n.done:
+			continue
+		default:
+		}
 		n.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-n.done:
@@ -194,74 +249,117 @@ func (cl *cluster) stop() {
 	}
 }
 
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
 func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return err
 	}
-	cl := &cluster{c: c, log: log, addr: map[string]string{}}
+	etcdBin, err := exec.LookPath(c.etcd)
+	if err != nil {
+		return fmt.Errorf("cluster: no etcd server (%v): install it (apt-get install etcd-server) or name it with -etcd", err)
+	}
+	cl := &cluster{c: c, log: log, addr: map[string]string{}, byName: map[string]*node{}}
 	if err := cl.build(ctx); err != nil {
 		return err
 	}
-	secret := make([]byte, 32)
-	rand.Read(secret)
-	cl.env = []string{"RESILMAIL_SECRET=" + hex.EncodeToString(secret)}
-	pass := make([]byte, 12)
-	rand.Read(pass)
-	cl.pass = hex.EncodeToString(pass)
+	cl.operator = randomHex(24)
+	cl.env = []string{"RESILMAIL_SECRET=" + randomHex(32), "RESILMAIL_OPERATOR_SECRET=" + cl.operator}
+	operatorFile := filepath.Join(c.dir, "operator.secret")
+	if err := os.WriteFile(operatorFile, []byte(cl.operator+"\n"), 0o600); err != nil {
+		return err
+	}
+	cl.pass = randomHex(12)
 	passwdFile := filepath.Join(c.dir, "passwd")
 	if err := os.WriteFile(passwdFile, []byte("alice@example.org:{PLAIN}"+cl.pass+"\n"), 0o600); err != nil {
 		return err
 	}
-	for _, k := range []string{"primary-lmtp", "primary-http", "primary-imap", "standby-http", "standby-imap", "standby-lmtp", "mx1", "mx1-http", "mx2", "mx2-http", "status"} {
-		a, err := freeAddr()
-		if err != nil {
+	for _, k := range []string{"etcd", "etcd-peer", "mx1", "mx1-http", "mx2", "mx2-http", "status"} {
+		if cl.addr[k], err = freeAddr(); err != nil {
 			return err
 		}
-		cl.addr[k] = a
+	}
+	for _, n := range []string{"mail1", "mail2"} {
+		for _, k := range []string{"lmtp", "http", "imap", "fwd-imap", "fwd-lmtp"} {
+			if cl.addr[n+"-"+k], err = freeAddr(); err != nil {
+				return err
+			}
+		}
 	}
 	a := cl.addr
 	defer cl.stop()
+
+	// etcd: one member on loopback, its data under -dir.
+	if err := cl.start("etcd", etcdBin, "--name", "cluster", "--data-dir", filepath.Join(c.dir, "etcd"),
+		"--listen-client-urls", "http://"+a["etcd"], "--advertise-client-urls", "http://"+a["etcd"],
+		"--listen-peer-urls", "http://"+a["etcd-peer"], "--initial-advertise-peer-urls", "http://"+a["etcd-peer"],
+		"--initial-cluster", "cluster=http://"+a["etcd-peer"], "--initial-cluster-state", "new"); err != nil {
+		return err
+	}
+	if err := cl.waitListening(ctx, a["etcd"]); err != nil {
+		return err
+	}
+	mailNode := func(name, peer string, extra ...string) []string {
+		args := []string{"-name", name, "-dir", filepath.Join(c.dir, name), "-peer", peer + "=http://" + a[peer+"-http"],
+			"-lease", "etcd", "-etcd", "http://" + a["etcd"], "-lease-ttl", "2s",
+			"-lmtp", a[name+"-lmtp"], "-http", a[name+"-http"], "-imap", a[name+"-imap"], "-pop3", "",
+			"-passwd", passwdFile, "-users", "alice@example.org", "-ack", "one", "-ack-timeout", "1s", "-on-timeout", "accept",
+			"-hostname", name + ".cluster", "-proxy-trust", "127.0.0.2",
+			"-forward", "imap," + a[name+"-fwd-imap"] + ",mail1=" + a["mail1-imap"] + ",mail2=" + a["mail2-imap"],
+			"-forward", "lmtp," + a[name+"-fwd-lmtp"] + ",mail1=" + a["mail1-lmtp"] + ",mail2=" + a["mail2-lmtp"],
+			"-forward-proxy", "-forward-from", "127.0.0.2"}
+		return append(args, extra...)
+	}
 	steps := []struct {
-		name   string
-		listen string
-		args   []string
+		name, prog, listen string
+		args               []string
 	}{
-		{"primary", a["primary-http"], []string{"-dir", filepath.Join(c.dir, "primary"), "-lmtp", a["primary-lmtp"], "-http", a["primary-http"], "-imap", a["primary-imap"], "-pop3", "",
-			"-passwd", passwdFile, "-users", "alice@example.org", "-ack", "one", "-hostname", "primary.cluster", "-proxy-trust", "127.0.0.2"}},
-		{"standby", a["standby-http"], []string{"-dir", filepath.Join(c.dir, "standby"), "-primary", "http://" + a["primary-http"], "-name", "standby", "-http", a["standby-http"],
-			"-forward", "imap," + a["standby-imap"] + "," + a["primary-imap"], "-forward", "lmtp," + a["standby-lmtp"] + "," + a["primary-lmtp"], "-forward-proxy", "-forward-from", "127.0.0.2"}},
+		{"mail1", "primary", a["mail1-http"], mailNode("mail1", "mail2")},
+		{"mail2", "primary", a["mail2-http"], mailNode("mail2", "mail1", "-standby")},
 	}
 	for i, mx := range []string{"mx1", "mx2"} {
 		steps = append(steps, struct {
-			name   string
-			listen string
-			args   []string
-		}{mx, a[mx], []string{"-listen", a[mx], "-queue", filepath.Join(c.dir, mx+"-queue"), "-hostname", mx + ".cluster", "-relay-domains", "example.org",
-			"-mailserver", "primary=" + a["primary-lmtp"] + ",http://" + a["primary-http"], "-http", a[mx+"-http"], "-retry", fmt.Sprint(time.Duration(i+1) * time.Second)}})
+			name, prog, listen string
+			args               []string
+		}{mx, "relay", a[mx], []string{"-listen", a[mx], "-queue", filepath.Join(c.dir, mx+"-queue"), "-hostname", mx + ".cluster", "-relay-domains", "example.org",
+			"-mailserver", "mail1=" + a["mail1-lmtp"] + ",http://" + a["mail1-http"],
+			"-mailserver", "mail2=" + a["mail2-lmtp"] + ",http://" + a["mail2-http"],
+			"-http", a[mx+"-http"], "-retry", fmt.Sprint(time.Duration(i+1) * 500 * time.Millisecond)}})
 	}
 	steps = append(steps, struct {
-		name   string
-		listen string
-		args   []string
-	}{"status", a["status"], []string{"-listen", a["status"], "-interval", "1s", "-node", "primary=http://" + a["primary-http"], "-node", "standby=http://" + a["standby-http"],
+		name, prog, listen string
+		args               []string
+	}{"status", "status", a["status"], []string{"-listen", a["status"], "-interval", "1s",
+		"-node", "mail1=http://" + a["mail1-http"], "-node", "mail2=http://" + a["mail2-http"],
 		"-node", "mx1=http://" + a["mx1-http"], "-node", "mx2=http://" + a["mx2-http"]}})
 	for _, s := range steps {
-		if err := cl.start(s.name, s.args...); err != nil {
+		if err := cl.start(s.name, s.prog, s.args...); err != nil {
 			return err
 		}
 		if err := cl.waitListening(ctx, s.listen); err != nil {
 			return err
 		}
 	}
+	if err := cl.waitRoles(ctx, "mail1", "mail2"); err != nil {
+		return err
+	}
 	fmt.Fprintf(c.out, `resilmail cluster in %s (logs: *.log there)
+  etcd             http://%s (the failover lease)
   MX 10   mx1      smtp://%s   metrics http://%s/metrics
   MX 20   mx2      smtp://%s   metrics http://%s/metrics
-  primary          lmtp %s   imap %s   http://%s/status
-  standby          imap %s and lmtp %s (forwarded to the primary)   http://%s/status
+  mail1 (primary)  lmtp %s   imap %s   http://%s/status
+  mail2 (standby)  lmtp %s   imap %s   http://%s/status
+  forwarded        imap %s and %s, lmtp %s and %s (to whichever is primary)
   status page      http://%s/
   user             alice@example.org, password in %s
-`, c.dir, a["mx1"], a["mx1-http"], a["mx2"], a["mx2-http"], a["primary-lmtp"], a["primary-imap"], a["primary-http"],
-		a["standby-imap"], a["standby-lmtp"], a["standby-http"], a["status"], passwdFile)
+  operator         curl -X POST -H "Authorization: Bearer $(cat %s)" http://%s/operator/switchover?to=mail2
+`, c.dir, a["etcd"], a["mx1"], a["mx1-http"], a["mx2"], a["mx2-http"],
+		a["mail1-lmtp"], a["mail1-imap"], a["mail1-http"], a["mail2-lmtp"], a["mail2-imap"], a["mail2-http"],
+		a["mail1-fwd-imap"], a["mail2-fwd-imap"], a["mail1-fwd-lmtp"], a["mail2-fwd-lmtp"], a["status"], passwdFile, operatorFile, a["mail1-http"])
 	if c.demo {
 		return cl.demo(ctx)
 	}
@@ -269,79 +367,207 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	return nil
 }
 
-// demo sends mail through both relays and reads it back through the
-// standby.
-func (cl *cluster) demo(ctx context.Context) error {
-	a, out := cl.addr, cl.c.out
-	const each = 10
-	start := time.Now()
-	for _, mx := range []string{"mx1", "mx2"} {
-		for i := range each {
-			msg := fmt.Sprintf("From: demo@example.net\r\nTo: alice@example.org\r\nSubject: demo %s %d\r\n\r\nsent through %s\r\n", mx, i, mx)
-			if err := send(a[mx], msg); err != nil {
-				return fmt.Errorf("demo: send through %s: %w", mx, err)
-			}
-		}
-	}
-	fmt.Fprintf(out, "demo: %d messages accepted by mx1 and mx2 in %v\n", 2*each, time.Since(start).Round(time.Millisecond))
+// nodeStatus is what the demo reads of a mail node's /status.
+type nodeStatus struct {
+	Role     string `json:"role"`
+	Epoch    uint64 `json:"epoch"`
+	Position uint64 `json:"position"`
+	Messages int    `json:"messages"`
+	Standby  *struct {
+		Connected bool   `json:"connected"`
+		Applied   uint64 `json:"applied"`
+		Orphans   int    `json:"orphans"`
+	} `json:"standby"`
+}
 
-	// The standby has them once its applied position reaches the
-	// primary's with every message in.
-	var pst struct {
-		Messages int    `json:"messages"`
-		Position uint64 `json:"position"`
+func (cl *cluster) status(name string) (nodeStatus, error) {
+	var s nodeStatus
+	err := getJSON("http://"+cl.addr[name+"-http"]+"/status", &s)
+	return s, err
+}
+
+// waitRoles waits until primary is primary and standby its connected
+// standby.
+func (cl *cluster) waitRoles(ctx context.Context, primary, standby string) error {
+	return cl.poll(ctx, 60*time.Second, primary+" primary and "+standby+" its standby", func() (bool, error) {
+		p, err1 := cl.status(primary)
+		s, err2 := cl.status(standby)
+		return err1 == nil && err2 == nil && p.Role == "primary" && s.Role == "standby" && s.Standby != nil && s.Standby.Connected, nil
+	})
+}
+
+// waitCaughtUp waits until the standby has applied everything the primary
+// holds and holds at least want messages.
+func (cl *cluster) waitCaughtUp(ctx context.Context, primary, standby string, want int) error {
+	return cl.poll(ctx, 90*time.Second, fmt.Sprintf("%s with %d messages, replicated to %s", primary, want, standby), func() (bool, error) {
+		p, err1 := cl.status(primary)
+		s, err2 := cl.status(standby)
+		return err1 == nil && err2 == nil && p.Messages >= want && s.Standby != nil && s.Standby.Applied >= p.Position && s.Messages >= p.Messages, nil
+	})
+}
+
+// switchover asks from's operator endpoint to move the primary role to to.
+func (cl *cluster) switchover(from, to string) (epoch uint64, window time.Duration, err error) {
+	req, _ := http.NewRequest(http.MethodPost, "http://"+cl.addr[from+"-http"]+"/operator/switchover?to="+to, nil)
+	req.Header.Set("Authorization", "Bearer "+cl.operator)
+	resp, err := (&http.Client{Timeout: 90 * time.Second}).Do(req)
+	if err != nil {
+		return 0, 0, err
 	}
-	var sst struct {
-		Applied  uint64 `json:"applied"`
-		Messages int    `json:"messages"`
+	defer resp.Body.Close()
+	var rep struct {
+		Epoch         uint64  `json:"Epoch"`
+		WriteWindowMS float64 `json:"write_window_ms"`
+		Error         string  `json:"error"`
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		return 0, 0, fmt.Errorf("switchover %s to %s: %s", from, to, resp.Status)
+	}
+	if rep.Error != "" {
+		return 0, 0, fmt.Errorf("switchover %s to %s: %s", from, to, rep.Error)
+	}
+	return rep.Epoch, time.Duration(rep.WriteWindowMS * float64(time.Millisecond)), nil
+}
+
+// sendThroughRelays sends n messages through mx1 and mx2 in turn, with
+// subjects prefixed by tag.
+func (cl *cluster) sendThroughRelays(tag string, n int) error {
+	for i := range n {
+		mx := []string{"mx1", "mx2"}[i%2]
+		msg := fmt.Sprintf("From: demo@example.net\r\nTo: alice@example.org\r\nSubject: %s %d\r\n\r\nsent through %s\r\n", tag, i, mx)
+		if err := send(cl.addr[mx], msg); err != nil {
+			return fmt.Errorf("demo: send through %s: %w", mx, err)
+		}
+		cl.expected = append(cl.expected, fmt.Sprintf("%s %d", tag, i))
+	}
+	return nil
+}
+
+// demo runs the failover story and checks nothing was lost.
+func (cl *cluster) demo(ctx context.Context) error {
+	out := cl.c.out
+	sent := 0
+	start := time.Now()
+	if err := cl.sendThroughRelays("before", 20); err != nil {
+		return err
+	}
+	sent += 20
+	if err := cl.waitCaughtUp(ctx, "mail1", "mail2", sent); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "demo: 20 messages accepted by mx1 and mx2, delivered to mail1 and replicated to mail2 in %v\n", time.Since(start).Round(time.Millisecond))
+
+	// Controlled switchover, then failback, each while mail arrives.
+	for _, sw := range [][2]string{{"mail1", "mail2"}, {"mail2", "mail1"}} {
+		from, to := sw[0], sw[1]
+		epoch, window, err := cl.switchover(from, to)
+		if err != nil {
+			return err
+		}
+		if err := cl.waitRoles(ctx, to, from); err != nil {
+			return err
+		}
+		if err := cl.sendThroughRelays("after switchover to "+to, 10); err != nil {
+			return err
+		}
+		sent += 10
+		if err := cl.waitCaughtUp(ctx, to, from, sent); err != nil {
+			return err
+		}
+		what := "switchover"
+		if to == "mail1" {
+			what = "failback"
+		}
+		fmt.Fprintf(out, "demo: %s %s -> %s at epoch %d: writes refused for %v; 10 more messages delivered to %s and replicated\n",
+			what, from, to, epoch, window.Round(time.Millisecond), to)
+	}
+
+	// Automatic failover: mail1's process is killed while a prober
+	// delivers straight to mail2 over LMTP, answered 451 until mail2 is
+	// primary.
+	before, err := cl.status("mail1")
+	if err != nil {
+		return err
+	}
+	killed := time.Now()
+	cl.kill("mail1")
+	var promoted time.Duration
+	probes := 0
 	for {
-		if err := getJSON("http://"+a["primary-http"]+"/status", &pst); err != nil {
-			return err
+		if s, err := cl.status("mail2"); err == nil && s.Role == "primary" && promoted == 0 {
+			promoted = time.Since(killed)
 		}
-		if err := getJSON("http://"+a["standby-http"]+"/status", &sst); err != nil {
-			return err
-		}
-		if pst.Messages >= 2*each && sst.Messages >= pst.Messages {
+		probes++
+		msg := fmt.Sprintf("From: probe@example.net\r\nTo: alice@example.org\r\nSubject: probe %d\r\n\r\nwho takes this?\r\n", probes)
+		if lmtpDeliver(cl.addr["mail2-lmtp"], msg) == nil {
+			cl.expected = append(cl.expected, fmt.Sprintf("probe %d", probes))
 			break
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("demo: after a minute the primary holds %d messages and the standby %d", pst.Messages, sst.Messages)
+		if time.Since(killed) > 60*time.Second {
+			return errors.New("demo: mail2 accepted nothing for a minute after mail1 was killed")
 		}
-		time.Sleep(50 * time.Millisecond) // polls other processes
+		time.Sleep(20 * time.Millisecond) // a sender's retry pace
 	}
-	fmt.Fprintf(out, "demo: delivered to the primary (%d messages) and replicated to the standby (%d, applied %d) after %v\n",
-		pst.Messages, sst.Messages, sst.Applied, time.Since(start).Round(time.Millisecond))
+	firstOK := time.Since(killed)
+	s2, err := cl.status("mail2")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "demo: kill -9 of mail1 (primary, epoch %d): mail2 promoted by the election after %v, at epoch %d; first LMTP 250 on mail2 %v after the kill (lease TTL 2 s; alone, mail2 waits -ack-timeout 1 s, then accepts)\n",
+		before.Epoch, promoted.Round(time.Millisecond), s2.Epoch, firstOK.Round(time.Millisecond))
+	if err := cl.sendThroughRelays("while mail1 is down", 10); err != nil {
+		return err
+	}
+	sent += 10 + 1 // and the probe answered 250
 
-	ic, err := imapclient.DialInsecure(a["standby-imap"], nil)
+	// mail1 comes back: fenced by the lease, it rejoins as mail2's
+	// standby; what it acknowledged and never replicated is kept.
+	restarted := time.Now()
+	if err := cl.launch(cl.byName["mail1"]); err != nil {
+		return err
+	}
+	if err := cl.waitRoles(ctx, "mail2", "mail1"); err != nil {
+		return err
+	}
+	s1, err := cl.status("mail1")
 	if err != nil {
-		return fmt.Errorf("demo: IMAP through the standby: %w", err)
+		return err
 	}
-	defer ic.Close()
-	if err := ic.Login("alice@example.org", cl.pass).Wait(); err != nil {
-		return fmt.Errorf("demo: IMAP login through the standby: %w", err)
+	fmt.Fprintf(out, "demo: mail1 restarted and rejoined as mail2's standby in %v; orphans (deliveries it had acknowledged that mail2 never got) kept on mail2: %d\n",
+		time.Since(restarted).Round(time.Millisecond), s1.Standby.Orphans)
+	if err := cl.waitCaughtUp(ctx, "mail2", "mail1", sent); err != nil {
+		return err
 	}
-	sel, err := ic.Select("INBOX", nil).Wait()
+
+	// Every acknowledged message, read over IMAP through mail1's
+	// forwarded port (mail1 is the standby: the proxy reaches mail2).
+	got, err := cl.subjectsIMAP(cl.addr["mail1-fwd-imap"])
 	if err != nil {
-		return fmt.Errorf("demo: IMAP SELECT: %w", err)
+		return err
 	}
-	ic.Logout().Wait()
-	fmt.Fprintf(out, "demo: IMAP through the standby's forwarded port: INBOX holds %d messages\n", sel.NumMessages)
-	if sel.NumMessages != 2*each {
-		return fmt.Errorf("demo: INBOX holds %d messages, %d were sent", sel.NumMessages, 2*each)
+	var lost []string
+	for _, subj := range cl.expected {
+		if got[subj] == 0 {
+			lost = append(lost, subj)
+		}
+	}
+	total := 0
+	for _, n := range got {
+		total += n
+	}
+	fmt.Fprintf(out, "demo: IMAP through mail1's forwarded port: all %d acknowledged messages readable (%d copies in alice's mailboxes)\n", len(cl.expected)-len(lost), total)
+	if len(lost) > 0 {
+		return fmt.Errorf("demo: %d acknowledged messages are not readable: %q", len(lost), lost)
 	}
 	var report struct {
 		Primaries int `json:"primaries"`
 		Nodes     []struct {
-			Name      string `json:"name"`
-			Reachable bool   `json:"reachable"`
+			Reachable bool `json:"reachable"`
 		} `json:"nodes"`
 	}
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		if err := getJSON("http://"+a["status"]+"/status.json", &report); err != nil {
-			return err
+	err = cl.poll(ctx, 30*time.Second, "the status page showing every node up and one primary", func() (bool, error) {
+		if err := getJSON("http://"+cl.addr["status"]+"/status.json", &report); err != nil {
+			return false, err
 		}
 		up := 0
 		for _, n := range report.Nodes {
@@ -349,15 +575,85 @@ func (cl *cluster) demo(ctx context.Context) error {
 				up++
 			}
 		}
-		if up == len(report.Nodes) && report.Primaries == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("demo: the status page shows %d of %d nodes up and %d primaries", up, len(report.Nodes), report.Primaries)
-		}
-		time.Sleep(100 * time.Millisecond) // polls the status page
+		return up == len(report.Nodes) && report.Primaries == 1, nil
+	})
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(out, "demo: status page: %d nodes reachable, one primary; nothing lost\n", len(report.Nodes))
+	return nil
+}
+
+// subjectsIMAP counts the messages of each subject in every mailbox of
+// alice (the orphans' mailbox included).
+func (cl *cluster) subjectsIMAP(addr string) (map[string]int, error) {
+	ic, err := imapclient.DialInsecure(addr, nil)
+	if err != nil {
+		return nil, fmt.Errorf("demo: IMAP: %w", err)
+	}
+	defer ic.Close()
+	if err := ic.Login("alice@example.org", cl.pass).Wait(); err != nil {
+		return nil, fmt.Errorf("demo: IMAP login: %w", err)
+	}
+	boxes, err := ic.List("", "*", nil).Collect()
+	if err != nil {
+		return nil, err
+	}
+	got := map[string]int{}
+	for _, b := range boxes {
+		sel, err := ic.Select(b.Mailbox, &imap.SelectOptions{ReadOnly: true}).Wait()
+		if err != nil {
+			return nil, err
+		}
+		if sel.NumMessages == 0 {
+			continue
+		}
+		var all imap.SeqSet
+		all.AddRange(1, sel.NumMessages)
+		msgs, err := ic.Fetch(all, &imap.FetchOptions{Envelope: true}).Collect()
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			got[m.Envelope.Subject]++
+		}
+	}
+	ic.Logout().Wait()
+	return got, nil
+}
+
+// lmtpDeliver delivers one message to alice over LMTP; nil on her 250.
+func lmtpDeliver(addr, msg string) error {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	c := smtp.NewClientLMTP(conn)
+	defer c.Close()
+	if err := c.Hello("cluster.demo"); err != nil {
+		return err
+	}
+	if err := c.Mail("probe@example.net", nil); err != nil {
+		return err
+	}
+	if err := c.Rcpt("alice@example.org", nil); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(w, msg); err != nil {
+		return err
+	}
+	ok, err := w.CloseWithLMTPResponse()
+	if err != nil {
+		return err
+	}
+	if len(ok) != 1 {
+		return errors.New("no answer for the recipient")
+	}
 	return nil
 }
 
