@@ -46,6 +46,12 @@
 //	client silent (command, data timeout)     421 4.4.2, connection closed
 //	too many errors in a session              421 4.7.0, connection closed
 //	too many sessions from one address        421 4.7.0 at connect
+//	submission: AUTH before TLS               538 5.7.11  (AUTH is not even offered)
+//	submission: MAIL FROM before AUTH         530 5.7.0
+//	submission: wrong password                535 5.7.8   (after the LoginGuard's delay)
+//	submission: too many failed logins        454 4.7.0   (password not checked)
+//	submission: sender not the user's         553 5.7.1   (Submission.SendAs)
+//	submission: message cannot be signed      451 4.3.0
 //
 // Past Listener's soft error limit every error reply is delayed by a delay
 // growing with each error (Postfix's smtpd_error_sleep_time, growing).
@@ -84,9 +90,34 @@
 // no verdict. Sender authentication (package auth) is such a Scanner
 // middleware, plus Backend.CheckSender at MAIL FROM.
 //
+// # Submission
+//
+// With Backend.Submission the Backend is a message submission server (RFC
+// 6409, port 587 semantics). AUTH PLAIN and AUTH LOGIN (RFC 4954) are
+// offered and accepted only inside TLS: the Listener terminates STARTTLS,
+// so the Backend asks the Listener's [Conn.TLS], not go-smtp, and go-smtp's
+// Server needs AllowInsecureAuth (without it AUTH fails closed). Every
+// password goes through Submission.Guard, which delays failures and
+// refuses an address after too many. MAIL FROM needs an authenticated
+// user and an address the user may send as ([SendAsSelf] by default: the
+// login name itself, or with a +detail; never "<>"); the header From is
+// not checked, as Postfix's reject_sender_login_mismatch does not. An
+// authenticated user may send to any recipient (Backend.Accept, when set,
+// still applies). The Received header says "with ESMTPSA" (RFC 3848).
+//
+// With Submission.Signer (a [DKIMSigner], say) every submitted message is
+// signed as the client sent it and queued with the signature below the
+// Received header. The signature needs the whole message, so the session
+// keeps a copy while it signs: 256 KiB in memory, the rest in a file of
+// Submission.SpoolDir removed before the reply (in memory when SpoolDir is
+// ""), plus the message's header, which go-msgauth holds in memory. A
+// message that cannot be signed is refused with 451: nothing leaves
+// unsigned.
+//
 // # Goroutines
 //
-// The package starts none: go-smtp runs one goroutine per session and
-// calls the Backend from it; the Listener's Conn is used by that goroutine
-// alone.
+// The package starts none of its own: go-smtp runs one goroutine per
+// session and calls the Backend from it; the Listener's Conn is used by
+// that goroutine alone. A DKIMSigner runs go-msgauth's signer, which has
+// one goroutine per message being signed, ended before Sign returns.
 package intake

@@ -86,6 +86,13 @@ type Backend struct {
 	// other error 451. Without it such a message is refused with 550 5.7.1:
 	// it is never delivered.
 	Quarantine func(ctx context.Context, env resilmail.Envelope, v Verdict, body io.Reader) error
+
+	// Submission, if set, makes this a message submission server (RFC
+	// 6409): AUTH after TLS, an authenticated user for every transaction,
+	// the sender rule and DKIM signing (see [Submission]). go-smtp cannot
+	// see the TLS a Listener negotiates, so its Server needs
+	// AllowInsecureAuth: the Backend itself refuses AUTH outside TLS.
+	Submission *Submission
 }
 
 // ErrTooManyHops is the error the body reader returns when a message has
@@ -126,6 +133,7 @@ type session struct {
 	conn   *smtp.Conn
 	remote string
 	env    resilmail.Envelope
+	user   string // the authenticated user; "" before AUTH
 }
 
 func (s *session) Reset() { s.env = resilmail.Envelope{} }
@@ -134,6 +142,11 @@ func (s *session) Logout() error { return nil }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.env = resilmail.Envelope{From: from}
+	if s.b.Submission != nil {
+		if err := s.checkSubmitter(from); err != nil {
+			return err
+		}
+	}
 	if from != "" {
 		if err := resilmail.CheckAddress(from); err != nil {
 			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "bad sender address"}
@@ -173,17 +186,13 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 // checkSender asks Backend.CheckSender about the sender and returns the
 // reply when it is refused.
 func (s *session) checkSender(from string) error {
-	env := &ScanEnvelope{Envelope: resilmail.Envelope{From: from}, HELO: s.conn.Hostname()}
+	env := &ScanEnvelope{Envelope: resilmail.Envelope{From: from}, HELO: s.conn.Hostname(), User: s.user}
 	ctx := context.Background()
 	if ap, err := netip.ParseAddrPort(s.remote); err == nil {
 		env.ClientIP = ap.Addr().Unmap()
 		ctx = context.WithValue(ctx, clientKey{}, env.ClientIP)
 	}
-	if _, ok := s.conn.TLSConnectionState(); ok {
-		env.TLS = true
-	} else if c, ok := s.conn.Conn().(*Conn); ok {
-		_, env.TLS = c.TLS()
-	}
+	_, env.TLS = s.tls()
 	err := s.b.CheckSender(ctx, env)
 	if err == nil {
 		return nil
@@ -316,6 +325,26 @@ func (s *session) Data(r io.Reader) error {
 			return s.quarantine(env, res.verdict, io.MultiReader(strings.NewReader(s.received(env)+head), src), lr)
 		}
 	}
+	if sub := s.b.Submission; sub != nil && sub.Signer != nil {
+		// The signature covers the message as the client sent it; it
+		// is computed on a copy (memory, then SpoolDir) that is then
+		// queued below the signature.
+		sp := &spool{dir: sub.SpoolDir}
+		defer sp.remove()
+		sig, err := sub.Signer.Sign(context.Background(), env, io.TeeReader(src, sp))
+		if err == nil {
+			src, err = sp.reader()
+		}
+		if err != nil {
+			if lr != nil && lr.over {
+				s.log.Warn("smtp: message refused: larger than the limit", "msg_id", env.ID, "remote", s.remote, "from", env.From)
+				return errTooLargeReply
+			}
+			s.log.Warn("smtp: message refused: not signed", "msg_id", env.ID, "remote", s.remote, "from", env.From, "err", err)
+			return replyFor(err)
+		}
+		head += sig
+	}
 	body := io.MultiReader(strings.NewReader(s.received(env)+head), src)
 	id, err := s.b.Queue.Enqueue(context.Background(), env, body)
 	if lr != nil && lr.over {
@@ -434,12 +463,11 @@ func (s *session) received(env resilmail.Envelope) string {
 	if s.conn.Server().LMTP {
 		proto = "LMTP"
 	}
-	if _, ok := s.conn.TLSConnectionState(); ok {
+	if _, ok := s.tls(); ok {
 		proto += "S"
-	} else if c, ok := s.conn.Conn().(*Conn); ok {
-		if _, ok := c.TLS(); ok {
-			proto += "S"
-		}
+	}
+	if s.user != "" {
+		proto += "A" // RFC 3848
 	}
 	if env.SMTPUTF8 {
 		proto = "UTF8" + proto // RFC 6531 section 3.7.3

@@ -175,6 +175,10 @@ func (c *Conn) TLS() (tls.ConnectionState, bool) {
 	return tls.ConnectionState{}, false
 }
 
+// NetConn returns the session's current transport: the *tls.Conn once
+// STARTTLS succeeded, the accepted connection before.
+func (c *Conn) NetConn() net.Conn { return c.Conn }
+
 // Close closes the session.
 func (c *Conn) Close() error {
 	err := c.Conn.Close()

@@ -161,17 +161,11 @@ func (s *session) scan(env resilmail.Envelope, src io.Reader) (head []byte, res 
 		return nil, res, err
 	}
 	head = buf.Bytes()
-	se := &ScanEnvelope{Envelope: env, HELO: s.conn.Hostname()}
+	se := &ScanEnvelope{Envelope: env, HELO: s.conn.Hostname(), User: s.user}
 	if ap, perr := netip.ParseAddrPort(s.remote); perr == nil {
 		se.ClientIP = ap.Addr().Unmap()
 	}
-	cs, ok := s.conn.TLSConnectionState()
-	if !ok {
-		if c, isConn := s.conn.Conn().(*Conn); isConn {
-			cs, ok = c.TLS()
-		}
-	}
-	if ok {
+	if cs, ok := s.tls(); ok {
 		se.TLS, se.TLSVersion, se.TLSCipher = true, tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite)
 	}
 	body := head
