@@ -46,20 +46,27 @@ func TestNoOpenRelay(t *testing.T) {
 	waitCount(t, sink, 2)
 }
 
-func TestStartTLSWithCertificateFlags(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+// certFiles writes a self-signed certificate for relay.test and its key,
+// and returns the two files.
+func certFiles(t *testing.T) (cert, key string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "relay.test"}, DNSNames: []string{"relay.test"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
 	require.NoError(t, err)
-	kd, err := x509.MarshalECPrivateKey(key)
+	kd, err := x509.MarshalECPrivateKey(k)
 	require.NoError(t, err)
 	dir := t.TempDir()
-	cf, kf := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	require.NoError(t, os.WriteFile(cf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	require.NoError(t, os.WriteFile(kf, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}), 0o600))
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	require.NoError(t, os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}), 0o600))
+	return cert, key
+}
 
+func TestStartTLSWithCertificateFlags(t *testing.T) {
+	cf, kf := certFiles(t)
 	sink := startSink(t)
 	relay := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), tlsCert: cf, tlsKey: kf})
 	host, port, _ := net.SplitHostPort(relay)

@@ -16,6 +16,22 @@
 // a loop (554 5.4.6). Commands out of sequence get 503, timeouts 421, and
 // a client making errors is slowed down, then dropped (queue/intake).
 //
+// With -submission the relay also serves message submission (port 587
+// semantics; default off) for the users of a Dovecot passwd-file:
+//
+//	relay -listen :25 -submission :587 -tls-cert mx.pem -tls-key mx.key -passwd users.passwd \
+//	      -dkim-key dkim.pem -dkim-selector mail -dkim-domain example.org
+//
+// AUTH PLAIN and LOGIN are offered and accepted only after STARTTLS; a
+// failed login waits a second, and an address with ten failures in five
+// minutes is refused without its password being checked. Without AUTH
+// nothing is taken (530 5.7.0). An authenticated user may send to any
+// recipient, as the login name itself or with a +detail
+// (alice+news@example.org for alice@example.org), never as another address
+// or "<>" (553 5.7.1). With -dkim-key (a PEM file only its owner may read;
+// ed25519 or RSA) every submitted message is DKIM-signed for -dkim-domain
+// before it is queued; the relay logs the TXT record to publish at start.
+//
 // Several relays form an MX pool that accepts and rejects exactly the same
 // recipients: one publishes the pool's policy from a JSON file, the others
 // follow it (adding an MX is starting one more follower):
@@ -118,8 +134,15 @@ type config struct {
 	maxHops      int
 	maxPerClient int
 
+	submission   string // the submission listener's address; "": none
+	passwdFile   string // the Dovecot passwd-file of the users who may submit
+	dkimKey      string // the DKIM private key (PEM, mode 600)
+	dkimSelector string
+	dkimDomain   string
+
 	onPolicyError func(error)   // tests: called when -policy's file is read and refused
 	errorDelay    time.Duration // the tarpit's first delay; zero: the listener's default (tests shorten it)
+	loginDelay    time.Duration // the delay of a failed login; zero: loginguard's default (tests shorten it)
 }
 
 func main() {
@@ -161,6 +184,11 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.adminPasswd, "admin-passwd", "", "with -quarantine: a Dovecot passwd-file of the operators who may log in to /quarantine/")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM certificates of a private CA: the publisher and the quarantine centre are verified with it, and nodes' client certificates it signed are accepted instead of tokens and passwords")
 	fs.BoolVar(&c.insecureHTTP, "insecure-http", false, "allow plain HTTP between machines (-http beyond loopback without -tls-cert, http:// URLs of other hosts)")
+	fs.StringVar(&c.submission, "submission", "", "serve message submission (port 587 semantics) on this address, e.g. :587: AUTH PLAIN/LOGIN inside STARTTLS for the users of -passwd, who may then send anywhere as their own address (needs -tls-cert; default: off)")
+	fs.StringVar(&c.passwdFile, "passwd", "", "with -submission: a Dovecot passwd-file of the users who may submit (reread when it changes)")
+	fs.StringVar(&c.dkimKey, "dkim-key", "", "with -submission: sign submitted mail with the DKIM private key in this PEM file (ed25519 or RSA, PKCS#8 or PKCS#1), readable by its owner only")
+	fs.StringVar(&c.dkimSelector, "dkim-selector", "", "with -dkim-key: the key's selector (s=)")
+	fs.StringVar(&c.dkimDomain, "dkim-domain", "", "with -dkim-key: the signing domain (d=), which publishes the key at SELECTOR._domainkey.DOMAIN")
 	fs.BoolVar(&c.verbose, "v", false, "log every message")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -173,6 +201,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return c, errors.New("-tls-cert and -tls-key go together")
+	}
+	if err := checkSubmissionFlags(c); err != nil {
+		return c, err
 	}
 	c.secretSrc.Env, c.secretSrc.Flag = "RESILMAIL_POOL_SECRET", "secret-file"
 	c.shipSecret.Env, c.shipSecret.Flag = "RESILMAIL_SHIP_SECRET", "ship-secret-file"
@@ -273,24 +304,20 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	if qn.close != nil {
 		defer qn.close()
 	}
+	if err := checkSubmissionFlags(c); err != nil {
+		return err
+	}
+	sub, err := openSubmission(c, q, tlsConfig, pl.maxSize(c.maxSize), pl.snapshot != nil, log)
+	if err != nil {
+		return err
+	}
+	if sub != nil {
+		defer sub.srv.Close()
+	}
 	be := &intake.Backend{Queue: q, Logger: log, Rejected: qn.record, MaxSize: pl.maxSize(c.maxSize), Hostname: c.hostname, MaxHops: c.maxHops}
 	be.Accept = relay.accept(pl.check)
-	srv := smtp.NewServer(be)
+	srv := newSMTPServer(be, c, pl.snapshot != nil)
 	srv.Addr = c.listen
-	srv.Domain = c.hostname
-	if srv.Domain == "" {
-		srv.Domain = "localhost"
-	}
-	srv.MaxMessageBytes = c.maxSize
-	if pl.snapshot != nil {
-		// The pool's policy sets the limit, checked by the backend.
-		srv.MaxMessageBytes = 0
-	}
-	srv.MaxRecipients = 1000
-	srv.WriteTimeout = 5 * time.Minute
-	srv.EnableSMTPUTF8 = true
-	srv.EnableDSN = true
-	srv.EnableBINARYMIME = false
 	tcp, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return err
@@ -319,6 +346,14 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		}
 		return nil
 	})
+	if sub != nil {
+		g.Go(func() error {
+			if err := sub.srv.Serve(sub.ln); err != nil && !errors.Is(err, smtp.ErrServerClosed) && gctx.Err() == nil {
+				return err
+			}
+			return nil
+		})
+	}
 	var hsrv *http.Server
 	if c.httpAddr != "" {
 		hln, err := net.Listen("tcp", c.httpAddr)
@@ -365,6 +400,9 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
+		if sub != nil {
+			sub.srv.Shutdown(sctx)
+		}
 		if err := q.Shutdown(sctx); err != nil {
 			log.Warn("relay: deliveries cut short by the shutdown deadline; they are retried at the next start", "err", err)
 		}
