@@ -7,31 +7,37 @@ import (
 	"net/http/pprof"
 
 	"github.com/resilmail/resilmail/internal/metrics"
+	"github.com/resilmail/resilmail/quarantine"
 	"github.com/resilmail/resilmail/queue"
 )
 
 // httpHandler serves the relay's endpoints for other machines: /metrics
-// (the queue's counters and gauges for Prometheus) and, on the node that
+// (the queue's counters and gauges for Prometheus, with the policy's
+// version and age and the quarantine outbox's backlog) and, on the node that
 // publishes the pool's policy, /policy, and on the node that keeps the
 // pool's quarantine, /quarantine/. Debug handlers are never served here:
 // see debugHandler.
-func httpHandler(q *queue.Queue, policy, quarantine http.Handler) http.Handler {
+func httpHandler(q *queue.Queue, pstate func() policyState, outbox func() quarantine.OutboxStats, policy, quarantineUI http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	if policy != nil {
 		mux.Handle("/policy", policy)
 	}
-	if quarantine != nil {
-		mux.Handle("/quarantine/", quarantine)
+	if quarantineUI != nil {
+		mux.Handle("/quarantine/", quarantineUI)
 	}
-	mux.Handle("GET /metrics", metrics.Handler(func(m *metrics.Writer) { writeQueueMetrics(m, q.Stats()) }))
+	mux.Handle("GET /metrics", metrics.Handler(func(m *metrics.Writer) {
+		writeQueueMetrics(m, q.Stats())
+		writeStatusMetrics(m, pstate, outbox)
+	}))
 	return mux
 }
 
-// debugHandler serves Go's profiler at /debug/pprof/, on the -debug-addr
-// listener only, which listenDebug keeps on loopback: profiles show
-// memory contents and the command line.
-func debugHandler() http.Handler {
+// debugHandler serves Go's profiler at /debug/pprof/ and status at
+// /status, on the -debug-addr listener only, which listenDebug keeps on
+// loopback: profiles show memory contents and the command line.
+func debugHandler(status http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /status", status)
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -81,6 +87,7 @@ func writeQueueMetrics(m *metrics.Writer, st queue.Stats) {
 	m.Counter("resilmail_queue_notifications_total", "Delivery status notifications sent.", st.Notifications)
 	m.Counter("resilmail_queue_corrupt_total", "Bodies found corrupt.", st.Corrupt)
 	m.Counter("resilmail_queue_throttled_total", "Deliveries put off by a slowed-down destination.", st.Throttled)
+	m.Counter("resilmail_queue_resent_452_total", "Recipients refused with 452 after others of their transaction were taken, sent again at once.", st.Resent452)
 	m.Counter("resilmail_queue_fsyncs_total", "Fsyncs of the queue log.", st.Fsyncs)
 	m.Counter("resilmail_queue_appends_total", "Records appended to the queue log.", st.Appends)
 	m.Gauge("resilmail_queue_disk_bytes", "Bytes in the queue log's segments.", float64(st.DiskBytes))

@@ -1,9 +1,21 @@
 // Command relay is a durable SMTP relay: a go-smtp server in front of a
 // resilmail queue that delivers everything to one next hop over SMTP (or
-// LMTP). It answers 250 only once a message is on stable storage, and keeps
-// retrying the next hop until it takes the message.
+// LMTP), or with -mx to each domain's MX hosts. It answers 250 only once a
+// message is on stable storage, and keeps retrying until the next hop
+// takes the message.
 //
 //	go run ./examples/relay -listen 127.0.0.1:2525 -next 127.0.0.1:25
+//
+// With -mx it delivers outbound mail itself instead: each recipient's mail
+// goes to its domain's MX hosts, best preference first, planned from the
+// DNS by mxpool (-dns, else /etc/resolv.conf; -fallback-relay after the MX
+// hosts), never to itself (-hostname, or one of this machine's addresses).
+// Either way a message's recipients go in transactions of at most
+// -rcpts-per-transaction (50), the rest at once in another after a 452,
+// and -dest-limit sets a destination's own concurrency, recipients per
+// transaction and rate:
+//
+//	relay -listen :25 -mx -hostname mx.example.org -dest-limit gmail.com=concurrency:5,rate:10
 //
 // The queue lives in -queue ("relay-queue" in the working folder by
 // default), created if missing and never removed by the relay: what it
@@ -31,6 +43,11 @@
 // or "<>" (553 5.7.1). With -dkim-key (a PEM file only its owner may read;
 // ed25519 or RSA) every submitted message is DKIM-signed for -dkim-domain
 // before it is queued; the relay logs the TXT record to publish at start.
+//
+// -debug-addr (loopback only) serves Go's profiler and /status: the
+// queue's messages, held and deferred counts and oldest age, the pool
+// policy's version and age, and the quarantine outbox's backlog, as JSON.
+// The policy's and the outbox's figures are on /metrics too.
 //
 // Several relays form an MX pool that accepts and rejects exactly the same
 // recipients: one publishes the pool's policy from a JSON file, the others
@@ -92,6 +109,7 @@ import (
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/cli"
 	"github.com/resilmail/resilmail/internal/secret"
+	"github.com/resilmail/resilmail/mxpool"
 	"github.com/resilmail/resilmail/mxpool/pool"
 	"github.com/resilmail/resilmail/queue"
 	"github.com/resilmail/resilmail/queue/intake"
@@ -140,6 +158,15 @@ type config struct {
 	dkimSelector string
 	dkimDomain   string
 
+	mx              bool   // -mx: deliver to each domain's MX hosts instead of -next
+	dns             string // -dns: the resolvers -mx asks
+	fallbackRelay   string // -fallback-relay: tried after a domain's MX hosts
+	rcptsPerTx      int
+	destLimits      map[string]queue.DestinationLimits
+	resolver        mxpool.Resolver // tests: in place of the DNS
+	dial            dialFunc        // tests: in place of a net.Dialer
+	mxOnThisMachine bool            // tests: the MX hosts are on this machine's addresses
+
 	onPolicyError func(error)   // tests: called when -policy's file is read and refused
 	errorDelay    time.Duration // the tarpit's first delay; zero: the listener's default (tests shorten it)
 	loginDelay    time.Duration // the delay of a failed login; zero: loginguard's default (tests shorten it)
@@ -157,6 +184,11 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:2525", "SMTP listen address")
 	fs.StringVar(&c.next, "next", "127.0.0.1:25", "next hop host:port that receives every message")
 	fs.BoolVar(&c.lmtp, "lmtp", false, "speak LMTP to the next hop")
+	fs.BoolVar(&c.mx, "mx", false, "deliver each recipient's mail to its domain's MX hosts (from the DNS) instead of -next")
+	fs.StringVar(&c.dns, "dns", "", "with -mx: recursive resolvers to ask, host[:port], comma-separated (default: those of /etc/resolv.conf)")
+	fs.StringVar(&c.fallbackRelay, "fallback-relay", "", "with -mx: hosts to try after a domain's MX hosts failed temporarily, host[:port], comma-separated")
+	fs.IntVar(&c.rcptsPerTx, "rcpts-per-transaction", 50, "most recipients of one message sent to one destination in one transaction; a 452 to the rest sends them at once in another")
+	fs.Var(destLimitsFlag{&c.destLimits}, "dest-limit", "DEST=concurrency:N,rcpts:N,rate:R (attempts per second), repeatable: limits for one destination (a domain with -mx, else the next hop's host:port)")
 	fs.StringVar(&c.dir, "queue", "relay-queue", "queue folder, created if missing and never removed by the relay")
 	fs.StringVar(&c.hostname, "hostname", "", "name of this relay in EHLO and notifications (default: the host name)")
 	fs.IntVar(&c.concurrency, "concurrency", 20, "deliveries in flight to the next hop")
@@ -257,14 +289,24 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	next := c.next
 	destination := func(string) string { return next }
 	var fol *follower
-	if len(c.servers) > 0 {
+	switch {
+	case c.mx && len(c.servers) > 0:
+		return errors.New("-mx and -mailserver exclude each other")
+	case c.mx:
+		d, dest, err := newMXDelivery(c, log)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		deliverer, destination, next = d, dest, "each domain's MX hosts"
+	case len(c.servers) > 0:
 		var err error
 		if fol, err = newFollower(c, log); err != nil {
 			return err
 		}
 		defer fol.close()
 		deliverer, destination, next = fol.deliverer, fol.destination, "the primary of -mailserver"
-	} else {
+	default:
 		out, err := smtpout.New(&smtpout.Options{Addr: c.next, LMTP: c.lmtp, LocalName: c.hostname, MaxIdle: c.concurrency, Logger: log})
 		if err != nil {
 			return err
@@ -291,6 +333,9 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		Hostname:          c.hostname,
 		Logger:            log,
 		Retry:             queue.RetryPolicy{MinBackoff: c.retryMin},
+
+		MaxRcptsPerTransaction: c.rcptsPerTx,
+		PerDestination:         c.destLimits,
 	})
 	if err != nil {
 		return err
@@ -362,7 +407,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 			return err
 		}
 		log.Warn("relay: metrics", "url", "http://"+hln.Addr().String()+"/metrics")
-		hsrv = &http.Server{Handler: httpHandler(q, pl.handler, qn.handler), ReadHeaderTimeout: httpReadHeaderTimeout, TLSConfig: nt.server}
+		hsrv = &http.Server{Handler: httpHandler(q, pl.status, qn.outbox, pl.handler, qn.handler), ReadHeaderTimeout: httpReadHeaderTimeout, TLSConfig: nt.server}
 		if nt.server != nil {
 			hln = tls.NewListener(hln, nt.server)
 		}
@@ -383,8 +428,8 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 			}
 			return err
 		}
-		log.Warn("relay: profiler", "url", "http://"+dln.Addr().String()+"/debug/pprof/")
-		dsrv = &http.Server{Handler: debugHandler(), ReadHeaderTimeout: 10 * time.Second}
+		log.Warn("relay: profiler and status", "url", "http://"+dln.Addr().String()+"/debug/pprof/", "status", "http://"+dln.Addr().String()+"/status")
+		dsrv = &http.Server{Handler: debugHandler(statusHandler(q, pl.status, qn.outbox)), ReadHeaderTimeout: 10 * time.Second}
 		g.Go(func() error {
 			if err := dsrv.Serve(dln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return err

@@ -28,6 +28,7 @@ import (
 type poolRole struct {
 	check    pool.Checker          // nil: no pool policy (relayCheck decides)
 	snapshot func() *pool.Snapshot // the policy in use; nil without a pool
+	status   func() policyState    // for /status and /metrics; nil without a pool
 	handler  http.Handler          // the publisher's, served at /policy
 	run      func(ctx context.Context) error
 	close    func() error
@@ -59,7 +60,11 @@ func openPool(c config, nt *nodeTLS, log *slog.Logger) (*poolRole, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &poolRole{check: f, snapshot: f.Snapshot, run: f.Run, close: f.Close}, nil
+		status := func() policyState {
+			st := f.Status()
+			return policyState{role: "follower", version: st.Version, appliedAt: st.AppliedAt, heard: st.LastHeard, stale: st.Stale}
+		}
+		return &poolRole{check: f, snapshot: f.Snapshot, status: status, run: f.Run, close: f.Close}, nil
 	}
 	if c.httpAddr == "" {
 		return nil, errors.New("-policy publishes the policy on the -http address: set -http")
@@ -78,7 +83,15 @@ func openPool(c config, nt *nodeTLS, log *slog.Logger) (*poolRole, error) {
 		p.Close()
 		return nil, err
 	}
-	return &poolRole{check: p, snapshot: p.Snapshot, handler: p, run: w.run, close: p.Close}, nil
+	status := func() policyState {
+		st := p.Status()
+		ps := policyState{role: "publisher", version: st.Version, appliedAt: st.UpdatedAt}
+		if s := p.Snapshot(); s != nil {
+			ps.heard = s.Issued
+		}
+		return ps
+	}
+	return &poolRole{check: p, snapshot: p.Snapshot, status: status, handler: p, run: w.run, close: p.Close}, nil
 }
 
 // parsePublicKeys reads -policy-key: the publisher's ed25519 public keys in

@@ -33,6 +33,7 @@ type pen struct {
 	handler http.Handler                                        // the centre's, served at /quarantine/
 	run     func(ctx context.Context) error
 	close   func() error
+	outbox  func() quarantine.OutboxStats // an edge's; nil elsewhere
 }
 
 // openQuarantine opens what c asks for. The centre releases through q;
@@ -87,7 +88,7 @@ func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*p
 			return nil, err
 		}
 		add := func(ctx context.Context, e quarantine.Entry) error { return ob.Add(ctx, e, nil) }
-		return &pen{record: recorder(add, node, log), run: sh.Run, close: ob.Close}, nil
+		return &pen{record: recorder(add, node, log), run: sh.Run, close: ob.Close, outbox: ob.Stats}, nil
 	}
 
 	if c.httpAddr == "" {
