@@ -76,6 +76,14 @@ func (c *coalescingConn) flushLocked() {
 	}
 }
 
+// stop stops the flush timer: the connection is handed to another
+// writer (STARTTLS).
+func (c *coalescingConn) stop() {
+	c.mu.Lock()
+	c.timer.Stop()
+	c.mu.Unlock()
+}
+
 // Read flushes what the client waits for, then reads.
 func (c *coalescingConn) Read(p []byte) (int, error) {
 	c.Flush()

@@ -9,15 +9,14 @@ import (
 	"sync/atomic"
 
 	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/replicate/store"
 )
 
 // hub keeps one shared view of every selected mailbox: its UIDs in order
-// (sequence number n is uids[n-1]) and a go-imap MailboxTracker that queues
-// EXISTS, EXPUNGE and FETCH FLAGS for each session. One goroutine per
+// and, per session, what that session's client has not been told yet
+// (view.go). One goroutine per
 // selected mailbox follows the store's Watch and brings the view up to
 // date with MailboxDelta; sessions also refresh it themselves after their
 // own writes, so that their next response includes them.
@@ -51,7 +50,7 @@ type mbox struct {
 	uidNext     uint32
 	highest     uint64
 	uids        []uint32
-	tracker     *imapserver.MailboxTracker
+	views       map[*view]struct{}
 	watch       <-chan struct{}
 	gone        bool
 
@@ -104,7 +103,7 @@ func (mb *mbox) loadLocked(ctx context.Context) error {
 		mb.uids[i] = m.UID
 	}
 	mb.uidValidity, mb.uidNext, mb.highest = d.Status.UIDValidity, d.Status.UIDNext, d.Status.HighestModSeq
-	mb.tracker = imapserver.NewMailboxTracker(uint32(len(mb.uids)))
+	mb.views = make(map[*view]struct{})
 	return nil
 }
 
@@ -172,7 +171,7 @@ func (mb *mbox) follow() {
 // refresh brings the view up to date with the store, queueing the updates
 // for every session; flag updates are not queued for source (the session
 // that made them answers them itself).
-func (mb *mbox) refresh(ctx context.Context, source *imapserver.SessionTracker) error {
+func (mb *mbox) refresh(ctx context.Context, source *view) error {
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
 	if mb.gone {
@@ -198,32 +197,32 @@ func (mb *mbox) refresh(ctx context.Context, source *imapserver.SessionTracker) 
 	if err != nil {
 		return err
 	}
-	// Expunges first, from the highest sequence number down, so that the
-	// numbers stay right as each is removed.
-	var gone []int
 	for _, r := range d.Vanished {
 		i, _ := slices.BinarySearch(mb.uids, r.Start)
-		for ; i < len(mb.uids) && mb.uids[i] <= r.Stop; i++ {
-			gone = append(gone, i)
+		j := i
+		for j < len(mb.uids) && mb.uids[j] <= r.Stop {
+			for v := range mb.views {
+				v.expungedLocked(mb.uids[j])
+			}
+			j++
 		}
-	}
-	for k := len(gone) - 1; k >= 0; k-- {
-		i := gone[k]
-		mb.tracker.QueueExpunge(uint32(i) + 1)
-		mb.uids = slices.Delete(mb.uids, i, i+1)
+		mb.uids = slices.Delete(mb.uids, i, j)
 	}
 	for _, m := range d.Changed {
 		if m.UID >= mb.uidNext {
 			mb.uids = append(mb.uids, m.UID)
-			// One EXISTS per message: go-imap's SessionTracker hides
-			// exactly one new message per update from a session that has
-			// not seen it yet.
-			mb.tracker.QueueNumMessages(uint32(len(mb.uids)))
 			continue
 		}
-		if i, ok := slices.BinarySearch(mb.uids, m.UID); ok {
-			mb.tracker.QueueMessageFlags(uint32(i)+1, imap.UID(m.UID), imapFlags(m.Flags, false), source)
+		if _, ok := slices.BinarySearch(mb.uids, m.UID); ok {
+			for v := range mb.views {
+				if v != source {
+					v.flagsLocked(m.UID, flagUpdate{m.Flags, m.ModSeq})
+				}
+			}
 		}
+	}
+	for v := range mb.views {
+		v.wake()
 	}
 	mb.highest, mb.uidNext = d.Status.HighestModSeq, d.Status.UIDNext
 	return nil

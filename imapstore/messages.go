@@ -39,29 +39,25 @@ func (s *session) resolve(numSet imap.NumSet) ([]item, error) {
 	mb := s.sel.mb
 	mb.mu.Lock()
 	defer mb.mu.Unlock()
+	uids := s.sel.view.uidsLocked()
 	var out []item
 	switch set := numSet.(type) {
 	case imap.SeqSet:
-		max := uint32(len(mb.uids))
-		set = staticSeq(set, max)
-		for i, uid := range mb.uids {
-			seq := s.sel.tracker.EncodeSeqNum(uint32(i) + 1)
-			if seq != 0 && set.Contains(seq) {
+		set = staticSeq(set, uint32(len(uids)))
+		for i, uid := range uids {
+			if seq := uint32(i) + 1; set.Contains(seq) {
 				out = append(out, item{seq, uid})
 			}
 		}
 	case imap.UIDSet:
 		var max uint32
-		if len(mb.uids) > 0 {
-			max = mb.uids[len(mb.uids)-1]
+		if len(uids) > 0 {
+			max = uids[len(uids)-1]
 		}
 		set = staticUID(set, max)
-		for i, uid := range mb.uids {
-			if !set.Contains(imap.UID(uid)) {
-				continue
-			}
-			if seq := s.sel.tracker.EncodeSeqNum(uint32(i) + 1); seq != 0 {
-				out = append(out, item{seq, uid})
+		for i, uid := range uids {
+			if set.Contains(imap.UID(uid)) {
+				out = append(out, item{uint32(i) + 1, uid})
 			}
 		}
 	}
@@ -172,6 +168,16 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 	if err != nil {
 		return err
 	}
+	if since := s.cmd.changedSince; since > 0 {
+		// RFC 7162 §3.1.4.1: only messages changed after since.
+		kept := items[:0]
+		for _, it := range items {
+			if m, ok := meta[it.uid]; ok && m.ModSeq > since {
+				kept = append(kept, it)
+			}
+		}
+		items = kept
+	}
 	if setSeen {
 		var unseen resilmail.UIDSet
 		for _, it := range items {
@@ -183,7 +189,7 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 			if _, err := s.srv.st.AddFlags(s.ctx(), s.user, s.sel.mb.name, unseen, []string{store.FlagSeen}); err != nil && !errors.Is(err, store.ErrReadOnly) {
 				return s.storeErr("fetch", err)
 			}
-			s.refreshSelected(s.sel.tracker)
+			s.refreshSelected(s.sel.view)
 			if meta, err = s.metadata(items); err != nil {
 				return err
 			}
@@ -211,6 +217,9 @@ func hasFlag(flags []string, f string) bool {
 }
 
 func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, o *imap.FetchOptions, seenSet bool) (err error) {
+	if s.cmd.fetchModSeq || (s.condstore && (o.Flags || seenSet)) {
+		s.front.noteModSeq(m.ModSeq)
+	}
 	rw := w.CreateMessage(it.seq)
 	// The response holds the connection's writer until it is closed: close
 	// it on every path, or the tagged answer would wait forever.
@@ -226,6 +235,7 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, 
 		rw.WriteUID(imap.UID(it.uid))
 	}
 	if o.Flags || seenSet {
+		s.sent(it.uid, m.ModSeq)
 		rw.WriteFlags(imapFlags(m.Flags, false))
 	}
 	if o.InternalDate {
@@ -344,22 +354,30 @@ func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *im
 			fl = append(fl, string(f))
 		}
 	}
+	var modified resilmail.UIDSet
 	if !set.IsEmpty() {
-		ctx, name := s.ctx(), s.sel.mb.name
+		op := resilmail.FlagsSet
 		switch flags.Op {
-		case imap.StoreFlagsSet:
-			_, err = s.srv.st.SetFlags(ctx, s.user, name, set, fl)
 		case imap.StoreFlagsAdd:
-			_, err = s.srv.st.AddFlags(ctx, s.user, name, set, fl)
+			op = resilmail.FlagsAdd
 		case imap.StoreFlagsDel:
-			_, err = s.srv.st.RemoveFlags(ctx, s.user, name, set, fl)
+			op = resilmail.FlagsRemove
 		}
+		since := ^uint64(0)
+		if s.cmd.conditional {
+			since = s.cmd.unchangedSince
+		}
+		// The check of UNCHANGEDSINCE and the change are one step in the
+		// store: no other session's write comes between them.
+		_, modified, err = s.srv.st.StoreFlagsIf(s.ctx(), s.user, s.sel.mb.name, set, op, fl, since)
 		if err != nil {
 			return s.storeErr("store", err)
 		}
-		s.refreshSelected(s.sel.tracker)
+		s.refreshSelected(s.sel.view)
 	}
-	if flags.Silent {
+	_, isUID := numSet.(imap.UIDSet)
+	s.cmd.modified = s.modifiedSet(modified, isUID, items)
+	if flags.Silent && !s.cmd.conditional {
 		return nil
 	}
 	meta, err := s.metadata(items)
@@ -368,9 +386,24 @@ func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *im
 	}
 	for _, it := range items {
 		m, ok := meta[it.uid]
-		if !ok {
+		if !ok || modified.Contains(it.uid) {
 			continue
 		}
+		if flags.Silent {
+			// RFC 7162 §3.1.3: with .SILENT, a conditional STORE still
+			// gives each message's new MODSEQ.
+			s.front.noteModSeq(m.ModSeq)
+			rw := w.CreateMessage(it.seq)
+			rw.WriteUID(imap.UID(it.uid))
+			if err := rw.Close(); err != nil {
+				return err
+			}
+			continue
+		}
+		if s.condstore {
+			s.front.noteModSeq(m.ModSeq)
+		}
+		s.sent(it.uid, m.ModSeq)
 		rw := w.CreateMessage(it.seq)
 		rw.WriteUID(imap.UID(it.uid))
 		rw.WriteFlags(imapFlags(m.Flags, false))
@@ -507,6 +540,7 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 	if len(items) > 0 {
 		maxUID = items[len(items)-1].uid
 	}
+	s.searchModSeq(criteria)
 	staticCriteria(criteria, max, maxUID, s.sel.searchRes)
 	var (
 		data   imap.SearchData
@@ -520,6 +554,11 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 	for i, it := range items {
 		if !matches[i] {
 			continue
+		}
+		if len(s.cmd.searchMarks) > 0 {
+			if m := meta[it.uid].ModSeq; m > s.cmd.searchHighest {
+				s.cmd.searchHighest = m
+			}
 		}
 		uidSet.AddNum(imap.UID(it.uid))
 		num := it.seq
@@ -733,6 +772,9 @@ func (c *candidate) match(cr *imap.SearchCriteria) (bool, error) {
 		if !set.Contains(imap.UID(c.it.uid)) {
 			return false, nil
 		}
+	}
+	if cr.ModSeq != nil && c.m.ModSeq < cr.ModSeq.ModSeq {
+		return false, nil
 	}
 	day := func(t time.Time) time.Time { return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC) }
 	if !cr.Since.IsZero() && day(c.m.InternalDate).Before(day(cr.Since)) {

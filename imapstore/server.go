@@ -1,12 +1,13 @@
 package imapstore
 
 import (
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
+	"strconv"
 	"sync"
 
 	"github.com/emersion/go-imap/v2"
@@ -53,10 +54,7 @@ type Server struct {
 	log  *slog.Logger
 	hub  *hub
 
-	// Two go-imap servers: one lets passwords through in clear (for
-	// loopback peers), the other only over TLS, so that CAPABILITY tells
-	// each client the truth (LOGINDISABLED).
-	clear, secure *imapserver.Server
+	imap *imapserver.Server
 
 	mu        sync.Mutex
 	listeners map[net.Listener]chan struct{} // closed when its go-imap servers return
@@ -107,19 +105,24 @@ func New(st *store.Store, auth Authenticator, opts *Options) (*Server, error) {
 		imap.CapBinary: {}, imap.CapChildren: {}, imap.CapSpecialUse: {}, imap.CapLiteralPlus: {},
 		imap.CapUnauthenticate: {},
 	}
-	logger := slogPrintf{o.Logger}
-	mk := func(insecure bool) *imapserver.Server {
-		return imapserver.New(&imapserver.Options{
-			NewSession: func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-				return &session{srv: s, conn: c}, nil, nil
-			},
-			Caps:         caps,
-			Logger:       logger,
-			TLSConfig:    o.TLSConfig,
-			InsecureAuth: insecure,
-		})
-	}
-	s.clear, s.secure = mk(true), mk(false)
+	// One go-imap server: passwords go through it in clear, and the
+	// session refuses them unless the connection is TLS or loopback
+	// (loginguard); the front states LOGINDISABLED and STARTTLS, and does
+	// STARTTLS itself.
+	s.imap = imapserver.New(&imapserver.Options{
+		NewSession: func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			f, ok := c.NetConn().(*front)
+			if !ok {
+				return nil, nil, errors.New("imapstore: connection without its front")
+			}
+			sess := &session{srv: s, conn: c, front: f, nonce: strconv.FormatUint(rand.Uint64(), 36)}
+			f.sess = sess
+			return sess, nil, nil
+		},
+		Caps:         caps,
+		Logger:       slogPrintf{o.Logger},
+		InsecureAuth: true,
+	})
 	return s, nil
 }
 
@@ -164,17 +167,14 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		return ErrServerClosed
 	}
-	clearL := &chanListener{ch: make(chan net.Conn), addr: ln.Addr(), done: make(chan struct{})}
-	secureL := &chanListener{ch: make(chan net.Conn), addr: ln.Addr(), done: make(chan struct{})}
+	l := &chanListener{ch: make(chan net.Conn), addr: ln.Addr(), done: make(chan struct{})}
 	served := make(chan struct{})
 	s.listeners[ln] = served
 	s.mu.Unlock()
 	var wg sync.WaitGroup
-	wg.Go(func() { s.clear.Serve(clearL) })
-	wg.Go(func() { s.secure.Serve(secureL) })
+	wg.Go(func() { s.imap.Serve(l) })
 	defer func() {
-		clearL.Close()
-		secureL.Close()
+		l.Close()
 		wg.Wait()
 		close(served)
 	}()
@@ -193,50 +193,13 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			return err
 		}
-		// TLS connections and loopback peers go to the server that takes
-		// passwords; the others must STARTTLS first.
-		l := secureL
-		if loginguard.Secure(c) {
-			l = clearL
-		}
-		c = &standbyConn{Conn: newCoalescingConn(c), ro: s.o.ReadOnly}
 		select {
-		case l.ch <- c:
+		case l.ch <- newFront(s, c):
 		case <-l.done:
 			c.Close()
 		}
 	}
 }
-
-// standbyConn makes the tagged answer of SELECT say [READ-ONLY] on a
-// standby: go-imap beta.8 decides the code by the command's name alone,
-// and there every mailbox is read-only. The answer is rewritten in place
-// (same length: "[READ-WRITE] SELECT" becomes "[READ-ONLY] EXAMINE"),
-// which works on plain and implicit-TLS connections; after STARTTLS the
-// bytes are encrypted below go-imap, the code stays, and PERMANENTFLAGS ()
-// and the NO to every write still say the truth.
-type standbyConn struct {
-	net.Conn
-	ro func() bool
-}
-
-var (
-	selectRW = []byte("OK [READ-WRITE] SELECT completed\r\n")
-	selectRO = []byte("OK [READ-ONLY] EXAMINE completed\r\n")
-)
-
-// Write writes p, with the SELECT answer rewritten on a standby.
-func (c *standbyConn) Write(p []byte) (int, error) {
-	if i := bytes.Index(p, selectRW); i >= 0 && c.ro() {
-		q := bytes.Clone(p)
-		copy(q[i:], selectRO)
-		p = q
-	}
-	return c.Conn.Write(p)
-}
-
-// NetConn returns the wrapped connection.
-func (c *standbyConn) NetConn() net.Conn { return c.Conn }
 
 // Close closes the listeners and every connection, and stops the
 // mailbox watchers. It is idempotent.
@@ -259,8 +222,7 @@ func (s *Server) Close() error {
 	for _, ch := range served {
 		<-ch
 	}
-	s.clear.Close()
-	s.secure.Close()
+	s.imap.Close()
 	s.hub.close()
 	return nil
 }

@@ -17,16 +17,23 @@ import (
 // the connection's goroutine, one command at a time (Idle's updates come
 // from the mailbox watcher through the SessionTracker).
 type session struct {
-	srv  *Server
-	conn *imapserver.Conn
-	user string
-	sel  *selected
+	srv   *Server
+	conn  *imapserver.Conn
+	front *front
+	user  string
+	sel   *selected
+
+	// condstore and qresync are set once enabled (RFC 7162 §3.1, §3.2.3)
+	// and stay for the connection.
+	condstore, qresync bool
+	cmd                cmdState // the command go-imap runs (condstore.go)
+	nonce              string   // makes SEARCH MODSEQ's marker keywords unique
 }
 
 // selected is the selected mailbox of a session.
 type selected struct {
 	mb       *mbox
-	tracker  *imapserver.SessionTracker
+	view     *view
 	readOnly bool
 	// searchRes is the result saved by SEARCH RETURN (SAVE).
 	searchRes imap.UIDSet
@@ -226,7 +233,8 @@ func (s *session) Select(mailbox string, options *imap.SelectOptions) (*imap.Sel
 	}
 	ro := options.ReadOnly || s.srv.o.ReadOnly()
 	mb.mu.Lock()
-	sel := &selected{mb: mb, tracker: mb.tracker.NewSession(), readOnly: ro}
+	sel := &selected{mb: mb, view: mb.newViewLocked(), readOnly: ro}
+	highest := mb.highest
 	data := &imap.SelectData{
 		Flags:          []imap.Flag{imap.FlagSeen, imap.FlagAnswered, imap.FlagFlagged, imap.FlagDeleted, imap.FlagDraft},
 		PermanentFlags: []imap.Flag{imap.FlagSeen, imap.FlagAnswered, imap.FlagFlagged, imap.FlagDeleted, imap.FlagDraft, imap.FlagWildcard},
@@ -239,12 +247,16 @@ func (s *session) Select(mailbox string, options *imap.SelectOptions) (*imap.Sel
 		data.PermanentFlags = nil
 	}
 	s.sel = sel
+	if err := s.selectExtra(highest); err != nil {
+		s.unselect()
+		return nil, err
+	}
 	return data, nil
 }
 
 func (s *session) unselect() {
 	if s.sel != nil {
-		s.sel.tracker.Close()
+		s.sel.mb.closeView(s.sel.view)
 		s.srv.hub.release(s.sel.mb)
 		s.sel = nil
 	}
@@ -453,6 +465,9 @@ func (s *session) Status(mailbox string, options *imap.StatusOptions) (*imap.Sta
 	if err != nil {
 		return nil, s.storeErr("status", err)
 	}
+	if s.cmd.statusModSeq {
+		s.cmd.statusValue, s.cmd.statusSet = st.HighestModSeq, true
+	}
 	return statusData(st, options), nil
 }
 
@@ -492,8 +507,9 @@ func (s *session) Append(mailbox string, r imap.LiteralReader, options *imap.App
 }
 
 // refreshSelected brings the selected mailbox's view up to date after a
-// write, so that the next responses include it.
-func (s *session) refreshSelected(source *imapserver.SessionTracker) {
+// write, so that the next responses include it; flag changes are not
+// queued for source.
+func (s *session) refreshSelected(source *view) {
 	if s.sel == nil {
 		return
 	}
@@ -502,7 +518,9 @@ func (s *session) refreshSelected(source *imapserver.SessionTracker) {
 	}
 }
 
-// Poll writes the pending updates of the selected mailbox.
+// Poll writes the pending updates of the selected mailbox: EXISTS,
+// EXPUNGE (VANISHED once QRESYNC is enabled) unless allowExpunge is false,
+// and FETCH FLAGS (with MODSEQ once CONDSTORE is enabled).
 func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 	if s.sel == nil {
 		return nil
@@ -512,17 +530,40 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 		s.refreshSelected(nil)
 	default:
 	}
-	return s.sel.tracker.Poll(w, allowExpunge)
+	return s.writePending(s.sel, allowExpunge)
+}
+
+func (s *session) writePending(sel *selected, allowExpunge bool) error {
+	mb := sel.mb
+	mb.mu.Lock()
+	b := sel.view.pendingLocked(allowExpunge, s.condstore, s.qresync)
+	mb.mu.Unlock()
+	if len(b) == 0 {
+		return nil
+	}
+	return s.front.writeOwn(b)
 }
 
 // Idle writes the updates of the selected mailbox as they come, until
 // stop.
 func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
-	if s.sel == nil {
+	// go-imap may close the session before this goroutine ends (a
+	// client gone while idling): use only what was selected at the start.
+	sel := s.sel
+	if sel == nil {
 		<-stop
 		return nil
 	}
-	return s.sel.tracker.Idle(w, stop)
+	for {
+		if err := s.writePending(sel, true); err != nil {
+			return err
+		}
+		select {
+		case <-sel.view.notify:
+		case <-stop:
+			return nil
+		}
+	}
 }
 
 func (mb *mbox) watchChan() <-chan struct{} {

@@ -197,56 +197,81 @@ func (s *Store) Expunge(ctx context.Context, userName, mailboxName string, uids 
 // durably. The messages whose flags change get a new mod-sequence, which
 // SetFlags returns (0 if nothing changed).
 func (s *Store) SetFlags(ctx context.Context, userName, mailboxName string, uids resilmail.UIDSet, flags []string) (uint64, error) {
-	return s.storeFlags(ctx, userName, mailboxName, uids, resilmail.FlagsSet, flags)
+	mod, _, err := s.storeFlags(ctx, userName, mailboxName, uids, resilmail.FlagsSet, flags, noCondition)
+	return mod, err
 }
 
 // AddFlags adds flags to the messages uids (STORE +FLAGS), as SetFlags.
 func (s *Store) AddFlags(ctx context.Context, userName, mailboxName string, uids resilmail.UIDSet, flags []string) (uint64, error) {
-	return s.storeFlags(ctx, userName, mailboxName, uids, resilmail.FlagsAdd, flags)
+	mod, _, err := s.storeFlags(ctx, userName, mailboxName, uids, resilmail.FlagsAdd, flags, noCondition)
+	return mod, err
 }
 
 // RemoveFlags removes flags from the messages uids (STORE -FLAGS), as
 // SetFlags.
 func (s *Store) RemoveFlags(ctx context.Context, userName, mailboxName string, uids resilmail.UIDSet, flags []string) (uint64, error) {
-	return s.storeFlags(ctx, userName, mailboxName, uids, resilmail.FlagsRemove, flags)
+	mod, _, err := s.storeFlags(ctx, userName, mailboxName, uids, resilmail.FlagsRemove, flags, noCondition)
+	return mod, err
 }
 
-func (s *Store) storeFlags(ctx context.Context, userName, mailboxName string, uids resilmail.UIDSet, op resilmail.FlagOp, flags []string) (uint64, error) {
+// StoreFlagsIf is SetFlags, AddFlags or RemoveFlags (by op) under RFC
+// 7162's UNCHANGEDSINCE: a message whose mod-sequence is above
+// unchangedSince is left as it is and returned in modified; the others
+// are changed as one commit, whose mod-sequence is returned (zero when no
+// flag changed). The check and the change are atomic: no other write to
+// the mailbox comes between them.
+func (s *Store) StoreFlagsIf(ctx context.Context, userName, mailboxName string, uids resilmail.UIDSet, op resilmail.FlagOp, flags []string, unchangedSince uint64) (modseq uint64, modified resilmail.UIDSet, err error) {
+	switch op {
+	case resilmail.FlagsSet, resilmail.FlagsAdd, resilmail.FlagsRemove:
+	default:
+		return 0, nil, fmt.Errorf("store: unknown flag operation %v", op)
+	}
+	return s.storeFlags(ctx, userName, mailboxName, uids, op, flags, unchangedSince)
+}
+
+// noCondition is the unchangedSince of an unconditional store.
+const noCondition = ^uint64(0)
+
+func (s *Store) storeFlags(ctx context.Context, userName, mailboxName string, uids resilmail.UIDSet, op resilmail.FlagOp, flags []string, unchangedSince uint64) (uint64, resilmail.UIDSet, error) {
 	name, err := checkNames(userName, mailboxName)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if !uids.Valid() {
-		return 0, fmt.Errorf("store: UID set %s is not normalized", uids)
+		return 0, nil, fmt.Errorf("store: UID set %s is not normalized", uids)
 	}
 	g, err := parseFlags(flags)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if err := s.begin(ctx); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer s.ops.Done()
 	mb, err := s.lockLocalMailbox(userName, name)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	var changed resilmail.UIDSet
+	var changed, modified resilmail.UIDSet
 	mb.each(uids, func(m *message) {
+		if m.modseq > unchangedSince {
+			modified = modified.Add(m.uid)
+			return
+		}
 		if _, ch := m.flags.apply(op, g); ch {
 			changed = changed.Add(m.uid)
 		}
 	})
 	if changed.IsEmpty() {
-		return 0, s.readBarrierUnlock()
+		return 0, modified, s.readBarrierUnlock()
 	}
 	c := s.changeLocked(resilmail.ChangeFlags, userName)
 	c.Mailbox, c.MailboxID, c.UIDValidity, c.UIDs = mb.name, mb.id, mb.uidValidity, changed
 	c.FlagOp, c.Flags, c.ModSeq = op, g.list(), mb.highest+1
 	if err := s.commitAndUnlock([]resilmail.Change{c}, nil); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	return c.ModSeq, nil
+	return c.ModSeq, modified, nil
 }
 
 // A Query selects messages for Fetch.
