@@ -380,9 +380,16 @@ func TestPairFailoverUnderLMTPLoad(t *testing.T) {
 	assert.Equal(t, "primary", s.Role)
 	assert.Greater(t, s.Epoch, rep.Epoch, "promoted at a higher epoch")
 
-	// The old primary comes back (a supervisor's restart): fenced by
-	// etcd's leader, it rejoins as b's standby.
+	// The old primary comes back (a supervisor's restart): etcd names b
+	// the leader, so a fences itself before it serves, and rejoins as b's
+	// standby.
 	a.start()
+	conn, err := net.DialTimeout("tcp", a.lmtp, 5*time.Second)
+	require.NoError(t, err)
+	lc := smtp.NewClientLMTP(conn)
+	err = lmtpSend(lc, "From: t@example.net\r\nTo: alice@example.org\r\nSubject: to the old primary\r\n\r\nhello\r\n")
+	lc.Close()
+	require.ErrorContains(t, err, "451", "the old primary took a write while b holds the lease")
 	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "standby", b: "primary"})
 	time.Sleep(500 * time.Millisecond)
 	acked := load.finish()
@@ -454,4 +461,151 @@ func lmtpSend(c *smtp.Client, msg string) error {
 		return fmt.Errorf("%d answers", len(ok))
 	}
 	return nil
+}
+
+// deliverTo delivers one message with subject subj to alice at n's LMTP
+// port and fails the test unless it is answered 250.
+func deliverTo(t *testing.T, n *pairNode, subj string) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", n.lmtp, 5*time.Second)
+	require.NoError(t, err)
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	c := smtp.NewClientLMTP(conn)
+	defer c.Close()
+	require.NoError(t, lmtpSend(c, "From: t@example.net\r\nTo: alice@example.org\r\nSubject: "+subj+"\r\n\r\nhello\r\n"), "delivering %q to %s", subj, n.name)
+}
+
+// TestManualFailoverAndRejoin runs a pair under the manual lease as real
+// processes: the operator's credential guards /operator/; after a kill -9
+// of the primary the operator promotes the standby, which says how far
+// behind it was; the old primary, started again, finds its peer primary
+// at a higher epoch, fences itself and rejoins as its standby; a copy of
+// the primary's folder refuses to start as a second writable primary; the
+// manual lease's grant and revoke move the role, and so does a
+// switchover. Every delivery answered 250 is on the primary at the end.
+func TestManualFailoverAndRejoin(t *testing.T) {
+	a, b := newPair(t, "-ack", "async")
+	a.start()
+	b.start()
+	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "primary", b: "standby"})
+
+	// The operator's endpoints want the operator's token.
+	for _, h := range []string{"", "Bearer " + testSecret, "Bearer nope"} {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+b.http+"/operator/promote", nil)
+		if h != "" {
+			req.Header.Set("Authorization", h)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "Authorization %q", h)
+	}
+	var sent []string
+	for i := range 5 {
+		sent = append(sent, fmt.Sprintf("before the kill %d", i))
+		deliverTo(t, a, sent[len(sent)-1])
+	}
+	sa, err := a.status()
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		sb, err := b.status()
+		return err == nil && sb.Standby != nil && sb.Standby.Applied >= sa.Position
+	}, 20*time.Second, 10*time.Millisecond)
+
+	// The primary dies; the operator promotes the standby.
+	a.kill()
+	var promoted roleReply
+	require.NoError(t, b.operator("promote", &promoted))
+	assert.Equal(t, "primary", promoted.Role)
+	assert.Greater(t, promoted.Epoch, sa.Epoch)
+	assert.Zero(t, promoted.LagChanges, "b had everything a acknowledged")
+	for i := range 3 {
+		sent = append(sent, fmt.Sprintf("after the promotion %d", i))
+		deliverTo(t, b, sent[len(sent)-1])
+	}
+
+	// The old primary comes back: b is primary at a higher epoch, so a
+	// fences its store and follows b, before it serves: its first
+	// delivery is refused.
+	a.start()
+	conn, err := net.DialTimeout("tcp", a.lmtp, 5*time.Second)
+	require.NoError(t, err)
+	lc := smtp.NewClientLMTP(conn)
+	err = lmtpSend(lc, "From: t@example.net\r\nTo: alice@example.org\r\nSubject: to the old primary\r\n\r\nhello\r\n")
+	lc.Close()
+	require.ErrorContains(t, err, "451", "the old primary took a write after its peer was promoted")
+	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "standby", b: "primary"})
+
+	// A copy of b's folder would be a second writable primary of b's
+	// history: it refuses to start.
+	b.stop()
+	cdir := filepath.Join(t.TempDir(), "c")
+	require.NoError(t, exec.Command("cp", "-a", b.dir, cdir).Run())
+	b.start()
+	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "standby", b: "primary"})
+	c, err := parseFlags([]string{"-dir", cdir, "-name", "c", "-secret-file", secretFile(t), "-lmtp", "127.0.0.1:0", "-http", "127.0.0.1:0",
+		"-imap", "", "-pop3", "", "-peer", "b=http://" + b.http}, func(string) string { return "" })
+	require.NoError(t, err)
+	err = run(t.Context(), c, quiet, nil)
+	require.ErrorIs(t, err, ErrSecondPrimary)
+	assert.ErrorContains(t, err, "copied")
+
+	// The manual lease: a grant promotes a above b's epoch, and b, seeing
+	// it, fences itself and follows a.
+	sb, err := b.status()
+	require.NoError(t, err)
+	var granted roleReply
+	require.NoError(t, a.operator(fmt.Sprintf("grant?token=%d", sb.Epoch+10), &granted))
+	assert.Equal(t, "primary", granted.Role)
+	assert.GreaterOrEqual(t, granted.Epoch, sb.Epoch+10)
+	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "primary", b: "standby"})
+	sent = append(sent, "after the grant")
+	deliverTo(t, a, sent[len(sent)-1])
+
+	// A switchover back to b, then every delivery is read on b.
+	var rep struct {
+		Epoch uint64 `json:"Epoch"`
+	}
+	require.NoError(t, a.operator("switchover?to=b", &rep))
+	assert.Greater(t, rep.Epoch, granted.Epoch)
+	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "standby", b: "primary"})
+	sent = append(sent, "after the switchover")
+	deliverTo(t, b, sent[len(sent)-1])
+	got := subjects(t, b)
+	for _, s := range sent {
+		assert.Contains(t, got, s)
+	}
+}
+
+// TestNodeFlags: the operator's secret is never the replication secret,
+// -lease etcd needs -etcd and -peer, -forward names known nodes.
+func TestNodeFlags(t *testing.T) {
+	env := func(op string) func(string) string {
+		return func(k string) string {
+			return map[string]string{"RESILMAIL_SECRET": testSecret, "RESILMAIL_OPERATOR_SECRET": op}[k]
+		}
+	}
+	_, err := parseFlags(nil, env(testSecret))
+	assert.ErrorContains(t, err, "operator secret is the replication secret")
+	c, err := parseFlags([]string{"-name", "a"}, env(operatorSecret))
+	require.NoError(t, err)
+	assert.Equal(t, []byte(operatorSecret), c.node.operator)
+	c, err = parseFlags([]string{"-name", "a"}, env(""))
+	require.NoError(t, err)
+	assert.Nil(t, c.node.operator, "no operator secret: /operator/ answers 403")
+	for args, want := range map[string]string{
+		"-lease etcd -peer b=http://127.0.0.1:1":                                    "needs -etcd",
+		"-lease etcd -etcd http://127.0.0.1:2379":                                   "needs -peer",
+		"-lease etcd -etcd http://x:1 -peer b=http://127.0.0.1:1 -lease-ttl 1500ms": "whole number of seconds",
+		"-lease raft":                  "want manual or etcd",
+		"-peer a=http://127.0.0.1:1":   "names this node itself",
+		"-peer b=http://10.0.0.2:8026": "plain HTTP to another machine",
+		"-peer b=ftp://x":              "name=http",
+		"-primary http://127.0.0.1:1 -peer b=http://127.0.0.1:2": "do not go together",
+		"-forward imap,127.0.0.1:1,a=127.0.0.1:2,z=127.0.0.1:3":  `node "z"`,
+		"-forward imap,127.0.0.1:1,127.0.0.1:2,127.0.0.1:3":      "each is node=host:port",
+	} {
+		_, err := parseFlags(append([]string{"-name", "a"}, strings.Fields(args)...), env(operatorSecret))
+		assert.ErrorContains(t, err, want, args)
+	}
 }
