@@ -1,5 +1,7 @@
 // Command secondary is a replica of the reference deployment's mailbox
-// server (examples/primary), on another machine: it follows the primary's
+// server (examples/primary), on another machine, that is never promoted (a
+// guarded or delayed copy; for a standby that can take over, run
+// examples/primary with -standby and -peer): it follows the primary's
 // replication stream, verifies every body against its digest before
 // keeping it, acknowledges each change once it is durable here, and applies
 // the changes to a store of its own, in order per user.
@@ -200,7 +202,12 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	defer st.Close()
 	// Only the primary writes; the replica applies its changes. The role
 	// is durable: a store that was a primary (it rejoins) stays refusing
-	// local writes after a restart.
+	// local writes after a restart. A store that is a primary with
+	// changes of its own (promoted by examples/primary, the promotable
+	// node) is not silently demoted by starting the replica on it.
+	if st.Role() == store.RolePrimary && st.Position() > 0 {
+		return fmt.Errorf("the store in %s is a primary (epoch %d, %d changes): run examples/primary on it, or demote it there first (POST /operator/demote); examples/secondary only follows", c.dir, st.Epoch(), st.Position())
+	}
 	if err := st.SetReadOnly(true); err != nil {
 		return err
 	}

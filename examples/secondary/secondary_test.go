@@ -282,6 +282,17 @@ func TestSecondaryRepairsOnDemand(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, st.Close())
 
+	// A store left a writable primary (as examples/primary's promotion
+	// leaves it) is not silently demoted by starting the replica on it.
+	c, err := parseFlags([]string{"-secret-file", secretFile(t, testSecret), "-primary", url, "-http", "127.0.0.1:0", "-name", "mail2", "-dir", dir},
+		func(string) string { return "" })
+	require.NoError(t, err)
+	require.ErrorContains(t, run(ctx, c, quiet, nil), "is a primary")
+	st, err = store.Open(dir+"/store", &store.Options{Logger: quiet})
+	require.NoError(t, err)
+	require.NoError(t, st.SetReadOnly(true))
+	require.NoError(t, st.Close())
+
 	base, _ = startSecondary(t, dir, url, "-compare", "0")
 	assert.Equal(t, 2, remoteCompare(t, src, base).Differences())
 	code, _ := operator(t, "POST", base+"/compare", "", nil)
