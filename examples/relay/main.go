@@ -89,6 +89,13 @@
 //
 //	relay ... -policy pool.json -quarantine /var/lib/quarantine -admin-passwd ops.passwd -quarantine-edges edges.passwd
 //	relay ... -follow https://mx1:8025/policy -quarantine-ship https://mx1:8025/quarantine/ingest -ship-secret-file mx2.ship
+//
+// Content scanning and sender authentication: -milter inet:127.0.0.1:11332
+// asks a milter (rspamd's proxy worker, spamass-milter, ...) about every
+// message before the reply; -authserv-id mx.example.org checks SPF, DKIM
+// and DMARC, adds an Authentication-Results header (removing incoming ones
+// that claim that id) and refuses null-MX senders with 550 5.7.27;
+// -dmarc-reject says what a p=reject failure does (reject, quarantine, tag).
 package main
 
 import (
@@ -134,6 +141,7 @@ type config struct {
 	secret      []byte        // the pool's secret when set (tests); else read from secretSrc
 	secretSrc   secret.Source // -secret-file or $RESILMAIL_POOL_SECRET
 	verbose     bool
+	auth        senderAuth // -milter, -authserv-id, -dmarc-*
 
 	quarantine      string
 	quarantineShip  string
@@ -222,6 +230,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.dkimSelector, "dkim-selector", "", "with -dkim-key: the key's selector (s=)")
 	fs.StringVar(&c.dkimDomain, "dkim-domain", "", "with -dkim-key: the signing domain (d=), which publishes the key at SELECTOR._domainkey.DOMAIN")
 	fs.BoolVar(&c.verbose, "v", false, "log every message")
+	c.auth.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -361,6 +370,9 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	}
 	be := &intake.Backend{Queue: q, Logger: log, Rejected: qn.record, MaxSize: pl.maxSize(c.maxSize), Hostname: c.hostname, MaxHops: c.maxHops}
 	be.Accept = relay.accept(pl.check)
+	if err := c.auth.wire(be, c.hostname, log); err != nil {
+		return err
+	}
 	srv := newSMTPServer(be, c, pl.snapshot != nil)
 	srv.Addr = c.listen
 	tcp, err := net.Listen("tcp", c.listen)

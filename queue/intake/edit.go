@@ -202,3 +202,12 @@ func splitHeader(msg []byte, complete bool) ([]headerField, []byte, error) {
 		off += end
 	}
 }
+
+// ApplyEdits applies edits to the header at the start of msg as a Backend
+// applies a verdict's edits, and returns the new message; complete says
+// that msg is the whole message. A ScanMiddleware uses it to show the next
+// Scanner the message as it will be kept (the indexes of that Scanner's
+// own edits then count on the edited header).
+func ApplyEdits(msg []byte, complete bool, edits []HeaderEdit) ([]byte, error) {
+	return applyEdits(msg, complete, edits)
+}

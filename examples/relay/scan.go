@@ -1,0 +1,59 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+
+	"github.com/resilmail/resilmail/queue/intake"
+	"github.com/resilmail/resilmail/queue/intake/auth"
+	"github.com/resilmail/resilmail/queue/intake/milter"
+)
+
+// senderAuth holds the -milter, -authserv-id and -dmarc-* flags.
+type senderAuth struct {
+	milter       string
+	authservID   string
+	onReject     string
+	onQuarantine string
+	resolver     auth.Resolver // tests: a DNS server on loopback; nil: the system's
+}
+
+func (s *senderAuth) flags(fs *flag.FlagSet) {
+	fs.StringVar(&s.milter, "milter", "", "scan every message at the end of DATA with the milter at this address (inet:host:port, unix:/path or host:port), e.g. rspamd's proxy worker; no verdict answers 451 4.7.1")
+	fs.StringVar(&s.authservID, "authserv-id", "", "check SPF, DKIM and DMARC at DATA and add an Authentication-Results header with this authserv-id (the same on every MX of the pool; incoming ones claiming it are removed), and refuse null-MX senders (550 5.7.27)")
+	fs.StringVar(&s.onReject, "dmarc-reject", "reject", "with -authserv-id: what a DMARC failure under p=reject does: reject (550 5.7.1), quarantine, tag or accept")
+	fs.StringVar(&s.onQuarantine, "dmarc-quarantine", "tag", "with -authserv-id: what a DMARC failure under p=quarantine does: reject, quarantine, tag or accept")
+}
+
+// wire sets be's scanner and sender check as the flags say.
+func (s *senderAuth) wire(be *intake.Backend, hostname string, log *slog.Logger) error {
+	var sc intake.Scanner
+	if s.milter != "" {
+		m, err := milter.Parse(s.milter, &milter.Options{Hostname: hostname, Logger: log})
+		if err != nil {
+			return fmt.Errorf("-milter: %w", err)
+		}
+		sc = m
+	}
+	if s.authservID != "" {
+		onReject, err := auth.ParseDisposition(s.onReject)
+		if err != nil {
+			return fmt.Errorf("-dmarc-reject: %w", err)
+		}
+		onQuarantine, err := auth.ParseDisposition(s.onQuarantine)
+		if err != nil {
+			return fmt.Errorf("-dmarc-quarantine: %w", err)
+		}
+		a, err := auth.New(&auth.Options{AuthServID: s.authservID, OnReject: onReject, OnQuarantine: onQuarantine, Resolver: s.resolver, Logger: log})
+		if err != nil {
+			return fmt.Errorf("-authserv-id: %w", err)
+		}
+		be.CheckSender = a.CheckSender
+		sc = a.Middleware()(sc)
+	}
+	if sc != nil {
+		be.Scanner = sc
+	}
+	return nil
+}

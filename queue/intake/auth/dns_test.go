@@ -1,0 +1,17 @@
+package auth_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/internal/dnstest"
+)
+
+func startDNS(t *testing.T, zone ...string) *dnstest.Server {
+	t.Helper()
+	s, err := dnstest.Start(zone...)
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
