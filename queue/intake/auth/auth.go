@@ -446,14 +446,14 @@ func fromDomain(h textproto.Header) (string, error) {
 	}
 	list, err := mail.ParseAddressList(vals[0])
 	if err != nil {
-		return "", fmt.Errorf("From field: %w", err)
+		return "", fmt.Errorf("the From field: %w", err)
 	}
 	if len(list) != 1 {
 		return "", fmt.Errorf("%d From addresses", len(list))
 	}
 	_, d, ok := strings.Cut(list[0].Address, "@")
 	if !ok || d == "" {
-		return "", errors.New("From address without a domain")
+		return "", errors.New("the From address has no domain")
 	}
 	return strings.ToLower(strings.TrimSuffix(d, ".")), nil
 }
