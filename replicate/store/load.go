@@ -1,0 +1,269 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/durable"
+)
+
+// The bulk load: a whole state written into an empty store at once (a new
+// server rebuilt from a backup), without the journal. The live path writes
+// every body twice (journal and file) and fsyncs per batch; a load writes
+// each body once, straight into its file, makes them all durable with one
+// syncfs(2), and then commits by writing the checkpoint (the index at
+// position N, the number of changes loaded). Until that checkpoint is
+// written, the store on disk is the empty store it was, plus body files no
+// checkpoint refers to: a load killed at any instant leaves the old state,
+// and the next Load (or a scrub, which removes unreferenced files) starts
+// from there.
+
+// ErrNotEmpty is returned (wrapped, with [fs.ErrExist]) by [Store.Load]
+// for a store whose journal holds a change: a load only fills an empty
+// store.
+var ErrNotEmpty = errors.New("store: not empty")
+
+// LoadFunc feeds the bodies of a [Store.Load]: it calls put once per body
+// the loaded messages refer to, from as many goroutines as it likes.
+type LoadFunc func(ctx context.Context, put func(d resilmail.Digest, body []byte) error) error
+
+// Load fills an empty store with a whole state: changes build it (users,
+// subscriptions, mailboxes with their ids, UIDVALIDITY and, in ModSeq,
+// HIGHESTMODSEQ, messages as appends in ascending UID order per mailbox,
+// and ChangeReserve for UIDNEXT and HIGHESTMODSEQ, as [Store.FullState]
+// and a backup give them), keeping every id, UID and mod-sequence; feed
+// gives the bodies. Each body put is checked against its digest (a
+// mismatch is refused with [ErrCorrupt]) and written once, into its file;
+// put may be called concurrently, and a body put twice is written once.
+// Every body the changes refer to must be put: Load fails otherwise.
+//
+// Nothing is visible, and nothing survives a crash, before Load returns
+// nil: it makes every file durable with one sync of the file system, then
+// writes the checkpoint, which is the commit; a load that fails, is
+// cancelled or is killed leaves the store empty, with unreferenced body
+// files that the next Load overwrites (or a scrub removes). The store's
+// journal then starts after the load: readers before it get
+// [ErrTooFarBehind] (a replica compares in full; a backup reads the whole
+// state), and the store keeps its own history id.
+//
+// A store whose journal holds any change is refused with an error
+// wrapping [ErrNotEmpty] and [fs.ErrExist], before or (if a write came in
+// meanwhile) at the end of the load.
+func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed LoadFunc) error {
+	if err := s.begin(ctx); err != nil {
+		return err
+	}
+	defer s.ops.Done()
+	start := time.Now()
+	s.mu.Lock()
+	err := s.emptyLocked()
+	epoch, lastUV := s.epoch, s.lastUIDValidity
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	sh, err := s.buildLoad(changes, epoch, lastUV)
+	if err != nil || sh.applied == 0 {
+		return err // an error, or nothing to load
+	}
+	syncer, err := durable.StartFileSystemSync(s.dir)
+	if err != nil {
+		return storageErr(err)
+	}
+	defer syncer.Close()
+	var (
+		mu      sync.Mutex
+		claimed = make(map[resilmail.Digest]bool, len(sh.refs))
+		bytes   int64
+	)
+	put := func(d resilmail.Digest, body []byte) error {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		if sh.refs[d] == 0 { // read-only after buildLoad
+			return fmt.Errorf("store: load: body %s is not one the loaded messages refer to", d)
+		}
+		if got := resilmail.Digest(sha256.Sum256(body)); got != d {
+			return fmt.Errorf("%w: %w", ErrCorrupt, &resilmail.CorruptError{Want: d, Got: got, Where: "loaded body"})
+		}
+		mu.Lock()
+		done := claimed[d]
+		claimed[d] = true
+		mu.Unlock()
+		if done {
+			return nil
+		}
+		if err := writeLoadedBody(s.bodyPath(d), body); err != nil {
+			mu.Lock()
+			delete(claimed, d)
+			mu.Unlock()
+			return err
+		}
+		mu.Lock()
+		bytes += int64(len(body))
+		mu.Unlock()
+		return nil
+	}
+	if err := feed(ctx, put); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	mu.Lock()
+	missing := 0
+	var first resilmail.Digest
+	for d := range sh.refs {
+		if !claimed[d] {
+			if missing == 0 {
+				first = d
+			}
+			missing++
+		}
+	}
+	mu.Unlock()
+	if missing > 0 {
+		return fmt.Errorf("store: load: %d bodies the messages refer to were not given (%s among them); nothing loaded", missing, first)
+	}
+	if err := syncer.Sync(); err != nil {
+		return storageErr(err)
+	}
+	if err := s.commitLoad(sh); err != nil {
+		return err
+	}
+	s.log.Info("store: loaded", "users", len(sh.users), "mailboxes", len(sh.byID), "messages", sh.messages,
+		"bodies", len(sh.refs), "bytes", bytes, "seq", sh.applied, "took", time.Since(start))
+	return nil
+}
+
+// emptyLocked refuses a store that holds a change, is closed or failed.
+func (s *Store) emptyLocked() error {
+	if err := s.usableLocked(); err != nil {
+		return err
+	}
+	if s.applied != 0 || len(s.users) != 0 {
+		return fmt.Errorf("%w (%w): its journal is at %d with %d users; a load fills only an empty store", ErrNotEmpty, fs.ErrExist, s.applied, len(s.users))
+	}
+	return nil
+}
+
+// loadKinds are the kinds of change a load takes.
+var loadKinds = map[resilmail.ChangeKind]bool{
+	resilmail.ChangeUserCreate: true, resilmail.ChangeSubscribe: true, resilmail.ChangeMailboxCreate: true,
+	resilmail.ChangeAppend: true, resilmail.ChangeReserve: true, resilmail.ChangeEpoch: true,
+}
+
+// buildLoad builds the loaded state in memory, apart from the store: the
+// same checks as Apply, and the same applyLocked, on a store of its own.
+func (s *Store) buildLoad(changes []resilmail.Change, epoch resilmail.Epoch, lastUV uint32) (*Store, error) {
+	sh := &Store{
+		opts: s.opts, log: s.log,
+		users:         make(map[string]*user),
+		byID:          make(map[resilmail.MailboxID]*mailbox),
+		refs:          make(map[resilmail.Digest]int32),
+		corrupt:       make(map[resilmail.Digest]struct{}),
+		pendingUnlink: make(map[resilmail.Digest]uint64),
+		upstream:      make(map[string]uint64),
+		epoch:         epoch, lastUIDValidity: lastUV,
+	}
+	sh.ret.init()
+	have := make(map[resilmail.Digest]bool)
+	for i := range changes {
+		if k := changes[i].Kind; k == resilmail.ChangeAppend {
+			have[changes[i].Digest] = true
+		}
+	}
+	for i := range changes {
+		c := changes[i]
+		if !loadKinds[c.Kind] {
+			return nil, fmt.Errorf("store: load: change %d (%s): a load takes only users, subscriptions, mailboxes, appends and reserves", i, c.String())
+		}
+		if err := checkRemote(&c); err != nil {
+			return nil, fmt.Errorf("store: load: change %d (%s): %w", i, c.String(), err)
+		}
+		if c.Epoch < sh.epoch {
+			return nil, fmt.Errorf("%w: load: change %s has epoch %d, this store has seen %d", ErrFenced, c.String(), c.Epoch, sh.epoch)
+		}
+		skip, err := sh.checkApplyLocked(&c, have, nil)
+		if err == nil && c.Kind == resilmail.ChangeAppend && skip {
+			err = fmt.Errorf("%w: UID %d of %s is not above the mailbox's last", ErrConflict, c.UID, c.Mailbox)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store: load: change %d (%s): %w", i, c.String(), err)
+		}
+		if skip {
+			continue
+		}
+		c.Seq = sh.applied + 1
+		sh.applyLocked(&c, 0)
+	}
+	return sh, nil
+}
+
+// writeLoadedBody writes a body straight into its file, without fsync
+// (Load syncs the file system once). A file left by a load that was
+// killed is overwritten.
+func writeLoadedBody(path string, body []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return storageErr(err)
+	}
+	_, err = f.Write(body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return storageErr(err)
+	}
+	return nil
+}
+
+// commitLoad writes the loaded state's checkpoint, which makes it the
+// store's, and puts it in place of the empty one in memory.
+func (s *Store) commitLoad(sh *Store) error {
+	s.ckptMu.Lock()
+	defer s.ckptMu.Unlock()
+	s.mu.Lock()
+	if err := s.emptyLocked(); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	buf := sh.encodeCheckpointLocked()
+	rbuf := s.encodeRetentionLocked(sh.applied)
+	// Under s.mu: no change can be journalled at a position the
+	// checkpoint claims meanwhile.
+	err := s.writeRetention(rbuf)
+	if err == nil {
+		err = durable.WriteFile(durable.OS, filepath.Join(s.dir, checkpointFile), buf, 0o640)
+		if err != nil {
+			err = storageErr(err)
+		}
+	}
+	if err != nil {
+		s.failLocked(err)
+		s.mu.Unlock()
+		return err
+	}
+	s.users, s.byID, s.refs = sh.users, sh.byID, sh.refs
+	s.messages, s.bodyBytes = sh.messages, sh.bodyBytes
+	s.lastUIDValidity = sh.lastUIDValidity
+	for _, e := range sh.meta.Epochs {
+		s.noteEpochLocked(e.Epoch, e.Seq)
+	}
+	s.epoch = max(s.epoch, sh.epoch)
+	s.applied, s.ckptSeq = sh.applied, sh.applied
+	s.recs = nil
+	s.journalSince = 0
+	s.advanceLocked(sh.applied)
+	s.mu.Unlock()
+	return s.saveHistory()
+}
