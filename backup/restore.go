@@ -2,10 +2,13 @@ package backup
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -190,8 +193,66 @@ func (r *Repo) progress(phase string, done, total, bytes int64) {
 	}
 }
 
-// restoreKeep rebuilds the selected mailboxes with their UIDs.
+// restoreKeep rebuilds the selected mailboxes with their UIDs: at once
+// when dst is a [Loader] and empty, mailbox by mailbox otherwise.
 func (r *Repo) restoreKeep(ctx context.Context, dst Destination, st *state, sel Selection, msgs []MessageInfo, sum *RestoreSummary) error {
+	if l, ok := dst.(Loader); ok {
+		err := r.restoreLoad(ctx, l, st, sel, msgs, sum)
+		if !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		r.log.Info("backup: the destination is not empty; restoring mailbox by mailbox", "why", err)
+		*sum = RestoreSummary{}
+	}
+	plan := keepPlan(st, sel, msgs, r.opts.Now().UTC(), false)
+	cache := newFrameCache(256)
+	var done, bytesDone atomic.Int64
+	total := int64(len(msgs))
+	body := func(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error) {
+		b, err := r.readBody(ctx, d, cache)
+		if err != nil {
+			return nil, err
+		}
+		bytesDone.Add(int64(len(b)))
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	for _, p := range plan {
+		changes := p.changes
+		for len(changes) > 0 {
+			n := min(len(changes), 2000)
+			if err := dst.RestoreChanges(ctx, changes[:n], body); err != nil {
+				return fmt.Errorf("backup: restoring %s/%s: %w", p.box.user, p.box.name, err)
+			}
+			for _, c := range changes[:n] {
+				if c.Kind == resilmail.ChangeAppend {
+					done.Add(1)
+				}
+			}
+			changes = changes[n:]
+			r.progress("restore", done.Load(), total, bytesDone.Load())
+		}
+		sum.Mailboxes++
+		sum.NoBody += p.noBody
+	}
+	sum.Messages = int(done.Load()) - sum.NoBody
+	sum.Bytes = bytesDone.Load()
+	return nil
+}
+
+// boxPlan is the changes that rebuild one mailbox (preceded, for the
+// first mailbox of a user, by the user and its subscriptions).
+type boxPlan struct {
+	box     *boxEntry
+	changes []resilmail.Change
+	noBody  int // messages whose body the repository lacks
+}
+
+// keepPlan returns the changes that rebuild the selected mailboxes with
+// their ids, UIDVALIDITY, UIDs, UIDNEXT and HIGHESTMODSEQ, mailbox by
+// mailbox. With skipNoBody, a message whose body the repository lacks is
+// left out (its UID stays given: UIDNEXT is kept); otherwise its append is
+// there, for the destination to record as expunged.
+func keepPlan(st *state, sel Selection, msgs []MessageInfo, now time.Time, skipNoBody bool) []boxPlan {
 	byBox := make(map[resilmail.MailboxID][]MessageInfo)
 	var boxes []*boxEntry
 	for _, m := range msgs {
@@ -208,22 +269,12 @@ func (r *Repo) restoreKeep(ctx context.Context, dst Destination, st *state, sel 
 		boxes = append(boxes, b)
 		byBox[b.id] = []MessageInfo{}
 	}
-	cache := newFrameCache(256)
-	var done, bytesDone atomic.Int64
-	total := int64(len(msgs))
-	body := func(ctx context.Context, d resilmail.Digest) (io.ReadCloser, error) {
-		b, err := r.readBody(ctx, d, cache)
-		if err != nil {
-			return nil, err
-		}
-		bytesDone.Add(int64(len(b)))
-		return io.NopCloser(bytes.NewReader(b)), nil
-	}
 	users := map[string]bool{}
+	plan := make([]boxPlan, 0, len(boxes))
 	for _, b := range boxes {
 		var changes []resilmail.Change
 		ch := func(kind resilmail.ChangeKind) resilmail.Change {
-			return resilmail.Change{Kind: kind, Epoch: st.epoch, Time: r.opts.Now().UTC(), User: b.user}
+			return resilmail.Change{Kind: kind, Epoch: st.epoch, Time: now, User: b.user}
 		}
 		if !users[b.user] {
 			users[b.user] = true
@@ -240,9 +291,13 @@ func (r *Repo) restoreKeep(ctx context.Context, dst Destination, st *state, sel 
 		c.Mailbox, c.MailboxID, c.UIDValidity, c.ModSeq = b.name, b.id, b.uidValidity, b.highest
 		changes = append(changes, c)
 		var last uint32
+		noBody := 0
 		for _, m := range byBox[b.id] {
 			if m.NoBody {
-				sum.NoBody++
+				noBody++
+				if skipNoBody {
+					continue
+				}
 			}
 			a := ch(resilmail.ChangeAppend)
 			a.Mailbox, a.MailboxID, a.UIDValidity = b.name, b.id, b.uidValidity
@@ -260,24 +315,113 @@ func (r *Repo) restoreKeep(ctx context.Context, dst Destination, st *state, sel 
 				changes = append(changes, x)
 			}
 		}
-		for len(changes) > 0 {
-			n := min(len(changes), 2000)
-			if err := dst.RestoreChanges(ctx, changes[:n], body); err != nil {
-				return fmt.Errorf("backup: restoring %s/%s: %w", b.user, b.name, err)
+		plan = append(plan, boxPlan{box: b, changes: changes, noBody: noBody})
+	}
+	return plan
+}
+
+// restoreLoad rebuilds the selected mailboxes into an empty store with one
+// Load: the frames holding the bodies are read, opened and cut in
+// parallel (Options.Parallelism), each once, and every body goes straight
+// to the store.
+func (r *Repo) restoreLoad(ctx context.Context, dst Loader, st *state, sel Selection, msgs []MessageInfo, sum *RestoreSummary) error {
+	plan := keepPlan(st, sel, msgs, r.opts.Now().UTC(), true)
+	var changes []resilmail.Change
+	var s RestoreSummary
+	need := make(map[resilmail.Digest]bool)
+	for _, p := range plan {
+		changes = append(changes, p.changes...)
+		s.Mailboxes++
+		s.NoBody += p.noBody
+		for i := range p.changes {
+			if c := &p.changes[i]; c.Kind == resilmail.ChangeAppend {
+				s.Messages++
+				need[c.Digest] = true
 			}
-			for _, c := range changes[:n] {
-				if c.Kind == resilmail.ChangeAppend {
-					done.Add(1)
+		}
+	}
+	total := int64(s.Messages)
+	var loaded, bytesDone atomic.Int64
+	counts := make(map[resilmail.Digest]int64, len(need)) // messages per body, for the progress
+	for _, c := range changes {
+		if c.Kind == resilmail.ChangeAppend {
+			counts[c.Digest]++
+		}
+	}
+	err := dst.Load(ctx, changes, func(ctx context.Context, put func(resilmail.Digest, []byte) error) error {
+		return r.eachBody(ctx, need, func(d resilmail.Digest, b []byte) error {
+			if err := put(d, b); err != nil {
+				return fmt.Errorf("backup: restoring body %s: %w", d, err)
+			}
+			r.progress("restore", loaded.Add(counts[d]), total, bytesDone.Add(int64(len(b))*counts[d]))
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	s.Bytes = bytesDone.Load()
+	*sum = s
+	return nil
+}
+
+// eachBody calls fn with every body in need, each checked against its
+// digest, reading each frame that holds them once: frames in parallel
+// (Options.Parallelism), in pack order. fn is called concurrently.
+func (r *Repo) eachBody(ctx context.Context, need map[resilmail.Digest]bool, fn func(resilmail.Digest, []byte) error) error {
+	type frameJob struct {
+		pack        string
+		off, length int64
+		entries     []indexEntry
+	}
+	jobs := make(map[frameKey]*frameJob)
+	r.mu.Lock()
+	for d := range need {
+		loc, ok := r.index[d]
+		if !ok {
+			r.mu.Unlock()
+			return fmt.Errorf("%w: body %s is not in the repository", ErrNotExist, d)
+		}
+		k := frameKey{loc.pack, loc.off}
+		j := jobs[k]
+		if j == nil {
+			j = &frameJob{pack: loc.pack, off: loc.off, length: loc.length}
+			jobs[k] = j
+		}
+		j.entries = append(j.entries, indexEntry{digest: d, off: loc.off, length: loc.length, inner: loc.inner, size: loc.size})
+	}
+	r.mu.Unlock()
+	list := make([]*frameJob, 0, len(jobs))
+	for _, j := range jobs {
+		list = append(list, j)
+	}
+	slices.SortFunc(list, func(a, b *frameJob) int {
+		if c := strings.Compare(a.pack, b.pack); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.off, b.off)
+	})
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.opts.Parallelism)
+	for _, j := range list {
+		g.Go(func() error {
+			frame, err := r.readFrame(gctx, j.pack, j.off, j.length)
+			if err != nil {
+				return err
+			}
+			for _, e := range j.entries {
+				b, err := r.bodyOf(frame, e, j.pack)
+				if err != nil {
+					return err
+				}
+				if err := fn(e.digest, b); err != nil {
+					return err
 				}
 			}
-			changes = changes[n:]
-			r.progress("restore", done.Load(), total, bytesDone.Load())
-		}
-		sum.Mailboxes++
+			return nil
+		})
 	}
-	sum.Messages = int(done.Load()) - sum.NoBody
-	sum.Bytes = bytesDone.Load()
-	return nil
+	return g.Wait()
 }
 
 // restoreNew adds the selected messages as new messages.

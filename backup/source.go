@@ -79,3 +79,18 @@ type Destination interface {
 	// Append adds a message with a new UID.
 	Append(ctx context.Context, user, mailbox string, flags []string, internalDate time.Time, body io.Reader) (uint32, error)
 }
+
+// A Loader is a [Destination] that fills an empty store with a whole state
+// at once (replicate/store's *Store does): a restore keeping UIDs into an
+// empty store uses it, and falls back to RestoreChanges when Load returns
+// an error wrapping [fs.ErrExist] (the store is not empty).
+//
+// Load takes the changes that build the state (as [Source.FullState]
+// gives them: users, subscriptions, mailboxes, appends in ascending UID
+// order per mailbox, reserves) and calls feed, which calls put once per
+// body the appends refer to, from as many goroutines as it likes; put
+// checks the body against its digest. Load makes nothing visible unless
+// it returns nil: a load that fails or is killed leaves the store empty.
+type Loader interface {
+	Load(ctx context.Context, changes []resilmail.Change, feed func(ctx context.Context, put func(d resilmail.Digest, body []byte) error) error) error
+}

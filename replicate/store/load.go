@@ -31,16 +31,14 @@ import (
 // store.
 var ErrNotEmpty = errors.New("store: not empty")
 
-// LoadFunc feeds the bodies of a [Store.Load]: it calls put once per body
-// the loaded messages refer to, from as many goroutines as it likes.
-type LoadFunc func(ctx context.Context, put func(d resilmail.Digest, body []byte) error) error
-
 // Load fills an empty store with a whole state: changes build it (users,
 // subscriptions, mailboxes with their ids, UIDVALIDITY and, in ModSeq,
 // HIGHESTMODSEQ, messages as appends in ascending UID order per mailbox,
 // and ChangeReserve for UIDNEXT and HIGHESTMODSEQ, as [Store.FullState]
 // and a backup give them), keeping every id, UID and mod-sequence; feed
-// gives the bodies. Each body put is checked against its digest (a
+// gives the bodies: it calls put once per body the loaded messages refer
+// to, from as many goroutines as it likes, and returns once every put has
+// returned. Each body put is checked against its digest (a
 // mismatch is refused with [ErrCorrupt]) and written once, into its file;
 // put may be called concurrently, and a body put twice is written once.
 // Every body the changes refer to must be put: Load fails otherwise.
@@ -57,7 +55,7 @@ type LoadFunc func(ctx context.Context, put func(d resilmail.Digest, body []byte
 // A store whose journal holds any change is refused with an error
 // wrapping [ErrNotEmpty] and [fs.ErrExist], before or (if a write came in
 // meanwhile) at the end of the load.
-func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed LoadFunc) error {
+func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed func(ctx context.Context, put func(d resilmail.Digest, body []byte) error) error) error {
 	if err := s.begin(ctx); err != nil {
 		return err
 	}

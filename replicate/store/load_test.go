@@ -21,6 +21,8 @@ import (
 	"github.com/resilmail/resilmail/replicate/store"
 )
 
+type loadFunc = func(ctx context.Context, put func(resilmail.Digest, []byte) error) error
+
 // fullState returns a store's whole state as changes.
 func fullState(t testing.TB, s *store.Store) []resilmail.Change {
 	t.Helper()
@@ -35,7 +37,7 @@ func fullState(t testing.TB, s *store.Store) []resilmail.Change {
 
 // feedFrom gives the bodies the changes refer to from src, from two
 // goroutines, each body once or twice.
-func feedFrom(src *store.Store, changes []resilmail.Change) store.LoadFunc {
+func feedFrom(src *store.Store, changes []resilmail.Change) loadFunc {
 	return func(ctx context.Context, put func(resilmail.Digest, []byte) error) error {
 		g, ctx := errgroup.WithContext(ctx)
 		for w := range 2 {
@@ -136,10 +138,10 @@ func TestLoadFailuresLeaveTheStoreEmpty(t *testing.T) {
 	cases := []struct {
 		name    string
 		changes []resilmail.Change
-		feed    func(s *store.Store) store.LoadFunc
+		feed    func(s *store.Store) loadFunc
 		want    error
 	}{
-		{"corrupt body", changes, func(*store.Store) store.LoadFunc {
+		{"corrupt body", changes, func(*store.Store) loadFunc {
 			return func(ctx context.Context, put func(resilmail.Digest, []byte) error) error {
 				if err := feedFrom(src, changes)(ctx, put); err != nil {
 					return err
@@ -147,7 +149,7 @@ func TestLoadFailuresLeaveTheStoreEmpty(t *testing.T) {
 				return put(one, []byte("not that body"))
 			}
 		}, store.ErrCorrupt},
-		{"missing body", changes, func(*store.Store) store.LoadFunc {
+		{"missing body", changes, func(*store.Store) loadFunc {
 			return func(ctx context.Context, put func(resilmail.Digest, []byte) error) error {
 				return feedFrom(src, changes)(ctx, func(d resilmail.Digest, b []byte) error {
 					if d == one {
@@ -158,10 +160,10 @@ func TestLoadFailuresLeaveTheStoreEmpty(t *testing.T) {
 			}
 		}, nil},
 		{"an expunge", append(append([]resilmail.Change(nil), changes...), resilmail.Change{Kind: resilmail.ChangeExpunge, User: "alice",
-			Mailbox: "INBOX", UIDs: resilmail.NewUIDSet(1), Epoch: changes[0].Epoch, Time: changes[0].Time}), func(*store.Store) store.LoadFunc {
+			Mailbox: "INBOX", UIDs: resilmail.NewUIDSet(1), Epoch: changes[0].Epoch, Time: changes[0].Time}), func(*store.Store) loadFunc {
 			return feedFrom(src, changes)
 		}, nil},
-		{"a write meanwhile", changes, func(s *store.Store) store.LoadFunc {
+		{"a write meanwhile", changes, func(s *store.Store) loadFunc {
 			return func(ctx context.Context, put func(resilmail.Digest, []byte) error) error {
 				if err := s.CreateUser(ctx, "zed"); err != nil {
 					return err
