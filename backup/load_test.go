@@ -124,3 +124,12 @@ func TestRestoreLoadWithoutABody(t *testing.T) {
 	assert.Equal(t, w.UIDValidity, g.UIDValidity)
 	assert.Equal(t, 5, g.Messages)
 }
+
+// replicate/store's *Store is every interface backup consumes.
+var (
+	_ backup.Source      = (*store.Store)(nil)
+	_ backup.Historian   = (*store.Store)(nil)
+	_ backup.Holder      = (*store.Store)(nil)
+	_ backup.Destination = (*store.Store)(nil)
+	_ backup.Loader      = (*store.Store)(nil)
+)

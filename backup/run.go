@@ -209,7 +209,7 @@ func (r *Repo) newRunner(ctx context.Context, src Source) (*runner, error) {
 	run := &runner{r: r, src: src, lastSeg: r.opts.Now()}
 	run.pack.r = r
 	if h, ok := src.(Historian); ok {
-		run.history = h.History()
+		run.history = h.HistoryName()
 	}
 	v, err := r.load(ctx, time.Time{})
 	if err != nil {

@@ -41,11 +41,14 @@ type Source interface {
 }
 
 // A Historian is a Source that names its history: a store that is not the
-// one a backup followed (another primary, a rebuilt store) has another
-// history id, and the backup then reads the whole state again instead of
-// applying changes of another journal.
+// one a backup followed (another primary, a store rebuilt or replaced) has
+// another history id, and the backup then reads the whole state again and
+// starts a new lineage instead of applying changes of another journal
+// from a position that means nothing there. replicate/store's *Store is
+// one (its history id in hex). A Source that is not a Historian is taken
+// to be the store the backup followed.
 type Historian interface {
-	History() string
+	HistoryName() string
 }
 
 // A Holder is a Source that keeps its journal and bodies from a position

@@ -19,6 +19,11 @@ import (
 // methods use only the root vocabulary, so that package backup does not
 // import replicate.
 
+// HistoryName returns the store's history id ([Store.History]) as text,
+// for a backup to tell this store from another one it followed before
+// (backup's Historian).
+func (s *Store) HistoryName() string { return s.History().String() }
+
 // FullState calls fn with the store's whole state, as the changes that
 // build it, at one position of the journal, and returns that position. The
 // state is read under the store's lock in one piece (about a millisecond
