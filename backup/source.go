@@ -57,7 +57,12 @@ type Historian interface {
 // A backup holds the store at its position under the name
 // "backup-<first 12 digits of the repository's id>" (replicate/store's
 // Store.Hold; Store.Release frees what a repository no longer in use
-// holds). Without a hold, a message that arrives and is expunged between
+// holds). Every run renews the hold (with its snapshot); replicate/store
+// drops a hold not renewed for its Options.HoldMaxAge (30 days by
+// default), with a warning in its log and a count in its Stats, so that a
+// repository that stopped running does not pin the store's journal and
+// expunged bodies forever; a run after that reads the whole state again.
+// Without a hold, a message that arrives and is expunged between
 // two runs may be gone before the backup reads its body (counted as Lost),
 // and a journal compacted past the position makes the backup read the
 // whole state again.

@@ -135,6 +135,8 @@ func writeMetrics(m *metrics.Writer, ss store.Stats, ps replicate.PrimaryStats) 
 	m.Gauge("resilmail_store_body_bytes", "Bytes of distinct bodies.", float64(ss.BodyBytes))
 	m.Gauge("resilmail_store_corrupt_bodies", "Bodies marked corrupt, never served.", float64(ss.CorruptBodies))
 	m.Counter("resilmail_store_journal_fsyncs_total", "Fsyncs of the journal.", ss.JournalFsyncs)
+	m.Gauge("resilmail_store_retention_holds", "Retention holds of readers (replicas, backups).", float64(ss.Holds))
+	m.Counter("resilmail_store_retention_holds_expired_total", "Retention holds dropped for not being renewed within HoldMaxAge.", ss.HoldsExpired)
 	m.Counter("resilmail_replicate_accepted_unreplicated_total", "Deliveries accepted after the replicas did not answer in time.", ps.AcceptedUnreplicated)
 	m.Counter("resilmail_replicate_refused_unreplicated_total", "Deliveries refused because the replicas did not answer in time.", ps.RefusedUnreplicated)
 	connected, lag, age, sent := map[string]float64{}, map[string]float64{}, map[string]float64{}, map[string]float64{}

@@ -215,6 +215,9 @@ func (s *Store) Compact(ctx context.Context) error {
 	}
 	defer s.ops.Done()
 	start := time.Now()
+	if _, err := s.expireHoldsCkptLocked(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	if err := s.usableLocked(); err != nil {
 		s.mu.Unlock()

@@ -75,7 +75,21 @@
 // bodies until every hold with bodies has moved past them ([Store.Release]
 // drops a hold). A new hold is durable when set; a hold moved on is
 // written with the next checkpoint (a crash keeps the older position:
-// more is kept, never less).
+// more is kept, never less). A hold not renewed (set again) for
+// Options.HoldMaxAge, 30 days by default, expires ([Store.ExpireHolds],
+// run hourly by [Store.Run] and before each checkpoint): a reader that
+// stopped following (a backup repository no longer used) no longer pins
+// the journal and the bodies; each expiry is logged as a warning and
+// counted in Stats.HoldsExpired.
+//
+// # Bulk load
+//
+// [Store.Load] fills an empty store with a whole state (a server rebuilt
+// from a backup) without the journal: every body is written once, into its
+// file; one syncfs(2) makes them durable; the checkpoint, written last, is
+// the commit. A load that fails or is killed leaves the store empty (with
+// unreferenced body files, overwritten by the next load or removed by a
+// scrub); the journal starts after the load.
 //
 // # Epochs and replicas
 //

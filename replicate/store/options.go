@@ -37,6 +37,15 @@ type Options struct {
 	// backup gone for long) is let go, and gets ErrTooFarBehind. Zero
 	// means 4 GiB.
 	HoldBytes int64
+	// HoldMaxAge is how long a retention hold ([Store.Hold],
+	// [Store.HoldJournal]) lives without being renewed (set again by its
+	// reader): a reader gone for longer (a backup repository no longer
+	// used, a replica removed) no longer pins the journal and the bodies
+	// of expunged messages; its hold is dropped with a warning in the log
+	// and counted (Stats.HoldsExpired), and the reader, if it comes back,
+	// gets ErrTooFarBehind and compares in full. Zero means 30 days;
+	// negative means never.
+	HoldMaxAge time.Duration
 	// CheckpointEvery is how many changes [Store.Run] lets pass before it
 	// writes a checkpoint and compacts the journal; zero means 50 000.
 	CheckpointEvery uint64
@@ -92,6 +101,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if r.FetchParallelism <= 0 {
 		r.FetchParallelism = 8
+	}
+	if r.HoldMaxAge == 0 {
+		r.HoldMaxAge = 30 * 24 * time.Hour
 	}
 	if r.ScrubInterval == 0 {
 		r.ScrubInterval = 24 * time.Hour

@@ -39,6 +39,11 @@ type Hold struct {
 	// are kept too (a backup needs them; a replica does not: a body the
 	// primary no longer has is an expunge it will receive).
 	Bodies bool
+	// Renewed is when the reader last set the hold (by the store's clock;
+	// for a hold written by an older version, when the store opened). A
+	// hold not renewed for Options.HoldMaxAge expires (see
+	// [Store.ExpireHolds]).
+	Renewed time.Time
 }
 
 // A Tombstone is an expunged message whose body the store keeps for a hold
@@ -76,7 +81,7 @@ type retention struct {
 const (
 	retentionFile    = "retention"
 	retentionMagic   = "RMSTRETN"
-	retentionVersion = 1
+	retentionVersion = 2 // 2 adds each hold's renewal time; 1 is read too
 )
 
 // ErrHold is wrapped by the errors of [Store.Hold], [Store.HoldJournal] and
@@ -104,6 +109,7 @@ func (s *Store) HoldJournal(ctx context.Context, name string, pos uint64) error 
 }
 
 func (s *Store) setHold(ctx context.Context, h Hold) error {
+	h.Renewed = s.opts.Now().UTC().Round(0)
 	if h.Name == "" || len(h.Name) > 255 || strings.ContainsFunc(h.Name, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 		return fmt.Errorf("%w: name %q", ErrHold, h.Name)
 	}
@@ -312,7 +318,8 @@ func (s *Store) holdCutLocked() uint64 {
 //	magic    "RMSTRETN"
 //	version  uint16 big-endian (retentionVersion)
 //	payload  seq, floor (uvarints); holds (count, then name, position,
-//	         bodies byte); tombstones (count, then seq, user, mailbox
+//	         bodies byte, renewal time as varint Unix nanoseconds (0:
+//	         unknown; absent in version 1)); tombstones (count, then seq, user, mailbox
 //	         name, mailbox id (16 bytes), UIDVALIDITY, UID, digest (32
 //	         bytes), size, internal date and deletion time as varint Unix
 //	         nanoseconds (0: none), mod-sequence)
@@ -328,6 +335,7 @@ func (s *Store) encodeRetentionLocked(seq uint64) []byte {
 		e.str(h.Name)
 		e.uvarint(h.Position)
 		e.raw([]byte{map[bool]byte{false: 0, true: 1}[h.Bodies]})
+		e.varint(unixNano(h.Renewed))
 	}
 	n := sort.Search(len(s.ret.tombs), func(i int) bool { return s.ret.tombs[i].Seq > seq })
 	e.uvarint(uint64(n))
@@ -385,6 +393,13 @@ func (s *Store) loadRetention() error {
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrCorrupt, path, err)
 	}
+	now := s.opts.Now().UTC().Round(0)
+	for name, h := range s.ret.holds {
+		if h.Renewed.IsZero() { // written by version 1: its age counts from now
+			h.Renewed = now
+			s.ret.holds[name] = h
+		}
+	}
 	switch {
 	case seq > s.ckptSeq:
 		// Written before a checkpoint that a crash stopped: the journal
@@ -410,8 +425,9 @@ func (s *Store) decodeRetention(b []byte) (uint64, error) {
 	if len(b) < len(retentionMagic)+2+4 || string(b[:len(retentionMagic)]) != retentionMagic {
 		return 0, errors.New("not a retention file")
 	}
-	if v := binary.BigEndian.Uint16(b[len(retentionMagic):]); v != retentionVersion {
-		return 0, fmt.Errorf("%w: retention format version %d; this build reads version %d", ErrFormat, v, retentionVersion)
+	v := binary.BigEndian.Uint16(b[len(retentionMagic):])
+	if v != 1 && v != retentionVersion {
+		return 0, fmt.Errorf("%w: retention format version %d; this build reads versions 1 and %d", ErrFormat, v, retentionVersion)
 	}
 	body, sum := b[:len(b)-4], binary.BigEndian.Uint32(b[len(b)-4:])
 	if crc32.Checksum(body, crcTable) != sum {
@@ -424,6 +440,9 @@ func (s *Store) decodeRetention(b []byte) (uint64, error) {
 		h := Hold{Name: d.str(255), Position: d.uvarint()}
 		if f := d.bytes(1); f != nil {
 			h.Bodies = f[0] == 1
+		}
+		if v >= 2 {
+			h.Renewed = fromUnixNano(d.varint())
 		}
 		if d.err == nil {
 			s.ret.holds[h.Name] = h

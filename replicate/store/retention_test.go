@@ -74,7 +74,7 @@ func TestHoldKeepsExpungedBodies(t *testing.T) {
 		b, err := s.Body(ctx, d)
 		require.NoError(t, err)
 		assert.Equal(t, content, string(b))
-		assert.Equal(t, []store.Hold{{Name: "backup", Position: held, Bodies: true}}, s.Holds())
+		assert.Equal(t, []store.Hold{{Name: "backup", Position: held, Bodies: true}}, holdsOf(s))
 	}
 	check(s)
 	_, err = s.Scrub(ctx)
@@ -128,7 +128,7 @@ func TestReleaseLetsBodiesGo(t *testing.T) {
 	assert.ErrorIs(t, err, store.ErrNotFound)
 	_, err = os.Stat(bodyFile(dir, d))
 	assert.ErrorIs(t, err, os.ErrNotExist)
-	assert.Equal(t, []store.Hold{{Name: "replica:r1", Position: s.Position() - 1}}, s.Holds())
+	assert.Equal(t, []store.Hold{{Name: "replica:r1", Position: s.Position() - 1}}, holdsOf(s))
 }
 
 // TestHoldKeepsJournal: compaction keeps the journal a hold needs, up to
