@@ -63,7 +63,12 @@
 //     lock whose holder stopped refreshing it for Options.LockTTL, or whose
 //     process no longer runs on this host, is taken over, so a crashed
 //     run never leaves the repository locked for good. Restore, Verify and
-//     listings take no lock.
+//     listings take no lock; a restore that finds a pack or a manifest
+//     removed by a concurrent Prune reads the repository's indexes again
+//     and goes on (a body a kept snapshot needs is never removed, only
+//     moved to a rewritten pack).
+//   - Restore into an empty store keeping UIDs is one bulk load (see
+//     [Loader]): nothing of it is visible until all of it is durable.
 //
 // # Repository format (version 1)
 //

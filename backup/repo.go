@@ -59,6 +59,10 @@ type Repo struct {
 	mu    sync.Mutex
 	index map[resilmail.Digest]location
 	packs map[string]*packInfo
+
+	// refreshMu serialises refreshIndex; gen counts its runs.
+	refreshMu sync.Mutex
+	gen       uint64
 }
 
 // location is where a body is stored: see indexEntry.
@@ -243,8 +247,25 @@ func (r *Repo) has(d resilmail.Digest) bool {
 }
 
 // readBody returns the body d, checked against its digest. cache, if not
-// nil, keeps decompressed frames for a restore that reads many bodies.
+// nil, keeps decompressed frames for a restore that reads many bodies. A
+// body whose pack is gone (a Prune, of this process or another, rewrote
+// or removed it since the index was read) is looked up again in the
+// index read afresh, up to readRetries times.
 func (r *Repo) readBody(ctx context.Context, d resilmail.Digest, cache *frameCache) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		gen := r.indexGen()
+		b, err := r.readBodyOnce(ctx, d, cache)
+		if err == nil || !errors.Is(err, ErrNotExist) || attempt == readRetries {
+			return b, err
+		}
+		r.log.Info("backup: a pack was removed while reading (a prune); reading the index again", "digest", d.String(), "err", err)
+		if err := r.refreshIndex(ctx, gen); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (r *Repo) readBodyOnce(ctx context.Context, d resilmail.Digest, cache *frameCache) ([]byte, error) {
 	r.mu.Lock()
 	loc, ok := r.index[d]
 	r.mu.Unlock()
@@ -262,6 +283,73 @@ func (r *Repo) readBody(ctx context.Context, d resilmail.Digest, cache *frameCac
 		return nil, err
 	}
 	return r.bodyOf(frame, indexEntry{digest: d, inner: loc.inner, size: loc.size}, loc.pack)
+}
+
+// readRetries is how many times a read that found a pack or a manifest
+// removed by a concurrent Prune is tried again.
+const readRetries = 3
+
+// indexGen returns the generation of the index: refreshIndex moves it on.
+func (r *Repo) indexGen() uint64 {
+	r.refreshMu.Lock()
+	defer r.refreshMu.Unlock()
+	return r.gen
+}
+
+// refreshIndex reads the packs' indexes again (only those it does not
+// know, and forgets packs that are gone), unless another caller did so
+// since generation gen.
+func (r *Repo) refreshIndex(ctx context.Context, gen uint64) error {
+	r.refreshMu.Lock()
+	defer r.refreshMu.Unlock()
+	if r.gen != gen {
+		return nil
+	}
+	idx, err := r.t.List(ctx, indexPrefix)
+	if err != nil {
+		return err
+	}
+	packs, err := r.t.List(ctx, packsPrefix)
+	if err != nil {
+		return err
+	}
+	sizes := make(map[string]int64, len(packs))
+	for _, p := range packs {
+		sizes[strings.TrimPrefix(p.Name, packsPrefix)] = p.Size
+	}
+	r.mu.Lock()
+	var fresh []string
+	for _, bi := range idx {
+		id := strings.TrimPrefix(bi.Name, indexPrefix)
+		if _, ok := sizes[id]; ok && r.packs[id] == nil {
+			fresh = append(fresh, id)
+		}
+	}
+	r.mu.Unlock()
+	added := make([]*packInfo, 0, len(fresh))
+	for _, id := range fresh {
+		entries, err := r.readIndex(ctx, id)
+		if errors.Is(err, ErrNotExist) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		added = append(added, &packInfo{id: id, size: sizes[id], entries: entries})
+	}
+	r.mu.Lock()
+	for id := range r.packs {
+		if _, ok := sizes[id]; !ok {
+			delete(r.packs, id)
+		}
+	}
+	for _, p := range added {
+		r.packs[p.id] = p
+	}
+	r.rebuildIndexLocked()
+	r.mu.Unlock()
+	r.gen++
+	return nil
 }
 
 // readFrame reads and opens the frame at off in a pack.

@@ -69,8 +69,20 @@ func timeOf(ns int64) time.Time {
 	return time.Unix(0, ns).UTC()
 }
 
-// selectState reads the state a selection names.
+// selectState reads the state a selection names. A manifest removed
+// between listing and reading (a concurrent Prune) makes it list again, up
+// to readRetries times.
 func (r *Repo) selectState(ctx context.Context, sel Selection) (*state, error) {
+	for attempt := 0; ; attempt++ {
+		st, err := r.selectStateOnce(ctx, sel)
+		if err == nil || !errors.Is(err, ErrNotExist) || attempt == readRetries {
+			return st, err
+		}
+		r.log.Info("backup: a manifest was removed while reading (a prune); reading again", "err", err)
+	}
+}
+
+func (r *Repo) selectStateOnce(ctx context.Context, sel Selection) (*state, error) {
 	if sel.Snapshot != "" {
 		if !strings.HasPrefix(sel.Snapshot, snapshotsPrefix) {
 			sel.Snapshot = snapshotsPrefix + sel.Snapshot
@@ -163,7 +175,10 @@ type RestoreSummary struct {
 // Restore writes the messages sel takes into dst (see [RestoreOptions]).
 // Every body is checked against its digest before it is written; a body
 // missing from the repository is reported and skipped. It takes no lock:
-// a restore can run while a backup writes.
+// a restore can run while a backup writes or a Prune (of this process or
+// another) removes: a pack or manifest removed under it (a body moved to a
+// rewritten pack) is looked up again in the repository as it is now. A
+// restore keeping UIDs into an empty [Loader] loads it at once.
 func (r *Repo) Restore(ctx context.Context, dst Destination, sel Selection, opts RestoreOptions) (RestoreSummary, error) {
 	start := r.opts.Now()
 	st, err := r.selectState(ctx, sel)
@@ -406,6 +421,20 @@ func (r *Repo) eachBody(ctx context.Context, need map[resilmail.Digest]bool, fn 
 	for _, j := range list {
 		g.Go(func() error {
 			frame, err := r.readFrame(gctx, j.pack, j.off, j.length)
+			if errors.Is(err, ErrNotExist) {
+				// A prune rewrote or removed the pack since the index was
+				// read: each body from where the index says now.
+				for _, e := range j.entries {
+					b, err := r.readBody(gctx, e.digest, nil)
+					if err != nil {
+						return err
+					}
+					if err := fn(e.digest, b); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
 			if err != nil {
 				return err
 			}
