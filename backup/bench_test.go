@@ -101,3 +101,36 @@ func BenchmarkRestoreOne(b *testing.B) {
 		require.Equal(b, 1, sum.Messages+sum.Present)
 	}
 }
+
+// BenchmarkFullRestore rebuilds an empty store of 20 000 messages from the
+// backup alone (one bulk load), opening the repository as a command would;
+// BenchmarkFullRestore/journal is the same through RestoreChanges, into a
+// store that is not empty (mailbox by mailbox, through the journal).
+func BenchmarkFullRestore(b *testing.B) {
+	ctx := context.Background()
+	_, _, f := benchStore(b, 20000)
+	for _, load := range []bool{true, false} {
+		name := "load"
+		if !load {
+			name = "journal"
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				dst := openStore(b, b.TempDir(), nil)
+				if !load {
+					require.NoError(b, dst.CreateUser(ctx, "someone@example.org"))
+				}
+				b.StartTimer()
+				repo, err := backup.Open(ctx, f, &backup.Options{Logger: quiet()})
+				require.NoError(b, err)
+				sum, err := repo.Restore(ctx, dst, backup.Selection{}, backup.RestoreOptions{KeepUIDs: true})
+				require.NoError(b, err)
+				require.Equal(b, 20000, sum.Messages)
+				b.StopTimer()
+				require.NoError(b, dst.Close())
+				b.StartTimer()
+			}
+		})
+	}
+}
