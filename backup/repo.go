@@ -371,14 +371,22 @@ func (r *Repo) openFrame(pack string, off int64, sealed []byte) ([]byte, error) 
 
 // bodyOf cuts the body e out of its frame and checks its digest.
 func (r *Repo) bodyOf(frame []byte, e indexEntry, pack string) ([]byte, error) {
-	if e.inner < 0 || e.size < 0 || e.inner+e.size > int64(len(frame)) {
-		return nil, fmt.Errorf("%w: body %s beyond the end of its frame in pack %s", ErrCorrupt, e.digest, pack)
+	b, err := cutBody(frame, e, pack)
+	if err != nil {
+		return nil, err
 	}
-	b := frame[e.inner : e.inner+e.size : e.inner+e.size]
 	if got := resilmail.DigestOf(b); got != e.digest {
 		return nil, fmt.Errorf("%w: body in pack %s: %w", ErrCorrupt, pack, &resilmail.CorruptError{Want: e.digest, Got: got, Where: "pack " + pack})
 	}
 	return b, nil
+}
+
+// cutBody cuts the body e out of its frame, unchecked.
+func cutBody(frame []byte, e indexEntry, pack string) ([]byte, error) {
+	if e.inner < 0 || e.size < 0 || e.inner+e.size > int64(len(frame)) {
+		return nil, fmt.Errorf("%w: body %s beyond the end of its frame in pack %s", ErrCorrupt, e.digest, pack)
+	}
+	return frame[e.inner : e.inner+e.size : e.inner+e.size], nil
 }
 
 // frameCache keeps the last frames read, decompressed; concurrent readers

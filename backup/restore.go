@@ -380,9 +380,10 @@ func (r *Repo) restoreLoad(ctx context.Context, dst Loader, st *state, sel Selec
 	return nil
 }
 
-// eachBody calls fn with every body in need, each checked against its
-// digest, reading each frame that holds them once: frames in parallel
-// (Options.Parallelism), in pack order. fn is called concurrently.
+// eachBody calls fn with every body in need, reading each frame that
+// holds them once: frames in parallel (Options.Parallelism), in pack
+// order. fn is called concurrently, with bodies not checked against their
+// digests (a Loader's put checks them, once).
 func (r *Repo) eachBody(ctx context.Context, need map[resilmail.Digest]bool, fn func(resilmail.Digest, []byte) error) error {
 	type frameJob struct {
 		pack        string
@@ -439,11 +440,14 @@ func (r *Repo) eachBody(ctx context.Context, need map[resilmail.Digest]bool, fn 
 				return err
 			}
 			for _, e := range j.entries {
-				b, err := r.bodyOf(frame, e, j.pack)
+				b, err := cutBody(frame, e, j.pack)
 				if err != nil {
 					return err
 				}
 				if err := fn(e.digest, b); err != nil {
+					if ce := (*resilmail.CorruptError)(nil); errors.As(err, &ce) {
+						return fmt.Errorf("%w: body in pack %s: %w", ErrCorrupt, j.pack, err)
+					}
 					return err
 				}
 			}

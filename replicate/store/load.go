@@ -81,7 +81,26 @@ func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed func(
 		mu      sync.Mutex
 		claimed = make(map[resilmail.Digest]bool, len(sh.refs))
 		bytes   int64
+		// Write-back of what is written so far starts every loadKickBytes
+		// (one sync of the file system in the background), so that the
+		// disk works while bodies are still being written and the final
+		// sync has only the tail left.
+		kicked   int64
+		kicking  bool
+		kickWG   sync.WaitGroup
+		kickErr  error
+		kickSync = func() {
+			defer kickWG.Done()
+			err := syncer.Sync()
+			mu.Lock()
+			kicking = false
+			if err != nil && kickErr == nil {
+				kickErr = err // reported once by the kernel: keep it
+			}
+			mu.Unlock()
+		}
 	)
+	defer kickWG.Wait()
 	put := func(d resilmail.Digest, body []byte) error {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("store: %w", err)
@@ -107,7 +126,15 @@ func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed func(
 		}
 		mu.Lock()
 		bytes += int64(len(body))
+		kick := !kicking && bytes-kicked >= loadKickBytes
+		if kick {
+			kicking, kicked = true, bytes
+			kickWG.Add(1)
+		}
 		mu.Unlock()
+		if kick {
+			go kickSync()
+		}
 		return nil
 	}
 	if err := feed(ctx, put); err != nil {
@@ -131,8 +158,12 @@ func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed func(
 	if missing > 0 {
 		return fmt.Errorf("store: load: %d bodies the messages refer to were not given (%s among them); nothing loaded", missing, first)
 	}
+	kickWG.Wait()
 	if err := syncer.Sync(); err != nil {
 		return storageErr(err)
+	}
+	if kickErr != nil {
+		return storageErr(kickErr)
 	}
 	if err := s.commitLoad(sh); err != nil {
 		return err
@@ -152,6 +183,10 @@ func (s *Store) emptyLocked() error {
 	}
 	return nil
 }
+
+// loadKickBytes is how many bytes of bodies a load writes between two
+// starts of write-back (a variable for tests).
+var loadKickBytes int64 = 64 << 20
 
 // loadKinds are the kinds of change a load takes.
 var loadKinds = map[resilmail.ChangeKind]bool{

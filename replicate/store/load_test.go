@@ -63,6 +63,7 @@ func feedFrom(src *store.Store, changes []resilmail.Change) loadFunc {
 
 func TestLoadFillsAnEmptyStore(t *testing.T) {
 	ctx := context.Background()
+	defer store.SetLoadKickBytes(4 << 10)() // write-back started every few bodies
 	src, _ := newStore(t)
 	workload(t, src, 11, 600)
 	require.NoError(t, src.SetEpoch(ctx, src.Epoch()+3))
