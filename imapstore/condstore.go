@@ -320,7 +320,7 @@ func (s *session) vanishedEarlier(set string, modseq uint64) ([]byte, error) {
 			return nil, nil // go-imap answers the syntax
 		}
 	}
-	d, err := s.srv.st.MailboxDelta(s.ctx(), s.user, mb.name, modseq)
+	d, err := s.srv.st.MailboxDelta(s.ctx(), s.user, mb.currentName(), modseq)
 	if err != nil {
 		return nil, err
 	}
@@ -564,7 +564,7 @@ func (s *session) selectExtra(highest uint64) error {
 	if p == nil || !p.qresync || p.uidValidity != s.sel.mb.uidValidity {
 		return nil
 	}
-	d, err := s.srv.st.MailboxDelta(s.ctx(), s.user, s.sel.mb.name, p.modseq)
+	d, err := s.srv.st.MailboxDelta(s.ctx(), s.user, s.sel.mb.currentName(), p.modseq)
 	if err != nil {
 		return s.storeErr("select", err)
 	}

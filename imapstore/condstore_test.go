@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -209,4 +212,213 @@ func TestCondStoreGoIMAPClient(t *testing.T) {
 	stat, err := c.Status("INBOX", &imap.StatusOptions{HighestModSeq: true, NumMessages: true}).Wait()
 	require.NoError(t, err)
 	assert.Equal(t, changed[0].ModSeq, stat.HighestModSeq)
+}
+
+// model is what a raw client knows of its selected mailbox, built from
+// the responses only.
+type model struct {
+	t      *testing.T
+	name   string
+	uids   []uint32
+	flags  map[uint32]string
+	modseq map[uint32]uint64
+}
+
+var (
+	fetchRE   = regexp.MustCompile(`^\* (\d+) FETCH \((.*)\)$`)
+	uidRE     = regexp.MustCompile(`UID (\d+)`)
+	flagsRE   = regexp.MustCompile(`FLAGS \(([^)]*)\)`)
+	existsRE  = regexp.MustCompile(`^\* (\d+) EXISTS$`)
+	expungeRE = regexp.MustCompile(`^\* (\d+) EXPUNGE$`)
+)
+
+// apply applies one response line; inFetch says a non-UID FETCH is
+// running (no EXPUNGE or VANISHED may come then).
+func (m *model) apply(l string, inFetch bool) {
+	t := m.t
+	if g := existsRE.FindStringSubmatch(l); g != nil {
+		n, _ := strconv.Atoi(g[1])
+		require.GreaterOrEqual(t, n, len(m.uids), "%s: EXISTS went down: %q", m.name, l)
+		for len(m.uids) < n {
+			m.uids = append(m.uids, 0) // UID not known until fetched
+		}
+		return
+	}
+	if g := expungeRE.FindStringSubmatch(l); g != nil {
+		require.False(t, inFetch, "%s: EXPUNGE during FETCH", m.name)
+		n, _ := strconv.Atoi(g[1])
+		require.LessOrEqual(t, n, len(m.uids), "%s: %q", m.name, l)
+		m.uids = append(m.uids[:n-1], m.uids[n:]...)
+		return
+	}
+	if rest, ok := strings.CutPrefix(l, "* VANISHED "); ok {
+		require.False(t, inFetch, "%s: VANISHED during FETCH", m.name)
+		require.False(t, strings.HasPrefix(rest, "(EARLIER)"), "%s: %q", m.name, l)
+		set, ok := parseSet(rest, 0)
+		require.True(t, ok, l)
+		for u := range set.All() {
+			// A known UID, or the placeholder of a message whose FETCH
+			// was skipped (expunged before it was fetched): the one
+			// between the known UIDs around u.
+			i := -1
+			for k, v := range m.uids {
+				if v == u || (v == 0 && i < 0 && (k == 0 || m.uids[k-1] < u) && nextKnown(m.uids, k) > u) {
+					i = k
+				}
+			}
+			if i >= 0 {
+				m.uids = append(m.uids[:i], m.uids[i+1:]...)
+			}
+		}
+		return
+	}
+	if g := fetchRE.FindStringSubmatch(l); g != nil {
+		seq, _ := strconv.Atoi(g[1])
+		u := uidRE.FindStringSubmatch(g[2])
+		require.NotNil(t, u, "%s: FETCH without UID: %q", m.name, l)
+		uid, _ := strconv.ParseUint(u[1], 10, 32)
+		if m.uids[seq-1] == 0 {
+			m.uids[seq-1] = uint32(uid)
+		}
+		require.LessOrEqual(t, seq, len(m.uids), "%s: FETCH of an unknown sequence number: %q", m.name, l)
+		require.Equal(t, uint32(uid), m.uids[seq-1], "%s: sequence number %d is another message: %q", m.name, seq, l)
+		ms := modseqOf(t, l)
+		require.GreaterOrEqual(t, ms, m.modseq[uint32(uid)], "%s: MODSEQ went back: %q", m.name, l)
+		m.modseq[uint32(uid)] = ms
+		if f := flagsRE.FindStringSubmatch(l); f != nil {
+			m.flags[uint32(uid)] = f[1]
+		}
+	}
+}
+
+// nextKnown returns the first known UID after index k (or the largest
+// UID).
+func nextKnown(uids []uint32, k int) uint32 {
+	for _, v := range uids[k+1:] {
+		if v != 0 {
+			return v
+		}
+	}
+	return ^uint32(0)
+}
+
+// sync sends NOOP, then fetches the messages EXISTS announced.
+func (m *model) sync(r *raw, tag string) {
+	for _, l := range r.do(tag, "NOOP") {
+		m.apply(l, false)
+	}
+	if first := slices.Index(m.uids, 0); first >= 0 {
+		for _, l := range r.do(tag+"f", fmt.Sprintf("FETCH %d:* (UID FLAGS MODSEQ)", first+1)) {
+			m.apply(l, true)
+		}
+	}
+}
+
+// TestViewsUnderConcurrentWriters: sessions with QRESYNC, with CONDSTORE
+// only, and with neither follow a mailbox that three other sessions and
+// LMTP-like deliveries change at once; what each learns from its
+// responses alone (EXISTS, EXPUNGE or VANISHED, FETCH with MODSEQ) must
+// end equal to the store, and every sequence number must name the message
+// the client thinks.
+func TestViewsUnderConcurrentWriters(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	require.NoError(t, e.st.CreateUser(ctx, "alice"))
+	for range 30 {
+		e.deliver(t, "Subject: w\r\n\r\nbody\r\n")
+	}
+	modes := []string{"QRESYNC", "CONDSTORE", "QRESYNC", "CONDSTORE"}
+	obs := make([]*raw, len(modes))
+	models := make([]*model, len(modes))
+	for i, mode := range modes {
+		r := dialRaw(t, e.addr)
+		require.Contains(t, r.do("l", "LOGIN alice pw")[0], "OK")
+		r.do("e", "ENABLE "+mode)
+		m := &model{t: t, name: mode + strconv.Itoa(i), flags: map[uint32]string{}, modseq: map[uint32]uint64{}}
+		for _, l := range r.do("s", "SELECT INBOX") {
+			m.apply(l, false)
+		}
+		for _, l := range r.do("f", "FETCH 1:* (UID FLAGS MODSEQ)") {
+			m.apply(l, true)
+		}
+		require.Len(t, m.uids, 30)
+		obs[i], models[i] = r, m
+	}
+
+	done := make(chan struct{})
+	errs := make(chan error, 4)
+	for w := range 3 {
+		go func() {
+			c, err := imapclient.DialInsecure(e.addr, nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			if err := c.Login("alice", "pw").Wait(); err != nil {
+				errs <- err
+				return
+			}
+			if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+				errs <- err
+				return
+			}
+			flags := []imap.Flag{imap.FlagSeen, imap.FlagFlagged, imap.FlagAnswered, "$Work"}
+			for i := range 40 {
+				uid := imap.UID(1 + (i*7+w*13)%45)
+				var err error
+				switch i % 5 {
+				case 0, 1, 2:
+					err = c.Store(imap.UIDSetNum(uid), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: flags[(i+w)%4 : (i+w)%4+1], Silent: true}, nil).Close()
+				case 3:
+					err = c.Store(imap.UIDSetNum(uid), &imap.StoreFlags{Op: imap.StoreFlagsSet, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close()
+				case 4:
+					err = c.Expunge().Close()
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	go func() {
+		for range 15 {
+			if _, err := e.st.Append(ctx, "alice", store.Inbox, nil, time.Time{}, strings.NewReader("Subject: new\r\n\r\nx\r\n")); err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	go func() {
+		for range 4 {
+			require.NoError(t, <-errs)
+		}
+		close(done)
+	}()
+	for round := 0; ; round++ {
+		for i, r := range obs {
+			models[i].sync(r, "n"+strconv.Itoa(round))
+		}
+		select {
+		case <-done:
+		default:
+			continue
+		}
+		break
+	}
+	want, err := e.st.Fetch(ctx, "alice", store.Inbox, store.Query{})
+	require.NoError(t, err)
+	for i, r := range obs {
+		m := models[i]
+		m.sync(r, "final")
+		require.Len(t, m.uids, len(want), m.name)
+		for k, msg := range want {
+			require.Equal(t, msg.UID, m.uids[k], m.name)
+			assert.ElementsMatch(t, msg.Flags, strings.Fields(m.flags[msg.UID]), "%s: flags of UID %d", m.name, msg.UID)
+			assert.Equal(t, msg.ModSeq, m.modseq[msg.UID], "%s: MODSEQ of UID %d", m.name, msg.UID)
+		}
+	}
 }

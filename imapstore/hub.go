@@ -160,7 +160,7 @@ func (mb *mbox) follow() {
 			if ctx.Err() != nil || errors.Is(err, store.ErrClosed) {
 				return
 			}
-			mb.h.log.Warn("imap: refreshing a selected mailbox", "mailbox", mb.name, "err", err)
+			mb.h.log.Warn("imap: refreshing a selected mailbox", "mailbox", mb.currentName(), "err", err)
 			if errors.Is(err, store.ErrNotFound) {
 				return
 			}
@@ -243,3 +243,10 @@ func imapFlags(flags []string, recent bool) []imap.Flag {
 // flagRecent is IMAP4rev1's \Recent, which IMAP4rev2 dropped; the store
 // does not keep it and no message ever has it.
 const flagRecent = imap.Flag(`\Recent`)
+
+// currentName returns the mailbox's name now (a RENAME changes it).
+func (mb *mbox) currentName() string {
+	mb.mu.Lock()
+	defer mb.mu.Unlock()
+	return mb.name
+}

@@ -108,7 +108,7 @@ func (s *session) metadata(items []item) (map[uint32]store.Message, error) {
 	if len(items) == 0 {
 		return nil, nil
 	}
-	msgs, err := s.srv.st.Fetch(s.ctx(), s.user, s.sel.mb.name, store.Query{UIDs: uidSetOf(items)})
+	msgs, err := s.srv.st.Fetch(s.ctx(), s.user, s.sel.mb.currentName(), store.Query{UIDs: uidSetOf(items)})
 	if err != nil {
 		return nil, s.storeErr("fetch", err)
 	}
@@ -186,7 +186,7 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 			}
 		}
 		if !unseen.IsEmpty() {
-			if _, err := s.srv.st.AddFlags(s.ctx(), s.user, s.sel.mb.name, unseen, []string{store.FlagSeen}); err != nil && !errors.Is(err, store.ErrReadOnly) {
+			if _, err := s.srv.st.AddFlags(s.ctx(), s.user, s.sel.mb.currentName(), unseen, []string{store.FlagSeen}); err != nil && !errors.Is(err, store.ErrReadOnly) {
 				return s.storeErr("fetch", err)
 			}
 			s.refreshSelected(s.sel.view)
@@ -369,7 +369,7 @@ func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *im
 		}
 		// The check of UNCHANGEDSINCE and the change are one step in the
 		// store: no other session's write comes between them.
-		_, modified, err = s.srv.st.StoreFlagsIf(s.ctx(), s.user, s.sel.mb.name, set, op, fl, since)
+		_, modified, err = s.srv.st.StoreFlagsIf(s.ctx(), s.user, s.sel.mb.currentName(), set, op, fl, since)
 		if err != nil {
 			return s.storeErr("store", err)
 		}
@@ -439,7 +439,7 @@ func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error 
 			q.UIDs = q.UIDs.AddRange(start, stop)
 		}
 	}
-	msgs, err := s.srv.st.Fetch(s.ctx(), s.user, s.sel.mb.name, q)
+	msgs, err := s.srv.st.Fetch(s.ctx(), s.user, s.sel.mb.currentName(), q)
 	if err != nil {
 		return s.storeErr("expunge", err)
 	}
@@ -452,7 +452,7 @@ func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error 
 	if del.IsEmpty() {
 		return nil
 	}
-	if _, err := s.srv.st.Expunge(s.ctx(), s.user, s.sel.mb.name, del); err != nil {
+	if _, err := s.srv.st.Expunge(s.ctx(), s.user, s.sel.mb.currentName(), del); err != nil {
 		return s.storeErr("expunge", err)
 	}
 	s.refreshSelected(nil)
@@ -480,7 +480,7 @@ func (s *session) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error) 
 	if err := s.writable(); err != nil {
 		return nil, err
 	}
-	res, err := s.srv.st.Copy(s.ctx(), s.user, s.sel.mb.name, uidSetOf(items), to)
+	res, err := s.srv.st.Copy(s.ctx(), s.user, s.sel.mb.currentName(), uidSetOf(items), to)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, noErr(imap.ResponseCodeTryCreate, "No such mailbox")
 	}
@@ -507,7 +507,7 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 	if err := s.writable(); err != nil {
 		return err
 	}
-	res, err := s.srv.st.Move(s.ctx(), s.user, s.sel.mb.name, uidSetOf(items), to)
+	res, err := s.srv.st.Move(s.ctx(), s.user, s.sel.mb.currentName(), uidSetOf(items), to)
 	if errors.Is(err, store.ErrNotFound) {
 		return noErr(imap.ResponseCodeTryCreate, "No such mailbox")
 	}

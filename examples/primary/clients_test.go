@@ -105,11 +105,66 @@ p.quit()
 print("poplib ok")
 `
 
+// condstoreScript drives CONDSTORE and QRESYNC (RFC 7162) with imaplib's
+// raw commands: a writes and reads with mod-sequences while b expunges and
+// flags behind its back.
+const condstoreScript = `
+import imaplib, sys
+host, port = sys.argv[1], int(sys.argv[2])
+a = imaplib.IMAP4(host, port)
+assert "CONDSTORE" not in a.capabilities, a.capabilities
+a.login("alice@example.org", "alice-pw")
+typ, data = a.capability()
+assert b" CONDSTORE" in data[0] and b" QRESYNC" in data[0], data
+a.capabilities = tuple(data[0].decode().upper().split())  # imaplib keeps the greeting's
+typ, data = a.enable("QRESYNC")
+assert typ == "OK" and a.response("ENABLED")[1] == [b"QRESYNC"], (typ, data)
+assert a.create("CS")[0] == "OK"
+for i in range(3):
+    a.append("CS", None, None, b"Subject: m%d\r\n\r\nbody\r\n" % i)
+typ, data = a.select("CS")
+assert typ == "OK" and int(data[0]) == 3, data
+h = int(a.response("HIGHESTMODSEQ")[1][0])
+typ, data = a.fetch("1:*", "(FLAGS MODSEQ)")
+assert typ == "OK" and len(data) == 3 and all(b"MODSEQ (" in d for d in data), data
+
+b = imaplib.IMAP4(host, port)
+b.login("alice@example.org", "alice-pw")
+b.select("CS")
+b.store("1", "+FLAGS.SILENT", "(\\Deleted)")
+b.expunge()
+b.store("1", "+FLAGS.SILENT", "(\\Flagged)")
+b.logout()
+
+typ, data = a.noop()
+assert a.response("VANISHED")[1] == [b"1"], "no VANISHED"
+assert a.response("EXPUNGE")[1] == [None], "EXPUNGE with QRESYNC on"
+fetch = a.response("FETCH")[1]
+assert len(fetch) == 1 and b"UID 2 FLAGS (\\Flagged) MODSEQ (" in fetch[0], fetch
+
+typ, data = a.uid("FETCH", "1:*", "(FLAGS) (CHANGEDSINCE %d VANISHED)" % h)
+assert a.response("VANISHED")[1] == [b"(EARLIER) 1"], "no VANISHED (EARLIER)"
+assert typ == "OK" and len(data) == 1 and b"UID 2 FLAGS (\\Flagged)" in data[0], data
+
+typ, data = a.uid("STORE", "2:3", "(UNCHANGEDSINCE %d) +FLAGS (\\Seen)" % h)
+assert typ == "OK", data
+assert a.response("MODIFIED")[1] == [b"2"], "no MODIFIED"
+assert len(data) == 1 and b"UID 3" in data[0] and b"\\Seen" in data[0], data
+
+typ, data = a.status("CS", "(MESSAGES HIGHESTMODSEQ)")
+assert typ == "OK" and b"HIGHESTMODSEQ" in data[0], data
+typ, data = a.uid("SEARCH", "MODSEQ", str(h + 1))
+assert typ == "OK" and data[0].startswith(b"2 3 (MODSEQ "), data
+a.logout()
+print("condstore ok")
+`
+
 func TestPythonImaplibAndPoplib(t *testing.T) {
 	n := startMailNode(t)
 	require.Contains(t, swaks(t, n.lmtp, "first", "alice@example.org"), "250 ")
 	h, p := hostPort(n.imap)
 	assert.Contains(t, python(t, imaplibScript, h, p), "imaplib ok")
+	assert.Contains(t, python(t, condstoreScript, h, p), "condstore ok")
 
 	n = startMailNode(t)
 	require.Contains(t, swaks(t, n.lmtp, ".starts with a dot\n..two", "alice@example.org"), "250 ")
