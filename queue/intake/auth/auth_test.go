@@ -36,7 +36,7 @@ type world struct {
 	key ed25519.PrivateKey
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	pub, key, err := ed25519.GenerateKey(rand.Reader)
 	require.NoError(t, err)
@@ -62,7 +62,7 @@ func newWorld(t *testing.T) *world {
 }
 
 // sign returns msg with a DKIM signature of example.net.
-func (w *world) sign(t *testing.T, msg string) string {
+func (w *world) sign(t testing.TB, msg string) string {
 	t.Helper()
 	var b bytes.Buffer
 	require.NoError(t, dkim.Sign(&b, strings.NewReader(msg), &dkim.SignOptions{Domain: "example.net", Selector: "sel", Signer: w.key,
@@ -70,7 +70,7 @@ func (w *world) sign(t *testing.T, msg string) string {
 	return b.String()
 }
 
-func (w *world) auth(t *testing.T, opts auth.Options) *auth.Authenticator {
+func (w *world) auth(t testing.TB, opts auth.Options) *auth.Authenticator {
 	t.Helper()
 	opts.AuthServID = "mx.example.org"
 	opts.Resolver = w.dns.Resolver()

@@ -8,7 +8,7 @@ import (
 	"github.com/resilmail/resilmail/internal/dnstest"
 )
 
-func startDNS(t *testing.T, zone ...string) *dnstest.Server {
+func startDNS(t testing.TB, zone ...string) *dnstest.Server {
 	t.Helper()
 	s, err := dnstest.Start(zone...)
 	require.NoError(t, err)

@@ -137,7 +137,16 @@ func (d *ctxDialer) close() {
 
 // Scan implements intake.Scanner: one milter conversation (connect, HELO,
 // MAIL, RCPT, DATA, header, body, end of message) over a new connection.
-func (s *Scanner) Scan(ctx context.Context, env *intake.ScanEnvelope, body []byte) (intake.Verdict, error) {
+func (s *Scanner) Scan(ctx context.Context, env *intake.ScanEnvelope, body []byte) (v intake.Verdict, err error) {
+	defer func() {
+		// go-milter v0.10.1's packet reader panics on a packet of length
+		// zero (found by FuzzMilterAnswer): a broken milter must not take
+		// the MX down with it.
+		if p := recover(); p != nil {
+			s.log.Error("milter: the milter's answer crashed the codec", "msg_id", env.ID, "milter", s.name, "panic", fmt.Sprint(p))
+			v, err = intake.Verdict{}, fmt.Errorf("%w: malformed answer (codec panic: %v)", ErrMilter, p)
+		}
+	}()
 	d := &ctxDialer{ctx: ctx}
 	stop := context.AfterFunc(ctx, d.close)
 	defer stop()
@@ -161,7 +170,7 @@ func (s *Scanner) Scan(ctx context.Context, env *intake.ScanEnvelope, body []byt
 		return intake.Verdict{}, s.fail(ctx, "connect", err)
 	}
 	defer sess.Close()
-	v, err := s.converse(sess, env, body)
+	v, err = s.converse(sess, env, body)
 	if err != nil {
 		return intake.Verdict{}, s.fail(ctx, "converse", err)
 	}
