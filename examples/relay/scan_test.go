@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"io"
 	"net"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/d--j/go-milter/mailfilter"
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -107,4 +109,46 @@ func TestRelayAuthenticatesSenders(t *testing.T) {
 	assert.False(t, ok)
 	assert.Contains(t, out, "<** 550 5.7.1 message refused: the DMARC policy of bank.example says reject")
 	assert.Len(t, hop.wait(t, 1), 1, "nothing refused was delivered")
+}
+
+// TestRelayWithMilterAndAuthentication runs the relay with -milter (a
+// milter on loopback that refuses a spam subject and marks the rest) and
+// -authserv-id together: the milter's reply and header reach the client
+// and the delivered message, after the relay's Authentication-Results.
+func TestRelayWithMilterAndAuthentication(t *testing.T) {
+	d, err := dnstest.Start(`example.net. 60 IN TXT "v=spf1 ip4:127.0.0.1 -all"`)
+	require.NoError(t, err)
+	t.Cleanup(func() { d.Close() })
+	f, err := mailfilter.New("tcp", "127.0.0.1:0", func(_ context.Context, trx mailfilter.Trx) (mailfilter.Decision, error) {
+		if s, _ := trx.Headers().Subject(); s == "buy now" {
+			return mailfilter.CustomErrorResponse(554, "5.7.1 spam, says the milter"), nil
+		}
+		if len(trx.Headers().Value("Authentication-Results")) == 0 {
+			return mailfilter.TempFail, nil // the milter sees the relay's own header
+		}
+		trx.Headers().Add("X-Milter", "checked")
+		return mailfilter.Accept, nil
+	})
+	require.NoError(t, err)
+	t.Cleanup(f.Close)
+	next, hop := startCaptureHop(t)
+	addr := startRelayWith(t, config{next: next, dir: t.TempDir(), auth: senderAuth{milter: "inet:" + f.Addr().String(),
+		authservID: "mx.example.org", onReject: "reject", onQuarantine: "tag", resolver: d.Resolver()}})
+	host, port, _ := net.SplitHostPort(addr)
+	swaks := func(subject string) (string, bool) {
+		out, err := exec.Command("swaks", "--server", host, "--port", port, "--helo", "client.example.net",
+			"--from", "sender@example.net", "--to", "alice@example.org", "--header", "Subject: "+subject,
+			"--body", "milter test").CombinedOutput()
+		return string(out), err == nil
+	}
+	out, ok := swaks("buy now")
+	assert.False(t, ok)
+	assert.Contains(t, out, "<** 550 5.7.1 spam, says the milter")
+	out, ok = swaks("hello")
+	require.True(t, ok, out)
+	got := hop.wait(t, 1)
+	head, _, _ := strings.Cut(got[0], "\r\n\r\n")
+	assert.Contains(t, head, "\r\nAuthentication-Results: mx.example.org;\r\n\tspf=pass")
+	assert.Contains(t, head, "\r\nX-Milter: checked")
+	assert.Len(t, hop.wait(t, 1), 1)
 }
