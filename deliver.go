@@ -216,3 +216,28 @@ func Outcomes(recipients []string, err error) map[string]*DeliveryError {
 	}
 	return out
 }
+
+type relayedKey struct{}
+
+// WithRelayedReport returns a copy of ctx that carries report, for a
+// [Deliverer] to say which recipients it handed to a next hop that does
+// not offer DSN (RFC 3461). Such a next hop drops the recipients' NOTIFY
+// parameters, so it will never send the success notification that
+// NOTIFY=SUCCESS asks for: the caller (a queue) sends a "relayed" one
+// itself (RFC 3461 section 4.1). A Deliverer reports through
+// [ReportRelayed]; report may be called from any goroutine the Deliverer
+// uses, but only before Deliver returns, and only for recipients Deliver
+// then reports delivered.
+func WithRelayedReport(ctx context.Context, report func(rcpt string)) context.Context {
+	return context.WithValue(ctx, relayedKey{}, report)
+}
+
+// ReportRelayed tells the caller of a [Deliverer], through the function
+// [WithRelayedReport] put in ctx, that rcpt was accepted by a next hop that
+// does not offer DSN. It does nothing when ctx carries no such function.
+// Deliverers that wrap another pass ctx on, and so the report.
+func ReportRelayed(ctx context.Context, rcpt string) {
+	if f, ok := ctx.Value(relayedKey{}).(func(string)); ok && f != nil {
+		f(rcpt)
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/resilmail/resilmail"
@@ -41,7 +43,7 @@ func (q *Queue) scheduleLocked(m *message) {
 	// A held message stays on the schedule, at its next delay warning or
 	// its expiry (heldDueLocked), not at an attempt.
 	deliverable := !m.removed && !m.inRound && !m.notifing && !m.rec.Corrupt && m.synced == nil && m.doom == "" &&
-		(m.hasPending() || m.owesFailureNotice() || m.hasMaybe())
+		(m.hasPending() || m.owesNotice() || m.hasMaybe())
 	switch {
 	case deliverable && m.heapIdx >= 0:
 		heap.Fix(&q.sched, m.heapIdx)
@@ -52,9 +54,11 @@ func (q *Queue) scheduleLocked(m *message) {
 	}
 }
 
-func (m *message) owesFailureNotice() bool {
+// owesNotice reports whether a failure notice or a "relayed" success
+// notice is yet to be sent.
+func (m *message) owesNotice() bool {
 	for _, r := range m.rec.Rcpts {
-		if r.State == Failed && !r.Notified {
+		if (r.State == Failed || r.Relayed) && !r.Notified {
 			return true
 		}
 	}
@@ -141,6 +145,10 @@ type job struct {
 	num   uint32
 	rcpts []int
 	d     *dest
+	// relayed holds the recipients (lower case) the Deliverer handed to a
+	// next hop that does not offer DSN (resilmail.ReportRelayed); set
+	// before finishJob.
+	relayed map[string]bool
 }
 
 // Run delivers queued messages until ctx is cancelled or the queue is
@@ -385,7 +393,17 @@ func (q *Queue) runJob(ctx context.Context, j *job) {
 		err = &resilmail.DeliveryError{Command: "queue", Message: "cannot read message from the queue", Err: berr}
 	} else {
 		start := time.Now()
-		err = q.d.Deliver(ctx, env, bytes.NewReader(body))
+		var mu sync.Mutex
+		relayed := map[string]bool{}
+		dctx := resilmail.WithRelayedReport(ctx, func(rcpt string) {
+			mu.Lock()
+			relayed[strings.ToLower(rcpt)] = true
+			mu.Unlock()
+		})
+		err = q.d.Deliver(dctx, env, bytes.NewReader(body))
+		mu.Lock()
+		j.relayed = relayed
+		mu.Unlock()
 		q.log.Debug("queue: delivery attempt", "msg_id", m.id(), "dest", j.d.key, "rcpts", len(env.To), "took", time.Since(start), "err", err)
 	}
 	q.finishJob(ctx, j, env, err)
@@ -423,6 +441,9 @@ func (q *Queue) finishJob(ctx context.Context, j *job, env resilmail.Envelope, e
 		switch {
 		case de == nil:
 			rc = rcptRec{State: Delivered, Host: j.d.key, Reply: "delivered"}
+			if j.relayed[strings.ToLower(addrs[k])] && q.wantsSuccessNotice(m, i) {
+				rc.Relayed, rc.Code, rc.Reply = true, "2.0.0", "relayed: the next hop does not offer DSN"
+			}
 			anyAccepted = true
 			q.counters.delivered++
 			ev.Kind = EventDelivered
@@ -697,7 +718,7 @@ func (q *Queue) doneLocked(m *message) bool {
 		switch {
 		case rc.State == Pending, rc.State == MaybeDelivered:
 			return false
-		case rc.State == Failed && !rc.Notified:
+		case (rc.State == Failed || rc.Relayed) && !rc.Notified:
 			return false
 		}
 	}
@@ -722,10 +743,16 @@ func (q *Queue) wantsFailureNotice(m *message, i int) bool {
 	return m.rec.Env.From != "" && m.rec.Env.To[i].Notify.Has(resilmail.NotifyFailure)
 }
 
-// needsNotifyLocked reports whether m owes its sender a failure notice or a
-// delay warning now.
+// needsNotifyLocked reports whether m owes its sender a failure notice, a
+// "relayed" notice or a delay warning now.
 func (q *Queue) needsNotifyLocked(m *message, now time.Time) bool {
-	return m.owesFailureNotice() || q.delayWarningDueLocked(m, now)
+	return m.owesNotice() || q.delayWarningDueLocked(m, now)
+}
+
+// wantsSuccessNotice reports whether recipient i of m asked to be told of
+// its delivery (NOTIFY=SUCCESS).
+func (q *Queue) wantsSuccessNotice(m *message, i int) bool {
+	return m.rec.Env.From != "" && m.rec.Env.To[i].Notify.Has(resilmail.NotifySuccess)
 }
 
 func (q *Queue) delayWarningDueLocked(m *message, now time.Time) bool {

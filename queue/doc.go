@@ -41,7 +41,11 @@
 //   - Notifications: permanent failures and expiry produce an RFC 3464
 //     delivery status notification to the sender, honouring the DSN
 //     parameters NOTIFY, RET, ENVID and ORCPT (RFC 3461); so do delay
-//     warnings. Nothing is ever sent to the null reverse-path.
+//     warnings. A recipient with NOTIFY=SUCCESS that the Deliverer handed
+//     to a next hop without DSN ([resilmail.ReportRelayed]) gets a
+//     "relayed" notification (headers only), since that next hop will
+//     never send one; a next hop that offers DSN got NOTIFY and reports
+//     itself. Nothing is ever sent to the null reverse-path.
 //
 // # Delivery
 //

@@ -16,11 +16,11 @@ import (
 // notification it could not enqueue (queue full, storage failure).
 const notifyRetry = time.Minute
 
-// notify enqueues the failure notice and the delay warning that m owes its
-// sender, then records that they were sent. Each notification has an id
-// derived from the message and what it reports, so a crash between enqueueing
-// it and recording it leads to a deduplicated second enqueue, never to two
-// notifications.
+// notify enqueues the failure notice, the "relayed" notice and the delay
+// warning that m owes its sender, then records that they were sent. Each
+// notification has an id derived from the message and what it reports, so
+// a crash between enqueueing it and recording it leads to a deduplicated
+// second enqueue, never to two notifications.
 func (q *Queue) notify(m *message) {
 	now := q.opts.Now()
 	q.mu.Lock()
@@ -33,10 +33,13 @@ func (q *Queue) notify(m *message) {
 	created := time.Unix(0, m.rec.Created)
 	warn := q.delayWarningDueLocked(m, now)
 	warned := m.rec.Warned
-	var failed []int
+	var failed, relayed []int
 	for i, rc := range rcpts {
-		if rc.State == Failed && !rc.Notified {
+		switch {
+		case rc.State == Failed && !rc.Notified:
 			failed = append(failed, i)
+		case rc.Relayed && !rc.Notified:
+			relayed = append(relayed, i)
 		}
 	}
 	q.mu.Unlock()
@@ -63,6 +66,29 @@ func (q *Queue) notify(m *message) {
 		} else {
 			u := &updRec{ID: env.ID}
 			for _, i := range failed {
+				rc := rcpts[i]
+				rc.Notified = true
+				u.Rcpts = append(u.Rcpts, rcptChange{I: i, rcptRec: rc})
+			}
+			q.mu.Lock()
+			if !m.removed {
+				if err := q.appendLocked(m, u); err != nil {
+					ok = false
+				}
+			}
+			q.mu.Unlock()
+		}
+	}
+	if len(relayed) > 0 {
+		// RFC 3461 section 4.1: the next hop does not offer DSN, so
+		// this MTA answers NOTIFY=SUCCESS with "relayed".
+		id := derivedID(env.ID, "s"+strconv.Itoa(relayed[0]))
+		if err := q.sendDSN(id, env, rcpts, relayed, dsn.Relayed, created, now, original); err != nil {
+			ok = false
+			q.log.Error("queue: cannot enqueue success notice; will retry", "msg_id", env.ID, "err", err)
+		} else {
+			u := &updRec{ID: env.ID}
+			for _, i := range relayed {
 				rc := rcpts[i]
 				rc.Notified = true
 				u.Rcpts = append(u.Rcpts, rcptChange{I: i, rcptRec: rc})
@@ -119,7 +145,10 @@ func (q *Queue) sendDSN(id string, env resilmail.Envelope, rcpts []rcptRec, idx 
 			RemoteMTA:         rc.Host,
 			LastAttemptDate:   now,
 		}
-		if action == dsn.Delayed {
+		success := action == dsn.Relayed || action == dsn.Delivered
+		if success {
+			st.Status = "2.0.0"
+		} else if action == dsn.Delayed {
 			st.Status = "4.0.0"
 			if len(rc.Code) > 0 && rc.Code[0] == '4' {
 				st.Status = rc.Code
@@ -128,7 +157,7 @@ func (q *Queue) sendDSN(id string, env resilmail.Envelope, rcpts []rcptRec, idx 
 		} else if st.Status == "" || !dsn.ValidStatus(st.Status) || st.Status[0] == '2' {
 			st.Status = "5.0.0"
 		}
-		if rc.Reply != "" {
+		if rc.Reply != "" && !success {
 			if rc.Perm || looksLikeSMTPReply(rc.Reply) {
 				st.DiagnosticCode = rc.Reply
 			} else {

@@ -60,6 +60,10 @@ type rcptRec struct {
 	Host     string    `json:"h,omitempty"`
 	Code     string    `json:"c,omitempty"` // enhanced status code for the DSN
 	Perm     bool      `json:"p,omitempty"`
+	// Relayed: delivered to a next hop that does not offer DSN, for a
+	// sender who asked NOTIFY=SUCCESS; a "relayed" DSN is owed until
+	// Notified.
+	Relayed bool `json:"rl,omitempty"`
 }
 
 // jobRec is an attempt in flight: written before it starts.

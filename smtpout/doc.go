@@ -163,6 +163,14 @@
 // printable ASCII, RET of another value, ORCPT of another type) is left
 // out, not failed on.
 //
+// A server that does not offer DSN takes on no notification duty: every
+// recipient it accepts is reported through [resilmail.ReportRelayed], for
+// the caller to send the "relayed" DSN that a NOTIFY=SUCCESS asks for. An
+// 8-bit body (BODY=8BITMIME) to a server that does not offer 8BITMIME is
+// refused before MAIL FROM with 5.6.3, which bounces with that reason: it
+// is never downgraded, since a quoted-printable rewrite would break the
+// DKIM signatures the message carries.
+//
 // RFCs: 5321 (SMTP), 2033 (LMTP), 2920 (PIPELINING), 3207 (STARTTLS), 8314 (implicit TLS),
 // 4954 (AUTH), 1870 (SIZE), 6152 (8BITMIME), 6531 (SMTPUTF8), 3461 and
 // 6533 (DSN), 3463 and 2034 (enhanced status codes), 7435 (opportunistic

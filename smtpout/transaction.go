@@ -285,6 +285,11 @@ func (d *Deliverer) send(ctx context.Context, cn *conn, tx *txn, body io.Reader,
 	err := d.readReply(ctx, cn, 250, d.opts.DataTimeout)
 	switch {
 	case err == nil:
+		if !cn.ext.dsn {
+			for _, rcpt := range accepted {
+				resilmail.ReportRelayed(ctx, rcpt)
+			}
+		}
 		return result{errs: errs, keep: true, clean: true}
 	case isReply(err):
 		// A reply: the transaction is over (RFC 5321 §4.1.1.4).
@@ -354,6 +359,9 @@ func (d *Deliverer) endLMTP(ctx context.Context, cn *conn, accepted []string, er
 	for i, rcpt := range accepted {
 		err := d.readReply(ctx, cn, 250, d.opts.DataTimeout)
 		if err == nil {
+			if !cn.ext.dsn {
+				resilmail.ReportRelayed(ctx, rcpt)
+			}
 			continue
 		}
 		if se, ok := asReply(err); ok {
