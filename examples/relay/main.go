@@ -26,7 +26,11 @@
 // gets a Received header carrying its queue id (one grep finds it on every
 // node), and one with more than -max-hops Received headers is refused as
 // a loop (554 5.4.6). Commands out of sequence get 503, timeouts 421, and
-// a client making errors is slowed down, then dropped (queue/intake).
+// a client making errors is slowed down, then dropped (queue/intake). A
+// recipient with NOTIFY=SUCCESS handed to a next hop that does not offer
+// DSN gets its sender a "relayed" notice; an 8-bit body (BODY=8BITMIME)
+// for a next hop without 8BITMIME bounces with 5.6.3, never rewritten
+// (smtpout).
 //
 // With -submission the relay also serves message submission (port 587
 // semantics; default off) for the users of a Dovecot passwd-file:

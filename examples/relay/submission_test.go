@@ -27,14 +27,14 @@ import (
 
 // dumpSink runs smtp-sink writing every message it accepts to a file of its
 // own folder, and returns the folder.
-func dumpSink(t *testing.T) (*smtpSink, string) {
+func dumpSink(t *testing.T, flags ...string) (*smtpSink, string) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "relay-sink-")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	require.NoError(t, os.Chmod(dir, 0o777)) // smtp-sink writes as nobody
 	s := &smtpSink{addr: freePort(t)}
-	s.cmd = exec.Command("/usr/sbin/smtp-sink", "-u", "nobody", "-d", filepath.Join(dir, "%M%S."), s.addr, "1024")
+	s.cmd = exec.Command("/usr/sbin/smtp-sink", append(append([]string{"-u", "nobody", "-d", filepath.Join(dir, "%M%S.")}, flags...), s.addr, "1024")...)
 	require.NoError(t, s.cmd.Start(), "smtp-sink comes with the postfix package (.ci/run installs it)")
 	t.Cleanup(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
 	waitDial(t, s.addr)
