@@ -84,7 +84,11 @@
 // primary continued its history, or otherwise compares and repairs, and
 // resets its positions to the new history: a resync that finishes on its
 // own. [Replica.Promote] drains what the replica received and
-// acknowledged and makes its target a primary at a higher epoch, durably.
+// acknowledged and makes its target a primary at a higher epoch, durably
+// on both sides (a restarted promoted replica follows no one). A delayed
+// destructive change is applied once an operator confirms it
+// ([Replica.Confirm]) or dropped once an operator discards it
+// ([Replica.Discard]: logged, counted, durable).
 //
 // # Divergence and guard rails
 //

@@ -23,6 +23,8 @@ import (
 //	'd' delayed     uvarint length and reason, then the resilmail.Change
 //	                binary: a destructive change set aside until confirmed
 //	'x' delay done  uvarint seq, then the user: a delayed change applied
+//	'z' discarded   uvarint seq, then the user: a delayed change the
+//	                operator discarded (Replica.Discard), never applied
 const (
 	inboxKind    = "replica-inbox"
 	inboxVersion = 1
@@ -34,6 +36,7 @@ const (
 	recConfirm   = 'k'
 	recDelayed   = 'd'
 	recDelayDone = 'x'
+	recDiscard   = 'z'
 )
 
 // inboxState is what replaying an inbox finds.
@@ -115,7 +118,7 @@ func openInbox(dir string, segSize int64, log *slog.Logger, openFile func(string
 					return fmt.Errorf("replicate: inbox record at %s: %w", pos, err)
 				}
 				st.delayed[c.Seq] = inboxDelayed{c, reason, pos.Seg}
-			case recDelayDone:
+			case recDelayDone, recDiscard:
 				v, n := binary.Uvarint(data)
 				if n <= 0 {
 					return fmt.Errorf("replicate: bad delay record at %s", pos)

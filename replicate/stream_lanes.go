@@ -411,3 +411,62 @@ func (r *Replica) Confirm(user string, seq uint64) error {
 	r.log.Info("replicate: held change confirmed", "replica", r.opts.Name, "user", user, "seq", seq)
 	return nil
 }
+
+// Discard drops the delayed destructive change seq of user instead of
+// applying it: an operator's decision that the change (a mass expunge, a
+// mailbox or user delete of the old primary) was a mistake. It is
+// recorded durably before Discard returns, logged and counted
+// (ReplicaStats.Discarded); the user's changes that waited for it apply
+// without it. A confirmed change is being applied and cannot be
+// discarded. On a replica that still follows its primary, the replica
+// then keeps what the primary removed until a comparison proposes the
+// removal again (held like any removal the guard would hold); after a
+// promotion the discarded change is simply never made.
+func (r *Replica) Discard(user string, seq uint64) error {
+	r.mu.Lock()
+	l := r.lanes[user]
+	var d *delayed
+	if l != nil {
+		for i := range l.delayed {
+			if l.delayed[i].Change.Seq == seq {
+				d = &l.delayed[i]
+			}
+		}
+	}
+	if d == nil {
+		r.mu.Unlock()
+		return fmt.Errorf("replicate: no held change %d for user %q", seq, user)
+	}
+	if d.confirmed {
+		r.mu.Unlock()
+		return fmt.Errorf("replicate: held change %d of %q is confirmed and being applied; it cannot be discarded", seq, user)
+	}
+	c, reason := d.Change, d.Reason
+	inbox := r.inbox
+	r.mu.Unlock()
+	if inbox == nil {
+		return errors.New("replicate: replica not running")
+	}
+	if _, err := inbox.AppendSync(uvarintRecord(recDiscard, seq, user)); err != nil {
+		r.noteError(err, &r.stats.InboxErrors)
+		return fmt.Errorf("replicate: recording the discard: %w", err)
+	}
+	r.mu.Lock()
+	for i := range l.delayed {
+		if l.delayed[i].Change.Seq == seq {
+			l.delayed = append(l.delayed[:i], l.delayed[i+1:]...)
+			break
+		}
+	}
+	delete(r.unapplied, seq)
+	r.stats.Discarded++
+	r.openGateLocked()
+	r.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+	r.log.Warn("replicate: held change discarded by the operator; it will not be applied", "replica", r.opts.Name,
+		"user", user, "seq", seq, "kind", c.Kind, "mailbox", c.Mailbox, "reason", reason)
+	return nil
+}

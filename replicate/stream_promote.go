@@ -2,11 +2,15 @@ package replicate
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/durable"
 )
 
 // A Promoter is a Target that can become a primary: replicate/store's
@@ -51,6 +55,14 @@ var errPromoting = errors.New("replicate: the replica is being promoted")
 // ([Promoter]). Run keeps running (it applies confirmed changes) but
 // follows no one. Promote needs a running replica; a second call with
 // the same epoch returns the first's result, idempotent.
+//
+// The promotion is durable on the replica's side too (promoted.json in
+// its folder, written before the target is promoted): a replica restarted
+// over the same folder follows no one and applies the delayed changes
+// the operator confirms as changes of the new epoch; a restart between
+// the two writes finishes the promotion. A target whose epoch has risen
+// beyond the promotion's since (it was demoted by a newer primary) makes
+// the record moot: the replica forgets it and follows again.
 func (r *Replica) Promote(ctx context.Context, e resilmail.Epoch) (PromoteResult, error) {
 	start := time.Now()
 	pm, ok := r.t.(Promoter)
@@ -118,6 +130,12 @@ func (r *Replica) Promote(ctx context.Context, e resilmail.Epoch) (PromoteResult
 	r.mu.Lock()
 	until := r.received
 	r.mu.Unlock()
+	// The replica's side of the promotion is durable before the
+	// target's: a restart in between finishes the promotion (Run), and a
+	// restart after it does not follow the old primary again.
+	if err := r.savePromotion(promotionRecord{Epoch: e, Until: until, At: time.Now().UTC()}); err != nil {
+		return PromoteResult{}, err
+	}
 	if err := pm.Promote(ctx, e, until); err != nil {
 		return PromoteResult{}, fmt.Errorf("replicate: promoting the target: %w", err)
 	}
@@ -132,4 +150,66 @@ func (r *Replica) Promote(ctx context.Context, e resilmail.Epoch) (PromoteResult
 	r.log.Warn("replicate: promoted", "replica", r.opts.Name, "epoch", uint64(e), "until", until, "drained", drained,
 		"resolved", len(resolved), "held", len(res.Held), "took", res.Took)
 	return res, nil
+}
+
+// promotedFile records a replica's promotion in its folder.
+const promotedFile = "promoted.json"
+
+// promotionRecord is promotedFile's content.
+type promotionRecord struct {
+	Epoch resilmail.Epoch `json:"epoch"`
+	Until uint64          `json:"until"`
+	At    time.Time       `json:"at"`
+}
+
+func (r *Replica) savePromotion(rec promotionRecord) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := durable.WriteFile(durable.OS, filepath.Join(r.dir, promotedFile), b, 0o640); err != nil {
+		return fmt.Errorf("replicate: recording the promotion: %w", err)
+	}
+	return nil
+}
+
+// loadPromotion restores a promotion recorded in the replica's folder
+// before the replica opens its inbox (Run), and finishes it if the target
+// was not promoted yet; it forgets one the target's epoch has passed.
+func (r *Replica) loadPromotion(ctx context.Context) error {
+	path := filepath.Join(r.dir, promotedFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("replicate: reading the promotion record: %w", err)
+	}
+	var rec promotionRecord
+	if err := json.Unmarshal(b, &rec); err != nil || rec.Epoch == 0 {
+		return fmt.Errorf("replicate: the promotion record %s is damaged (%v): the operator decides whether this replica is a primary", path, err)
+	}
+	switch cur := r.t.Epoch(); {
+	case cur > rec.Epoch:
+		r.log.Warn("replicate: the target's epoch passed this replica's promotion; it follows again", "replica", r.opts.Name,
+			"promoted", uint64(rec.Epoch), "epoch", uint64(cur))
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("replicate: forgetting the promotion: %w", err)
+		}
+		return durable.SyncDir(r.dir)
+	case cur < rec.Epoch:
+		pm, ok := r.t.(Promoter)
+		if !ok {
+			return errors.New("replicate: the target cannot be promoted (it is no Promoter)")
+		}
+		r.log.Warn("replicate: finishing a promotion a restart interrupted", "replica", r.opts.Name, "epoch", uint64(rec.Epoch))
+		if err := pm.Promote(ctx, rec.Epoch, rec.Until); err != nil {
+			return fmt.Errorf("replicate: finishing the promotion: %w", err)
+		}
+	}
+	r.mu.Lock()
+	r.promoted = true
+	r.promotion = PromoteResult{Epoch: rec.Epoch, Until: rec.Until}
+	r.mu.Unlock()
+	return nil
 }

@@ -175,3 +175,87 @@ func TestGuardFlagWipeAndRenameOver(t *testing.T) {
 	hold, _ = guard(ctx, rename)
 	assert.False(t, hold)
 }
+
+// TestPromotionSurvivesRestart: a promoted replica restarted over the same
+// folder stays promoted (it does not follow its old primary again, which
+// still serves), and a delayed change confirmed after the restart applies
+// as a change of the new epoch instead of being refused as fenced.
+func TestPromotionSurvivesRestart(t *testing.T) {
+	ctx := context.Background()
+	src, dst := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	require.NoError(t, dst.SetReadOnly(true))
+	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	addN(t, src, "alice", "INBOX", 3)
+	inbox := t.TempDir()
+	r, stop := startReplica(t, dst, srv.URL, inbox, &replicate.ReplicaOptions{Hold: holdExpunges})
+	waitApplied(t, r, src)
+	_, err := src.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(1, 2))
+	require.NoError(t, err)
+	add(t, src, "alice", "INBOX", msgText("later", "1"))
+	require.Eventually(t, func() bool {
+		st, err := dst.MailboxStatus(ctx, "alice", "INBOX")
+		return err == nil && st.Messages == 4 && len(r.Held()) == 1
+	}, 10*time.Second, 5*time.Millisecond)
+	res, err := r.Promote(ctx, src.Epoch()+1)
+	require.NoError(t, err)
+	stop()
+
+	r, _ = startReplica(t, dst, srv.URL, inbox, &replicate.ReplicaOptions{Hold: holdExpunges})
+	require.Eventually(t, func() bool { return r.Stats().Promoted }, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, res.Epoch, r.Stats().PromotedEpoch)
+	require.Len(t, r.Held(), 1, "the delayed expunge still waits for the operator")
+	require.NoError(t, r.Confirm("alice", r.Held()[0].Change.Seq))
+	require.Eventually(t, func() bool {
+		st, err := dst.MailboxStatus(ctx, "alice", "INBOX")
+		return err == nil && st.Messages == 2 && len(r.Held()) == 0
+	}, 10*time.Second, 5*time.Millisecond, "the confirmed expunge applies on the new primary: %+v", r.Stats())
+	assert.Equal(t, store.RolePrimary, dst.Role())
+	assert.Equal(t, res.Epoch, dst.Epoch())
+	last, err := dst.Changes(ctx, dst.Position()-1, 10)
+	require.NoError(t, err)
+	require.NotEmpty(t, last)
+	assert.Equal(t, resilmail.ChangeExpunge, last[len(last)-1].Kind)
+	assert.Equal(t, res.Epoch, last[len(last)-1].Epoch, "a change of the new primary")
+	st := r.Stats()
+	assert.Zero(t, st.Bytes+st.Reconnects+st.Fenced+st.ApplyErrors, "the restarted replica followed no one: %+v", st)
+	assert.Equal(t, store.RolePrimary, src.Role(), "nor did it reach the old primary")
+	_, err = dst.CreateMailbox(ctx, "alice", "after")
+	require.NoError(t, err)
+}
+
+// TestDiscardDelayedChange: an operator discards a delayed expunge: it is
+// never applied, the replica's applied position moves past it, the
+// discard is counted and survives a restart, and the change can no longer
+// be confirmed.
+func TestDiscardDelayedChange(t *testing.T) {
+	ctx := context.Background()
+	src, dst := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	require.NoError(t, dst.SetReadOnly(true))
+	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	addN(t, src, "alice", "INBOX", 3)
+	inbox := t.TempDir()
+	r, stop := startReplica(t, dst, srv.URL, inbox, &replicate.ReplicaOptions{Hold: holdExpunges})
+	waitApplied(t, r, src)
+	_, err := src.Expunge(ctx, "alice", "INBOX", resilmail.NewUIDSet(1, 2, 3))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(r.Held()) == 1 }, 10*time.Second, 5*time.Millisecond)
+	seq := r.Held()[0].Change.Seq
+	require.Error(t, r.Discard("bob", seq), "no such held change")
+	require.NoError(t, r.Discard("alice", seq))
+	assert.Empty(t, r.Held())
+	assert.Equal(t, uint64(1), r.Stats().Discarded)
+	add(t, src, "alice", "INBOX", msgText("later", "1"))
+	waitApplied(t, r, src)
+	stop()
+
+	r, _ = startReplica(t, dst, srv.URL, inbox, &replicate.ReplicaOptions{Hold: holdExpunges})
+	add(t, src, "alice", "INBOX", msgText("later", "2"))
+	waitApplied(t, r, src)
+	assert.Empty(t, r.Held(), "the discard is durable")
+	require.Error(t, r.Confirm("alice", seq))
+	st, err := dst.MailboxStatus(ctx, "alice", "INBOX")
+	require.NoError(t, err)
+	assert.Equal(t, 5, st.Messages, "the discarded expunge removed nothing")
+}

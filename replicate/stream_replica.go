@@ -132,7 +132,7 @@ func (r *Replica) Stats() ReplicaStats {
 	st.Received = r.received
 	st.PrimaryPosition, st.PrimaryTime = r.primaryPos, r.primaryAt
 	st.Applied = r.appliedLocked()
-	st.Promoted = r.promoted
+	st.Promoted, st.PromotedEpoch = r.promoted, r.promotion.Epoch
 	for _, l := range r.lanes {
 		for _, d := range l.delayed {
 			if !d.confirmed {
@@ -196,6 +196,9 @@ func (r *Replica) Run(ctx context.Context) error {
 	r.mu.Unlock()
 	defer r.running.Done()
 
+	if err := r.loadPromotion(ctx); err != nil {
+		return err
+	}
 	if err := r.openInbox(true); err != nil {
 		return err
 	}
@@ -303,7 +306,10 @@ func (r *Replica) openInbox(first bool) error {
 		r.received, r.receivedEpoch = st.received, st.receivedEpoch
 	}
 	for _, ic := range st.changes {
-		if _, ok := st.delayed[ic.c.Seq]; ok || ic.c.Seq <= r.t.UpstreamPosition(ic.c.User) {
+		if _, ok := st.delayed[ic.c.Seq]; ok || r.promoted || ic.c.Seq <= r.t.UpstreamPosition(ic.c.User) {
+			// A promotion applied every change the inbox holds but the
+			// delayed ones, and the target's upstream positions start
+			// again at the promotion.
 			continue
 		}
 		r.enqueueLocked(ic.c, ic.seg)

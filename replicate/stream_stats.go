@@ -66,6 +66,9 @@ type ReplicaStats struct {
 	PrimaryTime     time.Time
 	// Connected reports whether the stream is open.
 	Connected bool
+	// Discarded counts the delayed changes an operator discarded
+	// (Replica.Discard) in this run.
+	Discarded uint64
 	// Held is how many changes wait for Confirm; Parked how many wait
 	// for a body the primary cannot serve ([Replica.Parked]), and
 	// ParkedTotal counts the changes ever parked.
@@ -98,6 +101,9 @@ type ReplicaStats struct {
 	// (listed by Replica.Orphans).
 	Rejoins uint64
 	Orphans int
-	// Promoted reports that Promote made the target a primary.
-	Promoted bool
+	// Promoted reports that Promote made the target a primary (kept
+	// across restarts, see Replica.Promote), and PromotedEpoch at which
+	// epoch.
+	Promoted      bool
+	PromotedEpoch resilmail.Epoch
 }
