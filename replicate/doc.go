@@ -41,9 +41,13 @@
 // change (see [BodyReader]), so that another user's expunge applied first
 // cannot remove it before the change applies, even if the primary is gone
 // by then. A body the primary cannot serve (its copy is damaged) does not
-// stop the stream: the change is kept and acknowledged without it and
-// parked, its user's lane waits and retries, other users go on, and
-// [Replica.Parked] reports it ([ErrBodyUnavailable]); only the primary's
+// stop the stream: the change is kept without it and parked, its user's
+// lane waits and retries, other users go on, and [Replica.Parked] reports
+// it ([ErrBodyUnavailable]). The replica acknowledges the position but
+// names that change as missing its body, so the primary never counts it
+// as replicated: the writers waiting for it are not answered until the
+// replica has the body, and later writers are not held back by it
+// ([Primary.Await]). Only the primary's
 // explicit "not_found" means the message was expunged since. A silent, cut
 // or corrupted connection is
 // dropped and resumed with backoff; nothing acknowledged is lost. When the

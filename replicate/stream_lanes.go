@@ -126,8 +126,20 @@ func (r *Replica) blockedLocked(l *lane, batch []resilmail.Change) bool {
 
 // doneLocked removes the first n changes of l as applied (or dropped).
 func (r *Replica) doneLocked(l *lane, n int) {
+	filled := false
 	for _, c := range l.queue[:n] {
 		delete(r.unapplied, c.Seq)
+		if _, ok := r.missing[c.Seq]; ok {
+			delete(r.missing, c.Seq)
+			filled = true
+		}
+	}
+	if filled {
+		// The primary learns that these are replicated now.
+		select {
+		case r.ackNow <- struct{}{}:
+		default:
+		}
 	}
 	l.queue = slices.Delete(l.queue, 0, n)
 	r.openGateLocked()

@@ -82,6 +82,27 @@ type link struct {
 	changes       uint64
 	bodies        uint64
 	corruptBodies uint64
+	// missing are the changes the replica received without their body,
+	// by seq, with when the primary learned of each (see covers).
+	missing map[uint64]time.Time
+}
+
+// covers reports whether the replica has pos for an Await that started at
+// started: it acknowledged pos, and no change up to pos that it names as
+// missing its body was learned of after started. A missing change holds
+// back the Awaits that were waiting when the primary learned of it (the
+// writer of that change among them), never a later one: a body the
+// primary cannot serve must not stall every later writer.
+func (l *link) covers(pos uint64, started time.Time) bool {
+	if l == nil || l.acked < pos {
+		return false
+	}
+	for seq, learned := range l.missing {
+		if seq <= pos && started.Before(learned) {
+			return false
+		}
+	}
+	return true
 }
 
 // NewPrimary returns a Primary serving src.
@@ -581,12 +602,22 @@ type ackRequest struct {
 	Replica  string          `json:"replica"`
 	Position uint64          `json:"position"`
 	Epoch    resilmail.Epoch `json:"epoch"`
+	// Missing are changes up to Position received without their body
+	// (at most maxAckMissing): not replicated yet.
+	Missing []uint64 `json:"missing,omitempty"`
 }
+
+// maxAckMissing bounds the changes an acknowledgement names as missing.
+const maxAckMissing = 1024
 
 func (p *Primary) serveAck(w http.ResponseWriter, r *http.Request) {
 	var a ackRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&a); err != nil {
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&a); err != nil {
 		p.badRequest(w, r, fmt.Errorf("ack: %w", err))
+		return
+	}
+	if len(a.Missing) > maxAckMissing {
+		p.badRequest(w, r, fmt.Errorf("ack: %d missing changes named, at most %d", len(a.Missing), maxAckMissing))
 		return
 	}
 	id, _ := r.Context().Value(identityKey{}).(identity)
@@ -631,7 +662,25 @@ func (p *Primary) ack(a ackRequest) (advanced bool) {
 		l.acked = a.Position
 		advanced = true
 	}
-	l.ackedAt = time.Now()
+	now := time.Now()
+	l.ackedAt = now
+	var missing map[uint64]time.Time
+	for _, seq := range a.Missing {
+		if seq > a.Position {
+			continue
+		}
+		if missing == nil {
+			missing = make(map[uint64]time.Time, len(a.Missing))
+		}
+		learned, ok := l.missing[seq]
+		if !ok {
+			learned = now
+			p.log.Warn("replicate: a replica received a change without its body; it does not count as replicated until the body arrives",
+				"replica", a.Replica, "seq", seq)
+		}
+		missing[seq] = learned
+	}
+	l.missing = missing
 	close(p.acked)
 	p.acked = make(chan struct{})
 	return advanced
@@ -639,18 +688,18 @@ func (p *Primary) ack(a ackRequest) (advanced bool) {
 
 // satisfiedLocked reports whether the acknowledgements Await waits for
 // cover pos.
-func (p *Primary) satisfiedLocked(pos uint64) bool {
+func (p *Primary) satisfiedLocked(pos uint64, started time.Time) bool {
 	switch p.opts.Mode {
 	case AckOne:
 		for _, l := range p.replicas {
-			if l.acked >= pos {
+			if l.covers(pos, started) {
 				return true
 			}
 		}
 		return false
 	case AckAll:
 		for _, name := range p.opts.Replicas {
-			if p.replicas[name].acked < pos {
+			if !p.replicas[name].covers(pos, started) {
 				return false
 			}
 		}
@@ -660,12 +709,17 @@ func (p *Primary) satisfiedLocked(pos uint64) bool {
 }
 
 // Await waits until the replicas have acknowledged position pos, as Mode
-// says, for at most AckTimeout: then, by OnTimeout, it returns an error
+// says, for at most AckTimeout. A change a replica received without its
+// body (this primary could not serve it) is not acknowledged for the
+// Awaits that were waiting when the replica said so, the writer of that
+// change among them, until the replica has the body; later Awaits are
+// not held back by it. After AckTimeout, by OnTimeout, it returns an error
 // wrapping ErrNotReplicated or nil. Once a replica has acknowledged with an
 // epoch higher than the Source's, the primary is superseded and Await
 // returns an error wrapping ErrFenced, whatever the mode. It returns
 // ctx.Err() if ctx is done first.
 func (p *Primary) Await(ctx context.Context, pos uint64) error {
+	started := time.Now()
 	timer := time.NewTimer(p.opts.AckTimeout)
 	defer timer.Stop()
 	for {
@@ -675,7 +729,7 @@ func (p *Primary) Await(ctx context.Context, pos uint64) error {
 			p.mu.Unlock()
 			return fmt.Errorf("%w: a replica has seen epoch %d, this primary has %d", ErrFenced, e, p.src.Epoch())
 		}
-		if p.opts.Mode == AckAsync || p.satisfiedLocked(pos) {
+		if p.opts.Mode == AckAsync || p.satisfiedLocked(pos, started) {
 			p.mu.Unlock()
 			return nil
 		}
@@ -715,7 +769,7 @@ func (p *Primary) Stats() PrimaryStats {
 	for name, l := range p.replicas {
 		rs := ReplicaLinkStats{Name: name, Connected: l.connected > 0, Acked: l.acked, AckedAt: l.ackedAt,
 			LastError: l.lastErr, LastErrorTime: l.lastErrAt, BytesSent: l.bytes, ChangesSent: l.changes,
-			BodiesServed: l.bodies, CorruptBodies: l.corruptBodies}
+			BodiesServed: l.bodies, CorruptBodies: l.corruptBodies, Missing: len(l.missing)}
 		if pos > l.acked {
 			rs.LagChanges = pos - l.acked
 			if t, ok := p.timeAfterLocked(l.acked); ok {

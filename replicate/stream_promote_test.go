@@ -202,9 +202,9 @@ func TestPromotionSurvivesRestart(t *testing.T) {
 	stop()
 
 	r, _ = startReplica(t, dst, srv.URL, inbox, &replicate.ReplicaOptions{Hold: holdExpunges})
-	require.Eventually(t, func() bool { return r.Stats().Promoted }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return r.Stats().Promoted && len(r.Held()) == 1 }, 10*time.Second, 5*time.Millisecond,
+		"still promoted, and the delayed expunge still waits for the operator")
 	assert.Equal(t, res.Epoch, r.Stats().PromotedEpoch)
-	require.Len(t, r.Held(), 1, "the delayed expunge still waits for the operator")
 	require.NoError(t, r.Confirm("alice", r.Held()[0].Change.Seq))
 	require.Eventually(t, func() bool {
 		st, err := dst.MailboxStatus(ctx, "alice", "INBOX")

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -105,7 +106,8 @@ func TestSharedBodySurvivesAnotherUsersExpunge(t *testing.T) {
 
 // TestCorruptBodyStallsOnlyItsUser: alice's body is damaged on the
 // primary; bob's mail keeps replicating, the whole stream is received and
-// acknowledged, alice's change is parked and reported, and once the
+// acknowledged (alice's change named as missing its body), alice's change
+// is parked and reported, and once the
 // primary has a good copy again it applies.
 func TestCorruptBodyStallsOnlyItsUser(t *testing.T) {
 	for _, size := range []int{100, 200 << 10} { // inline and fetched
@@ -121,8 +123,9 @@ func TestCorruptBodyStallsOnlyItsUser(t *testing.T) {
 		flipBody(t, srcDir, d)
 		p, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond, Mode: replicate.AckOne})
 		r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+		require.Eventually(t, func() bool { return len(r.Parked()) == 1 }, 10*time.Second, 5*time.Millisecond)
 		addN(t, src, "bob", "INBOX", 3)
-		require.NoError(t, p.Await(ctx, src.Position()), "the replica acknowledges past the parked change")
+		require.NoError(t, p.Await(ctx, src.Position()), "bob's writers are acknowledged past alice's parked change")
 		require.Eventually(t, func() bool { return messages(t, dst, "bob", "INBOX") == 3 }, 10*time.Second, 5*time.Millisecond)
 		require.Eventually(t, func() bool { return len(r.Parked()) == 1 }, 10*time.Second, 5*time.Millisecond)
 		st := r.Stats()
@@ -142,6 +145,7 @@ func TestCorruptBodyStallsOnlyItsUser(t *testing.T) {
 		waitApplied(t, r, src)
 		requireSame(t, src, dst)
 		assert.Zero(t, r.Stats().Parked)
+		assert.Zero(t, r.Stats().Missing)
 		assert.Equal(t, uint64(1), r.Stats().ParkedTotal)
 	}
 }
@@ -185,4 +189,72 @@ func newServer(t testing.TB, h http.Handler) *httptest.Server {
 		srv.Close()
 	})
 	return srv
+}
+
+// TestBodylessChangeIsNotAcknowledged: a body the primary cannot serve
+// for a while (here its body requests fail) leaves its change received but
+// not replicated: the writer's Await does not return nil, a later writer
+// of another user is not held back, and once the body can be served the
+// change applies and the Await waiting for it returns.
+func TestBodylessChangeIsNotAcknowledged(t *testing.T) {
+	ctx := context.Background()
+	src, dst := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	require.NoError(t, src.CreateUser(ctx, "bob"))
+	big := func(s string) string { return msgText("precious", strings.Repeat(s, 200<<10)) } // fetched, not inline
+	var broken sync.Map                                                                     // digest string → true
+	p, err := replicate.NewPrimary(src, &replicate.PrimaryOptions{Secret: streamSecret, Logger: quietLogger(), Heartbeat: 50 * time.Millisecond,
+		Mode: replicate.AckOne, AckTimeout: time.Minute})
+	require.NoError(t, err)
+	h := p.Handler()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d, ok := strings.CutPrefix(r.URL.Path, "/body/"); ok {
+			if _, bad := broken.Load(d); bad {
+				http.Error(w, "disk error", http.StatusInternalServerError)
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), nil)
+	add(t, src, "bob", "INBOX", msgText("first", "1"))
+	require.NoError(t, p.Await(ctx, src.Position()))
+
+	// Alice's writer waits from before its change exists.
+	first := big("p")
+	broken.Store(resilmail.DigestOf([]byte(first)).String(), true)
+	pos := src.Position() + 1
+	waited := make(chan error, 1)
+	go func() { waited <- p.Await(ctx, pos) }()
+	add(t, src, "alice", "INBOX", first)
+	require.Equal(t, pos, src.Position())
+	require.Eventually(t, func() bool {
+		st := p.Stats()
+		return len(st.Replicas) == 1 && st.Replicas[0].Acked >= pos && st.Replicas[0].Missing == 1
+	}, 10*time.Second, 5*time.Millisecond, "the replica acknowledges the position and names the change as missing")
+	assert.Equal(t, 1, r.Stats().Missing)
+	select {
+	case err := <-waited:
+		t.Fatalf("alice's writer was answered (%v) though no replica has her message", err)
+	default:
+	}
+
+	// Bob's later writer is not held back.
+	add(t, src, "bob", "INBOX", msgText("later", "2"))
+	bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	require.NoError(t, p.Await(bctx, src.Position()), "a later writer is not held back")
+
+	// The body comes back: the change applies and alice's writer is
+	// answered.
+	broken.Clear()
+	select {
+	case err := <-waited:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("alice's writer still waits: %+v", r.Stats())
+	}
+	assert.Equal(t, 1, messages(t, dst, "alice", "INBOX"))
+	require.Eventually(t, func() bool { return r.Stats().Missing == 0 && p.Stats().Replicas[0].Missing == 0 }, 10*time.Second, 5*time.Millisecond)
 }

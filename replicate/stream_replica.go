@@ -57,17 +57,23 @@ type Replica struct {
 	stop      context.CancelFunc // set by Run
 	running   sync.WaitGroup
 
-	idle       atomic.Int64 // how long a request may go without a byte (a time.Duration)
-	mu         sync.Mutex
-	gate       chan struct{} // closed and replaced when a lane applies or holds
-	stopped    bool
-	inbox      *wal.Log
-	bodies     map[resilmail.Digest]wal.Pos
-	confirmed  map[string]uint64
-	lanes      map[string]*lane
-	laneCtx    context.Context // set by Run for the lanes' goroutines
-	laneWG     *sync.WaitGroup
-	unapplied  map[uint64]uint64 // seq → lowest inbox segment it needs
+	idle      atomic.Int64 // how long a request may go without a byte (a time.Duration)
+	mu        sync.Mutex
+	gate      chan struct{} // closed and replaced when a lane applies or holds
+	stopped   bool
+	inbox     *wal.Log
+	bodies    map[resilmail.Digest]wal.Pos
+	confirmed map[string]uint64
+	lanes     map[string]*lane
+	laneCtx   context.Context // set by Run for the lanes' goroutines
+	laneWG    *sync.WaitGroup
+	unapplied map[uint64]uint64 // seq → lowest inbox segment it needs
+	// missing are the appends received without their body (the primary
+	// could not serve it): acknowledged as received, but named in every
+	// acknowledgement so that the primary does not count them as
+	// replicated, until they apply. ackNow asks for an acknowledgement.
+	missing    map[uint64]struct{}
+	ackNow     chan struct{}
 	received   uint64
 	primaryPos uint64
 	primaryAt  time.Time
@@ -121,7 +127,8 @@ func NewReplica(t Target, primaryURL, dir string, opts *ReplicaOptions) (*Replic
 	o.Secret = slices.Clone(o.Secret)
 	return &Replica{t: t, base: strings.TrimSuffix(primaryURL, "/"), dir: dir, opts: o, log: o.Logger,
 		client: o.HTTPClient, token: StreamToken(o.Secret), gate: make(chan struct{}),
-		lanes: make(map[string]*lane), unapplied: make(map[uint64]uint64)}, nil
+		lanes: make(map[string]*lane), unapplied: make(map[uint64]uint64),
+		missing: make(map[uint64]struct{}), ackNow: make(chan struct{}, 1)}, nil
 }
 
 // Stats returns the replica's counters.
@@ -133,6 +140,7 @@ func (r *Replica) Stats() ReplicaStats {
 	st.PrimaryPosition, st.PrimaryTime = r.primaryPos, r.primaryAt
 	st.Applied = r.appliedLocked()
 	st.Promoted, st.PromotedEpoch = r.promoted, r.promotion.Epoch
+	st.Missing = len(r.missing)
 	for _, l := range r.lanes {
 		for _, d := range l.delayed {
 			if !d.confirmed {
@@ -313,6 +321,9 @@ func (r *Replica) openInbox(first bool) error {
 			continue
 		}
 		r.enqueueLocked(ic.c, ic.seg)
+		if ic.c.Kind == resilmail.ChangeAppend && !r.haveBodyLocked(ic.c.Digest) {
+			r.missing[ic.c.Seq] = struct{}{}
+		}
 	}
 	r.restoreDelayedLocked(st)
 	if first {
@@ -356,6 +367,7 @@ func (r *Replica) fullSync(ctx context.Context) {
 			}
 			for _, c := range l.queue[n:] {
 				delete(r.unapplied, c.Seq)
+				delete(r.missing, c.Seq)
 			}
 			l.queue, l.last = l.queue[:n], after
 		}
@@ -490,11 +502,12 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 		for {
 			select {
 			case <-acks:
-				if err := r.ack(ctx); err != nil {
-					cancel(err)
-					return
-				}
+			case <-r.ackNow:
 			case <-ctx.Done():
+				return
+			}
+			if err := r.ack(ctx); err != nil {
+				cancel(err)
 				return
 			}
 		}
@@ -569,8 +582,19 @@ func (r *Replica) session(parent context.Context) (progressed bool, err error) {
 		// The bodies first, those the stream did not carry fetched in
 		// parallel, then the changes in order: a change never precedes
 		// its body in the inbox.
-		if err := r.fetchBodies(ctx, inbox, queued, inline); err != nil {
+		unavailable, err := r.fetchBodies(ctx, inbox, queued, inline)
+		if err != nil {
 			return progressed, err
+		}
+		if len(unavailable) > 0 {
+			// Named as missing before the lanes can apply (and clear) them.
+			r.mu.Lock()
+			for _, c := range queued {
+				if c.Kind == resilmail.ChangeAppend && unavailable[c.Digest] {
+					r.missing[c.Seq] = struct{}{}
+				}
+			}
+			r.mu.Unlock()
 		}
 		clear(inline)
 		inlined = 0
@@ -675,7 +699,18 @@ func (r *Replica) commit(inbox *wal.Log, batch []inboxChange, received uint64) e
 func (r *Replica) ack(ctx context.Context) error {
 	r.mu.Lock()
 	a := ackRequest{Replica: r.opts.Name, Position: r.received}
+	for seq := range r.missing {
+		if seq <= a.Position {
+			a.Missing = append(a.Missing, seq)
+		}
+	}
 	r.mu.Unlock()
+	slices.Sort(a.Missing)
+	if len(a.Missing) > maxAckMissing {
+		// The oldest are named; the primary holds back no writer for
+		// longer than its AckTimeout anyway.
+		a.Missing = a.Missing[:maxAckMissing]
+	}
 	a.Epoch = r.t.Epoch()
 	b, _ := json.Marshal(a)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -697,9 +732,14 @@ func (r *Replica) ack(ctx context.Context) error {
 // fetchBodies keeps in the inbox the bodies the appends of changes name:
 // those in inline (verified bodies the stream carried) at once, the others
 // read back from the target if it holds them (pinFromTarget) or fetched,
-// up to eight at once.
-func (r *Replica) fetchBodies(ctx context.Context, inbox *wal.Log, changes []resilmail.Change, inline map[resilmail.Digest][]byte) error {
+// up to eight at once. It returns the digests the primary could not serve
+// (their changes are kept without them, and not counted as replicated).
+func (r *Replica) fetchBodies(ctx context.Context, inbox *wal.Log, changes []resilmail.Change, inline map[resilmail.Digest][]byte) (map[resilmail.Digest]bool, error) {
 	seen := make(map[resilmail.Digest]bool)
+	var (
+		mu          sync.Mutex
+		unavailable map[resilmail.Digest]bool
+	)
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	for _, c := range changes {
@@ -710,13 +750,25 @@ func (r *Replica) fetchBodies(ctx context.Context, inbox *wal.Log, changes []res
 		if b, ok := inline[c.Digest]; ok {
 			if err := r.keepBody(inbox, c.Digest, b, false); err != nil {
 				g.Wait()
-				return err
+				return nil, err
 			}
 			continue
 		}
-		g.Go(func() error { return r.fetchBody(ctx, inbox, c.Digest, c.Size) })
+		g.Go(func() error {
+			missing, err := r.fetchBody(ctx, inbox, c.Digest, c.Size)
+			if missing {
+				mu.Lock()
+				if unavailable == nil {
+					unavailable = make(map[resilmail.Digest]bool)
+				}
+				unavailable[c.Digest] = true
+				mu.Unlock()
+			}
+			return err
+		})
 	}
-	return g.Wait()
+	err := g.Wait()
+	return unavailable, err
 }
 
 // fetchBody keeps in the inbox the body d unless the inbox has it already:
@@ -724,32 +776,42 @@ func (r *Replica) fetchBodies(ctx context.Context, inbox *wal.Log, changes []res
 // that another user's expunge may remove before it applies), else the
 // primary's. A body the primary no longer has is skipped: applying the
 // change records the message as expunged. A body the primary cannot serve
-// is skipped too: the change is kept without it and parked when applied.
-func (r *Replica) fetchBody(ctx context.Context, inbox *wal.Log, d resilmail.Digest, size int64) error {
+// is skipped too, and reported (unavailable): the change is kept without
+// it, parked when applied, and not counted as replicated until then.
+func (r *Replica) fetchBody(ctx context.Context, inbox *wal.Log, d resilmail.Digest, size int64) (unavailable bool, err error) {
 	if r.inInbox(d) {
-		return nil
+		return false, nil
 	}
 	if bc, ok := r.t.(BodyChecker); ok && bc.HasBody(d) {
 		pinned, err := r.pinFromTarget(ctx, inbox, d)
 		if err != nil || pinned {
-			return err
+			return false, err
 		}
 		if _, ok := r.t.(BodyReader); !ok {
-			return nil // cannot be pinned: the target's copy is relied on
+			return false, nil // cannot be pinned: the target's copy is relied on
 		}
 	}
 	b, err := r.download(ctx, d, size)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return nil
+		return false, nil
 	case errors.Is(err, ErrBodyUnavailable):
-		r.log.Warn("replicate: body unavailable at the primary; its change is kept and will wait for it",
+		r.log.Warn("replicate: body unavailable at the primary; its change is kept, not counted as replicated, and will wait for it",
 			"replica", r.opts.Name, "digest", d, "err", err)
-		return nil
+		return true, nil
 	case err != nil:
-		return err
+		return false, err
 	}
-	return r.keepBody(inbox, d, b, true)
+	return false, r.keepBody(inbox, d, b, true)
+}
+
+// haveBodyLocked reports whether the inbox or the target holds body d.
+func (r *Replica) haveBodyLocked(d resilmail.Digest) bool {
+	if _, ok := r.bodies[d]; ok {
+		return true
+	}
+	bc, ok := r.t.(BodyChecker)
+	return ok && bc.HasBody(d)
 }
 
 // inInbox reports whether the inbox holds body d.

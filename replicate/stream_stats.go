@@ -53,6 +53,10 @@ type ReplicaLinkStats struct {
 	// BytesSent counts stream and body bytes; ChangesSent changes;
 	// BodiesServed bodies; CorruptBodies bodies refused as corrupt.
 	BytesSent, ChangesSent, BodiesServed, CorruptBodies uint64
+	// Missing is how many acknowledged changes the replica received
+	// without their body (this primary could not serve it): they do not
+	// count as replicated until the replica has them.
+	Missing int
 }
 
 // ReplicaStats describe a [Replica].
@@ -66,6 +70,11 @@ type ReplicaStats struct {
 	PrimaryTime     time.Time
 	// Connected reports whether the stream is open.
 	Connected bool
+	// Missing is how many received appends lack their body (the primary
+	// could not serve it): acknowledged as received but named as missing,
+	// so that the primary does not count them as replicated, until they
+	// apply.
+	Missing int
 	// Discarded counts the delayed changes an operator discarded
 	// (Replica.Discard) in this run.
 	Discarded uint64
