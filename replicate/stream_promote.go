@@ -60,8 +60,9 @@ var errPromoting = errors.New("replicate: the replica is being promoted")
 // its folder, written before the target is promoted): a replica restarted
 // over the same folder follows no one and applies the delayed changes
 // the operator confirms as changes of the new epoch; a restart between
-// the two writes finishes the promotion. A target whose epoch has risen
-// beyond the promotion's since (it was demoted by a newer primary) makes
+// the two writes finishes the promotion. A target demoted since (its
+// epoch has risen beyond the promotion's, or, if it has an IsPrimary
+// method as replicate/store's Store does, it is no longer a primary) makes
 // the record moot: the replica forgets it and follows again.
 func (r *Replica) Promote(ctx context.Context, e resilmail.Epoch) (PromoteResult, error) {
 	start := time.Now()
@@ -189,9 +190,10 @@ func (r *Replica) loadPromotion(ctx context.Context) error {
 	if err := json.Unmarshal(b, &rec); err != nil || rec.Epoch == 0 {
 		return fmt.Errorf("replicate: the promotion record %s is damaged (%v): the operator decides whether this replica is a primary", path, err)
 	}
+	pt, reports := r.t.(interface{ IsPrimary() bool })
 	switch cur := r.t.Epoch(); {
-	case cur > rec.Epoch:
-		r.log.Warn("replicate: the target's epoch passed this replica's promotion; it follows again", "replica", r.opts.Name,
+	case cur > rec.Epoch || cur == rec.Epoch && reports && !pt.IsPrimary():
+		r.log.Warn("replicate: the target was demoted since this replica's promotion; it follows again", "replica", r.opts.Name,
 			"promoted", uint64(rec.Epoch), "epoch", uint64(cur))
 		if err := os.Remove(path); err != nil {
 			return fmt.Errorf("replicate: forgetting the promotion: %w", err)

@@ -259,3 +259,27 @@ func TestDiscardDelayedChange(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 5, st.Messages, "the discarded expunge removed nothing")
 }
+
+// TestDemotedAfterPromotionFollowsAgain: a replica promoted, then demoted
+// by the operator (its epoch unchanged), follows its primary again when
+// it is started over the same folder.
+func TestDemotedAfterPromotionFollowsAgain(t *testing.T) {
+	ctx := context.Background()
+	src, dst := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	require.NoError(t, dst.SetReadOnly(true))
+	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	addN(t, src, "alice", "INBOX", 2)
+	inbox := t.TempDir()
+	r, stop := startReplica(t, dst, srv.URL, inbox, nil)
+	waitApplied(t, r, src)
+	res, err := r.Promote(ctx, src.Epoch()+1)
+	require.NoError(t, err)
+	stop()
+	require.NoError(t, dst.Demote(ctx, 0))
+	require.NoError(t, src.Promote(ctx, res.Epoch+1, 0))
+	addN(t, src, "alice", "INBOX", 1)
+	r, _ = startReplica(t, dst, srv.URL, inbox, nil)
+	require.Eventually(t, func() bool { return messages(t, dst, "alice", "INBOX") == 3 }, 10*time.Second, 5*time.Millisecond, "%+v", r.Stats())
+	assert.False(t, r.Stats().Promoted)
+}

@@ -245,6 +245,10 @@ func (s *Store) Role() Role {
 	return s.meta.Role
 }
 
+// IsPrimary reports whether the store's durable role is primary (it takes
+// local writes).
+func (s *Store) IsPrimary() bool { return s.Role() == RolePrimary }
+
 // SetRole makes the store a standby or fenced (local writes refused with
 // [ErrReadOnly]) or a primary again, durably before it returns: [Open]
 // restores it. Making a fenced store a primary is refused: a fenced store
