@@ -76,7 +76,9 @@
 //
 // No verdict (an error, the timeout, an unknown action, or a verdict that
 // came after the deadline) is never answered 250 unless Backend.ScanFailure
-// is ScanFailAcceptTag, which enqueues with "X-Spam-Status: No, unchecked".
+// is ScanFailAcceptTag, which enqueues with "X-Spam-Status: No, unchecked"
+// (and the edits of a [FailedScan], which must be made to anything let
+// through).
 // A message longer than ScanLimit is scanned on its first ScanLimit bytes
 // (ScanEnvelope.Truncated) or, with ScanSkip, not scanned and tagged
 // "unchecked". A policy (per domain thresholds, say) wraps a Scanner as

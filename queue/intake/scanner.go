@@ -105,6 +105,24 @@ type Verdict struct {
 	Edits []HeaderEdit
 }
 
+// A FailedScan is an error a Scanner returns when it has no verdict but
+// knows header edits that must be made to any message it lets through: an
+// authentication stage whose content scanner failed still removes forged
+// Authentication-Results fields and adds its own. When the Backend then
+// accepts unchecked mail (ScanFailAcceptTag) it applies Edits, and refuses
+// with 451 4.7.1 if they cannot be applied; otherwise the scan failed
+// like any other.
+type FailedScan struct {
+	Err   error
+	Edits []HeaderEdit
+}
+
+// Error returns the scanner's error text.
+func (e *FailedScan) Error() string { return e.Err.Error() }
+
+// Unwrap returns the scanner's error.
+func (e *FailedScan) Unwrap() error { return e.Err }
+
 // ScanFailure says what the Backend does when the scanner gave no
 // verdict: it failed, timed out, or answered garbage.
 type ScanFailure int
@@ -145,6 +163,9 @@ type scanResult struct {
 	verdict Verdict
 	header  string // header fields to prepend, CRLF-terminated
 	err     error  // the scanner's error, if it gave no verdict
+	// mustRefuse says that the message cannot be accepted unchecked
+	// either (a failed scan's edits could not be applied).
+	mustRefuse bool
 }
 
 // scan reads the start of the message from src (up to the scan limit),
@@ -194,6 +215,17 @@ func (s *session) scan(env resilmail.Envelope, src io.Reader) (head []byte, res 
 	}
 	if serr != nil {
 		s.log.Warn("smtp: content scanner gave no verdict", "msg_id", env.ID, "remote", s.remote, "took", time.Since(start), "err", serr)
+		var fs *FailedScan
+		if errors.As(serr, &fs) && s.b.ScanFailure == ScanFailAcceptTag {
+			edited, eerr := applyEdits(head, n <= limit, fs.Edits)
+			if eerr != nil {
+				// The edits that had to be made cannot be: not even
+				// accept-and-tag can take this message.
+				s.log.Warn("smtp: the edits of a failed scan cannot be applied", "msg_id", env.ID, "remote", s.remote, "err", eerr)
+				return head, scanResult{err: fmt.Errorf("%w: %w", ErrNoVerdict, eerr), mustRefuse: true}, nil
+			}
+			head = edited
+		}
 		return head, scanResult{err: fmt.Errorf("%w: %w", ErrNoVerdict, serr), header: "X-Spam-Status: No, unchecked (scanner unavailable)\r\n"}, nil
 	}
 	if len(v.Edits) > 0 && v.Action != ActionReject && v.Action != ActionTempFail && v.Action != ActionDiscard {
@@ -221,7 +253,7 @@ var knownActions = map[Action]struct{}{"": {}, ActionAccept: {}, ActionTag: {}, 
 // here, or nil when the message is to be kept (enqueued or quarantined).
 func (r scanResult) reply(failure ScanFailure) *smtp.SMTPError {
 	if r.err != nil {
-		if failure == ScanFailAcceptTag {
+		if failure == ScanFailAcceptTag && !r.mustRefuse {
 			return nil
 		}
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "content scanner unavailable, try again later"}

@@ -187,7 +187,9 @@ func (a *Authenticator) scan(ctx context.Context, env *intake.ScanEnvelope, body
 	}
 	inner, err := next.Scan(ctx, env, edited)
 	if err != nil {
-		return intake.Verdict{}, err
+		// Still no forged field may pass, nor one without ours, if the
+		// Backend accepts unchecked mail.
+		return intake.Verdict{}, &intake.FailedScan{Err: err, Edits: v.Edits}
 	}
 	out := inner
 	out.Edits = append(append([]intake.HeaderEdit(nil), v.Edits...), inner.Edits...)

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -339,4 +340,28 @@ func TestNewRefusesBadOptions(t *testing.T) {
 	assert.NoError(t, err)
 	_, err = auth.ParseDisposition("drop")
 	assert.Error(t, err)
+}
+
+// TestContentScannerDown checks that a forged Authentication-Results field
+// never passes, even when the content scanner is down and the Backend
+// accepts unchecked mail.
+func TestContentScannerDown(t *testing.T) {
+	w := newWorld(t)
+	down := intake.ScannerFunc(func(context.Context, *intake.ScanEnvelope, []byte) (intake.Verdict, error) {
+		return intake.Verdict{}, errors.New("connection refused")
+	})
+	msg := message("sender@example.net", "down", "Authentication-Results: mx.example.org; dmarc=pass header.from=bank.example")
+	addr, rec := mx(t, w.auth(t, auth.Options{}), down, nil)
+	assert.Regexp(t, `^451 4\.7\.1 `, sendRaw(t, addr, "sender@example.net", msg))
+	assert.Empty(t, rec.got())
+
+	addr, rec = mx(t, w.auth(t, auth.Options{}), down, func(be *intake.Backend) { be.ScanFailure = intake.ScanFailAcceptTag })
+	assert.Regexp(t, `^250 `, sendRaw(t, addr, "sender@example.net", msg))
+	got := rec.got()
+	require.Len(t, got, 1)
+	assert.Contains(t, got[0], "X-Spam-Status: No, unchecked")
+	ars := authResults(got[0])
+	require.Len(t, ars, 1, "the forged field is gone: %q", ars)
+	assert.Contains(t, ars[0], "spf=pass")
+	assert.NotContains(t, ars[0], "bank.example")
 }

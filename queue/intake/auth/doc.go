@@ -45,10 +45,13 @@
 // DKIM is verified on the bytes the Backend holds in memory
 // (Backend.ScanLimit): a signature on a longer message is reported
 // neutral ("larger than the scan limit") and DMARC then rests on SPF
-// alone. With intake.ScanSkip such a message is not authenticated at all,
-// and with intake.ScanFailAcceptTag a message whose scan failed keeps its
-// header as sent: use the defaults (ScanPrefix, ScanFailTempFail) where
-// the Authentication-Results field is trusted downstream.
+// alone. With intake.ScanSkip such a message is not authenticated at all
+// (and keeps its header as sent): use the default ScanPrefix where the
+// Authentication-Results field is trusted downstream. When the content
+// scanner behind the middleware fails, the middleware returns an
+// intake.FailedScan carrying its edits, so that a Backend that accepts
+// unchecked mail (intake.ScanFailAcceptTag) still removes forged fields
+// and adds this MX's.
 //
 // # DNS
 //
