@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
-	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/resilmail/resilmail/internal/dnstest"
 	"github.com/resilmail/resilmail/queue/intake"
 	"github.com/resilmail/resilmail/queue/intake/auth"
+	"github.com/resilmail/resilmail/queue/intake/intaketest"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -81,34 +81,11 @@ func (w *world) auth(t testing.TB, opts auth.Options) *auth.Authenticator {
 	return a
 }
 
-// recorder is an Enqueuer that keeps what it is given.
-type recorder struct {
-	mu     sync.Mutex
-	bodies []string
-}
-
-func (r *recorder) Enqueue(_ context.Context, env resilmail.Envelope, body io.Reader) (string, error) {
-	b, err := io.ReadAll(body)
-	if err != nil {
-		return "", err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.bodies = append(r.bodies, string(b))
-	return env.ID, nil
-}
-
-func (r *recorder) got() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]string(nil), r.bodies...)
-}
-
 // mx serves an intake.Backend authenticating with a (and then scanning
 // with inner, if set) on loopback.
-func mx(t *testing.T, a *auth.Authenticator, inner intake.Scanner, tune func(*intake.Backend)) (string, *recorder) {
+func mx(t *testing.T, a *auth.Authenticator, inner intake.Scanner, tune func(*intake.Backend)) (string, *intaketest.Recorder) {
 	t.Helper()
-	rec := &recorder{}
+	rec := &intaketest.Recorder{}
 	be := &intake.Backend{Queue: rec, Scanner: intake.WrapScanner(inner, a.Middleware()), CheckSender: a.CheckSender,
 		Hostname: "mx.example.org", Logger: quiet}
 	if inner == nil {
@@ -117,13 +94,7 @@ func mx(t *testing.T, a *auth.Authenticator, inner intake.Scanner, tune func(*in
 	if tune != nil {
 		tune(be)
 	}
-	srv := smtp.NewServer(be)
-	srv.Domain = "mx.example.org"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String(), rec
+	return intaketest.Serve(t, be), rec
 }
 
 // swaks sends msg (a whole message, header and body) from sender with the
@@ -180,7 +151,7 @@ func TestAuthenticationResultsWithSwaks(t *testing.T) {
 		"Authentication-Results: other.example; spf=fail smtp.mailfrom=example.net"))
 	out, ok := swaks(t, addr, "sender@example.net", msg)
 	require.True(t, ok, out)
-	got := rec.got()
+	got := rec.Bodies()
 	require.Len(t, got, 1)
 	ars := authResults(got[0])
 	require.Len(t, ars, 2, "ours added, both forged ones gone, the other id's kept: %q", ars)
@@ -221,10 +192,10 @@ func TestDMARC(t *testing.T) {
 			reply := sendRaw(t, addr, tc.sender, tc.msg)
 			require.True(t, strings.HasPrefix(reply, tc.reply), "reply %q, want %q", reply, tc.reply)
 			if tc.dmarc == "" {
-				assert.Empty(t, rec.got())
+				assert.Empty(t, rec.Bodies())
 				return
 			}
-			got := rec.got()
+			got := rec.Bodies()
 			require.Len(t, got, 1)
 			ars := authResults(got[0])
 			require.NotEmpty(t, ars)
@@ -248,7 +219,7 @@ func TestDMARC(t *testing.T) {
 			}
 		})
 		assert.Regexp(t, `^250 `, sendRaw(t, addr, "someone@example.net", forged))
-		assert.Empty(t, rec.got())
+		assert.Empty(t, rec.Bodies())
 		mu.Lock()
 		defer mu.Unlock()
 		require.Len(t, kept, 1)
@@ -260,8 +231,8 @@ func TestDMARC(t *testing.T) {
 		require.NoError(t, w2.dns.Add(`_dmarc.pct.example. 60 IN TXT "v=DMARC1; p=reject; pct=0"`))
 		addr, rec := mx(t, w2.auth(t, auth.Options{OnQuarantine: auth.Tag}), nil, nil)
 		assert.Regexp(t, `^250 `, sendRaw(t, addr, "someone@example.net", message("x@pct.example", "pct")))
-		require.Len(t, rec.got(), 1)
-		assert.Contains(t, rec.got()[0], "X-Spam-Flag: YES")
+		require.Len(t, rec.Bodies(), 1)
+		assert.Contains(t, rec.Bodies()[0], "X-Spam-Flag: YES")
 	})
 }
 
@@ -271,8 +242,8 @@ func TestDKIMBrokenSignature(t *testing.T) {
 	msg := strings.Replace(w.sign(t, message("sender@example.net", "changed")), "Hello Alice.", "Hello Mallory.", 1)
 	// SPF passes for example.net from 127.0.0.1, so DMARC still passes.
 	assert.Regexp(t, `^250 `, sendRaw(t, addr, "sender@example.net", msg))
-	require.Len(t, rec.got(), 1)
-	ars := authResults(rec.got()[0])
+	require.Len(t, rec.Bodies(), 1)
+	ars := authResults(rec.Bodies()[0])
 	assert.Contains(t, ars[0], "dkim=fail reason=")
 	assert.Contains(t, ars[0], "dmarc=pass")
 }
@@ -283,14 +254,14 @@ func TestNullMXSenderWithSwaks(t *testing.T) {
 	out, ok := swaks(t, addr, "someone@null.example", message("someone@null.example", "null"))
 	assert.False(t, ok)
 	assert.Contains(t, out, "<** 550 5.7.27 sender address domain null.example accepts no mail (null MX)")
-	assert.Empty(t, rec.got())
+	assert.Empty(t, rec.Bodies())
 
 	out, ok = swaks(t, addr, "someone@dnsdown.example", w.sign(t, message("sender@example.net", "dnsdown")))
 	assert.True(t, ok, "a DNS failure refuses nobody: %s", out)
 	out, ok = swaks(t, addr, "<>", w.sign(t, message("sender@example.net", "bounce")))
 	assert.True(t, ok, "the null sender is not checked: %s", out)
 	assert.Contains(t, out, "-> MAIL FROM:<>\n")
-	assert.Len(t, rec.got(), 2)
+	assert.Len(t, rec.Bodies(), 2)
 }
 
 // withInner checks that the scanner behind the middleware sees the message
@@ -316,7 +287,7 @@ func TestMiddlewareWithAContentScanner(t *testing.T) {
 	assert.Len(t, authResults(seen), 1)
 	assert.Contains(t, authResults(seen)[0], "spf=pass")
 	mu.Unlock()
-	got := rec.got()
+	got := rec.Bodies()
 	require.Len(t, got, 1)
 	assert.Len(t, authResults(got[0]), 1)
 	assert.Contains(t, got[0], "\r\nX-Scanned: yes\r\n")
@@ -327,7 +298,7 @@ func TestMiddlewareWithAContentScanner(t *testing.T) {
 		return intake.Verdict{}, nil
 	}), nil)
 	assert.Regexp(t, `^550 5\.7\.1 `, sendRaw(t, addr, "someone@example.net", message("x@bank.example", "refused")))
-	assert.Empty(t, rec.got())
+	assert.Empty(t, rec.Bodies())
 }
 
 func TestNewRefusesBadOptions(t *testing.T) {
@@ -353,11 +324,11 @@ func TestContentScannerDown(t *testing.T) {
 	msg := message("sender@example.net", "down", "Authentication-Results: mx.example.org; dmarc=pass header.from=bank.example")
 	addr, rec := mx(t, w.auth(t, auth.Options{}), down, nil)
 	assert.Regexp(t, `^451 4\.7\.1 `, sendRaw(t, addr, "sender@example.net", msg))
-	assert.Empty(t, rec.got())
+	assert.Empty(t, rec.Bodies())
 
 	addr, rec = mx(t, w.auth(t, auth.Options{}), down, func(be *intake.Backend) { be.ScanFailure = intake.ScanFailAcceptTag })
 	assert.Regexp(t, `^250 `, sendRaw(t, addr, "sender@example.net", msg))
-	got := rec.got()
+	got := rec.Bodies()
 	require.Len(t, got, 1)
 	assert.Contains(t, got[0], "X-Spam-Status: No, unchecked")
 	ars := authResults(got[0])

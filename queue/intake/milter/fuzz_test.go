@@ -32,53 +32,34 @@ func packet(cmd byte, data ...string) []byte {
 // scriptedMilter negotiates and continues like a milter, then answers the
 // end of message with whatever answer() returns.
 func scriptedMilter(t testing.TB, answer func() []byte) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	return rawMilter(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			var n [4]byte
+			if _, err := io.ReadFull(c, n[:]); err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				for {
-					var n [4]byte
-					if _, err := io.ReadFull(c, n[:]); err != nil {
-						return
-					}
-					buf := make([]byte, binary.BigEndian.Uint32(n[:]))
-					if _, err := io.ReadFull(c, buf); err != nil || len(buf) == 0 {
-						return
-					}
-					switch buf[0] {
-					case 'O': // negotiate: version 6, the actions offered, every event with a reply
-						neg := make([]byte, 12)
-						binary.BigEndian.PutUint32(neg, 6)
-						copy(neg[4:8], buf[5:9])
-						c.Write(packet('O', string(neg)))
-					case 'D', 'Q', 'A': // macros, quit, abort: no reply
-						if buf[0] == 'Q' {
-							return
-						}
-					case 'E':
-						c.Write(answer())
-						return
-					default:
-						c.Write(packet('c'))
-					}
-				}
-			}()
+			buf := make([]byte, binary.BigEndian.Uint32(n[:]))
+			if _, err := io.ReadFull(c, buf); err != nil || len(buf) == 0 {
+				return
+			}
+			switch buf[0] {
+			case 'O': // negotiate: version 6, the actions offered, every event with a reply
+				neg := make([]byte, 12)
+				binary.BigEndian.PutUint32(neg, 6)
+				copy(neg[4:8], buf[5:9])
+				c.Write(packet('O', string(neg)))
+			case 'D', 'A': // macros, abort: no reply
+			case 'Q':
+				return
+			case 'E':
+				c.Write(answer())
+				return
+			default:
+				c.Write(packet('c'))
+			}
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // FuzzMilterAnswer feeds arbitrary bytes as a milter's answer to the end

@@ -17,13 +17,13 @@ import (
 	"time"
 
 	"github.com/d--j/go-milter/mailfilter"
-	gosmtp "github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/rspamdtest"
 	"github.com/resilmail/resilmail/queue/intake"
+	"github.com/resilmail/resilmail/queue/intake/intaketest"
 	"github.com/resilmail/resilmail/queue/intake/milter"
 )
 
@@ -35,46 +35,16 @@ func TestMain(m *testing.M) {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// recorder is an Enqueuer that keeps what it is given.
-type recorder struct {
-	mu     sync.Mutex
-	bodies []string
-}
-
-func (r *recorder) Enqueue(_ context.Context, env resilmail.Envelope, body io.Reader) (string, error) {
-	b, err := io.ReadAll(body)
-	if err != nil {
-		return "", err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.bodies = append(r.bodies, string(b))
-	return env.ID, nil
-}
-
-func (r *recorder) got() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]string(nil), r.bodies...)
-}
-
 // relay serves an intake.Backend scanning with s on loopback and returns
 // its address and what it enqueued.
-func relay(t *testing.T, s intake.Scanner, tune func(*intake.Backend)) (string, *recorder) {
+func relay(t *testing.T, s intake.Scanner, tune func(*intake.Backend)) (string, *intaketest.Recorder) {
 	t.Helper()
-	rec := &recorder{}
+	rec := &intaketest.Recorder{}
 	be := &intake.Backend{Queue: rec, Scanner: s, ScanTimeout: 20 * time.Second, Logger: quiet}
 	if tune != nil {
 		tune(be)
 	}
-	srv := gosmtp.NewServer(be)
-	srv.Domain = "mx.example.org"
-	srv.AllowInsecureAuth = true
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String(), rec
+	return intaketest.Serve(t, be), rec
 }
 
 // send sends msg from sender@example.net to alice@example.org and returns
@@ -122,29 +92,29 @@ func TestWithRspamdProxyInMilterMode(t *testing.T) {
 	addr, rec := relay(t, sc, nil)
 
 	t.Run("clean message accepted", func(t *testing.T) {
-		before := len(rec.got())
+		before := len(rec.Bodies())
 		assert.Equal(t, "250", send(t, addr, message("clean", "Hello Alice, see you tomorrow.")))
-		got := rec.got()
+		got := rec.Bodies()
 		require.Len(t, got, before+1)
 		assert.Contains(t, got[before], "Subject: clean\r\n")
 		assert.NotContains(t, got[before], "X-Spam: Yes")
 	})
 	t.Run("GTUBE rejected with rspamd's message", func(t *testing.T) {
-		before := len(rec.got())
+		before := len(rec.Bodies())
 		assert.Equal(t, "550 5.7.1 Gtube pattern", send(t, addr, message("gtube", gtubeReject)))
-		assert.Len(t, rec.got(), before, "a rejected message is not enqueued")
+		assert.Len(t, rec.Bodies(), before, "a rejected message is not enqueued")
 	})
 	t.Run("add header: X-Spam added", func(t *testing.T) {
-		before := len(rec.got())
+		before := len(rec.Bodies())
 		assert.Equal(t, "250", send(t, addr, message("tagged", gtubeHeader)))
-		got := rec.got()
+		got := rec.Bodies()
 		require.Len(t, got, before+1)
 		assert.Contains(t, got[before], "\r\nX-Spam: Yes\r\n")
 	})
 	t.Run("rewrite subject: Subject changed in place", func(t *testing.T) {
-		before := len(rec.got())
+		before := len(rec.Bodies())
 		assert.Equal(t, "250", send(t, addr, message("rewritten", gtubeSubject)))
-		got := rec.got()
+		got := rec.Bodies()
 		require.Len(t, got, before+1)
 		assert.Contains(t, got[before], "\r\nSubject: *** SPAM *** rewritten\r\n")
 		assert.NotContains(t, got[before], "\r\nSubject: rewritten\r\n")
@@ -180,13 +150,13 @@ func TestVerdicts(t *testing.T) {
 		})
 		addr, rec := relay(t, sc, nil)
 		assert.Equal(t, "250", send(t, addr, msg))
-		require.Len(t, rec.got(), 1)
+		require.Len(t, rec.Bodies(), 1)
 		mu.Lock()
 		defer mu.Unlock()
 		require.Len(t, seen, 7)
 		assert.Equal(t, []string{"127.0.0.1", "client.example.net", "sender@example.net", "alice@example.org", "hello", "some text\r\n"}, seen[:6])
 		assert.NotEmpty(t, seen[6], "the queue id is sent")
-		assert.Contains(t, rec.got()[0], "id "+seen[6], "as the Received header names it")
+		assert.Contains(t, rec.Bodies()[0], "id "+seen[6], "as the Received header names it")
 	})
 	for _, tc := range []struct {
 		name     string
@@ -204,7 +174,7 @@ func TestVerdicts(t *testing.T) {
 			sc := fake(t, func(context.Context, mailfilter.Trx) (mailfilter.Decision, error) { return tc.decision, nil })
 			addr, rec := relay(t, sc, nil)
 			assert.Equal(t, tc.reply, send(t, addr, msg))
-			assert.Len(t, rec.got(), tc.kept)
+			assert.Len(t, rec.Bodies(), tc.kept)
 		})
 	}
 	t.Run("quarantine", func(t *testing.T) {
@@ -225,7 +195,7 @@ func TestVerdicts(t *testing.T) {
 			}
 		})
 		assert.Equal(t, "250", send(t, addr, msg))
-		assert.Empty(t, rec.got())
+		assert.Empty(t, rec.Bodies())
 		mu.Lock()
 		defer mu.Unlock()
 		require.Len(t, kept, 1)
@@ -240,7 +210,7 @@ func TestVerdicts(t *testing.T) {
 		})
 		addr, rec := relay(t, sc, nil)
 		assert.Equal(t, "250", send(t, addr, msg))
-		got := rec.got()
+		got := rec.Bodies()
 		require.Len(t, got, 1)
 		assert.Contains(t, got[0], "\r\nSubject: [ext] hello\r\n")
 		assert.NotContains(t, got[0], "Subject: hello")
@@ -253,12 +223,12 @@ func TestVerdicts(t *testing.T) {
 		})
 		addr, rec := relay(t, sc, nil)
 		assert.Equal(t, "451 4.7.1 content scanner unavailable, try again later", send(t, addr, msg))
-		assert.Empty(t, rec.got())
+		assert.Empty(t, rec.Bodies())
 	})
 }
 
 // rawMilter serves each connection with serve, on loopback.
-func rawMilter(t *testing.T, serve func(net.Conn)) string {
+func rawMilter(t testing.TB, serve func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -317,15 +287,15 @@ func TestMilterDownOrBroken(t *testing.T) {
 			start := time.Now()
 			assert.Equal(t, "451 4.7.1 content scanner unavailable, try again later", send(t, addr, msg))
 			assert.Less(t, time.Since(start), 10*time.Second)
-			assert.Empty(t, rec.got())
+			assert.Empty(t, rec.Bodies())
 
 			addr, rec = relay(t, sc, func(be *intake.Backend) {
 				be.ScanTimeout = 500 * time.Millisecond
 				be.ScanFailure = intake.ScanFailAcceptTag
 			})
 			assert.Equal(t, "250", send(t, addr, msg), "accept-and-tag when configured")
-			require.Len(t, rec.got(), 1)
-			assert.Contains(t, rec.got()[0], "X-Spam-Status: No, unchecked")
+			require.Len(t, rec.Bodies(), 1)
+			assert.Contains(t, rec.Bodies()[0], "X-Spam-Status: No, unchecked")
 		})
 	}
 	close(release)
