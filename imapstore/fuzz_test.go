@@ -126,3 +126,40 @@ func FuzzFront(f *testing.F) {
 		}
 	})
 }
+
+// FuzzHeaderLen checks the header-length scan (BODY[HEADER], BODY[TEXT],
+// SEARCH BODY) against a line-by-line reading, with every growth of its
+// buffer: the header ends after the first empty line, CRLF or bare LF.
+func FuzzHeaderLen(f *testing.F) {
+	for _, s := range []string{
+		"Subject: a\r\n\r\nbody", "Subject: a\n\nbody", "\r\nbody", "\nbody", "no header end",
+		"A: b\n\r\nc", "A: b\r\n\nc", "A: b\r\n\r", "A: b\n", "A: b\r\n\r\n\r\n", "",
+	} {
+		f.Add([]byte(s), uint8(1))
+	}
+	f.Fuzz(func(t *testing.T, b []byte, initial uint8) {
+		want := int64(len(b))
+		for off := 0; off < len(b); {
+			i := bytes.IndexByte(b[off:], '\n')
+			if i < 0 {
+				break
+			}
+			line := b[off : off+i]
+			off += i + 1
+			if len(line) == 0 || (len(line) == 1 && line[0] == '\r') {
+				want = int64(off)
+				break
+			}
+		}
+		got, err := headerLenFrom(bytes.NewReader(b), int64(len(b)), int(initial%32)+1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("headerLen(%q) = %d, want %d", b, got, want)
+		}
+		if n, ok := headerEnd(b); ok != (want < int64(len(b)) || (want == int64(len(b)) && ok)) || (ok && int64(n) != want) {
+			t.Fatalf("headerEnd(%q) = %d, %v; want %d", b, n, ok, want)
+		}
+	})
+}

@@ -292,7 +292,7 @@ func (s *session) fetchOne(w *imapserver.FetchWriter, it item, m store.Message, 
 		if hdr, ok := topLevel(sec); ok {
 			// BODY[HEADER] and BODY[TEXT] of the message: its bytes as
 			// stored, found without parsing it.
-			n, err := headerLen(r)
+			n, err := headerLen(r, r.Size())
 			if err != nil {
 				return s.storeErr("fetch", err)
 			}
@@ -752,10 +752,8 @@ func (c *candidate) text() ([]byte, error) {
 		return nil, c.s.storeErr("search", err)
 	}
 	c.hdrLen = len(b)
-	if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
-		c.hdrLen = i + 4
-	} else if i := bytes.Index(b, []byte("\n\n")); i >= 0 {
-		c.hdrLen = i + 2
+	if n, ok := headerEnd(b); ok {
+		c.hdrLen = n
 	}
 	lowerASCII(b)
 	c.raw = b
@@ -886,13 +884,47 @@ func topLevel(sec *imap.FetchItemBodySection) (hdr, ok bool) {
 	return false, false
 }
 
+// headerEnd returns the length of the header in b, with the blank line
+// that ends it, as textproto.ReadHeader reads it: up to the first empty
+// line, whether its line ends are CRLF or bare LF (a message that starts
+// with one has an empty header). ok is false when b holds no empty line.
+func headerEnd(b []byte) (n int, ok bool) {
+	switch {
+	case bytes.HasPrefix(b, []byte("\r\n")):
+		return 2, true
+	case bytes.HasPrefix(b, []byte("\n")):
+		return 1, true
+	}
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return 0, false
+		}
+		i += j + 1
+		switch {
+		case bytes.HasPrefix(b[i:], []byte("\n")):
+			return i + 1, true
+		case bytes.HasPrefix(b[i:], []byte("\r\n")):
+			return i + 2, true
+		case i+1 >= len(b) || (i+2 == len(b) && b[i] == '\r'):
+			return 0, false // the next line is not all here yet
+		}
+	}
+}
+
 // headerLen returns the length of the message's header with the blank
 // line that ends it (the whole message if there is none), reading only as
 // far as needed.
-func headerLen(r *store.BodyReader) (int64, error) {
-	buf := make([]byte, 0, 4096)
-	for off := int64(0); off < r.Size(); {
-		n := min(int64(cap(buf)-len(buf)), r.Size()-off)
+func headerLen(r io.ReaderAt, size int64) (int64, error) {
+	return headerLenFrom(r, size, 4096)
+}
+
+// headerLenFrom is headerLen reading first initial bytes, then twice as
+// many each time.
+func headerLenFrom(r io.ReaderAt, size int64, initial int) (int64, error) {
+	buf := make([]byte, 0, initial)
+	for off := int64(0); off < size; {
+		n := min(int64(cap(buf)-len(buf)), size-off)
 		if n == 0 {
 			buf = append(buf, make([]byte, len(buf))...)[:len(buf)]
 			continue
@@ -901,17 +933,14 @@ func headerLen(r *store.BodyReader) (int64, error) {
 		if _, err := r.ReadAt(chunk, off); err != nil && !errors.Is(err, io.EOF) {
 			return 0, err
 		}
-		// Search from a little before the new bytes, for a blank line
-		// across the boundary.
-		from := max(0, len(buf)-3)
 		buf = buf[:len(buf)+int(n)]
 		off += n
-		if i := bytes.Index(buf[from:], []byte("\r\n\r\n")); i >= 0 {
-			return int64(from + i + 4), nil
+		if off < size && len(buf) < 2 {
+			continue
 		}
-		if i := bytes.Index(buf[from:], []byte("\n\n")); i >= 0 {
-			return int64(from + i + 2), nil
+		if end, ok := headerEnd(buf); ok {
+			return int64(end), nil
 		}
 	}
-	return r.Size(), nil
+	return size, nil
 }
