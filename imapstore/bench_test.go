@@ -1,6 +1,7 @@
 package imapstore
 
 import (
+	"encoding/base64"
 	"fmt"
 	"io"
 	"strings"
@@ -67,5 +68,33 @@ func BenchmarkFetchEnvelopes(b *testing.B) {
 	for range b.N {
 		n := drain(b, c.Fetch(imap.SeqSet{{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true, Envelope: true, BodyStructure: &imap.FetchItemBodyStructure{}}))
 		require.Equal(b, 2000, n)
+	}
+}
+
+// BenchmarkSearchText runs SEARCH TEXT (a word no message has, so every
+// message is read) over a mailbox of 2 000 plain messages and of 2 000
+// base64 ones, which are decoded (per op: the whole mailbox).
+func BenchmarkSearchText(b *testing.B) {
+	for _, enc := range []string{"plain", "base64"} {
+		b.Run(enc, func(b *testing.B) {
+			e := newEnv(b)
+			c := e.login(b, nil)
+			text := strings.Repeat("lorem ipsum dolor sit amet consectetur adipiscing elit sed\r\n", 130)
+			for i := 0; i < 2000; i++ {
+				body := fmt.Sprintf("Subject: message %d\r\n\r\n%s", i, text)
+				if enc == "base64" {
+					body = fmt.Sprintf("Subject: message %d\r\nContent-Transfer-Encoding: base64\r\n\r\n%s", i, base64.StdEncoding.EncodeToString([]byte(text)))
+				}
+				e.deliver(b, body)
+			}
+			_, err := c.Select("INBOX", nil).Wait()
+			require.NoError(b, err)
+			b.ResetTimer()
+			for range b.N {
+				data, err := c.Search(&imap.SearchCriteria{Text: []string{"nowhere"}}, nil).Wait()
+				require.NoError(b, err)
+				require.Empty(b, data.AllSeqNums())
+			}
+		})
 	}
 }

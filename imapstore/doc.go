@@ -17,7 +17,10 @@
 // parents), DELETE, RENAME (INBOX moves its messages), SELECT, EXAMINE,
 // FETCH (FLAGS, INTERNALDATE, RFC822.SIZE, ENVELOPE, BODYSTRUCTURE, BODY[]
 // with sections and partial ranges, BODY.PEEK, BINARY, BINARY.SIZE),
-// SEARCH (every key go-imap parses; ESEARCH and SEARCHRES), STORE, COPY
+// SEARCH (every key go-imap parses; ESEARCH and SEARCHRES; text keys
+// match what a reader sees: RFC 2047 words, base64 and quoted-printable
+// decoded, charsets turned into UTF-8, Unicode case folding, text parts
+// only), STORE, COPY
 // and MOVE (UIDPLUS COPYUID), EXPUNGE, UID EXPUNGE, APPEND (LITERAL+,
 // APPENDLIMIT), IDLE, UNSELECT, UNAUTHENTICATE.
 //

@@ -702,6 +702,41 @@ type candidate struct {
 	raw    []byte // the whole message, ASCII lower-cased (in buf)
 	buf    []byte // reused between candidates of one worker
 	hdrLen int
+
+	decode  int8   // 0 not known yet, 1 the raw text needs decoding, -1 not
+	decoded []byte // decodeForSearch's text, folded
+	decLen  int    // its header's length
+}
+
+// textFor returns the text a key is matched against, where its body
+// starts, and the key folded as the text is: the raw bytes (ASCII
+// lower-cased) for an ASCII key in a message that needs no decoding, else
+// the decoded text (Unicode case-folded).
+func (c *candidate) textFor(key string) (text []byte, body int, folded []byte, err error) {
+	raw, err := c.text()
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	if c.decode == 0 {
+		c.decode = -1
+		if needsDecoding(raw) {
+			c.decode = 1
+		}
+	}
+	if c.decode < 0 && isASCII(key) {
+		k := []byte(key)
+		lowerASCII(k)
+		return raw, c.hdrLen, k, nil
+	}
+	if c.decoded == nil {
+		// The raw bytes are ASCII lower-cased: decode from the file.
+		orig := make([]byte, c.r.Size())
+		if _, err := c.r.ReadAt(orig, 0); err != nil && !errors.Is(err, io.EOF) {
+			return nil, 0, nil, c.s.storeErr("search", err)
+		}
+		c.decoded, c.decLen = decodeForSearch(orig)
+	}
+	return c.decoded, c.decLen, fold([]byte(key)), nil
 }
 
 func (c *candidate) close() {
@@ -816,8 +851,9 @@ func (c *candidate) match(cr *imap.SearchCriteria) (bool, error) {
 		}
 		for _, f := range cr.Header {
 			found := false
+			key := foldString(f.Value)
 			for _, v := range h.Values(f.Key) {
-				if f.Value == "" || strings.Contains(strings.ToLower(v), strings.ToLower(f.Value)) {
+				if f.Value == "" || strings.Contains(foldString(decodeHeader(v)), key) {
 					found = true
 					break
 				}
@@ -827,24 +863,22 @@ func (c *candidate) match(cr *imap.SearchCriteria) (bool, error) {
 			}
 		}
 	}
-	if len(cr.Body) > 0 || len(cr.Text) > 0 {
-		raw, err := c.text()
+	for _, k := range cr.Body {
+		text, body, key, err := c.textFor(k)
 		if err != nil {
 			return false, err
 		}
-		for _, k := range cr.Body {
-			key := []byte(k)
-			lowerASCII(key)
-			if !bytes.Contains(raw[c.hdrLen:], key) {
-				return false, nil
-			}
+		if !bytes.Contains(text[body:], key) {
+			return false, nil
 		}
-		for _, k := range cr.Text {
-			key := []byte(k)
-			lowerASCII(key)
-			if !bytes.Contains(raw, key) {
-				return false, nil
-			}
+	}
+	for _, k := range cr.Text {
+		text, _, key, err := c.textFor(k)
+		if err != nil {
+			return false, err
+		}
+		if !bytes.Contains(text, key) {
+			return false, nil
 		}
 	}
 	for i := range cr.Not {
