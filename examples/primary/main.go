@@ -369,15 +369,10 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		return err
 	}
 	defer ms.close()
-	fwd, err := openForwards(c.node.forwards, c.node.fwdProxy, c.node.fwdFrom, c.node.name, log)
-	if err != nil {
-		ln.Close()
-		hln.Close()
-		return err
-	}
-	defer fwd.close()
-	m.fwd = fwd
-	hsrv.Handler = handler(m, ms)
+	// The proxies start towards the active node: this one if it is the
+	// primary, else the peer that says it is (one poll of the peers).
+	var fwd *forwarder
+	initial := c.node.name
 	if len(c.node.peers) > 0 {
 		nodes := []failover.WatchedNode{{Name: c.node.name, StatusURL: scheme + "://" + loopbackIfAny(hln.Addr()) + "/status"}}
 		for _, name := range c.node.peerOrder {
@@ -390,8 +385,27 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 			return err
 		}
 		m.watcher = failover.NewWatcher(nodes, &failover.WatcherOptions{Interval: 200 * time.Millisecond, Client: client, Logger: log,
-			OnChange: func(name string, _ resilmail.Epoch) { fwd.setActive(name) }})
+			OnChange: func(name string, _ resilmail.Epoch) {
+				if fwd != nil {
+					fwd.setActive(name)
+				}
+			}})
+		if st.Role() != store.RolePrimary {
+			m.watcher.PollOnce(ctx)
+			if name, _, ok := m.watcher.Active(); ok {
+				initial = name
+			}
+		}
 	}
+	fwd, err = openForwards(c.node.forwards, c.node.fwdProxy, c.node.fwdFrom, initial, log)
+	if err != nil {
+		ln.Close()
+		hln.Close()
+		return err
+	}
+	defer fwd.close()
+	m.fwd = fwd
+	hsrv.Handler = handler(m, ms)
 	log.Warn("primary: serving", "name", c.node.name, "role", st.Role().String(), "epoch", uint64(st.Epoch()), "lease", c.node.lease, "lmtp", ln.Addr().String(), "http", scheme+"://"+hln.Addr().String(),
 		"imap", addrString(ms.imapLn), "imaps", addrString(ms.imapsLn), "pop3", addrString(ms.pop3Ln), "pop3s", addrString(ms.pop3sLn),
 		"store", st.Stats().Seq, "users", st.Stats().Users, "ack", c.mode.String())

@@ -35,6 +35,7 @@ type pairNode struct {
 	t                     *testing.T
 	name                  string
 	dir, lmtp, http, imap string
+	fwd                   string // -forward imap: to the active node
 	args                  []string
 	mu                    sync.Mutex
 	cmd                   *exec.Cmd
@@ -140,15 +141,16 @@ func (n *pairNode) operator(path string, out any) error {
 // extra flags for both; a's store starts primary, b's standby.
 func newPair(t *testing.T, extra ...string) (a, b *pairNode) {
 	root := t.TempDir()
-	a = &pairNode{t: t, name: "a", dir: filepath.Join(root, "a"), lmtp: freeAddr(t), http: freeAddr(t), imap: freeAddr(t)}
-	b = &pairNode{t: t, name: "b", dir: filepath.Join(root, "b"), lmtp: freeAddr(t), http: freeAddr(t), imap: freeAddr(t)}
+	a = &pairNode{t: t, name: "a", dir: filepath.Join(root, "a"), lmtp: freeAddr(t), http: freeAddr(t), imap: freeAddr(t), fwd: freeAddr(t)}
+	b = &pairNode{t: t, name: "b", dir: filepath.Join(root, "b"), lmtp: freeAddr(t), http: freeAddr(t), imap: freeAddr(t), fwd: freeAddr(t)}
 	passwd := filepath.Join(root, "passwd")
 	require.NoError(t, os.WriteFile(passwd, []byte("alice@example.org:{PLAIN}alice-pw\n"), 0o600))
 	sec := secretFile(t)
 	for _, p := range [][2]*pairNode{{a, b}, {b, a}} {
 		n, peer := p[0], p[1]
 		n.args = append([]string{"-dir", n.dir, "-name", n.name, "-secret-file", sec, "-lmtp", n.lmtp, "-http", n.http, "-imap", n.imap, "-pop3", "",
-			"-passwd", passwd, "-users", "alice@example.org", "-peer", peer.name + "=http://" + peer.http, "-hostname", n.name + ".test"}, extra...)
+			"-passwd", passwd, "-users", "alice@example.org", "-peer", peer.name + "=http://" + peer.http, "-hostname", n.name + ".test",
+			"-forward", "imap," + n.fwd + ",a=" + a.imap + ",b=" + b.imap}, extra...)
 	}
 	b.args = append(b.args, "-standby")
 	t.Cleanup(func() { a.stop(); b.stop() })
@@ -561,6 +563,12 @@ func TestManualFailoverAndRejoin(t *testing.T) {
 	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "primary", b: "standby"})
 	sent = append(sent, "after the grant")
 	deliverTo(t, a, sent[len(sent)-1])
+	// IMAP clients of either node reach the primary, a: a write through
+	// the standby's forwarded port is taken (the standby refuses writes).
+	for _, n := range []*pairNode{a, b} {
+		sent = append(sent, "appended through "+n.name+"'s forwarded port to a")
+		appendVia(t, n.fwd, sent[len(sent)-1])
+	}
 
 	// A switchover back to b, then every delivery is read on b.
 	var rep struct {
@@ -571,6 +579,15 @@ func TestManualFailoverAndRejoin(t *testing.T) {
 	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "standby", b: "primary"})
 	sent = append(sent, "after the switchover")
 	deliverTo(t, b, sent[len(sent)-1])
+	// The proxies followed the role to b without a restart.
+	require.Eventually(t, func() bool {
+		s, err := a.status()
+		return err == nil && s.Active == "b"
+	}, 10*time.Second, 10*time.Millisecond)
+	for _, n := range []*pairNode{a, b} {
+		sent = append(sent, "appended through "+n.name+"'s forwarded port to b")
+		appendVia(t, n.fwd, sent[len(sent)-1])
+	}
 	got := subjects(t, b)
 	for _, s := range sent {
 		assert.Contains(t, got, s)
@@ -608,4 +625,21 @@ func TestNodeFlags(t *testing.T) {
 		_, err := parseFlags(append([]string{"-name", "a"}, strings.Fields(args)...), env(operatorSecret))
 		assert.ErrorContains(t, err, want, args)
 	}
+}
+
+// appendVia appends a message with subject subj to alice's INBOX over
+// IMAP at addr; it fails the test unless the server takes it (only the
+// primary does).
+func appendVia(t *testing.T, addr, subj string) {
+	t.Helper()
+	c := dialIMAP(t, addr, nil)
+	require.NoError(t, c.Login("alice@example.org", "alice-pw").Wait())
+	msg := "From: t@example.net\r\nTo: alice@example.org\r\nSubject: " + subj + "\r\n\r\nappended\r\n"
+	cmd := c.Append("INBOX", int64(len(msg)), nil)
+	_, err := io.WriteString(cmd, msg)
+	require.NoError(t, err)
+	require.NoError(t, cmd.Close())
+	_, err = cmd.Wait()
+	require.NoError(t, err, "APPEND through %s", addr)
+	c.Logout().Wait()
 }
