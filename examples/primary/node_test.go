@@ -591,6 +591,7 @@ func TestManualFailoverAndRejoin(t *testing.T) {
 	deliverTo(t, a, sent[len(sent)-1])
 	// IMAP clients of either node reach the primary, a: a write through
 	// the standby's forwarded port is taken (the standby refuses writes).
+	waitActive(t, "a", a, b)
 	for _, n := range []*pairNode{a, b} {
 		sent = append(sent, "appended through "+n.name+"'s forwarded port to a")
 		appendVia(t, n.fwd, sent[len(sent)-1])
@@ -606,10 +607,7 @@ func TestManualFailoverAndRejoin(t *testing.T) {
 	sent = append(sent, "after the switchover")
 	deliverTo(t, b, sent[len(sent)-1])
 	// The proxies followed the role to b without a restart.
-	require.Eventually(t, func() bool {
-		s, err := a.status()
-		return err == nil && s.Active == "b"
-	}, 10*time.Second, 10*time.Millisecond)
+	waitActive(t, "b", a, b)
 	for _, n := range []*pairNode{a, b} {
 		sent = append(sent, "appended through "+n.name+"'s forwarded port to b")
 		appendVia(t, n.fwd, sent[len(sent)-1])
@@ -668,4 +666,18 @@ func appendVia(t *testing.T, addr, subj string) {
 	_, err = cmd.Wait()
 	require.NoError(t, err, "APPEND through %s", addr)
 	c.Logout().Wait()
+}
+
+// waitActive waits until every node's watcher (and so its -forward
+// proxies) names name the active node.
+func waitActive(t *testing.T, name string, nodes ...*pairNode) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		for _, n := range nodes {
+			if s, err := n.status(); err != nil || s.Active != name {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 10*time.Millisecond, "every node's proxies following %s", name)
 }
