@@ -69,11 +69,21 @@ func (g *countingGuard) count() int {
 // serveSubmission runs a submission Backend behind a Listener that offers
 // STARTTLS.
 func serveSubmission(t *testing.T, sub *intake.Submission) (string, *capture) {
+	return serveSubmissionWith(t, sub, nil)
+}
+
+// serveSubmissionWith is serveSubmission with a Backend that tune
+// adjusts.
+func serveSubmissionWith(t *testing.T, sub *intake.Submission, tune func(*intake.Backend)) (string, *capture) {
 	t.Helper()
 	cfg, _, _ := testCert(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cap := &capture{}
-	srv := smtp.NewServer(&intake.Backend{Queue: cap, Logger: quiet, Hostname: "submit.test", Submission: sub})
+	be := &intake.Backend{Queue: cap, Logger: quiet, Hostname: "submit.test", Submission: sub}
+	if tune != nil {
+		tune(be)
+	}
+	srv := smtp.NewServer(be)
 	srv.Domain = "submit.test"
 	srv.AllowInsecureAuth = true // the Backend refuses AUTH outside TLS itself
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -171,6 +181,32 @@ func TestSubmissionWithSwaks(t *testing.T) {
 	}
 }
 
+func TestScannerAndSenderCheckSeeTheUser(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	addr, _ := serveSubmissionWith(t, &intake.Submission{Auth: users(map[string]string{"alice@example.org": "s3cret"}), Guard: &countingGuard{}},
+		func(be *intake.Backend) {
+			be.CheckSender = func(_ context.Context, env *intake.ScanEnvelope) error {
+				mu.Lock()
+				defer mu.Unlock()
+				seen = append(seen, "mail:"+env.User)
+				return nil
+			}
+			be.Scanner = intake.ScannerFunc(func(_ context.Context, env *intake.ScanEnvelope, _ []byte) (intake.Verdict, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				seen = append(seen, "data:"+env.User)
+				return intake.Verdict{Action: intake.ActionAccept}, nil
+			})
+		})
+	out := swaksArgs(t, addr, "--tls", "--auth", "PLAIN", "--auth-user", "alice@example.org", "--auth-password", "s3cret",
+		"--from", "alice@example.org", "--to", "bob@elsewhere.example")
+	require.Regexp(t, `<~  250 2\.0\.0 OK: queued as`, out)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []string{"mail:alice@example.org", "data:alice@example.org"}, seen)
+}
+
 func TestSendAsSelf(t *testing.T) {
 	for _, c := range []struct {
 		user, from string
@@ -192,7 +228,7 @@ func TestSendAsSelf(t *testing.T) {
 }
 
 // dkimKeys returns an ed25519 and an RSA key.
-func dkimKeys(t *testing.T) map[string]crypto.Signer {
+func dkimKeys(t testing.TB) map[string]crypto.Signer {
 	t.Helper()
 	_, ed, err := ed25519.GenerateKey(rand.Reader)
 	require.NoError(t, err)
