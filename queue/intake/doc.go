@@ -105,7 +105,9 @@
 // login name itself, or with a +detail; never "<>"); the header From is
 // not checked, as Postfix's reject_sender_login_mismatch does not. An
 // authenticated user may send to any recipient (Backend.Accept, when set,
-// still applies). The Received header says "with ESMTPSA" (RFC 3848).
+// still applies). The Received header says "with ESMTPSA" (RFC 3848). A
+// message without a Date or a Message-ID field gets one at the top of its
+// header (RFC 6409 section 8), before it is signed.
 //
 // With Submission.Signer (a [DKIMSigner], say) every submitted message is
 // signed as the client sent it and queued with the signature below the

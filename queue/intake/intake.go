@@ -325,6 +325,16 @@ func (s *session) Data(r io.Reader) error {
 			return s.quarantine(env, res.verdict, io.MultiReader(strings.NewReader(s.received(env)+head), src), lr)
 		}
 	}
+	if s.b.Submission != nil {
+		var err error
+		if src, err = s.completeHeader(env, src); err != nil {
+			if lr != nil && lr.over {
+				return errTooLargeReply
+			}
+			s.log.Warn("smtp: message refused", "msg_id", env.ID, "remote", s.remote, "from", env.From, "err", err)
+			return replyFor(err)
+		}
+	}
 	if sub := s.b.Submission; sub != nil && sub.Signer != nil {
 		// The signature covers the message as the client sent it; it
 		// is computed on a copy (memory, then SpoolDir) that is then

@@ -1,16 +1,21 @@
 package intake
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/loginguard"
 )
 
@@ -224,4 +229,61 @@ func (l *loginServer) Next(response []byte) (challenge []byte, done bool, err er
 		return nil, true, l.login(l.user, string(response))
 	}
 	return nil, false, errors.New("unexpected response")
+}
+
+// maxSubmittedHeader is the longest header completeHeader holds to look for
+// Date and Message-ID; a longer one is passed on as it is.
+const maxSubmittedHeader = 64 << 10
+
+// completeHeader returns the message src with the Date and Message-ID
+// fields RFC 5322 requires added at the top of its header when the client
+// left them out (RFC 6409 sections 8.2 and 8.3): Date is now, Message-ID
+// is made of the queue id and Backend.Hostname. A header longer than
+// maxSubmittedHeader, or a message whose header does not end with an
+// empty line, is passed on unchanged.
+func (s *session) completeHeader(env resilmail.Envelope, src io.Reader) (io.Reader, error) {
+	br := bufio.NewReaderSize(src, 4096)
+	var head bytes.Buffer
+	ended, whole := false, true // the empty line was read; a line was not cut
+	for !ended && head.Len() < maxSubmittedHeader {
+		line, err := br.ReadSlice('\n')
+		head.Write(line)
+		if err == bufio.ErrBufferFull {
+			whole = false
+			continue
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		ended = whole && len(bytes.TrimRight(line, "\r\n")) == 0
+		whole = true
+	}
+	rest := io.MultiReader(bytes.NewReader(head.Bytes()), br)
+	if !ended {
+		return rest, nil
+	}
+	fields, tail, err := splitHeader(head.Bytes(), true)
+	if err != nil || len(bytes.TrimRight(tail, "\r\n")) != 0 {
+		return rest, nil // not a header followed by an empty line
+	}
+	hasDate, hasID := false, false
+	for _, f := range fields {
+		hasDate = hasDate || strings.EqualFold(f.name, "Date")
+		hasID = hasID || strings.EqualFold(f.name, "Message-ID")
+	}
+	added := ""
+	if !hasDate {
+		added += "Date: " + time.Now().Format(time.RFC1123Z) + "\r\n"
+	}
+	if !hasID {
+		host := s.b.Hostname
+		if host == "" {
+			host = "localhost"
+		}
+		added += "Message-ID: <" + env.ID + "@" + host + ">\r\n"
+	}
+	return io.MultiReader(strings.NewReader(added), rest), nil
 }

@@ -143,6 +143,9 @@ func TestSubmissionNeedsTLSForAUTHAndAUTHForMail(t *testing.T) {
 	env, body := cap.last()
 	assert.Equal(t, "alice+lists@EXAMPLE.org", env.From)
 	assert.Regexp(t, `with ESMTPSA id `, body)
+	// The client sent no Date and no Message-ID: the server adds them
+	// (RFC 6409 section 8), below its Received field.
+	assert.Regexp(t, `(?s)^Received: .*\r\nDate: [A-Z][a-z][a-z], \d\d [A-Z][a-z][a-z] \d{4} .*\r\nMessage-ID: <`+env.ID+`@submit\.test>\r\nSubject: hi\r\n\r\nhello\r\n$`, body)
 	assert.Regexp(t, `^250 `, s.cmd("RSET"))
 	assert.Regexp(t, `^250 `, s.cmd("MAIL FROM:<alice@example.org>"), "RSET keeps the login")
 }
@@ -156,8 +159,10 @@ func TestSubmissionWithSwaks(t *testing.T) {
 		assert.Contains(t, out, "TLS started", mech)
 		assert.Regexp(t, `<~  235 `, out, mech)
 		assert.Regexp(t, `<~  250 2\.0\.0 OK: queued as`, out, mech)
-		env, _ := cap.last()
+		env, body := cap.last()
 		assert.Equal(t, "bob@elsewhere.example", env.To[0].Addr)
+		assert.Equal(t, 1, strings.Count(strings.ToLower(body), "\nmessage-id:"), "swaks's own Message-Id is kept, no second one: %s", body)
+		assert.Equal(t, 1, strings.Count(body, "\nDate:"), "swaks's own Date is kept, no second one")
 	}
 
 	// Without TLS swaks finds no AUTH to use; without AUTH, no relaying.
