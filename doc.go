@@ -34,4 +34,9 @@
 // [Outcomes] applies these rules, so that every consumer reads a Deliverer's
 // answer the same way. An error that is not a DeliveryError is temporary: a
 // wrong bounce loses mail, a retry only costs time.
+//
+// A delivered recipient may carry one more fact: the next hop that took it
+// does not offer DSN, so the caller owes the sender the "relayed" notice a
+// NOTIFY=SUCCESS asks for. A Deliverer says so through [ReportRelayed] on
+// the context the caller made with [WithRelayedReport].
 package resilmail
