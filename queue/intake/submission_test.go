@@ -131,6 +131,8 @@ func TestSubmissionNeedsTLSForAUTHAndAUTHForMail(t *testing.T) {
 	assert.Regexp(t, `^530 5\.7\.0 `, s.cmd("MAIL FROM:<alice@example.org>"), "TLS alone does not allow relaying")
 	assert.Regexp(t, `^535 5\.7\.8 `, s.cmd("AUTH PLAIN "+plain("alice@example.org", "wrong")))
 	assert.Equal(t, 1, guard.count(), "the failure went through the guard")
+	assert.Regexp(t, `^535 5\.7\.8 `, s.cmd("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("bob@example.org\x00alice@example.org\x00s3cret"))),
+		"alice's password does not let her act as bob")
 	assert.Regexp(t, `^235 `, s.cmd("AUTH PLAIN "+plain("alice@example.org", "s3cret")))
 	_, isTLS := guard.conns[1].(interface{ NetConn() net.Conn }).NetConn().(*tls.Conn)
 	assert.True(t, isTLS, "the guard sees the TLS connection")
@@ -148,6 +150,26 @@ func TestSubmissionNeedsTLSForAUTHAndAUTHForMail(t *testing.T) {
 	assert.Regexp(t, `(?s)^Received: .*\r\nDate: [A-Z][a-z][a-z], \d\d [A-Z][a-z][a-z] \d{4} .*\r\nMessage-ID: <`+env.ID+`@submit\.test>\r\nSubject: hi\r\n\r\nhello\r\n$`, body)
 	assert.Regexp(t, `^250 `, s.cmd("RSET"))
 	assert.Regexp(t, `^250 `, s.cmd("MAIL FROM:<alice@example.org>"), "RSET keeps the login")
+}
+
+func TestAuthLoginWithInitialResponse(t *testing.T) {
+	addr, _ := serveSubmission(t, &intake.Submission{Auth: users(map[string]string{"alice@example.org": "s3cret"}), Guard: &countingGuard{}})
+	s := dial(t, addr)
+	s.startTLS()
+	s.send("EHLO client.test")
+	s.lines()
+	b64 := func(v string) string { return base64.StdEncoding.EncodeToString([]byte(v)) }
+	assert.Equal(t, "334 "+b64("Password:"), s.cmd("AUTH LOGIN "+b64("alice@example.org")))
+	assert.Regexp(t, `^235 `, s.cmd(b64("s3cret")))
+	assert.Regexp(t, `^503 5\.5\.1 `, s.cmd("AUTH LOGIN"), "once is enough")
+
+	s = dial(t, addr)
+	s.startTLS()
+	s.send("EHLO client.test")
+	s.lines()
+	assert.Equal(t, "334 "+b64("Username:"), s.cmd("AUTH LOGIN"))
+	assert.Regexp(t, `^501 `, s.cmd("*"), "the client may cancel")
+	assert.Regexp(t, `^504 `, s.cmd("AUTH CRAM-MD5"), "only PLAIN and LOGIN")
 }
 
 func TestSubmissionWithSwaks(t *testing.T) {
