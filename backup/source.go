@@ -46,7 +46,9 @@ type Source interface {
 // starts a new lineage instead of applying changes of another journal
 // from a position that means nothing there. replicate/store's *Store is
 // one (its history id in hex). A Source that is not a Historian is taken
-// to be the store the backup followed.
+// to be the store the backup followed. A repository whose last snapshot
+// was taken of a Source that named no history reads the whole state once
+// when its Source starts naming one.
 type Historian interface {
 	HistoryName() string
 }
