@@ -94,7 +94,7 @@ func (d *Deliverer) Close() error {
 // domain, and reports one outcome per recipient as [resilmail.Deliverer]
 // says.
 func (d *Deliverer) Deliver(ctx context.Context, env resilmail.Envelope, body io.Reader) error {
-	msg, err := io.ReadAll(body)
+	msg, err := Rereadable(body)
 	if err != nil {
 		return &resilmail.DeliveryError{Command: "queue", Message: "cannot read the message", Err: err}
 	}
@@ -140,7 +140,28 @@ type hopTry struct {
 	target smtpout.Target
 }
 
-func (d *Deliverer) deliverDomain(ctx context.Context, domain string, env resilmail.Envelope, msg []byte) error {
+// SizedReaderAt is a message body that can be read again from its start
+// for each host tried: an *io.SectionReader (what the queue hands its
+// Deliverer) or a *bytes.Reader.
+type SizedReaderAt interface {
+	io.ReaderAt
+	Size() int64
+}
+
+// Rereadable returns body as a [SizedReaderAt]: as it is when it is one,
+// else read into memory.
+func Rereadable(body io.Reader) (SizedReaderAt, error) {
+	if r, ok := body.(SizedReaderAt); ok {
+		return r, nil
+	}
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return nil, err
+	}
+	return bytes.NewReader(b), nil
+}
+
+func (d *Deliverer) deliverDomain(ctx context.Context, domain string, env resilmail.Envelope, msg SizedReaderAt) error {
 	plan, err := d.planner.Plan(ctx, domain)
 	if err != nil {
 		return err
@@ -166,7 +187,7 @@ func (d *Deliverer) deliverDomain(ctx context.Context, domain string, env resilm
 		if t.hop.LMTP {
 			sd = d.lmtp
 		}
-		err := sd.DeliverTarget(ctx, t.target, env, bytes.NewReader(msg))
+		err := sd.DeliverTarget(ctx, t.target, env, io.NewSectionReader(msg, 0, msg.Size()))
 		if ctx.Err() != nil {
 			return err
 		}

@@ -1,9 +1,11 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
+	"io"
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/wal"
@@ -65,6 +67,12 @@ func (q *Queue) compactOnce() bool {
 		return false
 	}
 	for _, m := range inSeg {
+		if m.size > spoolThreshold {
+			if !q.restateInPlace(m, oldest) {
+				return false
+			}
+			continue
+		}
 		body, err := q.body(m)
 		var ce *resilmail.CorruptError
 		switch {
@@ -141,6 +149,55 @@ func (q *Queue) compactOnce() bool {
 	q.counters.compactions++
 	q.mu.Unlock()
 	q.log.Debug("queue: compacted segment", "segment", oldest, "live_messages", len(inSeg), "live_bytes", live)
+	return true
+}
+
+// restateInPlace copies a large message forward for compaction without
+// holding its body in memory (nor the queue's lock during the copy): its
+// place at the end of the log is reserved under the lock, so that any
+// update written meanwhile comes after it, and filled from the old record.
+// It reports false when compaction must stop.
+func (q *Queue) restateInPlace(m *message, oldest uint64) bool {
+	body, rec, err := q.openBody(m)
+	var ce *resilmail.CorruptError
+	switch {
+	case errors.As(err, &ce):
+		q.quarantineCorrupt(m, err)
+		body = io.NewSectionReader(bytes.NewReader(nil), 0, 0) // the damaged bytes are in the corrupt folder
+	case err != nil:
+		q.log.Error("queue: compaction stopped: cannot read a message", "segment", oldest, "msg_id", m.id(), "err", err)
+		return false
+	default:
+		defer rec.Close()
+	}
+	q.mu.Lock()
+	if m.removed || m.pos.Seg != oldest {
+		q.mu.Unlock()
+		return true
+	}
+	if body.Size() == 0 && !m.rec.Corrupt {
+		m.rec.Corrupt = true
+	}
+	prefix, err := encode(recMessage, &m.rec, nil)
+	var fill *wal.Pending
+	if err == nil {
+		fill, err = q.wal.Reserve(prefix, body.Size())
+	}
+	q.mu.Unlock()
+	if err == nil {
+		_, err = fill.Fill(body)
+	}
+	if err != nil {
+		q.log.Error("queue: compaction failed", "segment", oldest, "msg_id", m.id(), "err", err)
+		return false
+	}
+	q.mu.Lock()
+	if !m.removed && m.pos.Seg == oldest {
+		m.pos = fill.Pos()
+		m.size = body.Size()
+		q.counters.rewritten++
+	}
+	q.mu.Unlock()
 	return true
 }
 

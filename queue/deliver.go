@@ -5,6 +5,7 @@ import (
 	"container/heap"
 	"context"
 	"errors"
+	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -385,7 +386,7 @@ func (q *Queue) runJob(ctx context.Context, j *job) {
 		// Shut down before it started: not an attempt at all.
 		q.finishJob(ctx, j, env, errNotStarted)
 		return
-	} else if body, berr := q.body(m); berr != nil {
+	} else if body, done, berr := q.deliveryBody(m); berr != nil {
 		var ce *resilmail.CorruptError
 		if errors.As(berr, &ce) {
 			q.quarantineCorrupt(m, berr)
@@ -400,13 +401,37 @@ func (q *Queue) runJob(ctx context.Context, j *job) {
 			relayed[strings.ToLower(rcpt)] = true
 			mu.Unlock()
 		})
-		err = q.d.Deliver(dctx, env, bytes.NewReader(body))
+		err = q.d.Deliver(dctx, env, body)
+		done()
 		mu.Lock()
 		j.relayed = relayed
 		mu.Unlock()
 		q.log.Debug("queue: delivery attempt", "msg_id", m.id(), "dest", j.d.key, "rcpts", len(env.To), "took", time.Since(start), "err", err)
 	}
 	q.finishJob(ctx, j, env, err)
+}
+
+// deliveryBody returns m's body for one delivery, verified, as an
+// *io.SectionReader (a Deliverer that tries several hosts reads it again
+// from its start through ReadAt), and a func to call when done. A body up
+// to spoolThreshold is read into memory; a larger one is read in place
+// from the log.
+func (q *Queue) deliveryBody(m *message) (*io.SectionReader, func(), error) {
+	q.mu.Lock()
+	size := m.size
+	q.mu.Unlock()
+	if size > spoolThreshold {
+		body, rec, err := q.openBody(m)
+		if err != nil {
+			return nil, nil, err
+		}
+		return body, func() { rec.Close() }, nil
+	}
+	b, err := q.body(m)
+	if err != nil {
+		return nil, nil, err
+	}
+	return io.NewSectionReader(bytes.NewReader(b), 0, int64(len(b))), func() {}, nil
 }
 
 // errNotStarted ends a job that never reached the Deliverer: its recipients

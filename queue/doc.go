@@ -78,7 +78,13 @@
 // damaged data moved aside.
 // A message is one record holding its state as JSON and its body; state
 // changes are small update records appended after it. Memory holds an index
-// entry per message (envelope and state), never the bodies. The oldest log
+// entry per message (envelope and state), never the bodies: a body over
+// 256 KiB is copied into the log from its spool file in pieces, without
+// the queue's lock (its place in the log is reserved under the lock, in
+// order), and delivery and compaction read it in place from the log
+// through a file handle of their own (the Deliverer gets an
+// *io.SectionReader it may read again for another host); a smaller body is
+// read whole. The oldest log
 // segment is compacted in the background by restating its live messages at
 // the end of the log. Open refuses a log written by a newer format version.
 //

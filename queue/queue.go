@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base32"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -546,9 +547,15 @@ func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 		q.mu.Unlock()
 		return env.ID, err
 	}
+	// A spooled body is copied into the log without the queue's lock (nor
+	// the log's): its place is reserved now, in order, and filled after.
 	var pos wal.Pos
+	var fill *wal.Pending
 	if sp != nil {
-		pos, err = q.wal.AppendFrom(rec, sp.f, sp.size)
+		fill, err = q.wal.Reserve(rec, sp.size)
+		if err == nil {
+			pos = fill.Pos()
+		}
 	} else {
 		pos, err = q.wal.Append(rec)
 	}
@@ -561,7 +568,15 @@ func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 	q.bytes += m.size
 	q.mu.Unlock()
 
-	err = q.wal.Sync()
+	if fill != nil {
+		_, err = fill.Fill(sp.f)
+		if err != nil && q.wal.Err() == nil {
+			err = fmt.Errorf("queue: reading the spooled message: %w", err) // not the log's fault
+		}
+	}
+	if err == nil {
+		err = q.wal.Sync()
+	}
 
 	q.mu.Lock()
 	wait := m.synced
@@ -665,6 +680,52 @@ func (q *Queue) body(m *message) ([]byte, error) {
 		return nil, &resilmail.CorruptError{Want: want, Got: got, Where: pos.String()}
 	}
 	return body, nil
+}
+
+// openBody opens a message's body for reading in place, from a file handle
+// of its own: a body over spoolThreshold is never held in memory for a
+// delivery. Its digest is checked first, in one streamed pass, so that a
+// corrupt body is never sent. Close the returned record when done.
+func (q *Queue) openBody(m *message) (*io.SectionReader, io.Closer, error) {
+	q.compactMu.RLock() // the segment is not removed while it is opened
+	q.mu.Lock()
+	pos, want := m.pos, m.rec.Digest
+	q.mu.Unlock()
+	rec, err := q.wal.OpenRecord(pos)
+	q.compactMu.RUnlock()
+	if err != nil {
+		if errors.Is(err, wal.ErrCorrupt) {
+			return nil, nil, &resilmail.CorruptError{Want: want, Where: err.Error()}
+		}
+		return nil, nil, storageErr(err)
+	}
+	var h [5]byte // the record's type and the length of its JSON part
+	if _, err := rec.ReadAt(h[:], 0); err != nil {
+		rec.Close()
+		return nil, nil, &resilmail.CorruptError{Want: want, Where: pos.String()}
+	}
+	start := 5 + int64(binary.BigEndian.Uint32(h[1:]))
+	if h[0] != recMessage || start > rec.Size() {
+		rec.Close()
+		return nil, nil, &resilmail.CorruptError{Want: want, Where: pos.String()}
+	}
+	body := io.NewSectionReader(rec, start, rec.Size()-start)
+	sum := sha256.New()
+	if _, err := io.Copy(sum, body); err != nil {
+		rec.Close()
+		if errors.Is(err, wal.ErrCorrupt) {
+			return nil, nil, &resilmail.CorruptError{Want: want, Where: err.Error()}
+		}
+		return nil, nil, storageErr(err)
+	}
+	var got resilmail.Digest
+	sum.Sum(got[:0])
+	if got != want {
+		rec.Close()
+		return nil, nil, &resilmail.CorruptError{Want: want, Got: got, Where: pos.String()}
+	}
+	body.Seek(0, io.SeekStart)
+	return body, rec, nil
 }
 
 // quarantineCorrupt moves the damaged bytes of a message aside, marks the

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -116,7 +115,7 @@ func (r *poolRoutes) Deliver(ctx context.Context, env resilmail.Envelope, body i
 	if len(routed) == 0 {
 		return r.def.Deliver(ctx, env, body)
 	}
-	msg, err := io.ReadAll(body)
+	msg, err := mxpool.Rereadable(body) // the queue's body, read in place: never whole in memory
 	if err != nil {
 		return &resilmail.DeliveryError{Command: "queue", Message: "cannot read the message", Err: err}
 	}
@@ -136,9 +135,11 @@ func (r *poolRoutes) Deliver(ctx context.Context, env resilmail.Envelope, body i
 		if err != nil {
 			return &resilmail.DeliveryError{Command: "route", Code: 451, EnhancedCode: "4.3.5", Message: "the pool's route cannot be used", Err: err}
 		}
-		return d.Deliver(ctx, e, bytes.NewReader(msg))
+		return d.Deliver(ctx, e, io.NewSectionReader(msg, 0, msg.Size()))
 	})
-	part(own, func(e resilmail.Envelope) error { return r.def.Deliver(ctx, e, bytes.NewReader(msg)) })
+	part(own, func(e resilmail.Envelope) error {
+		return r.def.Deliver(ctx, e, io.NewSectionReader(msg, 0, msg.Size()))
+	})
 	return errors.Join(errs...)
 }
 

@@ -48,6 +48,13 @@
 // write: Open skips it, reports it through Options.Logger and [Stats], and
 // keeps every valid record after it.
 //
+// A large record can be reserved ([Log.Reserve]) and filled later without
+// the log's lock ([Pending.Fill]): the records appended meanwhile come
+// after it, and its segment is not sealed before it is filled. A crash
+// during the fill leaves a region that Open skips as damaged; that record
+// was never synced. [Log.OpenRecord] reads a record in place through a
+// file handle of its own, which outlives the removal of its segment.
+//
 // Open refuses a segment whose log version or kind it does not know, and a
 // caller version newer than the caller supports.
 package wal

@@ -128,6 +128,7 @@ type Log struct {
 	buf       []byte // appended, not yet written, belongs to cur after written
 	spare     []byte
 	appendSeq uint64 // records appended
+	reserving int    // records reserved (Reserve) and not yet filled
 	syncedSeq uint64 // records durable
 	syncing   bool
 	err       error // sticky failure
@@ -491,21 +492,46 @@ func (l *Log) Append(rec []byte) (Pos, error) {
 }
 
 // AppendFrom adds a record whose payload is prefix followed by the n bytes
-// read from r, without holding the payload in memory: it is copied to the
-// segment file in pieces while the log is held, so other appends wait for
-// the copy. The record is durable like one from Append. If r fails or ends
-// early, nothing is appended and the log stays usable.
+// read from r, without holding the payload in memory: [Log.Reserve]
+// then [Pending.Fill]. The record is durable like one from Append. If r
+// fails or ends early, nothing is appended and the log stays usable.
 func (l *Log) AppendFrom(prefix []byte, r io.Reader, n int64) (Pos, error) {
+	p, err := l.Reserve(prefix, n)
+	if err != nil {
+		return Pos{}, err
+	}
+	return p.Fill(r)
+}
+
+// Pending is a record reserved by [Log.Reserve] and not yet written.
+type Pending struct {
+	l      *Log
+	seg    *segment
+	pos    Pos
+	prefix []byte
+	n      int64
+}
+
+// Reserve takes the place of a record whose payload is prefix followed by
+// n bytes that [Pending.Fill] copies later, without the log's lock: other
+// records are appended after it meanwhile, and a caller that reserves
+// under its own lock orders the record among its others without holding
+// that lock during the copy. The record counts as appended (for Sync) only
+// once Fill returns; the segment is not sealed before. A crash during the
+// copy leaves a region that Open reports as damaged and skips (it was never
+// acknowledged); so does a Fill whose reader fails after other records
+// were appended.
+func (l *Log) Reserve(prefix []byte, n int64) (*Pending, error) {
 	total := int64(len(prefix)) + n
 	if n < 0 || total > MaxRecord {
-		return Pos{}, ErrTooLarge
+		return nil, ErrTooLarge
 	}
 	size := recHeaderSize + total
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for {
 		if err := l.usableLocked(); err != nil {
-			return Pos{}, err
+			return nil, err
 		}
 		if l.syncing {
 			l.cond.Wait() // the leader writes buf at written
@@ -513,50 +539,80 @@ func (l *Log) AppendFrom(prefix []byte, r io.Reader, n int64) (Pos, error) {
 		}
 		if l.cur.size > l.cur.hdr && l.cur.size+size > l.opts.SegmentSize {
 			if err := l.rollLocked(); err != nil {
-				return Pos{}, err
+				return nil, err
 			}
 			continue
 		}
 		break
 	}
 	if err := l.flushLocked(); err != nil {
-		return Pos{}, err
+		return nil, err
 	}
-	pos := Pos{Seg: l.cur.seq, Off: l.cur.size}
-	crc := crc32.Update(l.cur.seed, crcTable, prefix)
-	off := l.written + recHeaderSize
-	if _, err := l.cur.f.WriteAt(prefix, off); err != nil {
-		return Pos{}, l.failLocked(err)
-	}
-	off += int64(len(prefix))
-	buf := make([]byte, min(n, 256<<10))
-	for left := n; left > 0; {
-		k, err := io.ReadFull(r, buf[:min(left, int64(len(buf)))])
-		if err != nil {
-			// Nothing points past written: the bytes already copied are
-			// overwritten by the next append.
-			return Pos{}, fmt.Errorf("wal: reading the record: %w", err)
-		}
-		if _, err := l.cur.f.WriteAt(buf[:k], off); err != nil {
-			return Pos{}, l.failLocked(err)
-		}
-		crc = crc32.Update(crc, crcTable, buf[:k])
-		off += int64(k)
-		left -= int64(k)
-	}
-	var h [recHeaderSize]byte
-	binary.BigEndian.PutUint32(h[0:4], uint32(total))
-	binary.BigEndian.PutUint32(h[4:8], crc32.Update(l.cur.seed, crcTable, h[0:4]))
-	binary.BigEndian.PutUint32(h[8:12], crc)
-	if _, err := l.cur.f.WriteAt(h[:], l.written); err != nil {
-		return Pos{}, l.failLocked(err)
-	}
-	l.written += size
+	p := &Pending{l: l, seg: l.cur, pos: Pos{Seg: l.cur.seq, Off: l.cur.size}, prefix: prefix, n: n}
 	l.cur.size += size
+	l.written += size
 	l.stats.Bytes += size
+	l.reserving++
+	return p, nil
+}
+
+// Pos returns where the record will be.
+func (p *Pending) Pos() Pos { return p.pos }
+
+// Fill copies the n bytes of the payload from r into the reserved place,
+// in 256 KiB pieces, and completes the record. It is called once.
+func (p *Pending) Fill(r io.Reader) (Pos, error) {
+	l, f := p.l, p.seg.f
+	total := int64(len(p.prefix)) + p.n
+	size := recHeaderSize + total
+	crc := crc32.Update(p.seg.seed, crcTable, p.prefix)
+	off := p.pos.Off + recHeaderSize
+	_, werr := f.WriteAt(p.prefix, off)
+	off += int64(len(p.prefix))
+	var rerr error
+	if werr == nil && p.n > 0 {
+		buf := make([]byte, min(p.n, 256<<10))
+		for left := p.n; left > 0; {
+			k, err := io.ReadFull(r, buf[:min(left, int64(len(buf)))])
+			if err != nil {
+				rerr = fmt.Errorf("wal: reading the record: %w", err)
+				break
+			}
+			if _, werr = f.WriteAt(buf[:k], off); werr != nil {
+				break
+			}
+			crc = crc32.Update(crc, crcTable, buf[:k])
+			off += int64(k)
+			left -= int64(k)
+		}
+	}
+	if werr == nil && rerr == nil {
+		var h [recHeaderSize]byte
+		binary.BigEndian.PutUint32(h[0:4], uint32(total))
+		binary.BigEndian.PutUint32(h[4:8], crc32.Update(p.seg.seed, crcTable, h[0:4]))
+		binary.BigEndian.PutUint32(h[8:12], crc)
+		_, werr = f.WriteAt(h[:], p.pos.Off)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reserving--
+	l.cond.Broadcast()
+	switch {
+	case werr != nil:
+		return Pos{}, l.failLocked(werr)
+	case rerr != nil:
+		if p.seg == l.cur && l.cur.size == p.pos.Off+size && l.written == l.cur.size && len(l.buf) == 0 {
+			// Nothing came after it: give the place back.
+			l.cur.size, l.written = p.pos.Off, p.pos.Off
+			l.stats.Bytes -= size
+		} else {
+			l.log.Warn("wal: a reserved record was not filled; Open will skip its place as damaged", "dir", l.dir, "pos", p.pos.String(), "err", rerr)
+		}
+		return Pos{}, rerr
+	}
 	l.appendSeq++
 	l.stats.Appends++
-	return pos, nil
+	return p.pos, nil
 }
 
 func (l *Log) usableLocked() error {
@@ -591,8 +647,8 @@ func (l *Log) flushLocked() error {
 // rollLocked seals the current segment (written and fsynced) and starts the
 // next one.
 func (l *Log) rollLocked() error {
-	for l.syncing {
-		l.cond.Wait()
+	for l.syncing || l.reserving > 0 {
+		l.cond.Wait() // a reserved record is written before its segment is sealed
 	}
 	if err := l.usableLocked(); err != nil {
 		return err
@@ -700,6 +756,102 @@ func (l *Log) ReadAt(pos Pos) ([]byte, error) {
 	}
 	return rec, nil
 }
+
+// Record is one record opened in place by [Log.OpenRecord]. Its payload is
+// read from a file handle of its own, never held in memory, and stays
+// readable after the log removes its segment (POSIX keeps an open file's
+// data). It is an io.ReaderAt over the payload; Close releases it.
+type Record struct {
+	f    File
+	pos  Pos
+	off  int64 // of the payload in the file
+	n    int64
+	seed uint32
+	crc  uint32
+}
+
+// OpenRecord opens the record at pos for reading in place, after checking
+// its header (ErrCorrupt if it fails). The payload's CRC is checked only by
+// [Record.Verify]: a caller that streams the payload checks its own digest
+// instead. A record not yet written to its file is written first.
+func (l *Log) OpenRecord(pos Pos) (*Record, error) {
+	l.mu.Lock()
+	_, seg, err := l.readerLocked(pos)
+	var seed uint32
+	if seg != nil {
+		seed = seg.seed
+	}
+	l.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	f, err := l.opts.OpenFile(l.segPath(pos.Seg), os.O_RDONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("wal: %w", err)
+	}
+	var h [recHeaderSize]byte
+	if _, err := f.ReadAt(h[:], pos.Off); err != nil {
+		f.Close()
+		return nil, readErr(pos, err)
+	}
+	if crc32.Update(seed, crcTable, h[0:4]) != binary.BigEndian.Uint32(h[4:8]) {
+		f.Close()
+		return nil, fmt.Errorf("%w at %s: bad header", ErrCorrupt, pos)
+	}
+	n := int64(binary.BigEndian.Uint32(h[0:4]))
+	if n > MaxRecord {
+		f.Close()
+		return nil, fmt.Errorf("%w at %s: bad length", ErrCorrupt, pos)
+	}
+	return &Record{f: f, pos: pos, off: pos.Off + recHeaderSize, n: n, seed: seed, crc: binary.BigEndian.Uint32(h[8:12])}, nil
+}
+
+// Size returns the payload's length.
+func (r *Record) Size() int64 { return r.n }
+
+// ReadAt reads the payload from offset off, as io.ReaderAt says. A payload
+// cut short by the end of its file is ErrCorrupt.
+func (r *Record) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, errors.New("wal: negative offset")
+	}
+	if off >= r.n {
+		return 0, io.EOF
+	}
+	want := min(int64(len(p)), r.n-off)
+	k, err := r.f.ReadAt(p[:want], r.off+off)
+	if int64(k) == want {
+		err = nil
+		if want < int64(len(p)) {
+			err = io.EOF
+		}
+	} else if err != nil {
+		err = readErr(r.pos, err)
+	}
+	return k, err
+}
+
+// Verify reads the whole payload through its CRC and returns ErrCorrupt
+// if it fails.
+func (r *Record) Verify() error {
+	buf := make([]byte, min(r.n, 256<<10))
+	crc := r.seed
+	for off := int64(0); off < r.n; {
+		k, err := r.ReadAt(buf[:min(int64(len(buf)), r.n-off)], off)
+		crc = crc32.Update(crc, crcTable, buf[:k])
+		off += int64(k)
+		if err != nil && !(err == io.EOF && off == r.n) {
+			return err
+		}
+	}
+	if crc != r.crc {
+		return fmt.Errorf("%w at %s: checksum mismatch", ErrCorrupt, r.pos)
+	}
+	return nil
+}
+
+// Close releases the record's file handle.
+func (r *Record) Close() error { return r.f.Close() }
 
 // readErr classifies a failed read: a record cut short by the end of its
 // file is corrupt; any other error (too many open files, an I/O error) is
@@ -837,7 +989,7 @@ func (l *Log) Close() error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for l.syncing {
+	for l.syncing || l.reserving > 0 {
 		l.cond.Wait()
 	}
 	if l.closed {
