@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,20 +114,14 @@ func TestRestSentAtOnceAfter452(t *testing.T) {
 	}
 }
 
-// A destination's own concurrency and rate apply to it alone.
-func TestPerDestinationConcurrencyAndRate(t *testing.T) {
+// A destination's own concurrency applies to it alone.
+func TestPerDestinationConcurrency(t *testing.T) {
 	var mu sync.Mutex
 	inflight, peak := map[string]int{}, map[string]int{}
-	var starts []time.Time
 	release := make(chan struct{})
 	s := newSink(func(env resilmail.Envelope, call int) error {
 		dom := resilmail.Domain(env.To[0].Addr)
 		mu.Lock()
-		if dom == "rated.example" {
-			starts = append(starts, time.Now())
-			mu.Unlock()
-			return nil
-		}
 		inflight[dom]++
 		peak[dom] = max(peak[dom], inflight[dom])
 		mu.Unlock()
@@ -138,32 +133,65 @@ func TestPerDestinationConcurrencyAndRate(t *testing.T) {
 	})
 	opts := quietOpts()
 	opts.MaxPerDestination = 4
-	opts.PerDestination = map[string]queue.DestinationLimits{
-		"one.example":   {MaxConcurrency: 1},
-		"rated.example": {Rate: 20}, // one start every 50 ms
-	}
+	opts.PerDestination = map[string]queue.DestinationLimits{"one.example": {MaxConcurrency: 1}}
 	q := open(t, t.TempDir(), s, opts)
 	ctx := context.Background()
 	for i := range 4 {
-		for _, d := range []string{"one.example", "four.example", "rated.example"} {
+		for _, d := range []string{"one.example", "four.example"} {
 			_, err := q.Enqueue(ctx, envelope(fmt.Sprint(d, i), fmt.Sprintf("u%d@%s", i, d)), body("x"))
 			require.NoError(t, err)
 		}
 	}
 	run(t, q)
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free) // before the queue stops, on failure too
 	waitFor(t, "four.example at its limit", func() bool { mu.Lock(); defer mu.Unlock(); return inflight["four.example"] == 4 })
-	waitFor(t, "rated.example done", func() bool { return len(q.List(queue.Filter{Domain: "rated.example"})) == 0 })
-	close(release)
+	waitFor(t, "one.example started", func() bool { mu.Lock(); defer mu.Unlock(); return inflight["one.example"] >= 1 })
+	mu.Lock()
+	assert.Equal(t, 1, inflight["one.example"], "its own concurrency")
+	mu.Unlock()
+	free()
 	waitFor(t, "all delivered", func() bool { return len(q.List(queue.Filter{})) == 0 })
 	mu.Lock()
 	defer mu.Unlock()
 	assert.Equal(t, 1, peak["one.example"], "its own concurrency")
 	assert.Equal(t, 4, peak["four.example"], "the default concurrency")
-	require.Len(t, starts, 4)
-	// The queue starts them 50 ms apart; the goroutines they run in may
-	// each begin a little late.
-	assert.GreaterOrEqual(t, starts[3].Sub(starts[0]), 130*time.Millisecond, "three gaps of 50 ms: %v", starts)
-	for i := 1; i < len(starts); i++ {
-		assert.GreaterOrEqual(t, starts[i].Sub(starts[i-1]), 25*time.Millisecond, "starts %d and %d under the rate", i-1, i)
+}
+
+// A destination's rate spaces its attempts on the queue's clock: the
+// next starts only once the clock has moved on by the interval.
+func TestPerDestinationRate(t *testing.T) {
+	clock := newClock()
+	var starts atomic.Int32
+	s := newSink(func(env resilmail.Envelope, call int) error {
+		starts.Add(1)
+		return nil
+	})
+	opts := quietOpts()
+	opts.Now = clock.Now
+	opts.PerDestination = map[string]queue.DestinationLimits{"rated.example": {Rate: 0.5}} // one start every 2 s
+	q := open(t, t.TempDir(), s, opts)
+	ctx := context.Background()
+	for i := range 4 {
+		_, err := q.Enqueue(ctx, envelope(fmt.Sprint("r", i), fmt.Sprintf("u%d@rated.example", i)), body("x"))
+		require.NoError(t, err)
 	}
+	_, err := q.Enqueue(ctx, envelope("free", "u@free.example"), body("x"))
+	require.NoError(t, err)
+	run(t, q)
+	waitFor(t, "the other destination, not rated", func() bool { return len(s.delivered("u@free.example")) == 1 })
+	for k := int32(1); k <= 4; k++ {
+		waitFor(t, fmt.Sprint("start ", k), func() bool { return starts.Load() >= k+1 }) // +1: free.example's
+		waitFor(t, "the rest waiting", func() bool { return len(q.List(queue.Filter{Domain: "rated.example"})) == int(4-k) })
+		require.Equal(t, k+1, starts.Load(), "no start before the clock moves on")
+		clock.Advance(1500 * time.Millisecond)
+		_, err := q.Retry(queue.Filter{}) // wakes the dispatcher, whose clock is the test's
+		require.NoError(t, err)
+		require.Equal(t, k+1, starts.Load(), "not after 1.5 s either")
+		clock.Advance(500 * time.Millisecond)
+		_, err = q.Retry(queue.Filter{})
+		require.NoError(t, err)
+	}
+	assert.Equal(t, int32(5), starts.Load())
 }
