@@ -111,8 +111,10 @@
 // local writes; a standby ([Store.SetReadOnly], [Store.SetRole]) or a
 // fenced store ([Store.Demote]) refuses them with [ErrReadOnly], after a
 // restart too. [Store.Promote] raises the epoch durably, records the
-// history the store continued ([Store.Predecessors]) and takes local
-// writes; it is idempotent. [Store.Orphans] lists the messages appended
+// history the store continued ([Store.Predecessors], the newest
+// Options.MaxPredecessors of them, 8 by default: a replica still on a
+// history forgotten since compares in full instead of resuming) and takes
+// local writes; it is idempotent. [Store.Orphans] lists the messages appended
 // after a point of a history (an old primary's acknowledged tail), and
 // [Store.KeepOrphan] keeps another node's orphan as a new message.
 //

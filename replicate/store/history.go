@@ -339,8 +339,12 @@ func (s *Store) Promote(ctx context.Context, e resilmail.Epoch, until uint64) er
 	if up := s.meta.Upstream; !up.History.IsZero() {
 		s.meta.Predecessors = append(s.meta.Predecessors, replicate.Predecessor{
 			History: up.History, Until: until, Epoch: prev, Seq: last - 1})
-		if n := len(s.meta.Predecessors); n > 8 {
-			s.meta.Predecessors = slices.Delete(s.meta.Predecessors, 0, n-8)
+		if n, keep := len(s.meta.Predecessors), s.opts.MaxPredecessors; n > keep {
+			for _, p := range s.meta.Predecessors[:n-keep] {
+				s.log.Warn("store: a history continued long ago is forgotten (MaxPredecessors); a replica still on it will compare in full",
+					"dir", s.dir, "history", p.History.String(), "until", p.Until, "max_predecessors", keep)
+			}
+			s.meta.Predecessors = slices.Delete(s.meta.Predecessors, 0, n-keep)
 		}
 	}
 	s.meta.Upstream = upstreamMeta{ResetSeq: last}

@@ -46,6 +46,16 @@ type Options struct {
 	// gets ErrTooFarBehind and compares in full. Zero means 30 days;
 	// negative means never.
 	HoldMaxAge time.Duration
+	// MaxPredecessors is how many histories the store remembers having
+	// continued ([Store.Predecessors]): each promotion adds the history
+	// it followed, and the oldest beyond this many is forgotten, logged.
+	// A replica still on a forgotten history is treated as one of
+	// another history: it compares itself with the store in full and
+	// repairs (what only it has is held for the operator, not kept as an
+	// orphan), instead of resuming or keeping its divergent tail as
+	// orphans. Zero means DefaultMaxPredecessors (8); each entry costs
+	// about 100 bytes of the HISTORY file.
+	MaxPredecessors int
 	// CheckpointEvery is how many changes [Store.Run] lets pass before it
 	// writes a checkpoint and compacts the journal; zero means 50 000.
 	CheckpointEvery uint64
@@ -102,6 +112,9 @@ func (o *Options) withDefaults() Options {
 	if r.FetchParallelism <= 0 {
 		r.FetchParallelism = 8
 	}
+	if r.MaxPredecessors <= 0 {
+		r.MaxPredecessors = DefaultMaxPredecessors
+	}
 	if r.HoldMaxAge == 0 {
 		r.HoldMaxAge = 30 * 24 * time.Hour
 	}
@@ -110,3 +123,7 @@ func (o *Options) withDefaults() Options {
 	}
 	return r
 }
+
+// DefaultMaxPredecessors is how many continued histories a store
+// remembers by default (Options.MaxPredecessors).
+const DefaultMaxPredecessors = 8

@@ -758,3 +758,39 @@ func TestDamagedJournal(t *testing.T) {
 	uid := appendMsg(t, s, "alice", "INBOX", msg("d", "after"))
 	assert.Equal(t, uint32(41), uid, "UIDs after the hole are not reused")
 }
+
+// TestMaxPredecessors: a store promoted more often than MaxPredecessors
+// remembers only the newest histories it continued, across a reopen.
+func TestMaxPredecessors(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := quietOpts()
+	opts.MaxPredecessors = 2
+	s := open(t, dir, opts)
+	var hs []replicate.HistoryID
+	for i := range 4 {
+		h := replicate.NewHistoryID()
+		hs = append(hs, h)
+		require.NoError(t, s.ResetUpstream(ctx, h, uint64(10*(i+1))))
+		require.NoError(t, s.Promote(ctx, s.Epoch()+1, uint64(10*(i+1))))
+		require.LessOrEqual(t, len(s.Predecessors()), 2)
+	}
+	check := func(s *store.Store) {
+		ps := s.Predecessors()
+		require.Len(t, ps, 2)
+		assert.Equal(t, hs[2], ps[0].History)
+		assert.Equal(t, hs[3], ps[1].History)
+		assert.Equal(t, uint64(40), ps[1].Until)
+	}
+	check(s)
+	require.NoError(t, s.Close())
+	check(open(t, dir, opts))
+
+	// The default is DefaultMaxPredecessors.
+	d := open(t, t.TempDir(), quietOpts())
+	for range store.DefaultMaxPredecessors + 3 {
+		require.NoError(t, d.ResetUpstream(ctx, replicate.NewHistoryID(), 1))
+		require.NoError(t, d.Promote(ctx, d.Epoch()+1, 1))
+	}
+	assert.Len(t, d.Predecessors(), store.DefaultMaxPredecessors)
+}
