@@ -80,7 +80,11 @@
 // run hourly by [Store.Run] and before each checkpoint): a reader that
 // stopped following (a backup repository no longer used) no longer pins
 // the journal and the bodies; each expiry is logged as a warning and
-// counted in Stats.HoldsExpired.
+// counted in Stats.HoldsExpired. The bodies the holds keep are capped too
+// (Options.HoldBodyBytes, 4 GiB by default, checked at the same times):
+// over it, the hold with the lowest position is dropped the same way
+// (Stats.HoldsOverCap), its reader reads in full, and the bodies only it
+// kept are removed.
 //
 // # Bulk load
 //

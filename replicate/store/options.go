@@ -46,6 +46,17 @@ type Options struct {
 	// gets ErrTooFarBehind and compares in full. Zero means 30 days;
 	// negative means never.
 	HoldMaxAge time.Duration
+	// HoldBodyBytes bounds the bodies of removed messages that the holds
+	// with bodies ([Store.Hold]) keep (each body counted once, and only
+	// when no live message uses it). Before every checkpoint and every
+	// hour ([Store.ExpireHolds]), while they exceed it the hold with the
+	// lowest position is dropped, logged and counted
+	// (Stats.HoldsOverCap): its reader (a backup gone for long, while mail
+	// was deleted in bulk) gets ErrTooFarBehind and reads in full, and the
+	// bodies only it kept are removed. Between two checks the kept bodies
+	// may exceed it by what the removals in between add. Zero means 4 GiB;
+	// negative means no cap.
+	HoldBodyBytes int64
 	// MaxPredecessors is how many histories the store remembers having
 	// continued ([Store.Predecessors]): each promotion adds the history
 	// it followed, and the oldest beyond this many is forgotten, logged.
@@ -111,6 +122,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if r.FetchParallelism <= 0 {
 		r.FetchParallelism = 8
+	}
+	if r.HoldBodyBytes == 0 {
+		r.HoldBodyBytes = 4 << 30
 	}
 	if r.MaxPredecessors <= 0 {
 		r.MaxPredecessors = DefaultMaxPredecessors

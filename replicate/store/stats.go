@@ -11,7 +11,7 @@ type counters struct {
 	scrubs, scrubbed, checkpoints             uint64
 	applied, skipped, fenced, conflicts, gone uint64
 	orphansKept                               uint64
-	holdsExpired                              uint64
+	holdsExpired, holdsOverCap                uint64
 	lastScrub                                 time.Time
 }
 
@@ -32,6 +32,7 @@ type Stats struct {
 	ReadOnly      bool   // local writes are refused
 	Holds         int    // retention holds (Store.Hold, Store.HoldJournal)
 	HoldsExpired  uint64 // holds dropped for not being renewed (Options.HoldMaxAge)
+	HoldsOverCap  uint64 // holds dropped because the bodies they kept exceeded Options.HoldBodyBytes
 	Tombstones    int    // expunged messages whose bodies holds keep
 	Role          Role   // the durable role (primary, standby, fenced)
 	OrphansKept   uint64 // orphans of other nodes kept as new messages (KeepOrphan)
@@ -77,7 +78,7 @@ func (s *Store) Stats() Stats {
 	return Stats{
 		Users: len(s.users), Mailboxes: len(s.byID), Messages: s.messages, Bodies: len(s.refs), BodyBytes: s.bodyBytes,
 		Epoch: uint64(s.epoch), Seq: s.applied, DurableSeq: s.durable, OldestSeq: s.oldestLocked(), CheckpointSeq: s.ckptSeq,
-		ReadOnly: s.meta.Role != RolePrimary, Role: s.meta.Role, Holds: len(s.ret.holds), HoldsExpired: s.c.holdsExpired, Tombstones: len(s.ret.tombs),
+		ReadOnly: s.meta.Role != RolePrimary, Role: s.meta.Role, Holds: len(s.ret.holds), HoldsExpired: s.c.holdsExpired, HoldsOverCap: s.c.holdsOverCap, Tombstones: len(s.ret.tombs),
 		Changes: s.c.changes, Fsyncs: ws.Syncs + s.c.bodyFsyncs, JournalFsyncs: ws.Syncs,
 		JournalSegments: ws.Segments, JournalBytes: ws.Bytes,
 		BodyWrites: s.c.bodyWrites, BodyShared: s.c.bodyShared, BodyReads: s.c.bodyReads, BodiesRemoved: s.c.bodiesRemoved,
