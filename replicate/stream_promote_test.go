@@ -2,7 +2,10 @@ package replicate_test
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -282,4 +285,32 @@ func TestDemotedAfterPromotionFollowsAgain(t *testing.T) {
 	r, _ = startReplica(t, dst, srv.URL, inbox, nil)
 	require.Eventually(t, func() bool { return messages(t, dst, "alice", "INBOX") == 3 }, 10*time.Second, 5*time.Millisecond, "%+v", r.Stats())
 	assert.False(t, r.Stats().Promoted)
+}
+
+// TestInterruptedPromotionFinishes: a replica killed after it recorded its
+// promotion and before its target was promoted (here the record is
+// written as Promote writes it) finishes the promotion when it starts.
+func TestInterruptedPromotionFinishes(t *testing.T) {
+	ctx := context.Background()
+	src, dst := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	require.NoError(t, dst.SetReadOnly(true))
+	_, srv := servePrimary(t, src, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	addN(t, src, "alice", "INBOX", 2)
+	inbox := t.TempDir()
+	r, stop := startReplica(t, dst, srv.URL, inbox, nil)
+	waitApplied(t, r, src)
+	stop()
+	e := src.Epoch() + 1
+	rec := fmt.Sprintf(`{"epoch":%d,"until":%d,"at":"2026-12-07T18:00:00Z"}`, e, src.Position())
+	require.NoError(t, os.WriteFile(filepath.Join(inbox, "promoted.json"), []byte(rec), 0o640))
+	require.Equal(t, store.RoleStandby, dst.Role())
+
+	r, _ = startReplica(t, dst, srv.URL, inbox, nil)
+	require.Eventually(t, func() bool { return r.Stats().Promoted }, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, store.RolePrimary, dst.Role())
+	assert.Equal(t, e, dst.Epoch())
+	require.NotEmpty(t, dst.Predecessors())
+	assert.Equal(t, src.History(), dst.Predecessors()[0].History)
+	assert.Equal(t, src.Position(), dst.Predecessors()[0].Until)
 }
