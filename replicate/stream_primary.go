@@ -607,8 +607,11 @@ type ackRequest struct {
 	Missing []uint64 `json:"missing,omitempty"`
 }
 
-// maxAckMissing bounds the changes an acknowledgement names as missing.
-const maxAckMissing = 1024
+// maxAckMissing bounds the changes an acknowledgement names as missing,
+// so that an acknowledgement stays within the 4 KiB that a primary of the
+// previous version reads (it ignores the field); a replica with more
+// acknowledges only up to the first one it does not name.
+const maxAckMissing = 128
 
 func (p *Primary) serveAck(w http.ResponseWriter, r *http.Request) {
 	var a ackRequest

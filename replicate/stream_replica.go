@@ -707,8 +707,9 @@ func (r *Replica) ack(ctx context.Context) error {
 	r.mu.Unlock()
 	slices.Sort(a.Missing)
 	if len(a.Missing) > maxAckMissing {
-		// The oldest are named; the primary holds back no writer for
-		// longer than its AckTimeout anyway.
+		// Too many to name: acknowledge only up to the first one not
+		// named, so that nothing without its body counts as replicated.
+		a.Position = a.Missing[maxAckMissing] - 1
 		a.Missing = a.Missing[:maxAckMissing]
 	}
 	a.Epoch = r.t.Epoch()
