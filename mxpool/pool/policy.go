@@ -77,17 +77,84 @@ const (
 // followers present.
 const polMinSecret = 16
 
-// SpamAction says what the MX does with a message whose spam score reaches
-// its domain's threshold.
+// SpamAction says what the MX does with a message that is spam for its
+// domain (see [DomainPolicy.IsSpam]).
 type SpamAction string
 
 // The spam actions. [Policy.Normalize] turns the empty SpamAction into
 // SpamQuarantine.
 const (
-	SpamQuarantine SpamAction = "quarantine" // keep it in quarantine, tell the sender 250
-	SpamReject     SpamAction = "reject"     // refuse it at end of data with 550 5.7.1
-	SpamDeliver    SpamAction = "deliver"    // mark it and deliver it
+	SpamQuarantine       SpamAction = "quarantine"        // keep it in quarantine, tell the sender 250
+	SpamQuarantineRefuse SpamAction = "quarantine-refuse" // keep it in quarantine, tell the sender 550 5.7.1
+	SpamReject           SpamAction = "reject"            // refuse it at end of data with 550 5.7.1, keep nothing
+	SpamDeliver          SpamAction = "deliver"           // tag it (X-Spam headers) and deliver it
+	SpamAccept           SpamAction = "accept"            // deliver it as it is
 )
+
+// Refuses reports whether a spam message for a domain with action a gets a
+// 5xx reply (reject, quarantine-refuse) rather than 250.
+func (a SpamAction) Refuses() bool { return a == SpamReject || a == SpamQuarantineRefuse }
+
+// ScannerProfile names the content scanner every MX of the pool must run
+// and the rules it applies, so that a parity check (and each MX, on every
+// verdict) can tell that all of them judge mail alike.
+type ScannerProfile struct {
+	// Name is the scanner's name as its verdicts report it ("rspamd").
+	Name string `json:"name"`
+	// Version is the scanner's version, or a prefix of it at a dot ("3.4"
+	// matches 3.4 and 3.4.1); empty means any version.
+	Version string `json:"version,omitempty"`
+	// Settings names the scanner's rule set to apply (rspamd's settings
+	// id); empty means its defaults.
+	Settings string `json:"settings,omitempty"`
+}
+
+// Matches reports whether a verdict's scanner, named as "name version"
+// ("rspamd 3.4"), is the one the profile asks for.
+func (sp *ScannerProfile) Matches(scanner string) bool {
+	if sp == nil {
+		return true
+	}
+	name, version, _ := strings.Cut(scanner, " ")
+	if name != sp.Name {
+		return false
+	}
+	return sp.Version == "" || version == sp.Version || strings.HasPrefix(version, sp.Version+".")
+}
+
+// String returns "name version [settings]".
+func (sp *ScannerProfile) String() string {
+	if sp == nil {
+		return ""
+	}
+	s := sp.Name
+	if sp.Version != "" {
+		s += " " + sp.Version
+	}
+	if sp.Settings != "" {
+		s += " [" + sp.Settings + "]"
+	}
+	return s
+}
+
+func sameScanner(a, b *ScannerProfile) bool {
+	return a == nil && b == nil || a != nil && b != nil && *a == *b
+}
+
+func (sp *ScannerProfile) validate() error {
+	if sp == nil {
+		return nil
+	}
+	for _, f := range []string{sp.Name, sp.Version, sp.Settings} {
+		if len(f) > 64 || strings.IndexFunc(f, func(r rune) bool { return r <= ' ' || r >= 0x7f }) >= 0 {
+			return fmt.Errorf("pool: scanner profile field %q: at most 64 printable ASCII characters without spaces", f)
+		}
+	}
+	if sp.Name == "" {
+		return errors.New("pool: scanner profile without a name")
+	}
+	return nil
+}
 
 // Policy is the inbound policy that every MX of a pool applies: which
 // domains it accepts mail for, which recipients and aliases exist in each,
@@ -109,6 +176,10 @@ type Policy struct {
 	// the pool's domains to the active mail server over LMTP). In normal
 	// form they are sorted by Domain, at most one per Domain.
 	Routes []mxpool.Route `json:"routes,omitempty"`
+	// Scanner, if set, is the content scanner every MX must run: a verdict
+	// from another scanner or version is no verdict (the MX answers as
+	// when its scanner is down).
+	Scanner *ScannerProfile `json:"scanner,omitempty"`
 }
 
 // DomainPolicy is the part of a [Policy] for one domain.
@@ -138,10 +209,23 @@ type DomainPolicy struct {
 	// normal form.
 	Subaddress string `json:"subaddress,omitempty"`
 	// SpamThreshold is the spam score at or above which SpamAction applies;
-	// zero means the domain does not act on spam scores.
+	// zero means the scanner's own judgement decides: a message it would
+	// reject is spam (see [DomainPolicy.IsSpam]).
 	SpamThreshold float64 `json:"spam_threshold,omitempty"`
 	// SpamAction is what happens to spam; empty means SpamQuarantine.
 	SpamAction SpamAction `json:"spam_action,omitempty"`
+}
+
+// IsSpam reports whether a message with this score, which the scanner
+// itself would (scannerRejects) or would not reject, is spam for the
+// domain: a score at or above SpamThreshold, or, with no threshold, the
+// scanner's reject. A nil DomainPolicy (postmaster without a domain) uses
+// the scanner's judgement.
+func (d *DomainPolicy) IsSpam(score float64, scannerRejects bool) bool {
+	if d == nil || d.SpamThreshold == 0 {
+		return scannerRejects
+	}
+	return score >= d.SpamThreshold
 }
 
 // Clone returns a deep copy of p.
@@ -150,6 +234,10 @@ func (p *Policy) Clone() *Policy {
 		return nil
 	}
 	c := &Policy{MaxMessageSize: p.MaxMessageSize, Routes: slices.Clone(p.Routes)}
+	if p.Scanner != nil {
+		sp := *p.Scanner
+		c.Scanner = &sp
+	}
 	if p.Domains != nil {
 		c.Domains = make(map[string]*DomainPolicy, len(p.Domains))
 		for name, dp := range p.Domains {
@@ -184,6 +272,9 @@ func (d *DomainPolicy) Clone() *DomainPolicy {
 func (p *Policy) Normalize() error {
 	if p.MaxMessageSize < 0 {
 		return fmt.Errorf("pool: negative message size limit %d", p.MaxMessageSize)
+	}
+	if err := p.Scanner.validate(); err != nil {
+		return err
 	}
 	for i := range p.Routes {
 		r := &p.Routes[i]
@@ -306,7 +397,7 @@ func polNormTargets(ts []string) ([]string, error) {
 }
 
 func polKnownSpamAction(a SpamAction) bool {
-	return a == SpamQuarantine || a == SpamReject || a == SpamDeliver
+	return a == SpamQuarantine || a == SpamQuarantineRefuse || a == SpamReject || a == SpamDeliver || a == SpamAccept
 }
 
 // polSubaddressChar reports whether c may separate a subaddress: the
@@ -461,6 +552,9 @@ func polValidate(p *Policy) error {
 	if p.MaxMessageSize < 0 {
 		return fmt.Errorf("%w: negative message size limit", ErrPolicyMalformed)
 	}
+	if err := p.Scanner.validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrPolicyMalformed, err)
+	}
 	if err := polValidateRoutes(p.Routes); err != nil {
 		return err
 	}
@@ -581,6 +675,10 @@ func polValidateSettings(domain string, s polSettings) error {
 //	  s(name) b(AcceptAll) s(Subaddress) uint64be(float bits of SpamThreshold)
 //	  s(SpamAction) u(len(Recipients)) { s(local) }
 //	  u(len(Aliases)) for each alias in byte order: s(local) u(len(targets)) { s(target) }
+//	then, only when Scanner is set: s("scanner") s(Name) s(Version) s(Settings)
+//
+// (the encoding without a scanner is self-delimiting, so the suffix keeps
+// the digests of policies without one as they were).
 func (p *Policy) Digest() resilmail.Digest {
 	h := sha256.New()
 	w := bufio.NewWriterSize(h, 64<<10)
@@ -630,6 +728,12 @@ func (p *Policy) Digest() resilmail.Digest {
 				s(t)
 			}
 		}
+	}
+	if sp := p.Scanner; sp != nil {
+		s("scanner")
+		s(sp.Name)
+		s(sp.Version)
+		s(sp.Settings)
 	}
 	w.Flush()
 	var dg resilmail.Digest
@@ -799,6 +903,14 @@ func polAppendPolicy(b []byte, p *Policy) ([]byte, error) {
 		}
 		b = append(b, `,"routes":`...)
 		b = append(b, r...)
+	}
+	if p.Scanner != nil {
+		sc, err := json.Marshal(p.Scanner)
+		if err != nil {
+			return nil, err
+		}
+		b = append(b, `,"scanner":`...)
+		b = append(b, sc...)
 	}
 	return append(b, '}'), nil
 }
@@ -977,7 +1089,7 @@ func polSnapshotFromWire(w *polWire, trust *Trust) (*Snapshot, error) {
 
 // The operations of a delta.
 const (
-	polOpSetGlobal        = "set_global"        // MaxMessageSize and Routes
+	polOpSetGlobal        = "set_global"        // MaxMessageSize, Routes and Scanner
 	polOpSetDomain        = "set_domain"        // create a domain or change its settings
 	polOpRemoveDomain     = "remove_domain"     // with its recipients and aliases
 	polOpAddRecipients    = "add_recipients"    // Locals, none present yet
@@ -989,14 +1101,15 @@ const (
 // polChange is one operation of a delta. Only the fields its Op uses may be
 // set.
 type polChange struct {
-	Op             string         `json:"op"`
-	Domain         string         `json:"domain,omitempty"`
-	Local          string         `json:"local,omitempty"`
-	Locals         []string       `json:"locals,omitempty"`
-	Targets        []string       `json:"targets,omitempty"`
-	Settings       *polSettings   `json:"settings,omitempty"`
-	MaxMessageSize *int64         `json:"max_message_size,omitempty"`
-	Routes         []mxpool.Route `json:"routes,omitempty"`
+	Op             string          `json:"op"`
+	Domain         string          `json:"domain,omitempty"`
+	Local          string          `json:"local,omitempty"`
+	Locals         []string        `json:"locals,omitempty"`
+	Targets        []string        `json:"targets,omitempty"`
+	Settings       *polSettings    `json:"settings,omitempty"`
+	MaxMessageSize *int64          `json:"max_message_size,omitempty"`
+	Routes         []mxpool.Route  `json:"routes,omitempty"`
+	Scanner        *ScannerProfile `json:"scanner,omitempty"`
 }
 
 // validate checks that c is well formed and names things in normal form.
@@ -1028,7 +1141,7 @@ func (c *polChange) validate() error {
 	if use("domain") != (c.Domain != "") || use("local") != (c.Local != "") ||
 		use("locals") != (c.Locals != nil) || use("targets") != (c.Targets != nil) ||
 		use("settings") != (c.Settings != nil) || use("global") != (c.MaxMessageSize != nil) ||
-		!use("global") && c.Routes != nil {
+		!use("global") && (c.Routes != nil || c.Scanner != nil) {
 		return bad("fields missing or not allowed")
 	}
 	if c.Domain != "" && !polValidDomain(c.Domain) {
@@ -1038,6 +1151,9 @@ func (c *polChange) validate() error {
 	case polOpSetGlobal:
 		if *c.MaxMessageSize < 0 {
 			return bad("negative size limit")
+		}
+		if err := c.Scanner.validate(); err != nil {
+			return bad(err.Error())
 		}
 		return polValidateRoutes(c.Routes)
 	case polOpSetDomain:
@@ -1126,7 +1242,7 @@ func polApply(base *Policy, changes []polChange) (*Policy, error) {
 	if base == nil {
 		base = &Policy{}
 	}
-	np := &Policy{MaxMessageSize: base.MaxMessageSize, Routes: base.Routes, Domains: maps.Clone(base.Domains)}
+	np := &Policy{MaxMessageSize: base.MaxMessageSize, Routes: base.Routes, Scanner: base.Scanner, Domains: maps.Clone(base.Domains)}
 	if np.Domains == nil {
 		np.Domains = map[string]*DomainPolicy{}
 	}
@@ -1151,6 +1267,11 @@ func polApply(base *Policy, changes []polChange) (*Policy, error) {
 		case polOpSetGlobal:
 			np.MaxMessageSize = *c.MaxMessageSize
 			np.Routes = slices.Clone(c.Routes)
+			np.Scanner = nil
+			if c.Scanner != nil {
+				sp := *c.Scanner
+				np.Scanner = &sp
+			}
 		case polOpSetDomain:
 			if _, ok := np.Domains[c.Domain]; !ok {
 				np.Domains[c.Domain] = &DomainPolicy{}
@@ -1254,9 +1375,14 @@ func polDiff(old, new *Policy) []polChange {
 		old = &Policy{}
 	}
 	var out []polChange
-	if old.MaxMessageSize != new.MaxMessageSize || !slices.Equal(old.Routes, new.Routes) {
+	if old.MaxMessageSize != new.MaxMessageSize || !slices.Equal(old.Routes, new.Routes) || !sameScanner(old.Scanner, new.Scanner) {
 		size := new.MaxMessageSize
-		out = append(out, polChange{Op: polOpSetGlobal, MaxMessageSize: &size, Routes: slices.Clone(new.Routes)})
+		c := polChange{Op: polOpSetGlobal, MaxMessageSize: &size, Routes: slices.Clone(new.Routes)}
+		if new.Scanner != nil {
+			sp := *new.Scanner
+			c.Scanner = &sp
+		}
+		out = append(out, c)
 	}
 	for _, name := range slices.Sorted(maps.Keys(old.Domains)) {
 		if _, ok := new.Domains[name]; !ok {

@@ -158,6 +158,14 @@ func TestDigestCanonical(t *testing.T) {
 		"alias removed": func(p *Policy) { delete(p.Domains["example.org"].Aliases, "team") },
 		"domain":        func(p *Policy) { delete(p.Domains, "catchall.test") },
 		"domain added":  func(p *Policy) { p.Domains["new.test"] = &DomainPolicy{SpamAction: SpamQuarantine} },
+		"refuse":        func(p *Policy) { p.Domains["example.org"].SpamAction = SpamQuarantineRefuse },
+		"scanner":       func(p *Policy) { p.Scanner = &ScannerProfile{Name: "rspamd"} },
+		"scanner version": func(p *Policy) {
+			p.Scanner = &ScannerProfile{Name: "rspamd", Version: "3.4"}
+		},
+		"scanner settings": func(p *Policy) {
+			p.Scanner = &ScannerProfile{Name: "rspamd", Settings: "3.4"}
+		},
 		// Moving an entry between lists must not collide.
 		"recipient moved": func(p *Policy) {
 			p.Domains["example.org"].Recipients = []string{"alice", "bob", "carol"}
@@ -170,6 +178,43 @@ func TestDigestCanonical(t *testing.T) {
 		assert.NotContains(t, seen, d, "%s gives the digest of %s", name, seen[d])
 		seen[d] = name
 	}
+}
+
+func TestScannerProfile(t *testing.T) {
+	sp := &ScannerProfile{Name: "rspamd", Version: "3.4"}
+	for scanner, want := range map[string]bool{
+		"rspamd 3.4": true, "rspamd 3.4.1": true, "rspamd 3.40": false, "rspamd 3.5": false,
+		"rspamd": false, "spamassassin 3.4": false, "": false,
+	} {
+		assert.Equal(t, want, sp.Matches(scanner), scanner)
+	}
+	assert.True(t, (&ScannerProfile{Name: "rspamd"}).Matches("rspamd 9"))
+	assert.True(t, (*ScannerProfile)(nil).Matches("anything"))
+	for _, bad := range []*ScannerProfile{{}, {Name: "a b"}, {Name: "rspamd", Settings: "x\n"}, {Name: strings.Repeat("x", 65)}} {
+		assert.Error(t, (&Policy{Scanner: bad}).Normalize(), "%+v", bad)
+	}
+	p := &Policy{Scanner: sp, Domains: map[string]*DomainPolicy{"a.test": {}}}
+	require.NoError(t, p.Normalize())
+	assert.Equal(t, "rspamd 3.4", p.Clone().Scanner.String())
+	assert.NotSame(t, p.Scanner, p.Clone().Scanner)
+}
+
+func TestIsSpam(t *testing.T) {
+	for _, c := range []struct {
+		threshold, score float64
+		rejects, want    bool
+	}{
+		{0, 100, false, false}, {0, -1, true, true}, // no threshold: the scanner decides
+		{5, 4.99, true, false}, {5, 5, false, true}, {5, 12, false, true},
+	} {
+		assert.Equal(t, c.want, (&DomainPolicy{SpamThreshold: c.threshold}).IsSpam(c.score, c.rejects), "%+v", c)
+	}
+	assert.True(t, (*DomainPolicy)(nil).IsSpam(0, true))
+	assert.True(t, SpamReject.Refuses())
+	assert.True(t, SpamQuarantineRefuse.Refuses())
+	assert.False(t, SpamQuarantine.Refuses())
+	assert.False(t, SpamDeliver.Refuses())
+	assert.False(t, SpamAccept.Refuses())
 }
 
 func TestCheck(t *testing.T) {
@@ -384,7 +429,11 @@ func polRandomPolicy(t testing.TB, r *rand.Rand) *Policy {
 				dp.Aliases[fmt.Sprintf("u%d", l)] = []string{fmt.Sprintf("t%d@d%d.test", r.IntN(3), r.IntN(4))}
 			}
 		}
+		dp.SpamAction = []SpamAction{"", SpamQuarantineRefuse, SpamReject, SpamDeliver, SpamAccept}[r.IntN(5)]
 		p.Domains[fmt.Sprintf("d%d.test", d)] = dp
+	}
+	if n := r.IntN(4); n > 0 {
+		p.Scanner = &ScannerProfile{Name: "rspamd", Version: []string{"", "3.4", "3.5"}[n-1], Settings: []string{"", "inbound"}[r.IntN(2)]}
 	}
 	return polMustNormalize(t, p)
 }
