@@ -32,6 +32,7 @@
 //	line that is no command                   500 5.5.2   (Listener; go-smtp says 501)
 //	recipient refused by Backend.Accept       its own reply (451 if Rejected cannot record it)
 //	too many recipients (Server.MaxRecipients) 452 4.5.3
+//	recipient of another ScanPolicy class     452 4.5.3   (sent again in the next transaction)
 //	queue or disk full                        452 4.3.1   (at MAIL, RCPT or DATA)
 //	message over the size limit               552 5.3.4   (permanent: never 451)
 //	mail loop                                 554 5.4.6
@@ -81,8 +82,14 @@
 // through).
 // A message longer than ScanLimit is scanned on its first ScanLimit bytes
 // (ScanEnvelope.Truncated) or, with ScanSkip, not scanned and tagged
-// "unchecked". A policy (per domain thresholds, say) wraps a Scanner as
-// a [ScanMiddleware] and rewrites the verdict's Action.
+// "unchecked". A policy that holds for every recipient wraps a Scanner as
+// a [ScanMiddleware] and rewrites the verdict's Action; one that differs
+// per recipient (per-domain thresholds and actions) is a [ScanPolicy]:
+// recipients that would need different replies are kept apart at RCPT
+// (452 4.5.3, the client sends them in another transaction), and a
+// message quarantined for some recipients and accepted for others is read
+// once into both the queue and Backend.Quarantine, 250 only when both kept
+// it.
 //
 // A verdict may carry header edits ([HeaderEdit]: append, insert, change
 // or remove a field, as a milter asks). They apply to the header the

@@ -79,6 +79,11 @@ type Backend struct {
 	ScanOversize ScanOversize
 	// ScanFailure says what happens when the Scanner gives no verdict.
 	ScanFailure ScanFailure
+	// ScanPolicy, if set, decides per recipient what a verdict does (the
+	// pool's per-domain spam policy), and keeps recipients that need
+	// different replies out of one transaction; nil means the verdict's
+	// Action applies to every recipient.
+	ScanPolicy ScanPolicy
 	// Quarantine, if set, keeps a message whose verdict is
 	// ActionQuarantine instead of enqueueing it; body is the whole message
 	// with the Received and X-Spam headers. When it returns nil the client
@@ -134,14 +139,15 @@ type session struct {
 	remote string
 	env    resilmail.Envelope
 	user   string // the authenticated user; "" before AUTH
+	class  string // the ScanPolicy class of the transaction's recipients
 }
 
-func (s *session) Reset() { s.env = resilmail.Envelope{} }
+func (s *session) Reset() { s.env, s.class = resilmail.Envelope{}, "" }
 
 func (s *session) Logout() error { return nil }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
-	s.env = resilmail.Envelope{From: from}
+	s.env, s.class = resilmail.Envelope{From: from}, ""
 	if s.b.Submission != nil {
 		if err := s.checkSubmitter(from); err != nil {
 			return err
@@ -241,6 +247,18 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 			return s.rejected(to, err)
 		}
 	}
+	if s.b.Scanner != nil && s.b.ScanPolicy != nil {
+		class := s.b.ScanPolicy.Class(to)
+		if len(s.env.To) == 0 {
+			s.class = class
+		} else if class != s.class {
+			// One reply at the end of DATA cannot refuse some recipients
+			// and accept others: this one comes in the next transaction
+			// (RFC 5321 section 4.5.3.1.10).
+			s.log.Info("smtp: recipient deferred to another transaction: another spam policy", "remote", s.remote, "rcpt", to, "class", class, "transaction_class", s.class)
+			return errOtherPolicyReply
+		}
+	}
 	r := resilmail.Recipient{Addr: to}
 	if opts != nil {
 		for _, n := range opts.Notify {
@@ -313,16 +331,30 @@ func (s *session) Data(r io.Reader) error {
 			s.log.Warn("smtp: message refused", "msg_id", env.ID, "remote", s.remote, "from", env.From, "err", err)
 			return replyFor(err)
 		}
+		src = io.MultiReader(bytes.NewReader(start), src)
+		var keep, held resilmail.Envelope
+		qv := res.verdict // what the quarantine records
+		qv.Action = ActionQuarantine
+		if res.judged {
+			res, keep, held = s.decide(env, res)
+		}
 		if reply := res.reply(s.b.ScanFailure); reply != nil {
 			s.log.Info("smtp: message refused by the content scanner", "msg_id", env.ID, "remote", s.remote, "from", env.From, "reply", reply.Code)
 			return reply
 		}
-		src, head = io.MultiReader(bytes.NewReader(start), src), res.header
+		head = res.header
 		if res.err == nil && res.verdict.Action == ActionDiscard {
 			return s.discard(env, src, lr)
 		}
-		if res.err == nil && res.verdict.Action == ActionQuarantine {
-			return s.quarantine(env, res.verdict, io.MultiReader(strings.NewReader(s.received(env)+head), src), lr)
+		if len(held.To) > 0 {
+			rcvd := s.received(env)
+			if len(keep.To) == 0 {
+				return s.quarantine(held, qv, io.MultiReader(strings.NewReader(rcvd+spamHeaders(qv)), src), lr)
+			}
+			return s.split(keep, held, qv, rcvd, head, src, lr)
+		}
+		if res.judged {
+			env.To = keep.To // without the recipients the verdict discards
 		}
 	}
 	if s.b.Submission != nil {
@@ -408,6 +440,51 @@ func (s *session) quarantine(env resilmail.Envelope, v Verdict, body io.Reader, 
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure storing the message, try again later"}
 	}
 }
+
+// split enqueues one copy of a message for the recipients of keep and
+// hands another to Backend.Quarantine for those of held, reading the body
+// once: the quarantine reads what the queue reads, through a pipe. The
+// client gets 250 only when both kept their copy (a refusal from the
+// Quarantine hook counts as kept: the other recipients take the message),
+// else 451 and may send again: a rare duplicate beats a loss.
+func (s *session) split(keep, held resilmail.Envelope, v Verdict, rcvd, head string, src io.Reader, lr *limitReader) error {
+	pr, pw := io.Pipe()
+	qerr := make(chan error, 1)
+	go func() {
+		var err error
+		if s.b.Quarantine == nil {
+			err = errors.New("no quarantine")
+		} else {
+			err = s.b.Quarantine(context.Background(), held, v, io.MultiReader(strings.NewReader(rcvd+spamHeaders(v)), pr))
+		}
+		pr.CloseWithError(errQuarantineDone) // unblocks the queue's copy if it stopped reading early
+		qerr <- err
+	}()
+	body := io.MultiReader(strings.NewReader(rcvd+head), io.TeeReader(src, pw))
+	id, err := s.b.Queue.Enqueue(context.Background(), keep, body)
+	pw.CloseWithError(err) // nil: EOF for the quarantine's copy
+	herr := <-qerr
+	if lr != nil && lr.over {
+		return errTooLargeReply
+	}
+	if err != nil {
+		s.log.Warn("smtp: message refused", "msg_id", keep.ID, "remote", s.remote, "from", keep.From, "err", err)
+		return replyFor(err)
+	}
+	var se *smtp.SMTPError
+	if herr != nil && !errors.As(herr, &se) {
+		s.log.Error("smtp: cannot quarantine a message for some recipients, answering 451", "msg_id", keep.ID, "remote", s.remote, "from", keep.From, "held", len(held.To), "err", herr)
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary failure storing the message, try again later"}
+	}
+	s.log.Info("smtp: message queued for some recipients and quarantined for others", "msg_id", id, "remote", s.remote, "from", keep.From, "rcpts", len(keep.To), "held", len(held.To), "score", v.Score)
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
+}
+
+var errQuarantineDone = errors.New("intake: the quarantine stopped reading")
+
+// errOtherPolicyReply defers a recipient whose spam policy needs another
+// reply than the transaction's first recipient's.
+var errOtherPolicyReply = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "recipient under another spam policy: send it again in a new transaction"}
 
 // errTooLargeReply is the reply to a message larger than the limit.
 var errTooLargeReply = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message too large"}

@@ -38,6 +38,30 @@ func (f ScannerFunc) Scan(ctx context.Context, env *ScanEnvelope, body []byte) (
 
 var _ Scanner = ScannerFunc(nil)
 
+// A ScanPolicy decides, per recipient, what a verdict does: the pool's
+// per-domain spam policy (thresholds and actions). It is called from the
+// SMTP sessions' goroutines, concurrently, and must be safe for that.
+//
+// Class groups recipients that may share one transaction: when a
+// recipient's class differs from the transaction's first recipient's, the
+// Backend answers its RCPT 452 4.5.3 and the client sends it again in the
+// next transaction. Give recipients whose domains would need different
+// replies to one verdict (550 for one, 250 for another) different classes;
+// recipients that may be quarantined for some and delivered to others
+// (every reply 250) may share one.
+//
+// Decide returns the action v asks for rcpt. When recipients of one
+// message get different actions: any ActionTempFail defers the whole
+// message (451 4.7.1); ActionReject refuses it (550 5.7.1) when every
+// recipient rejects, else the rejecting recipients are quarantined
+// instead; quarantined recipients get one copy through
+// Backend.Quarantine, the others one enqueued copy, tagged when any of
+// them is ActionTag.
+type ScanPolicy interface {
+	Class(rcpt string) string
+	Decide(rcpt string, v Verdict) Action
+}
+
 // A ScanMiddleware wraps a Scanner, as HTTP middleware wraps a handler: to
 // apply a policy to its verdicts, measure it, log it.
 type ScanMiddleware func(Scanner) Scanner
@@ -166,6 +190,7 @@ type scanResult struct {
 	// mustRefuse says that the message cannot be accepted unchecked
 	// either (a failed scan's edits could not be applied).
 	mustRefuse bool
+	judged     bool // the scanner gave a verdict (not skipped, no error)
 }
 
 // scan reads the start of the message from src (up to the scan limit),
@@ -240,7 +265,7 @@ func (s *session) scan(env resilmail.Envelope, src io.Reader) (head []byte, res 
 		v.Action = ActionAccept
 	}
 	s.log.Info("smtp: message scanned", "msg_id", env.ID, "remote", s.remote, "action", string(v.Action), "score", v.Score, "symbols", len(v.Symbols), "scanner", v.Scanner, "took", time.Since(start))
-	res = scanResult{verdict: v}
+	res = scanResult{verdict: v, judged: true}
 	if v.Action == ActionTag || v.Action == ActionQuarantine {
 		res.header = spamHeaders(v)
 	}
@@ -248,6 +273,67 @@ func (s *session) scan(env resilmail.Envelope, src io.Reader) (head []byte, res 
 }
 
 var knownActions = map[Action]struct{}{"": {}, ActionAccept: {}, ActionTag: {}, ActionQuarantine: {}, ActionDiscard: {}, ActionTempFail: {}, ActionReject: {}}
+
+// decide applies Backend.ScanPolicy to a verdict: it returns the result
+// whose action stands for the message as a whole (reject or tempfail when
+// the message is refused, tag when kept and tagged), the envelope of the
+// recipients to enqueue and that of those to quarantine.
+func (s *session) decide(env resilmail.Envelope, res scanResult) (scanResult, resilmail.Envelope, resilmail.Envelope) {
+	keep, held := env, env
+	keep.To, held.To = nil, nil
+	v := res.verdict
+	acts := make([]Action, len(env.To))
+	rejects, discards, tempfail, tag := 0, 0, false, false
+	for i, r := range env.To {
+		a := v.Action
+		if s.b.ScanPolicy != nil {
+			a = s.b.ScanPolicy.Decide(r.Addr, v)
+			if _, ok := knownActions[a]; !ok || a == "" {
+				a = ActionAccept
+			}
+		}
+		acts[i] = a
+		switch a {
+		case ActionTempFail:
+			tempfail = true
+		case ActionReject:
+			rejects++
+		case ActionDiscard:
+			discards++
+		case ActionTag:
+			tag = true
+		}
+	}
+	switch {
+	case tempfail:
+		res.verdict.Action = ActionTempFail
+		return res, keep, held
+	case rejects == len(env.To) && rejects > 0:
+		res.verdict.Action = ActionReject
+		return res, keep, held
+	case discards == len(env.To):
+		res.verdict.Action = ActionDiscard
+		return res, keep, held
+	}
+	for i, r := range env.To {
+		switch acts[i] {
+		case ActionDiscard:
+			// dropped for this recipient, as it asked
+		case ActionQuarantine, ActionReject:
+			held.To = append(held.To, r)
+		default:
+			keep.To = append(keep.To, r)
+		}
+	}
+	res.verdict.Action, res.header = ActionAccept, ""
+	if tag {
+		res.verdict.Action, res.header = ActionTag, spamHeaders(v)
+	}
+	if len(held.To) > 0 {
+		s.log.Info("smtp: recipients held by the spam policy", "msg_id", env.ID, "held", len(held.To), "kept", len(keep.To), "score", v.Score)
+	}
+	return res, keep, held
+}
 
 // reply returns the SMTP reply for a verdict that refuses the message
 // here, or nil when the message is to be kept (enqueued or quarantined).
