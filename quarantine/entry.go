@@ -66,6 +66,11 @@ type Reason struct {
 	Limit int64 `json:"limit,omitempty"`
 	// Reply is the SMTP reply the sender got, e.g. "550 5.7.1 spam".
 	Reply string `json:"reply,omitempty"`
+	// Symbols are the content scanner's rules that matched, and Scanner
+	// its name and version ("rspamd 3.4"), for a verdict of a scanner
+	// (KindSpam, KindVirus). Entry.Node is the MX that decided.
+	Symbols []string `json:"symbols,omitempty"`
+	Scanner string   `json:"scanner,omitempty"`
 }
 
 // A RecipientState is the state of one recipient of an entry.

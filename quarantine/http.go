@@ -795,6 +795,9 @@ button { cursor: pointer; }
 <tr><th>Received</th><td>{{time .Entry.Time}}</td></tr>
 <tr><th>Envelope sender</th><td>{{sender .Entry}}</td></tr>
 <tr><th>Reason</th><td>{{reason .Entry.Reason}}{{with .Entry.Reason.Reply}} ({{short .}}){{end}}</td></tr>
+{{with .Entry.Reason.Scanner}}<tr><th>Scanner</th><td class="scanner">{{.}}</td></tr>{{end}}
+{{with .Entry.Reason.Symbols}}<tr><th>Symbols</th><td class="symbols">{{range $i, $s := .}}{{if $i}}, {{end}}{{short $s}}{{end}}</td></tr>{{end}}
+{{with .Entry.Node}}<tr><th>Decided by</th><td class="node">{{.}}</td></tr>{{end}}
 <tr><th>Client</th><td>{{.Entry.ClientAddr}} {{.Entry.HELO}}</td></tr>
 <tr><th>Size</th><td>{{size .Entry.Size}}</td></tr>
 <tr><th>Recipients</th><td>{{$e := .Entry}}{{$back := .Back}}{{range .Entry.Recipients}}<div class="rcpt" data-rcpt="{{.Addr}}">{{.Addr}}: <span class="status status-{{.Status}}">{{.Status}}</span>

@@ -682,3 +682,23 @@ func TestAuthorizerOutageIsUnavailableNotForbidden(t *testing.T) {
 	down.Store(false)
 	assert.Equal(t, http.StatusOK, request(h, "GET", "/api/entries", "alice@example.org", "").Code)
 }
+
+func TestHTMLEntryShowsTheScannersEvidence(t *testing.T) {
+	f := newAccessFixture(t)
+	e := Entry{
+		ID: "s1", Envelope: resilmail.Envelope{ID: "in-s1", From: "spam@bad.example", To: []resilmail.Recipient{{Addr: "alice@example.org"}}},
+		Recipients: []RecipientState{{Addr: "alice@example.org"}}, Time: f.clock(), Node: "mx2",
+		Reason: Reason{Kind: KindSpam, Score: 15.5, Threshold: 6, Rule: "spam_action quarantine", Symbols: []string{"GTUBE", "<script>x</script>"}, Scanner: "rspamd 3.4"},
+	}
+	require.NoError(t, f.s.Put(context.Background(), e, strings.NewReader("Subject: win\r\n\r\nXJS*C4JDBQADN1\r\n")))
+	got, err := f.s.Get(context.Background(), "root@example.net", "s1")
+	require.NoError(t, err)
+	assert.Equal(t, e.Reason, got.Reason, "the evidence is stored")
+	w := request(f.handler(nil), "GET", "/entry/s1", "root@example.net", "")
+	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	body := w.Body.String()
+	assert.Contains(t, body, `<td class="scanner">rspamd 3.4</td>`)
+	assert.Contains(t, body, `<td class="symbols">GTUBE, &lt;script&gt;x&lt;/script&gt;</td>`)
+	assert.Contains(t, body, `<td class="node">mx2</td>`)
+	assert.Contains(t, body, "spam (score 15.5 ≥ 6.0): spam_action quarantine")
+}
