@@ -20,6 +20,13 @@
 // tempfail, "reject" to reject with rspamd's smtp_message. Symbols are
 // sorted by name, so two MXs scanning the same message report them alike.
 //
+// Options.SettingsID picks one of rspamd's settings (a named rule set,
+// the Settings-ID header), so that a pool's policy can name the rules
+// every MX applies. With Options.Controller, LearnHam and LearnSpam teach
+// rspamd's classifier through its controller worker (/learnham,
+// /learnspam, with the Password header when set): an operator releasing a
+// false positive from quarantine tells the scanner.
+//
 // # Goroutines
 //
 // The package starts none; a Scanner is safe for concurrent use (it shares
@@ -51,13 +58,32 @@ type Options struct {
 	Client *http.Client
 	// MaxReply bounds the reply body read, in bytes; zero means 1 MiB.
 	MaxReply int64
+	// SettingsID, if set, returns the rspamd settings id to scan with (the
+	// Settings-ID header: a rule set of rspamd's settings module), read
+	// at every scan so that a pool's policy can change it; "" means
+	// rspamd's defaults.
+	SettingsID func() string
+	// Controller is the URL of rspamd's controller worker
+	// ("http://127.0.0.1:11334"), which LearnHam and LearnSpam teach;
+	// empty means they fail with ErrNoController.
+	Controller string
+	// Password is the controller's password ("enable_password" for
+	// learning), sent in its Password header; nil sends none.
+	Password []byte
 }
+
+// ErrNoController is returned by LearnHam and LearnSpam when
+// Options.Controller is not set.
+var ErrNoController = errors.New("rspamd: no controller URL to learn with")
 
 // Scanner asks one rspamd worker.
 type Scanner struct {
-	url      string
-	client   *http.Client
-	maxReply int64
+	url        string
+	client     *http.Client
+	maxReply   int64
+	settingsID func() string
+	controller string
+	password   []byte
 }
 
 var _ intake.Scanner = (*Scanner)(nil)
@@ -75,7 +101,15 @@ func New(base string, opts *Options) (*Scanner, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	s := &Scanner{url: strings.TrimSuffix(u.String(), "/") + "/checkv2", client: opts.Client, maxReply: opts.MaxReply}
+	s := &Scanner{url: strings.TrimSuffix(u.String(), "/") + "/checkv2", client: opts.Client, maxReply: opts.MaxReply,
+		settingsID: opts.SettingsID, password: opts.Password}
+	if opts.Controller != "" {
+		cu, err := url.Parse(opts.Controller)
+		if err != nil || (cu.Scheme != "http" && cu.Scheme != "https") || cu.Host == "" || cu.User != nil {
+			return nil, fmt.Errorf("rspamd: bad controller URL %q: want http://host:port", opts.Controller)
+		}
+		s.controller = strings.TrimSuffix(cu.String(), "/")
+	}
 	if s.client == nil {
 		s.client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
@@ -115,6 +149,9 @@ func (s *Scanner) Scan(ctx context.Context, env *intake.ScanEnvelope, body []byt
 		set("TLS-Version", env.TLSVersion)
 		set("TLS-Cipher", env.TLSCipher)
 	}
+	if s.settingsID != nil {
+		set("Settings-ID", s.settingsID())
+	}
 	req.Header.Set("Content-Type", "message/rfc822")
 	resp, err := s.client.Do(req)
 	if err != nil {
@@ -140,6 +177,47 @@ func (s *Scanner) Scan(ctx context.Context, env *intake.ScanEnvelope, body []byt
 		v.Scanner += " " + version
 	}
 	return v, nil
+}
+
+// LearnHam teaches rspamd's classifier that body is not spam (a false
+// positive an operator released), through the controller's /learnham.
+func (s *Scanner) LearnHam(ctx context.Context, body []byte) error {
+	return s.learn(ctx, "/learnham", body)
+}
+
+// LearnSpam teaches rspamd's classifier that body is spam, through the
+// controller's /learnspam.
+func (s *Scanner) LearnSpam(ctx context.Context, body []byte) error {
+	return s.learn(ctx, "/learnspam", body)
+}
+
+func (s *Scanner) learn(ctx context.Context, path string, body []byte) error {
+	if s.controller == "" {
+		return ErrNoController
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.controller+path, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("rspamd: %w", err)
+	}
+	if s.password != nil {
+		req.Header.Set("Password", string(s.password))
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("rspamd: %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	var r struct {
+		Success bool   `json:"success"`
+		Error   string `json:"error"`
+	}
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(data, &r) != nil || !r.Success {
+		// rspamd answers 208 "already learned" and 4xx/5xx with
+		// {"error": ...}; the text never holds the password.
+		return fmt.Errorf("rspamd: %s: status %s: %.200q", path, resp.Status, data)
+	}
+	return nil
 }
 
 // reply is the part of a /checkv2 reply a verdict is made of.

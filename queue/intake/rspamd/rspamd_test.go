@@ -379,3 +379,53 @@ func FuzzParseReply(f *testing.F) {
 		}
 	})
 }
+
+func TestLearnAndSettings(t *testing.T) {
+	body := []byte(message("fp@example.net", "not spam at all"))
+	var (
+		mu    sync.Mutex
+		paths []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		paths = append(paths, r.URL.Path)
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/checkv2":
+			assert.Equal(t, "inbound", r.Header.Get("Settings-ID"))
+			io.WriteString(w, `{"score":0,"action":"no action","message-id":"fp@example.net"}`)
+		case "/learnham":
+			assert.Equal(t, body, b)
+			if r.Header.Get("Password") != "s3cret-controller" {
+				w.WriteHeader(403)
+				io.WriteString(w, `{"error":"Unauthorized"}`)
+				return
+			}
+			io.WriteString(w, `{"success":true}`)
+		default:
+			w.WriteHeader(404)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	ctx := context.Background()
+	s, err := rspamd.New(srv.URL, &rspamd.Options{Controller: srv.URL, Password: []byte("s3cret-controller"), SettingsID: func() string { return "inbound" }})
+	require.NoError(t, err)
+	_, err = s.Scan(ctx, envelope("Q1"), body)
+	require.NoError(t, err)
+	require.NoError(t, s.LearnHam(ctx, body))
+
+	wrong, err := rspamd.New(srv.URL, &rspamd.Options{Controller: srv.URL, Password: []byte("guess")})
+	require.NoError(t, err)
+	err = wrong.LearnHam(ctx, body)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "403")
+	assert.NotContains(t, err.Error(), "guess", "the password is never in an error")
+
+	none, err := rspamd.New(srv.URL, nil)
+	require.NoError(t, err)
+	assert.ErrorIs(t, none.LearnHam(ctx, body), rspamd.ErrNoController)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []string{"/checkv2", "/learnham", "/learnham"}, paths)
+}
