@@ -6,8 +6,9 @@
 //
 // rspamd compiles its rules before it answers (about 20 s, more under
 // load), so a test binary starts one rspamd and shares it: call Start
-// from the tests that need it and Stop from TestMain. A missing rspamd is
-// an error, never a skip.
+// from the tests that need it and Stop from TestMain (or use [Shared] and
+// [Main]). A missing rspamd is an error, never a skip. The controller
+// worker takes [Password] (it trusts loopback clients without it).
 package rspamdtest
 
 import (
@@ -20,8 +21,12 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
+
+// Password is the controller's password.
+const Password = "rspamdtest-controller-password"
 
 // Rspamd is a running private rspamd.
 type Rspamd struct {
@@ -29,6 +34,9 @@ type Rspamd struct {
 	URL string
 	// Milter is the proxy worker's address in milter mode ("127.0.0.1:PORT").
 	Milter string
+	// Controller is the controller worker's base URL, which learns
+	// (/learnham, /learnspam).
+	Controller string
 	// Dir holds its configuration overrides, logs and databases.
 	Dir string
 
@@ -47,6 +55,24 @@ var (
 func Start() (*Rspamd, error) {
 	once.Do(func() { shared, sharedE = start() })
 	return shared, sharedE
+}
+
+// Shared is Start for a test or benchmark: it fails tb when rspamd is
+// missing or does not start.
+func Shared(tb testing.TB) *Rspamd {
+	tb.Helper()
+	r, err := Start()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return r
+}
+
+// Main runs the tests, stops the shared rspamd and exits: TestMain's body.
+func Main(m *testing.M) {
+	code := m.Run()
+	Stop()
+	os.Exit(code)
 }
 
 // Stop stops the rspamd Start started, if any, by its process group.
@@ -91,7 +117,7 @@ func start() (*Rspamd, error) {
 	normal, controller, proxy := ports[0], ports[1], ports[2]
 	files := map[string]string{
 		"override.d/worker-normal.inc":     fmt.Sprintf("bind_socket = \"127.0.0.1:%d\";\ncount = 1;\n", normal),
-		"override.d/worker-controller.inc": fmt.Sprintf("bind_socket = \"127.0.0.1:%d\";\ncount = 1;\n", controller),
+		"override.d/worker-controller.inc": fmt.Sprintf("bind_socket = \"127.0.0.1:%d\";\ncount = 1;\npassword = %q;\nenable_password = %q;\n", controller, Password, Password),
 		"override.d/worker-proxy.inc": fmt.Sprintf("bind_socket = \"127.0.0.1:%d\";\nmilter = yes;\ntimeout = 120s;\ncount = 1;\n"+
 			"upstream \"local\" {\n  default = yes;\n  hosts = \"127.0.0.1:%d\";\n}\n"+
 			"discard_on_reject = false;\nquarantine_on_reject = false;\nspam_header = \"X-Spam\";\nreject_message = \"Spam message rejected\";\n", proxy, normal),
@@ -121,7 +147,7 @@ func start() (*Rspamd, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	r := &Rspamd{URL: fmt.Sprintf("http://127.0.0.1:%d", normal), Milter: fmt.Sprintf("127.0.0.1:%d", proxy), Dir: dir, cmd: cmd, exited: make(chan struct{})}
+	r := &Rspamd{URL: fmt.Sprintf("http://127.0.0.1:%d", normal), Controller: fmt.Sprintf("http://127.0.0.1:%d", controller), Milter: fmt.Sprintf("127.0.0.1:%d", proxy), Dir: dir, cmd: cmd, exited: make(chan struct{})}
 	go func() { cmd.Wait(); close(r.exited) }()
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {

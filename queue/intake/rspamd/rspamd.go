@@ -15,9 +15,13 @@
 // package intake turns into 451 4.7.1 (or accept-and-tag, as configured):
 // never a verdict nobody gave.
 //
-// Actions map as rspamd's own milter does: "no action" to accept, "add
-// header" and "rewrite subject" to tag, "greylist" and "soft reject" to
-// tempfail, "reject" to reject with rspamd's smtp_message. Symbols are
+// Actions map to intake's: "no action" to accept, "add header" and
+// "rewrite subject" to tag, "soft reject" to tempfail, "reject" to reject
+// with rspamd's smtp_message. "greylist" is tempfail only when rspamd's
+// greylist module did greylist the message (symbol GREYLIST_SAVE);
+// otherwise it is only a score past the greylist threshold with no
+// greylisting behind it (the module needs Redis), and is tag: a 451 then
+// would be answered again on every retry. Symbols are
 // sorted by name, so two MXs scanning the same message report them alike.
 //
 // Options.SettingsID picks one of rspamd's settings (a named rule set,
@@ -264,6 +268,11 @@ func ParseReply(data []byte, msgID string) (intake.Verdict, error) {
 			got = fmt.Sprintf("%.100q", *r.MessageID)
 		}
 		return intake.Verdict{}, fmt.Errorf("rspamd: reply about message-id %s, not %q", got, msgID)
+	}
+	if r.Action == "greylist" {
+		if _, ok := r.Symbols["GREYLIST_SAVE"]; !ok {
+			act = intake.ActionTag
+		}
 	}
 	v := intake.Verdict{Action: act, Score: *r.Score, Required: r.Required}
 	for name := range r.Symbols {

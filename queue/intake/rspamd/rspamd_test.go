@@ -10,12 +10,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/rspamdtest"
 	"github.com/resilmail/resilmail/queue/intake"
 	"github.com/resilmail/resilmail/queue/intake/rspamd"
 )
@@ -36,39 +33,7 @@ func message(id, text string) string {
 		"Date: Mon, 07 Dec 2026 17:00:00 +0000\r\nMessage-ID: <" + id + ">\r\n\r\n" + text + "\r\n"
 }
 
-var (
-	realOnce sync.Once
-	realURL  string
-	realErr  error
-	realCmd  *exec.Cmd
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if realCmd != nil {
-		syscall.Kill(-realCmd.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { realCmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-realCmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-	}
-	os.Exit(code)
-}
-
-// realRspamd starts one rspamd for the test binary, with a private
-// configuration (its own ports, pid, log and database directories; DNS
-// pointed at a closed loopback port, so nothing leaves the machine), and
-// returns its normal worker's URL once it answers.
-func realRspamd(t *testing.T) string {
-	t.Helper()
-	realOnce.Do(func() { realURL, realErr = startRspamd() })
-	require.NoError(t, realErr)
-	return realURL
-}
+func TestMain(m *testing.M) { rspamdtest.Main(m) }
 
 func freePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -79,82 +44,6 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-func startRspamd() (string, error) {
-	bin, err := exec.LookPath("rspamd")
-	if err != nil {
-		return "", fmt.Errorf("rspamd is not installed (apt-get install rspamd): %w", err)
-	}
-	dir, err := os.MkdirTemp("", "rspamd-test-")
-	if err != nil {
-		return "", err
-	}
-	normal, err := freePort()
-	if err != nil {
-		return "", err
-	}
-	controller, err := freePort()
-	if err != nil {
-		return "", err
-	}
-	files := map[string]string{
-		"override.d/worker-normal.inc":     fmt.Sprintf("bind_socket = \"127.0.0.1:%d\";\ncount = 1;\n", normal),
-		"override.d/worker-controller.inc": fmt.Sprintf("bind_socket = \"127.0.0.1:%d\";\ncount = 1;\n", controller),
-		"override.d/worker-proxy.inc":      "count = -1;\n",
-		"override.d/logging.inc":           "type = \"file\";\nfilename = \"" + filepath.Join(dir, "log", "rspamd.log") + "\";\nlevel = \"info\";\n",
-		"local.d/options.inc":              "dns { nameserver = [\"127.0.0.1:1\"]; timeout = 0.5s; retransmits = 1; }\n",
-	}
-	for _, d := range []string{"override.d", "local.d", "db", "run", "log"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
-			return "", err
-		}
-	}
-	for name, text := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
-			return "", err
-		}
-	}
-	cmd := exec.Command(bin, "-f", "-i", "-c", "/etc/rspamd/rspamd.conf",
-		"--var", "LOCAL_CONFDIR="+dir, "--var", "DBDIR="+filepath.Join(dir, "db"),
-		"--var", "RUNDIR="+filepath.Join(dir, "run"), "--var", "LOGDIR="+filepath.Join(dir, "log"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out, err := os.Create(filepath.Join(dir, "stderr"))
-	if err != nil {
-		return "", err
-	}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	realCmd = cmd
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	base := fmt.Sprintf("http://127.0.0.1:%d", normal)
-	// rspamd compiles its rules before the workers answer: about 20 s,
-	// more on a loaded machine.
-	deadline := time.Now().Add(3 * time.Minute)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-exited:
-			b, _ := os.ReadFile(filepath.Join(dir, "stderr"))
-			realCmd = nil
-			return "", fmt.Errorf("rspamd exited: %v: %s", err, b)
-		default:
-		}
-		resp, err := http.Get(base + "/ping")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				// Wait() is the goroutine's: TestMain must not call it again.
-				realCmd = &exec.Cmd{Process: cmd.Process}
-				go func() { <-exited }()
-				return base, nil
-			}
-		}
-		time.Sleep(200 * time.Millisecond) // polling a process we do not control, with a deadline
-	}
-	return "", fmt.Errorf("rspamd did not answer on %s within 3 minutes (see %s)", base, dir)
-}
-
 func envelope(id string) *intake.ScanEnvelope {
 	return &intake.ScanEnvelope{
 		Envelope: resilmail.Envelope{ID: id, From: "sender@example.net", To: []resilmail.Recipient{{Addr: "alice@example.org"}}},
@@ -163,7 +52,7 @@ func envelope(id string) *intake.ScanEnvelope {
 }
 
 func TestRealRspamd(t *testing.T) {
-	s, err := rspamd.New(realRspamd(t), nil)
+	s, err := rspamd.New(rspamdtest.Shared(t).URL, nil)
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -245,7 +134,7 @@ func send(t *testing.T, addr, msg string) string {
 }
 
 func TestIntakeWithRealRspamd(t *testing.T) {
-	s, err := rspamd.New(realRspamd(t), nil)
+	s, err := rspamd.New(rspamdtest.Shared(t).URL, nil)
 	require.NoError(t, err)
 	addr, rec := relay(t, s, nil)
 	assert.Equal(t, "550 5.7.1 Gtube pattern", send(t, addr, message("g@example.net", gtube)))
@@ -307,6 +196,9 @@ func TestFaults(t *testing.T) {
 			b, _ := io.ReadAll(r.Body)
 			assert.Equal(t, body, b)
 			io.WriteString(w, good)
+		}},
+		"greylist without greylisting": {h: func(w http.ResponseWriter, _ *http.Request) {
+			io.WriteString(w, strings.Replace(good, `"add header"`, `"greylist"`, 1))
 		}},
 		"garbage":  {h: func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "<html>oops") }, want: "malformed reply"},
 		"no score": {h: func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, `{"action":"reject"}`) }, want: "finite score"},
@@ -428,4 +320,36 @@ func TestLearnAndSettings(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	assert.Equal(t, []string{"/checkv2", "/learnham", "/learnham"}, paths)
+}
+
+func TestLearnHamWithRealRspamd(t *testing.T) {
+	srv := rspamdtest.Shared(t)
+	s, err := rspamd.New(srv.URL, &rspamd.Options{Controller: srv.Controller, Password: []byte(rspamdtest.Password)})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	text := "Dear colleagues, the quarterly planning meeting moves to Thursday afternoon in the large conference room; " +
+		"please bring the budget figures, the hiring plan and the notes from the customer workshop we held in Lyon last month."
+	msg := []byte(message("ham@example.net", text))
+	// The controller (which trusts loopback clients without a password)
+	// hands the message to its classifier; this rspamd, without Redis for
+	// its statistics, declines to learn (204), which is an error: nothing
+	// was learned.
+	err = s.LearnHam(ctx, msg)
+	if err != nil {
+		assert.Contains(t, err.Error(), "classifier")
+		assert.NotContains(t, err.Error(), rspamdtest.Password)
+	}
+}
+
+func TestParseReplyGreylist(t *testing.T) {
+	v, err := rspamd.ParseReply([]byte(`{"score":4.2,"action":"greylist","symbols":{"GREYLIST_SAVE":{}},"messages":{"smtp_message":"Try again later"}}`), "")
+	require.NoError(t, err)
+	assert.Equal(t, intake.ActionTempFail, v.Action, "greylisted by the module: try again")
+	v, err = rspamd.ParseReply([]byte(`{"score":4.2,"action":"greylist","symbols":{"MISSING_DATE":{}}}`), "")
+	require.NoError(t, err)
+	assert.Equal(t, intake.ActionTag, v.Action, "past the threshold with no greylisting behind it")
+	v, err = rspamd.ParseReply([]byte(`{"score":4.2,"action":"soft reject"}`), "")
+	require.NoError(t, err)
+	assert.Equal(t, intake.ActionTempFail, v.Action)
 }
