@@ -17,7 +17,7 @@ import (
 // publishes the pool's policy, /policy, and on the node that keeps the
 // pool's quarantine, /quarantine/. Debug handlers are never served here:
 // see debugHandler.
-func httpHandler(q *queue.Queue, pstate func() policyState, outbox func() quarantine.OutboxStats, policy, quarantineUI http.Handler) http.Handler {
+func httpHandler(q *queue.Queue, sc *scanning, pstate func() policyState, outbox func() quarantine.OutboxStats, policy, quarantineUI http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	if policy != nil {
 		mux.Handle("/policy", policy)
@@ -28,6 +28,7 @@ func httpHandler(q *queue.Queue, pstate func() policyState, outbox func() quaran
 	mux.Handle("GET /metrics", metrics.Handler(func(m *metrics.Writer) {
 		writeQueueMetrics(m, q.Stats())
 		writeStatusMetrics(m, pstate, outbox)
+		sc.writeMetrics(m)
 	}))
 	return mux
 }

@@ -179,6 +179,13 @@ type config struct {
 	dial            dialFunc        // tests: in place of a net.Dialer
 	mxOnThisMachine bool            // tests: the MX hosts are on this machine's addresses
 
+	rspamd           string        // -rspamd: the rspamd normal worker that scans every message
+	rspamdController string        // -rspamd-controller: rspamd's controller, taught the released false positives
+	rspamdPassword   secret.Source // the controller's password
+	scanFailure      string        // "tempfail" (451) or "accept" (tagged unchecked)
+	scanLimit        int64
+	scanTimeout      time.Duration
+
 	onPolicyError func(error)   // tests: called when -policy's file is read and refused
 	errorDelay    time.Duration // the tarpit's first delay; zero: the listener's default (tests shorten it)
 	loginDelay    time.Duration // the delay of a failed login; zero: loginguard's default (tests shorten it)
@@ -233,6 +240,12 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.dkimKey, "dkim-key", "", "with -submission: sign submitted mail with the DKIM private key in this PEM file (ed25519 or RSA, PKCS#8 or PKCS#1), readable by its owner only")
 	fs.StringVar(&c.dkimSelector, "dkim-selector", "", "with -dkim-key: the key's selector (s=)")
 	fs.StringVar(&c.dkimDomain, "dkim-domain", "", "with -dkim-key: the signing domain (d=), which publishes the key at SELECTOR._domainkey.DOMAIN")
+	fs.StringVar(&c.rspamd, "rspamd", "", "scan every message at the end of DATA with the rspamd normal worker at this URL (http://127.0.0.1:11333 on loopback, https:// beyond, verified with -tls-ca); the pool's policy decides per domain what a verdict does")
+	fs.StringVar(&c.rspamdController, "rspamd-controller", "", "with -rspamd: rspamd's controller URL (e.g. http://127.0.0.1:11334); a false positive released from quarantine is taught to it as ham")
+	fs.StringVar(&c.rspamdPassword.File, "rspamd-password-file", "", "with -rspamd-controller: file holding the controller's password (default: $RESILMAIL_RSPAMD_PASSWORD, or none)")
+	fs.StringVar(&c.scanFailure, "scan-failure", "tempfail", "when the scanner gives no verdict (down, slow, garbage, not the pool's scanner): tempfail (451 4.7.1) or accept (250, tagged unchecked)")
+	fs.Int64Var(&c.scanLimit, "scan-limit", intake.DefaultScanLimit, "scan the first this many bytes of a larger message")
+	fs.DurationVar(&c.scanTimeout, "scan-timeout", intake.DefaultScanTimeout, "longest wait for the scanner's verdict")
 	fs.BoolVar(&c.verbose, "v", false, "log every message")
 	c.auth.flags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -252,6 +265,13 @@ func parseFlags(args []string) (config, error) {
 	}
 	c.secretSrc.Env, c.secretSrc.Flag = "RESILMAIL_POOL_SECRET", "secret-file"
 	c.shipSecret.Env, c.shipSecret.Flag = "RESILMAIL_SHIP_SECRET", "ship-secret-file"
+	c.rspamdPassword.Env, c.rspamdPassword.Flag = "RESILMAIL_RSPAMD_PASSWORD", "rspamd-password-file"
+	if c.scanFailure != "tempfail" && c.scanFailure != "accept" {
+		return c, fmt.Errorf("-scan-failure %q: want tempfail or accept", c.scanFailure)
+	}
+	if c.scanLimit <= 0 || c.scanTimeout <= 0 {
+		return c, errors.New("-scan-limit and -scan-timeout must be positive")
+	}
 	return c, nil
 }
 
@@ -355,7 +375,11 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	}
 	defer q.Close()
 
-	qn, err := openQuarantine(c, q, nt, log)
+	sc, err := openScanning(c, nt, pl.check, pl.snapshot, log)
+	if err != nil {
+		return err
+	}
+	qn, err := openQuarantine(c, sc.learner(q, c.maxSize), nt, log)
 	if err != nil {
 		return err
 	}
@@ -374,6 +398,10 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	}
 	be := &intake.Backend{Queue: q, Logger: log, Rejected: qn.record, MaxSize: pl.maxSize(c.maxSize), Hostname: c.hostname, MaxHops: c.maxHops}
 	be.Accept = relay.accept(pl.check)
+	sc.configure(be, c)
+	if sc != nil {
+		be.Quarantine = sc.quarantineHook(qn.keep, c.hostname, pl.snapshot)
+	}
 	if err := c.auth.wire(be, c.hostname, log); err != nil {
 		return err
 	}
@@ -423,7 +451,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 			return err
 		}
 		log.Warn("relay: metrics", "url", "http://"+hln.Addr().String()+"/metrics")
-		hsrv = &http.Server{Handler: httpHandler(q, pl.status, qn.outbox, pl.handler, qn.handler), ReadHeaderTimeout: httpReadHeaderTimeout, TLSConfig: nt.server}
+		hsrv = &http.Server{Handler: httpHandler(q, sc, pl.status, qn.outbox, pl.handler, qn.handler), ReadHeaderTimeout: httpReadHeaderTimeout, TLSConfig: nt.server}
 		if nt.server != nil {
 			hln = tls.NewListener(hln, nt.server)
 		}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,7 +22,6 @@ import (
 	"github.com/resilmail/resilmail/internal/passwd"
 	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/quarantine"
-	"github.com/resilmail/resilmail/queue"
 	"github.com/resilmail/resilmail/queue/intake"
 )
 
@@ -29,22 +29,23 @@ import (
 // (-quarantine DIR), or an edge's outbox and shipper (-quarantine-ship
 // URL), or nothing (rejects are not kept).
 type pen struct {
-	record  func(ctx context.Context, r intake.Rejection) error // nil: not kept
-	handler http.Handler                                        // the centre's, served at /quarantine/
+	record  func(ctx context.Context, r intake.Rejection) error                 // nil: not kept
+	keep    func(ctx context.Context, e quarantine.Entry, body io.Reader) error // a message with its body; nil: not kept
+	handler http.Handler                                                        // the centre's, served at /quarantine/
 	run     func(ctx context.Context) error
 	close   func() error
 	outbox  func() quarantine.OutboxStats // an edge's; nil elsewhere
 }
 
-// openQuarantine opens what c asks for. The centre releases through q;
-// nt is how this node talks to the others.
+// openQuarantine opens what c asks for. The centre releases through
+// release (the queue); nt is how this node talks to the others.
 //
 // Every party has a credential of its own: an edge ships with its own
 // password (-ship-secret-file, checked against -quarantine-edges on the
 // centre) or its certificate from the private CA, and that credential
 // opens the ingest endpoint only; the operator logs in to the pages with
 // an account of the -admin-passwd file. The pool's secret opens neither.
-func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*pen, error) {
+func openQuarantine(c config, release resilmail.Deliverer, nt *nodeTLS, log *slog.Logger) (*pen, error) {
 	if c.quarantine == "" && c.quarantineShip == "" {
 		return &pen{}, nil
 	}
@@ -88,7 +89,7 @@ func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*p
 			return nil, err
 		}
 		add := func(ctx context.Context, e quarantine.Entry) error { return ob.Add(ctx, e, nil) }
-		return &pen{record: recorder(add, node, log), run: sh.Run, close: ob.Close, outbox: ob.Stats}, nil
+		return &pen{record: recorder(add, node, log), keep: ob.Add, run: sh.Run, close: ob.Close, outbox: ob.Stats}, nil
 	}
 
 	if c.httpAddr == "" {
@@ -116,7 +117,7 @@ func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*p
 	})
 	// About 2.2 KB of index per recorded reject: the cap keeps a flood of
 	// them near half a gigabyte.
-	st, err := quarantine.Open(c.quarantine, auth, &quarantine.Options{Logger: log, Deliverer: q, MaxSize: c.maxSize, MaxEntries: 250_000})
+	st, err := quarantine.Open(c.quarantine, auth, &quarantine.Options{Logger: log, Deliverer: release, MaxSize: c.maxSize, MaxEntries: 250_000})
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +141,7 @@ func openQuarantine(c config, q *queue.Queue, nt *nodeTLS, log *slog.Logger) (*p
 	put := func(ctx context.Context, e quarantine.Entry) error {
 		return st.Put(ctx, e, nil)
 	}
-	return &pen{record: recorder(put, node, log), handler: mux, run: st.Run, close: st.Close}, nil
+	return &pen{record: recorder(put, node, log), keep: st.Put, handler: mux, run: st.Run, close: st.Close}, nil
 }
 
 // basicLogin authenticates an operator with HTTP basic authentication

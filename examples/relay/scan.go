@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -26,9 +27,14 @@ func (s *senderAuth) flags(fs *flag.FlagSet) {
 	fs.StringVar(&s.onQuarantine, "dmarc-quarantine", "tag", "with -authserv-id: what a DMARC failure under p=quarantine does: reject, quarantine, tag or accept")
 }
 
-// wire sets be's scanner and sender check as the flags say.
+// wire sets be's scanner and sender check as the flags say; sender
+// authentication wraps the content scanner already set (-rspamd), which
+// -milter may not replace.
 func (s *senderAuth) wire(be *intake.Backend, hostname string, log *slog.Logger) error {
-	var sc intake.Scanner
+	sc := be.Scanner
+	if s.milter != "" && sc != nil {
+		return errors.New("-milter and -rspamd exclude each other: one content scanner")
+	}
 	if s.milter != "" {
 		m, err := milter.Parse(s.milter, &milter.Options{Hostname: hostname, Logger: log})
 		if err != nil {

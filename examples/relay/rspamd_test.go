@@ -1,0 +1,308 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/internal/rspamdtest"
+	"github.com/resilmail/resilmail/quarantine"
+)
+
+func TestMain(m *testing.M) { rspamdtest.Main(m) }
+
+// gtube is the Generic Test for Unsolicited Bulk Email: rspamd rejects it.
+const gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+// The parity corpus: rspamd (packaged rules, no network) scores clean
+// about 0, borderline about 3.7 (HTML only, no Date, no Message-ID), and
+// rejects GTUBE.
+func corpusMessage(id, text string) string {
+	return "From: Sender <sender@example.net>\r\nTo: Alice <alice@example.org>\r\nSubject: a note\r\n" +
+		"Date: Mon, 07 Dec 2026 17:00:00 +0000\r\nMessage-ID: <" + id + "@example.net>\r\n\r\n" + text + "\r\n"
+}
+
+const borderline = "From: sender@example.net\r\nTo: alice@example.org\r\nSubject: offer\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n" +
+	"<html><body><p>Special offer</p><img src=\"http://192.0.2.7/x.gif\"></body></html>\r\n"
+
+// parityPolicy: example.org quarantines what rspamd would reject (250 to
+// the sender), strict.test rejects it (550), refuse.test keeps it and
+// refuses (550), low.test quarantines from score 3.
+const parityPolicy = `{"domains": {
+  "example.org": {"recipients": ["alice", "bob"]},
+  "strict.test": {"accept_all": true, "spam_action": "reject"},
+  "refuse.test": {"accept_all": true, "spam_action": "quarantine-refuse"},
+  "low.test": {"accept_all": true, "spam_threshold": 3}
+ },
+ "max_message_size": 300000,
+ "scanner": {"name": "rspamd", "version": "%s"}}`
+
+// exchange is one SMTP transaction: its recipients and message, and what
+// an MX answered (queue ids removed).
+type exchange struct {
+	name  string
+	rcpts []string
+	msg   string
+}
+
+var queueID = regexp.MustCompile(`queued as \S+`)
+
+// transact sends ex to addr with go-smtp's client and returns the replies:
+// one per RCPT, then DATA's end (or "-" when no RCPT was accepted).
+func transact(t *testing.T, addr string, ex exchange) []string {
+	t.Helper()
+	c, err := smtp.Dial(addr)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.Hello("client.example.net"))
+	require.NoError(t, c.Mail("sender@example.net", nil))
+	reply := func(err error, ok string) string {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			return fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+		}
+		if err != nil {
+			return err.Error()
+		}
+		return ok
+	}
+	var out []string
+	accepted := 0
+	for _, r := range ex.rcpts {
+		err := c.Rcpt(r, nil)
+		out = append(out, reply(err, "250"))
+		if err == nil {
+			accepted++
+		}
+	}
+	if accepted == 0 {
+		return append(out, "-")
+	}
+	w, err := c.Data()
+	require.NoError(t, err)
+	_, err = io.WriteString(w, ex.msg)
+	require.NoError(t, err)
+	resp, err := w.CloseWithResponse()
+	ok := ""
+	if resp != nil {
+		ok = "250 " + queueID.ReplaceAllString(resp.StatusText, "queued as ID")
+	}
+	return append(out, reply(err, ok))
+}
+
+// TestMXsFilterAlike is the parity test of issue 17: a publishing relay
+// and two following relays (the third added with one command), scanning
+// with the same real rspamd under the same pool policy, answer a corpus
+// (GTUBE, clean, borderline, too large for the scanner, too large for the
+// pool, mixed-policy recipients) with identical SMTP replies and identical
+// quarantine entries, each recorded under the MX that decided.
+func TestMXsFilterAlike(t *testing.T) {
+	rs := rspamdtest.Shared(t)
+	const secret = "correct horse battery staple"
+	sink := startSink(t)
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	require.NoError(t, os.WriteFile(policy, fmt.Appendf(nil, parityPolicy, "3"), 0o644))
+	web := freePort(t)
+	pdir := t.TempDir()
+	admins, _, _ := credentials(t)
+	edges := filepath.Join(t.TempDir(), "edges")
+	require.NoError(t, os.WriteFile(edges, []byte("mx2:{PLAIN}"+testEdgePass+"\nmx3:{PLAIN}"+testEdgePass+"\n"), 0o600))
+	_, _, ship := credentials(t)
+	scan := func(c config) config {
+		c.rspamd, c.rspamdController, c.scanFailure, c.scanLimit, c.scanTimeout = rs.URL, rs.Controller, "tempfail", 4096, 30*time.Second
+		c.next, c.secret, c.mynetworks = sink.addr, []byte(secret), "none"
+		return c
+	}
+	mxs := map[string]string{
+		"mx1": startRelayWith(t, scan(config{hostname: "mx1", dir: pdir, httpAddr: web, policyFile: policy,
+			quarantine: t.TempDir(), adminPasswd: admins, quarantineEdges: edges})),
+	}
+	for _, name := range []string{"mx2", "mx3"} {
+		// Adding an MX is one command: relay -follow URL -policy-key KEY -rspamd URL ...
+		mxs[name] = startRelayWith(t, scan(config{hostname: name, dir: t.TempDir(), follow: "http://" + web + "/policy", policyKeys: publisherKey(t, pdir),
+			quarantineShip: "http://" + web + "/quarantine/ingest", shipSecret: ship}))
+	}
+	// Every MX has the policy: a clean message is accepted everywhere.
+	for name, addr := range mxs {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			got := transact(t, addr, exchange{rcpts: []string{"bob@example.org"}, msg: corpusMessage("warmup-"+name, "warm up")})
+			if got[len(got)-1] == "250 2.0.0 OK: queued as ID" {
+				break
+			}
+			require.True(t, time.Now().Before(deadline), "%s never took a clean message: %q", name, got)
+			time.Sleep(50 * time.Millisecond) // the follower has no policy yet
+		}
+	}
+
+	big := corpusMessage("big", gtube+"\r\n"+strings.Repeat("a line of filler text to make it large\r\n", 2500)) // ~100 KB: over the scan limit (4 KiB; rspamd looks for GTUBE in small text parts only)
+	huge := corpusMessage("huge", strings.Repeat("a line of filler text to make it large\r\n", 9000))            // ~360 KB: over the pool's limit
+	corpus := []exchange{
+		{"gtube quarantined", []string{"alice@example.org"}, corpusMessage("g1", gtube)},
+		{"gtube rejected", []string{"x@strict.test"}, corpusMessage("g2", gtube)},
+		{"gtube kept and refused", []string{"x@refuse.test"}, corpusMessage("g3", gtube)},
+		{"clean", []string{"x@strict.test", "y@strict.test"}, corpusMessage("c1", "Lunch at noon?")},
+		{"borderline", []string{"alice@example.org", "u@low.test"}, borderline},
+		{"over the scan limit", []string{"alice@example.org"}, big},
+		{"over the pool's limit", []string{"alice@example.org"}, huge},
+		{"mixed policies", []string{"alice@example.org", "x@strict.test", "u@low.test", "y@refuse.test"}, corpusMessage("m1", gtube)},
+		{"the deferred one, next", []string{"x@strict.test"}, corpusMessage("m1", gtube)},
+		{"unknown recipient", []string{"carol@example.org"}, corpusMessage("u1", "hi")},
+	}
+	want := map[string][]string{
+		"gtube quarantined":      {"250", "250 2.0.0 OK: queued as ID"},
+		"gtube rejected":         {"250", "550 5.7.1 Gtube pattern"},
+		"gtube kept and refused": {"250", "550 5.7.1 Gtube pattern"},
+		"clean":                  {"250", "250", "250 2.0.0 OK: queued as ID"},
+		"borderline":             {"250", "250", "250 2.0.0 OK: queued as ID"},
+		"over the scan limit":    {"250", "250 2.0.0 OK: queued as ID"},
+		"over the pool's limit":  {"250", "552 5.3.4 message too large"},
+		"mixed policies": {"250", "452 4.5.3 recipient under another spam policy: send it again in a new transaction", "250",
+			"452 4.5.3 recipient under another spam policy: send it again in a new transaction", "250 2.0.0 OK: queued as ID"},
+		"the deferred one, next": {"250", "550 5.7.1 Gtube pattern"},
+	}
+	answers := map[string]map[string][]string{}
+	for name, addr := range mxs {
+		answers[name] = map[string][]string{}
+		for _, ex := range corpus {
+			answers[name][ex.name] = transact(t, addr, ex)
+		}
+	}
+	for _, ex := range corpus {
+		t.Logf("%s: %q", ex.name, answers["mx1"][ex.name])
+		if w, ok := want[ex.name]; ok {
+			assert.Equal(t, w, answers["mx1"][ex.name], ex.name)
+		}
+		for _, name := range []string{"mx2", "mx3"} {
+			assert.Equal(t, answers["mx1"][ex.name], answers[name][ex.name], "%s answers %q unlike mx1", name, ex.name)
+		}
+	}
+
+	// Quarantine: per MX, gtube for alice, gtube kept for refuse.test,
+	// borderline for low.test, the large gtube for alice, the mixed one
+	// for alice and low.test; and the unknown recipient (at RCPT).
+	type evidence struct {
+		Rcpts          string
+		Kind           quarantine.Kind
+		Score          float64
+		Threshold      float64
+		Symbols        string
+		Scanner, Reply string
+		Rule           string
+		Subject        string
+		Body           bool
+	}
+	var entries []quarantine.Entry
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		entries = quarantined(t, web, testOperator, testOperatorPass)
+		if len(entries) >= 18 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	require.Len(t, entries, 18, "6 entries from each of 3 MXs")
+	byNode := map[string][]evidence{}
+	for _, e := range entries {
+		var rcpts []string
+		for _, r := range e.Recipients {
+			rcpts = append(rcpts, r.Addr)
+		}
+		ev := evidence{Rcpts: strings.Join(rcpts, ","), Kind: e.Reason.Kind, Score: e.Reason.Score, Threshold: e.Reason.Threshold,
+			Symbols: strings.Join(e.Reason.Symbols, ","), Scanner: e.Reason.Scanner, Reply: e.Reason.Reply,
+			Rule: regexp.MustCompile(`policy v\d+`).ReplaceAllString(e.Reason.Rule, "policy vN"), Subject: e.Subject, Body: e.HasBody()}
+		byNode[e.Node] = append(byNode[e.Node], ev)
+	}
+	for node := range byNode {
+		slices.SortFunc(byNode[node], func(a, b evidence) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
+	}
+	require.Len(t, byNode["mx1"], 6, "%+v", byNode)
+	assert.Equal(t, byNode["mx1"], byNode["mx2"])
+	assert.Equal(t, byNode["mx1"], byNode["mx3"])
+	spam := 0
+	for _, ev := range byNode["mx1"] {
+		if ev.Kind != quarantine.KindSpam {
+			continue
+		}
+		spam++
+		assert.True(t, ev.Body, "%+v", ev)
+		assert.Regexp(t, `^rspamd 3\.`, ev.Scanner)
+		assert.NotEmpty(t, ev.Symbols)
+		assert.Contains(t, ev.Rule, "spam_action")
+		if ev.Rcpts == "x@refuse.test" || ev.Rcpts == "y@refuse.test" {
+			assert.Equal(t, "550 5.7.1 Gtube pattern", ev.Reply)
+		} else {
+			assert.Equal(t, "250 2.0.0 kept in quarantine", ev.Reply)
+		}
+		if strings.Contains(ev.Symbols, "GTUBE") {
+			continue
+		}
+		assert.Equal(t, "u@low.test", ev.Rcpts, "only low.test holds the borderline message")
+		assert.Equal(t, 3.0, ev.Threshold)
+	}
+	assert.Equal(t, 5, spam)
+	// Delivered per MX: the warm-up, clean, borderline (for alice).
+	waitCount(t, sink, 9)
+
+	// The pool changes its scanner profile to a version no MX runs: every
+	// MX stops trusting its verdicts and defers (451), none accepts
+	// unjudged mail.
+	require.NoError(t, os.WriteFile(policy, fmt.Appendf(nil, parityPolicy, "9"), 0o644))
+	for name, addr := range mxs {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			got := transact(t, addr, exchange{rcpts: []string{"bob@example.org"}, msg: corpusMessage("after-"+name, "again")})
+			if got[1] == "451 4.7.1 content scanner unavailable, try again later" {
+				break
+			}
+			require.Equal(t, "250 2.0.0 OK: queued as ID", got[1], name)
+			require.True(t, time.Now().Before(deadline), "%s still trusts a scanner the pool no longer names", name)
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	code, body := getMetrics(t, "http://"+web+"/metrics")
+	require.Equal(t, http.StatusOK, code)
+	assert.Regexp(t, `(?m)^resilmail_scan_total [1-9]`, body)
+	assert.Regexp(t, `(?m)^resilmail_scan_profile_mismatch_total [1-9]`, body)
+	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="quarantine"\} [1-9]`, body)
+	assert.Regexp(t, `(?m)^resilmail_scan_latency_p99_seconds [0-9.e-]+$`, body)
+}
+
+func getMetrics(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(b)
+}
+
+// TestScannerDown: rspamd unreachable means 451 4.7.1 by default, and 250
+// tagged unchecked with -scan-failure accept.
+func TestScannerDown(t *testing.T) {
+	sink := startSink(t)
+	dead := "http://" + freePort(t)
+	for _, c := range []struct{ failure, want string }{
+		{"tempfail", "451 4.7.1 content scanner unavailable, try again later"},
+		{"accept", "250 2.0.0 OK: queued as ID"},
+	} {
+		addr := startRelayWith(t, config{next: sink.addr, dir: t.TempDir(), relayDomains: "example.org", mynetworks: "none",
+			rspamd: dead, scanFailure: c.failure, scanLimit: 1 << 20, scanTimeout: 5 * time.Second})
+		got := transact(t, addr, exchange{rcpts: []string{"alice@example.org"}, msg: corpusMessage("d-"+c.failure, "hi")})
+		assert.Equal(t, c.want, got[1], c.failure)
+	}
+	waitCount(t, sink, 1)
+}
