@@ -94,6 +94,21 @@
 //	relay ... -policy pool.json -quarantine /var/lib/quarantine -admin-passwd ops.passwd -quarantine-edges edges.passwd
 //	relay ... -follow https://mx1:8025/policy -quarantine-ship https://mx1:8025/quarantine/ingest -ship-secret-file mx2.ship
 //
+// Content scanning with rspamd: with -rspamd every message is scanned by rspamd's
+// normal worker at the end of DATA, before the reply, and the pool's
+// policy decides per recipient's domain what the verdict does
+// (spam_threshold, spam_action: quarantine with the evidence and 250,
+// quarantine-refuse, reject with 550 5.7.1, deliver tagged, accept); a
+// verdict of a scanner other than the policy's "scanner" profile, or none
+// at all (rspamd down, slow, garbage), is 451 4.7.1, or 250 tagged
+// "unchecked" with -scan-failure accept. Recipients whose domains would
+// need different replies go in separate transactions (452 4.5.3). With
+// -rspamd-controller a message released from quarantine is taught to
+// rspamd as ham. /metrics counts scans, errors, actions per recipient and
+// the scan latency. -milter and -rspamd exclude each other.
+//
+//	relay ... -policy pool.json -rspamd http://127.0.0.1:11333 -rspamd-controller http://127.0.0.1:11334
+//
 // Content scanning and sender authentication: -milter inet:127.0.0.1:11332
 // asks a milter (rspamd's proxy worker, spamass-milter, ...) about every
 // message before the reply; -authserv-id mx.example.org checks SPF, DKIM

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -18,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail/internal/rspamdtest"
+	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/quarantine"
 )
 
@@ -305,4 +309,69 @@ func TestScannerDown(t *testing.T) {
 		assert.Equal(t, c.want, got[1], c.failure)
 	}
 	waitCount(t, sink, 1)
+}
+
+// TestReleasedFalsePositiveIsLearnedAsHam: an operator releases a message
+// the pool's policy quarantined; it is delivered, and rspamd's controller
+// (-rspamd-controller) is taught it as ham.
+func TestReleasedFalsePositiveIsLearnedAsHam(t *testing.T) {
+	rs := rspamdtest.Shared(t)
+	learned := make(chan string, 4)
+	ctrl := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if r.URL.Path != "/learnham" || r.Header.Get("Password") != "controller-password-1" {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		learned <- string(b)
+		io.WriteString(w, `{"success":true}`)
+	}))
+	t.Cleanup(ctrl.Close)
+	pwFile := filepath.Join(t.TempDir(), "rspamd.pw")
+	require.NoError(t, os.WriteFile(pwFile, []byte("controller-password-1\n"), 0o600))
+	sink := startSink(t)
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	require.NoError(t, os.WriteFile(policy, fmt.Appendf(nil, parityPolicy, "3"), 0o644))
+	web := freePort(t)
+	admins, edges, _ := credentials(t)
+	addr := startRelayWith(t, config{hostname: "mx1", next: sink.addr, dir: t.TempDir(), httpAddr: web, policyFile: policy, secret: []byte("correct horse battery staple"),
+		mynetworks: "none", quarantine: t.TempDir(), adminPasswd: admins, quarantineEdges: edges,
+		rspamd: rs.URL, rspamdController: ctrl.URL, rspamdPassword: secret.Source{File: pwFile, Env: "RESILMAIL_RSPAMD_PASSWORD_UNSET"}, scanFailure: "tempfail", scanLimit: 1 << 20, scanTimeout: 30 * time.Second})
+
+	got := transact(t, addr, exchange{rcpts: []string{"u@low.test"}, msg: borderline})
+	require.Equal(t, "250 2.0.0 OK: queued as ID", got[1])
+	entries := quarantined(t, web, testOperator, testOperatorPass)
+	require.Len(t, entries, 1)
+	assert.Equal(t, quarantine.KindSpam, entries[0].Reason.Kind)
+
+	req, err := http.NewRequest(http.MethodPost, "http://"+web+"/quarantine/api/entries/"+entries[0].ID+"/release", strings.NewReader(`{}`))
+	require.NoError(t, err)
+	req.SetBasicAuth(testOperator, testOperatorPass)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	select {
+	case msg := <-learned:
+		assert.Contains(t, msg, "Special offer", "the released message itself")
+		assert.Contains(t, msg, "X-Spam-Flag: YES")
+	case <-time.After(30 * time.Second):
+		t.Fatal("the released false positive was never taught to rspamd")
+	}
+	waitCount(t, sink, 1)
+	_, m := getMetrics(t, "http://"+web+"/metrics")
+	assert.Regexp(t, `(?m)^resilmail_scan_learned_ham_total 1$`, m)
+}
+
+func TestMilterAndRspamdExcludeEachOther(t *testing.T) {
+	c := config{next: "127.0.0.1:1", dir: t.TempDir(), listen: "127.0.0.1:0", relayDomains: "example.org",
+		rspamd: "http://127.0.0.1:11333", scanFailure: "tempfail", scanLimit: 1 << 20, scanTimeout: time.Second}
+	c.auth.milter = "inet:127.0.0.1:11332"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := run(ctx, c, slog.New(slog.DiscardHandler), nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "exclude each other")
 }

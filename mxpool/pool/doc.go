@@ -3,7 +3,8 @@
 // Every MX of a pool must accept and reject exactly what the primary MX
 // would, or a secondary becomes the spammers' door. One node runs a
 // [Publisher]: it holds the pool's [Policy] (domains, recipients, aliases,
-// spam threshold and quarantine choice per domain, size limit, routes) as a
+// spam threshold and action per domain, the content scanner's profile,
+// size limit, routes) as a
 // versioned snapshot with a digest, sealed with its ed25519 key (a [Seal]
 // names the pool, the key, the issue time, the version and the digest),
 // and serves it over HTTP with long polling, as deltas when the follower's
