@@ -69,7 +69,9 @@ func BenchmarkScan(b *testing.B) {
 			default:
 			}
 			slices.Sort(lats)
-			q := func(p float64) float64 { return float64(lats[min(len(lats)-1, int(p*float64(len(lats))))].Microseconds()) / 1000 }
+			q := func(p float64) float64 {
+				return float64(lats[min(len(lats)-1, int(p*float64(len(lats))))].Microseconds()) / 1000
+			}
 			b.ReportMetric(q(0.50), "p50-ms")
 			b.ReportMetric(q(0.99), "p99-ms")
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "scans/s")
