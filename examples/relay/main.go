@@ -44,7 +44,7 @@
 // nothing is taken (530 5.7.0). An authenticated user may send to any
 // recipient, as the login name itself or with a +detail
 // (alice+news@example.org for alice@example.org), never as another address
-// or "<>" (553 5.7.1). With -dkim-key (a PEM file only its owner may read;
+// or "<>" (553 5.7.1), in MAIL FROM and in the header's From alike. With -dkim-key (a PEM file only its owner may read;
 // ed25519 or RSA) every submitted message is DKIM-signed for -dkim-domain
 // before it is queued; the relay logs the TXT record to publish at start.
 //

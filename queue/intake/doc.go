@@ -51,7 +51,9 @@
 //	submission: MAIL FROM before AUTH         530 5.7.0
 //	submission: wrong password                535 5.7.8   (after the LoginGuard's delay)
 //	submission: too many failed logins        454 4.7.0   (password not checked)
-//	submission: sender not the user's         553 5.7.1   (Submission.SendAs)
+//	submission: sender not the user's         553 5.7.1   (Submission.SendAs; MAIL FROM and header From)
+//	submission: From twice, header malformed  550 5.6.0
+//	submission: header over 64 KiB            552 5.3.4
 //	submission: message cannot be signed      451 4.3.0
 //
 // Past Listener's soft error limit every error reply is delayed by a delay
@@ -109,12 +111,15 @@
 // password goes through Submission.Guard, which delays failures and
 // refuses an address after too many. MAIL FROM needs an authenticated
 // user and an address the user may send as ([SendAsSelf] by default: the
-// login name itself, or with a +detail; never "<>"); the header From is
-// not checked, as Postfix's reject_sender_login_mismatch does not. An
-// authenticated user may send to any recipient (Backend.Accept, when set,
-// still applies). The Received header says "with ESMTPSA" (RFC 3848). A
-// message without a Date or a Message-ID field gets one at the top of its
-// header (RFC 6409 section 8), before it is signed.
+// login name itself, or with a +detail; never "<>"), and so must every
+// address of the header's From, since the message is signed for the
+// domain: a user cannot have mail signed as a colleague. An authenticated
+// user may send to any recipient (Backend.Accept, when set, still
+// applies). The Received header says "with ESMTPSA" (RFC 3848). A message
+// without From, Date or Message-ID gets them at the top of its header (RFC
+// 6409 section 8; From is the envelope sender), before it is signed. The
+// header is held to be checked: one longer than 64 KiB is refused, as is
+// one that is not header fields followed by an empty line.
 //
 // With Submission.Signer (a [DKIMSigner], say) every submitted message is
 // signed as the client sent it and queued with the signature below the

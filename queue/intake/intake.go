@@ -360,8 +360,12 @@ func (s *session) Data(r io.Reader) error {
 	if s.b.Submission != nil {
 		var err error
 		if src, err = s.completeHeader(env, src); err != nil {
-			if lr != nil && lr.over {
+			var se *smtp.SMTPError
+			switch {
+			case lr != nil && lr.over:
 				return errTooLargeReply
+			case errors.As(err, &se):
+				return se
 			}
 			s.log.Warn("smtp: message refused", "msg_id", env.ID, "remote", s.remote, "from", env.From, "err", err)
 			return replyFor(err)

@@ -7,7 +7,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"mime"
 	"net"
+	"net/mail"
 	"strings"
 	"sync"
 	"time"
@@ -231,50 +233,86 @@ func (l *loginServer) Next(response []byte) (challenge []byte, done bool, err er
 	return nil, false, errors.New("unexpected response")
 }
 
-// maxSubmittedHeader is the longest header completeHeader holds to look for
-// Date and Message-ID; a longer one is passed on as it is.
+// maxSubmittedHeader is the longest header a submission may have: the
+// server holds it to check From and to look for Date and Message-ID.
 const maxSubmittedHeader = 64 << 10
 
-// completeHeader returns the message src with the Date and Message-ID
-// fields RFC 5322 requires added at the top of its header when the client
-// left them out (RFC 6409 sections 8.2 and 8.3): Date is now, Message-ID
-// is made of the queue id and Backend.Hostname. A header longer than
-// maxSubmittedHeader, or a message whose header does not end with an
-// empty line, is passed on unchanged.
+// Replies to a submitted message whose header is refused.
+var (
+	errHeaderTooLong  = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "message header too long"}
+	errHeaderInvalid  = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "message header malformed: it must be header fields, then an empty line"}
+	errHeaderFrom     = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "header From malformed or given more than once"}
+	errHeaderNotOwned = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "header From not owned by the authenticated user"}
+)
+
+// completeHeader checks the header of a submitted message and completes
+// it (RFC 6409 section 8). Every address of its From field must be one
+// the user may send as (Submission.SendAs), since the message is then
+// signed for the domain; a message without From gets one with the
+// envelope sender. A message without Date or Message-ID gets them (Date
+// now, Message-ID from the queue id and Backend.Hostname). The added
+// fields go at the top of the header; the client's bytes follow unchanged.
+// A header longer than maxSubmittedHeader, or one that is not a sequence
+// of fields followed by an empty line, is refused.
 func (s *session) completeHeader(env resilmail.Envelope, src io.Reader) (io.Reader, error) {
 	br := bufio.NewReaderSize(src, 4096)
 	var head bytes.Buffer
-	ended, whole := false, true // the empty line was read; a line was not cut
-	for !ended && head.Len() < maxSubmittedHeader {
+	ended, whole := false, true // the empty line or the end was read; a line was not cut
+	for !ended {
+		if head.Len() >= maxSubmittedHeader {
+			return nil, errHeaderTooLong
+		}
 		line, err := br.ReadSlice('\n')
 		head.Write(line)
-		if err == bufio.ErrBufferFull {
+		switch {
+		case err == bufio.ErrBufferFull:
 			whole = false
 			continue
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
+		case err == io.EOF:
+			ended = true
+		case err != nil:
 			return nil, err
+		default:
+			ended = whole && len(bytes.TrimRight(line, "\r\n")) == 0
 		}
-		ended = whole && len(bytes.TrimRight(line, "\r\n")) == 0
 		whole = true
-	}
-	rest := io.MultiReader(bytes.NewReader(head.Bytes()), br)
-	if !ended {
-		return rest, nil
 	}
 	fields, tail, err := splitHeader(head.Bytes(), true)
 	if err != nil || len(bytes.TrimRight(tail, "\r\n")) != 0 {
-		return rest, nil // not a header followed by an empty line
+		return nil, errHeaderInvalid
 	}
-	hasDate, hasID := false, false
+	sendAs := s.b.Submission.SendAs
+	if sendAs == nil {
+		sendAs = SendAsSelf
+	}
+	hasDate, hasID, froms := false, false, 0
 	for _, f := range fields {
-		hasDate = hasDate || strings.EqualFold(f.name, "Date")
-		hasID = hasID || strings.EqualFold(f.name, "Message-ID")
+		switch {
+		case strings.EqualFold(f.name, "Date"):
+			hasDate = true
+		case strings.EqualFold(f.name, "Message-ID"):
+			hasID = true
+		case strings.EqualFold(f.name, "From"):
+			froms++
+			_, value, _ := strings.Cut(string(f.raw), ":")
+			value = strings.NewReplacer("\r\n", "", "\n", "").Replace(value) // unfold
+			list, err := lenientAddresses.ParseList(value)
+			if err != nil || len(list) == 0 || froms > 1 {
+				s.log.Info("smtp: message refused: header From malformed", "msg_id", env.ID, "remote", s.remote, "user", s.user)
+				return nil, errHeaderFrom
+			}
+			for _, a := range list {
+				if !sendAs(s.user, a.Address) {
+					s.log.Info("smtp: message refused: header From not the user's", "msg_id", env.ID, "remote", s.remote, "user", s.user, "header_from", a.Address)
+					return nil, errHeaderNotOwned
+				}
+			}
+		}
 	}
 	added := ""
+	if froms == 0 {
+		added += "From: <" + env.From + ">\r\n"
+	}
 	if !hasDate {
 		added += "Date: " + time.Now().Format(time.RFC1123Z) + "\r\n"
 	}
@@ -285,5 +323,11 @@ func (s *session) completeHeader(env resilmail.Envelope, src io.Reader) (io.Read
 		}
 		added += "Message-ID: <" + env.ID + "@" + host + ">\r\n"
 	}
-	return io.MultiReader(strings.NewReader(added), rest), nil
+	return io.MultiReader(strings.NewReader(added), bytes.NewReader(head.Bytes()), br), nil
 }
+
+// lenientAddresses parses address lists whatever the charset of their
+// display names: only the addresses matter.
+var lenientAddresses = &mail.AddressParser{WordDecoder: &mime.WordDecoder{
+	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
+}}

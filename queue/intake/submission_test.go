@@ -145,11 +145,42 @@ func TestSubmissionNeedsTLSForAUTHAndAUTHForMail(t *testing.T) {
 	env, body := cap.last()
 	assert.Equal(t, "alice+lists@EXAMPLE.org", env.From)
 	assert.Regexp(t, `with ESMTPSA id `, body)
-	// The client sent no Date and no Message-ID: the server adds them
+	// The client sent no From, Date or Message-ID: the server adds them
 	// (RFC 6409 section 8), below its Received field.
-	assert.Regexp(t, `(?s)^Received: .*\r\nDate: [A-Z][a-z][a-z], \d\d [A-Z][a-z][a-z] \d{4} .*\r\nMessage-ID: <`+env.ID+`@submit\.test>\r\nSubject: hi\r\n\r\nhello\r\n$`, body)
+	assert.Regexp(t, `(?s)^Received: .*\r\nFrom: <alice\+lists@EXAMPLE\.org>\r\nDate: [A-Z][a-z][a-z], \d\d [A-Z][a-z][a-z] \d{4} .*\r\nMessage-ID: <`+env.ID+`@submit\.test>\r\nSubject: hi\r\n\r\nhello\r\n$`, body)
 	assert.Regexp(t, `^250 `, s.cmd("RSET"))
 	assert.Regexp(t, `^250 `, s.cmd("MAIL FROM:<alice@example.org>"), "RSET keeps the login")
+}
+
+func TestSubmittedHeaderIsChecked(t *testing.T) {
+	addr, cap := serveSubmission(t, &intake.Submission{Auth: users(map[string]string{"alice@example.org": "s3cret"}), Guard: &countingGuard{}})
+	s := dial(t, addr)
+	s.startTLS()
+	s.send("EHLO client.test")
+	s.lines()
+	require.Regexp(t, `^235 `, s.cmd("AUTH PLAIN "+plain("alice@example.org", "s3cret")))
+	send := func(msg string) string {
+		require.Regexp(t, `^250 `, s.cmd("MAIL FROM:<alice@example.org>"))
+		require.Regexp(t, `^250 `, s.cmd("RCPT TO:<bob@elsewhere.example>"))
+		require.Regexp(t, `^354 `, s.cmd("DATA"))
+		return s.cmd(msg + "\r\n.")
+	}
+	for name, c := range map[string]struct{ msg, reply string }{
+		"own":             {"From: Alice <alice@example.org>\r\nSubject: ok\r\n\r\nbody", `^250 `},
+		"own, encoded":    {"From: =?koi8-r?B?4czJ08E=?= <alice+x@example.org>,\r\n\t<alice@EXAMPLE.ORG>\r\n\r\nbody", `^250 `},
+		"someone else's":  {"From: The CEO <ceo@example.org>\r\nSubject: wire money\r\n\r\nbody", `^553 5\.7\.1 header From not owned`},
+		"one of two":      {"From: alice@example.org, ceo@example.org\r\n\r\nbody", `^553 5\.7\.1 `},
+		"twice":           {"From: alice@example.org\r\nFrom: ceo@example.org\r\n\r\nbody", `^550 5\.6\.0 `},
+		"unparsable":      {"From: <<<\r\n\r\nbody", `^550 5\.6\.0 `},
+		"no header":       {"just a body line\r\nFrom: alice@example.org\r\n\r\nbody", `^550 5\.6\.0 `},
+		"header too long": {"From: alice@example.org\r\n" + strings.Repeat("X-Filler: "+strings.Repeat("x", 990)+"\r\n", 70) + "\r\nbody", `^552 5\.3\.4 `},
+	} {
+		assert.Regexp(t, c.reply, send(c.msg), name)
+		if strings.HasPrefix(c.reply, "^250") {
+			_, body := cap.last()
+			assert.NotContains(t, body, "\r\nFrom: <alice@example.org>\r\n", "%s: no second From", name)
+		}
+	}
 }
 
 func TestAuthLoginWithInitialResponse(t *testing.T) {
