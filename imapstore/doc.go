@@ -64,7 +64,10 @@
 // as it goes: a body that does not match its digest cuts the connection
 // before the literal ends (so no client keeps damaged bytes), and the store
 // marks it corrupt. ENVELOPE and BODYSTRUCTURE are parsed once per body and
-// kept in the store's [store.Store.Derived] cache. Sections and BINARY are
+// kept in the store's [store.Store.Derived] cache; with Options.ParseCache
+// that cache's structures are written to a file at Close (checksummed,
+// renamed into place) and loaded by New, so a restart parses none of them
+// again (a kill -9 leaves the previous file, or none). Sections and BINARY are
 // extracted from partial reads.
 //
 // # Standby

@@ -2,9 +2,14 @@ package imapstore
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-imap/v2"
 )
 
 // FuzzParseCommand feeds the front's command tokenizer and the walkers
@@ -160,6 +165,26 @@ func FuzzHeaderLen(f *testing.F) {
 		}
 		if n, ok := headerEnd(b); ok != (want < int64(len(b)) || (want == int64(len(b)) && ok)) || (ok && int64(n) != want) {
 			t.Fatalf("headerEnd(%q) = %d, %v; want %d", b, n, ok, want)
+		}
+	})
+}
+
+// FuzzParseCache feeds the parse cache file's reader: no input may panic,
+// and what it accepts has a checksum that matches.
+func FuzzParseCache(f *testing.F) {
+	valid := parseCacheMagic + `{"d":"` + strings.Repeat("ab", 32) + `","e":{"Subject":"x"},"b":{"m":{"c":[{"s":{"p":{"Type":"text","Subtype":"plain","Size":3}}},{"s":{"p":{"Type":"message","Subtype":"rfc822"},"r":{"e":null,"b":{"s":{"p":{"Type":"text"}}},"n":1}}}],"t":"mixed"}}}` + "\n"
+	sum := sha256.Sum256([]byte(valid))
+	f.Add([]byte(valid + fmt.Sprintf("sha256 %x\n", sum)))
+	f.Add([]byte(valid))
+	f.Add([]byte(parseCacheMagic + "sha256 0\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		entries, err := parseParseCache(b)
+		if err != nil {
+			return
+		}
+		for _, e := range entries {
+			e.st.bs.Walk(func([]int, imap.BodyStructure) bool { return true })
+			structureSize(e.st.bs)
 		}
 	})
 }

@@ -137,9 +137,7 @@ func (s *session) structure(d resilmail.Digest) (*structure, error) {
 		}
 		st := &structure{env: imapserver.ExtractEnvelope(h)}
 		st.bs = imapserver.ExtractBodyStructure(r.Section(0, r.Size()))
-		size := int64(1024)
-		st.bs.Walk(func(path []int, part imap.BodyStructure) bool { size += 256; return true })
-		return st, size, nil
+		return st, structureSize(st.bs), nil
 	})
 	if err != nil {
 		return nil, err

@@ -43,6 +43,11 @@ type Options struct {
 	// NoSpecialUse, if set, does not create Drafts, Sent, Trash, Junk and
 	// Archive for a user at the first login.
 	NoSpecialUse bool
+	// ParseCache, if set, is a file that keeps the ENVELOPE and
+	// BODYSTRUCTURE parsed from bodies across restarts (parsecache.go):
+	// New loads it, Close writes it (the most recently used, as many as
+	// the store's Derived cache holds). A damaged file is ignored.
+	ParseCache string
 }
 
 // Server serves IMAP over a store. Create it with [New]; it is safe for
@@ -98,6 +103,14 @@ func New(st *store.Store, auth Authenticator, opts *Options) (*Server, error) {
 	}
 	s := &Server{st: st, auth: auth, o: o, log: o.Logger, listeners: make(map[net.Listener]chan struct{})}
 	s.hub = newHub(st, o.Logger)
+	if o.ParseCache != "" {
+		n, err := s.loadParseCache(o.ParseCache)
+		if err != nil {
+			o.Logger.Warn("imap: parse cache ignored: every body is parsed again", "err", err)
+		} else if n > 0 {
+			o.Logger.Info("imap: parse cache loaded", "bodies", n)
+		}
+	}
 	caps := imap.CapSet{
 		imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {},
 		imap.CapNamespace: {}, imap.CapUIDPlus: {}, imap.CapESearch: {}, imap.CapSearchRes: {},
@@ -201,8 +214,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-// Close closes the listeners and every connection, and stops the
-// mailbox watchers. It is idempotent.
+// Close closes the listeners and every connection, stops the mailbox
+// watchers and writes the parse cache (Options.ParseCache). It is
+// idempotent.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -224,6 +238,12 @@ func (s *Server) Close() error {
 	}
 	s.imap.Close()
 	s.hub.close()
+	if s.o.ParseCache != "" {
+		if err := s.saveParseCache(s.o.ParseCache); err != nil {
+			s.log.Warn("imap: parse cache not saved", "err", err)
+			return fmt.Errorf("imapstore: saving the parse cache: %w", err)
+		}
+	}
 	return nil
 }
 

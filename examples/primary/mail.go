@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 
 	"golang.org/x/sync/errgroup"
@@ -61,7 +62,8 @@ func startMailServers(c config, st *store.Store, log *slog.Logger) (*mailServers
 		tc = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	guard := loginguard.New(&loginguard.Options{Logger: log})
-	ms.imap, err = imapstore.New(st, pf, &imapstore.Options{Logger: log, TLSConfig: tc, Guard: guard, MaxMessageSize: c.maxSize})
+	ms.imap, err = imapstore.New(st, pf, &imapstore.Options{Logger: log, TLSConfig: tc, Guard: guard, MaxMessageSize: c.maxSize,
+		ParseCache: filepath.Join(c.dir, "imap-structure.cache")})
 	if err != nil {
 		return nil, err
 	}

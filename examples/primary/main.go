@@ -155,7 +155,7 @@ type config struct {
 func parseFlags(args []string, getenv func(string) string) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("primary", flag.ContinueOnError)
-	fs.StringVar(&c.dir, "dir", "resilmail-primary", "data folder, created if missing and never removed by the program: the store under store/")
+	fs.StringVar(&c.dir, "dir", "resilmail-primary", "data folder, created if missing and never removed by the program: the store under store/, IMAP's parse cache in imap-structure.cache")
 	fs.StringVar(&c.lmtp, "lmtp", "127.0.0.1:2424", "LMTP listen address, host:port or the path of a Unix socket")
 	fs.StringVar(&c.httpAddr, "http", "127.0.0.1:8026", "HTTP listen address: /replicate/, /status, /metrics")
 	fs.StringVar(&c.secretSrc.File, "secret-file", "", "file (mode 600) holding the replication secret (default: $RESILMAIL_SECRET)")

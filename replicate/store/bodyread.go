@@ -195,22 +195,61 @@ func (s *Store) Derived(ctx context.Context, d resilmail.Digest, key string, com
 		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if el := c.items[k]; el != nil {
-			return el.Value.(*derivedEntry).v, nil
-		}
-		size = max(size, 1) + int64(len(key)) + 64
-		c.items[k] = c.lru.PushFront(&derivedEntry{k: k, v: v, size: size})
-		c.bytes += size
-		for c.bytes > DerivedCacheBytes && c.lru.Len() > 1 {
-			el := c.lru.Back()
-			e := el.Value.(*derivedEntry)
-			c.lru.Remove(el)
-			delete(c.items, e.k)
-			c.bytes -= e.size
-		}
-		return v, nil
+		return c.putLocked(k, v, size), nil
 	})
 	return v, err
+}
+
+// putLocked caches v under k unless a value is there already, which it
+// returns; the least recently used values go beyond DerivedCacheBytes.
+func (c *derivedCache) putLocked(k derivedKey, v any, size int64) any {
+	if c.items == nil {
+		c.items = make(map[derivedKey]*list.Element)
+		c.lru = list.New()
+	}
+	if el := c.items[k]; el != nil {
+		return el.Value.(*derivedEntry).v
+	}
+	size = max(size, 1) + int64(len(k.key)) + 64
+	c.items[k] = c.lru.PushFront(&derivedEntry{k: k, v: v, size: size})
+	c.bytes += size
+	for c.bytes > DerivedCacheBytes && c.lru.Len() > 1 {
+		el := c.lru.Back()
+		e := el.Value.(*derivedEntry)
+		c.lru.Remove(el)
+		delete(c.items, e.k)
+		c.bytes -= e.size
+	}
+	return v
+}
+
+// PutDerived caches v as what Derived's compute would return for body d
+// under key (a cache saved before a restart, say), with its size; a value
+// already cached stays. The caller must be sure v is what compute gives:
+// bodies never change, so a value saved for a digest stays right.
+func (s *Store) PutDerived(d resilmail.Digest, key string, v any, size int64) {
+	c := &s.derived
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.putLocked(derivedKey{d, key}, v, size)
+}
+
+// DerivedValues calls fn with every value cached under key, the most
+// recently used first, until fn returns false. fn runs with the cache
+// locked: it must not call Derived or PutDerived.
+func (s *Store) DerivedValues(key string, fn func(d resilmail.Digest, v any) bool) {
+	c := &s.derived
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lru == nil {
+		return
+	}
+	for el := c.lru.Front(); el != nil; el = el.Next() {
+		e := el.Value.(*derivedEntry)
+		if e.k.key == key && !fn(e.k.d, e.v) {
+			return
+		}
+	}
 }
 
 // DerivedStats returns the cache's hits, misses and bytes held.
