@@ -193,6 +193,8 @@ type config struct {
 	resolver        mxpool.Resolver // tests: in place of the DNS
 	dial            dialFunc        // tests: in place of a net.Dialer
 	mxOnThisMachine bool            // tests: the MX hosts are on this machine's addresses
+	mxTLS           *tls.Config     // tests: the outbound TLS template (their CA)
+	tlsRequired     string          // -tls-required-domains
 
 	rspamd           string        // -rspamd: the rspamd normal worker that scans every message
 	rspamdController string        // -rspamd-controller: rspamd's controller, taught the released false positives
@@ -220,6 +222,7 @@ func parseFlags(args []string) (config, error) {
 	fs.BoolVar(&c.lmtp, "lmtp", false, "speak LMTP to the next hop")
 	fs.BoolVar(&c.mx, "mx", false, "deliver each recipient's mail to its domain's MX hosts (from the DNS) instead of -next")
 	fs.StringVar(&c.dns, "dns", "", "with -mx: recursive resolvers to ask, host[:port], comma-separated (default: those of /etc/resolv.conf)")
+	fs.StringVar(&c.tlsRequired, "tls-required-domains", "", "with -mx: domains whose mail goes only over TLS verified for the MX host's name, comma-separated (MTA-STS applies to every domain)")
 	fs.StringVar(&c.fallbackRelay, "fallback-relay", "", "with -mx: hosts to try after a domain's MX hosts failed temporarily, host[:port], comma-separated")
 	fs.IntVar(&c.rcptsPerTx, "rcpts-per-transaction", 50, "most recipients of one message sent to one destination in one transaction; a 452 to the rest sends them at once in another")
 	fs.Var(destLimitsFlag{&c.destLimits}, "dest-limit", "DEST=concurrency:N,rcpts:N,rate:R (attempts per second), repeatable: limits for one destination (a domain with -mx, else the next hop's host:port)")

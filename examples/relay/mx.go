@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/domainname"
 	"github.com/resilmail/resilmail/mxpool"
+	"github.com/resilmail/resilmail/mxpool/sts"
 	"github.com/resilmail/resilmail/queue"
 	"github.com/resilmail/resilmail/smtpout"
 )
@@ -20,44 +22,57 @@ import (
 // /etc/resolv.conf), best preference first, with -fallback-relay after
 // them; an MX that is this node (-hostname, or one of this machine's
 // addresses) is dropped with every worse one, so mail never loops back.
+// TLS follows the domain's MTA-STS policy and -tls-required-domains
+// (verified TLS or no delivery), else STARTTLS when offered.
 // The queue's destination is the recipient's domain, which -dest-limit
 // names.
 func newMXDelivery(c config, log *slog.Logger) (*mxpool.Deliverer, func(rcpt string) string, error) {
 	res := c.resolver
 	if res == nil {
-		var servers []string
-		for s := range strings.SplitSeq(c.dns, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				servers = append(servers, s)
-			}
-		}
-		r, err := mxpool.NewDNSResolver(&mxpool.DNSOptions{Servers: servers})
+		r, err := mxpool.NewDNSResolver(&mxpool.DNSOptions{Servers: splitList(c.dns)})
 		if err != nil {
 			return nil, nil, fmt.Errorf("-dns: %w", err)
 		}
 		res = r
 	}
-	var fallback []string
-	for s := range strings.SplitSeq(c.fallbackRelay, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			fallback = append(fallback, s)
-		}
-	}
 	p, err := mxpool.NewPlanner(res, &mxpool.PlannerOptions{
-		Self: []string{c.hostname}, FallbackRelay: fallback, Logger: log,
+		Self: []string{c.hostname}, FallbackRelay: splitList(c.fallbackRelay), Logger: log,
 		NoInterfaceAddrs: c.mxOnThisMachine,
 	})
 	if err != nil {
 		return nil, nil, err
 	}
+	// TLS: MTA-STS (policies cached under the queue folder, so a restart
+	// keeps enforcing them) and -tls-required-domains; opportunistic
+	// STARTTLS elsewhere.
+	m, err := sts.Open(mxpool.TXT(res), &sts.Options{Dir: filepath.Join(c.dir, "mta-sts"), Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	tp, err := sts.NewTLSPolicy(m, &sts.TLSPolicyOptions{Required: splitList(c.tlsRequired), Logger: log})
+	if err != nil {
+		return nil, nil, fmt.Errorf("-tls-required-domains: %w", err)
+	}
 	d, err := mxpool.NewDeliverer(p, &mxpool.DelivererOptions{
-		SMTP:   &smtpout.Options{LocalName: c.hostname, MaxIdle: c.concurrency, Logger: log, Dial: c.dial},
+		SMTP:   &smtpout.Options{LocalName: c.hostname, MaxIdle: c.concurrency, Logger: log, Dial: c.dial, TLSConfig: c.mxTLS},
+		TLS:    tp,
 		Logger: log,
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	return d, mxDestination, nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for s := range strings.SplitSeq(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // mxDestination is the queue's destination under -mx: the recipient's

@@ -176,3 +176,20 @@ func TestRelayStatus(t *testing.T) {
 	assert.Contains(t, string(b), "resilmail_policy_age_seconds ")
 	assert.Contains(t, string(b), "resilmail_quarantine_outbox_entries 1\n")
 }
+
+// A domain of -tls-required-domains is never sent in clear: its MX
+// without STARTTLS (smtp-sink) gets nothing, and the mail stays queued.
+func TestRelayMXRequiredTLS(t *testing.T) {
+	plain := startSink(t)
+	res := &mxpool.StaticResolver{}
+	res.AddMX("example.net", 10, "mx.example.net")
+	res.AddAddr("mx.example.net", netip.MustParseAddr("198.51.100.30"))
+	inet := &fakeInternet{dials: map[string]int{}, to: map[string]string{"198.51.100.30:25": plain.addr}}
+	debug := freePort(t)
+	relay := startRelayWith(t, config{mx: true, dir: t.TempDir(), resolver: res, dial: inet.dial, debugAddr: debug, tlsRequired: "example.net"})
+	out, ok := swaksTo(t, relay, "carol@example.net")
+	require.True(t, ok, out)
+	waitStatus(t, debug, "the message deferred", func(st map[string]any) bool { return st["deferred_messages"] == 1.0 })
+	assert.GreaterOrEqual(t, inet.dialed("198.51.100.30:25"), 1, "the MX was tried")
+	assert.Zero(t, plain.count.Load(), "nothing sent in clear")
+}
