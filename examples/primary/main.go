@@ -69,6 +69,9 @@
 //	POST /operator/follow?primary=NAME a fenced node rejoins as NAME's standby
 //	POST /operator/grant?token=N       grant the manual lease (its elector promotes the node)
 //	POST /operator/revoke              end the manual lease's term (the node is demoted)
+//	GET  /operator/held                destructive changes the standby's guard delays (-guard-share,
+//	                                   -guard-min: a mass expunge, a delete, a flag wipe)
+//	POST /operator/confirm?user=U&seq=N apply one of them
 //	/operator/member/...               a switchover's steps, driven by the peer that runs it
 //
 // -forward relays the clients of a protocol that reach this node to the

@@ -46,6 +46,8 @@ type nodeConfig struct {
 	forwards    []forward
 	fwdProxy    bool
 	fwdFrom     string
+	guardShare  float64
+	guardMin    int
 }
 
 type peerFlag struct{ c *nodeConfig }
@@ -83,6 +85,8 @@ func nodeFlags(fs *flag.FlagSet, c *nodeConfig) {
 	fs.Var(forwardFlag{&c.forwards}, "forward", "relay the clients of a protocol that reach this node to the active node: proto,listen-host:port,node=host:port,node=host:port... (each node's port for it; the proxy follows role changes) or proto,listen-host:port,target-host:port (fixed); proto is imap, pop3, lmtp or submission; repeat for each")
 	fs.BoolVar(&c.fwdProxy, "forward-proxy", false, "with -forward: send the client's address in a PROXY protocol v2 header (the active node must trust this node: -proxy-trust)")
 	fs.StringVar(&c.fwdFrom, "forward-from", "", "with -forward: the local IP address to connect to the active node from (the address it trusts for PROXY headers)")
+	fs.Float64Var(&c.guardShare, "guard-share", replicate.DefaultGuardShare, "as standby: delay an expunge of more than this share of a mailbox until an operator confirms it (GET /operator/held, POST /operator/confirm)")
+	fs.IntVar(&c.guardMin, "guard-min", replicate.DefaultGuardMinMessages, "as standby: smallest mailbox the guard watches, and smallest delete it delays")
 }
 
 // check validates the node's flags once parsed; replication is the
@@ -114,6 +118,12 @@ func (c *nodeConfig) check(getenv func(string) string, replication []byte, insec
 			return err
 		}
 		c.primaryURL = strings.TrimSuffix(c.primaryURL, "/")
+	}
+	if c.guardShare <= 0 || c.guardShare > 1 {
+		return fmt.Errorf("-guard-share %v: want a share above 0 and at most 1", c.guardShare)
+	}
+	if c.guardMin < 1 {
+		return errors.New("-guard-min must be at least 1")
 	}
 	switch c.lease {
 	case "manual":
@@ -251,7 +261,7 @@ func openNode(c config, st *store.Store, log *slog.Logger) (*server, error) {
 		},
 		Replica: &replicate.ReplicaOptions{
 			Secret: replicaSec, HTTPClient: peerHTTP,
-			Hold: replicate.NewExpungeGuard(st, &replicate.ExpungeGuardOptions{Logger: log}),
+			Hold: replicate.NewExpungeGuard(st, &replicate.ExpungeGuardOptions{MaxShare: c.node.guardShare, MinMessages: c.node.guardMin, Logger: log}),
 		},
 		Logger: log,
 	})

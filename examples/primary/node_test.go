@@ -137,6 +137,21 @@ func (n *pairNode) operator(path string, out any) error {
 	return nil
 }
 
+// operatorGet gets the node's /operator/ path with the operator's token.
+func (n *pairNode) operatorGet(path string, out any) error {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+n.http+"/operator/"+path, nil)
+	req.Header.Set("Authorization", "Bearer "+operatorSecret)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
 // newPair prepares two nodes a and b that name each other as peers, with
 // extra flags for both; a's store starts primary, b's standby.
 func newPair(t *testing.T, extra ...string) (a, b *pairNode) {
@@ -512,7 +527,7 @@ func deliverTo(t *testing.T, n *pairNode, subj string) {
 // manual lease's grant and revoke move the role, and so does a
 // switchover. Every delivery answered 250 is on the primary at the end.
 func TestManualFailoverAndRejoin(t *testing.T) {
-	a, b := newPair(t, "-ack", "async")
+	a, b := newPair(t, "-ack", "async", "-guard-min", "2")
 	a.start()
 	b.start()
 	waitRoles(t, 30*time.Second, map[*pairNode]string{a: "primary", b: "standby"})
@@ -528,6 +543,33 @@ func TestManualFailoverAndRejoin(t *testing.T) {
 		resp.Body.Close()
 		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "Authorization %q", h)
 	}
+	// A mailbox deleted on the primary is delayed on the standby until
+	// the operator confirms it there.
+	ic := dialIMAP(t, a.imap, nil)
+	require.NoError(t, ic.Login("alice@example.org", "alice-pw").Wait())
+	require.NoError(t, ic.Create("Old", nil).Wait())
+	for range 3 {
+		const msg = "Subject: old\r\n\r\nold\r\n"
+		cmd := ic.Append("Old", int64(len(msg)), nil)
+		io.WriteString(cmd, msg)
+		require.NoError(t, cmd.Close())
+		_, err := cmd.Wait()
+		require.NoError(t, err)
+	}
+	require.NoError(t, ic.Delete("Old").Wait())
+	ic.Logout().Wait()
+	var held []heldChange
+	require.Eventually(t, func() bool {
+		held = nil
+		return b.operatorGet("held", &held) == nil && len(held) == 1
+	}, 20*time.Second, 10*time.Millisecond, "the standby delays the delete")
+	assert.Equal(t, "Old", held[0].Mailbox)
+	require.NoError(t, b.operator(fmt.Sprintf("confirm?user=%s&seq=%d", held[0].User, held[0].Seq), nil))
+	require.Eventually(t, func() bool {
+		held = nil
+		return b.operatorGet("held", &held) == nil && len(held) == 0
+	}, 20*time.Second, 10*time.Millisecond)
+
 	var sent []string
 	for i := range 5 {
 		sent = append(sent, fmt.Sprintf("before the kill %d", i))

@@ -26,6 +26,8 @@ func (m *server) operatorHandler() http.Handler {
 	mux.HandleFunc("POST /operator/switchover", m.switchover)
 	mux.HandleFunc("POST /operator/grant", m.grant)
 	mux.HandleFunc("POST /operator/revoke", m.revoke)
+	mux.HandleFunc("GET /operator/held", m.held)
+	mux.HandleFunc("POST /operator/confirm", m.confirm)
 	mux.Handle("/operator/member/", http.StripPrefix("/operator/member", failover.MemberHandler(m.n, m.log)))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if m.c.node.operator == nil {
@@ -250,4 +252,49 @@ func (m *server) revoke(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(5 * time.Millisecond) // polls the elector
 	}
 	writeJSON(w, http.StatusOK, m.reply(w))
+}
+
+// heldChange is one change the guard delays, as /operator/held lists it.
+type heldChange struct {
+	User    string    `json:"user"`
+	Seq     uint64    `json:"seq"`
+	Kind    string    `json:"kind"`
+	Mailbox string    `json:"mailbox,omitempty"`
+	UIDs    string    `json:"uids,omitempty"`
+	Reason  string    `json:"reason"`
+	Since   time.Time `json:"since"`
+}
+
+// held lists the destructive changes the standby's guard delays (a mass
+// expunge, a mailbox or user deleted, a flag wipe), each waiting for POST
+// /operator/confirm?user=U&seq=N; after a promotion, those it left.
+func (m *server) held(w http.ResponseWriter, r *http.Request) {
+	out := []heldChange{}
+	for _, h := range m.n.Held() {
+		c := h.Change
+		hc := heldChange{User: c.User, Seq: c.Seq, Kind: c.Kind.String(), Mailbox: c.Mailbox, Reason: h.Reason, Since: h.Since}
+		if len(c.UIDs) > 0 {
+			hc.UIDs = c.UIDs.String()
+		}
+		out = append(out, hc)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// confirm applies one delayed change.
+func (m *server) confirm(w http.ResponseWriter, r *http.Request) {
+	user := r.URL.Query().Get("user")
+	seq, err := strconv.ParseUint(r.URL.Query().Get("seq"), 10, 64)
+	if user == "" || err != nil {
+		writeJSON(w, http.StatusBadRequest, errorReply{"want ?user=U&seq=N of a held change (GET /operator/held)"})
+		return
+	}
+	if err := m.n.Confirm(user, seq); err != nil {
+		writeJSON(w, http.StatusNotFound, errorReply{err.Error()})
+		return
+	}
+	m.log.Warn("node: operator confirmed a held change", "user", user, "seq", seq, "remote", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, struct {
+		Confirmed bool `json:"confirmed"`
+	}{true})
 }

@@ -13,7 +13,9 @@
 //	rep, err := failover.Switchover(ctx, a, b, nil)              // b primary at a higher epoch, a follows b
 //
 // Goroutines: a standby's replica runs in a goroutine the Node owns; it
-// stops on Promote and Close.
+// stops on Promote and Close, except after a promotion that left delayed
+// destructive changes for the operator ([Node.Held], [Node.Confirm]):
+// then it runs on, following no one, until the next Follow or Close.
 package storenode
 
 import (
@@ -71,6 +73,11 @@ type Node struct {
 	follows  string
 	done     chan error
 	promoted replicate.PromoteResult // the last promotion from standby
+	// kept is the replica of the last promotion while it holds delayed
+	// changes for the operator (it applies those confirmed, as changes
+	// of the new epoch); keptDone its Run's result.
+	kept     *replicate.Replica
+	keptDone chan error
 }
 
 var _ failover.Member = (*Node)(nil)
@@ -197,7 +204,12 @@ func (n *Node) Promote(ctx context.Context, epoch resilmail.Epoch) error {
 			return err
 		}
 		n.promoted = res
-		if err := n.stopReplicaLocked(); err != nil {
+		if len(res.Held) > 0 {
+			// Its Run goes on, following no one, to apply what the
+			// operator confirms of the changes left delayed.
+			n.kept, n.keptDone = n.replica, n.done
+			n.replica, n.follows, n.done = nil, "", nil
+		} else if err := n.stopReplicaLocked(); err != nil {
 			n.log.Warn("storenode: the promoted replica stopped with an error", "node", n.opts.Name, "err", err)
 		}
 		n.log.Warn("storenode: promoted from standby", "node", n.opts.Name, "epoch", uint64(epoch), "until", res.Until,
@@ -268,6 +280,7 @@ func (n *Node) Follow(ctx context.Context, primary string) error {
 	if n.replica != nil && n.follows == primary {
 		return nil
 	}
+	n.stopKeptLocked()
 	url, ok := n.opts.Peers[primary]
 	if !ok {
 		return fmt.Errorf("storenode: no URL for peer %q", primary)
@@ -310,6 +323,43 @@ func (n *Node) stopReplicaLocked() error {
 	return err
 }
 
+func (n *Node) stopKeptLocked() {
+	if n.kept != nil {
+		n.kept.Close()
+		<-n.keptDone
+		n.kept, n.keptDone = nil, nil
+	}
+}
+
+// Held returns the destructive changes the guard delays (the
+// ReplicaOptions' Hold) for the operator: the running replica's, or,
+// after a promotion that left some, the promoted replica's, until the
+// node follows a primary again.
+func (n *Node) Held() []replicate.HeldChange {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.replica != nil:
+		return n.replica.Held()
+	case n.kept != nil:
+		return n.kept.Held()
+	}
+	return nil
+}
+
+// Confirm applies the delayed change seq of user (see [Node.Held]).
+func (n *Node) Confirm(user string, seq uint64) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.replica != nil:
+		return n.replica.Confirm(user, seq)
+	case n.kept != nil:
+		return n.kept.Confirm(user, seq)
+	}
+	return errors.New("storenode: no replica holds delayed changes")
+}
+
 // Replica returns the running replica, nil when primary.
 func (n *Node) Replica() *replicate.Replica {
 	n.mu.Lock()
@@ -321,6 +371,7 @@ func (n *Node) Replica() *replicate.Replica {
 func (n *Node) Close() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.stopKeptLocked()
 	if n.replica != nil {
 		return n.stopReplicaLocked()
 	}
