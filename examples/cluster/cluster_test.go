@@ -24,9 +24,13 @@ func TestDemo(t *testing.T) {
 	dir := t.TempDir()
 	err := run(context.Background(), config{dir: dir, demo: true, etcd: "etcd", out: &out}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
-		for _, n := range []string{"mail1", "mail2"} {
-			b, _ := os.ReadFile(filepath.Join(dir, n+".log"))
-			t.Logf("%s.log:\n%s", n, b)
+		logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+		for _, l := range logs {
+			b, _ := os.ReadFile(l)
+			if len(b) > 4000 {
+				b = b[len(b)-4000:]
+			}
+			t.Logf("%s (end):\n%s", filepath.Base(l), b)
 		}
 	}
 	require.NoError(t, err, "%s", out.String())

@@ -41,11 +41,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -86,13 +88,34 @@ func main() {
 	os.Exit(cli.Main("cluster", err, c.verbose, func(ctx context.Context, log *slog.Logger) error { return run(ctx, c, log) }))
 }
 
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// freeAddr returns a loopback address whose port is free now. The
+// processes bind it later, so it is taken below the kernel's ephemeral
+// range (ip_local_port_range): an outgoing connection of another node
+// (to etcd, a peer's status) never takes it in between, as it could a
+// port the kernel handed out for ":0".
+func (cl *cluster) freeAddr() (string, error) {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
+				low = n
+			}
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	for range 100 {
+		port := 10000 + mrand.IntN(low-10000)
+		if cl.used[port] {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		cl.used[port] = true
+		return ln.Addr().String(), nil
+	}
+	return "", errors.New("cluster: no free port below the ephemeral range")
 }
 
 // node is one started process.
@@ -114,7 +137,8 @@ type cluster struct {
 	addr     map[string]string
 	pass     string
 	operator string
-	expected []string // subjects of the messages answered 250
+	expected []string     // subjects of the messages answered 250
+	used     map[int]bool // ports handed out by freeAddr
 }
 
 // build compiles the example commands into dir/bin.
@@ -263,7 +287,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("cluster: no etcd server (%v): install it (apt-get install etcd-server) or name it with -etcd", err)
 	}
-	cl := &cluster{c: c, log: log, addr: map[string]string{}, byName: map[string]*node{}}
+	cl := &cluster{c: c, log: log, addr: map[string]string{}, byName: map[string]*node{}, used: map[int]bool{}}
 	if err := cl.build(ctx); err != nil {
 		return err
 	}
@@ -279,13 +303,13 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return err
 	}
 	for _, k := range []string{"etcd", "etcd-peer", "mx1", "mx1-http", "mx2", "mx2-http", "status"} {
-		if cl.addr[k], err = freeAddr(); err != nil {
+		if cl.addr[k], err = cl.freeAddr(); err != nil {
 			return err
 		}
 	}
 	for _, n := range []string{"mail1", "mail2"} {
 		for _, k := range []string{"lmtp", "http", "imap", "fwd-imap", "fwd-lmtp"} {
-			if cl.addr[n+"-"+k], err = freeAddr(); err != nil {
+			if cl.addr[n+"-"+k], err = cl.freeAddr(); err != nil {
 				return err
 			}
 		}
