@@ -108,6 +108,11 @@ type RepairOptions struct {
 	// from a mailbox (or user) with fewer messages are never held. Zero
 	// means 20.
 	MinHeldMessages int
+	// HoldAllRemovals holds every removal of messages, whatever its
+	// share and size, until the operator confirms it: what a rejoining
+	// replica uses when its journal no longer tells which of its
+	// messages are orphans (any removal may take one).
+	HoldAllRemovals bool
 	// Confirmed are held removals the operator confirmed (from an
 	// earlier RepairResult.Held). A confirmation matches the same kind,
 	// user and mailbox id, and covers a removal of at most as many

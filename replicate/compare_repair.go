@@ -205,7 +205,7 @@ func mass(removed, total int, share float64, least int) bool {
 // removal, or any removal of messages only the replica has (HeldOrphan,
 // HeldReplace) that the operator has not confirmed.
 func (rp *repairer) hold(h HeldRemoval) bool {
-	always := (h.Kind == HeldOrphan || h.Kind == HeldReplace) && h.Messages > 0
+	always := (h.Kind == HeldOrphan || h.Kind == HeldReplace || rp.opts.HoldAllRemovals) && h.Messages > 0
 	if !always && !mass(h.Messages, h.Of, rp.opts.MaxRemoveShare, rp.opts.MinHeldMessages) {
 		return false
 	}

@@ -84,7 +84,9 @@
 // with a [Divergence]: where the two histories agree and where the
 // replica resumes. The replica then re-delivers what it holds beyond that
 // point into the new primary as new messages ([KeepOrphans]: orphans are
-// kept, counted and listed, never deleted), resumes at once where the new
+// kept, counted and listed, never deleted; when its journal was compacted
+// past that point and cannot list them, its repair holds every removal
+// for the operator instead), resumes at once where the new
 // primary continued its history, or otherwise compares and repairs, and
 // resets its positions to the new history: a resync that finishes on its
 // own. [Replica.Promote] drains what the replica received and

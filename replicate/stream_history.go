@@ -370,7 +370,10 @@ func (r *Replica) resyncInbox(pos uint64, e resilmail.Epoch) error {
 // either resumes where the primary continued the replica's history (a
 // replica that holds nothing beyond it) or compares with the primary and
 // repairs, and resets the upstream positions to the primary's history: a
-// resync that finishes on its own.
+// resync that finishes on its own. When its journal no longer reaches
+// back to the point where the histories agree, the orphans cannot be
+// listed: the repair then holds every removal for the operator
+// (RepairOptions.HoldAllRemovals), so that none is lost unseen.
 func (r *Replica) rejoin(ctx context.Context, d Divergence) error {
 	ht, ok := r.t.(HistoryTarget)
 	if !ok {
@@ -385,6 +388,7 @@ func (r *Replica) rejoin(ctx context.Context, d Divergence) error {
 		return err
 	}
 	orphansKept := false // an unknown history: nothing can be told an orphan; removals are held as usual
+	unlisted := false    // orphans exist that the journal can no longer list: every removal is held
 	if d.Known && d.Claim.Seq > d.Agreed {
 		os, ok1 := r.t.(OrphanSource)
 		br, ok2 := r.t.(BodyReader)
@@ -396,9 +400,9 @@ func (r *Replica) rejoin(ctx context.Context, d Divergence) error {
 			list, err := os.Orphans(ctx, d.Claim.History, d.Agreed, reason)
 			switch {
 			case errors.Is(err, ErrTooFarBehind):
-				r.log.Error("replicate: the journal no longer tells which messages are orphans; the repair holds large removals",
+				r.log.Error("replicate: the journal no longer tells which messages are orphans; the repair holds every removal for the operator (RepairOptions.HoldAllRemovals)",
 					"replica", r.opts.Name, "err", err)
-				orphansKept = false
+				orphansKept, unlisted = false, true
 			case err != nil:
 				return fmt.Errorf("replicate: listing orphans: %w", err)
 			default:
@@ -444,6 +448,7 @@ func (r *Replica) rejoin(ctx context.Context, d Divergence) error {
 		if r.opts.Repair != nil {
 			ro = *r.opts.Repair
 		}
+		ro.HoldAllRemovals = ro.HoldAllRemovals || unlisted
 		held, err := r.repairUsersWith(ctx, rt, nil, &ro)
 		if err != nil {
 			return err

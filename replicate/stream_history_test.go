@@ -3,6 +3,7 @@ package replicate_test
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -208,4 +209,55 @@ func TestPrimaryDemote(t *testing.T) {
 	assert.Equal(t, resilmail.Epoch(3), oldP.Stats().FencedBy)
 	assert.Equal(t, resilmail.Epoch(3), old.Epoch(), "the epoch it heard of is durable")
 	assert.ErrorIs(t, old.CreateUser(ctx, "zed"), store.ErrReadOnly)
+}
+
+// TestRejoinWithCompactedJournalHoldsEveryRemoval: an old primary whose
+// journal was compacted past the point where the histories parted cannot
+// list its orphans; it rejoins, and every removal its repair would make
+// is held for the operator (counted), so that none of the deliveries only
+// it had is lost, however small the removal.
+func TestRejoinWithCompactedJournalHoldsEveryRemoval(t *testing.T) {
+	ctx := context.Background()
+	old, err := store.Open(t.TempDir(), &store.Options{Logger: quietLogger(), ScrubInterval: -1, SegmentSize: 4 << 10, KeepChanges: 1, KeepBytes: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { old.Close() })
+	nu := openStore(t, t.TempDir())
+	require.NoError(t, old.SetEpoch(ctx, 1))
+	require.NoError(t, nu.SetReadOnly(true))
+	oldP, oldSrv := servePrimary(t, old, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, old.CreateUser(ctx, "alice"))
+	require.NoError(t, old.CreateUser(ctx, "bob"))
+	addN(t, old, "alice", "INBOX", 5)
+	r, stop := startReplica(t, nu, oldSrv.URL, t.TempDir(), nil)
+	waitApplied(t, r, old)
+	stop()
+	until := r.Stats().Received
+
+	// Acknowledged by the old primary, never replicated; then its journal
+	// is compacted past the parting point.
+	var orphans []string
+	for i := range 2 {
+		m := msgText("orphan", strings.Repeat(string(rune('a'+i)), 6<<10))
+		add(t, old, "alice", "INBOX", m)
+		orphans = append(orphans, m)
+	}
+	m := msgText("orphan of bob", strings.Repeat("b", 6<<10))
+	add(t, old, "bob", "INBOX", m)
+	orphans = append(orphans, m)
+	for _, h := range old.Holds() {
+		require.NoError(t, old.Release(ctx, h.Name)) // the replica's hold, as HoldBytes or HoldMaxAge would drop it
+	}
+	require.NoError(t, old.Compact(ctx))
+	require.Greater(t, old.OldestPosition(), until+1, "the journal no longer reaches the parting point")
+
+	require.NoError(t, nu.Promote(ctx, 2, until))
+	_, nuSrv := servePrimary(t, nu, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, oldP.Demote(ctx, 2))
+	r2, _ := startReplica(t, old, nuSrv.URL, t.TempDir(), nil)
+	require.Eventually(t, func() bool { return r2.Stats().Rejoins > 0 }, 10*time.Second, 5*time.Millisecond, "%+v", r2.Stats())
+	assert.Positive(t, r2.Stats().RepairsHeld, "the removals are held for the operator")
+	have := append(messageBodies(t, old, "alice", "INBOX"), messageBodies(t, old, "bob", "INBOX")...)
+	for i, o := range orphans {
+		assert.True(t, slices.Contains(have, o), "orphan %d is still on the old primary", i)
+	}
 }
