@@ -19,6 +19,7 @@
 #
 #   sudo examples/relay/compare-rspamd.sh               # 3 runs each
 #   RUNS=5 MESSAGES=5000 examples/relay/compare-rspamd.sh
+#   SELF_SCAN=1 ...   # the proxy scans itself instead of asking the normal worker
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -64,7 +65,7 @@ cat >"$r/override.d/worker-proxy.inc" <<EOF
 bind_socket = "127.0.0.1:$PROXY_PORT";
 milter = yes;
 timeout = 120s;
-upstream "local" { default = yes; hosts = "127.0.0.1:$NORMAL_PORT"; }
+upstream "local" { default = yes; $(if [ -n "${SELF_SCAN:-}" ]; then echo "self_scan = yes;"; else echo "hosts = \"127.0.0.1:$NORMAL_PORT\";"; fi) }
 count = 1;
 EOF
 cat >"$r/override.d/worker-controller.inc" <<EOF
