@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"strconv"
 	"time"
 
@@ -44,9 +45,13 @@ func (q *Queue) notify(m *message) {
 	}
 	q.mu.Unlock()
 
-	original, err := q.body(m)
+	// Only a failure notice with RET=FULL returns the whole message, and
+	// only up to dsn.DefaultMaxOriginal: otherwise the header is enough,
+	// and a large body is not read whole for it.
+	needFull := len(failed) > 0 && env.Return == resilmail.ReturnFull
+	original, whole, err := q.dsnOriginal(m, needFull)
 	if err != nil {
-		original = nil // a corrupt body is reported without it
+		original, whole = nil, true // a corrupt body is reported without it
 	}
 	ok := true
 	if len(failed) > 0 {
@@ -58,7 +63,7 @@ func (q *Queue) notify(m *message) {
 		}
 		if len(report) > 0 {
 			id := derivedID(env.ID, "f"+strconv.Itoa(failed[0]))
-			err = q.sendDSN(id, env, rcpts, report, dsn.Failed, created, now, original)
+			err = q.sendDSN(id, env, rcpts, report, dsn.Failed, created, now, original, whole)
 		}
 		if err != nil {
 			ok = false
@@ -83,7 +88,7 @@ func (q *Queue) notify(m *message) {
 		// RFC 3461 section 4.1: the next hop does not offer DSN, so
 		// this MTA answers NOTIFY=SUCCESS with "relayed".
 		id := derivedID(env.ID, "s"+strconv.Itoa(relayed[0]))
-		if err := q.sendDSN(id, env, rcpts, relayed, dsn.Relayed, created, now, original); err != nil {
+		if err := q.sendDSN(id, env, rcpts, relayed, dsn.Relayed, created, now, original, whole); err != nil {
 			ok = false
 			q.log.Error("queue: cannot enqueue success notice; will retry", "msg_id", env.ID, "err", err)
 		} else {
@@ -110,7 +115,7 @@ func (q *Queue) notify(m *message) {
 			}
 		}
 		id := derivedID(env.ID, "d"+strconv.Itoa(warned))
-		if err := q.sendDSN(id, env, rcpts, report, dsn.Delayed, created, now, original); err != nil {
+		if err := q.sendDSN(id, env, rcpts, report, dsn.Delayed, created, now, original, whole); err != nil {
 			ok = false
 			q.log.Error("queue: cannot enqueue delay warning; will retry", "msg_id", env.ID, "err", err)
 		} else {
@@ -132,7 +137,7 @@ func (q *Queue) notify(m *message) {
 
 // sendDSN builds an RFC 3464 notification about recipients idx of env and
 // enqueues it to env's sender from the null reverse-path.
-func (q *Queue) sendDSN(id string, env resilmail.Envelope, rcpts []rcptRec, idx []int, action dsn.Action, created, now time.Time, original []byte) error {
+func (q *Queue) sendDSN(id string, env resilmail.Envelope, rcpts []rcptRec, idx []int, action dsn.Action, created, now time.Time, original []byte, whole bool) error {
 	host := q.opts.Hostname
 	rep := dsn.Report{ReportingMTA: host, OriginalEnvelopeID: env.EnvID, ArrivalDate: created}
 	for _, i := range idx {
@@ -174,7 +179,7 @@ func (q *Queue) sendDSN(id string, env resilmail.Envelope, rcpts []rcptRec, idx 
 		Date:        now,
 		Report:      rep,
 		Original:    original,
-		HeadersOnly: action != dsn.Failed || env.Return != resilmail.ReturnFull,
+		HeadersOnly: action != dsn.Failed || env.Return != resilmail.ReturnFull || !whole,
 	}
 	var buf bytes.Buffer
 	if err := dsn.Build(&buf, msg); err != nil {
@@ -192,6 +197,36 @@ func (q *Queue) sendDSN(id string, env resilmail.Envelope, rcpts []rcptRec, idx 
 		q.log.Info("queue: notification enqueued", "msg_id", env.ID, "dsn_id", id, "action", string(action), "rcpts", len(idx))
 	}
 	return err
+}
+
+// dsnHead is how much of a large message a notification reads when the
+// header is all it returns: headers longer than this are cut (dsn.Build
+// cuts them at a line boundary).
+const dsnHead = 1 << 20
+
+// dsnOriginal returns the original message for a notification: whole when
+// full is asked and it is at most dsn.DefaultMaxOriginal (whole true),
+// else its first dsnHead bytes at most, enough for its header (whole false
+// when that is not all of it). Only a small body is read whole otherwise.
+func (q *Queue) dsnOriginal(m *message, full bool) ([]byte, bool, error) {
+	q.mu.Lock()
+	size := m.size
+	q.mu.Unlock()
+	if size <= spoolThreshold {
+		b, err := q.body(m)
+		return b, true, err
+	}
+	limit := int64(dsnHead)
+	if full && size <= dsn.DefaultMaxOriginal {
+		limit = size
+	}
+	body, rec, err := q.openBody(m)
+	if err != nil {
+		return nil, false, err
+	}
+	defer rec.Close()
+	b, err := io.ReadAll(io.LimitReader(body, limit))
+	return b, int64(len(b)) == size, err
 }
 
 func looksLikeSMTPReply(s string) bool {

@@ -174,3 +174,48 @@ func TestLargeEnqueueDoesNotHoldTheQueue(t *testing.T) {
 	d, _ := s.sum("big")
 	assert.Equal(t, resilmail.DigestOf(big), d, "intact after compaction")
 }
+
+// bounceSink refuses every recipient but the null sender's notices, which
+// it keeps; it streams what it reads.
+type bounceSink struct {
+	mu      sync.Mutex
+	notices []string
+}
+
+func (s *bounceSink) Deliver(ctx context.Context, env resilmail.Envelope, body io.Reader) error {
+	if env.From != "" {
+		io.Copy(io.Discard, body)
+		return &resilmail.DeliveryError{Code: 550, EnhancedCode: "5.1.1", Message: "no such user", Permanent: true}
+	}
+	b, err := io.ReadAll(body)
+	s.mu.Lock()
+	s.notices = append(s.notices, string(b))
+	s.mu.Unlock()
+	return err
+}
+
+// The bounce of a large message returns its header only (RET=HDRS, or a
+// message over dsn.DefaultMaxOriginal) without reading its body whole.
+func TestBounceOfALargeMessageReadsItsHeaderOnly(t *testing.T) {
+	s := &bounceSink{}
+	q := open(t, t.TempDir(), s, quietOpts())
+	big := append([]byte("From: sender@example.net\r\nSubject: large\r\n\r\n"), bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n"), (16<<20)/64)...)
+	env := envelope("big", "u@example.org")
+	env.To[0].Notify = resilmail.NotifyFailure
+	_, err := q.Enqueue(context.Background(), env, bytes.NewReader(big))
+	require.NoError(t, err)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	run(t, q)
+	waitFor(t, "the bounce", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return len(s.notices) == 1 })
+	runtime.ReadMemStats(&after)
+	s.mu.Lock()
+	n := s.notices[0]
+	s.mu.Unlock()
+	assert.Contains(t, n, "text/rfc822-headers")
+	assert.Contains(t, n, "Subject: large")
+	assert.Less(t, len(n), 64<<10, "the header, not the body")
+	allocated := after.TotalAlloc - before.TotalAlloc
+	assert.Less(t, allocated, uint64(8<<20), "a 16 MiB body is not read whole to bounce it (allocated %d bytes)", allocated)
+}
