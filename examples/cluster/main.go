@@ -138,6 +138,7 @@ type cluster struct {
 	pass     string
 	operator string
 	expected []string     // subjects of the messages answered 250
+	tag      string       // this run's, in every subject
 	used     map[int]bool // ports handed out by freeAddr
 }
 
@@ -287,7 +288,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("cluster: no etcd server (%v): install it (apt-get install etcd-server) or name it with -etcd", err)
 	}
-	cl := &cluster{c: c, log: log, addr: map[string]string{}, byName: map[string]*node{}, used: map[int]bool{}}
+	cl := &cluster{c: c, log: log, addr: map[string]string{}, byName: map[string]*node{}, used: map[int]bool{}, tag: "run " + randomHex(3)}
 	if err := cl.build(ctx); err != nil {
 		return err
 	}
@@ -317,7 +318,12 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	a := cl.addr
 	defer cl.stop()
 
-	// etcd: one member on loopback, its data under -dir.
+	// etcd: one member on loopback, its data under -dir, new at each run
+	// (its ports are): the lease's revisions start again, and the nodes
+	// keep their epochs above them.
+	if err := os.RemoveAll(filepath.Join(c.dir, "etcd")); err != nil {
+		return err
+	}
 	if err := cl.start("etcd", etcdBin, "--name", "cluster", "--data-dir", filepath.Join(c.dir, "etcd"),
 		"--listen-client-urls", "http://"+a["etcd"], "--advertise-client-urls", "http://"+a["etcd"],
 		"--listen-peer-urls", "http://"+a["etcd-peer"], "--initial-advertise-peer-urls", "http://"+a["etcd-peer"],
@@ -368,23 +374,38 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 			return err
 		}
 	}
-	if err := cl.waitRoles(ctx, "mail1", "mail2"); err != nil {
+	// A folder of an earlier run may have left mail2 the primary.
+	primary, err := cl.waitOnePrimary(ctx)
+	if err != nil {
 		return err
 	}
+	role := map[string]string{"mail1": "standby", "mail2": "standby"}
+	role[primary] = "primary"
 	fmt.Fprintf(c.out, `resilmail cluster in %s (logs: *.log there)
   etcd             http://%s (the failover lease)
   MX 10   mx1      smtp://%s   metrics http://%s/metrics
   MX 20   mx2      smtp://%s   metrics http://%s/metrics
-  mail1 (primary)  lmtp %s   imap %s   http://%s/status
-  mail2 (standby)  lmtp %s   imap %s   http://%s/status
+  mail1 (%s)  lmtp %s   imap %s   http://%s/status
+  mail2 (%s)  lmtp %s   imap %s   http://%s/status
   forwarded        imap %s and %s, lmtp %s and %s (to whichever is primary)
   status page      http://%s/
   user             alice@example.org, password in %s
-  operator         curl -X POST -H "Authorization: Bearer $(cat %s)" http://%s/operator/switchover?to=mail2
+  operator         curl -X POST -H "Authorization: Bearer $(cat %s)" http://%s/operator/switchover?to=%s
 `, c.dir, a["etcd"], a["mx1"], a["mx1-http"], a["mx2"], a["mx2-http"],
-		a["mail1-lmtp"], a["mail1-imap"], a["mail1-http"], a["mail2-lmtp"], a["mail2-imap"], a["mail2-http"],
-		a["mail1-fwd-imap"], a["mail2-fwd-imap"], a["mail1-fwd-lmtp"], a["mail2-fwd-lmtp"], a["status"], passwdFile, operatorFile, a["mail1-http"])
+		role["mail1"], a["mail1-lmtp"], a["mail1-imap"], a["mail1-http"], role["mail2"], a["mail2-lmtp"], a["mail2-imap"], a["mail2-http"],
+		a["mail1-fwd-imap"], a["mail2-fwd-imap"], a["mail1-fwd-lmtp"], a["mail2-fwd-lmtp"], a["status"], passwdFile, operatorFile,
+		a[primary+"-http"], map[string]string{"mail1": "mail2", "mail2": "mail1"}[primary])
 	if c.demo {
+		if primary == "mail2" {
+			epoch, window, err := cl.switchover("mail2", "mail1")
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.out, "demo: an earlier run left mail2 primary: switched over to mail1 at epoch %d (writes refused for %v)\n", epoch, window.Round(time.Millisecond))
+			if err := cl.waitRoles(ctx, "mail1", "mail2"); err != nil {
+				return err
+			}
+		}
 		return cl.demo(ctx)
 	}
 	<-ctx.Done()
@@ -418,6 +439,24 @@ func (cl *cluster) waitRoles(ctx context.Context, primary, standby string) error
 		s, err2 := cl.status(standby)
 		return err1 == nil && err2 == nil && p.Role == "primary" && s.Role == "standby" && s.Standby != nil && s.Standby.Connected, nil
 	})
+}
+
+// waitOnePrimary waits until one mail node is primary and the other its
+// connected standby, and returns the primary's name.
+func (cl *cluster) waitOnePrimary(ctx context.Context) (string, error) {
+	var primary string
+	err := cl.poll(ctx, 60*time.Second, "one mail node primary, the other its standby", func() (bool, error) {
+		for _, p := range [][2]string{{"mail1", "mail2"}, {"mail2", "mail1"}} {
+			a, err1 := cl.status(p[0])
+			b, err2 := cl.status(p[1])
+			if err1 == nil && err2 == nil && a.Role == "primary" && b.Role == "standby" && b.Standby != nil && b.Standby.Connected {
+				primary = p[0]
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	return primary, err
 }
 
 // waitCaughtUp waits until the standby has applied everything the primary
@@ -458,11 +497,12 @@ func (cl *cluster) switchover(from, to string) (epoch uint64, window time.Durati
 func (cl *cluster) sendThroughRelays(tag string, n int) error {
 	for i := range n {
 		mx := []string{"mx1", "mx2"}[i%2]
-		msg := fmt.Sprintf("From: demo@example.net\r\nTo: alice@example.org\r\nSubject: %s %d\r\n\r\nsent through %s\r\n", tag, i, mx)
+		subj := fmt.Sprintf("%s %s %d", cl.tag, tag, i)
+		msg := fmt.Sprintf("From: demo@example.net\r\nTo: alice@example.org\r\nSubject: %s\r\n\r\nsent through %s\r\n", subj, mx)
 		if err := send(cl.addr[mx], msg); err != nil {
 			return fmt.Errorf("demo: send through %s: %w", mx, err)
 		}
-		cl.expected = append(cl.expected, fmt.Sprintf("%s %d", tag, i))
+		cl.expected = append(cl.expected, subj)
 	}
 	return nil
 }
@@ -470,7 +510,12 @@ func (cl *cluster) sendThroughRelays(tag string, n int) error {
 // demo runs the failover story and checks nothing was lost.
 func (cl *cluster) demo(ctx context.Context) error {
 	out := cl.c.out
-	sent := 0
+	// The folder may hold an earlier run's messages: count from here.
+	first, err := cl.status("mail1")
+	if err != nil {
+		return err
+	}
+	sent := first.Messages
 	start := time.Now()
 	if err := cl.sendThroughRelays("before", 20); err != nil {
 		return err
@@ -522,9 +567,10 @@ func (cl *cluster) demo(ctx context.Context) error {
 			promoted = time.Since(killed)
 		}
 		probes++
-		msg := fmt.Sprintf("From: probe@example.net\r\nTo: alice@example.org\r\nSubject: probe %d\r\n\r\nwho takes this?\r\n", probes)
+		subj := fmt.Sprintf("%s probe %d", cl.tag, probes)
+		msg := fmt.Sprintf("From: probe@example.net\r\nTo: alice@example.org\r\nSubject: %s\r\n\r\nwho takes this?\r\n", subj)
 		if lmtpDeliver(cl.addr["mail2-lmtp"], msg) == nil {
-			cl.expected = append(cl.expected, fmt.Sprintf("probe %d", probes))
+			cl.expected = append(cl.expected, subj)
 			break
 		}
 		if time.Since(killed) > 60*time.Second {

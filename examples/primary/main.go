@@ -44,7 +44,9 @@
 // the nodes hold an election on etcd (-lease-ttl, default 2 s): the holder
 // is primary at an epoch of at least the election's revision, demotes
 // itself when it cannot renew in time, and a standby lagging more than
-// -max-lag changes is not eligible.
+// -max-lag changes is not eligible. A node stopped cleanly releases the
+// lease without fencing its store: the standby takes over, and a pair
+// stopped and started again elects a primary again.
 //
 // On its -http address (HTTPS and HTTP/2 with -tls-cert and -tls-key, as
 // it must be between machines: plain HTTP beyond loopback is refused

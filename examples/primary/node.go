@@ -265,7 +265,22 @@ func openNode(c config, st *store.Store, log *slog.Logger) (*server, error) {
 		},
 		Logger: log,
 	})
-	cand := m.n.Candidate(c.node.maxLag)
+	// A primary that stops (a restart, an upgrade, the whole pair shut
+	// down) is not fenced: under etcd its lease is released, so the
+	// standby takes over at a higher epoch and this node, started again,
+	// finds it primary and follows it; if both were stopped, it comes back
+	// primary and campaigns. Only a lost or revoked term demotes it.
+	nodeCand := m.n.Candidate(c.node.maxLag)
+	cand := failover.CandidateFuncs{
+		EligibleFunc: nodeCand.Eligible,
+		PromoteFunc:  nodeCand.Promote,
+		DemoteFunc: func(ctx context.Context, reason error) error {
+			if errors.Is(reason, context.Canceled) {
+				return nil
+			}
+			return nodeCand.Demote(ctx, reason)
+		},
+	}
 	switch c.node.lease {
 	case "etcd":
 		m.etcdCli, err = clientv3.New(clientv3.Config{Endpoints: c.node.etcd, DialTimeout: 2 * time.Second, Logger: nil})
@@ -282,19 +297,7 @@ func openNode(c config, st *store.Store, log *slog.Logger) (*server, error) {
 		}
 	default:
 		m.manual = failover.NewManual(uint64(st.Epoch()))
-		// A manual primary that stops (a restart, an upgrade) stays the
-		// primary: only the operator's revoke demotes it.
-		manualCand := failover.CandidateFuncs{
-			EligibleFunc: cand.Eligible,
-			PromoteFunc:  cand.Promote,
-			DemoteFunc: func(ctx context.Context, reason error) error {
-				if errors.Is(reason, context.Canceled) {
-					return nil
-				}
-				return cand.Demote(ctx, reason)
-			},
-		}
-		if m.el, err = failover.NewElector(m.manual, manualCand, &failover.ElectorOptions{Logger: log}); err != nil {
+		if m.el, err = failover.NewElector(m.manual, cand, &failover.ElectorOptions{Logger: log}); err != nil {
 			return nil, err
 		}
 	}

@@ -470,6 +470,20 @@ func TestPairFailoverUnderLMTPLoad(t *testing.T) {
 		count(acked, "a"), count(acked, "b"), len(acked)-len(lost), primary.name, orphans)
 	assert.Empty(t, lost, "acknowledged deliveries missing on the primary")
 	assert.Less(t, failover, 10*time.Second)
+
+	// Both nodes stopped cleanly and started again: one is primary, the
+	// other its standby (a clean stop releases the lease without fencing
+	// the store, so the pair is not left with no eligible node).
+	primary.stop()
+	standby.stop()
+	a.start()
+	b.start()
+	require.Eventually(t, func() bool {
+		sa, errA := a.status()
+		sb, errB := b.status()
+		return errA == nil && errB == nil && (sa.Role == "primary" && sb.Role == "standby" && sb.Standby.Connected ||
+			sb.Role == "primary" && sa.Role == "standby" && sa.Standby.Connected)
+	}, 30*time.Second, 20*time.Millisecond, "one primary and its standby after both were restarted")
 }
 
 func count(m map[string]string, v string) int {
