@@ -221,7 +221,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.next, "next", "127.0.0.1:25", "next hop host:port that receives every message")
 	fs.BoolVar(&c.lmtp, "lmtp", false, "speak LMTP to the next hop")
 	fs.BoolVar(&c.mx, "mx", false, "deliver each recipient's mail to its domain's MX hosts (from the DNS) instead of -next")
-	fs.StringVar(&c.dns, "dns", "", "with -mx: recursive resolvers to ask, host[:port], comma-separated (default: those of /etc/resolv.conf)")
+	fs.StringVar(&c.dns, "dns", "", "recursive resolvers that -mx and -authserv-id ask, host[:port], comma-separated (default: those of /etc/resolv.conf)")
 	fs.StringVar(&c.tlsRequired, "tls-required-domains", "", "with -mx: domains whose mail goes only over TLS verified for the MX host's name, comma-separated (MTA-STS applies to every domain)")
 	fs.StringVar(&c.fallbackRelay, "fallback-relay", "", "with -mx: hosts to try after a domain's MX hosts failed temporarily, host[:port], comma-separated")
 	fs.IntVar(&c.rcptsPerTx, "rcpts-per-transaction", 50, "most recipients of one message sent to one destination in one transaction; a 452 to the rest sends them at once in another")
@@ -420,7 +420,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	if sc != nil {
 		be.Quarantine = sc.quarantineHook(qn.keep, c.hostname, pl.snapshot)
 	}
-	if err := c.auth.wire(be, c.hostname, log); err != nil {
+	if err := c.auth.wire(be, c.hostname, c.dns, log); err != nil {
 		return err
 	}
 	srv := newSMTPServer(be, c, pl.snapshot != nil)

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/resilmail/resilmail/internal/dnstest"
 	"github.com/resilmail/resilmail/internal/rspamdtest"
 	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/quarantine"
@@ -110,10 +111,20 @@ func transact(t *testing.T, addr string, ex exchange) []string {
 // and two following relays (the third added with one command), scanning
 // with the same real rspamd under the same pool policy, answer a corpus
 // (GTUBE, clean, borderline, too large for the scanner, too large for the
-// pool, mixed-policy recipients) with identical SMTP replies and identical
-// quarantine entries, each recorded under the MX that decided.
+// pool, mixed-policy recipients, a DMARC-failing forgery) with identical
+// SMTP replies and identical quarantine entries, each recorded under the
+// MX that decided. Every MX authenticates senders (-authserv-id) against
+// the same DNS server on loopback (-dns).
 func TestMXsFilterAlike(t *testing.T) {
 	rs := rspamdtest.Shared(t)
+	dns, err := dnstest.Start(
+		`example.net. 60 IN TXT "v=spf1 ip4:127.0.0.1 -all"`,
+		`_dmarc.example.net. 60 IN TXT "v=DMARC1; p=reject"`,
+		`bank.example. 60 IN TXT "v=spf1 ip4:192.0.2.1 -all"`,
+		`_dmarc.bank.example. 60 IN TXT "v=DMARC1; p=reject"`,
+	)
+	require.NoError(t, err)
+	t.Cleanup(func() { dns.Close() })
 	const secret = "correct horse battery staple"
 	sink := startSink(t)
 	policy := filepath.Join(t.TempDir(), "policy.json")
@@ -127,6 +138,7 @@ func TestMXsFilterAlike(t *testing.T) {
 	scan := func(c config) config {
 		c.rspamd, c.rspamdController, c.scanFailure, c.scanLimit, c.scanTimeout = rs.URL, rs.Controller, "tempfail", 4096, 30*time.Second
 		c.next, c.secret, c.mynetworks = sink.addr, []byte(secret), "none"
+		c.dns, c.auth = dns.Addr, senderAuth{authservID: "mx.example.org", onReject: "reject", onQuarantine: "tag"}
 		return c
 	}
 	mxs := map[string]string{
@@ -152,7 +164,8 @@ func TestMXsFilterAlike(t *testing.T) {
 	}
 
 	big := corpusMessage("big", gtube+"\r\n"+strings.Repeat("a line of filler text to make it large\r\n", 2500)) // ~100 KB: over the scan limit (4 KiB; rspamd looks for GTUBE in small text parts only)
-	huge := corpusMessage("huge", strings.Repeat("a line of filler text to make it large\r\n", 9000))            // ~360 KB: over the pool's limit
+	forgery := strings.Replace(corpusMessage("f1", "Your account is locked: log in at http://192.0.2.9/"), "From: Sender <sender@example.net>", "From: Bank <service@bank.example>", 1)
+	huge := corpusMessage("huge", strings.Repeat("a line of filler text to make it large\r\n", 9000)) // ~360 KB: over the pool's limit
 	corpus := []exchange{
 		{"gtube quarantined", []string{"alice@example.org"}, corpusMessage("g1", gtube)},
 		{"gtube rejected", []string{"x@strict.test"}, corpusMessage("g2", gtube)},
@@ -164,6 +177,8 @@ func TestMXsFilterAlike(t *testing.T) {
 		{"mixed policies", []string{"alice@example.org", "x@strict.test", "u@low.test", "y@refuse.test"}, corpusMessage("m1", gtube)},
 		{"the deferred one, next", []string{"x@strict.test"}, corpusMessage("m1", gtube)},
 		{"unknown recipient", []string{"carol@example.org"}, corpusMessage("u1", "hi")},
+		{"forgery quarantined", []string{"alice@example.org"}, forgery},
+		{"forgery rejected", []string{"x@strict.test"}, forgery},
 	}
 	want := map[string][]string{
 		"gtube quarantined":      {"250", "250 2.0.0 OK: queued as ID"},
@@ -176,6 +191,8 @@ func TestMXsFilterAlike(t *testing.T) {
 		"mixed policies": {"250", "452 4.5.3 recipient under another spam policy: send it again in a new transaction", "250",
 			"452 4.5.3 recipient under another spam policy: send it again in a new transaction", "250 2.0.0 OK: queued as ID"},
 		"the deferred one, next": {"250", "550 5.7.1 Gtube pattern"},
+		"forgery quarantined":    {"250", "250 2.0.0 OK: queued as ID"},
+		"forgery rejected":       {"250", "550 5.7.1 message refused: the DMARC policy of bank.example says reject"},
 	}
 	answers := map[string]map[string][]string{}
 	for name, addr := range mxs {
@@ -196,7 +213,8 @@ func TestMXsFilterAlike(t *testing.T) {
 
 	// Quarantine: per MX, gtube for alice, gtube kept for refuse.test,
 	// borderline for low.test, the large gtube for alice, the mixed one
-	// for alice and low.test; and the unknown recipient (at RCPT).
+	// for alice and low.test, the forgery for alice (DMARC's reject under
+	// example.org's spam_action); and the unknown recipient (at RCPT).
 	type evidence struct {
 		Rcpts          string
 		Kind           quarantine.Kind
@@ -212,12 +230,12 @@ func TestMXsFilterAlike(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		entries = quarantined(t, web, testOperator, testOperatorPass)
-		if len(entries) >= 18 || time.Now().After(deadline) {
+		if len(entries) >= 21 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	require.Len(t, entries, 18, "6 entries from each of 3 MXs")
+	require.Len(t, entries, 21, "7 entries from each of 3 MXs")
 	byNode := map[string][]evidence{}
 	for _, e := range entries {
 		var rcpts []string
@@ -232,7 +250,7 @@ func TestMXsFilterAlike(t *testing.T) {
 	for node := range byNode {
 		slices.SortFunc(byNode[node], func(a, b evidence) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
 	}
-	require.Len(t, byNode["mx1"], 6, "%+v", byNode)
+	require.Len(t, byNode["mx1"], 7, "%+v", byNode)
 	assert.Equal(t, byNode["mx1"], byNode["mx2"])
 	assert.Equal(t, byNode["mx1"], byNode["mx3"])
 	spam := 0
@@ -242,6 +260,12 @@ func TestMXsFilterAlike(t *testing.T) {
 		}
 		spam++
 		assert.True(t, ev.Body, "%+v", ev)
+		assert.Contains(t, ev.Rule, "spam_action")
+		if ev.Scanner == "resilmail auth" {
+			assert.Equal(t, evidence{Rcpts: "alice@example.org", Kind: quarantine.KindSpam, Symbols: "DMARC_POLICY_REJECT", Scanner: "resilmail auth",
+				Reply: "250 2.0.0 kept in quarantine", Rule: "spam_action quarantine (policy vN)", Subject: "a note", Body: true}, ev)
+			continue
+		}
 		assert.Regexp(t, `^rspamd 3\.`, ev.Scanner)
 		assert.NotEmpty(t, ev.Symbols)
 		assert.Contains(t, ev.Rule, "spam_action")
@@ -256,7 +280,7 @@ func TestMXsFilterAlike(t *testing.T) {
 		assert.Equal(t, "u@low.test", ev.Rcpts, "only low.test holds the borderline message")
 		assert.Equal(t, 3.0, ev.Threshold)
 	}
-	assert.Equal(t, 5, spam)
+	assert.Equal(t, 6, spam)
 	// Delivered per MX: the warm-up, clean, borderline (for alice).
 	waitCount(t, sink, 9)
 

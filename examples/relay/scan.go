@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
 
 	"github.com/resilmail/resilmail/queue/intake"
 	"github.com/resilmail/resilmail/queue/intake/auth"
@@ -17,7 +21,7 @@ type senderAuth struct {
 	authservID   string
 	onReject     string
 	onQuarantine string
-	resolver     auth.Resolver // tests: a DNS server on loopback; nil: the system's
+	resolver     auth.Resolver // tests: a DNS server on loopback; nil: -dns, else the system's
 }
 
 func (s *senderAuth) flags(fs *flag.FlagSet) {
@@ -30,7 +34,7 @@ func (s *senderAuth) flags(fs *flag.FlagSet) {
 // wire sets be's scanner and sender check as the flags say; sender
 // authentication wraps the content scanner already set (-rspamd), which
 // -milter may not replace.
-func (s *senderAuth) wire(be *intake.Backend, hostname string, log *slog.Logger) error {
+func (s *senderAuth) wire(be *intake.Backend, hostname, dns string, log *slog.Logger) error {
 	sc := be.Scanner
 	if s.milter != "" && sc != nil {
 		return errors.New("-milter and -rspamd exclude each other: one content scanner")
@@ -51,7 +55,15 @@ func (s *senderAuth) wire(be *intake.Backend, hostname string, log *slog.Logger)
 		if err != nil {
 			return fmt.Errorf("-dmarc-quarantine: %w", err)
 		}
-		a, err := auth.New(&auth.Options{AuthServID: s.authservID, OnReject: onReject, OnQuarantine: onQuarantine, Resolver: s.resolver, Logger: log})
+		res := s.resolver
+		if res == nil && dns != "" {
+			r, err := dnsResolver(splitList(dns))
+			if err != nil {
+				return fmt.Errorf("-dns: %w", err)
+			}
+			res = r
+		}
+		a, err := auth.New(&auth.Options{AuthServID: s.authservID, OnReject: onReject, OnQuarantine: onQuarantine, Resolver: res, Logger: log})
 		if err != nil {
 			return fmt.Errorf("-authserv-id: %w", err)
 		}
@@ -62,4 +74,28 @@ func (s *senderAuth) wire(be *intake.Backend, hostname string, log *slog.Logger)
 		be.Scanner = sc
 	}
 	return nil
+}
+
+// dnsResolver is a resolver that asks servers (host[:port], port 53 by
+// default) in turn, through Go's own DNS client: the SPF, DKIM and DMARC
+// lookups of -authserv-id go to the same resolvers as -mx's.
+func dnsResolver(servers []string) (*net.Resolver, error) {
+	if len(servers) == 0 {
+		return nil, errors.New("no resolver")
+	}
+	addrs := make([]string, len(servers))
+	for i, s := range servers {
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			s = net.JoinHostPort(strings.Trim(s, "[]"), "53")
+		}
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			return nil, fmt.Errorf("resolver %q: %w", servers[i], err)
+		}
+		addrs[i] = s
+	}
+	var next atomic.Uint32
+	var d net.Dialer
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return d.DialContext(ctx, network, addrs[int(next.Add(1)-1)%len(addrs)])
+	}}, nil
 }
