@@ -111,7 +111,9 @@
 //
 // Content scanning and sender authentication: -milter inet:127.0.0.1:11332
 // asks a milter (rspamd's proxy worker, spamass-milter, ...) about every
-// message before the reply; -authserv-id mx.example.org checks SPF, DKIM
+// message before the reply, and the pool's policy decides what its
+// verdicts do as it does -rspamd's (-milter-name says which scanner it is,
+// checked against the policy's profile); -authserv-id mx.example.org checks SPF, DKIM
 // and DMARC, adds an Authentication-Results header (removing incoming ones
 // that claim that id) and refuses null-MX senders with 550 5.7.27;
 // -dmarc-reject says what a p=reject failure does (reject, quarantine, tag).
@@ -420,7 +422,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	if sc != nil {
 		be.Quarantine = sc.quarantineHook(qn.keep, c.hostname, pl.snapshot)
 	}
-	if err := c.auth.wire(be, c.hostname, c.dns, log); err != nil {
+	if err := c.auth.wire(be, c.dns, log); err != nil {
 		return err
 	}
 	srv := newSMTPServer(be, c, pl.snapshot != nil)

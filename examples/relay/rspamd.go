@@ -22,6 +22,7 @@ import (
 	"github.com/resilmail/resilmail/mxpool/pool"
 	"github.com/resilmail/resilmail/quarantine"
 	"github.com/resilmail/resilmail/queue/intake"
+	"github.com/resilmail/resilmail/queue/intake/milter"
 	"github.com/resilmail/resilmail/queue/intake/rspamd"
 )
 
@@ -30,7 +31,7 @@ import (
 // profile, and the pool's per-domain spam policy deciding what a verdict
 // does for each recipient.
 type scanning struct {
-	rs      *rspamd.Scanner
+	rs      *rspamd.Scanner // nil with -milter
 	scanner intake.Scanner
 	policy  intake.ScanPolicy // nil without a pool: the verdict's action stands
 	log     *slog.Logger
@@ -40,15 +41,52 @@ type scanning struct {
 	lat                                                 latencies
 }
 
-// openScanning sets up -rspamd, or returns nil when it is not set. check
+// openScanning sets up -rspamd or -milter, or returns nil when neither is
+// set; the pool's policy decides what either's verdicts do. check
 // and snapshot are the pool's (nil without one).
 func openScanning(c config, nt *nodeTLS, check pool.Checker, snapshot func() *pool.Snapshot, log *slog.Logger) (*scanning, error) {
-	if c.rspamd == "" {
-		if c.rspamdController != "" {
-			return nil, errors.New("-rspamd-controller needs -rspamd")
+	if c.auth.milter != "" && c.rspamd != "" {
+		return nil, errors.New("-milter and -rspamd exclude each other: one content scanner")
+	}
+	if c.rspamd == "" && c.rspamdController != "" {
+		return nil, errors.New("-rspamd-controller needs -rspamd")
+	}
+	profile := func() *pool.ScannerProfile {
+		if snapshot == nil {
+			return nil
 		}
+		if s := snapshot(); s != nil {
+			return s.Policy.Scanner
+		}
+		return nil
+	}
+	var sc *scanning
+	switch {
+	case c.auth.milter != "":
+		// A milter's verdicts (reject, quarantine, tempfail, its header
+		// changes) go through the pool's policy like rspamd's.
+		m, err := milter.Parse(c.auth.milter, &milter.Options{Name: c.auth.milterName, Hostname: c.hostname, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("-milter: %w", err)
+		}
+		sc = &scanning{log: log}
+		sc.scanner = intake.WrapScanner(m, sc.measure, sc.matchProfile(profile))
+	case c.rspamd != "":
+		var err error
+		if sc, err = openRspamd(c, nt, profile, log); err != nil {
+			return nil, err
+		}
+	default:
 		return nil, nil
 	}
+	if check != nil {
+		sc.policy = &spamPolicy{check: check, count: sc.count}
+	}
+	return sc, nil
+}
+
+// openRspamd sets up -rspamd.
+func openRspamd(c config, nt *nodeTLS, profile func() *pool.ScannerProfile, log *slog.Logger) (*scanning, error) {
 	if err := checkURL("rspamd", c.rspamd, c.insecureHTTP); err != nil {
 		return nil, err
 	}
@@ -66,15 +104,6 @@ func openScanning(c config, nt *nodeTLS, check pool.Checker, snapshot func() *po
 			opts.Password = pw
 		}
 	}
-	profile := func() *pool.ScannerProfile {
-		if snapshot == nil {
-			return nil
-		}
-		if s := snapshot(); s != nil {
-			return s.Policy.Scanner
-		}
-		return nil
-	}
 	opts.SettingsID = func() string {
 		if p := profile(); p != nil {
 			return p.Settings
@@ -87,9 +116,6 @@ func openScanning(c config, nt *nodeTLS, check pool.Checker, snapshot func() *po
 	}
 	sc := &scanning{rs: rs, log: log}
 	sc.scanner = intake.WrapScanner(rs, sc.measure, sc.matchProfile(profile))
-	if check != nil {
-		sc.policy = &spamPolicy{check: check, count: sc.count}
-	}
 	return sc, nil
 }
 

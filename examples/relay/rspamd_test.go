@@ -399,3 +399,57 @@ func TestMilterAndRspamdExcludeEachOther(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "exclude each other")
 }
+
+// TestMilterVerdictsFollowThePoolPolicy: with -milter in front of rspamd's
+// proxy worker in milter mode (the real one), the milter's reject goes
+// through the pool's per-domain policy as -rspamd's verdicts do:
+// quarantined with 250 for example.org, 550 for strict.test, kept and
+// refused for refuse.test; each kept with the evidence, under this MX.
+func TestMilterVerdictsFollowThePoolPolicy(t *testing.T) {
+	rs := rspamdtest.Shared(t)
+	sink := startSink(t)
+	policy := filepath.Join(t.TempDir(), "policy.json")
+	require.NoError(t, os.WriteFile(policy, fmt.Appendf(nil, parityPolicy, "3"), 0o644))
+	web := freePort(t)
+	admins, edges, _ := credentials(t)
+	c := config{hostname: "mx1", next: sink.addr, dir: t.TempDir(), httpAddr: web, policyFile: policy, secret: []byte("correct horse battery staple"),
+		mynetworks: "none", quarantine: t.TempDir(), adminPasswd: admins, quarantineEdges: edges,
+		scanFailure: "tempfail", scanLimit: 1 << 20, scanTimeout: 30 * time.Second}
+	c.auth.milter, c.auth.milterName = "inet:"+rs.Milter, "rspamd 3"
+	addr := startRelayWith(t, c)
+
+	for _, ex := range []struct {
+		rcpt, want string
+	}{
+		{"alice@example.org", "250 2.0.0 OK: queued as ID"},
+		{"x@strict.test", "550 5.7.1 Gtube pattern"},
+		{"x@refuse.test", "550 5.7.1 Gtube pattern"},
+	} {
+		got := transact(t, addr, exchange{rcpts: []string{ex.rcpt}, msg: corpusMessage("mg-"+ex.rcpt, gtube)})
+		assert.Equal(t, []string{"250", ex.want}, got, ex.rcpt)
+	}
+	got := transact(t, addr, exchange{rcpts: []string{"bob@example.org"}, msg: corpusMessage("mc", "Lunch at noon?")})
+	assert.Equal(t, []string{"250", "250 2.0.0 OK: queued as ID"}, got, "clean")
+
+	entries := quarantined(t, web, testOperator, testOperatorPass)
+	require.Len(t, entries, 2)
+	byRcpt := map[string]quarantine.Entry{}
+	for _, e := range entries {
+		require.Len(t, e.Recipients, 1)
+		byRcpt[e.Recipients[0].Addr] = e
+	}
+	for rcpt, reply := range map[string]string{"alice@example.org": "250 2.0.0 kept in quarantine", "x@refuse.test": "550 5.7.1 Gtube pattern"} {
+		e := byRcpt[rcpt]
+		assert.Equal(t, quarantine.KindSpam, e.Reason.Kind, rcpt)
+		assert.Equal(t, "rspamd 3", e.Reason.Scanner, rcpt)
+		assert.Equal(t, reply, e.Reason.Reply, rcpt)
+		assert.Contains(t, e.Reason.Rule, "spam_action", rcpt)
+		assert.Equal(t, "mx1", e.Node, rcpt)
+		assert.True(t, e.HasBody(), rcpt)
+	}
+	waitCount(t, sink, 1)
+	_, m := getMetrics(t, "http://"+web+"/metrics")
+	assert.Regexp(t, `(?m)^resilmail_scan_total 4$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="quarantine"\} 2$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="reject"\} 1$`, m)
+}

@@ -12,12 +12,12 @@ import (
 
 	"github.com/resilmail/resilmail/queue/intake"
 	"github.com/resilmail/resilmail/queue/intake/auth"
-	"github.com/resilmail/resilmail/queue/intake/milter"
 )
 
 // senderAuth holds the -milter, -authserv-id and -dmarc-* flags.
 type senderAuth struct {
 	milter       string
+	milterName   string
 	authservID   string
 	onReject     string
 	onQuarantine string
@@ -26,26 +26,17 @@ type senderAuth struct {
 
 func (s *senderAuth) flags(fs *flag.FlagSet) {
 	fs.StringVar(&s.milter, "milter", "", "scan every message at the end of DATA with the milter at this address (inet:host:port, unix:/path or host:port), e.g. rspamd's proxy worker; no verdict answers 451 4.7.1")
+	fs.StringVar(&s.milterName, "milter-name", "", "with -milter: the scanner behind it as the pool's policy names it (\"rspamd 3.4\"), checked against the policy's scanner profile like -rspamd's own version (default: \"milter ADDRESS\")")
 	fs.StringVar(&s.authservID, "authserv-id", "", "check SPF, DKIM and DMARC at DATA and add an Authentication-Results header with this authserv-id (the same on every MX of the pool; incoming ones claiming it are removed), and refuse null-MX senders (550 5.7.27)")
 	fs.StringVar(&s.onReject, "dmarc-reject", "reject", "with -authserv-id: what a DMARC failure under p=reject does: reject (550 5.7.1), quarantine, tag or accept")
 	fs.StringVar(&s.onQuarantine, "dmarc-quarantine", "tag", "with -authserv-id: what a DMARC failure under p=quarantine does: reject, quarantine, tag or accept")
 }
 
-// wire sets be's scanner and sender check as the flags say; sender
-// authentication wraps the content scanner already set (-rspamd), which
-// -milter may not replace.
-func (s *senderAuth) wire(be *intake.Backend, hostname, dns string, log *slog.Logger) error {
+// wire sets be's sender check as the flags say; sender authentication
+// wraps the content scanner already set (-rspamd or -milter, see
+// openScanning).
+func (s *senderAuth) wire(be *intake.Backend, dns string, log *slog.Logger) error {
 	sc := be.Scanner
-	if s.milter != "" && sc != nil {
-		return errors.New("-milter and -rspamd exclude each other: one content scanner")
-	}
-	if s.milter != "" {
-		m, err := milter.Parse(s.milter, &milter.Options{Hostname: hostname, Logger: log})
-		if err != nil {
-			return fmt.Errorf("-milter: %w", err)
-		}
-		sc = m
-	}
 	if s.authservID != "" {
 		onReject, err := auth.ParseDisposition(s.onReject)
 		if err != nil {
