@@ -104,7 +104,8 @@
 // "unchecked" with -scan-failure accept. Recipients whose domains would
 // need different replies go in separate transactions (452 4.5.3). With
 // -rspamd-controller a message released from quarantine is taught to
-// rspamd as ham. /metrics counts scans, errors, actions per recipient and
+// rspamd as ham. /metrics counts scans, errors, verdicts by action and
+// actions per recipient (both labelled with this MX's -hostname) and
 // the scan latency. -milter and -rspamd exclude each other.
 //
 //	relay ... -policy pool.json -rspamd http://127.0.0.1:11333 -rspamd-controller http://127.0.0.1:11334
@@ -425,6 +426,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	if err := c.auth.wire(be, c.dns, log); err != nil {
 		return err
 	}
+	sc.countVerdicts(be)
 	srv := newSMTPServer(be, c, pl.snapshot != nil)
 	srv.Addr = c.listen
 	tcp, err := net.Listen("tcp", c.listen)

@@ -36,8 +36,11 @@ type scanning struct {
 	policy  intake.ScanPolicy // nil without a pool: the verdict's action stands
 	log     *slog.Logger
 
+	node string // this MX's name (-hostname), the mx label of the metrics
+
 	scans, failures, mismatches, learned, learnFailures atomic.Uint64
 	actions                                             sync.Map // intake.Action -> *atomic.Uint64, per recipient
+	verdicts                                            sync.Map // intake.Action -> *atomic.Uint64, per message
 	lat                                                 latencies
 }
 
@@ -79,6 +82,7 @@ func openScanning(c config, nt *nodeTLS, check pool.Checker, snapshot func() *po
 	default:
 		return nil, nil
 	}
+	sc.node = c.hostname
 	if check != nil {
 		sc.policy = &spamPolicy{check: check, count: sc.count}
 	}
@@ -167,6 +171,28 @@ func (sc *scanning) matchProfile(profile func() *pool.ScannerProfile) intake.Sca
 func (sc *scanning) count(a intake.Action) {
 	c, _ := sc.actions.LoadOrStore(a, new(atomic.Uint64))
 	c.(*atomic.Uint64).Add(1)
+}
+
+// countVerdicts wraps be's scanner as finally set up (sender
+// authentication around the content scanner) to count each message's
+// verdict by its action, before the pool's policy maps it per recipient.
+func (sc *scanning) countVerdicts(be *intake.Backend) {
+	if sc == nil || be.Scanner == nil {
+		return
+	}
+	next := be.Scanner
+	be.Scanner = intake.ScannerFunc(func(ctx context.Context, env *intake.ScanEnvelope, body []byte) (intake.Verdict, error) {
+		v, err := next.Scan(ctx, env, body)
+		if err == nil {
+			a := v.Action
+			if a == "" {
+				a = intake.ActionAccept
+			}
+			c, _ := sc.verdicts.LoadOrStore(a, new(atomic.Uint64))
+			c.(*atomic.Uint64).Add(1)
+		}
+		return v, err
+	})
 }
 
 // learner wraps the quarantine's Deliverer: a message an operator
@@ -434,15 +460,25 @@ func (sc *scanning) writeMetrics(m *metrics.Writer) {
 	m.Counter("resilmail_scan_total", "Messages given to the content scanner.", sc.scans.Load())
 	m.Counter("resilmail_scan_errors_total", "Scans that gave no verdict (scanner down, slow, garbage).", sc.failures.Load())
 	m.Counter("resilmail_scan_profile_mismatch_total", "Verdicts refused because the scanner is not the pool's profile.", sc.mismatches.Load())
+	all := []intake.Action{intake.ActionAccept, intake.ActionTag, intake.ActionQuarantine, intake.ActionTempFail, intake.ActionReject}
+	verdicts := map[string]uint64{}
+	for _, a := range append(all, intake.ActionDiscard) {
+		verdicts[string(a)] = 0
+	}
+	sc.verdicts.Range(func(k, v any) bool {
+		verdicts[string(k.(intake.Action))] = v.(*atomic.Uint64).Load()
+		return true
+	})
+	m.CounterVec("resilmail_scan_verdicts_total", "Messages by the action of their verdict (sender authentication and content scanner), before the pool's policy, on this MX.", "action", verdicts, "mx", sc.node)
 	byAction := map[string]float64{}
-	for _, a := range []intake.Action{intake.ActionAccept, intake.ActionTag, intake.ActionQuarantine, intake.ActionTempFail, intake.ActionReject} {
+	for _, a := range all {
 		byAction[string(a)] = 0
 	}
 	sc.actions.Range(func(k, v any) bool {
 		byAction[string(k.(intake.Action))] = float64(v.(*atomic.Uint64).Load())
 		return true
 	})
-	m.GaugeVec("resilmail_scan_recipient_actions", "Recipients by what the spam policy did with their message (a count since start).", "action", byAction)
+	m.GaugeVec("resilmail_scan_recipient_actions", "Recipients by what the spam policy did with their message on this MX (a count since start).", "action", byAction, "mx", sc.node)
 	p50, p99, total := sc.lat.quantiles()
 	m.Gauge("resilmail_scan_latency_p50_seconds", "Median scan latency over the last 4096 scans.", p50)
 	m.Gauge("resilmail_scan_latency_p99_seconds", "99th percentile scan latency over the last 4096 scans.", p99)

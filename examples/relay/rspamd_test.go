@@ -304,7 +304,8 @@ func TestMXsFilterAlike(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	assert.Regexp(t, `(?m)^resilmail_scan_total [1-9]`, body)
 	assert.Regexp(t, `(?m)^resilmail_scan_profile_mismatch_total [1-9]`, body)
-	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="quarantine"\} [1-9]`, body)
+	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="quarantine",mx="mx1"\} [1-9]`, body)
+	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="reject",mx="mx1"\} [1-9]`, body)
 	assert.Regexp(t, `(?m)^resilmail_scan_latency_p99_seconds [0-9.e-]+$`, body)
 }
 
@@ -450,6 +451,10 @@ func TestMilterVerdictsFollowThePoolPolicy(t *testing.T) {
 	waitCount(t, sink, 1)
 	_, m := getMetrics(t, "http://"+web+"/metrics")
 	assert.Regexp(t, `(?m)^resilmail_scan_total 4$`, m)
-	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="quarantine"\} 2$`, m)
-	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="reject"\} 1$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="quarantine",mx="mx1"\} 2$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="reject",mx="mx1"\} 1$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="accept",mx="mx1"\} 1$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="reject",mx="mx1"\} 3$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="accept",mx="mx1"\} 1$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="quarantine",mx="mx1"\} 0$`, m)
 }

@@ -38,8 +38,9 @@ func (m *Writer) Gauge(name, help string, v float64) {
 }
 
 // GaugeVec writes a gauge family with one sample per value of label, in
-// sorted order.
-func (m *Writer) GaugeVec(name, help, label string, vs map[string]float64) {
+// sorted order; fixed holds label name-value pairs that every sample
+// carries as well.
+func (m *Writer) GaugeVec(name, help, label string, vs map[string]float64, fixed ...string) {
 	m.family(name, help, "gauge")
 	keys := make([]string, 0, len(vs))
 	for k := range vs {
@@ -47,7 +48,22 @@ func (m *Writer) GaugeVec(name, help, label string, vs map[string]float64) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		m.sample(name, []string{label, k}, strconv.FormatFloat(vs[k], 'g', -1, 64))
+		m.sample(name, append([]string{label, k}, fixed...), strconv.FormatFloat(vs[k], 'g', -1, 64))
+	}
+}
+
+// CounterVec writes a counter family with one sample per value of label,
+// in sorted order; fixed holds label name-value pairs that every sample
+// carries as well (such as the node's name).
+func (m *Writer) CounterVec(name, help, label string, vs map[string]uint64, fixed ...string) {
+	m.family(name, help, "counter")
+	keys := make([]string, 0, len(vs))
+	for k := range vs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		m.sample(name, append([]string{label, k}, fixed...), strconv.FormatUint(vs[k], 10))
 	}
 }
 

@@ -14,6 +14,7 @@ func TestExpositionFormat(t *testing.T) {
 		m.Counter("x_total", "Things done.", 42)
 		m.Gauge("y_seconds", "Age with a \\ and\na newline.", 1.5)
 		m.GaugeVec("z", "By state.", "state", map[string]float64{"b": 2, "a\"q": 1})
+		m.CounterVec("v_total", "By action and node.", "action", map[string]uint64{"reject": 3, "accept": 5}, "mx", "mx\"1")
 	}))
 	defer srv.Close()
 	resp, err := srv.Client().Get(srv.URL)
@@ -32,6 +33,10 @@ y_seconds 1.5
 # TYPE z gauge
 z{state="a\"q"} 1
 z{state="b"} 2
+# HELP v_total By action and node.
+# TYPE v_total counter
+v_total{action="accept",mx="mx\"1"} 5
+v_total{action="reject",mx="mx\"1"} 3
 `, string(body))
 }
 
