@@ -78,6 +78,12 @@ filename = "$r/log/rspamd.log";
 level = "warning";
 EOF
 echo 'dns { nameserver = ["127.0.0.1:1"]; timeout = 0.5s; retransmits = 1; }' >"$r/local.d/options.inc"
+# No DNS block lists: Postfix tells the milter the client's name
+# ("localhost"), which the relay's HTTP request does not carry, and the rbl
+# module then asks DBL, SURBL and URIBL about it and the HELO name, each
+# waiting for the dead resolver's timeout (about 500 ms a message, on the
+# milter path only; measured with rspamc --hostname).
+echo 'enabled = false;' >"$r/local.d/rbl.conf"
 setsid rspamd -f -u _rspamd -g _rspamd -c /etc/rspamd/rspamd.conf \
 	--var "LOCAL_CONFDIR=$r" --var "DBDIR=$r/db" --var "RUNDIR=$r/run" --var "LOGDIR=$r/log" \
 	>"$r/stderr" 2>&1 &
