@@ -301,7 +301,14 @@ func (p *spamPolicy) decide(d *pool.DomainPolicy, v intake.Verdict) intake.Actio
 	if v.Action == intake.ActionTempFail {
 		return intake.ActionTempFail // the scanner asks to try later (greylisting)
 	}
-	if !d.IsSpam(v.Score, v.Action == intake.ActionReject) {
+	spam := d.IsSpam(v.Score, v.Action == intake.ActionReject)
+	if v.Required == 0 {
+		// A verdict without a score scale (a milter, sender
+		// authentication): no threshold applies, its own reject or
+		// quarantine says spam.
+		spam = v.Action == intake.ActionReject || v.Action == intake.ActionQuarantine
+	}
+	if !spam {
 		if v.Action == intake.ActionReject || v.Action == intake.ActionTag {
 			return intake.ActionTag // spammy, below the domain's threshold
 		}

@@ -405,7 +405,9 @@ func TestMilterAndRspamdExcludeEachOther(t *testing.T) {
 // proxy worker in milter mode (the real one), the milter's reject goes
 // through the pool's per-domain policy as -rspamd's verdicts do:
 // quarantined with 250 for example.org, 550 for strict.test, kept and
-// refused for refuse.test; each kept with the evidence, under this MX.
+// refused for refuse.test, quarantined for low.test (a threshold cannot
+// judge a verdict without a score); each kept with the evidence, under
+// this MX.
 func TestMilterVerdictsFollowThePoolPolicy(t *testing.T) {
 	rs := rspamdtest.Shared(t)
 	sink := startSink(t)
@@ -425,6 +427,7 @@ func TestMilterVerdictsFollowThePoolPolicy(t *testing.T) {
 		{"alice@example.org", "250 2.0.0 OK: queued as ID"},
 		{"x@strict.test", "550 5.7.1 Gtube pattern"},
 		{"x@refuse.test", "550 5.7.1 Gtube pattern"},
+		{"u@low.test", "250 2.0.0 OK: queued as ID"}, // no score from a milter: its reject is spam whatever the threshold
 	} {
 		got := transact(t, addr, exchange{rcpts: []string{ex.rcpt}, msg: corpusMessage("mg-"+ex.rcpt, gtube)})
 		assert.Equal(t, []string{"250", ex.want}, got, ex.rcpt)
@@ -433,13 +436,13 @@ func TestMilterVerdictsFollowThePoolPolicy(t *testing.T) {
 	assert.Equal(t, []string{"250", "250 2.0.0 OK: queued as ID"}, got, "clean")
 
 	entries := quarantined(t, web, testOperator, testOperatorPass)
-	require.Len(t, entries, 2)
+	require.Len(t, entries, 3)
 	byRcpt := map[string]quarantine.Entry{}
 	for _, e := range entries {
 		require.Len(t, e.Recipients, 1)
 		byRcpt[e.Recipients[0].Addr] = e
 	}
-	for rcpt, reply := range map[string]string{"alice@example.org": "250 2.0.0 kept in quarantine", "x@refuse.test": "550 5.7.1 Gtube pattern"} {
+	for rcpt, reply := range map[string]string{"alice@example.org": "250 2.0.0 kept in quarantine", "x@refuse.test": "550 5.7.1 Gtube pattern", "u@low.test": "250 2.0.0 kept in quarantine"} {
 		e := byRcpt[rcpt]
 		assert.Equal(t, quarantine.KindSpam, e.Reason.Kind, rcpt)
 		assert.Equal(t, "rspamd 3", e.Reason.Scanner, rcpt)
@@ -450,11 +453,11 @@ func TestMilterVerdictsFollowThePoolPolicy(t *testing.T) {
 	}
 	waitCount(t, sink, 1)
 	_, m := getMetrics(t, "http://"+web+"/metrics")
-	assert.Regexp(t, `(?m)^resilmail_scan_total 4$`, m)
-	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="quarantine",mx="mx1"\} 2$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_total 5$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="quarantine",mx="mx1"\} 3$`, m)
 	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="reject",mx="mx1"\} 1$`, m)
 	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="accept",mx="mx1"\} 1$`, m)
-	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="reject",mx="mx1"\} 3$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="reject",mx="mx1"\} 4$`, m)
 	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="accept",mx="mx1"\} 1$`, m)
 	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="quarantine",mx="mx1"\} 0$`, m)
 }
