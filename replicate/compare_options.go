@@ -100,13 +100,14 @@ type RemoteInventoryOptions struct {
 // RepairOptions configure [Repair]. A nil *RepairOptions or the zero value
 // gives working defaults; each field says what its zero value means.
 type RepairOptions struct {
-	// MaxRemoveShare is the share of a mailbox's (or, for a user delete,
-	// a user's) messages that repair removes without confirmation; a
-	// removal of more is held. Zero means 0.5; 1 or more holds nothing.
+	// MaxRemoveShare is the share of a mailbox's messages that repair
+	// expunges without confirmation; an expunge of more is held. Zero
+	// means 0.5; 1 or more holds nothing. Deleting a whole user or mailbox
+	// that holds messages is always held (see [RepairResult.Held]) unless
+	// MaxRemoveShare is 1 or more.
 	MaxRemoveShare float64
-	// MinHeldMessages is the smallest removal that can be held: removals
-	// from a mailbox (or user) with fewer messages are never held. Zero
-	// means 20.
+	// MinHeldMessages is the smallest expunge that can be held: expunges
+	// from a mailbox with fewer messages are never held. Zero means 20.
 	MinHeldMessages int
 	// HoldAllRemovals holds every removal of messages, whatever its
 	// share and size, until the operator confirms it: what a rejoining

@@ -36,7 +36,9 @@ const (
 // than RepairOptions.MaxRemoveShare of a mailbox or user (a logical
 // disaster on the primary, a client deleting everything, must not be
 // copied blindly), and any that removes messages only the replica has
-// (HeldOrphan, and HeldReplace of a mailbox with messages). Pass it back in
+// (HeldOrphan, HeldReplace of a mailbox with messages, and HeldUserDelete
+// or HeldMailboxDelete of a user or mailbox the primary does not have that
+// holds messages). Pass it back in
 // RepairOptions.Confirmed to carry it out.
 type HeldRemoval struct {
 	Kind      HeldKind            `json:"kind"`
@@ -112,8 +114,11 @@ type RepairTarget interface {
 //
 // Messages only the replica has (a UID at or above the primary's UIDNEXT,
 // or one under which the primary holds another body) are never removed
-// unconfirmed: they are held as [HeldOrphan], listed by UID, and so is the
-// replacement of a mailbox holding messages. Other removals of more than
+// unconfirmed: they are held as [HeldOrphan], listed by UID, and so are the
+// replacement of a mailbox holding messages and the delete of a user or
+// mailbox holding messages that the primary does not have (it may have
+// lost it rather than deleted it: the inventory does not tell), unless
+// RepairOptions.MaxRemoveShare is 1 or more. Other removals of more than
 // RepairOptions.MaxRemoveShare of a mailbox (or user) with at least
 // MinHeldMessages messages are held too. Held removals are left alone and
 // returned in RepairResult.Held until the operator confirms them.
@@ -203,9 +208,16 @@ func mass(removed, total int, share float64, least int) bool {
 
 // hold reports whether h must be held, and records it if so: a mass
 // removal, or any removal of messages only the replica has (HeldOrphan,
-// HeldReplace) that the operator has not confirmed.
+// HeldReplace), and any delete of a whole user or mailbox that holds
+// messages (HeldUserDelete, HeldMailboxDelete), that the operator has not
+// confirmed (unless MaxRemoveShare is 1 or more: the operator's "the
+// primary is right"). A user or mailbox only the replica has may be one the primary
+// deleted or one the primary lost (a rebuilt or restored primary, an old
+// primary's orphans): the inventory does not tell which, so the replica's
+// messages are kept until the operator says.
 func (rp *repairer) hold(h HeldRemoval) bool {
-	always := (h.Kind == HeldOrphan || h.Kind == HeldReplace || rp.opts.HoldAllRemovals) && h.Messages > 0
+	whole := (h.Kind == HeldUserDelete || h.Kind == HeldMailboxDelete) && rp.opts.MaxRemoveShare < 1
+	always := (whole || h.Kind == HeldOrphan || h.Kind == HeldReplace || rp.opts.HoldAllRemovals) && h.Messages > 0
 	if !always && !mass(h.Messages, h.Of, rp.opts.MaxRemoveShare, rp.opts.MinHeldMessages) {
 		return false
 	}

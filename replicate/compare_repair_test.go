@@ -76,6 +76,49 @@ func TestRepairHoldsMassRemovalsUntilConfirmed(t *testing.T) {
 	requireSame(t, primary, replica)
 }
 
+// A user or mailbox only the replica has may be one the primary lost (a
+// primary restored from an older copy): however small, deleting it is held.
+func TestRepairHoldsSmallUserAndMailboxDeletes(t *testing.T) {
+	ctx := context.Background()
+	primary := openStore(t, t.TempDir())
+	replica := openStore(t, t.TempDir())
+	require.NoError(t, primary.CreateUser(ctx, "alice"))
+	_, err := primary.CreateMailbox(ctx, "alice", "Lost")
+	require.NoError(t, err)
+	addN(t, primary, "alice", "Lost", 3)
+	replicateAll(t, primary, replica, 0)
+	require.NoError(t, replica.CreateUser(ctx, "zoe"))
+	addN(t, replica, "zoe", "INBOX", 2)
+	// The primary loses the mailbox without a word to the replica (its
+	// folder restored from an older copy, say).
+	require.NoError(t, primary.DeleteMailbox(ctx, "alice", "Lost"))
+
+	ropts := &replicate.RepairOptions{Logger: quietLogger()}
+	rep, err := replicate.Compare(ctx, primary, replica, &replicate.CompareOptions{Logger: quietLogger()})
+	require.NoError(t, err)
+	res, err := replicate.Repair(ctx, rep, primary, replicate.BodiesFrom(primary), replica, ropts)
+	require.NoError(t, err)
+	kinds := map[replicate.HeldKind]int{}
+	for _, h := range res.Held {
+		kinds[h.Kind] += h.Messages
+	}
+	assert.Equal(t, map[replicate.HeldKind]int{replicate.HeldMailboxDelete: 3, replicate.HeldUserDelete: 2}, kinds)
+	assert.Zero(t, res.MailboxesDeleted)
+	assert.Zero(t, res.UsersDeleted)
+	st, err := replica.MailboxStatus(ctx, "zoe", "INBOX")
+	require.NoError(t, err)
+	assert.Equal(t, 2, st.Messages, "the replica keeps zoe's messages")
+
+	confirmed := *ropts
+	confirmed.Confirmed = res.Held
+	done, err := replicate.Repair(ctx, rep, primary, replicate.BodiesFrom(primary), replica, &confirmed)
+	require.NoError(t, err)
+	assert.Empty(t, done.Held)
+	assert.Equal(t, 1, done.MailboxesDeleted)
+	assert.Equal(t, 1, done.UsersDeleted)
+	requireSame(t, primary, replica)
+}
+
 func TestRepairShareOption(t *testing.T) {
 	ctx := context.Background()
 	primary := openStore(t, t.TempDir())

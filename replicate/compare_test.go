@@ -117,19 +117,23 @@ dave/INBOX: missing (2 messages)
 	res, err := replicate.Repair(ctx, rep, primary, replicate.BodiesFrom(primary), replica, &replicate.RepairOptions{Logger: quietLogger()})
 	require.NoError(t, err)
 	lists, drafts := mailboxID(t, primary, "carol", "Lists"), mailboxID(t, primary, "carol", "Drafts")
-	// What only the replica has is held, however small: carol/Lists is
-	// another incarnation holding a message, carol/Drafts UID 6 holds
-	// another body than the primary's.
-	assert.Equal(t, []replicate.HeldRemoval{
+	junk := mailboxID(t, replica, "alice", "Junk")
+	// What only the replica has is held, however small: alice/Junk and
+	// the user eve (the primary may have lost them rather than deleted
+	// them), carol/Lists is another incarnation holding a message,
+	// carol/Drafts UID 6 holds another body than the primary's.
+	assert.ElementsMatch(t, []replicate.HeldRemoval{
+		{Kind: replicate.HeldMailboxDelete, User: "alice", MailboxID: junk, Mailbox: "Junk", Messages: 1, Of: 1},
 		{Kind: replicate.HeldReplace, User: "carol", MailboxID: lists, Mailbox: "Lists", Messages: 1, Of: 1},
 		{Kind: replicate.HeldOrphan, User: "carol", MailboxID: drafts, Mailbox: "Drafts", Messages: 1, Of: 6, UIDs: resilmail.NewUIDSet(6)},
+		{Kind: replicate.HeldUserDelete, User: "eve", Messages: 3, Of: 3},
 	}, res.Held)
 	assert.Equal(t, 1, res.UsersCreated)
-	assert.Equal(t, 1, res.UsersDeleted)
+	assert.Zero(t, res.UsersDeleted)
 	assert.Equal(t, 3, res.MailboxesRenamed)
 	assert.Zero(t, res.MailboxesReplaced)
 	assert.Equal(t, 2, res.MailboxesCreated) // alice/Archive, dave/INBOX
-	assert.Equal(t, 1, res.MailboxesDeleted) // alice/Junk
+	assert.Zero(t, res.MailboxesDeleted)
 	assert.Equal(t, 1, res.Expunged)
 	assert.Equal(t, 1, res.FlagsSet)
 	assert.Equal(t, 1, res.BodiesRestored)
@@ -137,7 +141,9 @@ dave/INBOX: missing (2 messages)
 
 	again, err := replicate.Compare(ctx, primary, replica, opts)
 	require.NoError(t, err)
-	assert.Equal(t, `carol/Drafts: UID 6 body differs
+	assert.Equal(t, `user eve: extra (3 messages)
+alice/Junk: extra (1 messages)
+carol/Drafts: UID 6 body differs
 carol/Lists: UIDVALIDITY `+uidValidity(t, replica, "carol", "Lists")+`, the primary's `+uidValidity(t, primary, "carol", "Lists")+`
 `, again.String(), "only the held removals are left")
 
@@ -145,6 +151,8 @@ carol/Lists: UIDVALIDITY `+uidValidity(t, replica, "carol", "Lists")+`, the prim
 	res, err = replicate.Repair(ctx, again, primary, replicate.BodiesFrom(primary), replica, &replicate.RepairOptions{Logger: quietLogger(), Confirmed: res.Held})
 	require.NoError(t, err)
 	assert.Empty(t, res.Held)
+	assert.Equal(t, 1, res.UsersDeleted)
+	assert.Equal(t, 1, res.MailboxesDeleted)
 	assert.Equal(t, 1, res.MailboxesReplaced)
 	assert.Equal(t, 1, res.Expunged, "the replica's carol/Drafts UID 6")
 	assert.Equal(t, 6, res.Appended, "the primary's UID 6 in its place, and carol/Lists's 5 messages")

@@ -86,7 +86,7 @@ func conflictingPair(t *testing.T, primaryMessages, replicaMessages int) (src, d
 
 func TestReplicaRepairsAConflictingUser(t *testing.T) {
 	ctx := context.Background()
-	src, dst, url := conflictingPair(t, 5, 3)
+	src, dst, url := conflictingPair(t, 5, 0)
 	require.NoError(t, src.CreateUser(ctx, "bob"))
 	addN(t, src, "bob", "INBOX", 2)
 	r, _ := startReplica(t, dst, url, t.TempDir(), nil)
