@@ -14,7 +14,7 @@ import (
 )
 
 // TestDemo runs the README's first command: the whole deployment on
-// loopback with a real etcd, mail through both relays, a switchover and a
+// loopback with a real etcd (embedded in the test process), mail through both relays, a switchover and a
 // failback, a kill -9 of the primary and the standby's automatic
 // promotion, the old primary's rejoin, every acknowledged message read
 // back over IMAP through a forwarded port, the status page showing every
@@ -22,7 +22,7 @@ import (
 func TestDemo(t *testing.T) {
 	var out bytes.Buffer
 	dir := t.TempDir()
-	err := run(context.Background(), config{dir: dir, demo: true, etcd: "etcd", out: &out}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	err := run(context.Background(), config{dir: dir, demo: true, out: &out}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
 		for _, l := range logs {
@@ -52,7 +52,10 @@ func TestFlags(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, c.demo)
 	assert.Equal(t, "resilmail-cluster", c.dir)
-	assert.Equal(t, "etcd", c.etcd)
+	assert.Empty(t, c.etcdEndpoints, "embedded etcd by default")
+	c, err = parseFlags([]string{"-etcd-endpoints", "http://127.0.0.1:2379"})
+	require.NoError(t, err)
+	assert.Equal(t, "http://127.0.0.1:2379", c.etcdEndpoints)
 	_, err = parseFlags([]string{"extra"})
 	assert.Error(t, err)
 }

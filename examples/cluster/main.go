@@ -1,5 +1,6 @@
 // Command cluster runs the reference deployment on one machine, on
-// loopback: an etcd member (the Debian etcd-server's binary) that holds the
+// loopback: an etcd member embedded in this process
+// (go.etcd.io/etcd/server/v3/embed: nothing to install) that holds the
 // failover lease, two mail-server nodes (examples/primary, the same
 // promotable program: mail1 starts primary, mail2 standby) that elect their
 // primary on it, two relays (MX 10 and MX 20) that deliver over LMTP to
@@ -13,6 +14,15 @@
 //
 //	go run ./examples/cluster -dir resilmail-cluster
 //	go run ./examples/cluster -demo
+//	go run ./examples/cluster -etcd-endpoints http://10.0.0.1:2379,http://10.0.0.2:2379
+//
+// The embedded member listens on loopback only, keeps its data in
+// -dir/etcd (removed and created again at each run: the lease's revisions
+// start again and the nodes keep their epochs above them), logs to
+// -dir/etcd.log, and is closed after every node has stopped (a node stopped
+// cleanly releases its lease). -etcd-endpoints uses an existing etcd
+// cluster instead (comma-separated client URLs, as the nodes' -etcd) and
+// starts none.
 //
 // With -demo it sends mail through both relays, performs a controlled
 // switchover to mail2 and a failback to mail1 (each timed: the window in
@@ -44,6 +54,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,16 +66,19 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-smtp"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/resilmail/resilmail/internal/cli"
 )
 
 type config struct {
-	dir     string
-	demo    bool
-	etcd    string
-	verbose bool
-	out     io.Writer
+	dir           string
+	demo          bool
+	etcdEndpoints string
+	verbose       bool
+	out           io.Writer
 }
 
 func parseFlags(args []string) (config, error) {
@@ -72,7 +86,7 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
 	fs.StringVar(&c.dir, "dir", "resilmail-cluster", "folder for every node's data, created if missing and kept")
 	fs.BoolVar(&c.demo, "demo", false, "send mail, switch over, fail back, kill the primary, let the standby take over, read everything back, print what happened and stop")
-	fs.StringVar(&c.etcd, "etcd", "etcd", "the etcd server binary (Debian: apt-get install etcd-server)")
+	fs.StringVar(&c.etcdEndpoints, "etcd-endpoints", "", "comma-separated client URLs of an existing etcd cluster to hold the lease (default: an etcd member embedded in this process)")
 	fs.BoolVar(&c.verbose, "v", false, "show the nodes' logs")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -137,9 +151,10 @@ type cluster struct {
 	addr     map[string]string
 	pass     string
 	operator string
-	expected []string     // subjects of the messages answered 250
-	tag      string       // this run's, in every subject
-	used     map[int]bool // ports handed out by freeAddr
+	expected []string        // subjects of the messages answered 250
+	tag      string          // this run's, in every subject
+	used     map[int]bool    // ports handed out by freeAddr
+	etcdStop <-chan struct{} // closed if the embedded etcd stops; nil for an external one
 }
 
 // build compiles the example commands into dir/bin.
@@ -245,6 +260,11 @@ func (cl *cluster) poll(ctx context.Context, d time.Duration, what string, cond 
 			default:
 			}
 		}
+		select {
+		case <-cl.etcdStop:
+			return fmt.Errorf("cluster: the embedded etcd stopped; see %s", filepath.Join(cl.c.dir, "etcd.log"))
+		default:
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("cluster: after %v: %s", d, what)
 		}
@@ -284,10 +304,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return err
 	}
-	etcdBin, err := exec.LookPath(c.etcd)
-	if err != nil {
-		return fmt.Errorf("cluster: no etcd server (%v): install it (apt-get install etcd-server) or name it with -etcd", err)
-	}
+	var err error
 	cl := &cluster{c: c, log: log, addr: map[string]string{}, byName: map[string]*node{}, used: map[int]bool{}, tag: "run " + randomHex(3)}
 	if err := cl.build(ctx); err != nil {
 		return err
@@ -316,26 +333,19 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		}
 	}
 	a := cl.addr
+	etcdURLs, etcdWhat := c.etcdEndpoints, "(external, the failover lease)"
+	if etcdURLs == "" {
+		closeEtcd, err := cl.startEtcd(ctx)
+		if err != nil {
+			return err
+		}
+		defer closeEtcd() // after cl.stop: the nodes release their leases on it
+		etcdURLs, etcdWhat = "http://"+a["etcd"], "(embedded, the failover lease)"
+	}
 	defer cl.stop()
-
-	// etcd: one member on loopback, its data under -dir, new at each run
-	// (its ports are): the lease's revisions start again, and the nodes
-	// keep their epochs above them.
-	if err := os.RemoveAll(filepath.Join(c.dir, "etcd")); err != nil {
-		return err
-	}
-	if err := cl.start("etcd", etcdBin, "--name", "cluster", "--data-dir", filepath.Join(c.dir, "etcd"),
-		"--listen-client-urls", "http://"+a["etcd"], "--advertise-client-urls", "http://"+a["etcd"],
-		"--listen-peer-urls", "http://"+a["etcd-peer"], "--initial-advertise-peer-urls", "http://"+a["etcd-peer"],
-		"--initial-cluster", "cluster=http://"+a["etcd-peer"], "--initial-cluster-state", "new"); err != nil {
-		return err
-	}
-	if err := cl.waitListening(ctx, a["etcd"]); err != nil {
-		return err
-	}
 	mailNode := func(name, peer string, extra ...string) []string {
 		args := []string{"-name", name, "-dir", filepath.Join(c.dir, name), "-peer", peer + "=http://" + a[peer+"-http"],
-			"-lease", "etcd", "-etcd", "http://" + a["etcd"], "-lease-ttl", "2s",
+			"-lease", "etcd", "-etcd", etcdURLs, "-lease-ttl", "2s",
 			"-lmtp", a[name+"-lmtp"], "-http", a[name+"-http"], "-imap", a[name+"-imap"], "-pop3", "",
 			"-passwd", passwdFile, "-users", "alice@example.org", "-ack", "one", "-ack-timeout", "1s", "-on-timeout", "accept",
 			"-hostname", name + ".cluster", "-proxy-trust", "127.0.0.2",
@@ -382,7 +392,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	role := map[string]string{"mail1": "standby", "mail2": "standby"}
 	role[primary] = "primary"
 	fmt.Fprintf(c.out, `resilmail cluster in %s (logs: *.log there)
-  etcd             http://%s (the failover lease)
+  etcd             %s %s
   MX 10   mx1      smtp://%s   metrics http://%s/metrics
   MX 20   mx2      smtp://%s   metrics http://%s/metrics
   mail1 (%s)  lmtp %s   imap %s   http://%s/status
@@ -391,7 +401,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
   status page      http://%s/
   user             alice@example.org, password in %s
   operator         curl -X POST -H "Authorization: Bearer $(cat %s)" http://%s/operator/switchover?to=%s
-`, c.dir, a["etcd"], a["mx1"], a["mx1-http"], a["mx2"], a["mx2-http"],
+`, c.dir, etcdURLs, etcdWhat, a["mx1"], a["mx1-http"], a["mx2"], a["mx2-http"],
 		role["mail1"], a["mail1-lmtp"], a["mail1-imap"], a["mail1-http"], role["mail2"], a["mail2-lmtp"], a["mail2-imap"], a["mail2-http"],
 		a["mail1-fwd-imap"], a["mail2-fwd-imap"], a["mail1-fwd-lmtp"], a["mail2-fwd-lmtp"], a["status"], passwdFile, operatorFile,
 		a[primary+"-http"], map[string]string{"mail1": "mail2", "mail2": "mail1"}[primary])
@@ -410,6 +420,55 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// startEtcd starts the embedded etcd member: one, on loopback, its data
+// in -dir/etcd, new at each run (its ports are), its log in -dir/etcd.log
+// (and on stderr with -v). It returns once the member serves clients, with
+// the function that stops it.
+func (cl *cluster) startEtcd(ctx context.Context) (func(), error) {
+	dir := filepath.Join(cl.c.dir, "etcd")
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, err
+	}
+	logf, err := os.OpenFile(filepath.Join(cl.c.dir, "etcd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	var w io.Writer = logf
+	if cl.c.verbose {
+		w = io.MultiWriter(logf, prefixWriter{"etcd", os.Stderr})
+	}
+	lg := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(w), zapcore.InfoLevel))
+	client, peer := url.URL{Scheme: "http", Host: cl.addr["etcd"]}, url.URL{Scheme: "http", Host: cl.addr["etcd-peer"]}
+	cfg := embed.NewConfig()
+	cfg.Name = "cluster"
+	cfg.Dir = dir
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.ClusterState = embed.ClusterStateFlagNew
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("cluster: embedded etcd: %w", err)
+	}
+	closeAll := func() { e.Close(); lg.Sync(); logf.Close() }
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		closeAll()
+		return nil, fmt.Errorf("cluster: embedded etcd: %w", err)
+	case <-time.After(60 * time.Second):
+		closeAll()
+		return nil, fmt.Errorf("cluster: the embedded etcd did not start in 60s; see %s", logf.Name())
+	case <-ctx.Done():
+		closeAll()
+		return nil, ctx.Err()
+	}
+	cl.etcdStop = e.Server.StopNotify()
+	return closeAll, nil
 }
 
 // nodeStatus is what the demo reads of a mail node's /status.
