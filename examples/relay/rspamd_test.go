@@ -406,8 +406,9 @@ func TestMilterAndRspamdExcludeEachOther(t *testing.T) {
 // through the pool's per-domain policy as -rspamd's verdicts do:
 // quarantined with 250 for example.org, 550 for strict.test, kept and
 // refused for refuse.test, quarantined for low.test (a threshold cannot
-// judge a verdict without a score); each kept with the evidence, under
-// this MX.
+// judge a verdict without a score); a borderline message's score, which
+// the milter reports in X-Spamd-Result, is weighed against low.test's
+// threshold; each kept with the evidence, under this MX.
 func TestMilterVerdictsFollowThePoolPolicy(t *testing.T) {
 	rs := rspamdtest.Shared(t)
 	sink := startSink(t)
@@ -422,27 +423,38 @@ func TestMilterVerdictsFollowThePoolPolicy(t *testing.T) {
 	addr := startRelayWith(t, c)
 
 	for _, ex := range []struct {
-		rcpt, want string
+		rcpt, msg, want string
 	}{
-		{"alice@example.org", "250 2.0.0 OK: queued as ID"},
-		{"x@strict.test", "550 5.7.1 Gtube pattern"},
-		{"x@refuse.test", "550 5.7.1 Gtube pattern"},
-		{"u@low.test", "250 2.0.0 OK: queued as ID"}, // no score from a milter: its reject is spam whatever the threshold
+		{"alice@example.org", gtube, "250 2.0.0 OK: queued as ID"},
+		{"x@strict.test", gtube, "550 5.7.1 Gtube pattern"},
+		{"x@refuse.test", gtube, "550 5.7.1 Gtube pattern"},
+		{"u@low.test", gtube, "250 2.0.0 OK: queued as ID"},   // a reject without a score is spam whatever the threshold
+		{"v@low.test", "", "250 2.0.0 OK: queued as ID"},      // borderline: 3.7 in X-Spamd-Result, over low.test's 3
+		{"bob@example.org", "", "250 2.0.0 OK: queued as ID"}, // borderline, under rspamd's own: delivered
 	} {
-		got := transact(t, addr, exchange{rcpts: []string{ex.rcpt}, msg: corpusMessage("mg-"+ex.rcpt, gtube)})
+		msg := borderline
+		if ex.msg != "" {
+			msg = corpusMessage("mg-"+ex.rcpt, ex.msg)
+		}
+		got := transact(t, addr, exchange{rcpts: []string{ex.rcpt}, msg: msg})
 		assert.Equal(t, []string{"250", ex.want}, got, ex.rcpt)
 	}
 	got := transact(t, addr, exchange{rcpts: []string{"bob@example.org"}, msg: corpusMessage("mc", "Lunch at noon?")})
 	assert.Equal(t, []string{"250", "250 2.0.0 OK: queued as ID"}, got, "clean")
 
 	entries := quarantined(t, web, testOperator, testOperatorPass)
-	require.Len(t, entries, 3)
+	require.Len(t, entries, 4)
 	byRcpt := map[string]quarantine.Entry{}
 	for _, e := range entries {
 		require.Len(t, e.Recipients, 1)
 		byRcpt[e.Recipients[0].Addr] = e
 	}
-	for rcpt, reply := range map[string]string{"alice@example.org": "250 2.0.0 kept in quarantine", "x@refuse.test": "550 5.7.1 Gtube pattern", "u@low.test": "250 2.0.0 kept in quarantine"} {
+	low := byRcpt["v@low.test"]
+	assert.True(t, low.Reason.Score >= 3 && low.Reason.Score < 15, "the score rspamd's milter reported: %v", low.Reason.Score)
+	assert.Equal(t, 3.0, low.Reason.Threshold)
+	assert.Contains(t, low.Reason.Symbols, "MIME_HTML_ONLY")
+	for rcpt, reply := range map[string]string{"alice@example.org": "250 2.0.0 kept in quarantine", "x@refuse.test": "550 5.7.1 Gtube pattern",
+		"u@low.test": "250 2.0.0 kept in quarantine", "v@low.test": "250 2.0.0 kept in quarantine"} {
 		e := byRcpt[rcpt]
 		assert.Equal(t, quarantine.KindSpam, e.Reason.Kind, rcpt)
 		assert.Equal(t, "rspamd 3", e.Reason.Scanner, rcpt)
@@ -451,13 +463,13 @@ func TestMilterVerdictsFollowThePoolPolicy(t *testing.T) {
 		assert.Equal(t, "mx1", e.Node, rcpt)
 		assert.True(t, e.HasBody(), rcpt)
 	}
-	waitCount(t, sink, 1)
+	waitCount(t, sink, 2)
 	_, m := getMetrics(t, "http://"+web+"/metrics")
-	assert.Regexp(t, `(?m)^resilmail_scan_total 5$`, m)
-	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="quarantine",mx="mx1"\} 3$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_total 7$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="quarantine",mx="mx1"\} 4$`, m)
 	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="reject",mx="mx1"\} 1$`, m)
-	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="accept",mx="mx1"\} 1$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_recipient_actions\{action="accept",mx="mx1"\} 2$`, m)
 	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="reject",mx="mx1"\} 4$`, m)
-	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="accept",mx="mx1"\} 1$`, m)
+	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="accept",mx="mx1"\} 3$`, m)
 	assert.Regexp(t, `(?m)^resilmail_scan_verdicts_total\{action="quarantine",mx="mx1"\} 0$`, m)
 }

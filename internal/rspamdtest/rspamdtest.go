@@ -123,6 +123,9 @@ func start() (*Rspamd, error) {
 			"discard_on_reject = false;\nquarantine_on_reject = false;\nspam_header = \"X-Spam\";\nreject_message = \"Spam message rejected\";\n", proxy, normal),
 		"override.d/logging.inc": "type = \"file\";\nfilename = \"" + filepath.Join(dir, "log", "rspamd.log") + "\";\nlevel = \"info\";\n",
 		"local.d/options.inc":    "dns { nameserver = [\"127.0.0.1:1\"]; timeout = 0.5s; retransmits = 1; }\nenable_test_patterns = true;\n",
+		// The proxy in milter mode reports the score in X-Spamd-Result
+		// (the clients here are on loopback, which it skips by default).
+		"local.d/milter_headers.conf": "use = [\"x-spamd-result\"];\nskip_local = false;\nskip_authenticated = false;\n",
 	}
 	for _, d := range []string{"override.d", "local.d", "db", "run", "log"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {

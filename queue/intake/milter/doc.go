@@ -28,6 +28,9 @@
 //	tempfail                           tempfail: 451 4.7.1
 //	reply code 5xx / 4xx with text     reject / tempfail with that text (codes stripped)
 //	add, insert, change header         intake.HeaderEdit (applied by intake; unsafe ones refused)
+//	X-Spamd-Result or X-Spam-Status    the verdict's Score, Required and Symbols (rspamd's
+//	among the headers added            "[3.70 / 15.00]; SYM(0.20)...", SpamAssassin's
+//	                                   "score=7.1 required=5.0 tests=A,B"); none: all zero
 //	add or remove a recipient, change
 //	the sender or the body             no verdict: this MTA does not carry them out
 //	refused connection, reset, timeout,

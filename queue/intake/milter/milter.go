@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -306,8 +307,77 @@ func final(act *gomilter.Action, mods []gomilter.ModifyAction) (intake.Verdict, 
 			return intake.Verdict{}, fmt.Errorf("the milter asked for a change this MTA did not offer: %v", m)
 		}
 	}
+	for _, e := range v.Edits {
+		if sc, req, syms, ok := spamScore(e.Name, e.Value); ok {
+			v.Score, v.Required, v.Symbols = sc, req, syms
+		}
+	}
 	return v, nil
 }
+
+// spamScore reads the score a milter reports in a header field it adds:
+// rspamd's X-Spamd-Result ("default: False [3.70 / 15.00];
+// SYMBOL(0.20)[...]; ...") or SpamAssassin's X-Spam-Status ("No,
+// score=-0.1 required=5.0 tests=A,B autolearn=ham ..."). ok is false for
+// any other field, or one that does not parse.
+func spamScore(name, value string) (score, required float64, symbols []string, ok bool) {
+	value = strings.Join(strings.Fields(value), " ") // unfolded
+	switch {
+	case strings.EqualFold(name, "X-Spamd-Result"):
+		start, end := strings.IndexByte(value, '['), strings.IndexByte(value, ']')
+		if start < 0 || end < start {
+			return 0, 0, nil, false
+		}
+		s, r, found := strings.Cut(value[start+1:end], "/")
+		if !found {
+			return 0, 0, nil, false
+		}
+		var err1, err2 error
+		score, err1 = strconv.ParseFloat(strings.TrimSpace(s), 64)
+		required, err2 = strconv.ParseFloat(strings.TrimSpace(r), 64)
+		if err1 != nil || err2 != nil || !finite(score) || !finite(required) {
+			return 0, 0, nil, false
+		}
+		for part := range strings.SplitSeq(value[end+1:], ";") {
+			sym, _, found := strings.Cut(strings.TrimSpace(part), "(")
+			if sym = strings.TrimSpace(sym); found && sym != "" && !strings.ContainsAny(sym, " ,") {
+				symbols = append(symbols, sym)
+			}
+		}
+		return score, required, symbols, true
+	case strings.EqualFold(name, "X-Spam-Status"):
+		var haveScore, haveRequired, inTests bool
+		for f := range strings.FieldsSeq(value) {
+			k, val, found := strings.Cut(f, "=")
+			if !found && inTests { // the tests list, folded after a comma
+				k, val = "tests", f
+			}
+			inTests = k == "tests"
+			val = strings.TrimSuffix(val, ",")
+			switch k {
+			case "score":
+				n, err := strconv.ParseFloat(val, 64)
+				score, haveScore = n, err == nil && finite(n)
+			case "required":
+				n, err := strconv.ParseFloat(val, 64)
+				required, haveRequired = n, err == nil && finite(n)
+			case "tests":
+				for t := range strings.SplitSeq(val, ",") {
+					if t != "" && t != "none" {
+						symbols = append(symbols, t)
+					}
+				}
+			}
+		}
+		if !haveScore || !haveRequired {
+			return 0, 0, nil, false
+		}
+		return score, required, symbols, true
+	}
+	return 0, 0, nil, false
+}
+
+func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
 
 // replyText returns the text of an SMTP reply ("554 5.7.1 Spam message
 // rejected", maybe multiline) without its codes.
