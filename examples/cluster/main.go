@@ -276,18 +276,23 @@ func (cl *cluster) poll(ctx context.Context, d time.Duration, what string, cond 
 	}
 }
 
+// stop ends every process at once: stopped one by one, a primary that
+// stops first hands its lease to a standby still running, which begins a
+// promotion that its own stop then cuts short (and leaves it fenced).
 func (cl *cluster) stop() {
+	for _, n := range cl.nodes {
+		select {
+		case <-n.done:
+		default:
+			n.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	deadline := time.After(15 * time.Second)
 	for i := len(cl.nodes) - 1; i >= 0; i-- {
 		n := cl.nodes[i]
 		select {
 		case <-n.done:
-			continue
-		default:
-		}
-		n.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-n.done:
-		case <-time.After(15 * time.Second):
+		case <-deadline:
 			n.cmd.Process.Kill()
 			<-n.done
 		}
