@@ -304,9 +304,13 @@ func (p *spamPolicy) decide(d *pool.DomainPolicy, v intake.Verdict) intake.Actio
 	spam := d.IsSpam(v.Score, v.Action == intake.ActionReject)
 	if v.Required == 0 {
 		// A verdict without a score scale (a milter, sender
-		// authentication): no threshold applies, its own reject or
-		// quarantine says spam.
-		spam = v.Action == intake.ActionReject || v.Action == intake.ActionQuarantine
+		// authentication): no threshold applies, its own reject says spam.
+		spam = v.Action == intake.ActionReject
+	}
+	if v.Action == intake.ActionQuarantine {
+		// Asked for whatever the score (a milter's quarantine, DMARC's
+		// quarantine disposition merged with rspamd's scored verdict).
+		spam = true
 	}
 	if !spam {
 		if v.Action == intake.ActionReject || v.Action == intake.ActionTag {

@@ -31,6 +31,8 @@ func TestSpamPolicyDecides(t *testing.T) {
 		{"milter reject, rejecting domain", reject, intake.Verdict{Action: intake.ActionReject}, intake.ActionReject},
 		{"milter quarantine", quarantine, intake.Verdict{Action: intake.ActionQuarantine}, intake.ActionQuarantine},
 		{"milter quarantine, rejecting domain", reject, intake.Verdict{Action: intake.ActionQuarantine}, intake.ActionReject},
+		{"quarantine asked for, with a low score", threshold, intake.Verdict{Action: intake.ActionQuarantine, Score: 1, Required: 15}, intake.ActionQuarantine},
+		{"quarantine asked for, with a score, no threshold", quarantine, intake.Verdict{Action: intake.ActionQuarantine, Score: 1, Required: 15}, intake.ActionQuarantine},
 		{"milter accept", threshold, intake.Verdict{Action: intake.ActionAccept}, intake.ActionAccept},
 		{"milter tempfail", threshold, intake.Verdict{Action: intake.ActionTempFail}, intake.ActionTempFail},
 		{"DMARC reject, outside the pool's domains", nil, intake.Verdict{Action: intake.ActionReject}, intake.ActionReject},
