@@ -441,7 +441,13 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	g, gctx := errgroup.WithContext(ctx)
 	// The queue stops through Shutdown below, which lets deliveries in
 	// flight finish, not by the cancellation that starts it.
-	g.Go(func() error { return q.Run(context.WithoutCancel(gctx)) })
+	g.Go(func() error {
+		// A shutdown that comes before Run starts closes the queue first.
+		if err := q.Run(context.WithoutCancel(gctx)); err != nil && !(errors.Is(err, queue.ErrClosed) && gctx.Err() != nil) {
+			return err
+		}
+		return nil
+	})
 	if fol != nil {
 		g.Go(func() error { return fol.run(gctx) })
 	}
@@ -510,9 +516,14 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		// go-smtp's Shutdown closes only the listeners its Serve has
+		// registered: one whose Serve had not started yet would block in
+		// Accept for ever. Closing them here ends such a Serve too.
 		srv.Shutdown(sctx)
+		ln.Close()
 		if sub != nil {
 			sub.srv.Shutdown(sctx)
+			sub.ln.Close()
 		}
 		if err := q.Shutdown(sctx); err != nil {
 			log.Warn("relay: deliveries cut short by the shutdown deadline; they are retried at the next start", "err", err)
