@@ -495,7 +495,11 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- addrs) er
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		// go-smtp's Shutdown closes only the listeners its Serve has
+		// registered: a Serve not started yet would block in Accept for
+		// ever (the relay hung so); closing ln ends it too.
 		srv.Shutdown(sctx)
+		ln.Close()
 		ms.close()
 		fwd.close()
 		// The replicas' streams never end on their own.
