@@ -442,18 +442,7 @@ func TestPairFailoverUnderLMTPLoad(t *testing.T) {
 	acked := load.finish()
 
 	// Every 250 is readable on the primary once the standby has caught up.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ss, errS := standby.status()
-		sp, errP := primary.status()
-		if errS == nil && errP == nil && ss.Standby != nil && ss.Standby.Applied >= sp.Position {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not catch up", standby.name)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitCaughtUp(t, primary, standby, 30*time.Second)
 	got := subjects(t, primary)
 	var lost []string
 	orphans := 0
@@ -574,6 +563,10 @@ func TestManualFailoverAndRejoin(t *testing.T) {
 		_, err := cmd.Wait()
 		require.NoError(t, err)
 	}
+	// The standby must hold "Old" and its messages before the delete, or
+	// there is nothing for its guard to protect (a standby still copying
+	// its first state, as on a slow machine, would simply never see them).
+	waitCaughtUp(t, a, b, 30*time.Second)
 	require.NoError(t, ic.Delete("Old").Wait())
 	ic.Logout().Wait()
 	var held []heldChange
@@ -771,4 +764,22 @@ func fixedAddr(t *testing.T, used map[int]bool) string {
 	}
 	t.Fatal("no free port below the ephemeral range")
 	return ""
+}
+
+// waitCaughtUp waits until standby has applied everything primary has
+// journaled at the time of each check, and fails the test after timeout.
+func waitCaughtUp(t *testing.T, primary, standby *pairNode, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ss, errS := standby.status()
+		sp, errP := primary.status()
+		if errS == nil && errP == nil && ss.Standby != nil && ss.Standby.Applied >= sp.Position {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not catch up with %s", standby.name, primary.name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
