@@ -316,6 +316,12 @@ func (r *Replica) hold(ctx context.Context, l *lane, batch []resilmail.Change) (
 		if confirmed {
 			continue
 		}
+		if i > 0 && removes(c) {
+			// Hold judges a change against the replica's state: apply
+			// what comes before it first, or a mailbox filled earlier in
+			// this batch looks empty (or missing) to it.
+			return batch[:i], true
+		}
 		held, reason := r.opts.Hold(ctx, *c)
 		if !held {
 			continue
@@ -330,6 +336,18 @@ func (r *Replica) hold(ctx context.Context, l *lane, batch []resilmail.Change) (
 		return nil, false
 	}
 	return batch, true
+}
+
+// removes reports whether c can remove messages, mailboxes or flags: the
+// changes Hold must judge with every earlier change of the user applied.
+func removes(c *resilmail.Change) bool {
+	switch c.Kind {
+	case resilmail.ChangeExpunge, resilmail.ChangeMailboxDelete, resilmail.ChangeUserDelete, resilmail.ChangeMailboxRename:
+		return true
+	case resilmail.ChangeFlags:
+		return c.FlagOp != resilmail.FlagsAdd
+	}
+	return false
 }
 
 // waitFor makes l wait until the delayed change d is confirmed (and

@@ -145,8 +145,12 @@ type ReplicaOptions struct {
 	// (by the primary's clock) before applying it: a delayed replica.
 	ApplyDelay time.Duration
 	// Hold, if set, is asked about every change before it is applied; a
-	// change it holds stops its user's lane until Confirm. NewExpungeGuard
-	// returns such a function.
+	// change it holds stops its user's lane until Confirm. A change that
+	// can remove something (an expunge, a delete or rename, flags removed
+	// or replaced) is asked about once every earlier change of its user
+	// is applied, so Hold may judge it against the target's state; others
+	// may be asked while earlier ones of the same batch still wait.
+	// NewExpungeGuard returns such a function.
 	Hold func(ctx context.Context, c resilmail.Change) (hold bool, reason string)
 	// FullSync is called when the primary no longer has the position the
 	// replica needs (410) or the replica followed another history (409);

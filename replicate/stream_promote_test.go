@@ -1,10 +1,10 @@
 package replicate_test
 
 import (
+	"os"
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -313,4 +313,37 @@ func TestInterruptedPromotionFinishes(t *testing.T) {
 	require.NotEmpty(t, dst.Predecessors())
 	assert.Equal(t, src.History(), dst.Predecessors()[0].History)
 	assert.Equal(t, src.Position(), dst.Predecessors()[0].Until)
+}
+
+// TestGuardJudgesADeleteAfterWhatCameBeforeIt: a mailbox created, filled
+// and deleted while the replica was away reaches it in one batch; the
+// guard must judge the delete against the mailbox as the earlier changes
+// of that batch leave it (30 messages: held), not as it was before the
+// batch (no such mailbox: nothing removed, let through).
+func TestGuardJudgesADeleteAfterWhatCameBeforeIt(t *testing.T) {
+	ctx := context.Background()
+	src := openStore(t, t.TempDir())
+	// A retention hold keeps the deleted bodies, as a backup's does: a
+	// replica skips an append whose body its primary no longer has.
+	require.NoError(t, src.Hold(ctx, "backup", 0))
+	require.NoError(t, src.CreateUser(ctx, "alice"))
+	_, err := src.CreateMailbox(ctx, "alice", "Old")
+	require.NoError(t, err)
+	addN(t, src, "alice", "Old", 30)
+	require.NoError(t, src.DeleteMailbox(ctx, "alice", "Old"))
+	dst := openStore(t, t.TempDir())
+	_, srv := servePrimary(t, src, nil)
+	guard := replicate.NewExpungeGuard(dst, &replicate.ExpungeGuardOptions{Logger: quietLogger()})
+	r, _ := startReplica(t, dst, srv.URL, t.TempDir(), &replicate.ReplicaOptions{Hold: guard})
+	require.Eventually(t, func() bool { return len(r.Held()) == 1 || r.Stats().Applied >= src.Position() },
+		10*time.Second, 5*time.Millisecond)
+	require.Len(t, r.Held(), 1, "the delete of 30 messages is held")
+	h := r.Held()[0]
+	assert.Equal(t, resilmail.ChangeMailboxDelete, h.Change.Kind)
+	st, err := dst.MailboxStatus(ctx, "alice", "Old")
+	require.NoError(t, err)
+	assert.Equal(t, 30, int(st.Messages), "the messages stay until the operator confirms")
+	require.NoError(t, r.Confirm("alice", h.Change.Seq))
+	waitApplied(t, r, src)
+	requireSame(t, src, dst)
 }
