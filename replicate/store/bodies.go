@@ -91,7 +91,7 @@ func (s *Store) storeBody(ctx context.Context, r io.Reader, want *resilmail.Dige
 		// A referenced body is durable, in the journal or (once a
 		// checkpoint caught up) as its fsynced file; check the file is
 		// still there.
-		if fi, err := os.Stat(path); err != nil || fi.Size() != n {
+		if size, ok := s.storedSize(d); !ok || size != n {
 			exists = false
 		}
 	}
@@ -267,7 +267,7 @@ func (s *Store) release(d resilmail.Digest) {
 	}
 	delete(s.inflight, d)
 	if _, pending := s.pendingUnlink[d]; s.refs[d] == 0 && !pending && !s.retainedLocked(d) {
-		os.Remove(s.bodyPath(d))
+		s.removeBody(d)
 	}
 }
 
@@ -287,7 +287,7 @@ func (s *Store) Body(ctx context.Context, d resilmail.Digest) ([]byte, error) {
 	if err := s.checkServable(d); err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(s.bodyPath(d))
+	b, err := s.readStored(d)
 	if err == nil {
 		if got := resilmail.DigestOf(b); got == d {
 			s.mu.Lock()
@@ -340,7 +340,7 @@ func (s *Store) markCorrupt(d resilmail.Digest, why string) ([]byte, error) {
 		return nil, corruptErr(d, resilmail.Digest{}, path+": "+why)
 	}
 	var got resilmail.Digest
-	b, err := os.ReadFile(path)
+	b, err := s.readStored(d)
 	if err == nil {
 		if got = resilmail.DigestOf(b); got == d {
 			return b, nil
@@ -348,8 +348,17 @@ func (s *Store) markCorrupt(d resilmail.Digest, why string) ([]byte, error) {
 		why = "content does not match its digest"
 	}
 	aside := filepath.Join(s.dir, corruptDir, fmt.Sprintf("body-%s-%d", d, time.Now().UnixNano()))
-	merr := os.MkdirAll(filepath.Dir(aside), 0o750)
-	if merr == nil {
+	var merr error
+	if _, statErr := os.Lstat(path); errors.Is(statErr, os.ErrNotExist) {
+		aside = ""
+		if l, ok := s.packedLoc(d); ok {
+			// A packed body: its bytes stay in the pack, which is no
+			// longer read for it (a good copy stored again is written as
+			// its own file).
+			s.dropPacked(d)
+			path = fmt.Sprintf("%s (%d bytes at %d)", s.packPath(l.pack, packSuffix), l.size, l.off)
+		}
+	} else if merr = os.MkdirAll(filepath.Dir(aside), 0o750); merr == nil {
 		if merr = os.Rename(path, aside); merr == nil {
 			merr = durable.SyncDir(filepath.Dir(path))
 		} else if errors.Is(merr, os.ErrNotExist) {
@@ -400,7 +409,7 @@ func (s *Store) RestoreBody(ctx context.Context, d resilmail.Digest, body io.Rea
 		return fmt.Errorf("%w: body %s", ErrNotFound, d)
 	}
 	if !bad {
-		b, err := os.ReadFile(s.bodyPath(d))
+		b, err := s.readStored(d)
 		if err == nil && resilmail.DigestOf(b) == d {
 			return nil
 		}
@@ -442,14 +451,14 @@ func (s *Store) Header(ctx context.Context, d resilmail.Digest, max int) ([]byte
 	if err := s.checkServable(d); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(s.bodyPath(d))
+	f, off, size, err := s.openStored(d)
 	if err != nil {
 		_, err = s.markCorrupt(d, fmt.Sprintf("open: %v", err))
 		return nil, err
 	}
 	defer f.Close()
 	buf := make([]byte, max)
-	n, err := io.ReadFull(f, buf)
+	n, err := io.ReadFull(io.NewSectionReader(f, off, size), buf)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("store: reading header: %w", err)
 	}
@@ -469,7 +478,7 @@ type ScrubReport struct {
 	Bytes   int64              // bytes read
 	Corrupt []resilmail.Digest // bodies found missing or different (now marked)
 	Healed  int                // bodies marked corrupt that are good again
-	Orphans int                // unreferenced body files removed
+	Orphans int                // unreferenced body files (and packs) removed
 }
 
 // Scrub re-hashes every stored body, as partial reads (Header) do not, and
@@ -502,7 +511,7 @@ func (s *Store) Scrub(ctx context.Context) (ScrubReport, error) {
 			continue
 		}
 		rep.Checked++
-		b, err := os.ReadFile(s.bodyPath(d))
+		b, err := s.readStored(d)
 		rep.Bytes += int64(len(b))
 		if err == nil && resilmail.DigestOf(b) == d {
 			if marked {
@@ -522,6 +531,11 @@ func (s *Store) Scrub(ctx context.Context) (ScrubReport, error) {
 		}
 	}
 	orphans, err := s.removeOrphans(ctx)
+	if err == nil {
+		var packs int
+		packs, err = s.removeOrphanPacks()
+		orphans += packs
+	}
 	rep.Orphans = orphans
 	s.mu.Lock()
 	s.c.scrubs++

@@ -21,7 +21,7 @@ import (
 // structure never loads it whole, and a structure is parsed once per body,
 // not on every FETCH.
 
-// A BodyReader reads a stored body in part, from its file, without loading
+// A BodyReader reads a stored body in part, from its file (or its pack), without loading
 // it whole. ReadAt does not verify the digest (the background
 // [Store.Scrub] covers partial reads); [BodyReader.Verified] does, for a
 // read of the whole body. Close it when done. It keeps the file open, so a
@@ -29,6 +29,7 @@ import (
 type BodyReader struct {
 	s      *Store
 	f      *os.File
+	sr     *io.SectionReader // the body in f (its own file, or its part of a pack)
 	d      resilmail.Digest
 	size   int64
 	closed bool
@@ -46,17 +47,12 @@ func (s *Store) OpenBody(ctx context.Context, d resilmail.Digest) (*BodyReader, 
 	if err := s.checkServable(d); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(s.bodyPath(d))
+	f, off, size, err := s.openStored(d)
 	if err != nil {
 		_, err = s.markCorrupt(d, fmt.Sprintf("open: %v", err))
 		return nil, err
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, storageErr(err)
-	}
-	return &BodyReader{s: s, f: f, d: d, size: fi.Size()}, nil
+	return &BodyReader{s: s, f: f, sr: io.NewSectionReader(f, off, size), d: d, size: size}, nil
 }
 
 // Size returns the body's size in bytes.
@@ -66,13 +62,13 @@ func (r *BodyReader) Size() int64 { return r.size }
 func (r *BodyReader) Digest() resilmail.Digest { return r.d }
 
 // ReadAt reads len(p) bytes of the body at off, as io.ReaderAt.
-func (r *BodyReader) ReadAt(p []byte, off int64) (int, error) { return r.f.ReadAt(p, off) }
+func (r *BodyReader) ReadAt(p []byte, off int64) (int, error) { return r.sr.ReadAt(p, off) }
 
 // Section returns a reader of n bytes of the body from off (clipped to the
 // body).
 func (r *BodyReader) Section(off, n int64) *io.SectionReader {
 	off = min(max(off, 0), r.size)
-	return io.NewSectionReader(r.f, off, min(max(n, 0), r.size-off))
+	return io.NewSectionReader(r.sr, off, min(max(n, 0), r.size-off))
 }
 
 // Verified returns a reader of the whole body that hashes it as it goes:
@@ -83,7 +79,7 @@ func (r *BodyReader) Section(off, n int64) *io.SectionReader {
 // transfer (close the connection), so that the client never takes damaged
 // bytes for good ones.
 func (r *BodyReader) Verified() io.Reader {
-	return &verifiedReader{r: r, sr: io.NewSectionReader(r.f, 0, r.size), h: sha256.New()}
+	return &verifiedReader{r: r, sr: io.NewSectionReader(r.sr, 0, r.size), h: sha256.New()}
 }
 
 // Close closes the body's file; it is idempotent.

@@ -89,11 +89,14 @@
 // # Bulk load
 //
 // [Store.Load] fills an empty store with a whole state (a server rebuilt
-// from a backup) without the journal: every body is written once, into its
-// file; one syncfs(2) makes them durable; the checkpoint, written last, is
-// the commit. A load that fails or is killed leaves the store empty (with
-// unreferenced body files, overwritten by the next load or removed by a
-// scrub); the journal starts after the load.
+// from a backup) without the journal: every body is written once, into a
+// body pack (a few large files instead of one file per body, see packs.go);
+// one syncfs(2) makes them durable; the checkpoint, written last, is the
+// commit. A load that fails or is killed leaves the store empty (with
+// packs no message refers to, removed by the next load or a scrub); the
+// journal starts after the load. Packed bodies are read, shared, scrubbed,
+// marked corrupt and repaired like the others; a pack is removed once none
+// of its bodies is needed.
 //
 // # Epochs and replicas
 //
@@ -134,10 +137,12 @@
 //
 // A store is one folder:
 //
-//	VERSION           "resilmail-store 2\n"; Open refuses another version
-//	                  with [ErrFormat], version 1 (bodies fsynced on their
-//	                  own, outside the journal) included: it is not
-//	                  converted
+//	VERSION           "resilmail-store 2\n", or "resilmail-store 3\n" once
+//	                  a load may have written packs (the journal and the
+//	                  checkpoint are the same); Open refuses another
+//	                  version with [ErrFormat], version 1 (bodies fsynced
+//	                  on their own, outside the journal) included: it is
+//	                  not converted
 //	LOCK              keeps a second process out (flock)
 //	HISTORY           history id, role, epoch-start table, predecessors
 //	                  and upstream history (see history.go), written
@@ -161,6 +166,12 @@
 //	                  the next checkpoint (the journal has the bytes until
 //	                  then), rewritten from the journal at Open if missing
 //	                  or damaged
+//	packs/NNNNNNNN.pack
+//	                  bodies written by a load, one after the other
+//	packs/NNNNNNNN.idx
+//	                  the pack's index: digest, offset and size of each
+//	                  body, SHA-256 checksummed (packs.go); a body with its
+//	                  own file under bodies/ is read from that file
 //	tmp/              bodies being written; emptied at Open
 //	corrupt/          damaged journal regions and bodies moved aside
 //

@@ -7,3 +7,17 @@ func SetLoadKickBytes(n int64) func() {
 	loadKickBytes = n
 	return func() { loadKickBytes = old }
 }
+
+// SetPackTarget sets the size a load fills a pack to, and returns a
+// function that sets it back.
+func SetPackTarget(n int64) func() {
+	old := packTarget
+	packTarget = n
+	return func() { packTarget = old }
+}
+
+// PackFiles returns the number of pack files in the store's folder.
+func (s *Store) PackFiles() int {
+	ids, _ := s.packIDs()
+	return len(ids)
+}

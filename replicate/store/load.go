@@ -19,13 +19,14 @@ import (
 // The bulk load: a whole state written into an empty store at once (a new
 // server rebuilt from a backup), without the journal. The live path writes
 // every body twice (journal and file) and fsyncs per batch; a load writes
-// each body once, straight into its file, makes them all durable with one
-// syncfs(2), and then commits by writing the checkpoint (the index at
-// position N, the number of changes loaded). Until that checkpoint is
-// written, the store on disk is the empty store it was, plus body files no
-// checkpoint refers to: a load killed at any instant leaves the old state,
-// and the next Load (or a scrub, which removes unreferenced files) starts
-// from there.
+// each body once, into a body pack (packs.go: a few large files rather than
+// one file per body, whose creation cost most of a restore's time), makes
+// them all durable with one syncfs(2), and then commits by writing the
+// checkpoint (the index at position N, the number of changes loaded).
+// Until that checkpoint is written, the store on disk is the empty store it
+// was, plus packs no checkpoint refers to: a load killed at any instant
+// leaves the old state, and the next Load (which removes them first) or a
+// scrub starts from there.
 
 // ErrNotEmpty is returned (wrapped, with [fs.ErrExist]) by [Store.Load]
 // for a store whose journal holds a change: a load only fills an empty
@@ -40,15 +41,15 @@ var ErrNotEmpty = errors.New("store: not empty")
 // gives the bodies: it calls put once per body the loaded messages refer
 // to, from as many goroutines as it likes, and returns once every put has
 // returned. Each body put is checked against its digest (a
-// mismatch is refused with [ErrCorrupt]) and written once, into its file;
+// mismatch is refused with [ErrCorrupt]) and written once, into a pack;
 // put may be called concurrently, and a body put twice is written once.
 // Every body the changes refer to must be put: Load fails otherwise.
 //
 // Nothing is visible, and nothing survives a crash, before Load returns
 // nil: it makes every file durable with one sync of the file system, then
 // writes the checkpoint, which is the commit; a load that fails, is
-// cancelled or is killed leaves the store empty, with unreferenced body
-// files that the next Load overwrites (or a scrub removes). The store's
+// cancelled or is killed leaves the store empty, with unreferenced packs
+// that the next Load (or a scrub) removes. The store's
 // journal then starts after the load: readers before it get
 // [ErrTooFarBehind] (a replica compares in full; a backup reads the whole
 // state), and the store keeps its own history id.
@@ -73,11 +74,28 @@ func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed func(
 	if err != nil || sh.applied == 0 {
 		return err // an error, or nothing to load
 	}
+	s.loadMu.Lock() // one load at a time: they would share the packs
+	defer s.loadMu.Unlock()
+	if err := s.startPacks(); err != nil {
+		return err
+	}
+	defer func() {
+		s.packs.mu.Lock()
+		s.packs.loading = false
+		s.packs.mu.Unlock()
+	}()
 	syncer, err := durable.StartFileSystemSync(s.dir)
 	if err != nil {
 		return storageErr(err)
 	}
 	defer syncer.Close()
+	pw := &packWriter{s: s, next: 1}
+	packsDone := false
+	defer func() {
+		if !packsDone {
+			pw.abort()
+		}
+	}()
 	var (
 		mu      sync.Mutex
 		claimed = make(map[resilmail.Digest]bool, len(sh.refs))
@@ -119,7 +137,7 @@ func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed func(
 		if done {
 			return nil
 		}
-		if err := writeLoadedBody(s.bodyPath(d), body); err != nil {
+		if err := pw.put(d, body); err != nil {
 			mu.Lock()
 			delete(claimed, d)
 			mu.Unlock()
@@ -159,6 +177,11 @@ func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed func(
 	if missing > 0 {
 		return fmt.Errorf("store: load: %d bodies the messages refer to were not given (%s among them); nothing loaded", missing, first)
 	}
+	packsDone = true
+	locs, live, err := pw.finish()
+	if err != nil {
+		return err
+	}
 	kickWG.Wait()
 	if err := syncer.Sync(); err != nil {
 		return storageErr(err)
@@ -166,11 +189,11 @@ func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed func(
 	if kickErr != nil {
 		return storageErr(kickErr)
 	}
-	if err := s.commitLoad(sh); err != nil {
+	if err := s.commitLoad(sh, locs, live); err != nil {
 		return err
 	}
 	s.log.Info("store: loaded", "users", len(sh.users), "mailboxes", len(sh.byID), "messages", sh.messages,
-		"bodies", len(sh.refs), "bytes", bytes, "seq", sh.applied, "took", time.Since(start))
+		"bodies", len(sh.refs), "bytes", bytes, "packs", len(live), "seq", sh.applied, "took", time.Since(start))
 	return nil
 }
 
@@ -242,10 +265,9 @@ func (s *Store) buildLoad(changes []resilmail.Change, epoch resilmail.Epoch, las
 	return sh, nil
 }
 
-// writeLoadedBody writes a body straight into its file, without fsync
-// (Load syncs the file system once). A file left by a load that was
-// killed is overwritten. It uses the system calls directly: an *os.File
-// costs more than the write itself for a body of a few KiB.
+// writeLoadedBody writes a file of a load (a pack's index) in one go,
+// without fsync (Load syncs the file system once). A file left by a load
+// that was killed is overwritten. It uses the system calls directly.
 func writeLoadedBody(path string, body []byte) error {
 	fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_TRUNC|syscall.O_CLOEXEC, 0o640)
 	if err != nil {
@@ -277,7 +299,7 @@ func writeLoadedBody(path string, body []byte) error {
 
 // commitLoad writes the loaded state's checkpoint, which makes it the
 // store's, and puts it in place of the empty one in memory.
-func (s *Store) commitLoad(sh *Store) error {
+func (s *Store) commitLoad(sh *Store, locs map[resilmail.Digest]packLoc, live map[uint32]int) error {
 	s.ckptMu.Lock()
 	defer s.ckptMu.Unlock()
 	s.mu.Lock()
@@ -302,6 +324,9 @@ func (s *Store) commitLoad(sh *Store) error {
 		return err
 	}
 	s.users, s.byID, s.refs = sh.users, sh.byID, sh.refs
+	s.packs.mu.Lock()
+	s.packs.locs, s.packs.live = locs, live
+	s.packs.mu.Unlock()
 	s.messages, s.bodyBytes = sh.messages, sh.bodyBytes
 	s.lastUIDValidity = sh.lastUIDValidity
 	for _, e := range sh.meta.Epochs {

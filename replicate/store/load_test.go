@@ -248,6 +248,8 @@ func TestLoadChild(t *testing.T) {
 		t.Skip("run by TestLoadCrash as a child process")
 	}
 	ctx := context.Background()
+	defer store.SetPackTarget(32 << 10)() // many packs: kills between them
+	defer store.SetLoadKickBytes(64 << 10)()
 	s, err := store.Open(dir, &store.Options{Logger: discardLogger()})
 	require.NoError(t, err)
 	changes, bodies := loadChanges()

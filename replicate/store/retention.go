@@ -272,7 +272,7 @@ func (s *Store) pruneTombsLocked() {
 			continue // unlinkLocked removes it once its removal is durable
 		}
 		delete(s.corrupt, t.Digest)
-		if err := os.Remove(s.bodyPath(t.Digest)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := s.removeBody(t.Digest); err != nil {
 			s.log.Warn("store: removing a body no hold needs", "digest", t.Digest.String(), "err", err)
 			continue
 		}

@@ -57,6 +57,11 @@ type Store struct {
 	ops sync.WaitGroup
 	// metaMu serialises writes of HISTORY.
 	metaMu sync.Mutex
+	// loadMu serialises loads (load.go).
+	loadMu sync.Mutex
+	// packs are the bodies a load wrote into packs (packs.go); their own
+	// lock.
+	packs packsState
 
 	mu              sync.Mutex
 	closed          bool
@@ -204,6 +209,9 @@ func (s *Store) open() error {
 	if err := s.saveHistory(); err != nil {
 		return err
 	}
+	if err := s.loadPacks(); err != nil {
+		return err
+	}
 	return s.restoreBodies()
 }
 
@@ -225,7 +233,7 @@ func (s *Store) restoreBodies() error {
 		}
 		path := s.bodyPath(d)
 		s.unsynced[d] = struct{}{}
-		b, err := os.ReadFile(path)
+		b, err := s.readStored(d)
 		if err == nil && resilmail.DigestOf(b) == d {
 			continue
 		}
@@ -282,8 +290,8 @@ func (s *Store) checkVersion() error {
 	if string(b) == "resilmail-store 1\n" {
 		return fmt.Errorf("%w: %s is format version 1 (bodies outside the journal); this build reads only version 2 and does not convert: recreate the store (for example from a replica)", ErrFormat, s.dir)
 	}
-	if string(b) != versionText {
-		return fmt.Errorf("%w: %s says %q; this build reads %q", ErrFormat, path, b, versionText)
+	if string(b) != versionText && string(b) != packedVersion {
+		return fmt.Errorf("%w: %s says %q; this build reads %q and %q", ErrFormat, path, b, versionText, packedVersion)
 	}
 	return nil
 }
@@ -595,7 +603,7 @@ func (s *Store) unlinkLocked() {
 			continue // still used, or kept for a retention hold
 		}
 		delete(s.corrupt, d)
-		if err := os.Remove(s.bodyPath(d)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := s.removeBody(d); err != nil {
 			s.log.Warn("store: removing unreferenced body", "digest", d.String(), "err", err)
 			continue
 		}

@@ -624,7 +624,7 @@ func TestUnknownFormatRefused(t *testing.T) {
 		dir := t.TempDir()
 		s := open(t, dir, nil)
 		require.NoError(t, s.Close())
-		require.NoError(t, os.WriteFile(filepath.Join(dir, "VERSION"), []byte("resilmail-store 3\n"), 0o644))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "VERSION"), []byte("resilmail-store 4\n"), 0o644))
 		_, err := store.Open(dir, quietOpts())
 		assert.ErrorIs(t, err, store.ErrFormat)
 	})
