@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -225,4 +226,104 @@ func BenchmarkCheckpointAndOpen(b *testing.B) {
 	require.NoError(b, s.Close())
 	b.ReportMetric(float64(ckpt.Milliseconds())/float64(b.N), "checkpoint-ms")
 	b.ReportMetric(float64(reopen.Milliseconds())/float64(b.N), "open-ms")
+}
+
+// loadBench is a state of n messages of 8 KiB in 20 mailboxes, with its
+// bodies.
+func loadBench(n int) ([]resilmail.Change, map[resilmail.Digest][]byte) {
+	now := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	bodies := make(map[resilmail.Digest][]byte, n)
+	var out []resilmail.Change
+	for box := range 20 {
+		user := fmt.Sprintf("u%d", box/5)
+		if box%5 == 0 {
+			out = append(out, resilmail.Change{Kind: resilmail.ChangeUserCreate, User: user, Epoch: 1, Time: now})
+		}
+		id := resilmail.MailboxID{byte(box), 1}
+		name := fmt.Sprintf("Box%d", box)
+		out = append(out, resilmail.Change{Kind: resilmail.ChangeMailboxCreate, User: user, Mailbox: name, MailboxID: id, UIDValidity: 7, Epoch: 1, Time: now})
+		for i := range n / 20 {
+			body := bytes.Repeat([]byte("0123456789abcdef"), 512) // 8 KiB
+			copy(body, fmt.Sprintf("Subject: %d %d\r\n\r\n", box, i))
+			d := resilmail.DigestOf(body)
+			bodies[d] = body
+			out = append(out, resilmail.Change{Kind: resilmail.ChangeAppend, User: user, Mailbox: name, MailboxID: id, UIDValidity: 7,
+				UID: uint32(i + 1), Digest: d, Size: int64(len(body)), ModSeq: uint64(i + 1), Epoch: 1, Time: now})
+		}
+	}
+	return out, bodies
+}
+
+// BenchmarkLoad loads 20 000 messages of 8 KiB into an empty store (the
+// bodies given from 2 goroutines, as a restore does), sync included.
+func BenchmarkLoad(b *testing.B) {
+	ctx := context.Background()
+	changes, bodies := loadBench(20000)
+	var list []resilmail.Digest
+	for d := range bodies {
+		list = append(list, d)
+	}
+	b.SetBytes(int64(len(list) * 8192))
+	for b.Loop() {
+		b.StopTimer()
+		s := open(b, b.TempDir(), quietOpts())
+		b.StartTimer()
+		require.NoError(b, s.Load(ctx, changes, func(ctx context.Context, put func(resilmail.Digest, []byte) error) error {
+			var wg sync.WaitGroup
+			errs := make([]error, 2)
+			for w := range 2 {
+				wg.Go(func() {
+					for i := w; i < len(list) && errs[w] == nil; i += 2 {
+						errs[w] = put(list[i], bodies[list[i]])
+					}
+				})
+			}
+			wg.Wait()
+			return errors.Join(errs...)
+		}))
+		b.StopTimer()
+		require.NoError(b, s.Close())
+		b.StartTimer()
+	}
+}
+
+// BenchmarkOpenBody opens and reads a header-sized part of a body that has
+// a file of its own (appended) and of one in a pack (loaded).
+func BenchmarkOpenBody(b *testing.B) {
+	ctx := context.Background()
+	changes, bodies := loadBench(2000)
+	packed := open(b, b.TempDir(), quietOpts())
+	require.NoError(b, packed.Load(ctx, changes, func(ctx context.Context, put func(resilmail.Digest, []byte) error) error {
+		for d, body := range bodies {
+			if err := put(d, body); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	loose := open(b, b.TempDir(), quietOpts())
+	require.NoError(b, loose.CreateUser(ctx, "u"))
+	var list []resilmail.Digest
+	for d, body := range bodies {
+		_, err := loose.Append(ctx, "u", "INBOX", nil, time.Time{}, bytes.NewReader(body))
+		require.NoError(b, err)
+		list = append(list, d)
+	}
+	for _, c := range []struct {
+		name string
+		s    *store.Store
+	}{{"loose", loose}, {"packed", packed}} {
+		b.Run(c.name, func(b *testing.B) {
+			p := make([]byte, 512)
+			i := 0
+			for b.Loop() {
+				r, err := c.s.OpenBody(ctx, list[i%len(list)])
+				require.NoError(b, err)
+				_, err = r.ReadAt(p, 0)
+				require.NoError(b, err)
+				r.Close()
+				i++
+			}
+		})
+	}
 }

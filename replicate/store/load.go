@@ -182,6 +182,7 @@ func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed func(
 	if err != nil {
 		return err
 	}
+	written := time.Now()
 	kickWG.Wait()
 	if err := syncer.Sync(); err != nil {
 		return storageErr(err)
@@ -189,11 +190,13 @@ func (s *Store) Load(ctx context.Context, changes []resilmail.Change, feed func(
 	if kickErr != nil {
 		return storageErr(kickErr)
 	}
+	synced := time.Now()
 	if err := s.commitLoad(sh, locs, live); err != nil {
 		return err
 	}
 	s.log.Info("store: loaded", "users", len(sh.users), "mailboxes", len(sh.byID), "messages", sh.messages,
-		"bodies", len(sh.refs), "bytes", bytes, "packs", len(live), "seq", sh.applied, "took", time.Since(start))
+		"bodies", len(sh.refs), "bytes", bytes, "packs", len(live), "seq", sh.applied, "took", time.Since(start),
+		"writing", written.Sub(start), "syncing", synced.Sub(written), "committing", time.Since(synced))
 	return nil
 }
 

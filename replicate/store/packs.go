@@ -344,13 +344,14 @@ func (s *Store) removeOrphanPacks() (int, error) {
 	n := 0
 	for id := range ids {
 		s.mu.Lock()
+		// Checked and removed under the lock a Load takes to start
+		// writing packs.
 		s.packs.mu.RLock()
-		orphan := !s.packs.loading && s.packs.live[id] == 0 && !s.closed
-		s.packs.mu.RUnlock()
-		if orphan {
+		if !s.packs.loading && s.packs.live[id] == 0 && !s.closed {
 			s.removePack(id)
 			n++
 		}
+		s.packs.mu.RUnlock()
 		s.mu.Unlock()
 	}
 	return n, nil
@@ -539,23 +540,27 @@ func (s *Store) startPacks() error {
 			return err
 		}
 	}
+	// From here a Scrub leaves the packs folder alone (it checks and
+	// removes under the same lock).
 	s.packs.mu.Lock()
-	s.packs.loading = true
 	inUse := len(s.packs.live) > 0
+	s.packs.loading = !inUse
 	s.packs.mu.Unlock()
 	if inUse {
 		return fmt.Errorf("%w (%w): it holds packed bodies", ErrNotEmpty, fs.ErrExist)
 	}
 	ids, err := s.packIDs()
-	if err != nil {
-		return err
-	}
 	for id := range ids {
 		for _, suffix := range []string{packIndexSuffix, packSuffix} {
-			if err := os.Remove(s.packPath(id, suffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return storageErr(err)
+			if rerr := os.Remove(s.packPath(id, suffix)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
+				err = storageErr(rerr)
 			}
 		}
 	}
-	return nil
+	if err != nil {
+		s.packs.mu.Lock()
+		s.packs.loading = false
+		s.packs.mu.Unlock()
+	}
+	return err
 }
