@@ -137,7 +137,9 @@ type switchover struct {
 }
 
 // Switchover moves the primary role from the primary from to the standby
-// to, in order: check both positions (the target must lag at most MaxLag),
+// to, in order: check both positions (the target must lag at most MaxLag,
+// and follow from's history when both name one: the check waits up to
+// StepTimeout for it to join, before anything is drained),
 // drain from, read its final position, wait until to holds it, choose the
 // new epoch, demote from (read-only at its own epoch), promote to at the
 // new epoch, and make from follow to.
@@ -147,8 +149,10 @@ type switchover struct {
 // the error wraps [ErrSwitchover]. A failure of the last step (follow)
 // leaves to primary and is reported without rollback.
 //
-// Failback is the same call in the other direction; MaxLag makes it wait
-// until the old primary has caught up.
+// Failback is the same call in the other direction: until the old
+// primary has joined the new one's history (within StepTimeout) and lags
+// at most MaxLag, it is refused with [ErrNotEligible] before anything is
+// drained; retry it.
 func Switchover(ctx context.Context, from, to Member, opts *SwitchoverOptions) (Report, error) {
 	if opts == nil {
 		opts = &SwitchoverOptions{}
@@ -200,12 +204,27 @@ func (s *switchover) step(ctx context.Context, name string, d time.Duration, f f
 func (s *switchover) run(ctx context.Context) error {
 	var fromPos, toPos Position
 	err := s.step(ctx, StepCheck, 0, func(ctx context.Context) error {
-		var err error
-		if fromPos, err = s.from.Position(ctx); err != nil {
-			return fmt.Errorf("position of %s: %w", s.rep.From, err)
-		}
-		if toPos, err = s.to.Position(ctx); err != nil {
-			return fmt.Errorf("position of %s: %w", s.rep.To, err)
+		for {
+			var err error
+			if fromPos, err = s.from.Position(ctx); err != nil {
+				return fmt.Errorf("position of %s: %w", s.rep.From, err)
+			}
+			if toPos, err = s.to.Position(ctx); err != nil {
+				return fmt.Errorf("position of %s: %w", s.rep.To, err)
+			}
+			if fromPos.History == "" || toPos.History == "" || toPos.History == fromPos.History {
+				break
+			}
+			// A node that has not joined the primary's history yet (a
+			// standby just started, an old primary still aligning with
+			// the new one) may need the primary to take a write to join
+			// it, which a drained primary refuses: it could not catch up
+			// while writes wait. Nothing is drained yet: wait for it.
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%w: %s follows history %s, not %s's %s: it has not joined it in %v", ErrNotEligible, s.rep.To, toPos.History, s.rep.From, fromPos.History, s.opts.StepTimeout)
+			case <-time.After(5 * time.Millisecond): // polls the positions
+			}
 		}
 		s.rep.Lag = toPos.Behind(fromPos)
 		if s.rep.Lag > s.opts.MaxLag {

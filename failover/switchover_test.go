@@ -32,6 +32,7 @@ type fakeNode struct {
 	seq     uint64 // primary: own journal; standby: applied upstream seq
 	drained bool
 	follows string
+	history string           // the history its Position names (empty: none)
 	fail    map[string]error // method name -> error
 	block   map[string]bool  // method name -> wait for ctx
 }
@@ -106,7 +107,7 @@ func (n *fakeNode) Position(ctx context.Context) (Position, error) {
 	}
 	n.p.mu.Lock()
 	defer n.p.mu.Unlock()
-	return Position{Epoch: n.epoch, Seq: n.seq}, nil
+	return Position{History: n.history, Epoch: n.epoch, Seq: n.seq}, nil
 }
 
 func (n *fakeNode) WaitCaughtUp(ctx context.Context, pos Position) error {
@@ -188,6 +189,31 @@ func TestSwitchoverAndFailback(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, resilmail.Epoch(5), rep.Epoch)
 	assert.Equal(t, []string{"a"}, p.writable())
+}
+
+// TestSwitchoverWaitsForTheTargetToJoinTheHistory: a target that does not
+// follow the primary's history (an old primary still aligning with the
+// new one, which needs the primary to take a write) is waited for before
+// anything is drained, however small its lag, and refused if it does not
+// join it within the step timeout; once it has, the switchover runs.
+func TestSwitchoverWaitsForTheTargetToJoinTheHistory(t *testing.T) {
+	p, a, b := newFakePair(t)
+	a.history, b.history = "h2", "h1"
+	rep, err := Switchover(context.Background(), a, b, &SwitchoverOptions{Logger: quietLog(), StepTimeout: 50 * time.Millisecond})
+	require.ErrorIs(t, err, ErrNotEligible)
+	assert.Equal(t, []string{StepCheck}, steps(rep), "nothing drained")
+	assert.Equal(t, []string{"a"}, p.writable())
+
+	joined := time.AfterFunc(30*time.Millisecond, func() {
+		p.mu.Lock()
+		b.history = "h2"
+		p.mu.Unlock()
+	})
+	defer joined.Stop()
+	rep, err = Switchover(context.Background(), a, b, &SwitchoverOptions{Logger: quietLog()})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"b"}, p.writable())
+	assert.GreaterOrEqual(t, rep.Steps[0].Took, 30*time.Millisecond, "the check waited for b to join a's history")
 }
 
 func TestSwitchoverRollsBack(t *testing.T) {
