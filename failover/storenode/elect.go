@@ -11,15 +11,17 @@ import (
 )
 
 // Candidate returns the node as a [failover.Candidate] for an Elector: it
-// is eligible while primary, or as a standby whose replica lags its
-// primary's last announced position by at most maxLag changes (a node
-// that follows nobody, such as a fenced old primary that has not rejoined,
-// is not). Promote raises the store's epoch to at least the term's token;
-// Demote fences the store at its own epoch.
+// is eligible while primary (drained by a switchover too: it keeps the
+// lease until the switchover hands it over or resumes), or as a standby
+// whose replica lags its primary's last announced position by at most
+// maxLag changes (a node that follows nobody, such as a fenced old primary
+// that has not rejoined, is not). Promote raises the store's epoch to at
+// least the term's token; Demote fences the store at its own epoch (a
+// drained one is left to its switchover, which demotes it or resumes it).
 func (n *Node) Candidate(maxLag uint64) failover.Candidate {
 	return failover.CandidateFuncs{
 		EligibleFunc: func(ctx context.Context) error {
-			if n.st.Role() == store.RolePrimary {
+			if n.st.Role() == store.RolePrimary || n.drained() {
 				return nil
 			}
 			r := n.Replica()
@@ -43,6 +45,12 @@ func (n *Node) Candidate(maxLag uint64) failover.Candidate {
 			return n.Demote(ctx, n.st.Epoch())
 		},
 	}
+}
+
+// drained reports whether the node is a primary that a switchover drained:
+// it serves its stream, its store refuses writes as a standby (not fenced).
+func (n *Node) drained() bool {
+	return n.st.Role() == store.RoleStandby && n.Primary() != nil
 }
 
 // FollowLeader makes the node, while it does not hold the lease, follow
