@@ -1,10 +1,10 @@
 package replicate_test
 
 import (
-	"os"
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
