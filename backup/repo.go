@@ -354,11 +354,21 @@ func (r *Repo) refreshIndex(ctx context.Context, gen uint64) error {
 
 // readFrame reads and opens the frame at off in a pack.
 func (r *Repo) readFrame(ctx context.Context, pack string, off, length int64) ([]byte, error) {
+	return r.readFrameInto(ctx, pack, off, length, nil)
+}
+
+// readFrameInto is readFrame decoding into dst's memory when it is large
+// enough.
+func (r *Repo) readFrameInto(ctx context.Context, pack string, off, length int64, dst []byte) ([]byte, error) {
 	sealed, err := r.t.Get(ctx, packsPrefix+pack, off, length)
 	if err != nil {
 		return nil, fmt.Errorf("backup: pack %s: %w", pack, err)
 	}
-	return r.openFrame(pack, off, sealed)
+	b, err := r.c.openInto(kindBody, sealed, dst)
+	if err != nil {
+		return nil, fmt.Errorf("backup: pack %s at %d: %w", pack, off, err)
+	}
+	return b, nil
 }
 
 func (r *Repo) openFrame(pack string, off int64, sealed []byte) ([]byte, error) {

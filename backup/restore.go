@@ -383,7 +383,8 @@ func (r *Repo) restoreLoad(ctx context.Context, dst Loader, st *state, sel Selec
 // eachBody calls fn with every body in need, reading each frame that
 // holds them once: frames in parallel (Options.Parallelism), in pack
 // order. fn is called concurrently, with bodies not checked against their
-// digests (a Loader's put checks them, once).
+// digests (a Loader's put checks them, once), and must not keep a body
+// after it returns: the frames are decoded into buffers used again.
 func (r *Repo) eachBody(ctx context.Context, need map[resilmail.Digest]bool, fn func(resilmail.Digest, []byte) error) error {
 	type frameJob struct {
 		pack        string
@@ -419,9 +420,20 @@ func (r *Repo) eachBody(ctx context.Context, need map[resilmail.Digest]bool, fn 
 	})
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(r.opts.Parallelism)
+	var bufs sync.Pool
 	for _, j := range list {
 		g.Go(func() error {
-			frame, err := r.readFrame(gctx, j.pack, j.off, j.length)
+			buf, _ := bufs.Get().(*[]byte)
+			if buf == nil {
+				buf = new([]byte)
+			}
+			frame, err := r.readFrameInto(gctx, j.pack, j.off, j.length, *buf)
+			if err == nil {
+				defer func() {
+					*buf = frame
+					bufs.Put(buf)
+				}()
+			}
 			if errors.Is(err, ErrNotExist) {
 				// A prune rewrote or removed the pack since the index was
 				// read: each body from where the index says now.

@@ -145,7 +145,11 @@ var ErrCorrupt = errors.New("backup: corrupt")
 var ErrWrongKey = errors.New("backup: wrong key")
 
 // open checks and decodes an object of kind.
-func (c *codec) open(kind byte, b []byte) ([]byte, error) {
+func (c *codec) open(kind byte, b []byte) ([]byte, error) { return c.openInto(kind, b, nil) }
+
+// openInto is open decoding into dst's memory when it is large enough
+// (a buffer the caller reuses).
+func (c *codec) openInto(kind byte, b, dst []byte) ([]byte, error) {
 	if len(b) < sealHeaderLen || b[0] != 'R' || b[1] != 'B' {
 		return nil, fmt.Errorf("%w: not a backup object", ErrCorrupt)
 	}
@@ -188,11 +192,14 @@ func (c *codec) open(kind byte, b []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: unknown object flags %#x", ErrCorrupt, flags)
 	}
 	if flags&flagZstd != 0 {
-		out, err := c.dec.DecodeAll(data, nil)
+		out, err := c.dec.DecodeAll(data, dst[:0])
 		if err != nil {
 			return nil, fmt.Errorf("%w: decompress: %w", ErrCorrupt, err)
 		}
 		return out, nil
+	}
+	if dst != nil {
+		return append(dst[:0], data...), nil
 	}
 	return bytes.Clone(data), nil
 }

@@ -99,7 +99,8 @@ type Destination interface {
 // gives them: users, subscriptions, mailboxes, appends in ascending UID
 // order per mailbox, reserves) and calls feed, which calls put once per
 // body the appends refer to, from as many goroutines as it likes; put
-// checks the body against its digest. Load makes nothing visible unless
+// checks the body against its digest and does not keep it after it
+// returns (the caller reuses the memory). Load makes nothing visible unless
 // it returns nil: a load that fails or is killed leaves the store empty.
 type Loader interface {
 	Load(ctx context.Context, changes []resilmail.Change, feed func(ctx context.Context, put func(d resilmail.Digest, body []byte) error) error) error

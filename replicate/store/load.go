@@ -42,7 +42,8 @@ var ErrNotEmpty = errors.New("store: not empty")
 // to, from as many goroutines as it likes, and returns once every put has
 // returned. Each body put is checked against its digest (a
 // mismatch is refused with [ErrCorrupt]) and written once, into a pack;
-// put may be called concurrently, and a body put twice is written once.
+// put may be called concurrently, and a body put twice is written once;
+// put does not keep body after it returns (it copies what it writes).
 // Every body the changes refer to must be put: Load fails otherwise.
 //
 // Nothing is visible, and nothing survives a crash, before Load returns
