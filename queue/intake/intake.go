@@ -303,6 +303,12 @@ func (s *session) rejected(to string, err error) error {
 }
 
 func (s *session) Data(r io.Reader) error {
+	if c, ok := s.conn.Conn().(*Conn); ok {
+		if b := c.body(s.conn.Server()); b != nil {
+			r = b
+			defer b.Drain() // before go-smtp answers
+		}
+	}
 	env := s.env
 	env.ID = queue.NewID()
 	var lr *limitReader
