@@ -479,12 +479,18 @@ type ScrubReport struct {
 	Corrupt []resilmail.Digest // bodies found missing or different (now marked)
 	Healed  int                // bodies marked corrupt that are good again
 	Orphans int                // unreferenced body files (and packs) removed
+	// PacksRewritten counts the packs that held their needed bodies in
+	// less than half their size: those bodies now have files of their
+	// own, and the packs are gone.
+	PacksRewritten int
 }
 
 // Scrub re-hashes every stored body, as partial reads (Header) do not, and
 // reports and marks the ones that are missing or do not match their
 // digest: they are never served or shipped afterwards. It also removes body
-// files that no message references (left by a crash). It returns early,
+// files and packs that no message references (left by a crash or a failed
+// load), and moves the bodies of a pack that holds them in less than half
+// its size into files of their own, removing the pack. It returns early,
 // with what it found so far, when ctx is done.
 func (s *Store) Scrub(ctx context.Context) (ScrubReport, error) {
 	var rep ScrubReport
@@ -536,13 +542,16 @@ func (s *Store) Scrub(ctx context.Context) (ScrubReport, error) {
 		packs, err = s.removeOrphanPacks()
 		orphans += packs
 	}
+	if err == nil {
+		rep.PacksRewritten, err = s.rewriteSparsePacks(ctx)
+	}
 	rep.Orphans = orphans
 	s.mu.Lock()
 	s.c.scrubs++
 	s.c.scrubbed += uint64(rep.Checked)
 	s.c.lastScrub = time.Now()
 	s.mu.Unlock()
-	s.log.Info("store: scrub done", "checked", rep.Checked, "bytes", rep.Bytes, "corrupt", len(rep.Corrupt), "healed", rep.Healed, "orphans", rep.Orphans)
+	s.log.Info("store: scrub done", "checked", rep.Checked, "bytes", rep.Bytes, "corrupt", len(rep.Corrupt), "healed", rep.Healed, "orphans", rep.Orphans, "packs_rewritten", rep.PacksRewritten)
 	return rep, err
 }
 

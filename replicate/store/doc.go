@@ -96,7 +96,8 @@
 // packs no message refers to, removed by the next load or a scrub); the
 // journal starts after the load. Packed bodies are read, shared, scrubbed,
 // marked corrupt and repaired like the others; a pack is removed once none
-// of its bodies is needed.
+// of its bodies is needed, or by a scrub, which gives the bodies of a pack
+// less than half used files of their own.
 //
 // # Epochs and replicas
 //

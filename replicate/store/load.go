@@ -303,7 +303,7 @@ func writeLoadedBody(path string, body []byte) error {
 
 // commitLoad writes the loaded state's checkpoint, which makes it the
 // store's, and puts it in place of the empty one in memory.
-func (s *Store) commitLoad(sh *Store, locs map[resilmail.Digest]packLoc, live map[uint32]int) error {
+func (s *Store) commitLoad(sh *Store, locs map[resilmail.Digest]packLoc, live map[uint32]*packLive) error {
 	s.ckptMu.Lock()
 	defer s.ckptMu.Unlock()
 	s.mu.Lock()

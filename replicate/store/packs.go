@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -33,7 +34,9 @@ import (
 // kept for a retention hold, or with its removal not yet durable). A body
 // that stops being needed is dropped from that map where a loose body's
 // file would be removed, and a pack is removed with its index once none
-// of its bodies is left (a partly used pack keeps its space until then).
+// of its bodies is left; a Scrub moves the bodies of a pack that holds
+// them in less than half its size into files of their own, and so removes
+// it (a pack never keeps more than twice what it holds past a scrub).
 // A packed body found damaged is dropped from the map (and marked corrupt,
 // as a loose one is); a good copy stored again is written as a loose file,
 // which is then served. A load killed before its checkpoint leaves packs
@@ -65,6 +68,12 @@ const (
 // (a variable for tests).
 var packTarget int64 = 16 << 20
 
+// packLive is what a pack still holds that the store needs.
+type packLive struct {
+	bodies      int
+	bytes, size int64 // of those bodies; of the pack
+}
+
 // packLoc is where a packed body lies.
 type packLoc struct {
 	pack      uint32
@@ -76,7 +85,7 @@ type packLoc struct {
 type packsState struct {
 	mu   sync.RWMutex
 	locs map[resilmail.Digest]packLoc
-	live map[uint32]int // bodies of each pack still in locs
+	live map[uint32]*packLive // what each pack still holds in locs
 	// loading is set while a Load writes packs, so that a Scrub leaves
 	// them alone.
 	loading bool
@@ -193,7 +202,7 @@ func (s *Store) loadPacks() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.locs = make(map[resilmail.Digest]packLoc)
-	p.live = make(map[uint32]int)
+	p.live = make(map[uint32]*packLive)
 	for id, has := range ids {
 		if !has[0] || !has[1] {
 			s.log.Warn("store: a pack without its index, or an index without its pack (a load that did not finish); a scrub removes it", "pack", id)
@@ -203,7 +212,7 @@ func (s *Store) loadPacks() error {
 		if err != nil {
 			return storageErr(err)
 		}
-		_, entries, err := decodePackIndex(b)
+		size, entries, err := decodePackIndex(b)
 		if err != nil {
 			s.log.Error("store: a pack's index is damaged; its bodies are not served (a scrub marks the ones still referenced corrupt)", "pack", id, "err", err)
 			continue
@@ -213,7 +222,13 @@ func (s *Store) loadPacks() error {
 				continue
 			}
 			p.locs[x.d] = packLoc{pack: id, off: x.off, size: x.size}
-			p.live[id]++
+			pl := p.live[id]
+			if pl == nil {
+				pl = &packLive{size: size}
+				p.live[id] = pl
+			}
+			pl.bodies++
+			pl.bytes += x.size
 		}
 	}
 	s.log.Info("store: packs loaded", "packs", len(p.live), "bodies", len(p.locs))
@@ -245,8 +260,10 @@ func (s *Store) dropPacked(d resilmail.Digest) {
 		return
 	}
 	delete(p.locs, d)
-	p.live[l.pack]--
-	last := p.live[l.pack] == 0
+	pl := p.live[l.pack]
+	pl.bodies--
+	pl.bytes -= l.size
+	last := pl.bodies == 0
 	if last {
 		delete(p.live, l.pack)
 	}
@@ -347,7 +364,7 @@ func (s *Store) removeOrphanPacks() (int, error) {
 		// Checked and removed under the lock a Load takes to start
 		// writing packs.
 		s.packs.mu.RLock()
-		if !s.packs.loading && s.packs.live[id] == 0 && !s.closed {
+		if !s.packs.loading && s.packs.live[id] == nil && !s.closed {
 			s.removePack(id)
 			n++
 		}
@@ -471,7 +488,7 @@ func (w *packWriter) write(p *packFile, b []byte, off int64) {
 // finish writes what is buffered and every pack's index, and closes the
 // packs; it returns the bodies' locations. Nothing is synced: Load syncs
 // the file system once.
-func (w *packWriter) finish() (map[resilmail.Digest]packLoc, map[uint32]int, error) {
+func (w *packWriter) finish() (map[resilmail.Digest]packLoc, map[uint32]*packLive, error) {
 	w.mu.Lock()
 	if p := w.cur; p != nil && len(p.buf) > 0 {
 		out, off := p.buf, p.bufOff
@@ -483,7 +500,7 @@ func (w *packWriter) finish() (map[resilmail.Digest]packLoc, map[uint32]int, err
 	w.wg.Wait()
 	err := w.err
 	locs := make(map[resilmail.Digest]packLoc)
-	live := make(map[uint32]int)
+	live := make(map[uint32]*packLive)
 	for _, p := range w.all {
 		if cerr := syscall.Close(p.fd); err == nil && cerr != nil {
 			err = storageErr(&os.PathError{Op: "close", Path: w.s.packPath(p.id, packSuffix), Err: cerr})
@@ -499,7 +516,7 @@ func (w *packWriter) finish() (map[resilmail.Digest]packLoc, map[uint32]int, err
 		for _, x := range p.entries {
 			locs[x.d] = packLoc{pack: p.id, off: x.off, size: x.size}
 		}
-		live[p.id] = len(p.entries)
+		live[p.id] = &packLive{bodies: len(p.entries), bytes: p.size, size: p.size}
 	}
 	w.all = nil
 	return locs, live, err
@@ -562,5 +579,94 @@ func (s *Store) startPacks() error {
 		s.packs.loading = false
 		s.packs.mu.Unlock()
 	}
+	return err
+}
+
+// rewriteSparsePacks moves the bodies still needed out of every pack that
+// holds them in less than half its size, into files of their own (made
+// durable before the pack is dropped), so that the pack goes: a restored
+// store whose mail is deleted over time gives the space back, and a pack
+// never takes more than twice what it holds for long. Each body is checked
+// against its digest on the way (a damaged one is marked corrupt, as a
+// read would). It returns the number of packs emptied.
+func (s *Store) rewriteSparsePacks(ctx context.Context) (int, error) {
+	p := &s.packs
+	p.mu.RLock()
+	sparse := make(map[uint32]bool)
+	for id, pl := range p.live {
+		if pl.bytes*2 < pl.size {
+			sparse[id] = true
+		}
+	}
+	var moves []resilmail.Digest
+	if len(sparse) > 0 {
+		for d, l := range p.locs {
+			if sparse[l.pack] {
+				moves = append(moves, d)
+			}
+		}
+	}
+	p.mu.RUnlock()
+	if len(sparse) == 0 {
+		return 0, nil
+	}
+	written := make(map[resilmail.Digest]struct{}, len(moves))
+	for _, d := range moves {
+		if err := ctx.Err(); err != nil {
+			return 0, fmt.Errorf("store: %w", err)
+		}
+		s.mu.Lock()
+		if s.closed || !s.neededLocked(d) {
+			s.mu.Unlock()
+			continue
+		}
+		s.pinLocked(d) // a removal meanwhile waits for the release below
+		s.mu.Unlock()
+		err := s.unpackBody(d)
+		if err == nil {
+			written[d] = struct{}{}
+		}
+		s.release(d)
+		if err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNotFound) {
+			return 0, err
+		}
+	}
+	if err := s.syncBodies(written); err != nil {
+		return 0, err
+	}
+	n := 0
+	for d := range written {
+		if l, ok := s.packedLoc(d); ok && sparse[l.pack] {
+			s.dropPacked(d)
+		}
+	}
+	p.mu.RLock()
+	for id := range sparse {
+		if p.live[id] == nil {
+			n++
+		}
+	}
+	p.mu.RUnlock()
+	if n > 0 {
+		s.log.Info("store: sparse packs rewritten as files of their own", "packs", n, "bodies", len(written))
+	}
+	return n, nil
+}
+
+// unpackBody writes packed body d, checked, into a file of its own
+// (without fsync), unless it has one.
+func (s *Store) unpackBody(d resilmail.Digest) error {
+	path := s.bodyPath(d)
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	b, err := s.readStored(d)
+	if err == nil && resilmail.DigestOf(b) == d {
+		return s.writeBodyFile(path, b)
+	}
+	if err == nil {
+		err = errors.New("content does not match its digest")
+	}
+	_, err = s.markCorrupt(d, fmt.Sprintf("moving it out of its pack: %v", err))
 	return err
 }

@@ -271,3 +271,47 @@ func TestScrubRemovesPacksOfAFailedLoad(t *testing.T) {
 	require.Zero(t, rep.Orphans, "the failed load's packs were removed by the load")
 	require.Empty(t, rep.Corrupt)
 }
+
+// TestScrubRewritesSparsePacks: once most of a pack's bodies are expunged,
+// a scrub gives the rest files of their own and removes the pack; every
+// message still reads back, after a restart too, and a pack still mostly
+// used stays.
+func TestScrubRewritesSparsePacks(t *testing.T) {
+	ctx := context.Background()
+	dst, dir, changes, bodies := loadedStore(t)
+	packs := dst.PackFiles()
+	// u0 and u1 lose two messages of three; u2 and u3 keep everything.
+	var kept []resilmail.Change
+	for _, c := range changes {
+		if c.Kind != resilmail.ChangeAppend {
+			continue
+		}
+		if (c.User == "u0" || c.User == "u1") && c.UID%3 != 0 {
+			_, err := dst.Expunge(ctx, c.User, c.Mailbox, resilmail.NewUIDSet(c.UID))
+			require.NoError(t, err)
+			continue
+		}
+		kept = append(kept, c)
+	}
+	require.NoError(t, dst.Compact(ctx))
+	require.Equal(t, packs, dst.PackFiles(), "every pack still holds a body")
+	rep, err := dst.Scrub(ctx)
+	require.NoError(t, err)
+	require.Empty(t, rep.Corrupt)
+	require.Positive(t, rep.PacksRewritten)
+	require.Equal(t, packs-rep.PacksRewritten, dst.PackFiles())
+	require.Positive(t, dst.PackFiles(), "the packs of u2 and u3 stay")
+	require.Positive(t, looseBodies(t, dir))
+	checkBodies(t, dst, kept, bodies)
+	rep, err = dst.Scrub(ctx)
+	require.NoError(t, err)
+	require.Zero(t, rep.PacksRewritten, "nothing sparse left")
+	require.NoError(t, dst.Close())
+	dst = open(t, dir, nil)
+	checkBodies(t, dst, kept, bodies)
+	rep, err = dst.Scrub(ctx)
+	require.NoError(t, err)
+	require.Empty(t, rep.Corrupt)
+	require.Zero(t, rep.Orphans)
+	require.Equal(t, len(fullBodies(kept)), rep.Checked)
+}
