@@ -5,6 +5,7 @@ import (
 	"container/heap"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -378,15 +379,22 @@ func (q *Queue) runJob(ctx context.Context, j *job) {
 	for k, i := range j.rcpts {
 		env.To[k] = m.rec.Env.To[i]
 	}
-	var err error
-	if err = q.wal.Sync(); err != nil {
-		// The attempt is not durable: do not deliver.
-		err = &resilmail.DeliveryError{Command: "queue", Message: "queue storage failed", Err: err}
-	} else if ctx.Err() != nil {
+	if ctx.Err() != nil {
 		// Shut down before it started: not an attempt at all.
 		q.finishJob(ctx, j, env, errNotStarted)
 		return
-	} else if body, done, berr := q.deliveryBody(m); berr != nil {
+	}
+	// The attempt's start record becomes durable while the Deliverer
+	// opens its transaction (MAIL, RCPT, DATA): the body, and with it the
+	// message, leaves only once it is (startGate). Waiting for it first
+	// cost a group commit in every attempt's time.
+	st := &startSync{done: make(chan struct{})}
+	go func() {
+		st.err = q.wal.Sync()
+		close(st.done)
+	}()
+	var err error
+	if body, done, berr := q.deliveryBody(m); berr != nil {
 		var ce *resilmail.CorruptError
 		if errors.As(berr, &ce) {
 			q.quarantineCorrupt(m, berr)
@@ -401,14 +409,43 @@ func (q *Queue) runJob(ctx context.Context, j *job) {
 			relayed[strings.ToLower(rcpt)] = true
 			mu.Unlock()
 		})
-		err = q.d.Deliver(dctx, env, body)
+		err = q.d.Deliver(dctx, env, io.NewSectionReader(&startGate{r: body, s: st}, 0, body.Size()))
 		done()
 		mu.Lock()
 		j.relayed = relayed
 		mu.Unlock()
 		q.log.Debug("queue: delivery attempt", "msg_id", m.id(), "dest", j.d.key, "rcpts", len(env.To), "took", time.Since(start), "err", err)
 	}
+	if <-st.done; st.err != nil {
+		// The attempt is not durable: nothing of the message left (the
+		// gate failed every read), and what the next hop said of the
+		// envelope is not kept either.
+		err = &resilmail.DeliveryError{Command: "queue", Message: "queue storage failed", Err: st.err}
+	}
 	q.finishJob(ctx, j, env, err)
+}
+
+// startSync is the group commit that makes an attempt's start durable.
+type startSync struct {
+	done chan struct{} // closed when err is set
+	err  error
+}
+
+// startGate is a message body whose reads wait until the attempt's start
+// is durable, and fail if it cannot be: a crash while the Deliverer
+// speaks the envelope finds no attempt and loses nothing (no byte of the
+// message left), one after finds the attempt, as when the queue waited
+// for the commit before it called the Deliverer.
+type startGate struct {
+	r io.ReaderAt
+	s *startSync
+}
+
+func (g *startGate) ReadAt(p []byte, off int64) (int, error) {
+	if <-g.s.done; g.s.err != nil {
+		return 0, fmt.Errorf("queue: the attempt could not be recorded: %w", g.s.err)
+	}
+	return g.r.ReadAt(p, off)
 }
 
 // deliveryBody returns m's body for one delivery, verified, as an

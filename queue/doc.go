@@ -18,9 +18,12 @@
 //     are checked whenever it is read. A body that fails is moved aside into
 //     the folder "corrupt", reported (log, [Stats], [Hooks]) and never
 //     delivered; the rest of the queue carries on.
-//   - Attempts are committed before they start, and their results through
-//     the same group commit once they end: a crash during an attempt still
-//     backs off, and a crash after it does not send it again. An attempt a
+//   - Attempts are committed before any byte of the message leaves (the
+//     Deliverer may speak the envelope meanwhile: its first read of the
+//     body waits for the commit, and fails if the commit did), and their
+//     results through the same group commit once they end: a crash during
+//     an attempt still backs off, and a crash after it does not send it
+//     again. An attempt a
 //     crash cut short (no result recorded) is simply retried at the next
 //     Open: delivery is at least once, as Postfix's.
 //   - Per-recipient state: each recipient is pending, delivered, failed or
