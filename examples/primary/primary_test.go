@@ -159,6 +159,7 @@ func TestDeliveriesReachTheReplica(t *testing.T) {
 	assert.Contains(t, string(m), `resilmail_replicate_connected{replica="r1"} 1`)
 	assert.Contains(t, string(m), "resilmail_store_messages 2")
 	assert.Contains(t, string(m), "resilmail_store_retention_holds_expired_total 0")
+	assert.Contains(t, string(m), "resilmail_store_pack_bytes 0", "a store built by deliveries has no pack")
 
 	// The stream refuses a caller without the secret's token.
 	resp, err = http.Get("http://" + a.http.String() + "/replicate/changes?after=0&replica=intruder")

@@ -48,6 +48,10 @@ type Stats struct {
 	BodyShared      uint64 // appends that shared a body already stored
 	BodyReads       uint64 // verified full reads of bodies
 	BodiesRemoved   uint64 // body files removed once unreferenced
+	Packs           int    // body packs (written by Load) in use
+	PackedBodies    int    // bodies read from them
+	PackBytes       int64  // bytes of those packs
+	PackLiveBytes   int64  // bytes of the bodies in them the store needs (a scrub rewrites a pack under half)
 	Checkpoints     uint64 // checkpoints written
 
 	CorruptBodies   int       // bodies now marked corrupt (never served)
@@ -73,9 +77,18 @@ type Stats struct {
 // Stats returns the store's state and counters.
 func (s *Store) Stats() Stats {
 	ws := s.wal.Stats()
+	s.packs.mu.RLock()
+	packs, packed := len(s.packs.live), len(s.packs.locs)
+	var packBytes, packLive int64
+	for _, pl := range s.packs.live {
+		packBytes += pl.size
+		packLive += pl.bytes
+	}
+	s.packs.mu.RUnlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return Stats{
+		Packs: packs, PackedBodies: packed, PackBytes: packBytes, PackLiveBytes: packLive,
 		Users: len(s.users), Mailboxes: len(s.byID), Messages: s.messages, Bodies: len(s.refs), BodyBytes: s.bodyBytes,
 		Epoch: uint64(s.epoch), Seq: s.applied, DurableSeq: s.durable, OldestSeq: s.oldestLocked(), CheckpointSeq: s.ckptSeq,
 		ReadOnly: s.meta.Role != RolePrimary, Role: s.meta.Role, Holds: len(s.ret.holds), HoldsExpired: s.c.holdsExpired, HoldsOverCap: s.c.holdsOverCap, Tombstones: len(s.ret.tombs),
