@@ -48,6 +48,11 @@
 // ed25519 or RSA) every submitted message is DKIM-signed for -dkim-domain
 // before it is queued; the relay logs the TXT record to publish at start.
 //
+// The relay runs Go's garbage collector at GOGC=400 unless $GOGC says
+// otherwise: a larger heap (about 50 MiB at peak under smtp-source, with
+// 20 sessions of 4 KiB messages or 200 of 32 MiB) for a tenth less CPU
+// per message.
+//
 // -debug-addr (loopback only) serves Go's profiler and /status: the
 // queue's messages, held and deferred counts and oldest age, the pool
 // policy's version and age, and the quarantine outbox's backlog, as JSON.
@@ -130,6 +135,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -211,7 +217,15 @@ type config struct {
 	loginDelay    time.Duration // the delay of a failed login; zero: loginguard's default (tests shorten it)
 }
 
+// gcPercent is the relay's GOGC unless the environment sets one: its heap
+// is small (tens of MiB under load) and mostly short-lived, and Go's
+// default of 100 spent a tenth of its CPU collecting it.
+const gcPercent = 400
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	c, err := parseFlags(os.Args[1:])
 	os.Exit(cli.Main("relay", err, c.verbose, func(ctx context.Context, log *slog.Logger) error { return run(ctx, c, log, nil) }))
 }
