@@ -21,3 +21,10 @@ func (s *Store) PackFiles() int {
 	ids, _ := s.packIDs()
 	return len(ids)
 }
+
+// SetUnpackHook sets a function called after each body a scrub moves out
+// of a sparse pack, and returns a function that removes it.
+func SetUnpackHook(f func()) func() {
+	unpackHook = f
+	return func() { unpackHook = nil }
+}

@@ -68,6 +68,10 @@ const (
 // (a variable for tests).
 var packTarget int64 = 16 << 20
 
+// unpackHook, if set (by tests), is called after each body a scrub moves
+// out of a sparse pack.
+var unpackHook func()
+
 // packLive is what a pack still holds that the store needs.
 type packLive struct {
 	bodies      int
@@ -627,6 +631,9 @@ func (s *Store) rewriteSparsePacks(ctx context.Context) (int, error) {
 			written[d] = struct{}{}
 		}
 		s.release(d)
+		if unpackHook != nil {
+			unpackHook()
+		}
 		if err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNotFound) {
 			return 0, err
 		}

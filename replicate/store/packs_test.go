@@ -1,12 +1,17 @@
 package store_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -286,19 +291,7 @@ func TestScrubRewritesSparsePacks(t *testing.T) {
 	dst, dir, changes, bodies := loadedStore(t)
 	packs := dst.PackFiles()
 	// u0 and u1 lose two messages of three; u2 and u3 keep everything.
-	var kept []resilmail.Change
-	for _, c := range changes {
-		if c.Kind != resilmail.ChangeAppend {
-			continue
-		}
-		if (c.User == "u0" || c.User == "u1") && c.UID%3 != 0 {
-			_, err := dst.Expunge(ctx, c.User, c.Mailbox, resilmail.NewUIDSet(c.UID))
-			require.NoError(t, err)
-			continue
-		}
-		kept = append(kept, c)
-	}
-	require.NoError(t, dst.Compact(ctx))
+	kept := sparseChanges(t, dst, changes)
 	require.Equal(t, packs, dst.PackFiles(), "every pack still holds a body")
 	rep, err := dst.Scrub(ctx)
 	require.NoError(t, err)
@@ -322,4 +315,114 @@ func TestScrubRewritesSparsePacks(t *testing.T) {
 	require.Empty(t, rep.Corrupt)
 	require.Zero(t, rep.Orphans)
 	require.Equal(t, len(fullBodies(kept)), rep.Checked)
+}
+
+const repackChildEnv = "RESILMAIL_STORE_REPACK_CHILD"
+
+// sparseChanges expunges two messages of three of u0 and u1 from a store
+// loaded with loadChanges, and returns the appends that stay.
+func sparseChanges(t *testing.T, s *store.Store, changes []resilmail.Change) []resilmail.Change {
+	t.Helper()
+	ctx := context.Background()
+	var kept []resilmail.Change
+	for _, c := range changes {
+		if c.Kind != resilmail.ChangeAppend {
+			continue
+		}
+		if (c.User == "u0" || c.User == "u1") && c.UID%3 != 0 {
+			_, err := s.Expunge(ctx, c.User, c.Mailbox, resilmail.NewUIDSet(c.UID))
+			require.NoError(t, err)
+			continue
+		}
+		kept = append(kept, c)
+	}
+	require.NoError(t, s.Compact(ctx))
+	return kept
+}
+
+// TestRepackChild is the child of TestRepackCrash: it scrubs the store,
+// announcing each body moved out of a pack ("U n"), and says "DONE" once
+// the scrub returned.
+func TestRepackChild(t *testing.T) {
+	dir := os.Getenv(repackChildEnv)
+	if dir == "" {
+		t.Skip("run by TestRepackCrash as a child process")
+	}
+	s, err := store.Open(dir, &store.Options{Logger: discardLogger()})
+	require.NoError(t, err)
+	n := 0
+	defer store.SetUnpackHook(func() {
+		n++
+		fmt.Printf("U %d\n", n)
+	})()
+	_, err = s.Scrub(context.Background())
+	require.NoError(t, err)
+	fmt.Println("DONE")
+	os.Stdout.Sync()
+	select {} // wait for the kill
+}
+
+// TestRepackCrash kills a process (kill -9) while its scrub moves the
+// bodies of sparse packs into files of their own, or after: every message
+// left reads back, nothing is corrupt, and the next scrub finishes the
+// work.
+func TestRepackCrash(t *testing.T) {
+	if os.Getenv(repackChildEnv) != "" {
+		t.Skip("child")
+	}
+	ctx := context.Background()
+	rounds := 4
+	if testing.Short() {
+		rounds = 2
+	}
+	for r := range rounds {
+		s, dir, changes, bodies := loadedStore(t)
+		kept := sparseChanges(t, s, changes)
+		moves := 0
+		for _, c := range kept {
+			if c.User == "u0" || c.User == "u1" {
+				moves++
+			}
+		}
+		require.NoError(t, s.Close())
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestRepackChild$")
+		cmd.Env = append(os.Environ(), repackChildEnv+"="+dir)
+		stdout, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+		killAt := 1 + rand.IntN(moves/2)
+		if r%2 == 1 {
+			killAt = -1 // once the scrub returned
+		}
+		sc := bufio.NewScanner(stdout)
+		killed := false
+		for sc.Scan() {
+			line := sc.Text()
+			n := -2
+			if p, ok := strings.CutPrefix(line, "U "); ok {
+				n, _ = strconv.Atoi(p)
+			}
+			if n == killAt || line == "DONE" {
+				require.NoError(t, cmd.Process.Kill())
+				killed = true
+				break
+			}
+		}
+		require.True(t, killed, "the child ended before the kill; run it alone to see why")
+		cmd.Wait()
+
+		s = open(t, dir, nil)
+		checkBodies(t, s, kept, bodies)
+		rep, err := s.Scrub(ctx)
+		require.NoError(t, err, "round %d", r)
+		require.Empty(t, rep.Corrupt)
+		require.Equal(t, len(fullBodies(kept)), rep.Checked)
+		st := s.Stats()
+		require.GreaterOrEqual(t, st.PackLiveBytes*2, st.PackBytes, "round %d: the rewrite finished", r)
+		require.Equal(t, st.Packs, s.PackFiles(), "round %d: no stray pack file left", r)
+		require.NoError(t, s.Close())
+		s = open(t, dir, nil)
+		checkBodies(t, s, kept, bodies)
+		require.NoError(t, s.Close())
+	}
 }
