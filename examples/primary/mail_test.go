@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -203,7 +204,13 @@ func TestIMAPWithTheGoIMAPClient(t *testing.T) {
 }
 
 // TestIdleAnnouncesADeliveryAtOnce delivers over LMTP while a session
-// idles: the EXISTS arrives within 100 ms of the LMTP 250.
+// idles: the store's notification wakes the session, which announces the
+// EXISTS at once, with no polling interval in between. Most announcements
+// (the median of 20) arrive within 20 ms of the LMTP 250, which a poll
+// of 50 ms or more would not meet, and every one within a second: the
+// rest is the scheduler's (four goroutines hand the news on, in a test
+// process that shares two cores with the others under go test -race
+// ./..., where one wait of 191 ms was seen).
 func TestIdleAnnouncesADeliveryAtOnce(t *testing.T) {
 	n := startMailNode(t)
 	exists := make(chan uint32, 16)
@@ -225,7 +232,7 @@ func TestIdleAnnouncesADeliveryAtOnce(t *testing.T) {
 			l.c.Close()
 		}
 	}()
-	var worst time.Duration
+	var delays []time.Duration
 	for i := 1; i <= 20; i++ {
 		ok, err := l.deliver("alice@example.org", "Subject: idle\r\n\r\nidle test\r\n")
 		require.NoError(t, err)
@@ -234,13 +241,16 @@ func TestIdleAnnouncesADeliveryAtOnce(t *testing.T) {
 		select {
 		case got := <-exists:
 			assert.Equal(t, uint32(i), got)
-			worst = max(worst, time.Since(acked))
+			delays = append(delays, time.Since(acked))
 		case <-time.After(5 * time.Second):
 			t.Fatalf("delivery %d not announced", i)
 		}
 	}
-	t.Logf("worst announcement delay after the LMTP 250: %v", worst)
-	assert.Less(t, worst, 100*time.Millisecond)
+	slices.Sort(delays)
+	median, worst := delays[len(delays)/2], delays[len(delays)-1]
+	t.Logf("announcement delay after the LMTP 250: median %v, worst %v", median, worst)
+	assert.Less(t, median, 20*time.Millisecond, "announced at once, not polled")
+	assert.Less(t, worst, time.Second)
 	require.NoError(t, idle.Close())
 	require.NoError(t, idle.Wait())
 }
