@@ -117,6 +117,6 @@
 // [Repo.Backup], [Repo.Follow], [Repo.Prune], [Repo.Verify] and
 // [Repo.Restore] run in the caller's goroutine and start helpers (body
 // reads, compression, lock refresh) that have all exited when they
-// return. Follow runs until its context is done, then writes what it has
-// read and returns nil. Open starts no goroutine.
+// return. Follow runs until its context is done, then reads what the
+// journal holds by then, writes it and returns nil. Open starts no goroutine.
 package backup

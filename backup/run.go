@@ -120,8 +120,10 @@ func (r *Repo) Backup(ctx context.Context, src Source) (Summary, error) {
 // journal as changes become durable, stores new bodies at once (so that a
 // message delivered and deleted between two snapshots is kept), writes
 // what it read every Options.FlushEvery and a snapshot every
-// Options.SnapshotEvery. On cancellation it writes what it has read and
-// returns nil. It holds the repository's lock throughout.
+// Options.SnapshotEvery. On cancellation it reads what the journal holds
+// by then, writes it and returns nil: after a clean stop, the repository
+// holds every change the store made durable before it. It holds the
+// repository's lock throughout.
 func (r *Repo) Follow(ctx context.Context, src Source) error {
 	lctx, lk, err := r.lock(ctx, "follow")
 	if err != nil {
@@ -146,10 +148,16 @@ func (r *Repo) follow(ctx context.Context, src Source) error {
 		err = run.followLoop(ctx)
 	}
 	if ctx.Err() != nil && run != nil && run.st != nil {
-		// Stopped: write what was read (every change applied has its
-		// bodies read), so that nothing waits for the next start.
+		// Stopped: read what the journal holds by now (the stop may come
+		// before the loop has read the last changes: a store lost after
+		// a clean stop must not lose them from its backup too), and write
+		// it (every change applied has its bodies read), so that nothing
+		// waits for the next start.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
+		if cerr := run.catchUp(fctx); cerr != nil {
+			r.log.Warn("backup: reading the journal before stopping; writing what was read", "pos", run.st.pos, "err", cerr)
+		}
 		if ferr := run.flush(fctx); ferr != nil {
 			return fmt.Errorf("backup: writing what was read before stopping: %w", ferr)
 		}
