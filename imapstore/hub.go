@@ -54,9 +54,14 @@ type mbox struct {
 	watch       <-chan struct{}
 	gone        bool
 
-	stop chan struct{}
-	done chan struct{}
+	stop     chan struct{} // closed by halt
+	stopOnce sync.Once
+	done     chan struct{}
 }
+
+// halt stops the mailbox's watcher. The last session's release and the
+// server's close may both call it, in either order.
+func (mb *mbox) halt() { mb.stopOnce.Do(func() { close(mb.stop) }) }
 
 // open returns the shared view of user's mailbox name, loading it and
 // starting its watcher if no session has it selected.
@@ -117,7 +122,7 @@ func (h *hub) release(mb *mbox) {
 	}
 	h.mu.Unlock()
 	if last {
-		close(mb.stop)
+		mb.halt()
 	}
 }
 
@@ -129,11 +134,7 @@ func (h *hub) close() {
 	}
 	h.mu.Unlock()
 	for _, mb := range boxes {
-		select {
-		case <-mb.stop:
-		default:
-			close(mb.stop)
-		}
+		mb.halt()
 		<-mb.done
 	}
 }

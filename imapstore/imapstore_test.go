@@ -402,3 +402,20 @@ func TestSearchTextInParallel(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, sd.AllUIDs(), 180)
 }
+
+// TestSessionClosedAfterTheServer: a session whose connection ends only
+// after the server has stopped the mailbox watchers (its goroutine
+// scheduled late, under load) releases its mailbox without a panic
+// ("close of closed channel" before).
+func TestSessionClosedAfterTheServer(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(t.TempDir(), &store.Options{Logger: quiet})
+	require.NoError(t, err)
+	defer st.Close()
+	require.NoError(t, st.CreateUser(ctx, "alice"))
+	h := newHub(st, quiet)
+	mb, err := h.open(ctx, "alice", store.Inbox)
+	require.NoError(t, err)
+	h.close()
+	assert.NotPanics(t, func() { h.release(mb) })
+}
