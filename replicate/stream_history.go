@@ -433,7 +433,16 @@ func (r *Replica) rejoin(ctx context.Context, d Divergence) error {
 			}
 		}
 	}
-	var resume uint64
+	var (
+		resume uint64
+		// resumeEpoch is the epoch claimed at resume: zero (the
+		// target's) where the primary continued this replica's history,
+		// else the primary's, which may be above the target's (a node
+		// fenced at its own epoch when its lease was lost): claimed with
+		// the target's, a position past the promotion would be refused,
+		// and the replica would compare and repair again, for ever.
+		resumeEpoch resilmail.Epoch
+	)
 	if d.ResumeKnown && d.Claim.Seq == d.Agreed && len(held) == 0 {
 		resume = d.Resume
 	} else {
@@ -441,7 +450,7 @@ func (r *Replica) rejoin(ctx context.Context, d Divergence) error {
 		if !ok {
 			return errors.New("replicate: the target cannot be compared and repaired (it is no RepairTarget)")
 		}
-		if resume, err = r.primaryPosition(ctx); err != nil {
+		if resume, resumeEpoch, err = r.primaryPosition(ctx); err != nil {
 			return err
 		}
 		var ro RepairOptions
@@ -468,7 +477,7 @@ func (r *Replica) rejoin(ctx context.Context, d Divergence) error {
 	if err := ht.ResetUpstream(ctx, d.History, resume); err != nil {
 		return err
 	}
-	if err := r.resyncInbox(resume, 0); err != nil {
+	if err := r.resyncInbox(resume, resumeEpoch); err != nil {
 		return err
 	}
 	r.mu.Lock()

@@ -123,6 +123,42 @@ func TestOldPrimaryRejoinsWithOrphans(t *testing.T) {
 	assert.Zero(t, r2.Stats().Rejoins, "a restarted replica resumes in the new history")
 }
 
+// TestOldPrimaryFencedAtItsOwnEpochRejoins: an old primary fenced at its
+// own epoch (a lease lost, not a higher epoch heard of) rejoins a primary
+// promoted at a higher epoch, through a comparison (it holds orphans), and
+// then follows its stream. It claimed its position in the new history
+// with its own, older epoch, which that history holds only up to the
+// promotion: refused, it compared and repaired again, for ever, never
+// following (examples/primary TestPairFailoverUnderLMTPLoad, after etcd's
+// leader was killed).
+func TestOldPrimaryFencedAtItsOwnEpochRejoins(t *testing.T) {
+	ctx := context.Background()
+	old, nu := openStore(t, t.TempDir()), openStore(t, t.TempDir())
+	require.NoError(t, old.SetEpoch(ctx, 1))
+	require.NoError(t, nu.SetReadOnly(true))
+	oldP, oldSrv := servePrimary(t, old, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, old.CreateUser(ctx, "alice"))
+	addN(t, old, "alice", "INBOX", 3)
+	r, stop := startReplica(t, nu, oldSrv.URL, t.TempDir(), nil)
+	waitApplied(t, r, old)
+	stop()
+	until := r.Stats().Received
+	add(t, old, "alice", "INBOX", msgText("orphan", "o"))
+
+	require.NoError(t, nu.Promote(ctx, 5, until))
+	add(t, nu, "alice", "INBOX", msgText("after promotion", "new"))
+	_, nuSrv := servePrimary(t, nu, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	require.NoError(t, oldP.Demote(ctx, 1))
+
+	r2, _ := startReplica(t, old, nuSrv.URL, t.TempDir(), nil)
+	require.Eventually(t, func() bool { st := r2.Stats(); return st.Rejoins > 0 && st.Connected }, 10*time.Second, 5*time.Millisecond,
+		"the old primary follows the new one's stream after its rejoin: %+v", r2.Stats())
+	add(t, nu, "alice", "INBOX", msgText("after the rejoin", "later"))
+	waitApplied(t, r2, nu)
+	requireSame(t, nu, old)
+	assert.Equal(t, uint64(1), r2.Stats().Rejoins, "it rejoined once")
+}
+
 // TestReplicaOfAPromotedSibling points a second replica of a primary at
 // its promoted sibling: one that received exactly what the sibling had
 // resumes without a comparison; one that received more (a longer

@@ -46,23 +46,24 @@ func (r *Replica) primaryInventory() (*RemoteInventory, error) {
 	return NewRemoteInventory(r.base+"/inventory", &RemoteInventoryOptions{Client: r.authClient()})
 }
 
-// primaryPosition asks the primary for its position.
-func (r *Replica) primaryPosition(ctx context.Context) (uint64, error) {
+// primaryPosition asks the primary for its position and its epoch (that
+// of the change there, or a later one).
+func (r *Replica) primaryPosition(ctx context.Context) (uint64, resilmail.Epoch, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	resp, err := r.request(ctx, "GET", "/position", nil)
 	if err != nil {
-		return 0, fmt.Errorf("replicate: asking the primary's position: %w", err)
+		return 0, 0, fmt.Errorf("replicate: asking the primary's position: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, statusError("asking the primary's position", resp)
+		return 0, 0, statusError("asking the primary's position", resp)
 	}
 	var p positionResponse
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&p); err != nil {
-		return 0, fmt.Errorf("replicate: the primary's position: %w", err)
+		return 0, 0, fmt.Errorf("replicate: the primary's position: %w", err)
 	}
-	return p.Position, nil
+	return p.Position, p.Epoch, nil
 }
 
 // repairUsers compares users (all of them if nil) with the primary and
@@ -126,7 +127,7 @@ func (r *Replica) defaultFullSync(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	pos, err := r.primaryPosition(ctx)
+	pos, _, err := r.primaryPosition(ctx)
 	if err != nil {
 		return 0, err
 	}
