@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -21,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -431,8 +433,10 @@ func TestWithThePrimaryCommand(t *testing.T) {
 	out, err := exec.Command("go", "build", "-o", bin, "../primary").CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	certFile, keyFile, caFile := writeCertificate(t, dir)
-	lmtpAddr, httpAddr := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "-dir", t.TempDir(), "-lmtp", lmtpAddr, "-http", httpAddr, "-tls-cert", certFile, "-tls-key", keyFile,
+	// Port 0: the addresses come from the primary's "serving" line (a
+	// port found free here and bound later by the child could be taken
+	// in between by any connection on the machine).
+	cmd := exec.Command(bin, "-dir", t.TempDir(), "-lmtp", "127.0.0.1:0", "-http", "127.0.0.1:0", "-tls-cert", certFile, "-tls-key", keyFile,
 		"-users", "alice@example.org", "-ack", "all", "-replicas", "mail2", "-ack-timeout", "10s")
 	cmd.Env = append(os.Environ(), "RESILMAIL_SECRET="+testSecret)
 	// mail2's own secret, as the operator gets it.
@@ -441,11 +445,7 @@ func TestWithThePrimaryCommand(t *testing.T) {
 	own, err := pr.Output()
 	require.NoError(t, err)
 	ownFile := secretFile(t, strings.TrimSpace(string(own)))
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
-	})
+	lmtpAddr, httpAddr := startServing(t, cmd)
 
 	// Without the CA, the primary's certificate is refused.
 	base, stop := startSecondary(t, t.TempDir(), "https://"+httpAddr, "-secret-file", ownFile)
@@ -521,10 +521,54 @@ func writeCertificate(t *testing.T, dir string) (certFile, keyFile, caFile strin
 	return write("cert.pem", "CERTIFICATE", der), write("key.pem", "PRIVATE KEY", keyDER), write("ca.pem", "CERTIFICATE", caDER)
 }
 
-func freeAddr(t *testing.T) string {
+// startServing starts the primary command cmd and returns the LMTP and
+// HTTP addresses its "primary: serving" line names; its log goes on to
+// the test's.
+func startServing(t *testing.T, cmd *exec.Cmd) (lmtpAddr, httpAddr string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	})
+	serving := make(chan [2]string, 1)
+	var logged strings.Builder
+	var mu sync.Mutex
+	go func() {
+		defer close(serving)
+		sc := bufio.NewScanner(stderr)
+		sent := false
+		for sc.Scan() {
+			line := sc.Text()
+			mu.Lock()
+			logged.WriteString(line + "\n")
+			mu.Unlock()
+			if sent || !strings.Contains(line, "primary: serving") {
+				continue
+			}
+			sent = true
+			var a [2]string
+			for _, f := range strings.Fields(line) {
+				if v, ok := strings.CutPrefix(f, "lmtp="); ok {
+					a[0] = v
+				} else if v, ok := strings.CutPrefix(f, "http="); ok {
+					a[1] = v[strings.Index(v, "://")+3:]
+				}
+			}
+			serving <- a
+		}
+	}()
+	select {
+	case a, ok := <-serving:
+		if ok {
+			return a[0], a[1]
+		}
+	case <-time.After(60 * time.Second):
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Fatalf("the primary did not start serving:\n%s", logged.String())
+	return "", ""
 }
