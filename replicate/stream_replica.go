@@ -171,7 +171,8 @@ func (r *Replica) noteError(err error, counter *uint64) {
 	r.mu.Unlock()
 }
 
-// Close stops Run and waits for it to return. It is idempotent.
+// Close stops Run and waits for it to return; a Run that starts after it
+// returns nil at once. It is idempotent.
 func (r *Replica) Close() error {
 	r.closeOnce.Do(func() {
 		r.mu.Lock()
@@ -188,16 +189,22 @@ func (r *Replica) Close() error {
 
 // Run opens the inbox, applies what it holds, and follows the stream until
 // ctx is done or Close is called; it reconnects with a capped backoff after
-// every error. It returns nil on cancellation, after every goroutine it
-// started has ended and the inbox is closed, or an error if the inbox
-// cannot be opened.
+// every error. It returns nil on cancellation or Close (at once if Close
+// came first), after every goroutine it started has ended and the inbox
+// is closed, or an error if the inbox cannot be opened.
 func (r *Replica) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.mu.Lock()
-	if r.stopped || r.stop != nil {
+	if r.stopped {
+		// Closed before it started (a stop right after the start): there
+		// is nothing to stop, as for a cancellation.
 		r.mu.Unlock()
-		return errors.New("replicate: replica closed or already running")
+		return nil
+	}
+	if r.stop != nil {
+		r.mu.Unlock()
+		return errors.New("replicate: replica already running")
 	}
 	r.stop = cancel
 	r.running.Add(1)

@@ -54,6 +54,17 @@ func startReplica(tb testing.TB, t replicate.Target, url, dir string, opts *repl
 	return r, stop
 }
 
+// TestReplicaClosedBeforeItRuns: a replica closed before its Run started
+// (a stop right after the start, its goroutine not yet scheduled) has
+// nothing to stop: Run returns nil, as on cancellation, instead of an
+// error (TestKilledReplicaKeepsWhatItAcknowledged failed so under load).
+func TestReplicaClosedBeforeItRuns(t *testing.T) {
+	r, err := replicate.NewReplica(openStore(t, t.TempDir()), "http://127.0.0.1:1", t.TempDir(), &replicate.ReplicaOptions{Name: "r1", Secret: streamSecret, Logger: quietLogger()})
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	require.NoError(t, r.Run(context.Background()))
+}
+
 // waitApplied waits until the replica has applied every change up to the
 // source's position.
 func waitApplied(t testing.TB, r *replicate.Replica, src replicate.Source) {
