@@ -269,10 +269,10 @@ func (s *Store) buildLoad(changes []resilmail.Change, epoch resilmail.Epoch, las
 	return sh, nil
 }
 
-// writeLoadedBody writes a file of a load (a pack's index) in one go,
+// writeLoadFile writes a file of a load (a pack's index) in one go,
 // without fsync (Load syncs the file system once). A file left by a load
 // that was killed is overwritten. It uses the system calls directly.
-func writeLoadedBody(path string, body []byte) error {
+func writeLoadFile(path string, body []byte) error {
 	fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_TRUNC|syscall.O_CLOEXEC, 0o640)
 	if err != nil {
 		return storageErr(&os.PathError{Op: "open", Path: path, Err: err})

@@ -60,8 +60,9 @@ const (
 	packIndexEntry   = 32 + 1 + 1 // digest, and at least a byte per number
 	packSuffix       = ".pack"
 	packIndexSuffix  = ".idx"
-	packWriteChunk   = 1 << 20 // bytes gathered before one write to a pack
-	maxPackIndexSize = 64 << 20
+	packWriteChunk   = 1 << 20  // bytes gathered before one write to a pack
+	maxPackBodies    = 1 << 20  // bodies a load puts in one pack at most
+	maxPackIndexSize = 64 << 20 // larger is not an index a load wrote (maxPackBodies entries take under 50 MiB)
 )
 
 // packTarget is the size a load fills a pack to before it starts the next
@@ -212,7 +213,12 @@ func (s *Store) loadPacks() error {
 			s.log.Warn("store: a pack without its index, or an index without its pack (a load that did not finish); a scrub removes it", "pack", id)
 			continue
 		}
-		b, err := os.ReadFile(s.packPath(id, packIndexSuffix))
+		path := s.packPath(id, packIndexSuffix)
+		if fi, err := os.Stat(path); err == nil && fi.Size() > maxPackIndexSize {
+			s.log.Error("store: a pack's index is too large to be one; its bodies are not served", "pack", id, "bytes", fi.Size())
+			continue
+		}
+		b, err := os.ReadFile(path)
 		if err != nil {
 			return storageErr(err)
 		}
@@ -412,7 +418,7 @@ func (w *packWriter) put(d resilmail.Digest, body []byte) error {
 		w.mu.Unlock()
 		return err
 	}
-	if w.cur == nil || w.cur.size > 0 && w.cur.size+int64(len(body)) > packTarget {
+	if w.cur == nil || w.cur.size > 0 && w.cur.size+int64(len(body)) > packTarget || len(w.cur.entries) >= maxPackBodies {
 		if err := w.startLocked(); err != nil {
 			w.mu.Unlock()
 			return err
@@ -513,7 +519,7 @@ func (w *packWriter) finish() (map[resilmail.Digest]packLoc, map[uint32]*packLiv
 			continue
 		}
 		slices.SortFunc(p.entries, func(a, b packIndexEntryOf) int { return int(a.off - b.off) })
-		if werr := writeLoadedBody(w.s.packPath(p.id, packIndexSuffix), encodePackIndex(p.size, p.entries)); werr != nil {
+		if werr := writeLoadFile(w.s.packPath(p.id, packIndexSuffix), encodePackIndex(p.size, p.entries)); werr != nil {
 			err = werr
 			continue
 		}
