@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/freeport"
 	"github.com/resilmail/resilmail/smtpout"
 )
 
@@ -27,10 +28,7 @@ func startSink(t testing.TB, flags ...string) (string, <-chan string) {
 	_, err := exec.LookPath(bin)
 	require.NoError(t, err, "smtp-sink comes with Debian's postfix package")
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeport.Addr(t) // smtp-sink cannot say which port the kernel gave it
 
 	args := append(append([]string{"-u", "nobody", "-c"}, flags...), addr, "100")
 	cmd := exec.Command(bin, args...)

@@ -16,6 +16,8 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/resilmail/resilmail/internal/freeport"
 )
 
 // mailNode is a primary run as a child process with IMAP on.
@@ -36,7 +38,7 @@ func startMailNode(t *testing.T, extra ...string) *mailNode {
 // startMailNodeIn is startMailNode with its data in dir.
 func startMailNodeIn(t *testing.T, dir string, extra ...string) *mailNode {
 	t.Helper()
-	n := &mailNode{dir: dir, lmtp: freeAddr(t), http: freeAddr(t), imap: freeAddr(t), pop3: freeAddr(t)}
+	n := &mailNode{dir: dir, lmtp: freeport.Addr(t), http: freeport.Addr(t), imap: freeport.Addr(t), pop3: freeport.Addr(t)}
 	n.passwd = filepath.Join(n.dir, "passwd")
 	require.NoError(t, os.WriteFile(n.passwd, []byte(
 		"alice@example.org:{PLAIN}alice-pw\n"+

@@ -5,14 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail/internal/etcdtest"
+	"github.com/resilmail/resilmail/internal/freeport"
 )
 
 const operatorSecret = "operator test secret, not the replication one"
@@ -158,8 +157,7 @@ func (n *pairNode) operatorGet(path string, out any) error {
 // extra flags for both; a's store starts primary, b's standby.
 func newPair(t *testing.T, extra ...string) (a, b *pairNode) {
 	root := t.TempDir()
-	used := map[int]bool{}
-	fa := func() string { return fixedAddr(t, used) }
+	fa := func() string { return freeport.Addr(t) } // bound again by each restart
 	a = &pairNode{t: t, name: "a", dir: filepath.Join(root, "a"), lmtp: fa(), http: fa(), imap: fa(), fwd: fa()}
 	b = &pairNode{t: t, name: "b", dir: filepath.Join(root, "b"), lmtp: fa(), http: fa(), imap: fa(), fwd: fa()}
 	passwd := filepath.Join(root, "passwd")
@@ -733,37 +731,6 @@ func waitActive(t *testing.T, name string, nodes ...*pairNode) {
 		}
 		return true
 	}, 10*time.Second, 10*time.Millisecond, "every node's proxies following %s", name)
-}
-
-// fixedAddr returns a free loopback address below the kernel's ephemeral
-// port range, so that no outgoing connection (the nodes talk to etcd and
-// to each other) takes its port before a node, started again after a
-// kill, binds it anew.
-func fixedAddr(t *testing.T, used map[int]bool) string {
-	t.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
-				low = n
-			}
-		}
-	}
-	for range 100 {
-		port := 10000 + rand.IntN(low-10000)
-		if used[port] {
-			continue
-		}
-		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		used[port] = true
-		return ln.Addr().String()
-	}
-	t.Fatal("no free port below the ephemeral range")
-	return ""
 }
 
 // waitCaughtUp waits until standby has applied everything primary has

@@ -24,6 +24,7 @@ import (
 
 	"github.com/resilmail/resilmail"
 	"github.com/resilmail/resilmail/internal/faultproxy"
+	"github.com/resilmail/resilmail/internal/freeport"
 	"github.com/resilmail/resilmail/replicate"
 	"github.com/resilmail/resilmail/replicate/store"
 )
@@ -333,7 +334,7 @@ func (l *lmtpClient) try(rcpt, msg string) (bool, error) {
 // got 250 is on the replica.
 func TestKilledPrimaryLosesNoAcknowledgedDelivery(t *testing.T) {
 	dir := t.TempDir()
-	lmtpAddr, httpAddr := freeAddr(t), freeAddr(t)
+	lmtpAddr, httpAddr := freeport.Addr(t), freeport.Addr(t)
 	// A slow link (up to 20 ms per chunk) keeps the replica behind, so
 	// that only waiting for it makes a 250 safe: the same test with
 	// -ack async loses deliveries.
@@ -435,12 +436,4 @@ func TestKilledPrimaryLosesNoAcknowledgedDelivery(t *testing.T) {
 	}
 	require.Empty(t, missing, "acknowledged deliveries missing on the replica")
 	t.Logf("%d acknowledged deliveries over 3 kills, all on the replica", len(acked))
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/freeport"
 	"github.com/resilmail/resilmail/internal/secret"
 	"github.com/resilmail/resilmail/quarantine"
 )
@@ -46,13 +47,9 @@ type smtpSink struct {
 	cmd   *exec.Cmd
 }
 
-func freePort(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
+// freePort is an address for a program that binds it later (see
+// internal/freeport).
+func freePort(t testing.TB) string { return freeport.Addr(t) }
 
 var mesgRe = regexp.MustCompile(`mesg=(\d+)`)
 

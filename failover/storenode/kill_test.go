@@ -21,6 +21,7 @@ import (
 	"github.com/resilmail/resilmail/failover"
 	"github.com/resilmail/resilmail/failover/storenode"
 	"github.com/resilmail/resilmail/internal/etcdtest"
+	"github.com/resilmail/resilmail/internal/freeport"
 	"github.com/resilmail/resilmail/replicate/store"
 )
 
@@ -126,12 +127,7 @@ func TestKilledPrimaryFailsOver(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { sb.Close() })
 	require.NoError(t, sb.SetReadOnly(true))
-	addrA := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		defer ln.Close()
-		return ln.Addr().String()
-	}()
+	addrA := freeport.Addr(t) // a binds it again after each kill
 	b := storenode.New(sb, storenode.Options{Name: "b", Secret: secret, Dir: t.TempDir(), Peers: map[string]string{"a": "http://" + addrA}, Heartbeat: 50 * time.Millisecond, Logger: quiet()})
 	lnB, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

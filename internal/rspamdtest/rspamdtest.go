@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/resilmail/resilmail/internal/freeport"
 )
 
 // Password is the controller's password.
@@ -90,15 +92,6 @@ func Stop() {
 	os.RemoveAll(shared.Dir)
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
 func start() (*Rspamd, error) {
 	bin, err := exec.LookPath("rspamd")
 	if err != nil {
@@ -110,7 +103,7 @@ func start() (*Rspamd, error) {
 	}
 	var ports [3]int
 	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
+		if ports[i], err = freeport.Port(); err != nil { // rspamd binds them later
 			return nil, err
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/resilmail/resilmail"
+	"github.com/resilmail/resilmail/internal/freeport"
 	"github.com/resilmail/resilmail/internal/rspamdtest"
 	"github.com/resilmail/resilmail/queue/intake"
 	"github.com/resilmail/resilmail/queue/intake/rspamd"
@@ -34,15 +35,6 @@ func message(id, text string) string {
 }
 
 func TestMain(m *testing.M) { rspamdtest.Main(m) }
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
 
 func envelope(id string) *intake.ScanEnvelope {
 	return &intake.ScanEnvelope{
@@ -154,7 +146,7 @@ func TestIntakeWithRealRspamd(t *testing.T) {
 }
 
 func TestRspamdDown(t *testing.T) {
-	port, err := freePort() // nothing listens there any more
+	port, err := freeport.Port() // nothing listens there
 	require.NoError(t, err)
 	s, err := rspamd.New(fmt.Sprintf("http://127.0.0.1:%d", port), nil)
 	require.NoError(t, err)
