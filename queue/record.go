@@ -130,14 +130,24 @@ type tombRec struct {
 
 // encode builds a record: type, 4-byte length of the JSON part, JSON, body.
 func encode(typ byte, v any, body []byte) ([]byte, error) {
-	j, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
+	var b []byte
+	switch r := v.(type) {
+	case *msgRec: // the JSON by hand (recjson.go)
+		b = make([]byte, 5, 5+512+len(body))
+		b = appendMsgJSON(b, r)
+	case *updRec:
+		b = make([]byte, 5, 5+256)
+		b = appendUpdJSON(b, r)
+	default:
+		j, err := json.Marshal(v)
+		if err != nil {
+			return nil, err
+		}
+		b = make([]byte, 5, 5+len(j)+len(body))
+		b = append(b, j...)
 	}
-	b := make([]byte, 0, 5+len(j)+len(body))
-	b = append(b, typ)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(j)))
-	b = append(b, j...)
+	b[0] = typ
+	binary.BigEndian.PutUint32(b[1:5], uint32(len(b)-5))
 	return append(b, body...), nil
 }
 
