@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"container/heap"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -789,7 +790,8 @@ func (q *Queue) doneLocked(m *message) bool {
 
 func (q *Queue) removeLocked(m *message, why string) {
 	now := q.opts.Now()
-	u := &updRec{ID: m.id(), Removed: why, At: now.UnixNano()}
+	sum := cut(m.rec.Digest)
+	u := &updRec{ID: m.id(), Removed: why, At: now.UnixNano(), Sum: hex.EncodeToString(sum[:])}
 	if err := q.appendLocked(m, u); err != nil {
 		q.log.Error("queue: recording removal", "msg_id", m.id(), "err", err)
 		return

@@ -81,6 +81,16 @@ type sum128 [16]byte
 
 func cut(d resilmail.Digest) sum128 { return sum128(d[:16]) }
 
+// parseSum reads a sum128 in hex; anything else is the zero sum128 (not
+// known).
+func parseSum(s string) sum128 {
+	var sum sum128
+	if b, err := hex.DecodeString(s); err == nil && len(b) == len(sum) {
+		sum = sum128(b)
+	}
+	return sum
+}
+
 // message is the in-memory index entry of a queued message. Its body stays
 // on disk.
 type message struct {
@@ -221,15 +231,12 @@ func (q *Queue) replay(pos wal.Pos, rec []byte) error {
 		if m := q.msgs[r.ID]; m != nil {
 			q.applyLocked(m, r, pos.Seg)
 		} else if r.Removed != "" {
-			q.rememberLocked(r.ID, r.At, pos.Seg, sum128{})
+			// The message's record went with a compacted segment.
+			q.rememberLocked(r.ID, r.At, pos.Seg, parseSum(r.Sum))
 		}
 	case *tombRec:
 		if q.msgs[r.ID] == nil {
-			var sum sum128
-			if b, err := hex.DecodeString(r.Sum); err == nil && len(b) == len(sum) {
-				sum = sum128(b)
-			}
-			q.rememberLocked(r.ID, r.At, pos.Seg, sum)
+			q.rememberLocked(r.ID, r.At, pos.Seg, parseSum(r.Sum))
 		}
 	}
 	return nil

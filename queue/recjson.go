@@ -302,5 +302,9 @@ func appendUpdJSON(b []byte, u *updRec) []byte {
 		b = append(b, `,"at":`...)
 		b = strconv.AppendInt(b, u.At, 10)
 	}
+	if u.Sum != "" {
+		b = append(b, `,"d":`...)
+		b = appendJSONString(b, u.Sum)
+	}
 	return append(b, '}')
 }

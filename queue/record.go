@@ -119,6 +119,11 @@ type updRec struct {
 	Corrupt  bool         `json:"bad,omitempty"`
 	Removed  string       `json:"rm,omitempty"` // why the message left the queue
 	At       int64        `json:"at,omitempty"` // when it was removed
+	// Sum, with Removed, is the first 128 bits of the body's digest in
+	// hex, as a tombstone's: the id's content is remembered even when
+	// compaction dropped the message's record before this one (absent in
+	// older records).
+	Sum string `json:"d,omitempty"`
 }
 
 // tombRec remembers a finished message for deduplication.
