@@ -230,6 +230,14 @@ func main() {
 	os.Exit(cli.Main("relay", err, c.verbose, func(ctx context.Context, log *slog.Logger) error { return run(ctx, c, log, nil) }))
 }
 
+// listenSMTP listens for SMTP sessions without TCP keepalive: the intake
+// times out an idle or silent client itself (command and data timeouts),
+// and Go's keepalive cost four setsockopt calls on every connection.
+func listenSMTP(ctx context.Context, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	return lc.Listen(ctx, "tcp", addr)
+}
+
 // parseFlags reads the command line (without the program name).
 func parseFlags(args []string) (config, error) {
 	var c config
@@ -443,7 +451,7 @@ func run(ctx context.Context, c config, log *slog.Logger, ready chan<- net.Addr)
 	sc.countVerdicts(be)
 	srv := newSMTPServer(be, c, pl.snapshot != nil)
 	srv.Addr = c.listen
-	tcp, err := net.Listen("tcp", c.listen)
+	tcp, err := listenSMTP(ctx, c.listen)
 	if err != nil {
 		return err
 	}

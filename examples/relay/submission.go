@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -103,7 +104,7 @@ func openSubmission(c config, q *queue.Queue, tlsConfig *tls.Config, maxSize fun
 	// go-smtp cannot see the TLS the Listener terminates; the Backend
 	// refuses AUTH outside TLS itself.
 	srv.AllowInsecureAuth = true
-	tcp, err := net.Listen("tcp", c.submission)
+	tcp, err := listenSMTP(context.Background(), c.submission)
 	if err != nil {
 		return nil, err
 	}
