@@ -487,10 +487,12 @@ func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 	// file while it arrives and copied into the log from there, so that
 	// intake memory stays near spoolThreshold per message.
 	limit := q.opts.MaxMessageSize
-	data, err := io.ReadAll(io.LimitReader(body, min(limit, spoolThreshold)+1))
+	buf := readBufs.Get().(*[]byte)
+	data, err := readAll((*buf)[:0], io.LimitReader(body, min(limit, spoolThreshold)+1))
 	if err != nil {
 		return env.ID, fmt.Errorf("queue: reading message: %w", err)
 	}
+	read := data
 	var sp *spool
 	if int64(len(data)) > spoolThreshold && int64(len(data)) <= limit {
 		sp, err = q.spool(data, body, limit)
@@ -513,6 +515,10 @@ func (q *Queue) enqueue(ctx context.Context, env resilmail.Envelope, body io.Rea
 	m := &message{heapIdx: -1, size: size, synced: make(chan struct{})}
 	m.rec = msgRec{Env: env, Created: now.UnixNano(), Digest: digest, Rcpts: make([]rcptRec, len(env.To)), Next: now.UnixNano()}
 	rec, err := encode(recMessage, &m.rec, data)
+	if cap(read) <= maxPooledRead {
+		*buf = read[:0] // copied into rec (or the spool file)
+		readBufs.Put(buf)
+	}
 	if err != nil {
 		return env.ID, err
 	}
@@ -828,6 +834,31 @@ func (q *Queue) Shutdown(ctx context.Context) error {
 		err = cerr
 	}
 	return err
+}
+
+// readBufs holds the buffers Enqueue reads messages into, up to
+// maxPooledRead bytes each: a message is copied out of it into its record
+// at once, and a new buffer grown for every message cost the relay a
+// dozen allocations and copies per message.
+var readBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+
+const maxPooledRead = 64 << 10
+
+// readAll is io.ReadAll into b.
+func readAll(b []byte, r io.Reader) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return b, err
+		}
+	}
 }
 
 // spoolThreshold is the size above which Enqueue spools a message to a
