@@ -241,12 +241,17 @@ func (s *Shipper) loop(ctx context.Context) error {
 		id := newBatchID()
 		start := time.Now()
 		ev, err := s.shipOnce(ctx, id, batch)
-		if s.opts.OnBatch != nil && ctx.Err() == nil {
-			ev.Batch, ev.Took, ev.Err = id, time.Since(start), err
-			s.opts.OnBatch(ev)
-		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		if err != nil && !errors.Is(err, ErrClosed) {
+			// Counted before OnBatch reports it: whoever the hook
+			// tells finds the error in Stats.
+			s.failed(err)
+		}
+		if s.opts.OnBatch != nil {
+			ev.Batch, ev.Took, ev.Err = id, time.Since(start), err
+			s.opts.OnBatch(ev)
 		}
 		if errors.Is(err, ErrClosed) {
 			return ErrClosed
@@ -255,7 +260,6 @@ func (s *Shipper) loop(ctx context.Context) error {
 			maxItems = max(1, min(maxItems, len(batch))/2)
 			maxBytes = max(1, maxBytes/2)
 			s.log.Warn("quarantine: centre refused a batch as too large; sending smaller ones", "batch", id, "entries", len(batch), "max_entries", maxItems, "max_bytes", maxBytes)
-			s.failed(err)
 			continue
 		}
 		if err == nil {
@@ -263,7 +267,6 @@ func (s *Shipper) loop(ctx context.Context) error {
 			continue
 		}
 		failures++
-		s.failed(err)
 		d := s.opts.MinBackoff
 		for i := 1; i < failures && d < s.opts.MaxBackoff; i++ {
 			d *= 2

@@ -90,3 +90,35 @@ func TestShipOverTLSWithClientCertificate(t *testing.T) {
 	ev.waitFor(t, "outbox empty", func() bool { return o.Stats().Pending == 0 })
 	assert.Equal(t, int32(2), proto.Load())
 }
+
+// TestShipperCountsAFailureBeforeReportingIt: when OnBatch reports a failed
+// exchange, Stats already holds its error (it was counted after the hook,
+// so a caller told of the failure could find no error).
+func TestShipperCountsAFailureBeforeReportingIt(t *testing.T) {
+	o := shOutbox(t, t.TempDir(), nil)
+	require.NoError(t, o.Add(context.Background(), shEntry("t1"), bytes.NewReader(shBody("t1", 100))))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	var s *Shipper
+	seen := make(chan error, 1)
+	s, err := NewShipper(o, srv.URL, &ShipperOptions{Secret: shSecret, Logger: shLogger(),
+		MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+		OnBatch: func(ev ShipEvent) {
+			if ev.Err != nil {
+				select {
+				case seen <- s.Stats().LastError:
+				default:
+				}
+			}
+		}})
+	require.NoError(t, err)
+	shRun(t, s)
+	select {
+	case got := <-seen:
+		assert.Error(t, got, "the failure OnBatch reports is in Stats")
+	case <-time.After(20 * time.Second):
+		t.Fatal("no failed exchange reported")
+	}
+}
