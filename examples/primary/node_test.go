@@ -38,6 +38,7 @@ type pairNode struct {
 	dir, lmtp, http, imap string
 	fwd                   string // -forward imap: to the active node
 	args                  []string
+	logPath               string // the node's log, kept across restarts
 	mu                    sync.Mutex
 	cmd                   *exec.Cmd
 	exited                chan struct{}
@@ -54,7 +55,15 @@ func (n *pairNode) start() {
 	require.NoError(t, cmd.Start())
 	serving := make(chan struct{})
 	exited := make(chan struct{})
-	logf, err := os.OpenFile(filepath.Join(os.TempDir(), "pair-"+n.name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if n.logPath == "" {
+		n.logPath = filepath.Join(t.TempDir(), "node-"+n.name+".log")
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("the last lines of node %s's log:\n%s", n.name, lastLines(n.logPath, 150))
+			}
+		})
+	}
+	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	require.NoError(t, err)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -72,8 +81,7 @@ func (n *pairNode) start() {
 	select {
 	case <-serving:
 	case <-exited:
-		b, _ := os.ReadFile(filepath.Join(os.TempDir(), "pair-"+n.name+".log"))
-		t.Fatalf("node %s exited at start:\n%s", n.name, b)
+		t.Fatalf("node %s exited at start:\n%s", n.name, lastLines(n.logPath, 150))
 	case <-time.After(60 * time.Second):
 		t.Fatalf("node %s did not start", n.name)
 	}
@@ -749,4 +757,14 @@ func waitCaughtUp(t *testing.T, primary, standby *pairNode, timeout time.Duratio
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// lastLines returns the last n lines of the file at path, or why it cannot.
+func lastLines(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.SplitAfter(string(b), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "")
 }
