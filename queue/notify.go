@@ -49,12 +49,16 @@ func (q *Queue) notify(m *message) {
 	// only up to dsn.DefaultMaxOriginal: otherwise the header is enough,
 	// and a large body is not read whole for it.
 	needFull := len(failed) > 0 && env.Return == resilmail.ReturnFull
-	original, whole, err := q.dsnOriginal(m, needFull)
-	if err != nil {
-		original, whole = nil, true // a corrupt body is reported without it
+	original, whole, rerr := q.dsnOriginal(m, needFull)
+	if rerr != nil {
+		// A damaged or unreadable body is reported without it; the
+		// notices themselves still go (and are not retried for it).
+		q.log.Warn("queue: cannot read the message for its notices; they go without it", "msg_id", env.ID, "err", rerr)
+		original, whole = nil, true
 	}
 	ok := true
 	if len(failed) > 0 {
+		var err error
 		var report []int
 		for _, i := range failed {
 			if q.wantsFailureNotice(m, i) {

@@ -809,3 +809,57 @@ func TestShutdownDeadline(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, queue.Pending, in.Recipients[0].State, "cut short by the deadline: tried again")
 }
+
+// refuser answers every delivery with a permanent refusal without reading
+// the body, as a server that refuses at RCPT does, after calling before.
+type refuser struct{ before func() }
+
+func (r refuser) Deliver(ctx context.Context, env resilmail.Envelope, body io.Reader) error {
+	r.before()
+	return &resilmail.DeliveryError{Code: 550, Message: "5.1.1 no such user", Permanent: true}
+}
+
+// TestUnreadableBodyDoesNotBlockItsNotices: a message whose body cannot be
+// read when its failure notice is due (damaged on disk while it was
+// refused at RCPT) still gets its notice, without the original, and is
+// finished; one whose recipient wants no notice is finished too.
+func TestUnreadableBodyDoesNotBlockItsNotices(t *testing.T) {
+	damage := func(dir string) {
+		segs, _ := filepath.Glob(filepath.Join(dir, "log", "*.wal"))
+		data, err := os.ReadFile(segs[0])
+		if err != nil {
+			panic(err)
+		}
+		i := bytes.Index(data, []byte("ROTTING-notice-marker"))
+		f, err := os.OpenFile(segs[0], os.O_RDWR, 0)
+		if err != nil || i < 0 {
+			panic(fmt.Sprint("cannot damage the body: ", err, i))
+		}
+		defer f.Close()
+		if _, err := f.WriteAt([]byte("X"), int64(i)); err != nil {
+			panic(err)
+		}
+	}
+	for _, notify := range []resilmail.Notify{resilmail.NotifyFailure, resilmail.NotifyNever} {
+		dir := t.TempDir()
+		q := open(t, dir, refuser{before: func() { damage(dir) }}, nil)
+		env := envelope("rot", "a@example.org")
+		env.To[0].Notify = notify
+		_, err := q.Enqueue(context.Background(), env, body("ROTTING-notice-marker"))
+		require.NoError(t, err)
+		run(t, q)
+		waitFor(t, "the refused message finished", func() bool {
+			for _, m := range q.List(queue.Filter{}) {
+				if m.ID == "rot" {
+					return false
+				}
+			}
+			return true
+		})
+		want := uint64(1)
+		if notify == resilmail.NotifyNever {
+			want = 0
+		}
+		assert.Equal(t, want, q.Stats().Notifications, "NOTIFY=%v", notify)
+	}
+}
