@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -81,6 +82,10 @@ func TestAttemptIsDurableBeforeTheBodyLeaves(t *testing.T) {
 		require.NoError(t, err)
 		g.hold.Store(true)
 		run(t, q)
+		// Released at the latest when the test ends, before run's cleanup
+		// waits for the queue: a failure must not leave it stuck in Sync.
+		release := sync.OnceFunc(func() { close(g.release) })
+		t.Cleanup(release)
 		select {
 		case <-g.syncing:
 		case <-time.After(10 * time.Second):
@@ -91,7 +96,7 @@ func TestAttemptIsDurableBeforeTheBodyLeaves(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("the Deliverer was not called during the commit")
 		}
-		close(g.release)
+		release()
 		r := <-read
 		assert.True(t, r.released, "the body was read before the attempt's start was durable")
 		if fail == nil {

@@ -131,6 +131,7 @@ type Log struct {
 	reserving int    // records reserved (Reserve) and not yet filled
 	syncedSeq uint64 // records durable
 	syncing   bool
+	syncFrom  int64 // while syncing: where the leader writes its buffer in cur
 	err       error // sticky failure
 	closed    bool
 	stats     Stats
@@ -688,6 +689,7 @@ func (l *Log) Sync() error {
 		// Lead a commit of everything appended so far.
 		l.syncing = true
 		buf, f, off, upto := l.buf, l.cur.f, l.written, l.appendSeq
+		l.syncFrom = off
 		l.buf = l.spare[:0]
 		l.written += int64(len(buf))
 		l.mu.Unlock()
@@ -875,8 +877,11 @@ func (l *Log) readerLocked(pos Pos) (File, *segment, error) {
 			return nil, nil, fmt.Errorf("wal: no record at %s", pos)
 		}
 		if s == l.cur {
-			// A Sync leader may be writing the bytes at pos right now.
-			for l.syncing {
+			// A Sync leader may be writing the bytes at pos right now;
+			// those before where it writes were written before it began
+			// (a record is never split between two writes), so a read of
+			// them does not wait for its fsync.
+			for l.syncing && pos.Off >= l.syncFrom {
 				l.cond.Wait()
 			}
 			if pos.Off >= l.written {

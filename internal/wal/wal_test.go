@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -413,4 +414,65 @@ func TestContentCannotForgeRecords(t *testing.T) {
 	require.NoError(t, os.WriteFile(name, data, 0o600))
 	_, got := open(t, dir, wal.Options{})
 	assert.Equal(t, []string{"before", "after"}, payloads(got), "the hidden record is not replayed")
+}
+
+// heldSyncFile is a log file whose Sync, once hold is set, waits for
+// release.
+type heldSyncFile struct {
+	*os.File
+	hold    *atomic.Bool
+	syncing chan struct{}
+	release chan struct{}
+}
+
+func (f heldSyncFile) Sync() error {
+	if f.hold.Load() {
+		f.syncing <- struct{}{}
+		<-f.release
+	}
+	return f.File.Sync()
+}
+
+// TestReadDoesNotWaitForAnotherRecordsFsync: a record already on file is
+// read while a Sync of later records waits for its fsync (a queue reads a
+// message's body while the start of its delivery attempt is committed);
+// a record the Sync is writing is read once it is written.
+func TestReadDoesNotWaitForAnotherRecordsFsync(t *testing.T) {
+	var hold atomic.Bool
+	syncing, release := make(chan struct{}, 1), make(chan struct{})
+	opts := wal.Options{OpenFile: func(name string, flag int, perm os.FileMode) (wal.File, error) {
+		f, err := os.OpenFile(name, flag, perm)
+		if err != nil {
+			return nil, err
+		}
+		return heldSyncFile{f, &hold, syncing, release}, nil
+	}}
+	l, _ := open(t, t.TempDir(), opts)
+	old, err := l.AppendSync([]byte("on file"))
+	require.NoError(t, err)
+	hold.Store(true)
+	pending, err := l.Append([]byte("being committed"))
+	require.NoError(t, err)
+	synced := make(chan error, 1)
+	go func() { synced <- l.Sync() }()
+	<-syncing
+	read := make(chan []byte, 1)
+	go func() {
+		b, err := l.ReadAt(old)
+		assert.NoError(t, err)
+		read <- b
+	}()
+	select {
+	case b := <-read:
+		assert.Equal(t, "on file", string(b))
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatal("reading a record on file waited for another record's fsync")
+	}
+	hold.Store(false)
+	close(release)
+	require.NoError(t, <-synced)
+	b, err := l.ReadAt(pending)
+	require.NoError(t, err)
+	assert.Equal(t, "being committed", string(b))
 }
