@@ -289,28 +289,10 @@ func TestLoadCrash(t *testing.T) {
 		dir := t.TempDir()
 		cmd := exec.Command(os.Args[0], "-test.run", "^TestLoadChild$")
 		cmd.Env = append(os.Environ(), loadChildEnv+"="+dir)
-		stdout, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		require.NoError(t, cmd.Start())
 		// A third of the kills among the bodies, a third right after the
 		// last one (the sync and the commit), a third once Load returned.
 		killAt := []int{1 + rand.IntN(len(bodies)-1), len(bodies), len(bodies) + 1}[r%3]
-		sc := bufio.NewScanner(stdout)
-		killed := false
-		for sc.Scan() {
-			line := sc.Text()
-			n := -1
-			if p, ok := strings.CutPrefix(line, "P "); ok {
-				n, _ = strconv.Atoi(p)
-			}
-			if n == killAt || line == "DONE" {
-				require.NoError(t, cmd.Process.Kill())
-				killed = true
-				break
-			}
-		}
-		require.True(t, killed, "the child ended before the kill; run it alone to see why")
-		cmd.Wait()
+		killChildAt(t, cmd, "P ", killAt)
 
 		s, err := store.Open(dir, &store.Options{Logger: discardLogger()})
 		require.NoError(t, err)
@@ -363,4 +345,31 @@ func checkLoaded(t *testing.T, s *store.Store, changes []resilmail.Change, bodie
 	if errors.Is(err, store.ErrCorrupt) {
 		t.Fatal(err)
 	}
+}
+
+// killChildAt starts cmd, a child that prints prefix+N as it makes step N
+// and DONE at the end, and kills it (kill -9) at step killAt, or at DONE
+// if it gets there first; it fails the test if the child ends before.
+func killChildAt(t *testing.T, cmd *exec.Cmd, prefix string, killAt int) {
+	t.Helper()
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	sc := bufio.NewScanner(stdout)
+	killed := false
+	for sc.Scan() {
+		line := sc.Text()
+		n, ok := 0, false
+		if p, cut := strings.CutPrefix(line, prefix); cut {
+			n, err = strconv.Atoi(p)
+			ok = err == nil
+		}
+		if (ok && n == killAt) || line == "DONE" {
+			require.NoError(t, cmd.Process.Kill())
+			killed = true
+			break
+		}
+	}
+	require.True(t, killed, "the child ended before the kill; run it alone to see why")
+	cmd.Wait()
 }

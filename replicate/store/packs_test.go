@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -387,29 +385,11 @@ func TestRepackCrash(t *testing.T) {
 		require.NoError(t, s.Close())
 		cmd := exec.Command(os.Args[0], "-test.run", "^TestRepackChild$")
 		cmd.Env = append(os.Environ(), repackChildEnv+"="+dir)
-		stdout, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		require.NoError(t, cmd.Start())
 		killAt := 1 + rand.IntN(moves/2)
 		if r%2 == 1 {
-			killAt = -1 // once the scrub returned
+			killAt = -1 // no such step: once the scrub returned
 		}
-		sc := bufio.NewScanner(stdout)
-		killed := false
-		for sc.Scan() {
-			line := sc.Text()
-			n := -2
-			if p, ok := strings.CutPrefix(line, "U "); ok {
-				n, _ = strconv.Atoi(p)
-			}
-			if n == killAt || line == "DONE" {
-				require.NoError(t, cmd.Process.Kill())
-				killed = true
-				break
-			}
-		}
-		require.True(t, killed, "the child ended before the kill; run it alone to see why")
-		cmd.Wait()
+		killChildAt(t, cmd, "U ", killAt)
 
 		s = open(t, dir, nil)
 		checkBodies(t, s, kept, bodies)
