@@ -231,3 +231,43 @@ func TestPowerLoss(t *testing.T) {
 	}
 	t.Logf("%d acknowledged over %d power cuts, %d lost; torn bytes moved aside %d", len(acked), rounds, len(missing), q.Stats().DamagedBytes)
 }
+
+// TestReportedDeliveryIsDurable: a delivery's results ride other commits
+// (an idle queue commits them itself a moment later), but the queue
+// reports a delivery only once its result is durable, so a power cut after
+// the report does not send the message again.
+func TestReportedDeliveryIsDurable(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "q")
+	rem := &remote{got: map[string]int{}}
+	pfs := &powerFS{rnd: rand.New(rand.NewPCG(rand.Uint64(), 9)), files: map[string]*powerFile{}}
+	opts := quietOpts()
+	queue.SetOpenFile(opts, pfs.open)
+	delivered := make(chan string, 1)
+	opts.Hooks.Event = func(e queue.Event) {
+		if e.Kind == queue.EventDelivered {
+			pfs.crash() // power off the moment the delivery is reported
+			delivered <- e.ID
+		}
+	}
+	q, err := queue.Open(dir, rem, opts)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() { q.Run(ctx); close(runDone) }()
+	_, err = q.Enqueue(ctx, envelope("once", "u@example.org"), body("once"))
+	require.NoError(t, err)
+	select {
+	case <-delivered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the message was not delivered")
+	}
+	cancel()
+	<-runDone
+	q.Close() // fails: the power is off; it only releases the lock
+
+	q = open(t, dir, rem, quietOpts())
+	require.Zero(t, q.Stats().Recipients, "a delivery reported before the power cut is finished after it, not to be sent again")
+	rem.mu.Lock()
+	defer rem.mu.Unlock()
+	require.Equal(t, 1, rem.got["once"])
+}

@@ -11,6 +11,9 @@
 //
 // Sync is a group commit: while one caller's fsync runs, others append and
 // then wait; the next fsync covers all of them. No timer delays a commit.
+// [Log.SyncWithin] is for records that may wait a little: it rides other
+// callers' commits and leads one of its own only when none came within its
+// delay.
 // A failed write or fsync is never retried (the kernel may have dropped the
 // dirty pages): the Log becomes failed, every pending and later Sync returns
 // the error, and the caller must reopen it, which replays what did reach the

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/resilmail/resilmail/internal/durable"
 )
@@ -674,7 +675,39 @@ func (l *Log) rollLocked() error {
 func (l *Log) Sync() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.syncLocked(l.appendSeq)
+}
+
+// SyncWithin makes every record appended before the call durable, as Sync
+// does, but leads an fsync of its own only if no other caller's has made
+// them durable within d. A record that need not be durable at once (a
+// delivery's result, which a crash would only send again) rides the group
+// commits of busier callers this way, instead of adding fsyncs of its own;
+// when nobody else commits, it waits d longer than Sync would.
+func (l *Log) SyncWithin(d time.Duration) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	target := l.appendSeq
+	if l.syncedSeq >= target {
+		return nil
+	}
+	expired := false
+	t := time.AfterFunc(d, func() {
+		l.mu.Lock()
+		expired = true
+		l.cond.Broadcast()
+		l.mu.Unlock()
+	})
+	defer t.Stop()
+	for l.syncedSeq < target && !expired && l.err == nil && !l.closed {
+		l.cond.Wait()
+	}
+	return l.syncLocked(target)
+}
+
+// syncLocked makes the records up to target durable, leading fsyncs or
+// waiting for others' as needed. l.mu is held; it is released during I/O.
+func (l *Log) syncLocked(target uint64) error {
 	for l.syncedSeq < target {
 		if l.err != nil {
 			return l.err

@@ -476,3 +476,76 @@ func TestReadDoesNotWaitForAnotherRecordsFsync(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "being committed", string(b))
 }
+
+// TestSyncWithinRidesAnotherCommit: a record committed with SyncWithin is
+// made durable by another caller's Sync and adds no fsync of its own.
+func TestSyncWithinRidesAnotherCommit(t *testing.T) {
+	l, _ := open(t, t.TempDir(), wal.Options{})
+	_, err := l.Append([]byte("result"))
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- l.SyncWithin(time.Hour) }()
+	select {
+	case err := <-done:
+		t.Fatalf("SyncWithin returned (%v) before any commit", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	_, err = l.AppendSync([]byte("intake"))
+	require.NoError(t, err)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("SyncWithin still waits after another caller's commit covered its record")
+	}
+	assert.Equal(t, uint64(1), l.Stats().Syncs, "the two records share one fsync")
+	require.NoError(t, l.SyncWithin(time.Hour), "nothing to commit: returns at once")
+}
+
+// TestSyncWithinCommitsAlone: with nobody else committing, SyncWithin
+// commits its record itself once its delay is over.
+func TestSyncWithinCommitsAlone(t *testing.T) {
+	dir := t.TempDir()
+	l, _ := open(t, dir, wal.Options{})
+	_, err := l.Append([]byte("alone"))
+	require.NoError(t, err)
+	start := time.Now()
+	require.NoError(t, l.SyncWithin(20*time.Millisecond))
+	assert.GreaterOrEqual(t, time.Since(start), 20*time.Millisecond, "it waited for another commit first")
+	assert.Equal(t, uint64(1), l.Stats().Syncs)
+}
+
+// TestSyncWithinReportsFailure: a commit that fails fails SyncWithin, as it
+// fails Sync, and a Log closed while a caller waits commits its record.
+func TestSyncWithinReportsFailure(t *testing.T) {
+	var failSync, failWrite atomic.Bool
+	opts := wal.Options{OpenFile: func(name string, flag int, perm os.FileMode) (wal.File, error) {
+		f, err := os.OpenFile(name, flag, perm)
+		if err != nil {
+			return nil, err
+		}
+		return faultFile{f, &failSync, &failWrite}, nil
+	}}
+	l, _ := open(t, t.TempDir(), opts)
+	_, err := l.Append([]byte("lost"))
+	require.NoError(t, err)
+	failSync.Store(true)
+	assert.ErrorIs(t, l.SyncWithin(time.Millisecond), wal.ErrFailed)
+
+	dir := t.TempDir()
+	l, _ = open(t, dir, wal.Options{})
+	_, err = l.Append([]byte("closed while waiting"))
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- l.SyncWithin(time.Hour) }()
+	time.Sleep(20 * time.Millisecond)
+	require.NoError(t, l.Close())
+	select {
+	case err := <-done:
+		require.NoError(t, err, "Close committed the record")
+	case <-time.After(10 * time.Second):
+		t.Fatal("SyncWithin still waits after Close")
+	}
+	_, got := open(t, dir, wal.Options{})
+	assert.Equal(t, []string{"closed while waiting"}, payloads(got))
+}
