@@ -23,8 +23,13 @@ RELAY_PORT=${RELAY_PORT:-2632}
 SINK_PORT=${SINK_PORT:-2633}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-# Postfix accepts a log file only under /var (maillog_file_prefixes).
-work=$(mktemp -d /var/tmp/resilmail-compare.XXXXXX)
+# WORKDIR is where both servers keep their queues: the file system under
+# test, the same for both. A fresh ext4 loop image is fairest:
+#   truncate -s 8G /var/tmp/cmp.img && mkfs.ext4 -q /var/tmp/cmp.img
+#   mkdir -p /mnt/cmp && mount -o loop /var/tmp/cmp.img /mnt/cmp
+#   WORKDIR=/mnt/cmp examples/relay/compare-postfix.sh
+WORKDIR=${WORKDIR:-/var/tmp}
+work=$(mktemp -d "$WORKDIR/resilmail-compare.XXXXXX")
 chmod 755 "$work"
 conf=$work/postfix
 sinkpid=
@@ -57,6 +62,7 @@ postconf -c "$conf" -e \
 	mynetworks=127.0.0.0/8 \
 	'smtpd_relay_restrictions=permit_mynetworks, reject' \
 	"maillog_file=$work/postfix.log" \
+	"maillog_file_prefixes=/var, /dev/stdout, $work" \
 	smtp_dns_support_level=disabled \
 	alias_maps= alias_database=
 postconf -c "$conf" -M# smtp/inet
@@ -130,6 +136,7 @@ pfx_rss &
 samplerpid=$!
 
 echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE, $RUNS runs each, alternating"
+echo "queues in $work ($(df -T "$work" | awk 'NR == 2 {print $2 " on " $1}'))"
 printf '%-8s %4s %10s %10s\n' server run accept/s e2e/s
 for i in $(seq "$RUNS"); do
 	read -r a e < <(run postfix "$PFX_PORT")
