@@ -3,7 +3,6 @@ package queue
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"errors"
 	"io"
 
@@ -115,10 +114,7 @@ func (q *Queue) compactOnce() bool {
 		if t.seg != oldest {
 			continue
 		}
-		tr := &tombRec{ID: id, At: t.at}
-		if t.sum != (sum128{}) {
-			tr.Sum = hex.EncodeToString(t.sum[:])
-		}
+		tr := &tombRec{ID: id, At: t.at, Sum: t.sum.hex()}
 		rec, err := encode(recTombstone, tr, nil)
 		if err == nil {
 			var pos wal.Pos

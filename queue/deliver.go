@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"container/heap"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -791,8 +790,7 @@ func (q *Queue) doneLocked(m *message) bool {
 
 func (q *Queue) removeLocked(m *message, why string) {
 	now := q.opts.Now()
-	sum := cut(m.rec.Digest)
-	u := &updRec{ID: m.id(), Removed: why, At: now.UnixNano(), Sum: hex.EncodeToString(sum[:])}
+	u := &updRec{ID: m.id(), Removed: why, At: now.UnixNano(), Sum: cut(m.rec.Digest).hex()}
 	if err := q.appendLocked(m, u); err != nil {
 		q.log.Error("queue: recording removal", "msg_id", m.id(), "err", err)
 		return

@@ -81,8 +81,17 @@ type sum128 [16]byte
 
 func cut(d resilmail.Digest) sum128 { return sum128(d[:16]) }
 
-// parseSum reads a sum128 in hex; anything else is the zero sum128 (not
+// hex is the sum in hex, as records carry it; "" for the zero sum128 (not
 // known).
+func (s sum128) hex() string {
+	if s == (sum128{}) {
+		return ""
+	}
+	return hex.EncodeToString(s[:])
+}
+
+// parseSum reads a sum128 in hex (sum128.hex); anything else is the zero
+// sum128.
 func parseSum(s string) sum128 {
 	var sum sum128
 	if b, err := hex.DecodeString(s); err == nil && len(b) == len(sum) {

@@ -256,7 +256,7 @@ func (c *Conn) fill() error {
 func (c *Conn) fillData() error {
 	c.in = c.in[:0]
 	for c.data && len(c.in) < dataChunk {
-		if b, _ := c.r.Peek(c.r.Buffered()); bytes.IndexByte(b, '\n') < 0 {
+		if !c.lineBuffered() {
 			if len(c.in) > 0 {
 				return nil
 			}
@@ -318,7 +318,7 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 			if b.err != nil {
 				break
 			}
-			if n > 0 && !b.lineBuffered() {
+			if n > 0 && !b.c.lineBuffered() {
 				break // never wait on the network holding bytes
 			}
 			b.next()
@@ -345,9 +345,10 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	return 0, b.err
 }
 
-func (b *bodyReader) lineBuffered() bool {
-	r := b.c.r
-	buf, _ := r.Peek(r.Buffered())
+// lineBuffered reports whether a whole line (or its end) is buffered:
+// reading it does not wait on the network.
+func (c *Conn) lineBuffered() bool {
+	buf, _ := c.r.Peek(c.r.Buffered())
 	return bytes.IndexByte(buf, '\n') >= 0
 }
 
@@ -355,7 +356,7 @@ func (b *bodyReader) lineBuffered() bool {
 // into rest, or sets err.
 func (b *bodyReader) next() {
 	c := b.c
-	if !b.lineBuffered() {
+	if !b.c.lineBuffered() {
 		c.raw.SetReadDeadline(time.Now().Add(c.l.opts.DataTimeout))
 	}
 	line, err := c.r.ReadSlice('\n')
