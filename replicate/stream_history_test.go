@@ -48,16 +48,7 @@ func messageBodies(t testing.TB, s *store.Store, user, mailbox string) []string 
 func TestOldPrimaryRejoinsWithOrphans(t *testing.T) {
 	ctx := context.Background()
 	old, nu := openStore(t, t.TempDir()), openStore(t, t.TempDir())
-	require.NoError(t, old.SetEpoch(ctx, 1))
-	require.NoError(t, nu.SetReadOnly(true))
-	oldP, oldSrv := servePrimary(t, old, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
-	require.NoError(t, old.CreateUser(ctx, "alice"))
-	require.NoError(t, old.CreateUser(ctx, "bob"))
-	addN(t, old, "alice", "INBOX", 5)
-	r, stop := startReplica(t, nu, oldSrv.URL, t.TempDir(), nil)
-	waitApplied(t, r, old)
-	stop()
-	until := r.Stats().Received
+	oldP, until := replicateThenCut(t, old, nu, []string{"alice", "bob"}, 5)
 
 	// Acknowledged by the old primary, never replicated.
 	var orphans []string
@@ -134,15 +125,7 @@ func TestOldPrimaryRejoinsWithOrphans(t *testing.T) {
 func TestOldPrimaryFencedAtItsOwnEpochRejoins(t *testing.T) {
 	ctx := context.Background()
 	old, nu := openStore(t, t.TempDir()), openStore(t, t.TempDir())
-	require.NoError(t, old.SetEpoch(ctx, 1))
-	require.NoError(t, nu.SetReadOnly(true))
-	oldP, oldSrv := servePrimary(t, old, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
-	require.NoError(t, old.CreateUser(ctx, "alice"))
-	addN(t, old, "alice", "INBOX", 3)
-	r, stop := startReplica(t, nu, oldSrv.URL, t.TempDir(), nil)
-	waitApplied(t, r, old)
-	stop()
-	until := r.Stats().Received
+	oldP, until := replicateThenCut(t, old, nu, []string{"alice"}, 3)
 	add(t, old, "alice", "INBOX", msgText("orphan", "o"))
 
 	require.NoError(t, nu.Promote(ctx, 5, until))
@@ -258,16 +241,7 @@ func TestRejoinWithCompactedJournalHoldsEveryRemoval(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { old.Close() })
 	nu := openStore(t, t.TempDir())
-	require.NoError(t, old.SetEpoch(ctx, 1))
-	require.NoError(t, nu.SetReadOnly(true))
-	oldP, oldSrv := servePrimary(t, old, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
-	require.NoError(t, old.CreateUser(ctx, "alice"))
-	require.NoError(t, old.CreateUser(ctx, "bob"))
-	addN(t, old, "alice", "INBOX", 5)
-	r, stop := startReplica(t, nu, oldSrv.URL, t.TempDir(), nil)
-	waitApplied(t, r, old)
-	stop()
-	until := r.Stats().Received
+	oldP, until := replicateThenCut(t, old, nu, []string{"alice", "bob"}, 5)
 
 	// Acknowledged by the old primary, never replicated; then its journal
 	// is compacted past the parting point.
@@ -296,4 +270,25 @@ func TestRejoinWithCompactedJournalHoldsEveryRemoval(t *testing.T) {
 	for i, o := range orphans {
 		assert.True(t, slices.Contains(have, o), "orphan %d is still on the old primary", i)
 	}
+}
+
+// replicateThenCut makes old a primary at epoch 1 with users (the first
+// one given n messages in its INBOX), replicates them to nu (read-only),
+// and stops the replica: what old takes from then on is old's alone, as
+// for a primary cut off before it failed. It returns old's Primary and
+// the replica's position at the cut.
+func replicateThenCut(t *testing.T, old, nu *store.Store, users []string, n int) (*replicate.Primary, uint64) {
+	t.Helper()
+	ctx := context.Background()
+	require.NoError(t, old.SetEpoch(ctx, 1))
+	require.NoError(t, nu.SetReadOnly(true))
+	oldP, oldSrv := servePrimary(t, old, &replicate.PrimaryOptions{Heartbeat: 50 * time.Millisecond})
+	for _, u := range users {
+		require.NoError(t, old.CreateUser(ctx, u))
+	}
+	addN(t, old, users[0], "INBOX", n)
+	r, stop := startReplica(t, nu, oldSrv.URL, t.TempDir(), nil)
+	waitApplied(t, r, old)
+	stop()
+	return oldP, r.Stats().Received
 }
