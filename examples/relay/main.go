@@ -51,7 +51,11 @@
 // The relay runs Go's garbage collector at GOGC=400 unless $GOGC says
 // otherwise: a larger heap (about 50 MiB at peak under smtp-source, with
 // 20 sessions of 4 KiB messages or 200 of 32 MiB) for a tenth less CPU
-// per message.
+// per message. The live heap grows with the ids the queue remembers
+// against duplicates (about 250 bytes each, up to a million), and GOGC=400
+// lets the heap reach five times it; so, unless $GOMEMLIMIT says
+// otherwise, a soft limit of 512 MiB makes the collector work harder
+// instead once the heap nears it.
 //
 // -debug-addr (loopback only) serves Go's profiler and /status: the
 // queue's messages, held and deferred counts and oldest age, the pool
@@ -217,15 +221,31 @@ type config struct {
 	loginDelay    time.Duration // the delay of a failed login; zero: loginguard's default (tests shorten it)
 }
 
-// gcPercent is the relay's GOGC unless the environment sets one: its heap
-// is small (tens of MiB under load) and mostly short-lived, and Go's
-// default of 100 spent a tenth of its CPU collecting it.
+// gcPercent is the relay's GOGC unless the environment sets one: under
+// load its heap is mostly short-lived (tens of MiB), and Go's default of
+// 100 spent a tenth of its CPU collecting it.
 const gcPercent = 400
 
-func main() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(gcPercent)
+// memLimit is the relay's soft memory limit when it sets GOGC and the
+// environment sets no GOMEMLIMIT: the ids the queue remembers (about 250
+// bytes each, up to its DedupMax of a million) are long-lived, and
+// gcPercent alone would let a busy relay's heap grow to five times them.
+const memLimit = 512 << 20
+
+// tuneGC applies gcPercent and memLimit unless getenv names GOGC or
+// GOMEMLIMIT.
+func tuneGC(getenv func(string) string) {
+	if getenv("GOGC") != "" {
+		return
 	}
+	debug.SetGCPercent(gcPercent)
+	if getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memLimit)
+	}
+}
+
+func main() {
+	tuneGC(os.Getenv)
 	c, err := parseFlags(os.Args[1:])
 	os.Exit(cli.Main("relay", err, c.verbose, func(ctx context.Context, log *slog.Logger) error { return run(ctx, c, log, nil) }))
 }

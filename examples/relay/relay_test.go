@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/big"
 	"net"
 	"net/http"
@@ -24,6 +25,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -747,4 +749,35 @@ func TestPoolMXsRouteAlike(t *testing.T) {
 	assert.EqualValues(t, 2, routed.count.Load(), "only example.org is routed")
 	assert.EqualValues(t, 1, own1.count.Load())
 	assert.EqualValues(t, 1, own2.count.Load())
+}
+
+// TestTuneGC: without GOGC in the environment the relay collects at
+// gcPercent under a soft limit of memLimit (a heap of long-lived ids does
+// not grow to five times its size); an operator's GOGC or GOMEMLIMIT is
+// left as the runtime read it.
+func TestTuneGC(t *testing.T) {
+	percent, limit := debug.SetGCPercent(100), debug.SetMemoryLimit(math.MaxInt64)
+	t.Cleanup(func() { debug.SetGCPercent(percent); debug.SetMemoryLimit(limit) })
+	env := func(kv ...string) func(string) string {
+		return func(k string) string {
+			for i := 0; i+1 < len(kv); i += 2 {
+				if kv[i] == k {
+					return kv[i+1]
+				}
+			}
+			return ""
+		}
+	}
+
+	tuneGC(env())
+	assert.Equal(t, gcPercent, debug.SetGCPercent(100))
+	assert.Equal(t, int64(memLimit), debug.SetMemoryLimit(math.MaxInt64))
+
+	tuneGC(env("GOMEMLIMIT", "2GiB"))
+	assert.Equal(t, gcPercent, debug.SetGCPercent(100))
+	assert.Equal(t, int64(math.MaxInt64), debug.SetMemoryLimit(-1), "the operator's limit stays")
+
+	tuneGC(env("GOGC", "50"))
+	assert.Equal(t, 100, debug.SetGCPercent(100), "the operator's GOGC stays")
+	assert.Equal(t, int64(math.MaxInt64), debug.SetMemoryLimit(-1))
 }
